@@ -1,0 +1,781 @@
+"""
+Tests for L{twisted_alive._proxy}: the fault-injecting proxy, over real
+loopback sockets, between plain Twisted echo servers and clients.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+from collections.abc import AsyncIterator, Callable
+from typing import Any, TypeVar, cast
+
+import pytest
+import pytest_twisted
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
+from twisted.internet.error import ConnectionDone, ConnectionLost
+from twisted.internet.interfaces import (
+    IAddress,
+    IConsumer,
+    IHalfCloseableProtocol,
+    IListeningPort,
+    IPushProducer,
+    IReactorCore,
+    IReactorTCP,
+    IReactorTime,
+    IStreamServerEndpoint,
+    ITCPTransport,
+)
+from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.internet.task import deferLater
+from twisted.logger import ILogObserver, LogEvent, globalLogPublisher
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from twisted_alive._proxy import (
+    FAULT_KINDS,
+    ChaosProxy,
+    Direction,
+    Faults,
+    ProxiedConnection,
+    parseFaults,
+)
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+ensureDeferred = cast(Callable[[_F], _F], pytest_twisted.ensureDeferred)
+asyncYieldFixture = cast(Callable[[_F], _F], pytest_twisted.async_yield_fixture)
+
+LOOPBACK = "127.0.0.1"
+MiB = 1024 * 1024
+
+
+class _Reactor(IReactorTCP, IReactorTime, IReactorCore):
+    """The reactor interfaces these tests use."""
+
+
+class _Transport(ITCPTransport, IPushProducer, IConsumer):
+    """The transport interfaces these tests use."""
+
+
+def _reactor() -> _Reactor:
+    from twisted.internet import reactor
+
+    return cast(_Reactor, reactor)
+
+
+def _listenEndpoint() -> IStreamServerEndpoint:
+    endpoint = cast(Callable[..., IStreamServerEndpoint], TCP4ServerEndpoint)
+    return endpoint(_reactor(), 0, interface=LOOPBACK)
+
+
+def _portOf(port: IListeningPort) -> int:
+    return cast(IPv4Address, port.getHost()).port
+
+
+def _within(d: Deferred[Any], seconds: float) -> Deferred[Any]:
+    return d.addTimeout(seconds, _reactor())
+
+
+async def _sleep(seconds: float) -> None:
+    await deferLater(_reactor(), seconds)
+
+
+class Peer(Protocol):
+    """
+    A plain Twisted peer that records what it receives and how it ended, and
+    echoes back if asked.
+    """
+
+    def __init__(self, echo: bool = False) -> None:
+        self.echo = echo
+        self.received = bytearray()
+        self.chunks: list[int] = []
+        self.reason: Failure | None = None
+        self.madeAt = 0.0
+        self.lostAt = 0.0
+        self.lost: Deferred[Failure] = Deferred()
+        self.pair: ProxiedConnection | None = None
+        self._waiting: list[tuple[int, Deferred[bytes]]] = []
+
+    @property
+    def tcp(self) -> _Transport:
+        return cast(_Transport, self.transport)
+
+    def connectionMade(self) -> None:
+        self.madeAt = _reactor().seconds()
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+        self.chunks.append(len(data))
+        if self.echo:
+            self.tcp.write(data)
+        waiting, self._waiting = self._waiting, []
+        for count, d in waiting:
+            if len(self.received) >= count:
+                d.callback(bytes(self.received))
+            else:
+                self._waiting.append((count, d))
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.reason = reason
+        self.lostAt = _reactor().seconds()
+        self.lost.callback(reason)
+
+    def waitFor(self, count: int, seconds: float = 5.0) -> Deferred[bytes]:
+        """Fire with everything received once at least C{count} bytes arrived."""
+        d: Deferred[bytes] = Deferred()
+        if len(self.received) >= count:
+            d.callback(bytes(self.received))
+        else:
+            self._waiting.append((count, d))
+        return _within(d, seconds)
+
+
+@implementer(IHalfCloseableProtocol)
+class HalfClosingPeer(Peer):
+    """A peer that keeps its write side open after it reads an end of file."""
+
+    def __init__(self, echo: bool = False) -> None:
+        super().__init__(echo)
+        self.readEnded: Deferred[None] = Deferred()
+
+    def readConnectionLost(self) -> None:
+        self.readEnded.callback(None)
+
+    def writeConnectionLost(self) -> None:
+        pass
+
+
+class StubbornPeer(Peer):
+    """A peer that never reads."""
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self.tcp.pauseProducing()
+
+
+class PeerFactory(Factory[Peer]):
+    def __init__(self, peerClass: type[Peer] = Peer, echo: bool = False) -> None:
+        self.peerClass = peerClass
+        self.echo = echo
+        self.peers: list[Peer] = []
+        self.port = 0
+        self.noisy = False
+
+    def buildProtocol(self, addr: IAddress | None) -> Peer:
+        peer = self.peerClass(self.echo)
+        self.peers.append(peer)
+        return peer
+
+
+class Harness:
+    """
+    Starts servers, proxies and clients on 127.0.0.1, and stops them all.
+    """
+
+    def __init__(self) -> None:
+        self.ports: list[IListeningPort] = []
+        self.proxies: list[ChaosProxy] = []
+        self.factories: list[PeerFactory] = []
+        self.clients: list[Peer] = []
+        self.proxyPorts: dict[ChaosProxy, int] = {}
+
+    async def server(self, peerClass: type[Peer] = Peer, echo: bool = True) -> PeerFactory:
+        factory = PeerFactory(peerClass, echo)
+        port = await _listenEndpoint().listen(factory)
+        self.ports.append(port)
+        factory.port = _portOf(port)
+        self.factories.append(factory)
+        return factory
+
+    async def proxy(
+        self,
+        faults: Faults | None = None,
+        seed: int | None = None,
+        targetPort: int | None = None,
+        peerClass: type[Peer] = Peer,
+        echo: bool = True,
+    ) -> tuple[ChaosProxy, PeerFactory]:
+        """Start a server and a proxy to it (or to C{targetPort})."""
+        server = await self.server(peerClass, echo)
+        if targetPort is None:
+            targetPort = server.port
+        proxy = ChaosProxy(
+            TCP4ClientEndpoint(_reactor(), LOOPBACK, targetPort),
+            faults,
+            reactor=_reactor(),
+            seed=seed,
+        )
+        self.proxyPorts[proxy] = _portOf(await proxy.listen(_listenEndpoint()))
+        self.proxies.append(proxy)
+        return proxy, server
+
+    async def connect(
+        self, proxy: ChaosProxy, peerClass: type[Peer] = Peer, accepted: bool = True
+    ) -> Peer:
+        """
+        Connect a client to the proxy; unless told it will not be C{accepted},
+        wait until the proxy accepted it, and set the client's C{pair}.
+        """
+        endpoint = TCP4ClientEndpoint(_reactor(), LOOPBACK, self.proxyPorts[proxy])
+        client = cast(Peer, await endpoint.connect(PeerFactory(peerClass)))
+        self.clients.append(client)
+        address = client.tcp.getHost()
+        for _ in range(2000 if accepted else 0):
+            for pair in proxy.connections:
+                if pair.clientAddress == address:
+                    client.pair = pair
+                    return client
+            await _sleep(0.001)
+        if accepted:
+            raise AssertionError("the proxy did not accept the client")
+        return client
+
+    async def stop(self) -> None:
+        for proxy in self.proxies:
+            proxy.stall(False)
+            proxy.resetAll()
+            await proxy.stopListening()
+        peers = self.clients + [p for f in self.factories for p in f.peers]
+        for peer in peers:
+            if peer.reason is None and peer.transport is not None:
+                peer.tcp.abortConnection()
+        for peer in peers:
+            if peer.reason is None:
+                await _within(peer.lost, 5)
+        for port in self.ports:
+            await maybeDeferred(port.stopListening)
+        for proxy in self.proxies:
+            for connection in list(proxy.connections):
+                await _within(connection.whenEnded(), 5)
+
+
+@asyncYieldFixture
+async def harness() -> AsyncIterator[Harness]:
+    """Everything a test starts, stopped at the end."""
+    h = Harness()
+    yield h
+    await h.stop()
+
+
+async def _connected(proxy: ChaosProxy, server: PeerFactory, count: int = 1) -> None:
+    """Wait until the proxy has reached the server C{count} times."""
+    for _ in range(500):
+        if proxy.connectionsProxied >= count and len(server.peers) >= count:
+            return
+        await _sleep(0.01)
+    raise AssertionError(f"{count} connections were not proxied")
+
+
+async def _roundTrip(client: Peer, data: bytes = b"ping") -> None:
+    start = len(client.received)
+    client.tcp.write(data)
+    received = await client.waitFor(start + len(data))
+    assert received[start:] == data
+
+
+# -- bytes pass through --------------------------------------------------------
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    ("size", "spec"),
+    [
+        (MiB, ""),
+        (MiB, "fragment=1..1000,delay=0.01"),
+        (MiB, "fragment=1000"),
+        (16 * 1024, "fragment=1,delay=0.002"),
+    ],
+)
+@ensureDeferred
+async def test_bytesPassIntact(harness: Harness, size: int, spec: str) -> None:
+    """Random bytes echoed through the proxy come back intact and in order."""
+    proxy, server = await harness.proxy(parseFaults(spec + ",seed=1"))
+    client = await harness.connect(proxy)
+    data = os.urandom(size)
+    client.tcp.write(data)
+    received = await client.waitFor(size, seconds=50)
+    assert received == data
+    assert server.peers[0].received == data
+    assert proxy.bytesForwarded == {Direction.TO_TARGET: size, Direction.TO_CLIENT: size}
+    assert proxy.connections[0].bytesForwarded == proxy.bytesForwarded
+    assert client.reason is None
+
+
+@pytest.mark.timeout(20)
+@ensureDeferred
+async def test_fragmentWritesSmallPieces(harness: Harness) -> None:
+    """With fragment=1 each byte is its own write: the server reads many small chunks."""
+    proxy, server = await harness.proxy(echo=False)
+    proxy.setFragment(1)
+    client = await harness.connect(proxy)
+    await _connected(proxy, server)
+    client.tcp.write(b"x" * 2000)
+    received = await server.peers[0].waitFor(2000)
+    assert received == b"x" * 2000
+    assert len(server.peers[0].chunks) > 200
+
+
+@pytest.mark.timeout(20)
+@ensureDeferred
+async def test_delayHoldsBytes(harness: Harness) -> None:
+    """setDelay holds bytes in each direction: a round trip takes at least twice the delay."""
+    proxy, _ = await harness.proxy()
+    client = await harness.connect(proxy)
+    await _roundTrip(client)
+    proxy.setDelay(0.2)
+    start = _reactor().seconds()
+    await _roundTrip(client)
+    assert _reactor().seconds() - start >= 0.39
+    proxy.setDelay(0)
+    start = _reactor().seconds()
+    await _roundTrip(client)
+    assert _reactor().seconds() - start < 0.2
+
+
+# -- resets, closes, half-closes ------------------------------------------------
+
+
+@pytest.mark.timeout(20)
+@ensureDeferred
+async def test_resetAllGivesConnectionLost(harness: Harness) -> None:
+    """resetAll sends an RST both ways: client and server see ConnectionLost, not ConnectionDone."""
+    proxy, server = await harness.proxy()
+    client = await harness.connect(proxy)
+    await _roundTrip(client)
+    assert client.pair is not None
+    ended = client.pair.whenEnded()
+    proxy.resetAll()
+    clientReason = await _within(client.lost, 5)
+    serverReason = await _within(server.peers[0].lost, 5)
+    assert clientReason.type is ConnectionLost
+    assert serverReason.type is ConnectionLost
+    assert proxy.faultsInjected["reset"] == 1
+    await _within(ended, 5)
+    assert proxy.connections == []
+
+
+@pytest.mark.timeout(20)
+@ensureDeferred
+async def test_closeAllGivesConnectionDone(harness: Harness) -> None:
+    """closeAll sends a FIN both ways: client and server see ConnectionDone."""
+    proxy, server = await harness.proxy()
+    client = await harness.connect(proxy)
+    await _roundTrip(client)
+    proxy.closeAll()
+    clientReason = await _within(client.lost, 5)
+    serverReason = await _within(server.peers[0].lost, 5)
+    assert clientReason.type is ConnectionDone
+    assert serverReason.type is ConnectionDone
+    assert proxy.faultsInjected["close"] == 1
+
+
+@pytest.mark.timeout(20)
+@ensureDeferred
+async def test_resetOneConnection(harness: Harness) -> None:
+    """Resetting one proxied connection leaves the others working."""
+    proxy, server = await harness.proxy()
+    first = await harness.connect(proxy)
+    second = await harness.connect(proxy)
+    await _connected(proxy, server, 2)
+    assert [c.number for c in proxy.connections] == [1, 2]
+    proxy.connections[0].reset()
+    assert (await _within(first.lost, 5)).type is ConnectionLost
+    await _roundTrip(second)
+    assert second.reason is None
+    assert [c.number for c in proxy.connections] == [2]
+
+
+@pytest.mark.timeout(20)
+@ensureDeferred
+async def test_halfCloseShutsTheClientWriteSide(harness: Harness) -> None:
+    """halfClose gives the client an end of file, and the client can still send to the server."""
+    proxy, server = await harness.proxy(echo=False)
+    client = cast(HalfClosingPeer, await harness.connect(proxy, HalfClosingPeer))
+    await _connected(proxy, server)
+    proxy.halfClose()
+    await _within(client.readEnded, 5)
+    client.tcp.write(b"still here")
+    assert await server.peers[0].waitFor(10) == b"still here"
+    assert client.reason is None
+    assert server.peers[0].reason is None
+    assert proxy.faultsInjected["half-close"] == 1
+
+
+@pytest.mark.timeout(20)
+@ensureDeferred
+async def test_halfCloseFromThePeerIsForwarded(harness: Harness) -> None:
+    """A client's half-close reaches the server, whose reply and FIN reach the client."""
+    proxy, server = await harness.proxy(peerClass=HalfClosingPeer, echo=False)
+    client = await harness.connect(proxy)
+    await _connected(proxy, server)
+    target = cast(HalfClosingPeer, server.peers[0])
+    client.tcp.write(b"question")
+    client.tcp.loseWriteConnection()
+    await _within(target.readEnded, 5)
+    assert target.received == b"question"
+    target.tcp.write(b"answer")
+    target.tcp.loseConnection()
+    reason = await _within(client.lost, 5)
+    assert client.received == b"answer"
+    assert reason.type is ConnectionDone
+    assert proxy.faultsInjected == dict.fromkeys(FAULT_KINDS, 0)
+
+
+@pytest.mark.timeout(20)
+@ensureDeferred
+async def test_targetRefusedResetsTheClient(harness: Harness) -> None:
+    """When the target refuses the connection, the client gets an RST."""
+    closed = await harness.server()
+    await maybeDeferred(harness.ports.pop().stopListening)
+    proxy, _ = await harness.proxy(targetPort=closed.port)
+    client = await harness.connect(proxy, accepted=False)
+    assert (await _within(client.lost, 5)).type is ConnectionLost
+    assert proxy.connectionsProxied == 0
+
+
+# -- stalls and refusals ---------------------------------------------------------
+
+
+@pytest.mark.timeout(20)
+@ensureDeferred
+async def test_stallThenResume(harness: Harness) -> None:
+    """A stall passes nothing and closes nothing, either way; on resume the held bytes flow."""
+    proxy, server = await harness.proxy()
+    client = await harness.connect(proxy)
+    await _roundTrip(client)
+    target = server.peers[0]
+    proxy.stall(True)
+    client.tcp.write(b"ping")
+    target.tcp.write(b"push")
+    await _sleep(0.3)
+    assert client.received == b"ping"
+    assert target.received == b"ping"
+    assert client.reason is None and target.reason is None
+    assert proxy.connections[0].stalled
+    proxy.stall(False)
+    assert await client.waitFor(12) == b"pingpushping"
+    assert target.received == b"pingping"
+    assert proxy.faultsInjected["stall"] == 1
+
+
+@pytest.mark.timeout(20)
+@ensureDeferred
+async def test_acceptNewFalseRefusesConnections(harness: Harness) -> None:
+    """While acceptNew(False), a new client is closed at once and never reaches the target."""
+    proxy, server = await harness.proxy()
+    proxy.acceptNew(False)
+    refused = await harness.connect(proxy, accepted=False)
+    assert (await _within(refused.lost, 5)).type is ConnectionDone
+    assert refused.received == b""
+    assert server.peers == []
+    assert proxy.faultsInjected["refuse"] == 1
+    assert proxy.connectionsAccepted == 0
+    proxy.acceptNew(True)
+    client = await harness.connect(proxy)
+    await _roundTrip(client)
+
+
+# -- automatic faults ------------------------------------------------------------
+
+
+@pytest.mark.timeout(20)
+@ensureDeferred
+async def test_resetAfterWindow(harness: Harness) -> None:
+    """reset-after=0.03..0.2 resets each connection within the window, at its drawn time."""
+    proxy, _ = await harness.proxy(parseFaults("reset-after=0.03..0.2"), seed=11)
+    clients = [await harness.connect(proxy) for _ in range(5)]
+    drawn = [c.pair.resetAfter for c in clients if c.pair is not None]
+    for client, after in zip(clients, drawn, strict=True):
+        reason = await _within(client.lost, 5)
+        assert reason.type is ConnectionLost
+        assert after is not None and 0.03 <= after <= 0.2
+        lifetime = client.lostAt - client.madeAt
+        assert after - 0.01 <= lifetime <= after + 0.1
+    assert proxy.faultsInjected["reset"] == 5
+    assert len(set(drawn)) == 5
+
+
+@pytest.mark.timeout(20)
+@ensureDeferred
+async def test_closeAfterWindow(harness: Harness) -> None:
+    """close-after closes the connection cleanly after the drawn time."""
+    proxy, _ = await harness.proxy(Faults(closeAfter=(0.05, 0.05)))
+    client = await harness.connect(proxy)
+    reason = await _within(client.lost, 5)
+    assert reason.type is ConnectionDone
+    assert 0.04 <= client.lostAt - client.madeAt <= 0.15
+
+
+@pytest.mark.timeout(20)
+@ensureDeferred
+async def test_stallAfterWindow(harness: Harness) -> None:
+    """stall-after stalls the connection after the drawn time, without closing it."""
+    proxy, _ = await harness.proxy(Faults(stallAfter=(0.05, 0.05)))
+    client = await harness.connect(proxy)
+    await _roundTrip(client)
+    await _sleep(0.15)
+    assert proxy.connections[0].stalled
+    client.tcp.write(b"lost?")
+    await _sleep(0.2)
+    assert client.received == b"ping"
+    assert client.reason is None
+    proxy.connections[0].stall(False)
+    assert await client.waitFor(9) == b"pinglost?"
+
+
+@pytest.mark.timeout(20)
+@ensureDeferred
+async def test_resetAfterBytes(harness: Harness) -> None:
+    """reset-after-bytes resets the connection once that many bytes were forwarded."""
+    proxy, server = await harness.proxy(Faults(resetAfterBytes=10_000), echo=False)
+    client = await harness.connect(proxy)
+    client.tcp.write(os.urandom(100_000))
+    assert (await _within(client.lost, 5)).type is ConnectionLost
+    assert (await _within(server.peers[0].lost, 5)).type is ConnectionLost
+    assert proxy.bytesForwarded[Direction.TO_TARGET] == 10_000
+    assert len(server.peers[0].received) <= 10_000
+
+
+@pytest.mark.timeout(20)
+@ensureDeferred
+async def test_stallAfterBytes(harness: Harness) -> None:
+    """stall-after-bytes forwards exactly that many bytes, then nothing, and closes nothing."""
+    proxy, server = await harness.proxy(parseFaults("stall-after-bytes=5000"), echo=False)
+    client = await harness.connect(proxy)
+    data = os.urandom(20_000)
+    client.tcp.write(data)
+    assert await server.peers[0].waitFor(5000) == data[:5000]
+    await _sleep(0.2)
+    assert server.peers[0].received == data[:5000]
+    assert client.reason is None and server.peers[0].reason is None
+    proxy.stall(False)
+    assert await server.peers[0].waitFor(20_000) == data
+
+
+@pytest.mark.timeout(20)
+@ensureDeferred
+async def test_sameSeedSameResetTimes(harness: Harness) -> None:
+    """The same seed draws the same reset times; another seed draws others."""
+
+    async def resetTimes(spec: str, seed: int | None = None) -> list[float | None]:
+        proxy, _ = await harness.proxy(parseFaults(spec), seed=seed)
+        clients = [await harness.connect(proxy) for _ in range(4)]
+        proxy.closeAll()
+        return [c.pair.resetAfter for c in clients if c.pair is not None]
+
+    first = await resetTimes("reset-after=30..60,seed=7")
+    assert len(first) == 4
+    assert first == await resetTimes("reset-after=30..60,seed=7")
+    assert first == await resetTimes("reset-after=30..60,delay=0.01,stall-after=50..90", seed=7)
+    assert first != await resetTimes("reset-after=30..60", seed=8)
+
+
+@pytest.mark.timeout(20)
+@ensureDeferred
+async def test_seedIsLogged(harness: Harness) -> None:
+    """Without a seed the proxy picks one, keeps it and logs it with the faults."""
+    events: list[LogEvent] = []
+    observer = cast(ILogObserver, events.append)
+    globalLogPublisher.addObserver(observer)
+    try:
+        proxy, _ = await harness.proxy(parseFaults("fragment=1..10"))
+    finally:
+        globalLogPublisher.removeObserver(observer)
+    assert isinstance(proxy.seed, int)
+    logged = [e for e in events if e.get("seed") == proxy.seed]
+    assert len(logged) == 1
+    assert logged[0]["faults"] == "fragment=1..10"
+
+
+# -- backpressure ----------------------------------------------------------------
+
+
+@implementer(IPushProducer)
+class Flood:
+    """Writes a pseudo-random stream to a transport as fast as it is allowed."""
+
+    def __init__(self, peer: Peer, limit: int) -> None:
+        self.peer = peer
+        self.limit = limit
+        self.written = 0
+        self.paused = False
+        self.stopped = False
+        self.digest = hashlib.sha256()
+        self._chunk = random.Random(3).randbytes(65536)
+        peer.tcp.registerProducer(self, True)
+        self._write()
+
+    def _write(self) -> None:
+        while not (self.paused or self.stopped) and self.written < self.limit:
+            self.peer.tcp.write(self._chunk)
+            self.digest.update(self._chunk)
+            self.written += len(self._chunk)
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        if not self.stopped:
+            _reactor().callLater(0, self._write)
+
+    def stopProducing(self) -> None:
+        self.stopped = True
+
+
+@pytest.mark.timeout(60)
+@ensureDeferred
+async def test_slowReaderPausesFastWriter(harness: Harness) -> None:
+    """A target that does not read pauses the client through the proxy: nothing piles up."""
+    proxy, server = await harness.proxy(peerClass=StubbornPeer, echo=False)
+    proxy.setDelay(0.001)
+    client = await harness.connect(proxy)
+    await _connected(proxy, server)
+    connection: ProxiedConnection = proxy.connections[0]
+    limit = 512 * MiB
+    flood = Flood(client, limit)
+    stable = 0
+    last = -1
+    for _ in range(300):
+        await _sleep(0.05)
+        forwarded = proxy.bytesForwarded[Direction.TO_TARGET]
+        stable = stable + 1 if (flood.paused and forwarded == last) else 0
+        last = forwarded
+        if stable >= 5:
+            break
+    assert flood.paused, "the client was never paused"
+    assert stable >= 5, "the proxy kept forwarding to a target that does not read"
+    assert flood.written < limit
+    assert last < flood.written
+    assert connection.bytesHeld[Direction.TO_TARGET] <= proxy.queueLimit + 65536
+    flood.stopped = True
+    client.tcp.unregisterProducer()
+    target = server.peers[0]
+    target.tcp.resumeProducing()
+    received = await target.waitFor(flood.written, seconds=40)
+    assert len(received) == flood.written
+    assert hashlib.sha256(received).digest() == flood.digest.digest()
+
+
+# -- parseFaults and Faults ------------------------------------------------------
+
+
+def test_parseFaultsReadsEveryFault() -> None:
+    """parseFaults reads every name, windows, ranges and single values."""
+    faults = parseFaults(
+        " reset-after=0.03..0.2, reset-after-bytes=100,stall-after=1,"
+        "stall-after-bytes=5000,close-after=2..3,delay=0.01,fragment=1..1000,seed=7,"
+    )
+    assert faults == Faults(
+        resetAfter=(0.03, 0.2),
+        resetAfterBytes=100,
+        stallAfter=(1.0, 1.0),
+        stallAfterBytes=5000,
+        closeAfter=(2.0, 3.0),
+        delay=0.01,
+        fragment=(1, 1000),
+        seed=7,
+    )
+    assert parseFaults("fragment=1").fragment == 1
+    assert parseFaults("") == Faults()
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "",
+        "delay=0.5",
+        "reset-after=0.03..0.2,fragment=1,delay=0.01,stall-after-bytes=5000,seed=7",
+        "close-after=1..2,fragment=3..9,reset-after-bytes=4,stall-after=0.25",
+    ],
+)
+def test_toSpecRoundTrips(spec: str) -> None:
+    """Faults.toSpec writes what parseFaults reads back to the same faults."""
+    faults = parseFaults(spec)
+    assert parseFaults(faults.toSpec()) == faults
+
+
+_KNOWN = (
+    "close-after, delay, fragment, reset-after, reset-after-bytes, seed,"
+    " stall-after, stall-after-bytes"
+)
+_WINDOW = "expected SECONDS or MIN..MAX seconds with 0 <= MIN <= MAX"
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("foo=1", f'unknown fault "foo" (known: {_KNOWN})'),
+        ("delay=0.1,Delay=2", f'unknown fault "Delay" (known: {_KNOWN})'),
+        ("delay", 'fault "delay" has no value (write delay=VALUE)'),
+        ("delay=1,delay=2", 'fault "delay" is given twice'),
+        ("delay=-1", 'bad value "-1" for delay: expected a number of seconds >= 0'),
+        ("delay=soon", 'bad value "soon" for delay: expected a number of seconds >= 0'),
+        ("delay=nan", 'bad value "nan" for delay: expected a number of seconds >= 0'),
+        ("reset-after=0.2..0.1", f'bad value "0.2..0.1" for reset-after: {_WINDOW}'),
+        ("stall-after=", f'bad value "" for stall-after: {_WINDOW}'),
+        ("close-after=1..inf", f'bad value "1..inf" for close-after: {_WINDOW}'),
+        (
+            "reset-after-bytes=0",
+            'bad value "0" for reset-after-bytes: expected a whole number of bytes >= 1',
+        ),
+        (
+            "stall-after-bytes=1.5",
+            'bad value "1.5" for stall-after-bytes: expected a whole number of bytes >= 1',
+        ),
+        (
+            "fragment=0",
+            'bad value "0" for fragment: expected a size in bytes >= 1'
+            " or MIN..MAX with 1 <= MIN <= MAX",
+        ),
+        (
+            "fragment=10..2",
+            'bad value "10..2" for fragment: expected a size in bytes >= 1'
+            " or MIN..MAX with 1 <= MIN <= MAX",
+        ),
+        ("seed=x", 'bad value "x" for seed: expected a whole number'),
+    ],
+)
+def test_parseFaultsErrors(spec: str, message: str) -> None:
+    """parseFaults names the bad item in an exact message."""
+    with pytest.raises(ValueError) as raised:
+        parseFaults(spec)
+    assert str(raised.value) == message
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (
+            {"resetAfter": (0.2, 0.1)},
+            "resetAfter must be (MIN, MAX) seconds with 0 <= MIN <= MAX, not (0.2, 0.1)",
+        ),
+        ({"delay": -1}, "delay must be a number of seconds >= 0, not -1"),
+        ({"stallAfterBytes": 0}, "stallAfterBytes must be a whole number of bytes >= 1, not 0"),
+        (
+            {"fragment": (0, 5)},
+            "fragment must be a size in bytes >= 1 or (MIN, MAX) with 1 <= MIN <= MAX, not (0, 5)",
+        ),
+        ({"seed": "7"}, "seed must be a whole number, not '7'"),
+    ],
+)
+def test_faultsRejectsBadValues(kwargs: dict[str, Any], message: str) -> None:
+    """Faults built in code check their values with the same care."""
+    with pytest.raises(ValueError) as raised:
+        Faults(**kwargs)
+    assert str(raised.value) == message
+
+
+def test_controlsRejectBadValues() -> None:
+    """setDelay and setFragment refuse bad values before changing anything."""
+    proxy = ChaosProxy(TCP4ClientEndpoint(_reactor(), LOOPBACK, 1), reactor=_reactor(), seed=1)
+    with pytest.raises(ValueError, match="delay must be a number of seconds >= 0"):
+        proxy.setDelay(-0.5)
+    with pytest.raises(ValueError, match="fragment must be a size in bytes >= 1"):
+        proxy.setFragment(0)
+    assert proxy.seed == 1
+    assert proxy.faultsInjected == dict.fromkeys(FAULT_KINDS, 0)

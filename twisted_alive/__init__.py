@@ -1,0 +1,29 @@
+"""
+twisted_alive: is the peer still there, why did the connection end, and did
+my message really reach the peer's application?
+
+Heartbeats, loss classification and confirmed, resumable delivery for
+long-lived Twisted TCP connections.
+"""
+
+from twisted_alive._factories import AliveClientFactory, AliveServerFactory, Retry
+from twisted_alive._frames import FrameError, GoodbyeCode
+from twisted_alive._mixin import HeartbeatMixin, HeartbeatProtocol
+from twisted_alive._outcomes import DeliveryFailed, QueueFull, Receipt
+from twisted_alive._reasons import Loss, Reason, classify
+
+__all__ = [
+    "HeartbeatMixin",
+    "HeartbeatProtocol",
+    "AliveClientFactory",
+    "AliveServerFactory",
+    "Retry",
+    "Reason",
+    "Loss",
+    "classify",
+    "Receipt",
+    "DeliveryFailed",
+    "QueueFull",
+    "GoodbyeCode",
+    "FrameError",
+]

@@ -1,0 +1,493 @@
+"""
+One connection of the twisted_alive protocol, sans-IO.
+
+L{Connection} is fed the bytes that arrived and the current time; it returns
+events, and holds the bytes to send until L{Connection.dataToSend} takes
+them. It owns the frame decoder and the liveness state of its connection,
+and drives the delivery state of the L{Session} it carries. Every rule of
+the HELLO exchange, of liveness and of delivery on one connection is here;
+the Twisted adapter only moves bytes, keeps the timer and calls the
+application.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import NamedTuple, Union
+
+from twisted_alive import _frames
+from twisted_alive._delivery import (
+    DEFAULT_MAX_QUEUE,
+    DEFAULT_MAX_QUEUE_BYTES,
+    DEFAULT_WINDOW,
+    Entry,
+    ProtocolViolation,
+    Session,
+)
+from twisted_alive._frames import (
+    DATA_OVERHEAD,
+    HELLO_RESUMED,
+    MIN_MAX_FRAME_SIZE,
+    NO_SESSION,
+    PROTOCOL_VERSION,
+    Ack,
+    Data,
+    FrameDecoder,
+    FrameError,
+    Goodbye,
+    GoodbyeCode,
+    Hello,
+    Ping,
+    Pong,
+    Reject,
+)
+from twisted_alive._liveness import Liveness, TimerAction
+
+
+class Role(enum.Enum):
+    """Which side of the HELLO exchange a connection plays."""
+
+    PEER = "peer"
+    """Keeps no sessions; sends HELLO at once."""
+    CLIENT = "client"
+    """Connecting side of a resumable session; sends HELLO at once."""
+    SERVER = "server"
+    """Accepting side that keeps sessions; answers the client's HELLO."""
+
+
+class State(enum.Enum):
+    """Where a L{Connection} stands."""
+
+    HANDSHAKE = "handshake"
+    OPEN = "open"
+    CLOSING = "closing"
+    """This side sent GOODBYE."""
+    PEER_CLOSING = "peer closing"
+    """The peer sent GOODBYE."""
+    FAILED = "failed"
+    """A protocol error, an unknown session or an expired deadline."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """
+    The parameters of one side of a connection.
+
+    :ivar interval: seconds of outbound silence before a PING.
+    :ivar misses: peer intervals of silence before the peer counts as dead.
+    :ivar maxFrameSize: the largest frame accepted (bytes after the length).
+    :ivar window: messages in flight at most, each way.
+    :ivar maxQueue: messages queued behind the window at most.
+    :ivar maxQueueBytes: payload bytes queued behind the window at most.
+    :ivar minPeerInterval: smallest heartbeat interval accepted from a peer.
+    :ivar maxPeerInterval: largest heartbeat interval accepted from a peer.
+    """
+
+    interval: float = 5.0
+    misses: int = 3
+    maxFrameSize: int = _frames.DEFAULT_MAX_FRAME_SIZE
+    window: int = DEFAULT_WINDOW
+    maxQueue: int = DEFAULT_MAX_QUEUE
+    maxQueueBytes: int = DEFAULT_MAX_QUEUE_BYTES
+    minPeerInterval: float = 0.1
+    maxPeerInterval: float = 3600.0
+
+    def __post_init__(self) -> None:
+        if not self.interval > 0:
+            raise ValueError(f"heartbeatInterval must be positive, got {self.interval!r}")
+        if self.interval < 0.001 or self.interval > 4_000_000:
+            raise ValueError(
+                f"heartbeatInterval must be between 0.001 and 4000000 seconds, got {self.interval!r}"
+            )
+        if self.misses < 1:
+            raise ValueError(f"heartbeatMisses must be at least 1, got {self.misses!r}")
+        if self.maxFrameSize < MIN_MAX_FRAME_SIZE or self.maxFrameSize > 2**32 - 1:
+            raise ValueError(
+                f"maxFrameSize must be between {MIN_MAX_FRAME_SIZE} and {2**32 - 1}, "
+                f"got {self.maxFrameSize!r}"
+            )
+        if self.window < 1:
+            raise ValueError(f"window must be at least 1, got {self.window!r}")
+
+    @property
+    def maxPayload(self) -> int:
+        """The largest message payload a frame of L{maxFrameSize} holds."""
+        return self.maxFrameSize - (DATA_OVERHEAD - 4)
+
+    def newSession(self, token: bytes = NO_SESSION) -> Session:
+        """A session with these limits."""
+        return Session(token, self.window, self.maxQueue, self.maxQueueBytes)
+
+
+class HelloReceived(NamedTuple):
+    """(Server role.) The client's HELLO arrived: answer with
+    L{Connection.acceptSession} or L{Connection.refuseSession}."""
+
+    hello: Hello
+
+
+class Opened(NamedTuple):
+    """Both HELLOs were exchanged; messages flow."""
+
+    resumed: bool
+
+
+class SessionUnknown(NamedTuple):
+    """(Client role.) The peer did not resume the session asked for."""
+
+    detail: str
+
+
+class Confirmed(NamedTuple):
+    """ACKs covered these entries (look rejected ones up in the outbox)."""
+
+    entries: list[Entry]
+
+
+class PongReceived(NamedTuple):
+    """A PONG answered our PING after C{rtt} seconds."""
+
+    rtt: float
+
+
+class GoodbyeReceived(NamedTuple):
+    """The peer announced an orderly close."""
+
+    code: GoodbyeCode
+    reason: str
+
+
+class Violation(NamedTuple):
+    """The peer broke the protocol; a GOODBYE was queued: close now."""
+
+    detail: str
+
+
+class Expired(NamedTuple):
+    """The liveness deadline passed: the peer is presumed dead; abort."""
+
+    detail: str
+
+
+class Stalled(NamedTuple):
+    """This process did not run for C{seconds}; the time was granted back."""
+
+    seconds: float
+
+
+Event = Union[
+    HelloReceived,
+    Opened,
+    SessionUnknown,
+    Confirmed,
+    PongReceived,
+    GoodbyeReceived,
+    Violation,
+    Expired,
+    Stalled,
+]
+
+
+class Connection:
+    """
+    The protocol state of one connection.
+
+    :param settings: this side's parameters.
+    :param role: this side's role in the HELLO exchange.
+    :param now: the current time.
+    :param session: the session to carry (client role: the one to resume or
+        start). Peers get a fresh one that lives as long as the connection;
+        servers get theirs in L{acceptSession}.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        role: Role,
+        now: float,
+        session: Session | None = None,
+    ) -> None:
+        self.settings = settings
+        self.role = role
+        self.session = session if session is not None else settings.newSession()
+        self.decoder = FrameDecoder(settings.maxFrameSize)
+        self.liveness = Liveness(settings.interval, settings.misses, now)
+        self.state = State.HANDSHAKE
+        self.peerHello: Hello | None = None
+        self.peerWindow = 0
+        self.peerMaxPayload = settings.maxPayload
+        self.resumed = False
+        self.error: str | None = None
+        self._ackSent = -1
+        self._out: list[bytes] = []
+        self._askedToken = self.session.token
+        if role is not Role.SERVER:
+            self._sendHello(0)
+
+    # -- output ------------------------------------------------------------
+
+    def dataToSend(self, now: float) -> bytes:
+        """Take the bytes queued for the peer (empty if none)."""
+        out = self._out
+        if not out:
+            return b""
+        self.liveness.sent(now)
+        data = out[0] if len(out) == 1 else b"".join(out)
+        self._out = []
+        return data
+
+    def nextWake(self) -> float:
+        """When the timer should next fire (L{handleTimer})."""
+        return self.liveness.nextWake()
+
+    @property
+    def canSend(self) -> bool:
+        """Whether new DATA may go out on this connection now."""
+        return self.state is State.OPEN
+
+    # -- input -------------------------------------------------------------
+
+    def receiveData(self, data: bytes, now: float) -> list[Event]:
+        """
+        Feed bytes that arrived from the peer.
+
+        :returns: the events they caused, in order. New messages for the
+            application are in C{session.inbox.pending}, not in events.
+        """
+        self.liveness.received(now)
+        events: list[Event] = []
+        try:
+            frames = self.decoder.feed(data)
+        except FrameError as e:
+            for frame in e.frames:
+                if self._handleFrame(frame, now, events):
+                    return events
+            self._violate(str(e), events)
+            return events
+        try:
+            for frame in frames:
+                if self._handleFrame(frame, now, events):
+                    break
+        except ProtocolViolation as e:
+            self._violate(str(e), events)
+        return events
+
+    def _handleFrame(self, frame: _frames.Frame, now: float, events: list[Event]) -> bool:
+        """Act on one frame; C{True} to stop reading further frames."""
+        state = self.state
+        if state is State.FAILED:
+            return True
+        if type(frame) is Data:
+            if state is State.HANDSHAKE:
+                raise ProtocolViolation("expected HELLO first, got DATA")
+            if state is State.PEER_CLOSING:
+                raise ProtocolViolation("DATA after GOODBYE")
+            self.session.inbox.accept(frame.seq, frame.payload)
+            return False
+        if type(frame) is Ack:
+            if state is State.HANDSHAKE:
+                raise ProtocolViolation("expected HELLO first, got ACK")
+            entries = self.session.outbox.ack(frame.seq)
+            if entries:
+                events.append(Confirmed(entries))
+                self.pump(now)
+            return False
+        if type(frame) is Ping:
+            self._out.append(_frames.encode(Pong(frame.id)))
+            return False
+        if type(frame) is Pong:
+            sample = self.liveness.pongReceived(frame.id, now)
+            if sample is not None:
+                events.append(PongReceived(sample))
+            return False
+        if type(frame) is Hello:
+            self._handleHello(frame, now, events)
+            return self.state is State.FAILED or (
+                self.role is Role.SERVER and self.state is State.HANDSHAKE
+            )
+        if type(frame) is Goodbye:
+            return self._handleGoodbye(frame, events)
+        if type(frame) is Reject:
+            if state is State.HANDSHAKE:
+                raise ProtocolViolation("expected HELLO first, got REJECT")
+            self.session.outbox.reject(frame.seq, frame.reason)
+            return False
+        raise AssertionError(f"unhandled frame {frame!r}")  # pragma: no cover
+
+    def _handleGoodbye(self, frame: Goodbye, events: list[Event]) -> bool:
+        if (
+            self.role is Role.CLIENT
+            and frame.code is GoodbyeCode.SESSION_UNKNOWN
+            and self.state is State.HANDSHAKE
+        ):
+            self.state = State.FAILED
+            self.error = f"peer does not know the session: {frame.reason}"
+            events.append(GoodbyeReceived(frame.code, frame.reason))
+            events.append(SessionUnknown(self.error))
+            return True
+        self.state = State.PEER_CLOSING
+        events.append(GoodbyeReceived(frame.code, frame.reason))
+        return False
+
+    def _handleHello(self, hello: Hello, now: float, events: list[Event]) -> None:
+        if self.peerHello is not None:
+            raise ProtocolViolation("a second HELLO on one connection")
+        settings = self.settings
+        if not settings.minPeerInterval <= hello.interval <= settings.maxPeerInterval:
+            raise ProtocolViolation(
+                f"heartbeat interval {hello.interval:g} s is outside the accepted range "
+                f"{settings.minPeerInterval:g}..{settings.maxPeerInterval:g} s"
+            )
+        if hello.maxFrameSize < MIN_MAX_FRAME_SIZE:
+            raise ProtocolViolation(
+                f"HELLO max_frame {hello.maxFrameSize} is below the minimum of "
+                f"{MIN_MAX_FRAME_SIZE}"
+            )
+        if hello.window < 1:
+            raise ProtocolViolation("HELLO window 0 is invalid (it must be at least 1)")
+        self.peerHello = hello
+        self.liveness.handshake(hello.interval, now)
+        if self.role is Role.SERVER:
+            events.append(HelloReceived(hello))
+            return
+        if self.role is Role.PEER:
+            if hello.session != NO_SESSION:
+                self._fail(
+                    GoodbyeCode.SESSION_UNKNOWN,
+                    "this peer keeps no sessions and cannot resume one",
+                    events,
+                )
+                return
+            self._open(hello, False, now, events)
+            return
+        # Client: did the server resume the session we asked for?
+        asked = self._askedToken
+        if asked == NO_SESSION:
+            self.session.token = hello.session
+            self._open(hello, False, now, events)
+        elif self.session.matches(hello.session) and hello.flags & HELLO_RESUMED:
+            self._open(hello, True, now, events)
+        else:
+            self.state = State.FAILED
+            self.error = "peer did not resume the session (it keeps no sessions)"
+            events.append(SessionUnknown(self.error))
+
+    def acceptSession(self, session: Session, resumed: bool, now: float) -> list[Event]:
+        """
+        (Server role.) Answer the client's HELLO with C{session}, new or
+        resumed. Messages queued on this connection before it carried a
+        session move to the end of C{session}'s queue.
+        """
+        assert self.role is Role.SERVER and self.peerHello is not None
+        events: list[Event] = []
+        self.session.outbox.moveQueueTo(session.outbox)
+        self.session = session
+        self._sendHello(HELLO_RESUMED if resumed else 0)
+        try:
+            self._open(self.peerHello, resumed, now, events)
+        except ProtocolViolation as e:
+            self._violate(str(e), events)
+        return events
+
+    def refuseSession(self, detail: str) -> None:
+        """(Server role.) The client's token is unknown: say so, then close."""
+        self.state = State.FAILED
+        self.error = detail
+        self._out.append(_frames.encode(Goodbye(GoodbyeCode.SESSION_UNKNOWN, detail)))
+
+    def _open(self, hello: Hello, resumed: bool, now: float, events: list[Event]) -> None:
+        self.peerWindow = hello.window
+        self.peerMaxPayload = min(self.settings.maxPayload, hello.maxFrameSize - 9)
+        self.resumed = resumed
+        self.session.outbox.resume(hello.nextExpected)
+        self.state = State.OPEN
+        events.append(Opened(resumed))
+        if self.session.inbox.processedUpTo or self.session.inbox.rejections:
+            self.flushAck()
+        self.pump(now)
+
+    def _sendHello(self, flags: int) -> None:
+        s = self.settings
+        self._out.append(
+            _frames.encode(
+                Hello(
+                    PROTOCOL_VERSION,
+                    flags,
+                    s.interval,
+                    s.maxFrameSize,
+                    s.window,
+                    self.session.inbox.nextExpected,
+                    self.session.token,
+                )
+            )
+        )
+
+    # -- actions -------------------------------------------------------------
+
+    def pump(self, now: float) -> int:
+        """
+        Write as many queued messages as the windows allow.
+
+        :returns: how many DATA frames were queued for sending.
+        """
+        if self.state is not State.OPEN:
+            return 0
+        outbox = self.session.outbox
+        if not outbox.queue:
+            return 0
+        entries = outbox.takeSendable(self.peerWindow, now, self.peerMaxPayload)
+        out = self._out
+        encodeData = _frames.encodeData
+        for entry in entries:
+            out.append(encodeData(entry.seq, entry.payload))
+        return len(entries)
+
+    def flushAck(self) -> None:
+        """
+        Queue the REJECTs of messages the application failed on, then one
+        cumulative ACK if processing advanced since the last one.
+        """
+        if self.state is State.FAILED or self.peerHello is None:
+            return
+        inbox = self.session.inbox
+        if inbox.rejections:
+            for seq, reason in inbox.rejections:
+                self._out.append(_frames.encode(Reject(seq, reason)))
+            inbox.rejections.clear()
+        processed = inbox.processedUpTo
+        if processed > self._ackSent:
+            self._ackSent = processed
+            self._out.append(_frames.encodeAck(processed))
+
+    def close(self, code: GoodbyeCode = GoodbyeCode.NORMAL, reason: str = "") -> None:
+        """Announce an orderly close with GOODBYE; no DATA goes out after it."""
+        if self.state in (State.OPEN, State.HANDSHAKE, State.PEER_CLOSING):
+            self._out.append(_frames.encode(Goodbye(code, reason)))
+            if self.state is not State.PEER_CLOSING:
+                self.state = State.CLOSING
+
+    def handleTimer(self, now: float, scheduledFor: float) -> list[Event]:
+        """The timer armed for C{scheduledFor} fired at C{now}; act on liveness."""
+        result = self.liveness.handleTimer(now, scheduledFor)
+        events: list[Event] = []
+        if result.stall:
+            events.append(Stalled(result.stall))
+        if result.action is TimerAction.EXPIRED:
+            self.state = State.FAILED
+            self.error = self.liveness.silenceDetail(now)
+            events.append(Expired(self.error))
+        elif result.action is TimerAction.PING:
+            self._out.append(_frames.encode(Ping(self.liveness.pingId)))
+        return events
+
+    def _violate(self, detail: str, events: list[Event]) -> None:
+        self._fail(GoodbyeCode.PROTOCOL_ERROR, detail, events)
+
+    def _fail(self, code: GoodbyeCode, detail: str, events: list[Event]) -> None:
+        if self.state is State.FAILED:
+            return
+        self.state = State.FAILED
+        self.error = detail
+        self._out.append(_frames.encode(Goodbye(code, detail)))
+        events.append(Violation(detail))

@@ -1,0 +1,353 @@
+"""
+Delivery state of a session: sequence numbers, the window, the bounded send
+queue, cumulative acknowledgements, and what to resend after a reconnect.
+
+Sans-IO: no Twisted, no clock, no I/O. A L{Session} outlives the connections
+that carry it; each side keeps one L{Outbox} (what it sends) and one L{Inbox}
+(what it receives).
+"""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+from collections import deque
+from typing import Any
+
+from twisted_alive._frames import NO_SESSION
+from twisted_alive._outcomes import QueueFull
+
+DEFAULT_WINDOW = 1024
+"""Unacknowledged messages a sender may have in flight."""
+
+DEFAULT_MAX_QUEUE = 65536
+"""Messages that may wait behind the window."""
+
+DEFAULT_MAX_QUEUE_BYTES = 64 * 1024 * 1024
+"""Payload bytes that may wait behind the window."""
+
+
+class ProtocolViolation(Exception):
+    """The peer broke a delivery rule; the text says which."""
+
+
+class Entry:
+    """One message in an L{Outbox}."""
+
+    __slots__ = ("seq", "payload", "handle", "sentAt")
+
+    def __init__(self, payload: bytes, handle: Any) -> None:
+        self.seq = 0
+        self.payload = payload
+        self.handle = handle
+        self.sentAt = 0.0
+
+
+class Outbox:
+    """
+    The sending half of a session.
+
+    Messages wait in a bounded queue, move into the window when sent (which
+    gives them their sequence number), and leave it when a cumulative ACK
+    covers them. After a reconnect, L{resume} puts what the peer did not
+    receive back at the head of the queue, with the same sequence numbers.
+
+    :param window: messages in flight at most.
+    :param maxQueue: messages waiting behind the window at most.
+    :param maxQueueBytes: payload bytes waiting behind the window at most.
+    """
+
+    def __init__(
+        self,
+        window: int = DEFAULT_WINDOW,
+        maxQueue: int = DEFAULT_MAX_QUEUE,
+        maxQueueBytes: int = DEFAULT_MAX_QUEUE_BYTES,
+    ) -> None:
+        if window < 1:
+            raise ValueError(f"window must be at least 1, got {window!r}")
+        if maxQueue < 0 or maxQueueBytes < 0:
+            raise ValueError("queue limits must not be negative")
+        self.window = window
+        self.maxQueue = maxQueue
+        self.maxQueueBytes = maxQueueBytes
+        self.queue: deque[Entry] = deque()
+        self.queuedBytes = 0
+        self.inflight: deque[Entry] = deque()
+        self.ackedUpTo = 0
+        self.nextSeq = 1
+        self.rejected: dict[int, str] = {}
+        self.tooLarge: list[Entry] = []
+        self.redelivered = 0
+
+    def __len__(self) -> int:
+        """Messages not yet confirmed: in flight plus queued."""
+        return len(self.inflight) + len(self.queue)
+
+    def hasRoom(self) -> bool:
+        """Whether L{submit} would accept a message now."""
+        return len(self.queue) < self.maxQueue and self.queuedBytes < self.maxQueueBytes
+
+    def submit(self, payload: bytes, handle: Any) -> Entry:
+        """
+        Queue a message.
+
+        :raises QueueFull: at the queue's limit; nothing was queued.
+        """
+        queue = self.queue
+        # An empty queue always takes one message, however large, so that a
+        # byte limit below one message's size cannot block a sender forever.
+        if queue and (
+            len(queue) >= self.maxQueue or self.queuedBytes + len(payload) > self.maxQueueBytes
+        ):
+            raise QueueFull(
+                f"send queue full: {len(queue)} messages ({self.queuedBytes} bytes) "
+                f"waiting behind {len(self.inflight)} in flight "
+                f"(maxQueue={self.maxQueue}, maxQueueBytes={self.maxQueueBytes})"
+            )
+        entry = Entry(payload, handle)
+        queue.append(entry)
+        self.queuedBytes += len(payload)
+        return entry
+
+    def takeSendable(self, peerWindow: int, now: float, maxPayload: int) -> list[Entry]:
+        """
+        Move queued messages into the window, as far as both this side's and
+        the peer's window allow, giving new ones their sequence number.
+
+        A new message larger than C{maxPayload} (the peer accepts smaller
+        frames than this side) is moved to L{tooLarge} instead, without a
+        sequence number: the caller fails it.
+
+        :returns: the entries to write now, in order.
+        """
+        limit = min(self.window, peerWindow) - len(self.inflight)
+        queue = self.queue
+        if limit <= 0 or not queue:
+            return []
+        out = []
+        inflight = self.inflight
+        while limit and queue:
+            entry = queue.popleft()
+            self.queuedBytes -= len(entry.payload)
+            if entry.seq == 0:
+                if len(entry.payload) > maxPayload:
+                    self.tooLarge.append(entry)
+                    continue
+                entry.seq = self.nextSeq
+                self.nextSeq += 1
+                entry.sentAt = now
+            else:
+                self.redelivered += 1
+            inflight.append(entry)
+            out.append(entry)
+            limit -= 1
+        return out
+
+    def ack(self, upTo: int) -> list[Entry]:
+        """
+        A cumulative ACK arrived.
+
+        :returns: the entries it confirms, in order (including rejected ones:
+            look their seq up in L{rejected}).
+        :raises ProtocolViolation: if it acknowledges a message never sent.
+        """
+        if upTo <= self.ackedUpTo:
+            return []
+        if upTo >= self.nextSeq:
+            raise ProtocolViolation(
+                f"ACK for sequence number {upTo}, but only {self.nextSeq - 1} were sent"
+            )
+        done = []
+        inflight = self.inflight
+        while inflight and inflight[0].seq <= upTo:
+            done.append(inflight.popleft())
+        if len(done) < upTo - self.ackedUpTo:
+            # Covered entries that were put back in the queue by a resume.
+            queue = self.queue
+            while queue and queue[0].seq and queue[0].seq <= upTo:
+                entry = queue.popleft()
+                self.queuedBytes -= len(entry.payload)
+                done.append(entry)
+        self.ackedUpTo = upTo
+        return done
+
+    def reject(self, seq: int, reason: str) -> None:
+        """
+        The peer's application failed on message C{seq}; the ACK that
+        follows will cover it.
+
+        :raises ProtocolViolation: if C{seq} is not awaiting confirmation.
+        """
+        if not (self.ackedUpTo < seq < self.nextSeq):
+            raise ProtocolViolation(
+                f"REJECT for sequence number {seq}, which is not awaiting confirmation"
+            )
+        self.rejected[seq] = reason
+
+    def resume(self, peerNextExpected: int) -> None:
+        """
+        A new connection's HELLO says the peer holds everything below
+        C{peerNextExpected}: put the rest of the window back at the head of
+        the queue, to be resent with the same sequence numbers.
+
+        :raises ProtocolViolation: if that contradicts what was acknowledged
+            or sent.
+        """
+        if peerNextExpected - 1 < self.ackedUpTo:
+            raise ProtocolViolation(
+                f"HELLO next_expected {peerNextExpected} is below the "
+                f"{self.ackedUpTo} messages already acknowledged"
+            )
+        if peerNextExpected > self.nextSeq:
+            raise ProtocolViolation(
+                f"HELLO next_expected {peerNextExpected} is beyond the "
+                f"{self.nextSeq - 1} messages sent"
+            )
+        inflight = self.inflight
+        while inflight and inflight[-1].seq >= peerNextExpected:
+            entry = inflight.pop()
+            self.queue.appendleft(entry)
+            self.queuedBytes += len(entry.payload)
+
+    def restart(self) -> list[Entry]:
+        """
+        The session is abandoned for a new one: every sent message becomes
+        uncertain, queued messages that were never sent carry over.
+
+        :returns: the entries that were sent but not confirmed (the caller
+            fails them); queued, never-sent entries stay, and sequence numbers
+            start again at 1.
+        """
+        uncertain = list(self.inflight)
+        self.inflight.clear()
+        kept: deque[Entry] = deque()
+        for entry in self.queue:
+            if entry.seq:
+                uncertain.append(entry)
+                self.queuedBytes -= len(entry.payload)
+            else:
+                kept.append(entry)
+        self.queue = kept
+        self.ackedUpTo = 0
+        self.nextSeq = 1
+        self.rejected.clear()
+        return uncertain
+
+    def moveQueueTo(self, other: Outbox) -> None:
+        """Move every queued (never sent) entry to the end of C{other}'s
+        queue, in order."""
+        for entry in self.queue:
+            other.queue.append(entry)
+            other.queuedBytes += len(entry.payload)
+        self.queue.clear()
+        self.queuedBytes = 0
+
+    def drain(self) -> list[Entry]:
+        """Remove and return every unconfirmed entry (the session ends)."""
+        entries = list(self.inflight) + list(self.queue)
+        self.inflight.clear()
+        self.queue.clear()
+        self.queuedBytes = 0
+        return entries
+
+
+class Inbox:
+    """
+    The receiving half of a session.
+
+    Accepted messages wait in order to be handed to the application one at
+    a time. L{nextExpected} is what the HELLO announces after a reconnect;
+    L{processedUpTo} is what ACKs confirm.
+
+    :param window: how many received messages may await processing (the
+        window this side announces); a peer that exceeds it breaks the
+        protocol.
+    """
+
+    def __init__(self, window: int = DEFAULT_WINDOW) -> None:
+        self.window = window
+        self.receivedUpTo = 0
+        self.processedUpTo = 0
+        self.pending: deque[tuple[int, bytes]] = deque()
+        self.rejections: list[tuple[int, str]] = []
+        self.duplicates = 0
+
+    def reject(self, seq: int, reason: str) -> None:
+        """
+        The application failed on message C{seq}: it counts as processed,
+        and a REJECT goes to the peer before the ACK that covers it.
+        """
+        self.rejections.append((seq, reason))
+        self.processedUpTo = seq
+
+    @property
+    def nextExpected(self) -> int:
+        """The next sequence number this side needs from the peer."""
+        return self.receivedUpTo + 1
+
+    def accept(self, seq: int, payload: bytes) -> bool:
+        """
+        A DATA frame arrived.
+
+        :returns: C{True} if it was queued for the application, C{False} for
+            a duplicate (dropped).
+        :raises ProtocolViolation: for a gap in the sequence or a peer that
+            overran the window.
+        """
+        expected = self.receivedUpTo + 1
+        if seq != expected:
+            if seq < expected:
+                self.duplicates += 1
+                return False
+            raise ProtocolViolation(f"DATA sequence number {seq} arrived, expected {expected}")
+        if seq - self.processedUpTo > self.window:
+            raise ProtocolViolation(
+                f"peer exceeded the window of {self.window} unacknowledged messages"
+            )
+        self.receivedUpTo = seq
+        self.pending.append((seq, payload))
+        return True
+
+
+class Session:
+    """
+    State that outlives a connection: a token, an L{Outbox} and an L{Inbox}.
+
+    :param token: the 16-byte session token, or L{NO_SESSION} for a session
+        that lives only as long as one connection.
+    """
+
+    def __init__(
+        self,
+        token: bytes = NO_SESSION,
+        window: int = DEFAULT_WINDOW,
+        maxQueue: int = DEFAULT_MAX_QUEUE,
+        maxQueueBytes: int = DEFAULT_MAX_QUEUE_BYTES,
+    ) -> None:
+        self.token = token
+        self.outbox = Outbox(window, maxQueue, maxQueueBytes)
+        self.inbox = Inbox(window)
+        self.lastSeen = 0.0
+        self.current: object | None = None
+        """The adapter object carrying this session now, if any."""
+        self.busy = False
+        """Whether the application is processing a message of this session."""
+
+    @staticmethod
+    def newToken() -> bytes:
+        """16 random bytes (128 bits) from the operating system's CSPRNG."""
+        return secrets.token_bytes(16)
+
+    def matches(self, token: bytes) -> bool:
+        """Compare C{token} with this session's token in constant time."""
+        return hmac.compare_digest(self.token, token)
+
+    def restart(self, token: bytes = NO_SESSION) -> list[Entry]:
+        """
+        Replace this session with a new one (the peer did not know it).
+
+        :returns: the sent-but-unconfirmed entries, now uncertain.
+        """
+        self.token = token
+        self.inbox = Inbox(self.inbox.window)
+        return self.outbox.restart()

@@ -1,0 +1,632 @@
+"""
+Sessions that outlive connections: L{AliveClientFactory} and
+L{AliveServerFactory}.
+
+A session holds what each side sent and has not seen confirmed, and how far
+it processed what it received. The client's factory keeps one session across
+reconnects; the server's factory keeps one per client, by token, for a
+bounded time and count. After a reconnect the HELLO exchange tells each side
+what the other holds, the rest is resent, and duplicates are dropped: every
+message reaches the peer's application exactly once, in order, while both
+processes live.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import random
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
+from typing import Any, cast
+
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IAddress, IConnector, IDelayedCall, IReactorTime
+from twisted.internet.protocol import ClientFactory, Factory, ReconnectingClientFactory
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from twisted_alive._connection import Role, Settings, State
+from twisted_alive._delivery import (
+    DEFAULT_MAX_QUEUE,
+    DEFAULT_MAX_QUEUE_BYTES,
+    DEFAULT_WINDOW,
+    Entry,
+    Session,
+)
+from twisted_alive._frames import DEFAULT_MAX_FRAME_SIZE, NO_SESSION, GoodbyeCode
+from twisted_alive._interfaces import ISessionHost
+from twisted_alive._mixin import HeartbeatMixin, HeartbeatProtocol, checkPayload, failDelivery
+from twisted_alive._outcomes import DeliveryFailed, QueueFull, Receipt
+from twisted_alive._reasons import Loss, Reason, classify
+
+log = Logger(namespace="twisted_alive")
+
+
+class Retry(enum.Enum):
+    """What L{AliveClientFactory} does after a loss."""
+
+    STOP = "stop"
+    """Stop trying; the session ends and pending messages fail."""
+    QUICK = "quick"
+    """Reconnect after C{quickDelay} if the lost connection was stable,
+    else back off."""
+    BACKOFF = "backoff"
+    """Reconnect after the next backoff delay."""
+
+
+DEFAULT_RETRY_POLICY: Mapping[Reason, Retry] = MappingProxyType(
+    {
+        Reason.RESET: Retry.QUICK,
+        Reason.TIMEOUT: Retry.QUICK,
+        Reason.PEER_CLOSED: Retry.QUICK,
+        Reason.CLEAN_CLOSE: Retry.BACKOFF,
+        Reason.REFUSED: Retry.BACKOFF,
+        Reason.CONNECT_TIMEOUT: Retry.BACKOFF,
+        Reason.CONNECT_FAILED: Retry.BACKOFF,
+        Reason.LOCAL_CLOSE: Retry.BACKOFF,
+        Reason.PROTOCOL_ERROR: Retry.BACKOFF,
+    }
+)
+
+DEFAULT_GOODBYE_POLICY: Mapping[GoodbyeCode, Retry] = MappingProxyType(
+    {
+        GoodbyeCode.GO_AWAY: Retry.STOP,
+        GoodbyeCode.SESSION_UNKNOWN: Retry.QUICK,
+    }
+)
+
+
+def tokenPrefix(token: bytes) -> str:
+    """The first 8 hex digits of a session token, for logs and status pages
+    (never the whole token)."""
+    return token.hex()[:8] if token != NO_SESSION else "-"
+
+
+def _settingsOf(protocol: Any) -> Settings:
+    """The L{Settings} a protocol class's attributes describe."""
+    return Settings(
+        interval=getattr(protocol, "heartbeatInterval", 5.0),
+        misses=getattr(protocol, "heartbeatMisses", 3),
+        maxFrameSize=getattr(protocol, "maxFrameSize", DEFAULT_MAX_FRAME_SIZE),
+        window=getattr(protocol, "maxInFlight", DEFAULT_WINDOW),
+        maxQueue=getattr(protocol, "maxQueued", DEFAULT_MAX_QUEUE),
+        maxQueueBytes=getattr(protocol, "maxQueuedBytes", DEFAULT_MAX_QUEUE_BYTES),
+    )
+
+
+@implementer(ISessionHost)
+class AliveClientFactory(ReconnectingClientFactory):
+    """
+    A C{ReconnectingClientFactory} that owns a client session: messages
+    given to L{sendMessage} reach the server's application exactly once and
+    in order, across any number of reconnects.
+
+    Use it like any client factory: C{AliveClientFactory.forProtocol(P)}
+    with C{reactor.connectTCP} or C{connectSSL} (the factory reconnects
+    itself), or with an endpoint under C{ClientService} (which then does the
+    reconnecting; the session works the same). C{P} is a
+    L{HeartbeatProtocol} subclass; its class attributes set the limits.
+
+    Backoff keeps the stock attributes (C{initialDelay}, C{maxDelay},
+    C{factor}, C{jitter}, C{maxRetries}) and fixes the stock flaws: the delay
+    resets itself once a connection completed HELLO and stayed up
+    C{stableAfter} seconds; a jittered delay is never above C{maxDelay} nor
+    below zero; the jitter comes from C{random} (a callable returning a float
+    in [0, 1), replaceable in tests).
+
+    :cvar retryPolicy: L{Retry} per L{Reason} of a loss.
+    :cvar goodbyePolicy: L{Retry} per GOODBYE code received; it overrides
+        C{retryPolicy} (by default C{GO_AWAY} stops retrying).
+    :cvar quickDelay: the delay of a L{Retry.QUICK} reconnect, in seconds.
+    :cvar stableAfter: seconds a connection must stay up after HELLO for the
+        backoff to reset.
+    :ivar lastLoss: the L{Loss} of the latest lost connection or failed
+        attempt.
+    :ivar losses: how many losses each L{Reason} had.
+    :ivar connected: the protocol carrying the session now, or C{None}.
+    """
+
+    protocol: Any = HeartbeatProtocol
+    role = Role.CLIENT
+    initialDelay = 0.5
+    maxDelay = 60.0
+    factor = 2.0
+    jitter = 0.2
+    retryPolicy: Mapping[Reason, Retry] = DEFAULT_RETRY_POLICY
+    goodbyePolicy: Mapping[GoodbyeCode, Retry] = DEFAULT_GOODBYE_POLICY
+    quickDelay = 0.05
+    stableAfter = 5.0
+    random: Callable[[], float] = random.random
+
+    connected: HeartbeatMixin | None = None
+    lastLoss: Loss | None = None
+    _session: Session | None = None
+    _stableCall: IDelayedCall | None = None
+    _connectedAt: float | None = None
+    _stopped = False
+    _reconnectAtOnce = False
+
+    def __init__(self) -> None:
+        self.losses: dict[Reason, int] = {}
+        self._waiters: list[Deferred[HeartbeatMixin]] = []
+        self.connections = 0
+
+    # -- the session -----------------------------------------------------------
+
+    @property
+    def session(self) -> Session:
+        """The client session (created on first use)."""
+        if self._session is None:
+            self._session = _settingsOf(self.protocol).newSession()
+        return self._session
+
+    def clientSession(self) -> Session:
+        """The session the next connection carries (L{ISessionHost})."""
+        return self.session
+
+    def sessionFor(self, token: bytes, now: float) -> tuple[Session, bool] | None:
+        """Not used: this factory plays the client role."""
+        raise NotImplementedError
+
+    def sendMessage(self, payload: bytes) -> Deferred[Receipt]:
+        """
+        Send one message in the session, connected or not: it is queued
+        while disconnected and resent after a reconnect until confirmed.
+
+        :returns: a Deferred that fires with a L{Receipt} once the server's
+            application processed the message, or fails with
+            L{DeliveryFailed} (the session ended: L{stopTrying}, C{GO_AWAY},
+            an unknown session, or the peer's application failed on it) or
+            L{QueueFull} (at once; nothing was queued).
+        """
+        checkPayload(payload, _settingsOf(self.protocol))
+        if self._stopped:
+            return defer.fail(DeliveryFailed("the factory stopped trying; message not sent"))
+        d: Deferred[Receipt] = Deferred()
+        try:
+            self.session.outbox.submit(payload, d)
+        except QueueFull as e:
+            return defer.fail(e)
+        current = self.connected
+        if current is not None:
+            current._pump()
+        return d
+
+    def whenConnected(self) -> Deferred[HeartbeatMixin]:
+        """A Deferred that fires with the protocol once a connection has
+        completed its HELLO exchange (at once if one has)."""
+        if self.connected is not None:
+            return defer.succeed(self.connected)
+        d: Deferred[HeartbeatMixin] = Deferred()
+        self._waiters.append(d)
+        return d
+
+    @property
+    def pending(self) -> int:
+        """Messages sent or queued but not yet confirmed."""
+        return len(self.session.outbox)
+
+    # -- ISessionHost ---------------------------------------------------------------
+
+    def connectionStarted(self, protocol: HeartbeatMixin) -> None:
+        """A connection was made (before HELLO)."""
+        self.connections += 1
+
+    def sessionOpened(self, protocol: object, resumed: bool) -> None:
+        """A connection completed HELLO: it carries the session now."""
+        proto = cast(HeartbeatMixin, protocol)
+        self.connected = proto
+        clock = self._clockNow()
+        self._connectedAt = clock.seconds()
+        self._cancelStable()
+        self._stableCall = clock.callLater(self.stableAfter, self._stable)
+        log.info(
+            "alive.session: {token} {how} with {peer}",
+            token=tokenPrefix(self.session.token),
+            how="resumed" if resumed else "started",
+            peer=proto._peer,
+            resumed=resumed,
+            event="session",
+        )
+        waiters, self._waiters = self._waiters, []
+        for d in waiters:
+            d.callback(proto)
+
+    def sessionUnknown(self, protocol: object, detail: str) -> None:
+        """The server did not resume the session: start a new one; what was
+        sent and unconfirmed may or may not have been processed."""
+        session = self.session
+        old = tokenPrefix(session.token)
+        uncertain = session.restart()
+        log.warn(
+            "alive.session_lost: session {token} is gone ({detail}); "
+            "{count} unconfirmed messages may or may not have been processed",
+            token=old,
+            detail=detail,
+            count=len(uncertain),
+            event="session_unknown",
+        )
+        self._reconnectAtOnce = True
+        for entry in uncertain:
+            failDelivery(
+                entry,
+                f"the server no longer knows session {old}: the message may or may not "
+                "have been processed",
+                None,
+            )
+
+    def sessionLost(self, protocol: object, loss: Loss) -> None:
+        """A connection ended; the session stays for the next one."""
+        proto = cast(HeartbeatMixin, protocol)
+        if self.connected is proto:
+            self.connected = None
+        self._cancelStable()
+        self.lastLoss = loss
+        self.losses[loss.reason] = self.losses.get(loss.reason, 0) + 1
+        session = self.session
+        conn = proto._alive
+        opened = conn is not None and conn.peerHello is not None
+        if opened and session.token == NO_SESSION:
+            # The server keeps no sessions: the next connection starts a new
+            # one, and what was in flight is uncertain.
+            self.sessionUnknown(proto, "the server keeps no sessions")
+        if self._stopped:
+            self._endSession(loss)
+
+    # -- reconnecting --------------------------------------------------------------
+
+    def buildProtocol(self, addr: IAddress) -> HeartbeatMixin | None:
+        """Build a protocol carrying this factory's session (the backoff is
+        not reset here, only once a connection proved stable)."""
+        proto = ClientFactory.buildProtocol(self, addr)
+        if proto is not None and self.clock is not None:
+            proto.clock = self.clock
+        return cast("HeartbeatMixin | None", proto)
+
+    def clientConnectionFailed(self, connector: IConnector, reason: Failure) -> None:
+        """A connection attempt failed: classify it, then retry or stop."""
+        kind = classify(reason)
+        loss = Loss(kind, f"connection attempt failed: {reason.getErrorMessage()}", reason)
+        self.lastLoss = loss
+        self.losses[kind] = self.losses.get(kind, 0) + 1
+        log.info(
+            "alive.connect_failed: {reason}: {detail}",
+            reason=kind.name,
+            detail=loss.detail,
+            event="connect_failed",
+        )
+        self.connector = connector
+        self._retryAfter(loss, connector)
+
+    def clientConnectionLost(self, connector: IConnector, reason: Failure) -> None:
+        """A connection ended (the protocol classified it): retry or stop."""
+        loss = self.lastLoss
+        if loss is None or loss.failure is not reason:
+            loss = Loss(classify(reason), reason.getErrorMessage(), reason)
+        self.connector = connector
+        self._retryAfter(loss, connector)
+
+    def retryFor(self, loss: Loss) -> Retry:
+        """
+        The L{Retry} decision for C{loss}: C{goodbyePolicy} for a GOODBYE
+        code it names, else C{retryPolicy}. Override for other rules.
+        """
+        if loss.goodbye is not None and loss.goodbye in self.goodbyePolicy:
+            return self.goodbyePolicy[loss.goodbye]
+        return self.retryPolicy.get(loss.reason, Retry.BACKOFF)
+
+    def nextDelay(self) -> float:
+        """
+        The next backoff delay: C{initialDelay * factor ** retries}, capped
+        at C{maxDelay}, with multiplicative jitter of +/- C{jitter}, and
+        never above C{maxDelay} nor below zero.
+        """
+        base = min(self.maxDelay, self.initialDelay * self.factor ** min(self.retries, 64))
+        if self.jitter:
+            base *= 1.0 + self.jitter * (2.0 * self.random() - 1.0)
+        return max(0.0, min(self.maxDelay, base))
+
+    def _retryAfter(self, loss: Loss, connector: IConnector) -> None:
+        if not self.continueTrying:
+            self._endSession(loss)
+            return
+        decision = self.retryFor(loss)
+        if decision is Retry.STOP:
+            log.info(
+                "alive.retry: giving up after {reason}", reason=loss.reason.name, event="retry"
+            )
+            self.stopTrying()
+            self._endSession(loss)
+            return
+        if self._reconnectAtOnce:
+            # A new session after an unknown one: nothing to wait for.
+            self._reconnectAtOnce = False
+            delay = 0.0
+        elif decision is Retry.QUICK and self.retries == 0:
+            delay = self.quickDelay * (1.0 + self.jitter * self.random())
+            delay = min(delay, self.maxDelay)
+        else:
+            delay = self.nextDelay()
+        self.retries += 1
+        if self.maxRetries is not None and self.retries > self.maxRetries:
+            log.info(
+                "alive.retry: giving up after {retries} retries",
+                retries=self.retries - 1,
+                event="retry",
+            )
+            self.stopTrying()
+            self._endSession(loss)
+            return
+        self.delay = delay
+        log.info(
+            "alive.retry: reconnecting in {delay:.3f} s after {reason} (attempt {attempt})",
+            delay=delay,
+            reason=loss.reason.name,
+            attempt=self.retries,
+            event="retry",
+        )
+
+        def reconnector() -> None:
+            self._callID = None
+            connector.connect()
+
+        self._callID = self._clockNow().callLater(delay, reconnector)
+
+    def resetDelay(self) -> None:
+        """Reset the backoff (done by itself once a connection is stable).
+        Unlike the stock method, it never undoes L{stopTrying}."""
+        self.delay = self.initialDelay
+        self.retries = 0
+
+    def stopTrying(self) -> None:
+        """
+        Stop reconnecting. The session ends: if no connection is open,
+        pending messages fail with L{DeliveryFailed} at once; otherwise the
+        open connection carries on, and they fail when it ends.
+        """
+        ReconnectingClientFactory.stopTrying(self)
+        self._stopped = True
+        if self.connected is None or self.connected.state is not State.OPEN:
+            self._endSession(None)
+
+    def close(self, code: GoodbyeCode = GoodbyeCode.NORMAL, reason: str = "") -> Deferred[None]:
+        """
+        Stop reconnecting, then close the open connection in order (its
+        queued messages are sent and acknowledged first, within the
+        protocol's C{closeTimeout}).
+
+        :returns: a Deferred that fires once the connection is closed.
+        """
+        current = self.connected
+        ReconnectingClientFactory.stopTrying(self)
+        self._stopped = True
+        if current is None:
+            self._endSession(None)
+            return defer.succeed(None)
+        return current.close(code, reason).addCallback(lambda _: None)
+
+    def _endSession(self, loss: Loss | None) -> None:
+        entries = self.session.outbox.drain()
+        if not entries:
+            return
+        why = f"the session ended ({loss})" if loss is not None else "the session ended"
+        for entry in entries:
+            failDelivery(entry, f"{why} before confirmation", loss)
+
+    # -- time ----------------------------------------------------------------------
+
+    def _clockNow(self) -> IReactorTime:
+        if self.clock is None:
+            from twisted.internet import reactor
+
+            self.clock = cast(IReactorTime, reactor)
+        return cast(IReactorTime, self.clock)
+
+    def _stable(self) -> None:
+        self._stableCall = None
+        self.resetDelay()
+
+    def _cancelStable(self) -> None:
+        if self._stableCall is not None and self._stableCall.active():
+            self._stableCall.cancel()
+        self._stableCall = None
+
+
+@implementer(ISessionHost)
+class AliveServerFactory(Factory):
+    """
+    A server factory that keeps a session per client, so that a client
+    that comes back (L{AliveClientFactory}) resumes where it left off, in
+    both directions.
+
+    Sessions are found by their token (128 random bits, compared in
+    constant time), kept for C{sessionTTL} seconds after their last
+    connection ended, and at most C{maxSessions} of them without a
+    connection (the least recently seen goes first). A client that asks for
+    an unknown or expired session gets GOODBYE(SESSION_UNKNOWN) and starts a
+    new one.
+
+    :cvar sessionTTL: seconds a session without connection is kept.
+    :cvar maxSessions: sessions without connection kept at most.
+    :ivar connections: the live protocols, HELLO done or not.
+    :ivar sessions: sessions by token digest (read-only use).
+    :ivar losses: how many losses each L{Reason} had.
+    """
+
+    protocol: Any = HeartbeatProtocol
+    role = Role.SERVER
+    sessionTTL = 300.0
+    maxSessions = 10_000
+    clock: IReactorTime | None = None
+
+    def __init__(self) -> None:
+        self.connections: set[HeartbeatMixin] = set()
+        self.sessions: OrderedDict[bytes, Session] = OrderedDict()
+        self.losses: dict[Reason, int] = {}
+        self.sessionsExpired = 0
+        self.sessionsResumed = 0
+
+    def buildProtocol(self, addr: IAddress) -> HeartbeatMixin | None:
+        """Build a protocol; it uses this factory's clock if one is set."""
+        proto = Factory.buildProtocol(self, addr)
+        if proto is not None and self.clock is not None:
+            proto.clock = self.clock
+        return cast("HeartbeatMixin | None", proto)
+
+    @staticmethod
+    def _key(token: bytes) -> bytes:
+        # Look sessions up by a digest of the token, then compare the token
+        # itself in constant time: lookup timing reveals nothing useful.
+        return hashlib.sha256(token).digest()
+
+    def _now(self) -> float:
+        clock = self.clock
+        if clock is None:
+            from twisted.internet import reactor
+
+            clock = self.clock = cast(IReactorTime, reactor)
+        return clock.seconds()
+
+    def clientSession(self) -> Session:
+        """Not used: this factory plays the server role."""
+        raise NotImplementedError
+
+    def sessionFor(self, token: bytes, now: float) -> tuple[Session, bool] | None:
+        """The session for a client's HELLO token (L{ISessionHost})."""
+        self.expireSessions(now)
+        if token == NO_SESSION:
+            new = Session.newToken()
+            session = _settingsOf(self.protocol).newSession()
+            session.token = new
+            session.lastSeen = now
+            self.sessions[self._key(new)] = session
+            return session, False
+        key = self._key(token)
+        session = self.sessions.get(key)
+        if session is None or not session.matches(token):
+            return None
+        session.lastSeen = now
+        self.sessions.move_to_end(key)
+        self.sessionsResumed += 1
+        return session, True
+
+    def expireSessions(self, now: float | None = None) -> int:
+        """
+        Drop sessions without a connection for longer than C{sessionTTL},
+        and the least recently seen beyond C{maxSessions}; their pending
+        messages fail with L{DeliveryFailed}.
+
+        :returns: how many sessions were dropped.
+        """
+        if now is None:
+            now = self._now()
+        detached = [
+            (key, s) for key, s in self.sessions.items() if s.current is None
+        ]
+        excess = len(detached) - self.maxSessions
+        dropped = 0
+        for key, session in detached:
+            if excess > 0 or now - session.lastSeen > self.sessionTTL:
+                excess -= 1
+                dropped += 1
+                del self.sessions[key]
+                self._failSession(session, "the session expired")
+        self.sessionsExpired += dropped
+        return dropped
+
+    def _failSession(self, session: Session, why: str) -> None:
+        for entry in session.outbox.drain():
+            failDelivery(entry, f"{why} before confirmation", None)
+
+    def connectionStarted(self, protocol: HeartbeatMixin) -> None:
+        """A connection was made (before HELLO)."""
+        self.connections.add(protocol)
+
+    def sessionOpened(self, protocol: object, resumed: bool) -> None:
+        """A client completed HELLO."""
+        proto = cast(HeartbeatMixin, protocol)
+        session = proto.session
+        assert session is not None
+        log.info(
+            "alive.session: {token} {how} for {peer}",
+            token=tokenPrefix(session.token),
+            how="resumed" if resumed else "started",
+            peer=proto._peer,
+            resumed=resumed,
+            event="session",
+        )
+
+    def sessionUnknown(self, protocol: object, detail: str) -> None:
+        """Not used: this factory plays the server role."""
+
+    def sessionLost(self, protocol: object, loss: Loss) -> None:
+        """A connection ended; its session waits for the client to return,
+        unless the client said GOODBYE (then the session is over)."""
+        proto = cast(HeartbeatMixin, protocol)
+        self.connections.discard(proto)
+        self.losses[loss.reason] = self.losses.get(loss.reason, 0) + 1
+        session = proto.session
+        if session is None or session.token == NO_SESSION:
+            # No session was attached (HELLO never completed).
+            if session is not None:
+                self._failSession(session, f"the connection ended ({loss})")
+            return
+        now = self._now()
+        session.lastSeen = now
+        key = self._key(session.token)
+        if loss.reason is Reason.CLEAN_CLOSE and self.sessions.get(key) is session:
+            del self.sessions[key]
+            self._failSession(session, "the client closed the session")
+        self.expireSessions(now)
+
+    def stopFactory(self) -> None:
+        """Fail the pending messages of every session."""
+        for session in self.sessions.values():
+            self._failSession(session, "the server stopped")
+        self.sessions.clear()
+
+    def closeAll(
+        self, code: GoodbyeCode = GoodbyeCode.SHUTTING_DOWN, reason: str = "server shutting down"
+    ) -> Deferred[list[Any]]:
+        """
+        Close every live connection in order (GOODBYE, then wait for
+        outstanding acknowledgements, within each protocol's
+        C{closeTimeout}).
+
+        :returns: a Deferred that fires when all are closed.
+        """
+        return defer.gatherResults(
+            [proto.close(code, reason) for proto in list(self.connections)]
+        )
+
+    def connectionsInfo(self) -> list[dict[str, Any]]:
+        """One dict per live connection: peer, state, RTT, last heard,
+        unconfirmed count and session token prefix."""
+        now = self._now()
+        out = []
+        for proto in self.connections:
+            session = proto.session
+            heard = proto.lastHeard
+            out.append(
+                {
+                    "peer": proto._peer,
+                    "state": proto.state.value if proto.state is not None else None,
+                    "rtt": proto.rtt,
+                    "lastHeard": None if heard is None else max(0.0, now - heard),
+                    "unconfirmed": len(session.outbox) if session is not None else 0,
+                    "session": tokenPrefix(session.token) if session is not None else "-",
+                }
+            )
+        return out
+
+
+__all__ = [
+    "AliveClientFactory",
+    "AliveServerFactory",
+    "Retry",
+    "Entry",
+]

@@ -1,0 +1,47 @@
+"""
+The interface between L{HeartbeatMixin} protocols and the factories that
+keep sessions for them.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from zope.interface import Attribute, Interface
+
+if TYPE_CHECKING:
+    from twisted_alive._delivery import Session
+    from twisted_alive._reasons import Loss
+
+
+class ISessionHost(Interface):
+    """
+    A factory that keeps sessions beyond one connection.
+
+    A L{HeartbeatMixin} protocol whose C{factory} provides this interface
+    carries that factory's sessions instead of a session of its own.
+    """
+
+    role = Attribute("The L{Role} its protocols play: CLIENT or SERVER.")
+
+    def connectionStarted(protocol: object) -> None:
+        """A connection was made (before the HELLO exchange)."""
+
+    def clientSession() -> Session:
+        """(Client role.) The session the next connection carries."""
+
+    def sessionFor(token: bytes, now: float) -> tuple[Session, bool] | None:
+        """
+        (Server role.) The session a client asked for: C{(session, resumed)}
+        for a new (all-zero token) or known token, C{None} for an unknown or
+        expired one.
+        """
+
+    def sessionUnknown(protocol: object, detail: str) -> None:
+        """(Client role.) The peer did not resume the session."""
+
+    def sessionOpened(protocol: object, resumed: bool) -> None:
+        """A connection completed its HELLO exchange and carries a session."""
+
+    def sessionLost(protocol: object, loss: Loss) -> None:
+        """A connection that carried a session ended."""

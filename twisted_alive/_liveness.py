@@ -1,0 +1,170 @@
+"""
+Liveness of one connection: when to send a PING, when the peer counts as
+dead, the round-trip time, and grace for a timer that fired late.
+
+Sans-IO: fed timestamps, never reads a clock, imports nothing from Twisted.
+
+Rules (see ``docs/protocol.md``):
+
+- Any inbound byte is a sign of life; before the peer's HELLO, only the
+  HELLO itself is (the handshake must finish within the deadline, so a peer
+  trickling bytes cannot hold a connection open without completing it).
+- A PING goes out after ``interval`` seconds of outbound silence. Every
+  frame sent counts as outbound traffic, so busy links send no PING.
+- The peer is dead when nothing arrived for ``peerInterval * misses``
+  seconds, ``peerInterval`` being the interval the peer announced in its
+  HELLO (our own interval until then).
+- When the timer fires later than asked, this process was blocked (a slow
+  callback, a swap storm): the delay is granted back to the deadline, since
+  bytes the peer sent meanwhile are still unread in the kernel. The stall is
+  reported so that it can be logged.
+- RTT is smoothed the RFC 6298 way from PING/PONG samples.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import NamedTuple
+
+
+class TimerAction(enum.Enum):
+    """What the owner of a L{Liveness} must do when its timer fires."""
+
+    NOTHING = 0
+    """Re-arm the timer at L{Liveness.nextWake}."""
+    PING = 1
+    """Send PING(L{Liveness.pingId}), then re-arm."""
+    EXPIRED = 2
+    """The deadline passed: the peer is presumed dead."""
+
+
+class TimerResult(NamedTuple):
+    """The outcome of L{Liveness.handleTimer}."""
+
+    action: TimerAction
+    stall: float
+    """Seconds the timer fired late, if it was late enough to count as a
+    local stall; 0.0 otherwise."""
+
+
+STALL_THRESHOLD = 0.05
+"""A timer firing more than this many seconds late is a local stall."""
+
+
+class Liveness:
+    """
+    Heartbeat and deadline state for one connection.
+
+    :param interval: seconds of outbound silence before this side sends a
+        PING; this side promises the peer some frame at least this often.
+    :param misses: how many of the peer's intervals may pass in silence
+        before the peer counts as dead.
+    :param now: the current time.
+    """
+
+    def __init__(self, interval: float, misses: int, now: float) -> None:
+        if interval <= 0:
+            raise ValueError(f"heartbeat interval must be positive, got {interval!r}")
+        if misses < 1:
+            raise ValueError(f"heartbeat misses must be at least 1, got {misses!r}")
+        self.interval = interval
+        self.misses = misses
+        self.peerInterval = interval
+        self.started = now
+        self.lastReceived = now
+        self.lastSent = now
+        self.handshaken = False
+        self.srtt: float | None = None
+        self.rttvar: float | None = None
+        self.pingId = 0
+        self._pingSentAt: float | None = None
+        self.stalledFor = 0.0
+
+    @property
+    def deadline(self) -> float:
+        """Seconds of inbound silence after which the peer counts as dead."""
+        return self.peerInterval * self.misses
+
+    def received(self, now: float) -> None:
+        """
+        Bytes arrived from the peer.
+
+        Before the handshake, bytes do not count: only L{handshake} does.
+        """
+        if self.handshaken:
+            self.lastReceived = now
+
+    def handshake(self, peerInterval: float, now: float) -> None:
+        """
+        The peer's HELLO arrived, announcing C{peerInterval}.
+        """
+        self.handshaken = True
+        self.peerInterval = peerInterval
+        self.lastReceived = now
+
+    def sent(self, now: float) -> None:
+        """A frame was written to the peer."""
+        self.lastSent = now
+
+    def expiresAt(self) -> float:
+        """The time at which the peer will count as dead if nothing arrives."""
+        return self.lastReceived + self.deadline
+
+    def nextWake(self) -> float:
+        """The time the owner's timer should fire next."""
+        wake = self.expiresAt()
+        if self.handshaken:
+            wake = min(wake, self.lastSent + self.interval)
+        return wake
+
+    def handleTimer(self, now: float, scheduledFor: float) -> TimerResult:
+        """
+        The owner's timer, armed for C{scheduledFor}, fired at C{now}.
+
+        :returns: what to do, and the local stall (if any) that was granted
+            back to the deadline.
+        """
+        late = now - scheduledFor
+        stall = 0.0
+        if late > 0:
+            # Time during which this process did not run can't be blamed on
+            # the peer: whatever it sent meanwhile waits unread.
+            self.lastReceived += late
+            if late > STALL_THRESHOLD:
+                stall = late
+                self.stalledFor += late
+        if now >= self.expiresAt():
+            return TimerResult(TimerAction.EXPIRED, stall)
+        if self.handshaken and now >= self.lastSent + self.interval:
+            self.pingId += 1
+            self._pingSentAt = now
+            return TimerResult(TimerAction.PING, stall)
+        return TimerResult(TimerAction.NOTHING, stall)
+
+    def pongReceived(self, pingId: int, now: float) -> float | None:
+        """
+        A PONG arrived.
+
+        :returns: the RTT sample in seconds, or C{None} for a PONG that does
+            not answer the outstanding PING (stale or unsolicited).
+        """
+        if pingId != self.pingId or self._pingSentAt is None:
+            return None
+        sample = max(0.0, now - self._pingSentAt)
+        self._pingSentAt = None
+        if self.srtt is None or self.rttvar is None:
+            self.srtt = sample
+            self.rttvar = sample / 2
+        else:
+            self.rttvar = 0.75 * self.rttvar + 0.25 * abs(self.srtt - sample)
+            self.srtt = 0.875 * self.srtt + 0.125 * sample
+        return sample
+
+    def silenceDetail(self, now: float) -> str:
+        """A sentence saying how long the peer has been silent."""
+        silent = now - self.lastReceived
+        what = "no data from peer" if self.handshaken else "no HELLO from peer"
+        return (
+            f"{what} for {silent:.3f} s (deadline {self.deadline:.3f} s = "
+            f"{self.peerInterval:g} s x {self.misses})"
+        )

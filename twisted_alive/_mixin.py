@@ -1,0 +1,762 @@
+"""
+The Twisted adapter: L{HeartbeatMixin} and L{HeartbeatProtocol}.
+
+The mixin moves bytes between the transport and the sans-IO
+L{Connection}, keeps one timer (Twisted's C{TimeoutMixin}) armed for the
+core's next deadline, calls the application, and turns the core's events
+into Deferreds and hook calls. It records its own intent before it closes a
+connection, so that every loss gets the right L{Reason}.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, cast
+
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import IDelayedCall, IHalfCloseableProtocol, IReactorTime
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from twisted.protocols.policies import TimeoutMixin
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from twisted_alive._connection import (
+    Confirmed,
+    Connection,
+    Event,
+    Expired,
+    GoodbyeReceived,
+    HelloReceived,
+    Opened,
+    PongReceived,
+    Role,
+    SessionUnknown,
+    Settings,
+    Stalled,
+    State,
+    Violation,
+)
+from twisted_alive._delivery import (
+    DEFAULT_MAX_QUEUE,
+    DEFAULT_MAX_QUEUE_BYTES,
+    DEFAULT_WINDOW,
+    Entry,
+    Session,
+)
+from twisted_alive._frames import DEFAULT_MAX_FRAME_SIZE, GoodbyeCode
+from twisted_alive._interfaces import ISessionHost
+from twisted_alive._outcomes import DeliveryFailed, QueueFull, Receipt
+from twisted_alive._reasons import Loss, Reason, classify
+
+if TYPE_CHECKING:
+    from twisted.internet.interfaces import ITransport
+
+log = Logger(namespace="twisted_alive")
+
+_GOODBYE_REASONS = {
+    GoodbyeCode.PROTOCOL_ERROR: Reason.PROTOCOL_ERROR,
+}
+
+ABORT_GRACE = 2.0
+"""Seconds a closing connection may take to flush before it is aborted."""
+
+
+def describeAddress(address: Any) -> str | None:
+    """``host:port`` for an IPv4/IPv6 address, C{str()} of anything else."""
+    host = getattr(address, "host", None)
+    port = getattr(address, "port", None)
+    if host is not None and port is not None:
+        return f"{host}:{port}"
+    return None if address is None else str(address)
+
+
+def failDelivery(entry: Entry, message: str, loss: Loss | None) -> None:
+    """Fail the Deferred of an unconfirmed entry."""
+    d = cast(Deferred, entry.handle)
+    if not d.called:
+        d.errback(DeliveryFailed(message, loss, maybeProcessed=entry.seq != 0))
+
+
+@implementer(IHalfCloseableProtocol)
+class HeartbeatMixin(TimeoutMixin):
+    """
+    Heartbeats, loss classification and confirmed delivery for a Twisted
+    protocol. List it before C{Protocol} in the bases::
+
+        class Chat(HeartbeatMixin, Protocol):
+            def messageReceived(self, payload):
+                ...
+
+    The transport carries the twisted_alive framing (``docs/protocol.md``):
+    use L{sendMessage} to send, override L{messageReceived} to receive and
+    L{disconnected} to learn why the connection ended. Subclasses that
+    override C{connectionMade}, C{dataReceived} or C{connectionLost} must
+    call the base method. The mixin owns C{TimeoutMixin}'s timer: do not
+    call C{setTimeout} yourself.
+
+    :cvar heartbeatInterval: seconds of outbound silence before a PING; this
+        side promises the peer a frame at least this often (announced in
+        HELLO).
+    :cvar heartbeatMisses: the peer counts as dead after its interval times
+        this many seconds of silence.
+    :cvar maxFrameSize: the largest frame accepted, in bytes after the
+        length prefix; a message may be up to C{maxFrameSize - 9} bytes.
+    :cvar maxInFlight: messages sent but not yet confirmed, at most (the
+        window; also the receive window announced to the peer).
+    :cvar maxQueued: messages waiting behind the window, at most.
+    :cvar maxQueuedBytes: payload bytes waiting behind the window, at most.
+    :cvar minPeerInterval: the smallest heartbeat interval accepted from the
+        peer, in seconds.
+    :cvar maxPeerInterval: the largest heartbeat interval accepted from the
+        peer, in seconds.
+    :cvar closeTimeout: seconds L{close} waits for outstanding
+        acknowledgements before it closes anyway.
+    :ivar clock: the C{IReactorTime} used for timers; the global reactor
+        unless set before the connection is made.
+    :ivar loss: the L{Loss}, once the connection has ended; C{None} before.
+    """
+
+    heartbeatInterval: float = 5.0
+    heartbeatMisses: int = 3
+    maxFrameSize: int = DEFAULT_MAX_FRAME_SIZE
+    maxInFlight: int = DEFAULT_WINDOW
+    maxQueued: int = DEFAULT_MAX_QUEUE
+    maxQueuedBytes: int = DEFAULT_MAX_QUEUE_BYTES
+    minPeerInterval: float = 0.1
+    maxPeerInterval: float = 3600.0
+    closeTimeout: float = 10.0
+
+    clock: IReactorTime | None = None
+    loss: Loss | None = None
+
+    transport: ITransport
+    factory: Any
+
+    _alive: Connection | None = None
+    _cause: tuple[Reason, str, GoodbyeCode | None] | None = None
+    _closing: str | None = None
+    _connectedAt = 0.0
+    _armedFor = 0.0
+    _abortCall: IDelayedCall | None = None
+    _closeCall: IDelayedCall | None = None
+    _lostWaiters: list[Deferred[Loss]] | None = None
+    _openWaiters: list[Deferred[None]] | None = None
+    _peer: str | None = None
+
+    # -- configuration -----------------------------------------------------
+
+    def _clock(self) -> IReactorTime:
+        clock = self.clock
+        if clock is None:
+            from twisted.internet import reactor
+
+            clock = self.clock = cast(IReactorTime, reactor)
+        return clock
+
+    def callLater(self, period: float, func: Any) -> IDelayedCall:
+        """C{TimeoutMixin}'s timer, on L{clock}."""
+        return self._clock().callLater(period, func)
+
+    def aliveSettings(self) -> Settings:
+        """
+        The L{Settings} of a new connection, from the class attributes.
+
+        :raises ValueError: for an invalid setting (the message names it).
+        """
+        return Settings(
+            interval=self.heartbeatInterval,
+            misses=self.heartbeatMisses,
+            maxFrameSize=self.maxFrameSize,
+            window=self.maxInFlight,
+            maxQueue=self.maxQueued,
+            maxQueueBytes=self.maxQueuedBytes,
+            minPeerInterval=self.minPeerInterval,
+            maxPeerInterval=self.maxPeerInterval,
+        )
+
+    def _host(self) -> Any:
+        factory = getattr(self, "factory", None)
+        return factory if ISessionHost.providedBy(factory) else None
+
+    # -- public API ----------------------------------------------------------
+
+    @property
+    def rtt(self) -> float | None:
+        """The smoothed round-trip time in seconds (from PING/PONG), or
+        C{None} before the first sample."""
+        return self._alive.liveness.srtt if self._alive is not None else None
+
+    @property
+    def session(self) -> Session | None:
+        """The delivery session this connection carries (C{None} before the
+        connection is made)."""
+        return self._alive.session if self._alive is not None else None
+
+    @property
+    def state(self) -> State | None:
+        """The protocol state (C{None} before the connection is made)."""
+        return self._alive.state if self._alive is not None else None
+
+    @property
+    def lastHeard(self) -> float | None:
+        """Clock time at which the peer was last heard from."""
+        return self._alive.liveness.lastReceived if self._alive is not None else None
+
+    def sendMessage(self, payload: bytes) -> Deferred[Receipt]:
+        """
+        Send one message; it reaches the peer's L{messageReceived} once, in
+        order.
+
+        :param payload: the message, at most C{maxFrameSize - 9} bytes.
+        :returns: a Deferred that fires with a L{Receipt} once the peer's
+            application processed the message, or fails with
+            L{DeliveryFailed} (the connection ended first, or the peer's
+            application failed on it) or L{QueueFull} (at once: the send
+            queue is at its limit and nothing was queued).
+        :raises TypeError: if C{payload} is not C{bytes}.
+        :raises ValueError: if C{payload} is larger than a frame allows.
+        :raises RuntimeError: before the connection is made.
+        """
+        conn = self._alive
+        if conn is None:
+            raise RuntimeError("sendMessage() called before connectionMade()")
+        checkPayload(payload, conn.settings)
+        if self.loss is not None:
+            return defer.fail(DeliveryFailed(f"connection already lost ({self.loss})", self.loss))
+        if self._closing is not None or conn.state not in (State.HANDSHAKE, State.OPEN):
+            return defer.fail(DeliveryFailed("connection is closing; message not sent"))
+        d: Deferred[Receipt] = Deferred()
+        try:
+            conn.session.outbox.submit(payload, d)
+        except QueueFull as e:
+            return defer.fail(e)
+        self._pump()
+        return d
+
+    def _pump(self) -> None:
+        """Write what the windows allow of the queued messages."""
+        conn = self._alive
+        if conn is not None and conn.state is State.OPEN and self.loss is None:
+            conn.pump(self._clock().seconds())
+            self._flush()
+
+    def messageReceived(self, payload: bytes) -> Deferred[object] | object:
+        """
+        Override: a message from the peer, in order, exactly once.
+
+        The message counts as processed (and the peer's L{sendMessage}
+        Deferred fires) when this returns, or, if it returns a Deferred,
+        when that fires. Until then the next message waits. If it raises or
+        its Deferred fails, the error is logged, the message counts as
+        processed, and the peer's Deferred fails with L{DeliveryFailed}
+        (C{rejected=True}) carrying the error's text: a message that makes
+        the application fail is reported, never silently lost, and never
+        redelivered in a loop.
+        """
+        return None
+
+    def disconnected(self, loss: Loss) -> None:
+        """Override: the connection ended, for the reason in C{loss}.
+        Called once."""
+
+    def connectionOpened(self, resumed: bool) -> None:
+        """Override: the HELLO exchange completed; C{resumed} tells whether a
+        session was resumed."""
+
+    def whenLost(self) -> Deferred[Loss]:
+        """A Deferred that fires with the L{Loss} when the connection ends
+        (at once if it has)."""
+        if self.loss is not None:
+            return defer.succeed(self.loss)
+        if self._lostWaiters is None:
+            self._lostWaiters = []
+        d: Deferred[Loss] = Deferred()
+        self._lostWaiters.append(d)
+        return d
+
+    def whenOpened(self) -> Deferred[None]:
+        """A Deferred that fires when the HELLO exchange has completed, or
+        fails with L{DeliveryFailed} if the connection ends first."""
+        conn = self._alive
+        if conn is not None and conn.peerHello is not None and conn.state is not State.FAILED:
+            return defer.succeed(None)
+        if self.loss is not None:
+            return defer.fail(DeliveryFailed(f"connection lost ({self.loss})", self.loss))
+        if self._openWaiters is None:
+            self._openWaiters = []
+        d: Deferred[None] = Deferred()
+        self._openWaiters.append(d)
+        return d
+
+    def close(self, code: GoodbyeCode = GoodbyeCode.NORMAL, reason: str = "") -> Deferred[Loss]:
+        """
+        Close in order: send what is queued, then GOODBYE, wait (at most
+        L{closeTimeout} seconds) for the peer to acknowledge everything, then
+        close the TCP connection. Messages still unconfirmed then fail with
+        L{DeliveryFailed}.
+
+        :param code: the GOODBYE code (C{SHUTTING_DOWN} and C{GO_AWAY} tell
+            a reconnecting client whether to come back).
+        :param reason: a text for the peer's logs.
+        :returns: a Deferred that fires with the L{Loss} (L{Reason.LOCAL_CLOSE})
+            once the connection is closed.
+        """
+        d = self.whenLost()
+        if self.loss is not None or self._closing == "local" or self._alive is None:
+            return d
+        self._setCause(Reason.LOCAL_CLOSE, f"closed by this side (GOODBYE {code.name})")
+        self._closing = "local"
+        self._goodbye = (code, reason)
+        self._startCloseTimer()
+        self._checkClose()
+        return d
+
+    def abort(self, detail: str = "aborted by this side") -> None:
+        """Abort the connection now (an RST, no GOODBYE): L{Reason.LOCAL_CLOSE}."""
+        if self.loss is None:
+            self._setCause(Reason.LOCAL_CLOSE, detail)
+            self.transport.abortConnection()
+
+    # -- Twisted protocol --------------------------------------------------
+
+    def connectionMade(self) -> None:
+        """Start the HELLO exchange and the heartbeat timer."""
+        clock = self._clock()
+        now = clock.seconds()
+        self._connectedAt = now
+        self._peer = describeAddress(self.transport.getPeer())
+        host = self._host()
+        settings = self.aliveSettings()
+        if host is None:
+            conn = Connection(settings, Role.PEER, now)
+        elif host.role is Role.CLIENT:
+            conn = Connection(settings, Role.CLIENT, now, host.clientSession())
+        else:
+            conn = Connection(settings, Role.SERVER, now)
+        self._alive = conn
+        if host is not None:
+            host.connectionStarted(self)
+        log.debug(
+            "alive.connected: {peer} as {role}",
+            peer=self._peer,
+            role=conn.role.value,
+            event="connected",
+        )
+        self._flush()
+        self._arm()
+        super().connectionMade()  # type: ignore[misc]
+
+    def dataReceived(self, data: bytes) -> None:
+        """Feed the core; act on what it says."""
+        conn = self._alive
+        if conn is None or conn.state is State.FAILED:
+            return
+        events = conn.receiveData(data, self._clock().seconds())
+        if events:
+            self._handleEvents(events)
+        session = conn.session
+        if session.inbox.pending and not session.busy and session.current is self:
+            self._process()
+        self._flush()
+        if self._closing is not None:
+            self._checkClose()
+
+    def readConnectionLost(self) -> None:
+        """The peer shut its write side (FIN): not dead, but it will not
+        speak again. Finish what was received, then close."""
+        if self._alive is not None and self._alive.state is not State.PEER_CLOSING:
+            self._setCause(Reason.PEER_CLOSED, "peer closed the connection without GOODBYE")
+        if self._closing is None:
+            self._closing = "peer"
+        self._readClosed = True
+        self._startCloseTimer()
+        self._checkClose()
+
+    def writeConnectionLost(self) -> None:
+        """This side's write half is closed; nothing to do."""
+
+    def connectionLost(self, reason: Failure = Failure(Exception("unknown"))) -> None:
+        """Classify the loss, settle every pending Deferred, then call
+        L{disconnected}."""
+        self.setTimeout(None)
+        for call in (self._abortCall, self._closeCall):
+            if call is not None and call.active():
+                call.cancel()
+        self._abortCall = self._closeCall = None
+        now = self._clock().seconds()
+        conn = self._alive
+        cause = self._cause
+        if cause is None:
+            if getattr(self.transport, "disconnecting", False) and reason.check(
+                ConnectionDone
+            ):
+                cause = (Reason.LOCAL_CLOSE, "closed by this side", None)
+            else:
+                kind = classify(reason)
+                cause = (kind, describeFailure(kind, reason), None)
+        unconfirmed = len(conn.session.outbox) if conn is not None else 0
+        loss = Loss(
+            reason=cause[0],
+            detail=cause[1],
+            failure=reason,
+            goodbye=cause[2],
+            peer=self._peer,
+            connectedFor=now - self._connectedAt,
+            unconfirmed=unconfirmed,
+        )
+        self.loss = loss
+        log.info(
+            "alive.lost: {peer} {reason}: {detail} after {duration:.3f} s (rtt {rtt})",
+            peer=self._peer,
+            reason=loss.reason.name,
+            detail=loss.detail,
+            duration=loss.connectedFor,
+            rtt=self.rtt,
+            unconfirmed=unconfirmed,
+            event="lost",
+        )
+        if conn is not None:
+            session = conn.session
+            if session.current is self:
+                session.current = None
+            host = self._host()
+            if host is not None:
+                host.sessionLost(self, loss)
+            else:
+                for entry in session.outbox.drain():
+                    failDelivery(entry, f"connection lost before confirmation ({loss})", loss)
+        for d in self._openWaiters or ():
+            d.errback(DeliveryFailed(f"connection lost before HELLO completed ({loss})", loss))
+        self._openWaiters = None
+        try:
+            self.disconnected(loss)
+        finally:
+            for waiter in self._lostWaiters or ():
+                waiter.callback(loss)
+            self._lostWaiters = None
+            super().connectionLost(reason)  # type: ignore[misc]
+
+    def timeoutConnection(self) -> None:
+        """C{TimeoutMixin}'s timer fired: ask the core what liveness needs."""
+        conn = self._alive
+        if conn is None or self.loss is not None:
+            return
+        events = conn.handleTimer(self._clock().seconds(), self._armedFor)
+        if events:
+            self._handleEvents(events)
+        if conn.state is State.FAILED and self._cause is not None:
+            return
+        self._flush()
+        self._arm()
+
+    # -- internals -----------------------------------------------------------
+
+    _goodbye: tuple[GoodbyeCode, str] = (GoodbyeCode.NORMAL, "")
+    _readClosed = False
+
+    def _arm(self) -> None:
+        conn = self._alive
+        if conn is None or self.loss is not None:
+            return
+        wake = conn.nextWake()
+        self._armedFor = wake
+        self.setTimeout(max(0.0, wake - self._clock().seconds()))
+
+    def _flush(self) -> None:
+        conn = self._alive
+        if conn is None:
+            return
+        data = conn.dataToSend(self._clock().seconds())
+        if data and self.loss is None:
+            self.transport.write(data)
+
+    def _setCause(self, reason: Reason, detail: str, code: GoodbyeCode | None = None) -> None:
+        """Record why the connection is ending; the first cause wins."""
+        if self._cause is None:
+            self._cause = (reason, detail, code)
+
+    def _handleEvents(self, events: list[Event]) -> None:
+        for event in events:
+            kind = type(event)
+            if kind is Confirmed:
+                self._confirmed(cast(Confirmed, event))
+            elif kind is Opened:
+                self._opened(cast(Opened, event))
+            elif kind is HelloReceived:
+                self._helloReceived(cast(HelloReceived, event))
+            elif kind is PongReceived:
+                log.debug(
+                    "alive.pong: {peer} rtt {rtt:.6f} s",
+                    peer=self._peer,
+                    rtt=cast(PongReceived, event).rtt,
+                    event="pong",
+                )
+            elif kind is GoodbyeReceived:
+                self._goodbyeReceived(cast(GoodbyeReceived, event))
+            elif kind is Violation:
+                self._violation(cast(Violation, event).detail)
+            elif kind is Expired:
+                self._expired(cast(Expired, event).detail)
+            elif kind is Stalled:
+                log.warn(
+                    "alive.stall: this process did not run for {seconds:.3f} s; "
+                    "the time was not counted against {peer}",
+                    seconds=cast(Stalled, event).seconds,
+                    peer=self._peer,
+                    event="stall",
+                )
+            elif kind is SessionUnknown:
+                self._sessionUnknown(cast(SessionUnknown, event).detail)
+
+    def _opened(self, event: Opened) -> None:
+        conn = self._alive
+        assert conn is not None
+        session = conn.session
+        session.current = self
+        log.info(
+            "alive.hello: {peer} open, peer interval {interval:g} s, resumed {resumed}",
+            peer=self._peer,
+            interval=conn.liveness.peerInterval,
+            resumed=event.resumed,
+            event="hello",
+        )
+        self._failTooLarge()
+        self._arm()
+        host = self._host()
+        if host is not None:
+            host.sessionOpened(self, event.resumed)
+        for d in self._openWaiters or ():
+            d.callback(None)
+        self._openWaiters = None
+        self.connectionOpened(event.resumed)
+        if session.inbox.pending and not session.busy:
+            self._process()
+
+    def _helloReceived(self, event: HelloReceived) -> None:
+        conn = self._alive
+        assert conn is not None
+        host = self._host()
+        now = self._clock().seconds()
+        found = host.sessionFor(event.hello.session, now) if host is not None else None
+        if found is None:
+            detail = f"session {event.hello.session.hex()[:8]} is unknown or expired"
+            conn.refuseSession(detail)
+            self._setCause(Reason.LOCAL_CLOSE, f"refused: {detail}")
+            self._flush()
+            self._loseSoon()
+            return
+        session, resumed = found
+        previous = session.current
+        if previous is not None and previous is not self:
+            # The client came back while its old connection still looks
+            # alive here (half-open): the new connection takes over.
+            cast(HeartbeatMixin, previous).abort("session taken over by a new connection")
+        events = conn.acceptSession(session, resumed, now)
+        if events:
+            self._handleEvents(events)
+
+    def _confirmed(self, event: Confirmed) -> None:
+        conn = self._alive
+        assert conn is not None
+        now = self._clock().seconds()
+        rejected = conn.session.outbox.rejected
+        for entry in event.entries:
+            d = cast(Deferred, entry.handle)
+            if d.called:
+                continue
+            if rejected and entry.seq in rejected:
+                text = rejected.pop(entry.seq)
+                d.errback(
+                    DeliveryFailed(
+                        f"peer application failed on message {entry.seq}: {text}",
+                        rejected=True,
+                    )
+                )
+            else:
+                d.callback(Receipt(entry.seq, entry.sentAt, now))
+        self._failTooLarge()
+
+    def _failTooLarge(self) -> None:
+        conn = self._alive
+        assert conn is not None
+        outbox = conn.session.outbox
+        if outbox.tooLarge:
+            entries, outbox.tooLarge = outbox.tooLarge, []
+            for entry in entries:
+                failDelivery(
+                    entry,
+                    f"message of {len(entry.payload)} bytes exceeds the peer's maximum "
+                    f"of {conn.peerMaxPayload} bytes",
+                    None,
+                )
+
+    def _goodbyeReceived(self, event: GoodbyeReceived) -> None:
+        kind = _GOODBYE_REASONS.get(event.code, Reason.CLEAN_CLOSE)
+        detail = f"peer said GOODBYE {event.code.name}"
+        if event.reason:
+            detail += f": {event.reason}"
+        self._setCause(kind, detail, event.code)
+        if self._closing is None:
+            self._closing = "peer"
+        self._startCloseTimer()
+
+    def _violation(self, detail: str) -> None:
+        log.warn(
+            "alive.protocol_error: {peer}: {detail}",
+            peer=self._peer,
+            detail=detail,
+            event="protocol_error",
+        )
+        self._setCause(Reason.PROTOCOL_ERROR, detail)
+        self._flush()
+        self._loseSoon()
+
+    def _expired(self, detail: str) -> None:
+        self._setCause(Reason.TIMEOUT, detail)
+        self.setTimeout(None)
+        self.transport.abortConnection()
+
+    def _sessionUnknown(self, detail: str) -> None:
+        self._setCause(Reason.LOCAL_CLOSE, detail)
+        host = self._host()
+        if host is not None:
+            host.sessionUnknown(self, detail)
+        self._loseSoon()
+
+    def _loseSoon(self) -> None:
+        """Close now, and abort if the flush takes longer than a grace
+        period (a peer that stopped reading would hold it open)."""
+        self.setTimeout(None)
+        self.transport.loseConnection()
+        if self._abortCall is None and self.loss is None:
+            self._abortCall = self._clock().callLater(ABORT_GRACE, self._abortNow)
+
+    def _abortNow(self) -> None:
+        self._abortCall = None
+        if self.loss is None:
+            self.transport.abortConnection()
+
+    def _closeTimedOut(self) -> None:
+        self._closeCall = None
+        conn = self._alive
+        if conn is not None and conn.state in (State.OPEN, State.HANDSHAKE):
+            conn.close(*self._goodbye)
+            self._flush()
+        self._loseSoon()
+
+    def _checkClose(self) -> None:
+        """Close the connection once closing has nothing left to wait for."""
+        conn = self._alive
+        if conn is None or self.loss is not None or self._closing is None:
+            return
+        if conn.state is State.FAILED:
+            return
+        session = conn.session
+        if session.current is self and (session.busy or session.inbox.pending):
+            return  # finish what the peer sent; its ACK goes out after
+        if (
+            self._closing == "local"
+            and not self._readClosed
+            and conn.state is not State.PEER_CLOSING
+        ):
+            outbox = session.outbox
+            if conn.state is State.OPEN and outbox.queue:
+                return  # still sending
+            if conn.state in (State.OPEN, State.HANDSHAKE):
+                conn.close(*self._goodbye)
+                self._flush()
+            if outbox.inflight:
+                return  # waiting for acknowledgements
+        self._flush()
+        self._loseSoon()
+
+    def _startCloseTimer(self) -> None:
+        if self._closeCall is None and self.loss is None:
+            self._closeCall = self._clock().callLater(self.closeTimeout, self._closeTimedOut)
+
+    def _process(self) -> None:
+        """Hand pending messages to the application, one at a time."""
+        conn = self._alive
+        assert conn is not None
+        session = conn.session
+        inbox = session.inbox
+        pending = inbox.pending
+        session.busy = True
+        while pending:
+            seq, payload = pending.popleft()
+            try:
+                result = self.messageReceived(payload)
+            except Exception:
+                self._rejected(session, seq, Failure())
+                continue
+            if isinstance(result, Deferred):
+                box: list[object] = []
+                result.addBoth(box.append)
+                if not box:
+                    result.addCallback(lambda _: self._asyncDone(session, seq, box[0]))
+                    return  # the next message waits for this one
+                if isinstance(box[0], Failure):
+                    self._rejected(session, seq, box[0])
+                    continue
+            inbox.processedUpTo = seq
+        session.busy = False
+        conn.flushAck()
+        if self._closing is not None:
+            self._checkClose()
+
+    def _asyncDone(self, session: Session, seq: int, outcome: object) -> None:
+        """A Deferred returned by L{messageReceived} fired with C{outcome}."""
+        session.busy = False
+        if isinstance(outcome, Failure):
+            self._rejected(session, seq, outcome)
+        else:
+            session.inbox.processedUpTo = seq
+        current = cast("HeartbeatMixin | None", session.current)
+        if current is not None and current._alive is not None and current.loss is None:
+            current._process()
+            current._flush()
+
+    def _rejected(self, session: Session, seq: int, failure: Failure) -> None:
+        log.failure(
+            "alive.rejected: messageReceived failed on message {seq} from {peer}",
+            failure=failure,
+            seq=seq,
+            peer=self._peer,
+            event="rejected",
+        )
+        text = f"{failure.type.__name__}: {failure.getErrorMessage()}"
+        session.inbox.reject(seq, text[:1000])
+
+
+def checkPayload(payload: bytes, settings: Settings) -> None:
+    """
+    :raises TypeError: unless C{payload} is C{bytes}.
+    :raises ValueError: if C{payload} is too large for one frame.
+    """
+    if not isinstance(payload, bytes):
+        raise TypeError(f"payload must be bytes, not {type(payload).__name__}")
+    if len(payload) > settings.maxPayload:
+        raise ValueError(
+            f"message of {len(payload)} bytes exceeds the maximum of {settings.maxPayload} "
+            f"bytes (maxFrameSize {settings.maxFrameSize} minus 9)"
+        )
+
+
+def describeFailure(kind: Reason, failure: Failure) -> str:
+    """A sentence for a loss that this side did not cause."""
+    if kind is Reason.PEER_CLOSED:
+        return "peer closed the connection without GOODBYE"
+    if kind is Reason.RESET:
+        return f"connection reset or socket error ({failure.type.__name__})"
+    if kind is Reason.LOCAL_CLOSE:
+        return "aborted by this side"
+    return f"{failure.type.__name__}: {failure.getErrorMessage()}"
+
+
+class HeartbeatProtocol(HeartbeatMixin, Protocol):
+    """
+    L{HeartbeatMixin} and C{Protocol}, ready to subclass: override
+    L{messageReceived} and L{disconnected}; send with L{sendMessage}.
+    """

@@ -1,0 +1,161 @@
+"""
+Why a connection ended: L{Reason}, L{Loss} and L{classify}.
+
+This is the only module that maps C{twisted.internet.error} types to reasons.
+What Twisted reports for each way a TCP connection ends was measured (see
+``docs/reasons.md``); the mapping below follows those measurements:
+
+- C{ConnectionDone}: a FIN arrived (or this side called C{loseConnection}).
+- C{ConnectionLost}: an RST, a socket error (C{ECONNRESET}, C{EPIPE},
+  C{ETIMEDOUT}) or a close with data left unread. Twisted drops the errno.
+- C{ConnectionAborted}: this side called C{abortConnection}.
+
+Twisted cannot tell a timeout from a reset, or an orderly shutdown from a
+killed process, from the failure alone: the protocol must record its own
+intent before it closes (L{HeartbeatMixin} does) and only an application
+GOODBYE frame proves an orderly close.
+"""
+
+from __future__ import annotations
+
+import enum
+import errno
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from twisted.internet import error
+from twisted.internet.defer import CancelledError
+from twisted.python.failure import Failure
+
+if TYPE_CHECKING:
+    from twisted_alive._frames import GoodbyeCode
+
+
+class Reason(enum.Enum):
+    """
+    Why a connection ended, or why a connection attempt failed.
+    """
+
+    CLEAN_CLOSE = "clean close"
+    """The peer announced an orderly close with a GOODBYE frame."""
+
+    PEER_CLOSED = "peer closed"
+    """A FIN without a GOODBYE: the peer process crashed or was killed, or
+    the peer does not speak the framing."""
+
+    RESET = "reset"
+    """An RST or a socket error: the peer aborted, its host rebooted, or a
+    middlebox killed the connection."""
+
+    TIMEOUT = "timeout"
+    """Nothing arrived from the peer within the heartbeat deadline: the peer
+    is stopped, its host is gone, or the network is partitioned."""
+
+    REFUSED = "refused"
+    """A connection attempt was refused: nothing listens there."""
+
+    CONNECT_TIMEOUT = "connect timeout"
+    """A connection attempt got no answer in time."""
+
+    CONNECT_FAILED = "connect failed"
+    """A connection attempt failed another way (name lookup, no route...)."""
+
+    LOCAL_CLOSE = "local close"
+    """This side closed or aborted the connection."""
+
+    PROTOCOL_ERROR = "protocol error"
+    """The peer broke the wire protocol (or this side received a GOODBYE
+    saying that it did)."""
+
+
+_RESET_ERRNOS = frozenset({errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED})
+_TIMEOUT_ERRNOS = frozenset({errno.ETIMEDOUT})
+
+
+def classify(failure: Failure | BaseException) -> Reason:
+    """
+    Name the reason behind a Twisted connection failure.
+
+    Works on the failure given to any protocol's C{connectionLost}, to a
+    factory's C{clientConnectionFailed}/C{clientConnectionLost}, and to the
+    errback of an endpoint's C{connect()}. It sees only the failure, so it
+    cannot know whether this side asked for the close: a C{ConnectionDone}
+    is reported as L{Reason.PEER_CLOSED}, and only a protocol that records
+    its own intent (as L{HeartbeatMixin} does) can say L{Reason.LOCAL_CLOSE}
+    or L{Reason.TIMEOUT} for a close it made itself.
+
+    :param failure: a L{Failure} or an exception.
+    :returns: the L{Reason}.
+    """
+    exc = failure.value if isinstance(failure, Failure) else failure
+    if isinstance(exc, error.ConnectionRefusedError):
+        return Reason.REFUSED
+    if isinstance(exc, (error.TimeoutError, error.TCPTimedOutError)):
+        return Reason.CONNECT_TIMEOUT
+    if isinstance(exc, error.ConnectError):
+        return Reason.CONNECT_FAILED
+    if isinstance(exc, error.ConnectionAborted):
+        return Reason.LOCAL_CLOSE
+    if isinstance(exc, error.ConnectionDone):
+        return Reason.PEER_CLOSED
+    if isinstance(exc, CancelledError):
+        return Reason.LOCAL_CLOSE
+    if isinstance(exc, OSError) and exc.errno in _TIMEOUT_ERRNOS:
+        return Reason.TIMEOUT
+    if isinstance(exc, OSError) and exc.errno in _RESET_ERRNOS:
+        return Reason.RESET
+    return Reason.RESET
+
+
+@dataclass(frozen=True)
+class Loss:
+    """
+    One ended connection, or one failed connection attempt, classified.
+
+    :ivar reason: the L{Reason}.
+    :ivar detail: a sentence for humans and logs.
+    :ivar failure: the failure Twisted reported, if any.
+    :ivar goodbye: the GOODBYE code the peer sent, if it sent one.
+    :ivar peer: the peer's address as text (``"127.0.0.1:9000"``), if known.
+    :ivar connectedFor: seconds between connection and loss, if it connected.
+    :ivar unconfirmed: how many sent messages were not confirmed at the loss.
+    """
+
+    reason: Reason
+    detail: str = ""
+    failure: Failure | None = field(default=None, compare=False, repr=False)
+    goodbye: GoodbyeCode | None = None
+    peer: str | None = None
+    connectedFor: float | None = None
+    unconfirmed: int = 0
+
+    def __str__(self) -> str:
+        text = self.reason.name
+        if self.detail:
+            text += ": " + self.detail
+        return text
+
+
+class ConnectionLostWithLoss(error.ConnectionLost):
+    """
+    A C{ConnectionLost} that carries the classified L{Loss}.
+
+    Given to the C{connectionLost} of protocols wrapped by
+    L{AliveWrappingFactory}, so that old code keeps working (it is a
+    C{ConnectionLost}) and new code can read C{.loss}.
+    """
+
+    def __init__(self, loss: Loss) -> None:
+        super().__init__(str(loss))
+        self.loss = loss
+
+
+class ConnectionDoneWithLoss(error.ConnectionDone):
+    """
+    A C{ConnectionDone} that carries the classified L{Loss} (for clean
+    closes seen by protocols wrapped by L{AliveWrappingFactory}).
+    """
+
+    def __init__(self, loss: Loss) -> None:
+        super().__init__(str(loss))
+        self.loss = loss
