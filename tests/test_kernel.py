@@ -446,6 +446,7 @@ class _AnnouncingFactory(ClientFactory):
 
 @linuxOnly
 @pytest.mark.timeout(20)
+@pytest.mark.filterwarnings("ignore:Passing pyOpenSSL:DeprecationWarning")
 @twistedTest
 def test_tlsTransports() -> Generator[Deferred[Any], Any, None]:
     """TLS transports (TLS endpoint wrapper, connectSSL) are followed to the TCP socket."""

@@ -96,7 +96,7 @@ class Peer(Protocol):
         self.reason: Failure | None = None
         self.madeAt = 0.0
         self.lostAt = 0.0
-        self.lost: Deferred[Failure] = Deferred()
+        self.lost: Deferred[type[BaseException]] = Deferred()
         self.pair: ProxiedConnection | None = None
         self._waiting: list[tuple[int, Deferred[bytes]]] = []
 
@@ -122,7 +122,7 @@ class Peer(Protocol):
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.reason = reason
         self.lostAt = _reactor().seconds()
-        self.lost.callback(reason)
+        self.lost.callback(cast("type[BaseException]", reason.type))
 
     def waitFor(self, count: int, seconds: float = 5.0) -> Deferred[bytes]:
         """Fire with everything received once at least C{count} bytes arrived."""
@@ -351,8 +351,8 @@ async def test_resetAllGivesConnectionLost(harness: Harness) -> None:
     proxy.resetAll()
     clientReason = await _within(client.lost, 5)
     serverReason = await _within(server.peers[0].lost, 5)
-    assert clientReason.type is ConnectionLost
-    assert serverReason.type is ConnectionLost
+    assert clientReason is ConnectionLost
+    assert serverReason is ConnectionLost
     assert proxy.faultsInjected["reset"] == 1
     await _within(ended, 5)
     assert proxy.connections == []
@@ -368,8 +368,8 @@ async def test_closeAllGivesConnectionDone(harness: Harness) -> None:
     proxy.closeAll()
     clientReason = await _within(client.lost, 5)
     serverReason = await _within(server.peers[0].lost, 5)
-    assert clientReason.type is ConnectionDone
-    assert serverReason.type is ConnectionDone
+    assert clientReason is ConnectionDone
+    assert serverReason is ConnectionDone
     assert proxy.faultsInjected["close"] == 1
 
 
@@ -383,7 +383,7 @@ async def test_resetOneConnection(harness: Harness) -> None:
     await _connected(proxy, server, 2)
     assert [c.number for c in proxy.connections] == [1, 2]
     proxy.connections[0].reset()
-    assert (await _within(first.lost, 5)).type is ConnectionLost
+    assert await _within(first.lost, 5) is ConnectionLost
     await _roundTrip(second)
     assert second.reason is None
     assert [c.number for c in proxy.connections] == [2]
@@ -421,7 +421,7 @@ async def test_halfCloseFromThePeerIsForwarded(harness: Harness) -> None:
     target.tcp.loseConnection()
     reason = await _within(client.lost, 5)
     assert client.received == b"answer"
-    assert reason.type is ConnectionDone
+    assert reason is ConnectionDone
     assert proxy.faultsInjected == dict.fromkeys(FAULT_KINDS, 0)
 
 
@@ -433,7 +433,7 @@ async def test_targetRefusedResetsTheClient(harness: Harness) -> None:
     await maybeDeferred(harness.ports.pop().stopListening)
     proxy, _ = await harness.proxy(targetPort=closed.port)
     client = await harness.connect(proxy, accepted=False)
-    assert (await _within(client.lost, 5)).type is ConnectionLost
+    assert await _within(client.lost, 5) is ConnectionLost
     assert proxy.connectionsProxied == 0
 
 
@@ -464,12 +464,28 @@ async def test_stallThenResume(harness: Harness) -> None:
 
 @pytest.mark.timeout(20)
 @ensureDeferred
+async def test_stallCoversNewConnections(harness: Harness) -> None:
+    """A connection accepted while the proxy is stalled passes nothing until resumed."""
+    proxy, server = await harness.proxy()
+    proxy.stall(True)
+    client = await harness.connect(proxy)
+    await _connected(proxy, server)
+    client.tcp.write(b"hello")
+    await _sleep(0.2)
+    assert server.peers[0].received == b""
+    assert client.received == b""
+    proxy.stall(False)
+    assert await client.waitFor(5) == b"hello"
+
+
+@pytest.mark.timeout(20)
+@ensureDeferred
 async def test_acceptNewFalseRefusesConnections(harness: Harness) -> None:
     """While acceptNew(False), a new client is closed at once and never reaches the target."""
     proxy, server = await harness.proxy()
     proxy.acceptNew(False)
     refused = await harness.connect(proxy, accepted=False)
-    assert (await _within(refused.lost, 5)).type is ConnectionDone
+    assert await _within(refused.lost, 5) is ConnectionDone
     assert refused.received == b""
     assert server.peers == []
     assert proxy.faultsInjected["refuse"] == 1
@@ -491,7 +507,7 @@ async def test_resetAfterWindow(harness: Harness) -> None:
     drawn = [c.pair.resetAfter for c in clients if c.pair is not None]
     for client, after in zip(clients, drawn, strict=True):
         reason = await _within(client.lost, 5)
-        assert reason.type is ConnectionLost
+        assert reason is ConnectionLost
         assert after is not None and 0.03 <= after <= 0.2
         lifetime = client.lostAt - client.madeAt
         assert after - 0.01 <= lifetime <= after + 0.1
@@ -506,7 +522,7 @@ async def test_closeAfterWindow(harness: Harness) -> None:
     proxy, _ = await harness.proxy(Faults(closeAfter=(0.05, 0.05)))
     client = await harness.connect(proxy)
     reason = await _within(client.lost, 5)
-    assert reason.type is ConnectionDone
+    assert reason is ConnectionDone
     assert 0.04 <= client.lostAt - client.madeAt <= 0.15
 
 
@@ -534,8 +550,8 @@ async def test_resetAfterBytes(harness: Harness) -> None:
     proxy, server = await harness.proxy(Faults(resetAfterBytes=10_000), echo=False)
     client = await harness.connect(proxy)
     client.tcp.write(os.urandom(100_000))
-    assert (await _within(client.lost, 5)).type is ConnectionLost
-    assert (await _within(server.peers[0].lost, 5)).type is ConnectionLost
+    assert await _within(client.lost, 5) is ConnectionLost
+    assert await _within(server.peers[0].lost, 5) is ConnectionLost
     assert proxy.bytesForwarded[Direction.TO_TARGET] == 10_000
     assert len(server.peers[0].received) <= 10_000
 
@@ -546,6 +562,7 @@ async def test_stallAfterBytes(harness: Harness) -> None:
     """stall-after-bytes forwards exactly that many bytes, then nothing, and closes nothing."""
     proxy, server = await harness.proxy(parseFaults("stall-after-bytes=5000"), echo=False)
     client = await harness.connect(proxy)
+    await _connected(proxy, server)
     data = os.urandom(20_000)
     client.tcp.write(data)
     assert await server.peers[0].waitFor(5000) == data[:5000]
@@ -659,6 +676,26 @@ async def test_slowReaderPausesFastWriter(harness: Harness) -> None:
     received = await target.waitFor(flood.written, seconds=40)
     assert len(received) == flood.written
     assert hashlib.sha256(received).digest() == flood.digest.digest()
+
+
+@pytest.mark.timeout(30)
+@ensureDeferred
+async def test_delayQueueIsBounded(harness: Harness) -> None:
+    """Bytes held for a delay never exceed the queue limit: the sender is paused instead."""
+    proxy, server = await harness.proxy(echo=False)
+    proxy.setDelay(0.05)
+    client = await harness.connect(proxy)
+    await _connected(proxy, server)
+    assert client.pair is not None
+    flood = Flood(client, 2 * MiB)
+    done = server.peers[0].waitFor(flood.limit, seconds=20)
+    most = 0
+    while not done.called:
+        most = max(most, client.pair.bytesHeld[Direction.TO_TARGET])
+        await _sleep(0.005)
+    received = await done
+    assert hashlib.sha256(received).digest() == flood.digest.digest()
+    assert 0 < most <= proxy.queueLimit + 65536
 
 
 # -- parseFaults and Faults ------------------------------------------------------

@@ -11,12 +11,14 @@ from twisted_alive._frames import FrameError, GoodbyeCode
 from twisted_alive._mixin import HeartbeatMixin, HeartbeatProtocol
 from twisted_alive._outcomes import DeliveryFailed, QueueFull, Receipt
 from twisted_alive._reasons import Loss, Reason, classify
+from twisted_alive._wrapping import AliveWrappingFactory
 
 __all__ = [
     "HeartbeatMixin",
     "HeartbeatProtocol",
     "AliveClientFactory",
     "AliveServerFactory",
+    "AliveWrappingFactory",
     "Retry",
     "Reason",
     "Loss",

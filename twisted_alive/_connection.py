@@ -1,10 +1,10 @@
 """
 One connection of the twisted_alive protocol, sans-IO.
 
-L{Connection} is fed the bytes that arrived and the current time; it returns
-events, and holds the bytes to send until L{Connection.dataToSend} takes
+`Connection` is fed the bytes that arrived and the current time; it returns
+events, and holds the bytes to send until `Connection.dataToSend` takes
 them. It owns the frame decoder and the liveness state of its connection,
-and drives the delivery state of the L{Session} it carries. Every rule of
+and drives the delivery state of the `Session` it carries. Every rule of
 the HELLO exchange, of liveness and of delivery on one connection is here;
 the Twisted adapter only moves bytes, keeps the timer and calls the
 application.
@@ -27,6 +27,7 @@ from twisted_alive._delivery import (
 )
 from twisted_alive._frames import (
     DATA_OVERHEAD,
+    HELLO_ASSIGNED,
     HELLO_RESUMED,
     MIN_MAX_FRAME_SIZE,
     NO_SESSION,
@@ -57,7 +58,7 @@ class Role(enum.Enum):
 
 
 class State(enum.Enum):
-    """Where a L{Connection} stands."""
+    """Where a `Connection` stands."""
 
     HANDSHAKE = "handshake"
     OPEN = "open"
@@ -112,7 +113,7 @@ class Settings:
 
     @property
     def maxPayload(self) -> int:
-        """The largest message payload a frame of L{maxFrameSize} holds."""
+        """The largest message payload a frame of `maxFrameSize` holds."""
         return self.maxFrameSize - (DATA_OVERHEAD - 4)
 
     def newSession(self, token: bytes = NO_SESSION) -> Session:
@@ -122,7 +123,7 @@ class Settings:
 
 class HelloReceived(NamedTuple):
     """(Server role.) The client's HELLO arrived: answer with
-    L{Connection.acceptSession} or L{Connection.refuseSession}."""
+    `Connection.acceptSession` or `Connection.refuseSession`."""
 
     hello: Hello
 
@@ -146,7 +147,7 @@ class Confirmed(NamedTuple):
 
 
 class PongReceived(NamedTuple):
-    """A PONG answered our PING after C{rtt} seconds."""
+    """A PONG answered our PING after ``rtt`` seconds."""
 
     rtt: float
 
@@ -171,7 +172,7 @@ class Expired(NamedTuple):
 
 
 class Stalled(NamedTuple):
-    """This process did not run for C{seconds}; the time was granted back."""
+    """This process did not run for ``seconds``; the time was granted back."""
 
     seconds: float
 
@@ -198,7 +199,7 @@ class Connection:
     :param now: the current time.
     :param session: the session to carry (client role: the one to resume or
         start). Peers get a fresh one that lives as long as the connection;
-        servers get theirs in L{acceptSession}.
+        servers get theirs in `acceptSession`.
     """
 
     def __init__(
@@ -238,7 +239,7 @@ class Connection:
         return data
 
     def nextWake(self) -> float:
-        """When the timer should next fire (L{handleTimer})."""
+        """When the timer should next fire (`handleTimer`)."""
         return self.liveness.nextWake()
 
     @property
@@ -253,7 +254,7 @@ class Connection:
         Feed bytes that arrived from the peer.
 
         :returns: the events they caused, in order. New messages for the
-            application are in C{session.inbox.pending}, not in events.
+            application are in ``session.inbox.pending``, not in events.
         """
         self.liveness.received(now)
         events: list[Event] = []
@@ -274,7 +275,7 @@ class Connection:
         return events
 
     def _handleFrame(self, frame: _frames.Frame, now: float, events: list[Event]) -> bool:
-        """Act on one frame; C{True} to stop reading further frames."""
+        """Act on one frame; ``True`` to stop reading further frames."""
         state = self.state
         if state is State.FAILED:
             return True
@@ -352,7 +353,7 @@ class Connection:
             events.append(HelloReceived(hello))
             return
         if self.role is Role.PEER:
-            if hello.session != NO_SESSION:
+            if hello.session != NO_SESSION and not hello.flags & HELLO_ASSIGNED:
                 self._fail(
                     GoodbyeCode.SESSION_UNKNOWN,
                     "this peer keeps no sessions and cannot resume one",
@@ -375,15 +376,15 @@ class Connection:
 
     def acceptSession(self, session: Session, resumed: bool, now: float) -> list[Event]:
         """
-        (Server role.) Answer the client's HELLO with C{session}, new or
+        (Server role.) Answer the client's HELLO with ``session``, new or
         resumed. Messages queued on this connection before it carried a
-        session move to the end of C{session}'s queue.
+        session move to the end of ``session``'s queue.
         """
         assert self.role is Role.SERVER and self.peerHello is not None
         events: list[Event] = []
         self.session.outbox.moveQueueTo(session.outbox)
         self.session = session
-        self._sendHello(HELLO_RESUMED if resumed else 0)
+        self._sendHello(HELLO_ASSIGNED | (HELLO_RESUMED if resumed else 0))
         try:
             self._open(self.peerHello, resumed, now, events)
         except ProtocolViolation as e:
@@ -468,7 +469,7 @@ class Connection:
                 self.state = State.CLOSING
 
     def handleTimer(self, now: float, scheduledFor: float) -> list[Event]:
-        """The timer armed for C{scheduledFor} fired at C{now}; act on liveness."""
+        """The timer armed for ``scheduledFor`` fired at ``now``; act on liveness."""
         result = self.liveness.handleTimer(now, scheduledFor)
         events: list[Event] = []
         if result.stall:

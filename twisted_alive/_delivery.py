@@ -2,8 +2,8 @@
 Delivery state of a session: sequence numbers, the window, the bounded send
 queue, cumulative acknowledgements, and what to resend after a reconnect.
 
-Sans-IO: no Twisted, no clock, no I/O. A L{Session} outlives the connections
-that carry it; each side keeps one L{Outbox} (what it sends) and one L{Inbox}
+Sans-IO: no Twisted, no clock, no I/O. A `Session` outlives the connections
+that carry it; each side keeps one `Outbox` (what it sends) and one `Inbox`
 (what it receives).
 """
 
@@ -32,7 +32,7 @@ class ProtocolViolation(Exception):
 
 
 class Entry:
-    """One message in an L{Outbox}."""
+    """One message in an `Outbox`."""
 
     __slots__ = ("seq", "payload", "handle", "sentAt")
 
@@ -49,7 +49,7 @@ class Outbox:
 
     Messages wait in a bounded queue, move into the window when sent (which
     gives them their sequence number), and leave it when a cumulative ACK
-    covers them. After a reconnect, L{resume} puts what the peer did not
+    covers them. After a reconnect, `resume` puts what the peer did not
     receive back at the head of the queue, with the same sequence numbers.
 
     :param window: messages in flight at most.
@@ -77,14 +77,19 @@ class Outbox:
         self.nextSeq = 1
         self.rejected: dict[int, str] = {}
         self.tooLarge: list[Entry] = []
+        self.sentCount = 0
+        """Messages written for the first time."""
+        self.confirmedCount = 0
+        """Messages covered by an ACK (rejected ones included)."""
         self.redelivered = 0
+        """Messages written again after a reconnect."""
 
     def __len__(self) -> int:
         """Messages not yet confirmed: in flight plus queued."""
         return len(self.inflight) + len(self.queue)
 
     def hasRoom(self) -> bool:
-        """Whether L{submit} would accept a message now."""
+        """Whether `submit` would accept a message now."""
         return len(self.queue) < self.maxQueue and self.queuedBytes < self.maxQueueBytes
 
     def submit(self, payload: bytes, handle: Any) -> Entry:
@@ -114,8 +119,8 @@ class Outbox:
         Move queued messages into the window, as far as both this side's and
         the peer's window allow, giving new ones their sequence number.
 
-        A new message larger than C{maxPayload} (the peer accepts smaller
-        frames than this side) is moved to L{tooLarge} instead, without a
+        A new message larger than ``maxPayload`` (the peer accepts smaller
+        frames than this side) is moved to `tooLarge` instead, without a
         sequence number: the caller fails it.
 
         :returns: the entries to write now, in order.
@@ -135,6 +140,7 @@ class Outbox:
                     continue
                 entry.seq = self.nextSeq
                 self.nextSeq += 1
+                self.sentCount += 1
                 entry.sentAt = now
             else:
                 self.redelivered += 1
@@ -148,7 +154,7 @@ class Outbox:
         A cumulative ACK arrived.
 
         :returns: the entries it confirms, in order (including rejected ones:
-            look their seq up in L{rejected}).
+            look their seq up in `rejected`).
         :raises ProtocolViolation: if it acknowledges a message never sent.
         """
         if upTo <= self.ackedUpTo:
@@ -169,14 +175,15 @@ class Outbox:
                 self.queuedBytes -= len(entry.payload)
                 done.append(entry)
         self.ackedUpTo = upTo
+        self.confirmedCount += len(done)
         return done
 
     def reject(self, seq: int, reason: str) -> None:
         """
-        The peer's application failed on message C{seq}; the ACK that
+        The peer's application failed on message ``seq``; the ACK that
         follows will cover it.
 
-        :raises ProtocolViolation: if C{seq} is not awaiting confirmation.
+        :raises ProtocolViolation: if ``seq`` is not awaiting confirmation.
         """
         if not (self.ackedUpTo < seq < self.nextSeq):
             raise ProtocolViolation(
@@ -187,7 +194,7 @@ class Outbox:
     def resume(self, peerNextExpected: int) -> None:
         """
         A new connection's HELLO says the peer holds everything below
-        C{peerNextExpected}: put the rest of the window back at the head of
+        ``peerNextExpected``: put the rest of the window back at the head of
         the queue, to be resent with the same sequence numbers.
 
         :raises ProtocolViolation: if that contradicts what was acknowledged
@@ -234,7 +241,7 @@ class Outbox:
         return uncertain
 
     def moveQueueTo(self, other: Outbox) -> None:
-        """Move every queued (never sent) entry to the end of C{other}'s
+        """Move every queued (never sent) entry to the end of ``other``'s
         queue, in order."""
         for entry in self.queue:
             other.queue.append(entry)
@@ -256,8 +263,8 @@ class Inbox:
     The receiving half of a session.
 
     Accepted messages wait in order to be handed to the application one at
-    a time. L{nextExpected} is what the HELLO announces after a reconnect;
-    L{processedUpTo} is what ACKs confirm.
+    a time. `nextExpected` is what the HELLO announces after a reconnect;
+    `processedUpTo` is what ACKs confirm.
 
     :param window: how many received messages may await processing (the
         window this side announces); a peer that exceeds it breaks the
@@ -274,7 +281,7 @@ class Inbox:
 
     def reject(self, seq: int, reason: str) -> None:
         """
-        The application failed on message C{seq}: it counts as processed,
+        The application failed on message ``seq``: it counts as processed,
         and a REJECT goes to the peer before the ACK that covers it.
         """
         self.rejections.append((seq, reason))
@@ -289,7 +296,7 @@ class Inbox:
         """
         A DATA frame arrived.
 
-        :returns: C{True} if it was queued for the application, C{False} for
+        :returns: ``True`` if it was queued for the application, ``False`` for
             a duplicate (dropped).
         :raises ProtocolViolation: for a gap in the sequence or a peer that
             overran the window.
@@ -311,9 +318,9 @@ class Inbox:
 
 class Session:
     """
-    State that outlives a connection: a token, an L{Outbox} and an L{Inbox}.
+    State that outlives a connection: a token, an `Outbox` and an `Inbox`.
 
-    :param token: the 16-byte session token, or L{NO_SESSION} for a session
+    :param token: the 16-byte session token, or `NO_SESSION` for a session
         that lives only as long as one connection.
     """
 
@@ -339,7 +346,7 @@ class Session:
         return secrets.token_bytes(16)
 
     def matches(self, token: bytes) -> bool:
-        """Compare C{token} with this session's token in constant time."""
+        """Compare ``token`` with this session's token in constant time."""
         return hmac.compare_digest(self.token, token)
 
     def restart(self, token: bytes = NO_SESSION) -> list[Entry]:

@@ -25,6 +25,7 @@ __all__ = [
     "DATA_OVERHEAD",
     "DEFAULT_MAX_FRAME_SIZE",
     "HEADER_SIZE",
+    "HELLO_ASSIGNED",
     "HELLO_RESUMED",
     "MIN_MAX_FRAME_SIZE",
     "NO_SESSION",
@@ -55,6 +56,10 @@ NO_SESSION = bytes(16)
 
 HELLO_RESUMED = 0x01
 """HELLO flag bit: the server resumed the session the client asked for."""
+
+HELLO_ASSIGNED = 0x02
+"""HELLO flag bit: this HELLO is a server's answer, and its session field is
+the token the server assigned (new or resumed), not a request to resume."""
 
 DEFAULT_MAX_FRAME_SIZE = 1_048_576
 """Default largest frame ``length`` a :class:`FrameDecoder` accepts."""
@@ -113,7 +118,7 @@ class Hello(NamedTuple):
     HELLO: the first frame each side sends.
 
     :param version: protocol version, :data:`PROTOCOL_VERSION`.
-    :param flags: flag bits; :data:`HELLO_RESUMED` is the only one defined.
+    :param flags: flag bits: :data:`HELLO_RESUMED`, :data:`HELLO_ASSIGNED`.
     :param interval: the sender's heartbeat interval in seconds (whole
         milliseconds on the wire; the encoder rounds to the nearest one).
     :param maxFrameSize: the largest frame ``length`` the sender accepts.

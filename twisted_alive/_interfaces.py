@@ -1,5 +1,5 @@
 """
-The interface between L{HeartbeatMixin} protocols and the factories that
+The interface between `HeartbeatMixin` protocols and the factories that
 keep sessions for them.
 """
 
@@ -18,11 +18,11 @@ class ISessionHost(Interface):
     """
     A factory that keeps sessions beyond one connection.
 
-    A L{HeartbeatMixin} protocol whose C{factory} provides this interface
+    A `HeartbeatMixin` protocol whose ``factory`` provides this interface
     carries that factory's sessions instead of a session of its own.
     """
 
-    role = Attribute("The L{Role} its protocols play: CLIENT or SERVER.")
+    role = Attribute("The `Role` its protocols play: CLIENT or SERVER.")
 
     def connectionStarted(protocol: object) -> None:
         """A connection was made (before the HELLO exchange)."""
@@ -32,8 +32,8 @@ class ISessionHost(Interface):
 
     def sessionFor(token: bytes, now: float) -> tuple[Session, bool] | None:
         """
-        (Server role.) The session a client asked for: C{(session, resumed)}
-        for a new (all-zero token) or known token, C{None} for an unknown or
+        (Server role.) The session a client asked for: ``(session, resumed)``
+        for a new (all-zero token) or known token, ``None`` for an unknown or
         expired one.
         """
 

@@ -16,8 +16,9 @@ Rules (see ``docs/protocol.md``):
   HELLO (our own interval until then).
 - When the timer fires later than asked, this process was blocked (a slow
   callback, a swap storm): the delay is granted back to the deadline, since
-  bytes the peer sent meanwhile are still unread in the kernel. The stall is
-  reported so that it can be logged.
+  bytes the peer sent meanwhile are still unread in the kernel; and the peer
+  is not declared dead on that firing, so that the owner reads them first.
+  The stall is reported so that it can be logged.
 - RTT is smoothed the RFC 6298 way from PING/PONG samples.
 """
 
@@ -28,18 +29,18 @@ from typing import NamedTuple
 
 
 class TimerAction(enum.Enum):
-    """What the owner of a L{Liveness} must do when its timer fires."""
+    """What the owner of a `Liveness` must do when its timer fires."""
 
     NOTHING = 0
-    """Re-arm the timer at L{Liveness.nextWake}."""
+    """Re-arm the timer at `Liveness.nextWake`."""
     PING = 1
-    """Send PING(L{Liveness.pingId}), then re-arm."""
+    """Send PING(`Liveness.pingId`), then re-arm."""
     EXPIRED = 2
     """The deadline passed: the peer is presumed dead."""
 
 
 class TimerResult(NamedTuple):
-    """The outcome of L{Liveness.handleTimer}."""
+    """The outcome of `Liveness.handleTimer`."""
 
     action: TimerAction
     stall: float
@@ -63,7 +64,7 @@ class Liveness:
     """
 
     def __init__(self, interval: float, misses: int, now: float) -> None:
-        if interval <= 0:
+        if not interval > 0:
             raise ValueError(f"heartbeat interval must be positive, got {interval!r}")
         if misses < 1:
             raise ValueError(f"heartbeat misses must be at least 1, got {misses!r}")
@@ -89,14 +90,14 @@ class Liveness:
         """
         Bytes arrived from the peer.
 
-        Before the handshake, bytes do not count: only L{handshake} does.
+        Before the handshake, bytes do not count: only `handshake` does.
         """
         if self.handshaken:
             self.lastReceived = now
 
     def handshake(self, peerInterval: float, now: float) -> None:
         """
-        The peer's HELLO arrived, announcing C{peerInterval}.
+        The peer's HELLO arrived, announcing ``peerInterval``.
         """
         self.handshaken = True
         self.peerInterval = peerInterval
@@ -119,7 +120,7 @@ class Liveness:
 
     def handleTimer(self, now: float, scheduledFor: float) -> TimerResult:
         """
-        The owner's timer, armed for C{scheduledFor}, fired at C{now}.
+        The owner's timer, armed for ``scheduledFor``, fired at ``now``.
 
         :returns: what to do, and the local stall (if any) that was granted
             back to the deadline.
@@ -134,6 +135,11 @@ class Liveness:
                 stall = late
                 self.stalledFor += late
         if now >= self.expiresAt():
+            if stall:
+                # The peer's bytes that arrived during the stall are still
+                # unread: let the owner read them (the timer re-arms for now)
+                # before the peer is declared dead.
+                return TimerResult(TimerAction.NOTHING, stall)
             return TimerResult(TimerAction.EXPIRED, stall)
         if self.handshaken and now >= self.lastSent + self.interval:
             self.pingId += 1
@@ -145,7 +151,7 @@ class Liveness:
         """
         A PONG arrived.
 
-        :returns: the RTT sample in seconds, or C{None} for a PONG that does
+        :returns: the RTT sample in seconds, or ``None`` for a PONG that does
             not answer the outstanding PING (stale or unsolicited).
         """
         if pingId != self.pingId or self._pingSentAt is None:

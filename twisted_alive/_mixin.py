@@ -74,8 +74,8 @@ def describeAddress(address: Any) -> str | None:
 
 def failDelivery(entry: Entry, message: str, loss: Loss | None) -> None:
     """Fail the Deferred of an unconfirmed entry."""
-    d = cast(Deferred, entry.handle)
-    if not d.called:
+    d = cast("Deferred[Receipt] | None", entry.handle)
+    if d is not None and not d.called:
         d.errback(DeliveryFailed(message, loss, maybeProcessed=entry.seq != 0))
 
 
@@ -563,8 +563,10 @@ class HeartbeatMixin(TimeoutMixin):
         now = self._clock().seconds()
         rejected = conn.session.outbox.rejected
         for entry in event.entries:
-            d = cast(Deferred, entry.handle)
-            if d.called:
+            d = cast("Deferred[Receipt] | None", entry.handle)
+            if d is None or d.called:
+                if rejected and entry.seq in rejected:
+                    del rejected[entry.seq]
                 continue
             if rejected and entry.seq in rejected:
                 text = rejected.pop(entry.seq)
@@ -577,6 +579,10 @@ class HeartbeatMixin(TimeoutMixin):
             else:
                 d.callback(Receipt(entry.seq, entry.sentAt, now))
         self._failTooLarge()
+        self._sendRoom()
+
+    def _sendRoom(self) -> None:
+        """Acknowledgements made room in the window and queue."""
 
     def _failTooLarge(self) -> None:
         conn = self._alive
@@ -696,6 +702,9 @@ class HeartbeatMixin(TimeoutMixin):
                 result.addBoth(box.append)
                 if not box:
                     result.addCallback(lambda _: self._asyncDone(session, seq, box[0]))
+                    # What was processed before this message is confirmed now,
+                    # not when this one completes.
+                    conn.flushAck()
                     return  # the next message waits for this one
                 if isinstance(box[0], Failure):
                     self._rejected(session, seq, box[0])

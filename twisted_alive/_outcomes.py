@@ -1,6 +1,6 @@
 """
-What a sent message becomes: a L{Receipt}, or a L{DeliveryFailed}; and the
-L{QueueFull} error of a sender that outran its limits.
+What a sent message becomes: a `Receipt`, or a `DeliveryFailed`; and the
+`QueueFull` error of a sender that outran its limits.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 class Receipt:
     """
     Proof that the peer's application processed a message: its
-    C{messageReceived} returned (or the Deferred it returned fired) and the
+    ``messageReceived`` returned (or the Deferred it returned fired) and the
     peer acknowledged the message's sequence number.
 
     :ivar seq: the message's sequence number in its session.
@@ -38,13 +38,13 @@ class DeliveryFailed(Exception):
     """
     A message was not confirmed, and never will be.
 
-    :ivar loss: the L{Loss} that ended its connection or session, if any.
-    :ivar maybeProcessed: C{True} if the message was sent and may have been
+    :ivar loss: the `Loss` that ended its connection or session, if any.
+    :ivar maybeProcessed: ``True`` if the message was sent and may have been
         processed by the peer before the loss (its acknowledgement never
-        came); C{False} if the peer certainly did not process it (it was
+        came); ``False`` if the peer certainly did not process it (it was
         never sent, or the peer rejected it).
-    :ivar rejected: C{True} if the peer's application failed on it (the peer
-        sent REJECT); the text is in C{str(exc)}.
+    :ivar rejected: ``True`` if the peer's application failed on it (the peer
+        sent REJECT); the text is in ``str(exc)``.
     """
 
     def __init__(
@@ -62,8 +62,8 @@ class DeliveryFailed(Exception):
 
 class QueueFull(Exception):
     """
-    C{sendMessage} was called while the send queue was at its limit.
+    ``sendMessage`` was called while the send queue was at its limit.
 
-    Nothing was queued. Register an C{IPushProducer} to be paused before this
+    Nothing was queued. Register an ``IPushProducer`` to be paused before this
     happens (see ``docs/delivery.md``), or wait for receipts and retry.
     """

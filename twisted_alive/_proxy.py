@@ -425,6 +425,7 @@ class _Flow:
     def resumeProducing(self) -> None:
         self.sinkFull = False
         self.pump()
+        self.applyReading()
 
     def stopProducing(self) -> None:
         pass

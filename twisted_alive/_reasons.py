@@ -1,18 +1,18 @@
 """
-Why a connection ended: L{Reason}, L{Loss} and L{classify}.
+Why a connection ended: `Reason`, `Loss` and `classify`.
 
-This is the only module that maps C{twisted.internet.error} types to reasons.
+This is the only module that maps ``twisted.internet.error`` types to reasons.
 What Twisted reports for each way a TCP connection ends was measured (see
 ``docs/reasons.md``); the mapping below follows those measurements:
 
-- C{ConnectionDone}: a FIN arrived (or this side called C{loseConnection}).
-- C{ConnectionLost}: an RST, a socket error (C{ECONNRESET}, C{EPIPE},
-  C{ETIMEDOUT}) or a close with data left unread. Twisted drops the errno.
-- C{ConnectionAborted}: this side called C{abortConnection}.
+- ``ConnectionDone``: a FIN arrived (or this side called ``loseConnection``).
+- ``ConnectionLost``: an RST, a socket error (``ECONNRESET``, ``EPIPE``,
+  ``ETIMEDOUT``) or a close with data left unread. Twisted drops the errno.
+- ``ConnectionAborted``: this side called ``abortConnection``.
 
 Twisted cannot tell a timeout from a reset, or an orderly shutdown from a
 killed process, from the failure alone: the protocol must record its own
-intent before it closes (L{HeartbeatMixin} does) and only an application
+intent before it closes (`HeartbeatMixin` does) and only an application
 GOODBYE frame proves an orderly close.
 """
 
@@ -76,16 +76,16 @@ def classify(failure: Failure | BaseException) -> Reason:
     """
     Name the reason behind a Twisted connection failure.
 
-    Works on the failure given to any protocol's C{connectionLost}, to a
-    factory's C{clientConnectionFailed}/C{clientConnectionLost}, and to the
-    errback of an endpoint's C{connect()}. It sees only the failure, so it
-    cannot know whether this side asked for the close: a C{ConnectionDone}
-    is reported as L{Reason.PEER_CLOSED}, and only a protocol that records
-    its own intent (as L{HeartbeatMixin} does) can say L{Reason.LOCAL_CLOSE}
-    or L{Reason.TIMEOUT} for a close it made itself.
+    Works on the failure given to any protocol's ``connectionLost``, to a
+    factory's ``clientConnectionFailed``/``clientConnectionLost``, and to the
+    errback of an endpoint's ``connect()``. It sees only the failure, so it
+    cannot know whether this side asked for the close: a ``ConnectionDone``
+    is reported as `Reason.PEER_CLOSED`, and only a protocol that records
+    its own intent (as `HeartbeatMixin` does) can say `Reason.LOCAL_CLOSE`
+    or `Reason.TIMEOUT` for a close it made itself.
 
-    :param failure: a L{Failure} or an exception.
-    :returns: the L{Reason}.
+    :param failure: a `Failure` or an exception.
+    :returns: the `Reason`.
     """
     exc = failure.value if isinstance(failure, Failure) else failure
     if isinstance(exc, error.ConnectionRefusedError):
@@ -112,7 +112,7 @@ class Loss:
     """
     One ended connection, or one failed connection attempt, classified.
 
-    :ivar reason: the L{Reason}.
+    :ivar reason: the `Reason`.
     :ivar detail: a sentence for humans and logs.
     :ivar failure: the failure Twisted reported, if any.
     :ivar goodbye: the GOODBYE code the peer sent, if it sent one.
@@ -138,11 +138,11 @@ class Loss:
 
 class ConnectionLostWithLoss(error.ConnectionLost):
     """
-    A C{ConnectionLost} that carries the classified L{Loss}.
+    A ``ConnectionLost`` that carries the classified `Loss`.
 
-    Given to the C{connectionLost} of protocols wrapped by
-    L{AliveWrappingFactory}, so that old code keeps working (it is a
-    C{ConnectionLost}) and new code can read C{.loss}.
+    Given to the ``connectionLost`` of protocols wrapped by
+    `AliveWrappingFactory`, so that old code keeps working (it is a
+    ``ConnectionLost``) and new code can read ``.loss``.
     """
 
     def __init__(self, loss: Loss) -> None:
@@ -152,8 +152,8 @@ class ConnectionLostWithLoss(error.ConnectionLost):
 
 class ConnectionDoneWithLoss(error.ConnectionDone):
     """
-    A C{ConnectionDone} that carries the classified L{Loss} (for clean
-    closes seen by protocols wrapped by L{AliveWrappingFactory}).
+    A ``ConnectionDone`` that carries the classified `Loss` (for clean
+    closes seen by protocols wrapped by `AliveWrappingFactory`).
     """
 
     def __init__(self, loss: Loss) -> None:

@@ -1,0 +1,146 @@
+"""
+A twisted_alive peer process for ``tests/test_loss_real.py``.
+
+Usage::
+
+    alive_peer.py client|server HOST PORT INTERVAL BEHAVIOUR [--count N] [--every S] [--tag T]
+
+As a client it connects to HOST:PORT; as a server it listens on HOST:PORT
+(0 for any free port) and prints ``READY <port>``. It serves one connection
+with a L{HeartbeatProtocol} whose heartbeat interval is INTERVAL seconds,
+prints ``OPEN`` when the HELLO exchange completes and ``LOST <REASON>
+<detail>`` when the connection ends, then exits (status 0).
+
+Behaviours:
+
+- ``echo``: send every message received back to the peer.
+- ``goodbye-after-first``: after the first message, close in order
+  (GOODBYE SHUTTING_DOWN).
+- ``rst-after-first``: after the first message has been acknowledged, abort
+  with an RST (``SO_LINGER`` 0).
+- ``send``: send ``--count`` messages ``<tag>:<i>``, one every ``--every``
+  seconds; print ``CONFIRMED <n>`` once every one has a receipt, then close.
+"""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import struct
+import sys
+from typing import Any
+
+from twisted.internet import task
+from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint, connectProtocol
+from twisted.internet.protocol import Factory
+from twisted.python.failure import Failure
+
+from twisted_alive._frames import GoodbyeCode
+from twisted_alive._mixin import HeartbeatProtocol
+from twisted_alive._outcomes import Receipt
+from twisted_alive._reasons import Loss
+
+BEHAVIOURS = ("echo", "goodbye-after-first", "rst-after-first", "send")
+
+
+def say(*words: object) -> None:
+    """One line on stdout, flushed at once (the test reads it)."""
+    print(*words, flush=True)
+
+
+class TestPeer(HeartbeatProtocol):
+    """The peer's protocol: one of L{BEHAVIOURS}."""
+
+    def __init__(self, options: argparse.Namespace, clock: Any, done: Deferred[Loss]) -> None:
+        self.options = options
+        self.clock = clock
+        self.heartbeatInterval = options.interval
+        self.done = done
+        self.count = 0
+
+    def connectionOpened(self, resumed: bool) -> None:
+        say("OPEN")
+        if self.options.behaviour == "send":
+            self._sendAll()
+
+    def _sendAll(self) -> None:
+        options = self.options
+        receipts: list[Deferred[Receipt]] = []
+
+        def sendOne(i: int) -> None:
+            receipts.append(self.sendMessage(f"{options.tag}:{i}".encode()))
+
+        def allSent() -> None:
+            DeferredList(receipts, consumeErrors=True).addCallback(confirmed)
+
+        def confirmed(results: list[tuple[bool, object]]) -> None:
+            good = sum(1 for ok, _ in results if ok)
+            say("CONFIRMED", good)
+            self.close()
+
+        chain: Deferred[None] = Deferred()
+        for i in range(options.count):
+            chain.addCallback(lambda _, i=i: task.deferLater(self.clock, options.every, sendOne, i))
+        chain.addCallback(lambda _: allSent())
+        chain.callback(None)
+
+    def messageReceived(self, payload: bytes) -> None:
+        self.count += 1
+        behaviour = self.options.behaviour
+        if behaviour == "echo":
+            self.sendMessage(payload).addErrback(lambda f: None)
+        elif behaviour == "goodbye-after-first" and self.count == 1:
+            self.close(GoodbyeCode.SHUTTING_DOWN, "done after the first message")
+        elif behaviour == "rst-after-first" and self.count == 1:
+            # The ACK is written when this returns; abort once it is out.
+            self.clock.callLater(0.1, self._reset)
+
+    def _reset(self) -> None:
+        handle = self.transport.getHandle()  # type: ignore[attr-defined]
+        handle.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.abort("reset on purpose")
+
+    def disconnected(self, loss: Loss) -> None:
+        say("LOST", loss.reason.name, loss.detail)
+        self.done.callback(loss)
+
+
+def main(reactor: Any, *argv: str) -> Deferred[None]:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("role", choices=("client", "server"))
+    parser.add_argument("host")
+    parser.add_argument("port", type=int)
+    parser.add_argument("interval", type=float)
+    parser.add_argument("behaviour", choices=BEHAVIOURS)
+    parser.add_argument("--count", type=int, default=10)
+    parser.add_argument("--every", type=float, default=0.0)
+    parser.add_argument("--tag", default="peer")
+    options = parser.parse_args(argv)
+    done: Deferred[Loss] = Deferred()
+
+    def build() -> TestPeer:
+        return TestPeer(options, reactor, done)
+
+    def finish(result: object) -> None:
+        if isinstance(result, Failure):
+            say("FAILED", result.getErrorMessage())
+
+    if options.role == "client":
+        endpoint = TCP4ClientEndpoint(reactor, options.host, options.port, timeout=5)
+        d = connectProtocol(endpoint, build())
+        d.addErrback(lambda f: done.errback(f) if not done.called else None)
+        return done.addBoth(finish)
+
+    factory = Factory.forProtocol(build)  # type: ignore[arg-type]
+    listening = TCP4ServerEndpoint(reactor, options.port, interface=options.host).listen(factory)
+
+    def ready(port: Any) -> Deferred[None]:
+        say("READY", port.getHost().port)
+        return done.addBoth(finish)
+
+    return listening.addCallback(ready)
+
+
+if __name__ == "__main__":
+    task.react(main, sys.argv[1:])
