@@ -5,6 +5,7 @@ real loopback sockets, real Twisted transports and a real peer process.
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 import select
@@ -332,6 +333,112 @@ def test_notASocket() -> None:
     assert str(raised.value).startswith("cannot find a TCP socket behind <object")
 
 
+class _Refusing(socket.socket):
+    """
+    A socket that refuses some options with a given errno, and cannot read
+    any back.
+    """
+
+    refused: dict[int, int] = {}
+
+    def setsockopt(self, level: int, option: int, value: Any, *rest: Any) -> None:
+        """
+        Fail for the options in ``refused``.
+        """
+        if option in self.refused:
+            raise OSError(self.refused[option], os.strerror(self.refused[option]))
+        super().setsockopt(level, option, value, *rest)
+
+    def getsockopt(self, *arguments: Any) -> Any:
+        """
+        Fail, as on a platform that cannot read options back.
+        """
+        raise OSError(errno.EINVAL, "no read-back here")
+
+
+@linuxOnly
+def test_optionRefusedByKernel(pair: tuple[socket.socket, socket.socket]) -> None:
+    """An option the kernel refuses as unknown is listed; other errors raise."""
+    ours, _ = pair
+    refusing = _Refusing(fileno=os.dup(ours.fileno()))
+    try:
+        refusing.refused = {socket.TCP_USER_TIMEOUT: errno.ENOPROTOOPT}
+        result = setKernelLiveness(refusing, 10)
+        assert result.unsupported == ("TCP_USER_TIMEOUT",)
+        assert result.userTimeout is None
+        # Nothing could be read back: the values set are reported.
+        assert (result.keepalive, result.idle, result.interval, result.probes) == (
+            True,
+            4,
+            2,
+            3,
+        )
+        assert _readBack(ours)[:4] == (1, 4, 2, 3)
+
+        refusing.refused = {socket.TCP_KEEPCNT: errno.EBADF}
+        with pytest.raises(OSError) as raised:
+            setKernelLiveness(refusing, 10)
+        assert raised.value.errno == errno.EBADF
+    finally:
+        refusing.close()
+
+
+class _Wrapper:
+    """
+    A transport wrapper, as TLS puts around TCP: its own ``getHandle()`` is
+    not a socket, its ``transport`` is the next layer down.
+    """
+
+    def __init__(self, transport: object, handle: object = None) -> None:
+        self.transport = transport
+        self._handle = handle
+
+    def getHandle(self) -> object:
+        """
+        Return the handle given at construction.
+        """
+        return self._handle
+
+
+@linuxOnly
+def test_wrappersAreFollowed(pair: tuple[socket.socket, socket.socket]) -> None:
+    """Transport wrappers are followed down to a transport whose handle is a socket."""
+    ours, _ = pair
+    result = setKernelLiveness(_Wrapper(_Wrapper(_Wrapper(ours), object())), 10)
+    assert _readBack(ours) == _asReadBack(result)
+
+
+def test_closedHandleBehindWrapper(pair: tuple[socket.socket, socket.socket]) -> None:
+    """A transport whose handle is a closed socket raises ValueError."""
+    ours, _ = pair
+    ours.close()
+    closedTransport = _Wrapper(None, ours)
+    with pytest.raises(ValueError) as raised:
+        peek(closedTransport)
+    assert str(raised.value) == _CLOSED
+
+
+def test_selfWrappingTransport() -> None:
+    """A transport that is its own transport does not loop: TypeError."""
+    loop = _Wrapper(None)
+    loop.transport = loop
+    with pytest.raises(TypeError):
+        peek(loop)
+
+
+def test_descriptorClosedUnderneath(pair: tuple[socket.socket, socket.socket]) -> None:
+    """A socket object whose descriptor was closed behind its back raises ValueError."""
+    ours, _ = pair
+    stale = socket.socket(fileno=os.dup(ours.fileno()))
+    os.close(stale.fileno())
+    try:
+        with pytest.raises(ValueError) as raised:
+            peek(stale)
+        assert str(raised.value) == _CLOSED
+    finally:
+        stale.detach()
+
+
 # --- Twisted transports -------------------------------------------------------
 
 
@@ -558,6 +665,46 @@ def test_peekResetReportedByRecv(
     _waitReadable(ours)
     monkeypatch.setattr(kernel, "_readiness", lambda sock: (False, True))
     assert peek(ours) is PeekState.RESET
+
+
+def test_peekWithoutPoll(
+    pair: tuple[socket.socket, socket.socket], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where select.poll is missing, select.select gives the same answers."""
+    monkeypatch.delattr(select, "poll")
+    ours, theirs = pair
+    assert peek(ours) is PeekState.ALIVE
+    theirs.sendall(b"x")
+    theirs.close()
+    _waitReadable(ours)
+    time.sleep(0.05)
+    assert peek(ours) is PeekState.READABLE
+    assert ours.recv(1) == b"x"
+    assert peek(ours) is PeekState.CLOSED
+
+
+def test_peekNothingToReadAfterAll(
+    pair: tuple[socket.socket, socket.socket], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """If recv() would block after all, peek says ALIVE at once, whatever the socket's timeout."""
+    import twisted_alive._kernel as kernel
+
+    ours, _ = pair
+    monkeypatch.setattr(kernel, "_readiness", lambda sock: (False, True))
+    for timeout in (5.0, 0.0, None):
+        ours.settimeout(timeout)
+        started = time.monotonic()
+        assert peek(ours) is PeekState.ALIVE
+        assert time.monotonic() - started < 0.5
+        assert ours.gettimeout() == timeout
+
+
+def test_peekUnconnected() -> None:
+    """Peeking at a socket that was never connected raises the kernel's OSError."""
+    with socket.socket() as unconnected:
+        with pytest.raises(OSError) as raised:
+            peek(unconnected)
+    assert raised.value.errno == errno.ENOTCONN
 
 
 # --- a real peer process: SIGSTOP -------------------------------------------

@@ -426,6 +426,37 @@ async def test_halfCloseFromThePeerIsForwarded(harness: Harness) -> None:
 
 
 @pytest.mark.timeout(20)
+@pytest.mark.parametrize(
+    ("closer", "abort", "expected"),
+    [
+        ("client", False, ConnectionDone),
+        ("client", True, ConnectionLost),
+        ("server", False, ConnectionDone),
+        ("server", True, ConnectionLost),
+    ],
+)
+@ensureDeferred
+async def test_peerEndIsForwarded(
+    harness: Harness, closer: str, abort: bool, expected: type[BaseException]
+) -> None:
+    """A FIN from one peer reaches the other as a FIN, an RST as an RST, and the pair ends."""
+    proxy, server = await harness.proxy()
+    client = await harness.connect(proxy)
+    await _roundTrip(client)
+    assert client.pair is not None
+    ended = client.pair.whenEnded()
+    first, other = (client, server.peers[0]) if closer == "client" else (server.peers[0], client)
+    if abort:
+        first.tcp.abortConnection()
+    else:
+        first.tcp.loseConnection()
+    assert await _within(other.lost, 5) is expected
+    await _within(ended, 5)
+    assert proxy.connections == []
+    assert proxy.faultsInjected == dict.fromkeys(FAULT_KINDS, 0)
+
+
+@pytest.mark.timeout(20)
 @ensureDeferred
 async def test_targetRefusedResetsTheClient(harness: Harness) -> None:
     """When the target refuses the connection, the client gets an RST."""

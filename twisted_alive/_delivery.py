@@ -90,7 +90,9 @@ class Outbox:
 
     def hasRoom(self) -> bool:
         """Whether `submit` would accept a message now."""
-        return len(self.queue) < self.maxQueue and self.queuedBytes < self.maxQueueBytes
+        queue = self.queue
+        # Like submit(): an empty queue always takes one message.
+        return not queue or (len(queue) < self.maxQueue and self.queuedBytes < self.maxQueueBytes)
 
     def submit(self, payload: bytes, handle: Any) -> Entry:
         """

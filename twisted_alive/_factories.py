@@ -16,7 +16,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import random
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any, cast
@@ -455,6 +455,9 @@ class AliveServerFactory(Factory):
     :ivar connections: the live protocols, HELLO done or not.
     :ivar sessions: sessions by token digest (read-only use).
     :ivar losses: how many losses each L{Reason} had.
+    :ivar endedCounts: message counts of the sessions dropped so far
+        (C{sent}, C{confirmed}, C{redelivered}, C{processed}); added to the
+        counts of the live sessions they give totals that never go backwards.
     """
 
     protocol: Any = HeartbeatProtocol
@@ -467,6 +470,7 @@ class AliveServerFactory(Factory):
         self.connections: set[HeartbeatMixin] = set()
         self.sessions: OrderedDict[bytes, Session] = OrderedDict()
         self.losses: dict[Reason, int] = {}
+        self.endedCounts: Counter[str] = Counter()
         self.sessionsExpired = 0
         self.sessionsResumed = 0
 
@@ -539,6 +543,13 @@ class AliveServerFactory(Factory):
         return dropped
 
     def _failSession(self, session: Session, why: str) -> None:
+        outbox = session.outbox
+        self.endedCounts.update(
+            sent=outbox.sentCount,
+            confirmed=outbox.confirmedCount,
+            redelivered=outbox.redelivered,
+            processed=session.inbox.processedUpTo,
+        )
         for entry in session.outbox.drain():
             failDelivery(entry, f"{why} before confirmation", None)
 

@@ -275,8 +275,6 @@ def _socketFromFileno(target: object) -> socket.socket | None:
     if not callable(fileno):
         return None
     descriptor = fileno()
-    if not isinstance(descriptor, int):
-        return None
     if descriptor < 0:
         raise ValueError(_CLOSED_MESSAGE)
     return socket.socket(fileno=socket.dup(descriptor))
@@ -293,7 +291,7 @@ def _socketOf(target: object) -> Iterator[socket.socket]:
     2. a transport whose ``getHandle()`` returns a socket (any TCP transport
        of the POSIX reactors) gives that socket;
     3. otherwise, if it has a ``transport`` attribute (a protocol wrapper,
-       such as the ``TLSMemoryBIOProtocol`` that TLS endpoints and
+       such as the ``TLSMemoryBIOProtocol`` that ``wrapClientTLS`` and
        ``TLSMemoryBIOFactory`` put between the protocol and TCP, whose
        ``getHandle()`` returns the ``OpenSSL.SSL.Connection``), that
        transport is examined in turn;
@@ -383,11 +381,12 @@ def setKernelLiveness(
 
     Twisted transports: any TCP transport works (its ``getHandle()``
     returns the socket). For TLS, pass the protocol's transport: a
-    ``TLSMemoryBIOProtocol`` (TLS endpoints, ``wrapClientTLS``,
-    ``TLSMemoryBIOFactory``) is followed through its ``transport`` attribute
-    to the TCP transport under it, and a TCP transport after ``startTLS()``
-    (``connectSSL``, ``listenSSL``) is reached through its ``fileno()``. Call
-    it from ``connectionMade`` or later, before ``connectionLost``.
+    ``TLSMemoryBIOProtocol`` (``wrapClientTLS``, ``tls:`` client endpoint
+    strings, ``TLSMemoryBIOFactory``) is followed through its ``transport``
+    attribute to the TCP transport under it, and a TCP transport after
+    ``startTLS()`` (``connectSSL``, ``listenSSL``, the ``SSL4`` endpoints) is
+    reached through its ``fileno()``. Call it from ``connectionMade`` or
+    later, before ``connectionLost``.
 
     :param transport: A connected TCP :class:`socket.socket` or a Twisted
         TCP or TLS transport.
@@ -533,6 +532,11 @@ def peek(transport: object) -> PeekState:
             return PeekState.RESET
         if not worthReading:
             return PeekState.ALIVE
+        # A socket with a timeout would make recv() wait for data first,
+        # whatever its flags; a zero timeout keeps the descriptor's own flags.
+        timeout = sock.gettimeout()
+        if timeout:
+            sock.settimeout(0.0)
         try:
             data = sock.recv(1, socket.MSG_PEEK | getattr(socket, "MSG_DONTWAIT", 0))
         except BlockingIOError:
@@ -541,4 +545,7 @@ def peek(transport: object) -> PeekState:
             if error.errno in _RESET_ERRNOS:
                 return PeekState.RESET
             raise
+        finally:
+            if timeout:
+                sock.settimeout(timeout)
     return PeekState.READABLE if data else PeekState.CLOSED

@@ -821,7 +821,7 @@ class ProxiedConnection:
                 # then close the other side.
                 towards = self._flowTo(side)
                 towards.clear()
-                towards.sourceEnded = towards.sinkShut = True
+                towards.discarding = towards.sourceEnded = towards.sinkShut = True
                 self._readEnded(side)
             else:
                 self._resetSides()

@@ -1,0 +1,410 @@
+"""
+Loss classification over real loopback sockets, against real peer processes
+(``tests/peers/``): GOODBYE, RST, SIGSTOP, SIGKILL, garbage, refused
+connections and half-closes, each seen by L{HeartbeatProtocol}.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Generator, Iterator
+from pathlib import Path
+from typing import Any, cast
+
+import pytest
+import pytest_twisted
+from twisted.internet import threads
+from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.interfaces import IListeningPort
+from twisted.internet.protocol import Factory
+from twisted.internet.task import deferLater
+from twisted.python.failure import Failure
+
+from twisted_alive._frames import GoodbyeCode
+from twisted_alive._mixin import HeartbeatProtocol
+from twisted_alive._reasons import Loss, Reason, classify
+
+ROOT = Path(__file__).resolve().parent.parent
+PEERS = Path(__file__).resolve().parent / "peers"
+HOST = "127.0.0.1"
+INTERVAL = 0.2
+MISSES = 3
+DEADLINE = INTERVAL * MISSES
+
+
+def getReactor() -> Any:
+    """The global reactor (installed by pytest-twisted), resolved lazily."""
+    from twisted.internet import reactor
+
+    return reactor
+
+
+# -- peer processes -------------------------------------------------------------------
+
+
+class Peers:
+    """Peer processes started by one test; all killed by process group at its end."""
+
+    def __init__(self) -> None:
+        self.processes: list[subprocess.Popen[str]] = []
+
+    def start(self, script: str, *args: object) -> subprocess.Popen[str]:
+        """Start C{tests/peers/<script>} with C{args}, in its own session."""
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p
+        )
+        process = subprocess.Popen(
+            [sys.executable, str(PEERS / script), *map(str, args)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+            start_new_session=True,
+        )
+        self.processes.append(process)
+        return process
+
+    def killAll(self) -> None:
+        """SIGCONT (for stopped ones), then SIGKILL, every process group."""
+        for process in self.processes:
+            for sig in (signal.SIGCONT, signal.SIGKILL):
+                try:
+                    os.killpg(process.pid, sig)
+                except ProcessLookupError:
+                    pass
+            process.wait(timeout=10)
+            if process.stdout is not None:
+                process.stdout.close()
+
+
+@pytest.fixture
+def peers() -> Iterator[Peers]:
+    """Peer processes, killed by process group when the test ends."""
+    started = Peers()
+    try:
+        yield started
+    finally:
+        started.killAll()
+
+
+def readLine(process: subprocess.Popen[str]) -> Deferred[str]:
+    """The next line the peer prints (read in a thread)."""
+    assert process.stdout is not None
+    return threads.deferToThread(process.stdout.readline)
+
+
+def waitForExit(process: subprocess.Popen[str], timeout: float = 15.0) -> Deferred[str]:
+    """The rest of the peer's output, once it has exited."""
+
+    def wait() -> str:
+        out, _ = process.communicate(timeout=timeout)
+        return out
+
+    return threads.deferToThread(wait)
+
+
+# -- this side ---------------------------------------------------------------------
+
+
+class Local(HeartbeatProtocol):
+    """This side's protocol: records messages, times, and can stop its peer."""
+
+    heartbeatInterval = INTERVAL
+    heartbeatMisses = MISSES
+
+    def __init__(self) -> None:
+        self.received: list[bytes] = []
+        self.madeAt = 0.0
+        self.lostAt = 0.0
+        self.stopGroup: int | None = None
+        self.stoppedAt = 0.0
+
+    def connectionMade(self) -> None:
+        self.madeAt = getReactor().seconds()
+        super().connectionMade()
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.stopGroup is not None:
+            # Stop the peer the moment it was last heard from, so that the
+            # whole deadline runs from the SIGSTOP.
+            os.killpg(self.stopGroup, signal.SIGSTOP)
+            self.stoppedAt = getReactor().seconds()
+            self.stopGroup = None
+        super().dataReceived(data)
+
+    def messageReceived(self, payload: bytes) -> None:
+        self.received.append(payload)
+
+    def disconnected(self, loss: Loss) -> None:
+        self.lostAt = getReactor().seconds()
+
+
+class Collecting(Factory):
+    """A server factory that keeps every protocol it builds."""
+
+    def __init__(self, protocol: type[Local] = Local, **attributes: object) -> None:
+        self.protocolClass = protocol
+        self.attributes = attributes
+        self.built: list[Local] = []
+        self._waiting: list[tuple[int, Deferred[Local]]] = []
+
+    def buildProtocol(self, addr: object) -> Local:
+        proto = self.protocolClass()
+        for name, value in self.attributes.items():
+            setattr(proto, name, value)
+        proto.factory = self
+        self.built.append(proto)
+        for entry in list(self._waiting):
+            if len(self.built) > entry[0]:
+                self._waiting.remove(entry)
+                entry[1].callback(self.built[entry[0]])
+        return proto
+
+    def connection(self, index: int = 0) -> Deferred[Local]:
+        """The C{index}-th connection's protocol, once it is built."""
+        d: Deferred[Local] = Deferred()
+        if len(self.built) > index:
+            d.callback(self.built[index])
+        else:
+            self._waiting.append((index, d))
+        return d
+
+
+@pytest.fixture
+def server() -> Generator[tuple[Collecting, int], None, None]:
+    """A listening L{Collecting} factory on 127.0.0.1 and its port."""
+    factory = Collecting()
+    port = cast(IListeningPort, getReactor().listenTCP(0, factory, interface=HOST))
+    try:
+        yield factory, port.getHost().port
+    finally:
+        port.stopListening()
+        for proto in factory.built:
+            if proto.loss is None and proto.transport is not None:
+                proto.transport.abortConnection()  # type: ignore[attr-defined]
+
+
+def frames(output: str) -> list[dict[str, Any]]:
+    """The frames a raw peer printed."""
+    return [json.loads(line) for line in output.splitlines() if line.startswith("{")]
+
+
+# -- tests ----------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(20)
+@pytest_twisted.inlineCallbacks
+def test_goodbyeIsCleanClose(peers: Peers, server: tuple[Collecting, int]) -> Generator[Any, Any, None]:
+    """A peer that closes with GOODBYE is CLEAN_CLOSE here (and LOCAL_CLOSE there)."""
+    factory, port = server
+    process = peers.start("alive_peer.py", "client", HOST, port, INTERVAL, "goodbye-after-first")
+    proto = yield factory.connection()
+    yield proto.whenOpened()
+    receipt = yield proto.sendMessage(b"first")
+    assert receipt.seq == 1
+    loss = yield proto.whenLost()
+    assert loss.reason is Reason.CLEAN_CLOSE
+    assert loss.goodbye is GoodbyeCode.SHUTTING_DOWN
+    assert loss.detail == "peer said GOODBYE SHUTTING_DOWN: done after the first message"
+    output = yield waitForExit(process)
+    assert "LOST LOCAL_CLOSE" in output
+
+
+@pytest.mark.timeout(20)
+@pytest_twisted.inlineCallbacks
+def test_resetIsReset(peers: Peers, server: tuple[Collecting, int]) -> Generator[Any, Any, None]:
+    """A peer that aborts with an RST (SO_LINGER 0) is RESET."""
+    factory, port = server
+    process = peers.start("alive_peer.py", "client", HOST, port, INTERVAL, "rst-after-first")
+    proto = yield factory.connection()
+    yield proto.whenOpened()
+    receipt = yield proto.sendMessage(b"first")
+    assert receipt.seq == 1
+    loss = yield proto.whenLost()
+    assert loss.reason is Reason.RESET
+    assert proto.lostAt - proto.madeAt < DEADLINE
+    output = yield waitForExit(process)
+    assert "LOST LOCAL_CLOSE reset on purpose" in output
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize("run", range(3))
+@pytest_twisted.inlineCallbacks
+def test_stoppedPeerIsTimeout(
+    peers: Peers, server: tuple[Collecting, int], run: int
+) -> Generator[Any, Any, None]:
+    """A SIGSTOPped peer is TIMEOUT within interval x misses (+ one interval and slack)."""
+    factory, port = server
+    process = peers.start("alive_peer.py", "client", HOST, port, INTERVAL, "echo")
+    proto = yield factory.connection()
+    yield proto.whenOpened()
+    yield proto.sendMessage(b"ping me back")
+    yield deferLater(getReactor(), 0.3, lambda: None)
+    assert proto.received == [b"ping me back"]
+    proto.stopGroup = process.pid  # at the next bytes from the peer
+    loss = yield proto.whenLost()
+    assert loss.reason is Reason.TIMEOUT
+    detection = proto.lostAt - proto.stoppedAt
+    print(f"SIGSTOP detection time (run {run}): {detection:.3f} s")
+    assert DEADLINE <= detection < DEADLINE + INTERVAL + 0.15
+
+
+@pytest.mark.timeout(20)
+@pytest_twisted.inlineCallbacks
+def test_stoppedPeerTimeoutWithFullSendBuffer(
+    peers: Peers, server: tuple[Collecting, int]
+) -> Generator[Any, Any, None]:
+    """The timeout aborts even when megabytes wait unsent for a stopped peer, and fails them all."""
+    factory, port = server
+    process = peers.start("alive_peer.py", "client", HOST, port, INTERVAL, "echo")
+    proto = yield factory.connection()
+    yield proto.whenOpened()
+    proto.stopGroup = process.pid
+    yield deferLater(getReactor(), 0.3, lambda: None)
+    assert proto.stoppedAt
+    chunk = b"x" * 65536
+    sent = [proto.sendMessage(chunk) for _ in range(300)]  # about 20 MB
+    results = DeferredList(sent, consumeErrors=True)
+    loss = yield proto.whenLost()
+    assert loss.reason is Reason.TIMEOUT
+    assert proto.lostAt - proto.stoppedAt < DEADLINE + INTERVAL + 0.15
+    outcomes = yield results
+    assert [ok for ok, _ in outcomes] == [False] * 300
+    assert all(cast(Failure, f).value.loss is loss for _, f in outcomes)
+
+
+@pytest.mark.timeout(20)
+@pytest_twisted.inlineCallbacks
+def test_killedPeerIsNotCleanClose(peers: Peers) -> Generator[Any, Any, None]:
+    """A SIGKILLed peer (its kernel sends FIN) is PEER_CLOSED or RESET, never CLEAN_CLOSE."""
+    process = peers.start("alive_peer.py", "server", HOST, 0, INTERVAL, "echo")
+    line = yield readLine(process)
+    assert line.startswith("READY "), line
+    port = int(line.split()[1])
+    proto = Local()
+    endpoint = TCP4ClientEndpoint(getReactor(), HOST, port, timeout=5)
+    yield connectProtocol(endpoint, proto)
+    yield proto.whenOpened()
+    yield proto.sendMessage(b"echo")
+    yield deferLater(getReactor(), 0.1, lambda: None)
+    assert proto.received == [b"echo"]
+    killedAt = getReactor().seconds()
+    os.killpg(process.pid, signal.SIGKILL)
+    loss = yield proto.whenLost()
+    assert loss.reason in (Reason.PEER_CLOSED, Reason.RESET)
+    assert proto.lostAt - killedAt < DEADLINE  # a FIN or RST, not the heartbeat
+
+
+@pytest.mark.timeout(20)
+@pytest_twisted.inlineCallbacks
+def test_garbageIsProtocolError(peers: Peers) -> Generator[Any, Any, None]:
+    """Garbage from a peer is PROTOCOL_ERROR at once, and the peer gets GOODBYE(PROTOCOL_ERROR) before the FIN."""
+    factory = Collecting(heartbeatInterval=5.0)
+    port = getReactor().listenTCP(0, factory, interface=HOST)
+    try:
+        process = peers.start("raw_peer.py", HOST, port.getHost().port, "garbage")
+        proto = yield factory.connection()
+        loss = yield proto.whenLost()
+        assert loss.reason is Reason.PROTOCOL_ERROR
+        detail = "frame of 4294967295 bytes exceeds the maximum of 1048576 bytes"
+        assert loss.detail == detail
+        assert proto.lostAt - proto.madeAt < 0.5
+        output = yield waitForExit(process)
+        received = frames(output)
+        assert [f["kind"] for f in received] == ["Hello", "Goodbye"]
+        assert received[1]["code"] == GoodbyeCode.PROTOCOL_ERROR
+        assert received[1]["reason"] == detail
+        assert output.splitlines()[-1] == "EOF"
+    finally:
+        yield port.stopListening()
+
+
+@pytest.mark.timeout(20)
+@pytest_twisted.inlineCallbacks
+def test_silentPeerIsTimeout(peers: Peers, server: tuple[Collecting, int]) -> Generator[Any, Any, None]:
+    """A peer that connects but never sends HELLO is TIMEOUT at the deadline."""
+    factory, port = server
+    process = peers.start("raw_peer.py", HOST, port, "silent")
+    proto = yield factory.connection()
+    loss = yield proto.whenLost()
+    assert loss.reason is Reason.TIMEOUT
+    assert DEADLINE <= proto.lostAt - proto.madeAt < DEADLINE + 0.15
+    output = yield waitForExit(process)
+    assert [f["kind"] for f in frames(output)] == ["Hello"]
+    assert output.splitlines()[-1] == "RESET"  # the timeout aborts
+
+
+@pytest.mark.timeout(20)
+@pytest_twisted.inlineCallbacks
+def test_refusedIsRefused() -> Generator[Any, Any, None]:
+    """Connecting to a port that was just closed fails with a failure classify() calls REFUSED."""
+    probe = socket.socket()
+    probe.bind((HOST, 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    endpoint = TCP4ClientEndpoint(getReactor(), HOST, port, timeout=5)
+    try:
+        yield connectProtocol(endpoint, Local())
+    except Exception:
+        failure = Failure()
+    else:  # pragma: no cover
+        pytest.fail("the connection was not refused")
+    assert classify(failure) is Reason.REFUSED
+
+
+@pytest.mark.timeout(20)
+@pytest_twisted.inlineCallbacks
+def test_halfClosedPeerGetsAcks(
+    peers: Peers, server: tuple[Collecting, int]
+) -> Generator[Any, Any, None]:
+    """A peer that shuts its write side after sending DATA still gets the ACKs; the loss is PEER_CLOSED."""
+    factory, port = server
+    process = peers.start("raw_peer.py", HOST, port, "halfclose", "--count", 3)
+    proto = yield factory.connection()
+    loss = yield proto.whenLost()
+    assert loss.reason is Reason.PEER_CLOSED
+    assert proto.received == [b"half 1", b"half 2", b"half 3"]
+    output = yield waitForExit(process)
+    received = frames(output)
+    assert received[0]["kind"] == "Hello"
+    acks = [f["seq"] for f in received if f["kind"] == "Ack"]
+    assert acks and acks[-1] == 3
+    assert output.splitlines()[-1] == "EOF"
+
+
+@pytest.mark.timeout(30)
+@pytest_twisted.inlineCallbacks
+def test_garbageClientDoesNotDisturbOthers(
+    peers: Peers, server: tuple[Collecting, int]
+) -> Generator[Any, Any, None]:
+    """One client sending garbage to a server does not affect the other clients: all their messages are confirmed."""
+    factory, port = server
+    count = 40
+    senders = [
+        peers.start(
+            "alive_peer.py", "client", HOST, port, INTERVAL, "send",
+            "--count", count, "--every", 0.01, "--tag", f"c{i}",
+        )
+        for i in range(3)
+    ]
+    yield deferLater(getReactor(), 0.1, lambda: None)
+    garbage = peers.start("raw_peer.py", HOST, port, "garbage")
+    outputs = yield DeferredList([waitForExit(p) for p in [*senders, garbage]], fireOnOneErrback=True)
+    for ok, output in outputs[:3]:
+        assert ok
+        assert f"CONFIRMED {count}" in output, output
+        assert "LOST LOCAL_CLOSE" in output, output
+    losses = yield DeferredList([p.whenLost() for p in factory.built])
+    reasons = sorted(loss.reason.name for _, loss in losses)
+    assert reasons == ["CLEAN_CLOSE"] * 3 + ["PROTOCOL_ERROR"]
+    for i in range(3):
+        got = [m for p in factory.built for m in p.received if m.startswith(b"c%d:" % i)]
+        assert got == [b"c%d:%d" % (i, n) for n in range(count)]

@@ -1,0 +1,8 @@
+from twisted.application.service import ServiceMaker
+
+TwistedAlive = ServiceMaker(
+    "twisted_alive",
+    "twisted_alive._tap",
+    "A server with heartbeats, loss reasons and confirmed, resumable delivery.",
+    "alive",
+)

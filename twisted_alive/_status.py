@@ -1,0 +1,347 @@
+"""
+The HTTP status service of L{AliveServerFactory} servers: C{/health},
+C{/connections} (JSON) and C{/metrics} (Prometheus text).
+
+L{statusSite} builds a C{twisted.web} site for one or more factories. Every
+value is read from the factories when a page is asked for, except the
+heartbeat round-trip times and the stalls, which come from the
+C{twisted_alive} log events while the site is listening.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter as CountTotals
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from twisted.logger import ILogObserver, LogEvent, globalLogPublisher
+from twisted.web.iweb import IRequest
+from twisted.web.resource import Resource
+from twisted.web.server import Site
+from zope.interface import implementer
+
+from twisted_alive._connection import State
+from twisted_alive._factories import AliveServerFactory
+from twisted_alive._reasons import Reason
+
+LOG_NAMESPACE = "twisted_alive"
+"""The namespace of the log events this package emits."""
+
+RTT_BUCKETS = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
+"""Upper bounds, in seconds, of the heartbeat round-trip time histogram."""
+
+
+def _label(member: State | Reason) -> str:
+    """A metric label value for an enum member: C{Reason.CLEAN_CLOSE} gives
+    C{"clean_close"}."""
+    return member.name.lower()
+
+
+class AliveCollector(Collector):
+    """
+    A Prometheus collector that reads L{AliveServerFactory} state at scrape
+    time: connections by state, losses by reason, sessions, message
+    counters and queue depths.
+
+    :param factories: the factories to report on; their values are added up.
+    """
+
+    def __init__(self, factories: Sequence[AliveServerFactory]) -> None:
+        self.factories = factories
+
+    def messageTotals(self) -> CountTotals[str]:
+        """
+        Messages C{sent}, C{confirmed}, C{redelivered} and C{processed} since
+        the factories started: live sessions plus the sessions already
+        dropped, so that the totals never go backwards.
+        """
+        totals: CountTotals[str] = CountTotals()
+        for factory in self.factories:
+            totals.update(factory.endedCounts)
+            for session in factory.sessions.values():
+                outbox = session.outbox
+                totals["sent"] += outbox.sentCount
+                totals["confirmed"] += outbox.confirmedCount
+                totals["redelivered"] += outbox.redelivered
+                totals["processed"] += session.inbox.processedUpTo
+        return totals
+
+    def collect(self) -> Iterable[Metric]:
+        """The metric families, with their values now."""
+        states = dict.fromkeys(State, 0)
+        losses = dict.fromkeys(Reason, 0)
+        connected = detached = queued = inflight = resumed = expired = 0
+        for factory in self.factories:
+            for proto in list(factory.connections):
+                state = proto.state
+                if state is not None:
+                    states[state] += 1
+            for reason, count in factory.losses.items():
+                losses[reason] += count
+            for session in factory.sessions.values():
+                if session.current is None:
+                    detached += 1
+                else:
+                    connected += 1
+                queued += len(session.outbox.queue)
+                inflight += len(session.outbox.inflight)
+            resumed += factory.sessionsResumed
+            expired += factory.sessionsExpired
+
+        gauge = GaugeMetricFamily(
+            "twisted_alive_connections", "Live connections by protocol state.", labels=["state"]
+        )
+        for state, count in states.items():
+            gauge.add_metric([_label(state)], count)
+        yield gauge
+
+        counter = CounterMetricFamily(
+            "twisted_alive_losses", "Ended connections by loss reason.", labels=["reason"]
+        )
+        for reason, count in losses.items():
+            counter.add_metric([_label(reason)], count)
+        yield counter
+
+        gauge = GaugeMetricFamily(
+            "twisted_alive_sessions",
+            "Sessions kept for resume: with a connection (connected) or waiting "
+            "for their client to come back (detached).",
+            labels=["state"],
+        )
+        gauge.add_metric(["connected"], connected)
+        gauge.add_metric(["detached"], detached)
+        yield gauge
+        yield CounterMetricFamily(
+            "twisted_alive_sessions_resumed",
+            "Sessions resumed by a returning client.",
+            value=resumed,
+        )
+        yield CounterMetricFamily(
+            "twisted_alive_sessions_expired",
+            "Sessions dropped because their client did not come back in time.",
+            value=expired,
+        )
+
+        totals = self.messageTotals()
+        for name, text in (
+            ("sent", "Messages sent to clients (first transmissions)."),
+            ("confirmed", "Messages the clients confirmed having processed."),
+            ("redelivered", "Messages sent again after a client reconnected."),
+            ("processed", "Messages from clients handed to the application."),
+        ):
+            yield CounterMetricFamily(f"twisted_alive_messages_{name}", text, value=totals[name])
+
+        yield GaugeMetricFamily(
+            "twisted_alive_queue_depth",
+            "Messages to clients waiting behind the window, not yet sent.",
+            value=queued,
+        )
+        yield GaugeMetricFamily(
+            "twisted_alive_messages_in_flight",
+            "Messages sent to clients and not yet confirmed.",
+            value=inflight,
+        )
+
+
+@implementer(ILogObserver)
+class MetricsObserver:
+    """
+    A log observer that feeds the heartbeat RTT histogram from C{pong}
+    events and counts C{stall} events of the C{twisted_alive} namespace.
+
+    :param rtt: the histogram of round-trip times, in seconds.
+    :param stalls: the counter of stalls of this process's reactor.
+    """
+
+    def __init__(self, rtt: Histogram, stalls: Counter) -> None:
+        self.rtt = rtt
+        self.stalls = stalls
+
+    def __call__(self, event: LogEvent) -> None:
+        """Observe one log event."""
+        if event.get("log_namespace") != LOG_NAMESPACE:
+            return
+        kind = event.get("event")
+        if kind == "pong":
+            rtt = event.get("rtt")
+            if isinstance(rtt, (int, float)):
+                self.rtt.observe(rtt)
+        elif kind == "stall":
+            self.stalls.inc()
+
+
+def _json(request: IRequest, value: Any, code: int = 200) -> bytes:
+    request.setResponseCode(code)
+    request.setHeader(b"content-type", b"application/json")
+    request.setHeader(b"cache-control", b"no-store")
+    return json.dumps(value, indent=1).encode("utf-8") + b"\n"
+
+
+def _text(request: IRequest, text: str, code: int = 200) -> bytes:
+    request.setResponseCode(code)
+    request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+    request.setHeader(b"cache-control", b"no-store")
+    return text.encode("utf-8")
+
+
+def _wantsJSON(request: IRequest) -> bool:
+    accept = request.getHeader(b"accept") or b""
+    return b"application/json" in accept
+
+
+class _Index(Resource):
+    isLeaf = True
+
+    def render_GET(self, request: IRequest) -> bytes:
+        return _text(
+            request,
+            "twisted_alive status\n"
+            "/health       200 while serving, 503 while stopping\n"
+            "/connections  live connections (JSON)\n"
+            "/metrics      Prometheus metrics\n",
+        )
+
+
+class _Health(Resource):
+    isLeaf = True
+
+    def __init__(self, site: StatusSite) -> None:
+        super().__init__()
+        self.site = site
+
+    def render_GET(self, request: IRequest) -> bytes:
+        site = self.site
+        serving = site.serving()
+        status = "ok" if serving else "stopping"
+        code = 200 if serving else 503
+        if _wantsJSON(request):
+            connections = sum(len(f.connections) for f in site.factories)
+            return _json(request, {"status": status, "connections": connections}, code)
+        return _text(request, status + "\n", code)
+
+
+class _Connections(Resource):
+    isLeaf = True
+
+    def __init__(self, site: StatusSite) -> None:
+        super().__init__()
+        self.site = site
+
+    def render_GET(self, request: IRequest) -> bytes:
+        rows = [row for f in self.site.factories for row in f.connectionsInfo()]
+        rows.sort(key=lambda row: str(row["peer"]))
+        return _json(request, rows)
+
+
+class _Metrics(Resource):
+    isLeaf = True
+
+    def __init__(self, site: StatusSite) -> None:
+        super().__init__()
+        self.site = site
+
+    def render_GET(self, request: IRequest) -> bytes:
+        accept = request.getHeader(b"accept") or b""
+        encoder, contentType = choose_encoder(accept.decode("latin-1"))
+        request.setHeader(b"content-type", contentType.encode("ascii"))
+        request.setHeader(b"cache-control", b"no-store")
+        return encoder(self.site.registry)
+
+
+class StatusSite(Site):
+    """
+    The status site of L{statusSite}. While it listens, its
+    L{MetricsObserver} watches the global log publisher.
+
+    :ivar factories: the factories it reports on.
+    :ivar registry: its own C{CollectorRegistry} (never the global one).
+    :ivar serving: a callable saying whether the server is serving
+        (C{/health} answers 503 once it says C{False}).
+    """
+
+    def __init__(
+        self,
+        factories: Sequence[AliveServerFactory],
+        serving: Callable[[], bool] | None = None,
+    ) -> None:
+        self.factories = list(factories)
+        self.serving: Callable[[], bool] = serving if serving is not None else lambda: True
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.registry.register(AliveCollector(self.factories))
+        rtt = Histogram(
+            "twisted_alive_heartbeat_rtt_seconds",
+            "Heartbeat round-trip times (PING to PONG) of twisted_alive connections.",
+            buckets=RTT_BUCKETS,
+            registry=self.registry,
+        )
+        stalls = Counter(
+            "twisted_alive_stalls",
+            "Times this process's reactor did not run for longer than a heartbeat "
+            "timer allowed (the delay is not blamed on peers).",
+            registry=self.registry,
+        )
+        self.observer = MetricsObserver(rtt, stalls)
+        root = Resource()
+        root.putChild(b"", _Index())
+        root.putChild(b"health", _Health(self))
+        root.putChild(b"connections", _Connections(self))
+        root.putChild(b"metrics", _Metrics(self))
+        super().__init__(root)
+        self.displayTracebacks = False
+
+    def startFactory(self) -> None:
+        """Start observing the C{twisted_alive} log events."""
+        super().startFactory()
+        globalLogPublisher.addObserver(self.observer)
+
+    def stopFactory(self) -> None:
+        """Stop observing the log events."""
+        globalLogPublisher.removeObserver(self.observer)
+        super().stopFactory()
+
+
+def statusSite(
+    factories: Sequence[AliveServerFactory],
+    serving: Callable[[], bool] | None = None,
+) -> StatusSite:
+    """
+    A C{twisted.web} site that serves the status of C{factories}:
+
+      - C{/health}: C{200 ok} while serving, C{503 stopping} after; with
+        C{Accept: application/json}, C{{"status": ..., "connections": N}};
+      - C{/connections}: a JSON list, one object per live connection;
+      - C{/metrics}: Prometheus metrics (text format, or OpenMetrics when
+        the scraper asks for it).
+
+    Listen on it with any endpoint: C{serverFromString(reactor,
+    "tcp:9080").listen(statusSite([factory]))}.
+
+    :param factories: the server factories to report on.
+    :param serving: says whether the server is serving; always C{True} if
+        not given.
+    :returns: the site.
+    """
+    return StatusSite(factories, serving)
+
+
+__all__ = ["AliveCollector", "MetricsObserver", "StatusSite", "statusSite", "RTT_BUCKETS"]

@@ -1,0 +1,460 @@
+"""
+The twistd plugin C{alive}: serve an L{AliveServerFactory} on one or more
+endpoints, with an optional HTTP status service::
+
+    twistd -n alive --listen tcp:9000 --status tcp:9080 --app echo
+
+On shutdown (SIGTERM, SIGINT, C{reactor.stop()}) the server stops
+listening, sends GOODBYE(SHUTTING_DOWN) on every connection, waits for the
+clients to confirm what is outstanding (at most C{--close-timeout} seconds),
+and only then lets the process exit: the clients classify the loss as
+C{CLEAN_CLOSE}.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+from collections.abc import Callable
+from typing import Any, cast
+
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import IService, MultiService, Service
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IReactorTime, IStreamServerEndpoint
+from twisted.logger import Logger
+from twisted.python import usage
+from twisted.python.failure import Failure
+
+from twisted_alive._factories import AliveServerFactory, _settingsOf
+from twisted_alive._frames import GoodbyeCode
+from twisted_alive._mixin import ABORT_GRACE, HeartbeatMixin, HeartbeatProtocol
+from twisted_alive._outcomes import DeliveryFailed
+from twisted_alive._status import StatusSite, statusSite
+
+log = Logger(namespace="twisted_alive")
+
+DEFAULT_LISTEN = "tcp:9000"
+"""The endpoint served when no C{--listen} is given."""
+
+
+class EchoProtocol(HeartbeatProtocol):
+    """
+    The C{echo} app: every message is sent back to its sender, in the same
+    session (so an echo survives the client's reconnects).
+    """
+
+    def messageReceived(self, payload: bytes) -> Deferred[Any] | None:
+        """Send C{payload} back. If it cannot even be queued (the send
+        queue is full, the connection is closing), the message is rejected
+        and the client's C{sendMessage} fails with the reason."""
+        d = self.sendMessage(payload)
+        if d.called:
+            return d  # failed at once: the mixin rejects the message
+        d.addErrback(_sessionEnded)
+        return None
+
+
+def _sessionEnded(failure: Failure) -> None:
+    # The client's session ended before it confirmed the echo: nothing to do.
+    failure.trap(DeliveryFailed)
+
+
+class SinkProtocol(HeartbeatProtocol):
+    """
+    The C{sink} app: every message is confirmed and dropped.
+
+    :ivar received: messages received on this connection.
+    :ivar receivedBytes: payload bytes received on this connection.
+    """
+
+    received = 0
+    receivedBytes = 0
+
+    def messageReceived(self, payload: bytes) -> None:
+        """Count C{payload} and drop it."""
+        self.received += 1
+        self.receivedBytes += len(payload)
+
+
+APPS: dict[str, type[HeartbeatMixin]] = {"echo": EchoProtocol, "sink": SinkProtocol}
+"""The built-in apps of C{--app}."""
+
+
+def _number(option: str, allowZero: bool) -> Callable[[str], float]:
+    what = "zero or more" if allowZero else "a positive number of"
+
+    def coerce(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value) or value < 0 or (value == 0 and not allowZero):
+            if allowZero:
+                raise usage.UsageError(f"{option} must be a number of seconds, {what}, got {text!r}")
+            raise usage.UsageError(f"{option} must be {what} seconds, got {text!r}")
+        return value
+
+    return coerce
+
+
+def _whole(option: str, what: str) -> Callable[[str], int]:
+    def coerce(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = 0
+        if value < 1:
+            raise usage.UsageError(f"{option} must be {what}, got {text!r}")
+        return value
+
+    return coerce
+
+
+class Options(usage.Options):
+    """
+    The options of C{twistd alive}.
+
+    :param reactor: the reactor the endpoints are made for; the global
+        reactor if not given.
+    """
+
+    synopsis = "[--listen ENDPOINT]... [--status ENDPOINT] [--app APP] [options]"
+    longdesc = (
+        "Serve twisted_alive connections (heartbeats, loss reasons, confirmed and "
+        "resumable delivery) on each --listen endpoint, with the application named by "
+        "--app: echo, sink, or package.module:name, where name is a HeartbeatMixin "
+        "subclass, an AliveServerFactory, or a callable returning either. Endpoints "
+        "are Twisted endpoint strings (tcp:9000, tcp:9000:interface=127.0.0.1, "
+        "ssl:9443:privateKey=key.pem:certKey=cert.pem, unix:/run/alive.sock). "
+        "On SIGTERM every connection gets GOODBYE(SHUTTING_DOWN) before the process exits."
+    )
+
+    optParameters = [
+        [
+            "status",
+            None,
+            None,
+            "Endpoint of the HTTP status service (/health, /connections, /metrics) "
+            "[default: no status service]",
+        ],
+        [
+            "app",
+            None,
+            "echo",
+            "The application: echo, sink, or package.module:name",
+        ],
+        [
+            "interval",
+            None,
+            None,
+            "Heartbeat interval in seconds [default: the app's own; 5 for echo and sink]",
+            _number("--interval", allowZero=False),
+        ],
+        [
+            "misses",
+            None,
+            None,
+            "Missed intervals before a silent client counts as gone "
+            "[default: the app's own; 3 for echo and sink]",
+            _whole("--misses", "a positive whole number"),
+        ],
+        [
+            "max-frame-size",
+            None,
+            None,
+            "Largest frame accepted, in bytes [default: the app's own; 1048576 for echo "
+            "and sink]",
+            _whole("--max-frame-size", "a positive whole number of bytes"),
+        ],
+        [
+            "session-ttl",
+            None,
+            None,
+            "Seconds a session without connection is kept for its client to resume "
+            "[default: the factory's own; 300]",
+            _number("--session-ttl", allowZero=True),
+        ],
+        [
+            "close-timeout",
+            None,
+            None,
+            "Seconds to wait at shutdown for clients to confirm outstanding messages "
+            "[default: the app's own; 10]",
+            _number("--close-timeout", allowZero=True),
+        ],
+    ]
+
+    def __init__(self, reactor: Any = None) -> None:
+        super().__init__()
+        self["listen"] = []
+        self._reactor = reactor
+
+    def opt_listen(self, description: str) -> None:
+        """
+        Endpoint to serve on; repeat to serve on several
+        [default: tcp:9000]
+        """
+        self["listen"].append(description)
+
+    def postOptions(self) -> None:
+        """Check the endpoints and build the factory, so that every mistake
+        is reported before the server starts."""
+        if not self["listen"]:
+            self["listen"] = [DEFAULT_LISTEN]
+        self["endpoints"] = [self._endpoint("--listen", text) for text in self["listen"]]
+        status = self["status"]
+        self["statusEndpoint"] = None if status is None else self._endpoint("--status", status)
+        self["factory"] = self._factory()
+
+    def _endpoint(self, option: str, description: str) -> IStreamServerEndpoint:
+        reactor = self._reactor
+        if reactor is None:
+            from twisted.internet import reactor
+        try:
+            return serverFromString(reactor, description)
+        except Exception as e:
+            raise usage.UsageError(f'invalid {option} endpoint "{description}": {e}') from None
+
+    def _factory(self) -> AliveServerFactory:
+        spec = self["app"]
+        builtin = APPS.get(spec)
+        target: object = builtin if builtin is not None else _load(spec)
+        if not _isProtocolClass(target) and not isinstance(target, AliveServerFactory):
+            try:
+                target = cast(Callable[[], object], target)()
+            except Exception as e:
+                raise usage.UsageError(
+                    f'--app "{spec}": calling it failed: {type(e).__name__}: {e}'
+                ) from None
+        if _isProtocolClass(target):
+            factory = AliveServerFactory.forProtocol(cast(type[HeartbeatMixin], target))
+        elif isinstance(target, AliveServerFactory):
+            factory = target
+        else:
+            raise usage.UsageError(
+                f'--app "{spec}" gave {target!r}, not an AliveServerFactory '
+                "or a HeartbeatMixin subclass"
+            )
+        if not _isProtocolClass(factory.protocol):
+            raise usage.UsageError(
+                f'--app "{spec}": the factory\'s protocol {factory.protocol!r} '
+                "is not a HeartbeatMixin subclass"
+            )
+        overrides = {
+            attribute: self[option]
+            for option, attribute in (
+                ("interval", "heartbeatInterval"),
+                ("misses", "heartbeatMisses"),
+                ("max-frame-size", "maxFrameSize"),
+                ("close-timeout", "closeTimeout"),
+            )
+            if self[option] is not None
+        }
+        if overrides:
+            base = factory.protocol
+            overrides["__module__"] = base.__module__
+            overrides["__qualname__"] = base.__qualname__
+            factory.protocol = type(base.__name__, (base,), overrides)
+        if self["session-ttl"] is not None:
+            factory.sessionTTL = self["session-ttl"]
+        try:
+            _settingsOf(factory.protocol)
+        except ValueError as e:
+            raise usage.UsageError(str(e)) from None
+        return factory
+
+
+def _isProtocolClass(target: object) -> bool:
+    return isinstance(target, type) and issubclass(target, HeartbeatMixin)
+
+
+def _load(spec: str) -> object:
+    """The object C{spec} (C{package.module:name}) names."""
+    moduleName, colon, attributes = spec.partition(":")
+    if not colon or not moduleName or not attributes:
+        raise usage.UsageError(f"--app must be echo, sink or package.module:name, got {spec!r}")
+    try:
+        target: object = importlib.import_module(moduleName)
+    except ModuleNotFoundError as e:
+        missing = e.name or ""
+        if moduleName == missing or moduleName.startswith(missing + "."):
+            raise usage.UsageError(
+                f'--app "{spec}": cannot import module "{moduleName}"'
+            ) from None
+        raise usage.UsageError(
+            f'--app "{spec}": cannot import module "{moduleName}": {e}'
+        ) from None
+    except Exception as e:
+        raise usage.UsageError(
+            f'--app "{spec}": cannot import module "{moduleName}": {type(e).__name__}: {e}'
+        ) from None
+    for name in attributes.split("."):
+        try:
+            target = getattr(target, name)
+        except AttributeError:
+            raise usage.UsageError(
+                f'--app "{spec}": module "{moduleName}" has no attribute "{attributes}"'
+            ) from None
+    return target
+
+
+class AliveServerService(MultiService):
+    """
+    Serves one L{AliveServerFactory} on endpoints, with an optional status
+    site, and stops in order: stop listening, close every connection with
+    GOODBYE(SHUTTING_DOWN) and wait for it, then stop the rest.
+
+    The factory stays started (its sessions kept) until the connections are
+    closed, so that messages still unconfirmed when the shutdown began can
+    be confirmed.
+
+    :param factory: the factory to serve.
+    :param endpoints: where to serve it.
+    :param statusEndpoint: where to serve the status site, if anywhere.
+    :param clock: the clock of the shutdown deadline; the global reactor if
+        not given.
+    :ivar listeners: the services listening on C{endpoints}.
+    :ivar status: the status site, or C{None}.
+    """
+
+    def __init__(
+        self,
+        factory: AliveServerFactory,
+        endpoints: list[IStreamServerEndpoint],
+        statusEndpoint: IStreamServerEndpoint | None = None,
+        clock: IReactorTime | None = None,
+    ) -> None:
+        super().__init__()
+        self.factory = factory
+        self.clock = clock
+        self._holding = False
+        self.listeners: list[IService] = []
+        for endpoint in endpoints:
+            listener = StreamServerEndpointService(endpoint, factory)
+            # Fail at start-up, not in a log line, if the port is taken.
+            listener._raiseSynchronously = True
+            listener.setServiceParent(self)
+            self.listeners.append(listener)
+        self.status: StatusSite | None = None
+        if statusEndpoint is not None:
+            self.status = statusSite([factory], serving=lambda: bool(self.running))
+            statusService = StreamServerEndpointService(statusEndpoint, self.status)
+            statusService._raiseSynchronously = True
+            statusService.setServiceParent(self)
+
+    def startService(self) -> None:
+        """Hold the factory started, then start listening."""
+        if not self._holding:
+            self.factory.doStart()
+            self._holding = True
+        super().startService()
+
+    def stopService(self) -> Deferred[None]:
+        """
+        Stop listening, close every connection in order, then stop the
+        other services and let the factory stop.
+
+        :returns: a Deferred that fires when all is done (the reactor waits
+            for it before it stops).
+        """
+        Service.stopService(self)
+        others = [s for s in reversed(list(self)) if s not in self.listeners]
+        d = _stopAll(self.listeners)
+        d.addCallback(lambda _: self.closeConnections())
+        d.addCallback(lambda _: _stopAll(others))
+        d.addCallback(self._release)
+        return d
+
+    def closeConnections(self) -> Deferred[None]:
+        """
+        Send GOODBYE(SHUTTING_DOWN) on every connection and wait until they
+        are closed: each waits at most its protocol's C{closeTimeout} for
+        outstanding acknowledgements; a connection still open
+        C{ABORT_GRACE + 1} seconds after that is aborted.
+
+        :returns: a Deferred that fires when every connection is closed.
+        """
+        factory = self.factory
+        count = len(factory.connections)
+        if not count:
+            return defer.succeed(None)
+        clock = self.clock
+        if clock is None:
+            from twisted.internet import reactor
+
+            clock = self.clock = cast(IReactorTime, reactor)
+        started = clock.seconds()
+        log.info(
+            "alive.shutdown: closing {count} connections with GOODBYE SHUTTING_DOWN",
+            count=count,
+            event="shutdown",
+        )
+        done: Deferred[None] = Deferred()
+        bound = float(factory.protocol.closeTimeout) + ABORT_GRACE + 1.0
+
+        def finished(_: object) -> None:
+            if deadline.active():
+                deadline.cancel()
+            if not done.called:
+                log.info(
+                    "alive.shutdown: {count} connections closed in {seconds:.3f} s",
+                    count=count,
+                    seconds=clock.seconds() - started,
+                    event="shutdown",
+                )
+                done.callback(None)
+
+        def expired() -> None:
+            left = list(factory.connections)
+            log.warn(
+                "alive.shutdown: aborting {left} connections still open after {seconds:g} s",
+                left=len(left),
+                seconds=bound,
+                event="shutdown",
+            )
+            for proto in left:
+                proto.abort("aborted at shutdown: the orderly close took too long")
+            if not done.called:
+                done.callback(None)
+
+        deadline = clock.callLater(bound, expired)
+        factory.closeAll(GoodbyeCode.SHUTTING_DOWN, "server shutting down").addBoth(finished)
+        return done
+
+    def _release(self, _: object) -> None:
+        if self._holding:
+            self._holding = False
+            self.factory.doStop()
+
+
+def _stopAll(services: list[IService]) -> Deferred[None]:
+    """Stop C{services}; log, never propagate, their failures."""
+
+    def logged(failure: Failure) -> None:
+        log.failure("alive.shutdown: a service failed to stop", failure, event="shutdown")
+
+    ds = [defer.maybeDeferred(s.stopService).addErrback(logged) for s in services]
+    return defer.gatherResults(ds).addCallback(lambda _: None)
+
+
+def makeService(options: Options) -> AliveServerService:
+    """
+    The service of C{twistd alive}.
+
+    :param options: the parsed L{Options}.
+    :returns: an L{AliveServerService}.
+    """
+    return AliveServerService(options["factory"], options["endpoints"], options["statusEndpoint"])
+
+
+__all__ = [
+    "APPS",
+    "AliveServerService",
+    "EchoProtocol",
+    "Options",
+    "SinkProtocol",
+    "makeService",
+]
