@@ -7,13 +7,13 @@ inbox (order, duplicates, gaps, window) and the session token.
 from __future__ import annotations
 
 import hmac
+import secrets
 
 import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from twisted_alive import _delivery
 from twisted_alive._delivery import (
     DEFAULT_MAX_QUEUE,
     DEFAULT_MAX_QUEUE_BYTES,
@@ -49,7 +49,7 @@ def handles(entries: list[Entry]) -> list[object]:
     return [e.handle for e in entries]
 
 
-# -- Outbox: construction, queue limits ------------------------------------------
+# -- Outbox: construction, queue limits ------------------------------------------------------------
 
 
 def test_outboxDefaults() -> None:
@@ -105,7 +105,7 @@ def test_queueFullByCount() -> None:
 
 
 def test_queueFullCountsInflight() -> None:
-    """The QueueFull text says how many messages are in flight; only the queue counts toward the limit."""
+    """QueueFull says how many are in flight; only the queue counts toward the limit."""
     outbox = filled(2, window=2, maxQueue=2)
     assert seqs(outbox.takeSendable(2, 0.0, BIG)) == [1, 2]
     outbox.submit(b"m2", 2)
@@ -133,7 +133,7 @@ def test_queueFullByBytes() -> None:
 
 
 def test_emptyQueueTakesAnyMessage() -> None:
-    """An empty queue takes one message even above the byte limit, so a sender never blocks forever."""
+    """An empty queue takes one message even above the byte limit: a sender never blocks forever."""
     outbox = Outbox(1, maxQueue=100, maxQueueBytes=4)
     assert outbox.hasRoom()
     outbox.submit(b"much too large", 1)
@@ -159,7 +159,7 @@ def test_hasRoomFreedByTakeSendable() -> None:
     assert outbox.queuedBytes == 0
 
 
-# -- Outbox: sending -------------------------------------------------------------------
+# -- Outbox: sending -------------------------------------------------------------------------------
 
 
 def test_takeSendableAssignsSeqs() -> None:
@@ -211,7 +211,7 @@ def test_peerWindowZeroSendsNothing() -> None:
 
 
 def test_tooLarge() -> None:
-    """A new message above the peer's maximum payload moves to tooLarge without a seq; others go on."""
+    """A message above the peer's maximum payload moves to tooLarge without a seq; others go."""
     outbox = Outbox()
     outbox.submit(b"ok", "a")
     outbox.submit(b"x" * 11, "big")
@@ -233,7 +233,7 @@ def test_tooLargeDoesNotUseWindow() -> None:
     assert handles(outbox.takeSendable(1, 0.0, 10)) == ["small"]
 
 
-# -- Outbox: acknowledgements ------------------------------------------------------------
+# -- Outbox: acknowledgements ----------------------------------------------------------------------
 
 
 def test_partialAck() -> None:
@@ -284,7 +284,7 @@ def test_ackOfQueuedButUnsentIsViolation() -> None:
     assert str(info.value) == "ACK for sequence number 2, but only 1 were sent"
 
 
-# -- Outbox: rejections ---------------------------------------------------------------------
+# -- Outbox: rejections ----------------------------------------------------------------------------
 
 
 def test_rejectBookkeeping() -> None:
@@ -311,11 +311,11 @@ def test_rejectNotAwaitingConfirmation(seq: int) -> None:
     assert outbox.rejected == {}
 
 
-# -- Outbox: resume ------------------------------------------------------------------------------
+# -- Outbox: resume --------------------------------------------------------------------------------
 
 
 def test_resumePutsUnreceivedBackInOrder() -> None:
-    """resume() puts the entries the peer lacks back at the head of the queue, same seqs, same order."""
+    """resume() puts what the peer lacks back at the head of the queue, same seqs and order."""
     outbox = filled(5)
     sent = outbox.takeSendable(10, 1.0, BIG)
     outbox.submit(b"new", "new")
@@ -366,9 +366,7 @@ def test_resumeBelowAcked() -> None:
     outbox.ack(3)
     with pytest.raises(ProtocolViolation) as info:
         outbox.resume(3)
-    assert str(info.value) == (
-        "HELLO next_expected 3 is below the 3 messages already acknowledged"
-    )
+    assert str(info.value) == ("HELLO next_expected 3 is below the 3 messages already acknowledged")
     outbox.resume(4)  # exactly what was acknowledged: fine
 
 
@@ -382,7 +380,7 @@ def test_resumeBeyondSent() -> None:
     outbox.resume(3)  # one past the last sent: fine
 
 
-# -- Outbox: restart and drain ------------------------------------------------------------------
+# -- Outbox: restart and drain ---------------------------------------------------------------------
 
 
 def test_restart() -> None:
@@ -412,7 +410,7 @@ def test_drain() -> None:
 
 
 def test_moveQueueTo() -> None:
-    """moveQueueTo() appends every queued entry to the other outbox's queue, in order, bytes and all."""
+    """moveQueueTo() appends every queued entry to the other queue, in order, bytes and all."""
     source = filled(3)
     target = Outbox()
     target.submit(b"first", "first")
@@ -433,7 +431,7 @@ def test_counters() -> None:
     assert (outbox.sentCount, outbox.redelivered, outbox.confirmedCount) == (4, 2, 2)
 
 
-# -- Inbox ----------------------------------------------------------------------------------------------
+# -- Inbox -----------------------------------------------------------------------------------------
 
 
 def test_inboxAcceptsInOrder() -> None:
@@ -480,7 +478,7 @@ def test_inboxGapAfterSome() -> None:
 
 
 def test_inboxWindowOverrun() -> None:
-    """A DATA more than window beyond what was processed is a ProtocolViolation with an exact text."""
+    """A DATA more than window beyond what was processed: ProtocolViolation, exact text."""
     inbox = Inbox(window=2)
     inbox.accept(1, b"")
     inbox.accept(2, b"")
@@ -504,7 +502,7 @@ def test_inboxReject() -> None:
     assert inbox.processedUpTo == 2
 
 
-# -- Session ----------------------------------------------------------------------------------------------
+# -- Session ---------------------------------------------------------------------------------------
 
 
 def test_sessionDefaults() -> None:
@@ -532,7 +530,7 @@ def test_newTokenUsesSecrets(monkeypatch: pytest.MonkeyPatch) -> None:
         asked.append(n)
         return b"\x01" * n
 
-    monkeypatch.setattr(_delivery.secrets, "token_bytes", fake)
+    monkeypatch.setattr(secrets, "token_bytes", fake)
     assert Session.newToken() == b"\x01" * 16
     assert asked == [16]
 
@@ -559,7 +557,7 @@ def test_matchesIsConstantTime(monkeypatch: pytest.MonkeyPatch) -> None:
         calls.append((a, b))
         return real(a, b)
 
-    monkeypatch.setattr(_delivery.hmac, "compare_digest", spy)
+    monkeypatch.setattr(hmac, "compare_digest", spy)
     token = b"t" * 16
     assert Session(token).matches(token)
     assert calls == [(token, token)]
@@ -581,7 +579,7 @@ def test_sessionRestart() -> None:
     assert session.restart() == [] and session.token == NO_SESSION
 
 
-# -- Property: random interleavings keep the outbox's invariants --------------------------------------------
+# -- Property: random interleavings keep the outbox's invariants -----------------------------------
 
 
 class OutboxMachine(RuleBasedStateMachine):
@@ -653,7 +651,9 @@ class OutboxMachine(RuleBasedStateMachine):
     @rule(data=st.data())
     def badAck(self, data: st.DataObject) -> None:
         """An ACK beyond what was sent is refused and changes nothing."""
-        upTo = data.draw(st.integers(min_value=self.outbox.nextSeq, max_value=self.outbox.nextSeq + 3))
+        upTo = data.draw(
+            st.integers(min_value=self.outbox.nextSeq, max_value=self.outbox.nextSeq + 3)
+        )
         state = (self.outbox.ackedUpTo, len(self.outbox.inflight), len(self.outbox.queue))
         with pytest.raises(ProtocolViolation):
             self.outbox.ack(upTo)

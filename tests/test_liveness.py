@@ -34,7 +34,7 @@ def fireOnTime(live: Liveness, now: float) -> TimerResult:
     return live.handleTimer(now, now)
 
 
-# -- construction --------------------------------------------------------------
+# -- construction ----------------------------------------------------------------------------------
 
 
 def test_initialState() -> None:
@@ -68,7 +68,7 @@ def test_constructorErrors(interval: float, misses: int, message: str) -> None:
     assert str(info.value) == message
 
 
-# -- deadline -----------------------------------------------------------------
+# -- deadline --------------------------------------------------------------------------------------
 
 
 def test_deadlineBeforeHandshakeUsesOwnInterval() -> None:
@@ -126,7 +126,7 @@ def test_expiresExactlyAtDeadline() -> None:
     assert fireOnTime(live, 2.0) == TimerResult(TimerAction.EXPIRED, 0.0)
 
 
-# -- heartbeat ----------------------------------------------------------------
+# -- heartbeat -------------------------------------------------------------------------------------
 
 
 def test_noPingBeforeHandshake() -> None:
@@ -187,7 +187,7 @@ def test_pingIdsIncrease() -> None:
     assert ids == [1, 2, 3]
 
 
-# -- RTT ------------------------------------------------------------------------
+# -- RTT -------------------------------------------------------------------------------------------
 
 
 def ping(live: Liveness, now: float) -> int:
@@ -267,11 +267,11 @@ def test_pongIsNotTheDeadline() -> None:
     assert live.lastReceived == 0.0
 
 
-# -- late timers -----------------------------------------------------------------
+# -- late timers -----------------------------------------------------------------------------------
 
 
 def test_lateTimerGraceAtPingTime() -> None:
-    """A PING timer firing 1.0 s late, past the deadline, gets the delay back: a PING, not EXPIRED."""
+    """A PING timer firing 1.0 s late, past the deadline, gets the delay back: PING, not EXPIRED."""
     live = handshaken(interval=1.0, misses=1, peerInterval=1.0)
     live.received(0.5)  # deadline 1.5, PING due at 1.0
     scheduled = live.nextWake()
@@ -371,7 +371,7 @@ def test_stallNeverExpires(late: float, peerInterval: float, misses: int) -> Non
     assert result.stall == pytest.approx(late)
 
 
-# -- detail text ---------------------------------------------------------------------
+# -- detail text -----------------------------------------------------------------------------------
 
 
 def test_silenceDetailAfterHandshake() -> None:

@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import Any, cast
@@ -126,6 +127,8 @@ class Local(HeartbeatProtocol):
         self.lostAt = 0.0
         self.stopGroup: int | None = None
         self.stoppedAt = 0.0
+        self.blockOn: bytes | None = None
+        self.blockFor = 0.0
 
     def connectionMade(self) -> None:
         self.madeAt = getReactor().seconds()
@@ -142,6 +145,8 @@ class Local(HeartbeatProtocol):
 
     def messageReceived(self, payload: bytes) -> None:
         self.received.append(payload)
+        if payload == self.blockOn:
+            time.sleep(self.blockFor)  # a callback that blocks the reactor
 
     def disconnected(self, loss: Loss) -> None:
         self.lostAt = getReactor().seconds()
@@ -279,6 +284,32 @@ def test_stoppedPeerTimeoutWithFullSendBuffer(
     outcomes = yield results
     assert [ok for ok, _ in outcomes] == [False] * 300
     assert all(cast(Failure, f).value.loss is loss for _, f in outcomes)
+
+
+@pytest.mark.timeout(20)
+@pytest_twisted.inlineCallbacks
+def test_blockedReactorIsNotTimeout(
+    peers: Peers, server: tuple[Collecting, int]
+) -> Generator[Any, Any, None]:
+    """This process blocked for longer than the deadline does not blame the (live) peer: no TIMEOUT."""
+    factory, port = server
+    # The peer tolerates our silence (20 misses); we allow it 3.
+    process = peers.start(
+        "alive_peer.py", "client", HOST, port, INTERVAL, "echo", "--misses", 20
+    )
+    proto = yield factory.connection()
+    yield proto.whenOpened()
+    # The echo of this message blocks this process inside dataReceived, so
+    # when it resumes the overdue heartbeat timer runs before any read.
+    proto.blockOn = b"block"
+    proto.blockFor = 3 * DEADLINE
+    yield proto.sendMessage(b"block")
+    yield deferLater(getReactor(), 3 * DEADLINE + 2 * DEADLINE, lambda: None)
+    assert proto.received == [b"block"]
+    assert proto.loss is None
+    receipt = yield proto.sendMessage(b"still here")
+    assert receipt.seq == 2
+    assert process.poll() is None
 
 
 @pytest.mark.timeout(20)

@@ -577,6 +577,166 @@ def test_sendAfterCloseFails() -> None:
     assert cast(DeliveryFailed, f.value).loss is loss
 
 
+def test_closeDuringHandshakeSendsQueuedFirst() -> None:
+    """close() right after sendMessage(), before the peer's HELLO, still sends the message before GOODBYE."""
+    proto, transport, clock = lone()
+    d = proto.sendMessage(b"one and done")
+    closed = proto.close()
+    assert [type(f) for f in written(transport)] == [Hello]
+    proto.dataReceived(peerHello())
+    assert [type(f) for f in written(transport)] == [Hello, Data, Goodbye]
+    assert not transport.disconnecting  # waiting for the ACK
+    proto.dataReceived(encode(Ack(1)))
+    assert successResultOf(d).seq == 1
+    assert transport.disconnecting
+    proto.connectionLost(Failure(error.ConnectionDone()))
+    assert successResultOf(closed).reason is Reason.LOCAL_CLOSE
+
+
+def test_dataThenGoodbyeInOneRead() -> None:
+    """DATA followed by GOODBYE in one read is processed and acknowledged before this side closes."""
+    proto, transport, clock = lone()
+    proto.dataReceived(
+        peerHello()
+        + encode(Data(1, b"a"))
+        + encode(Data(2, b"b"))
+        + encode(Goodbye(GoodbyeCode.NORMAL, ""))
+    )
+    assert proto.received == [b"a", b"b"]
+    assert written(transport)[-1] == Ack(2)
+    assert transport.disconnecting
+    proto.connectionLost(Failure(error.ConnectionDone()))
+    [loss] = proto.losses
+    assert loss.reason is Reason.CLEAN_CLOSE
+    assert loss.detail == "peer said GOODBYE NORMAL"
+
+
+def test_peerGoodbyeWaitsForAsyncHandler() -> None:
+    """After the peer's GOODBYE this side finishes the message in progress and acknowledges it before closing."""
+    waiting: list[Deferred[None]] = []
+
+    def handler(payload: bytes) -> Deferred[None]:
+        d: Deferred[None] = Deferred()
+        waiting.append(d)
+        return d
+
+    pair = makePair(serverHandler=handler)
+    d = pair.client.sendMessage(b"slow")
+    closed = pair.client.close()
+    pair.pump.flush()
+    assert pair.server.losses == []
+    assertNoResult(closed)
+    waiting[0].callback(None)
+    pair.pump.flush()
+    assert successResultOf(d).seq == 1
+    assert successResultOf(closed).reason is Reason.LOCAL_CLOSE
+    assert [loss.reason for loss in pair.server.losses] == [Reason.CLEAN_CLOSE]
+
+
+def test_peerGoodbyeWaitsForOwnAcks() -> None:
+    """After the peer's GOODBYE this side waits (bounded) for the ACKs of its own messages in flight, which the closing peer still processes."""
+    proto, transport, clock = lone(closeTimeout=5.0)
+    proto.dataReceived(peerHello())
+    d1 = proto.sendMessage(b"in flight")
+    proto.dataReceived(encode(Goodbye(GoodbyeCode.SHUTTING_DOWN, "")))
+    assert not transport.disconnecting
+    proto.dataReceived(encode(Ack(1)))
+    assert successResultOf(d1).seq == 1
+    assert transport.disconnecting
+    proto.connectionLost(Failure(error.ConnectionDone()))
+    assert [loss.reason for loss in proto.losses] == [Reason.CLEAN_CLOSE]
+
+
+def test_peerGoodbyeOwnAcksBounded() -> None:
+    """Waiting for ACKs after the peer's GOODBYE ends at the peer's FIN or after closeTimeout."""
+    proto, transport, clock = lone(closeTimeout=5.0)
+    proto.dataReceived(peerHello())
+    d1 = proto.sendMessage(b"in flight")
+    proto.dataReceived(encode(Goodbye(GoodbyeCode.SHUTTING_DOWN, "")))
+    clock.advance(5.0)
+    assert transport.disconnecting
+    proto.connectionLost(Failure(error.ConnectionDone()))
+    exc = cast(DeliveryFailed, failureResultOf(d1, DeliveryFailed).value)
+    assert exc.maybeProcessed is True
+    proto, transport, clock = lone(closeTimeout=5.0)
+    proto.dataReceived(peerHello())
+    d2 = proto.sendMessage(b"in flight")
+    proto.dataReceived(encode(Goodbye(GoodbyeCode.SHUTTING_DOWN, "")))
+    proto.readConnectionLost()
+    assert transport.disconnecting
+    proto.connectionLost(Failure(error.ConnectionDone()))
+    failureResultOf(d2, DeliveryFailed)
+    assert [loss.reason for loss in proto.losses] == [Reason.CLEAN_CLOSE]
+
+
+def test_halfCloseWaitsForAsyncHandler() -> None:
+    """After the peer's FIN, a message still in messageReceived is finished and acknowledged before the close."""
+    proto, transport, clock = lone()
+    waiting: list[Deferred[None]] = []
+
+    def handler(payload: bytes) -> Deferred[None]:
+        d: Deferred[None] = Deferred()
+        waiting.append(d)
+        return d
+
+    proto.handler = handler
+    proto.dataReceived(peerHello() + encode(Data(1, b"x")) + encode(Data(2, b"y")))
+    proto.readConnectionLost()
+    assert not transport.disconnecting
+    waiting[0].callback(None)
+    assert not transport.disconnecting
+    waiting[1].callback(None)
+    assert transport.disconnecting
+    assert [f for f in written(transport) if type(f) is Ack] == [Ack(1), Ack(2)]
+    proto.connectionLost(Failure(error.ConnectionDone()))
+    assert [loss.reason for loss in proto.losses] == [Reason.PEER_CLOSED]
+
+
+def test_rttMeasured() -> None:
+    """A PING answered after 50 ms gives an RTT of 50 ms."""
+    pair = makePair()
+    assert pair.client.rtt is None
+    pair.runUntil(INTERVAL, pumping=False)  # both sides PING now
+    pair.clock.advance(0.05)
+    pair.pump.flush()
+    assert pair.client.rtt == pytest.approx(0.05)
+    assert pair.server.rtt == pytest.approx(0.05)
+
+
+def test_peerIntervalOutOfRange() -> None:
+    """A peer announcing a heartbeat interval below minPeerInterval is a PROTOCOL_ERROR."""
+    proto, transport, clock = lone()
+    with capturedLogs():
+        proto.dataReceived(peerHello(interval=0.05))
+    detail = "heartbeat interval 0.05 s is outside the accepted range 0.1..3600 s"
+    assert written(transport)[-1] == Goodbye(GoodbyeCode.PROTOCOL_ERROR, detail)
+    proto.connectionLost(Failure(error.ConnectionDone()))
+    assert [(loss.reason, loss.detail) for loss in proto.losses] == [
+        (Reason.PROTOCOL_ERROR, detail)
+    ]
+
+
+def test_deadlineFollowsPeerInterval() -> None:
+    """The deadline is the peer's announced interval times this side's misses."""
+    proto, transport, clock = lone()
+    proto.dataReceived(peerHello(interval=1.0))
+    advanceTo(clock, 3.0 - 0.001)
+    assert transport.abortedAt is None
+    advanceTo(clock, 10.0)
+    assert transport.abortedAt == pytest.approx(3.0)
+
+
+def test_ownLoseConnectionIsLocalClose() -> None:
+    """A close this side made through the transport is LOCAL_CLOSE, not PEER_CLOSED."""
+    proto, transport, clock = lone()
+    proto.dataReceived(peerHello())
+    transport.loseConnection()
+    proto.connectionLost(Failure(error.ConnectionDone()))
+    assert [(loss.reason, loss.detail) for loss in proto.losses] == [
+        (Reason.LOCAL_CLOSE, "closed by this side")
+    ]
+
+
 # -- losses ---------------------------------------------------------------------------
 
 

@@ -94,7 +94,6 @@ class Peer(Protocol):
         self.received = bytearray()
         self.chunks: list[int] = []
         self.reason: Failure | None = None
-        self.madeAt = 0.0
         self.lostAt = 0.0
         self.lost: Deferred[type[BaseException]] = Deferred()
         self.pair: ProxiedConnection | None = None
@@ -103,9 +102,6 @@ class Peer(Protocol):
     @property
     def tcp(self) -> _Transport:
         return cast(_Transport, self.transport)
-
-    def connectionMade(self) -> None:
-        self.madeAt = _reactor().seconds()
 
     def dataReceived(self, data: bytes) -> None:
         self.received += data
@@ -153,7 +149,6 @@ class StubbornPeer(Peer):
     """A peer that never reads."""
 
     def connectionMade(self) -> None:
-        super().connectionMade()
         self.tcp.pauseProducing()
 
 
@@ -169,6 +164,18 @@ class PeerFactory(Factory[Peer]):
         peer = self.peerClass(self.echo)
         self.peers.append(peer)
         return peer
+
+
+class Recording(list[ProxiedConnection]):
+    """A proxy's connection list that remembers every connection ever added."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[ProxiedConnection] = []
+
+    def append(self, connection: ProxiedConnection) -> None:
+        self.seen.append(connection)
+        super().append(connection)
 
 
 class Harness:
@@ -209,6 +216,7 @@ class Harness:
             reactor=_reactor(),
             seed=seed,
         )
+        proxy.connections = Recording()
         self.proxyPorts[proxy] = _portOf(await proxy.listen(_listenEndpoint()))
         self.proxies.append(proxy)
         return proxy, server
@@ -225,7 +233,7 @@ class Harness:
         self.clients.append(client)
         address = client.tcp.getHost()
         for _ in range(2000 if accepted else 0):
-            for pair in proxy.connections:
+            for pair in cast(Recording, proxy.connections).seen:
                 if pair.clientAddress == address:
                     client.pair = pair
                     return client
@@ -540,10 +548,31 @@ async def test_resetAfterWindow(harness: Harness) -> None:
         reason = await _within(client.lost, 5)
         assert reason is ConnectionLost
         assert after is not None and 0.03 <= after <= 0.2
-        lifetime = client.lostAt - client.madeAt
-        assert after - 0.01 <= lifetime <= after + 0.1
+        assert client.pair is not None
+        lifetime = client.lostAt - client.pair.acceptedAt
+        assert after <= lifetime <= after + 0.15
     assert proxy.faultsInjected["reset"] == 5
     assert len(set(drawn)) == 5
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize(
+    ("spec", "expected"), [("reset-after=0", ConnectionLost), ("close-after=0", ConnectionDone)]
+)
+@ensureDeferred
+async def test_faultBeforeTheTargetAnswers(
+    harness: Harness, spec: str, expected: type[BaseException]
+) -> None:
+    """A fault due at once still ends the client as asked, even before the target connected."""
+    proxy, _ = await harness.proxy(parseFaults(spec))
+    client = await harness.connect(proxy, accepted=False)
+    assert await _within(client.lost, 5) is expected
+    assert client.received == b""
+    for _ in range(500):
+        if not proxy.connections:
+            break
+        await _sleep(0.01)
+    assert proxy.connections == []
 
 
 @pytest.mark.timeout(20)
@@ -554,7 +583,8 @@ async def test_closeAfterWindow(harness: Harness) -> None:
     client = await harness.connect(proxy)
     reason = await _within(client.lost, 5)
     assert reason is ConnectionDone
-    assert 0.04 <= client.lostAt - client.madeAt <= 0.15
+    assert client.pair is not None
+    assert 0.05 <= client.lostAt - client.pair.acceptedAt <= 0.2
 
 
 @pytest.mark.timeout(20)

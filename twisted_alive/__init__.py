@@ -8,6 +8,7 @@ long-lived Twisted TCP connections.
 
 from twisted_alive._factories import AliveClientFactory, AliveServerFactory, Retry
 from twisted_alive._frames import FrameError, GoodbyeCode
+from twisted_alive._kernel import KernelLiveness, PeekState, peek, setKernelLiveness
 from twisted_alive._mixin import HeartbeatMixin, HeartbeatProtocol
 from twisted_alive._outcomes import DeliveryFailed, QueueFull, Receipt
 from twisted_alive._reasons import Loss, Reason, classify
@@ -28,4 +29,8 @@ __all__ = [
     "QueueFull",
     "GoodbyeCode",
     "FrameError",
+    "setKernelLiveness",
+    "KernelLiveness",
+    "peek",
+    "PeekState",
 ]

@@ -46,6 +46,11 @@ from twisted_alive._frames import (
 from twisted_alive._liveness import Liveness, TimerAction
 
 
+def seconds(value: float) -> str:
+    """A duration in seconds, to the millisecond, without trailing zeros."""
+    return f"{value:.3f}".rstrip("0").rstrip(".")
+
+
 class Role(enum.Enum):
     """Which side of the HELLO exchange a connection plays."""
 
@@ -221,6 +226,7 @@ class Connection:
         self.resumed = False
         self.error: str | None = None
         self._ackSent = -1
+        self._held: tuple[list[_frames.Frame], str | None] | None = None
         self._out: list[bytes] = []
         self._askedToken = self.session.token
         if role is not Role.SERVER:
@@ -258,21 +264,35 @@ class Connection:
         """
         self.liveness.received(now)
         events: list[Event] = []
+        error: str | None = None
         try:
             frames = self.decoder.feed(data)
         except FrameError as e:
-            for frame in e.frames:
-                if self._handleFrame(frame, now, events):
-                    return events
-            self._violate(str(e), events)
+            frames, error = e.frames, str(e)
+        if self._held is not None:
+            # A server still deciding on the session holds what followed
+            # the client's HELLO; keep the order.
+            heldFrames, heldError = self._held
+            self._held = (heldFrames + frames, heldError or error)
             return events
+        self._run(frames, error, now, events)
+        return events
+
+    def _run(
+        self, frames: list[_frames.Frame], error: str | None, now: float, events: list[Event]
+    ) -> None:
+        """Act on decoded frames, then on a decoding error that followed them."""
         try:
-            for frame in frames:
+            for index, frame in enumerate(frames):
                 if self._handleFrame(frame, now, events):
-                    break
+                    if self.state is State.HANDSHAKE and self.role is Role.SERVER:
+                        self._held = (frames[index + 1 :], error)
+                    return
         except ProtocolViolation as e:
             self._violate(str(e), events)
-        return events
+            return
+        if error is not None:
+            self._violate(error, events)
 
     def _handleFrame(self, frame: _frames.Frame, now: float, events: list[Event]) -> bool:
         """Act on one frame; ``True`` to stop reading further frames."""
@@ -337,8 +357,8 @@ class Connection:
         settings = self.settings
         if not settings.minPeerInterval <= hello.interval <= settings.maxPeerInterval:
             raise ProtocolViolation(
-                f"heartbeat interval {hello.interval:g} s is outside the accepted range "
-                f"{settings.minPeerInterval:g}..{settings.maxPeerInterval:g} s"
+                f"heartbeat interval {seconds(hello.interval)} s is outside the accepted range "
+                f"{seconds(settings.minPeerInterval)}..{seconds(settings.maxPeerInterval)} s"
             )
         if hello.maxFrameSize < MIN_MAX_FRAME_SIZE:
             raise ProtocolViolation(
@@ -382,6 +402,8 @@ class Connection:
         """
         assert self.role is Role.SERVER and self.peerHello is not None
         events: list[Event] = []
+        if self.state is not State.HANDSHAKE:
+            return events  # closed meanwhile: a GOODBYE went instead of HELLO
         self.session.outbox.moveQueueTo(session.outbox)
         self.session = session
         self._sendHello(HELLO_ASSIGNED | (HELLO_RESUMED if resumed else 0))
@@ -389,12 +411,17 @@ class Connection:
             self._open(self.peerHello, resumed, now, events)
         except ProtocolViolation as e:
             self._violate(str(e), events)
+            return events
+        held, self._held = self._held, None
+        if held is not None:
+            self._run(held[0], held[1], now, events)
         return events
 
     def refuseSession(self, detail: str) -> None:
         """(Server role.) The client's token is unknown: say so, then close."""
         self.state = State.FAILED
         self.error = detail
+        self._held = None
         self._out.append(_frames.encode(Goodbye(GoodbyeCode.SESSION_UNKNOWN, detail)))
 
     def _open(self, hello: Hello, resumed: bool, now: float, events: list[Event]) -> None:
@@ -402,7 +429,8 @@ class Connection:
         self.peerMaxPayload = min(self.settings.maxPayload, hello.maxFrameSize - 9)
         self.resumed = resumed
         self.session.outbox.resume(hello.nextExpected)
-        self.state = State.OPEN
+        if self.state is State.HANDSHAKE:
+            self.state = State.OPEN
         events.append(Opened(resumed))
         if self.session.inbox.processedUpTo or self.session.inbox.rejections:
             self.flushAck()

@@ -325,7 +325,11 @@ class AliveClientFactory(ReconnectingClientFactory):
         at C{maxDelay}, with multiplicative jitter of +/- C{jitter}, and
         never above C{maxDelay} nor below zero.
         """
-        base = min(self.maxDelay, self.initialDelay * self.factor ** min(self.retries, 64))
+        try:
+            growth = self.factor ** min(self.retries, 1024)
+        except OverflowError:
+            growth = float("inf")
+        base = min(self.maxDelay, self.initialDelay * growth)
         if self.jitter:
             base *= 1.0 + self.jitter * (2.0 * self.random() - 1.0)
         return max(0.0, min(self.maxDelay, base))
@@ -339,7 +343,7 @@ class AliveClientFactory(ReconnectingClientFactory):
             log.info(
                 "alive.retry: giving up after {reason}", reason=loss.reason.name, event="retry"
             )
-            self.stopTrying()
+            self._halt()
             self._endSession(loss)
             return
         if self._reconnectAtOnce:
@@ -358,7 +362,7 @@ class AliveClientFactory(ReconnectingClientFactory):
                 retries=self.retries - 1,
                 event="retry",
             )
-            self.stopTrying()
+            self._halt()
             self._endSession(loss)
             return
         self.delay = delay
@@ -388,10 +392,14 @@ class AliveClientFactory(ReconnectingClientFactory):
         pending messages fail with L{DeliveryFailed} at once; otherwise the
         open connection carries on, and they fail when it ends.
         """
-        ReconnectingClientFactory.stopTrying(self)
-        self._stopped = True
+        self._halt()
         if self.connected is None or self.connected.state is not State.OPEN:
             self._endSession(None)
+
+    def _halt(self) -> None:
+        """Stop reconnecting, without ending the session yet."""
+        ReconnectingClientFactory.stopTrying(self)
+        self._stopped = True
 
     def close(self, code: GoodbyeCode = GoodbyeCode.NORMAL, reason: str = "") -> Deferred[None]:
         """
@@ -465,6 +473,7 @@ class AliveServerFactory(Factory):
     sessionTTL = 300.0
     maxSessions = 10_000
     clock: IReactorTime | None = None
+    _expiryCall: IDelayedCall | None = None
 
     def __init__(self) -> None:
         self.connections: set[HeartbeatMixin] = set()
@@ -542,6 +551,25 @@ class AliveServerFactory(Factory):
         self.sessionsExpired += dropped
         return dropped
 
+    def _armExpiry(self, now: float) -> None:
+        """Arm one timer for the earliest expiry of a session without
+        connection, so that sessions expire even if no client comes."""
+        if self._expiryCall is not None and self._expiryCall.active():
+            return
+        self._expiryCall = None
+        seen = [s.lastSeen for s in self.sessions.values() if s.current is None]
+        if not seen:
+            return
+        due = min(seen) + self.sessionTTL - now
+        clock = cast(IReactorTime, self.clock)
+        self._expiryCall = clock.callLater(max(due, 0.001), self._expireDue)
+
+    def _expireDue(self) -> None:
+        self._expiryCall = None
+        now = self._now()
+        self.expireSessions(now)
+        self._armExpiry(now)
+
     def _failSession(self, session: Session, why: str) -> None:
         outbox = session.outbox
         self.endedCounts.update(
@@ -589,13 +617,21 @@ class AliveServerFactory(Factory):
         now = self._now()
         session.lastSeen = now
         key = self._key(session.token)
-        if loss.reason is Reason.CLEAN_CLOSE and self.sessions.get(key) is session:
-            del self.sessions[key]
-            self._failSession(session, "the client closed the session")
+        if self.sessions.get(key) is session:
+            if loss.reason is Reason.CLEAN_CLOSE:
+                del self.sessions[key]
+                self._failSession(session, "the client closed the session")
+            else:
+                # Keep the least recently seen first, for maxSessions.
+                self.sessions.move_to_end(key)
         self.expireSessions(now)
+        self._armExpiry(now)
 
     def stopFactory(self) -> None:
         """Fail the pending messages of every session."""
+        if self._expiryCall is not None and self._expiryCall.active():
+            self._expiryCall.cancel()
+        self._expiryCall = None
         for session in self.sessions.values():
             self._failSession(session, "the server stopped")
         self.sessions.clear()

@@ -668,13 +668,22 @@ class HeartbeatMixin(TimeoutMixin):
             and conn.state is not State.PEER_CLOSING
         ):
             outbox = session.outbox
-            if conn.state is State.OPEN and outbox.queue:
-                return  # still sending
+            if conn.state in (State.OPEN, State.HANDSHAKE) and outbox.queue:
+                return  # still sending (before HELLO: waiting to send)
             if conn.state in (State.OPEN, State.HANDSHAKE):
                 conn.close(*self._goodbye)
                 self._flush()
             if outbox.inflight:
                 return  # waiting for acknowledgements
+        elif (
+            conn.state is State.PEER_CLOSING
+            and not self._readClosed
+            and session.outbox.inflight
+        ):
+            # The peer sent GOODBYE but still processes and acknowledges
+            # the DATA that reached it; wait for that (until its FIN or the
+            # close timer) rather than leave the messages uncertain.
+            return
         self._flush()
         self._loseSoon()
 
@@ -704,7 +713,8 @@ class HeartbeatMixin(TimeoutMixin):
                     result.addCallback(lambda _: self._asyncDone(session, seq, box[0]))
                     # What was processed before this message is confirmed now,
                     # not when this one completes.
-                    conn.flushAck()
+                    if inbox.processedUpTo:
+                        conn.flushAck()
                     return  # the next message waits for this one
                 if isinstance(box[0], Failure):
                     self._rejected(session, seq, box[0])

@@ -27,7 +27,7 @@ import struct
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import cast
+from typing import Literal, cast
 
 from twisted.internet.defer import (
     CancelledError,
@@ -102,15 +102,13 @@ def _checkWindow(name: str, value: Window | None) -> None:
         raise ValueError(f"{name} must be (MIN, MAX) seconds with 0 <= MIN <= MAX, not {value!r}")
 
 
-def _checkCount(name: str, value: int | None) -> None:
-    if value is None:
-        return
-    if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
-        raise ValueError(f"{name} must be a whole number of bytes >= 1, not {value!r}")
-
-
 def _isCount(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _checkCount(name: str, value: int | None) -> None:
+    if not (value is None or _isCount(value)):
+        raise ValueError(f"{name} must be a whole number of bytes >= 1, not {value!r}")
 
 
 def _checkFragment(name: str, value: Fragment | None) -> None:
@@ -564,7 +562,7 @@ class ProxiedConnection:
         self.stalled = proxy._stalled
         self.bytesForwarded = {direction: 0 for direction in Direction}
         self._stallBytesDone = False
-        self._ending: str | None = None
+        self._ending: Literal["close", "reset"] | None = None
         self._ended = False
         self._connecting: Deferred[IProtocol] | None = None
         self._waiters: list[Deferred[None]] = []
@@ -573,7 +571,7 @@ class ProxiedConnection:
         clock = proxy._clock
         for after, action in (
             (self.resetAfter, self.reset),
-            (self.stallAfter, self._autoStall),
+            (self.stallAfter, self.stall),
             (self.closeAfter, self.close),
         ):
             if after is not None:
@@ -707,9 +705,6 @@ class ProxiedConnection:
             fault=kind,
             connection=self.number,
         )
-
-    def _autoStall(self) -> None:
-        self.stall(True)
 
     def _sides(self) -> Iterator[_Side]:
         for side in (self.clientSide, self.targetSide):

@@ -13,15 +13,15 @@ from __future__ import annotations
 import json
 from collections import Counter as CountTotals
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from twisted.logger import ILogObserver, LogEvent, globalLogPublisher
-from twisted.web.iweb import IRequest
-from twisted.web.resource import Resource
+from twisted.web.pages import notFound
+from twisted.web.resource import IResource, Resource
 from twisted.web.server import Site
 from zope.interface import implementer
 
@@ -190,29 +190,62 @@ class MetricsObserver:
             self.stalls.inc()
 
 
-def _json(request: IRequest, value: Any, code: int = 200) -> bytes:
+class _Request(Protocol):
+    """The parts of C{twisted.web.server.Request} the pages use."""
+
+    method: bytes
+
+    def getHeader(self, key: bytes) -> bytes | None: ...
+
+    def setHeader(self, name: bytes, value: bytes) -> None: ...
+
+    def setResponseCode(self, code: int) -> None: ...
+
+
+def _reply(request: _Request, contentType: bytes, body: bytes, code: int = 200) -> bytes:
     request.setResponseCode(code)
-    request.setHeader(b"content-type", b"application/json")
+    request.setHeader(b"content-type", contentType)
     request.setHeader(b"cache-control", b"no-store")
-    return json.dumps(value, indent=1).encode("utf-8") + b"\n"
+    return body
 
 
-def _text(request: IRequest, text: str, code: int = 200) -> bytes:
-    request.setResponseCode(code)
-    request.setHeader(b"content-type", b"text/plain; charset=utf-8")
-    request.setHeader(b"cache-control", b"no-store")
-    return text.encode("utf-8")
+def _json(request: _Request, value: Any, code: int = 200) -> bytes:
+    body = json.dumps(value, indent=1).encode("utf-8") + b"\n"
+    return _reply(request, b"application/json", body, code)
 
 
-def _wantsJSON(request: IRequest) -> bool:
-    accept = request.getHeader(b"accept") or b""
-    return b"application/json" in accept
+def _text(request: _Request, text: str, code: int = 200) -> bytes:
+    return _reply(request, b"text/plain; charset=utf-8", text.encode("utf-8"), code)
 
 
-class _Index(Resource):
+class _Root(Resource):
+    """The root of the status site: its pages, and a 404 for the rest."""
+
+    def getChild(self, path: bytes, request: object) -> IResource:
+        return notFound()
+
+
+class _Page(Resource):
+    """A page of the status site: GET (and HEAD) only."""
+
     isLeaf = True
 
-    def render_GET(self, request: IRequest) -> bytes:
+    def __init__(self, site: StatusSite) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+        self.site = site
+
+    def render(self, request: _Request) -> bytes:
+        if request.method not in (b"GET", b"HEAD"):
+            request.setHeader(b"allow", b"GET, HEAD")
+            return _text(request, "only GET and HEAD are allowed\n", 405)
+        return self.render_GET(request)
+
+    def render_GET(self, request: _Request) -> bytes:
+        raise NotImplementedError
+
+
+class _Index(_Page):
+    def render_GET(self, request: _Request) -> bytes:
         return _text(
             request,
             "twisted_alive status\n"
@@ -222,50 +255,30 @@ class _Index(Resource):
         )
 
 
-class _Health(Resource):
-    isLeaf = True
-
-    def __init__(self, site: StatusSite) -> None:
-        super().__init__()
-        self.site = site
-
-    def render_GET(self, request: IRequest) -> bytes:
+class _Health(_Page):
+    def render_GET(self, request: _Request) -> bytes:
         site = self.site
         serving = site.serving()
         status = "ok" if serving else "stopping"
         code = 200 if serving else 503
-        if _wantsJSON(request):
+        if b"application/json" in (request.getHeader(b"accept") or b""):
             connections = sum(len(f.connections) for f in site.factories)
             return _json(request, {"status": status, "connections": connections}, code)
         return _text(request, status + "\n", code)
 
 
-class _Connections(Resource):
-    isLeaf = True
-
-    def __init__(self, site: StatusSite) -> None:
-        super().__init__()
-        self.site = site
-
-    def render_GET(self, request: IRequest) -> bytes:
+class _Connections(_Page):
+    def render_GET(self, request: _Request) -> bytes:
         rows = [row for f in self.site.factories for row in f.connectionsInfo()]
         rows.sort(key=lambda row: str(row["peer"]))
         return _json(request, rows)
 
 
-class _Metrics(Resource):
-    isLeaf = True
-
-    def __init__(self, site: StatusSite) -> None:
-        super().__init__()
-        self.site = site
-
-    def render_GET(self, request: IRequest) -> bytes:
+class _Metrics(_Page):
+    def render_GET(self, request: _Request) -> bytes:
         accept = request.getHeader(b"accept") or b""
         encoder, contentType = choose_encoder(accept.decode("latin-1"))
-        request.setHeader(b"content-type", contentType.encode("ascii"))
-        request.setHeader(b"cache-control", b"no-store")
-        return encoder(self.site.registry)
+        return _reply(request, contentType.encode("ascii"), encoder(self.site.registry))
 
 
 class StatusSite(Site):
@@ -301,12 +314,12 @@ class StatusSite(Site):
             registry=self.registry,
         )
         self.observer = MetricsObserver(rtt, stalls)
-        root = Resource()
-        root.putChild(b"", _Index())
+        root = _Root()  # type: ignore[no-untyped-call]
+        root.putChild(b"", _Index(self))
         root.putChild(b"health", _Health(self))
         root.putChild(b"connections", _Connections(self))
         root.putChild(b"metrics", _Metrics(self))
-        super().__init__(root)
+        super().__init__(root)  # type: ignore[no-untyped-call]
         self.displayTracebacks = False
 
     def startFactory(self) -> None:

@@ -23,7 +23,7 @@ from twisted.application.service import IService, MultiService, Service
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
-from twisted.internet.interfaces import IReactorTime, IStreamServerEndpoint
+from twisted.internet.interfaces import IProtocolFactory, IReactorTime, IStreamServerEndpoint
 from twisted.logger import Logger
 from twisted.python import usage
 from twisted.python.failure import Failure
@@ -59,7 +59,7 @@ class EchoProtocol(HeartbeatProtocol):
 
 def _sessionEnded(failure: Failure) -> None:
     # The client's session ended before it confirmed the echo: nothing to do.
-    failure.trap(DeliveryFailed)
+    failure.trap(DeliveryFailed)  # type: ignore[no-untyped-call]
 
 
 class SinkProtocol(HeartbeatProtocol):
@@ -84,7 +84,7 @@ APPS: dict[str, type[HeartbeatMixin]] = {"echo": EchoProtocol, "sink": SinkProto
 
 
 def _number(option: str, allowZero: bool) -> Callable[[str], float]:
-    what = "zero or more" if allowZero else "a positive number of"
+    what = "a number of seconds, zero or more" if allowZero else "a positive number of seconds"
 
     def coerce(text: str) -> float:
         try:
@@ -92,9 +92,7 @@ def _number(option: str, allowZero: bool) -> Callable[[str], float]:
         except ValueError:
             value = math.nan
         if not math.isfinite(value) or value < 0 or (value == 0 and not allowZero):
-            if allowZero:
-                raise usage.UsageError(f"{option} must be a number of seconds, {what}, got {text!r}")
-            raise usage.UsageError(f"{option} must be {what} seconds, got {text!r}")
+            raise usage.UsageError(f"{option} must be {what}, got {text!r}")
         return value
 
     return coerce
@@ -188,7 +186,7 @@ class Options(usage.Options):
     ]
 
     def __init__(self, reactor: Any = None) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]
         self["listen"] = []
         self._reactor = reactor
 
@@ -214,7 +212,10 @@ class Options(usage.Options):
         if reactor is None:
             from twisted.internet import reactor
         try:
-            return serverFromString(reactor, description)
+            endpoint: IStreamServerEndpoint = serverFromString(  # type: ignore[no-untyped-call]
+                reactor, description
+            )
+            return endpoint
         except Exception as e:
             raise usage.UsageError(f'invalid {option} endpoint "{description}": {e}') from None
 
@@ -222,7 +223,9 @@ class Options(usage.Options):
         spec = self["app"]
         builtin = APPS.get(spec)
         target: object = builtin if builtin is not None else _load(spec)
-        if not _isProtocolClass(target) and not isinstance(target, AliveServerFactory):
+        if callable(target) and not (
+            _isProtocolClass(target) or isinstance(target, AliveServerFactory)
+        ):
             try:
                 target = cast(Callable[[], object], target)()
             except Exception as e:
@@ -230,7 +233,8 @@ class Options(usage.Options):
                     f'--app "{spec}": calling it failed: {type(e).__name__}: {e}'
                 ) from None
         if _isProtocolClass(target):
-            factory = AliveServerFactory.forProtocol(cast(type[HeartbeatMixin], target))
+            factory = AliveServerFactory()
+            factory.protocol = target
         elif isinstance(target, AliveServerFactory):
             factory = target
         else:
@@ -327,30 +331,29 @@ class AliveServerService(MultiService):
         statusEndpoint: IStreamServerEndpoint | None = None,
         clock: IReactorTime | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]
         self.factory = factory
         self.clock = clock
         self._holding = False
-        self.listeners: list[IService] = []
-        for endpoint in endpoints:
-            listener = StreamServerEndpointService(endpoint, factory)
-            # Fail at start-up, not in a log line, if the port is taken.
-            listener._raiseSynchronously = True
-            listener.setServiceParent(self)
-            self.listeners.append(listener)
+        self.listeners = [self._listen(endpoint, factory) for endpoint in endpoints]
         self.status: StatusSite | None = None
         if statusEndpoint is not None:
             self.status = statusSite([factory], serving=lambda: bool(self.running))
-            statusService = StreamServerEndpointService(statusEndpoint, self.status)
-            statusService._raiseSynchronously = True
-            statusService.setServiceParent(self)
+            self._listen(statusEndpoint, self.status)
+
+    def _listen(self, endpoint: IStreamServerEndpoint, factory: IProtocolFactory) -> IService:
+        service = StreamServerEndpointService(endpoint, factory)  # type: ignore[no-untyped-call]
+        # Fail at start-up, not in a log line, if the port is taken.
+        service._raiseSynchronously = True
+        self.addService(service)  # type: ignore[no-untyped-call]
+        return cast(IService, service)
 
     def startService(self) -> None:
         """Hold the factory started, then start listening."""
         if not self._holding:
-            self.factory.doStart()
+            self.factory.doStart()  # type: ignore[no-untyped-call]
             self._holding = True
-        super().startService()
+        super().startService()  # type: ignore[no-untyped-call]
 
     def stopService(self) -> Deferred[None]:
         """
@@ -360,7 +363,7 @@ class AliveServerService(MultiService):
         :returns: a Deferred that fires when all is done (the reactor waits
             for it before it stops).
         """
-        Service.stopService(self)
+        Service.stopService(self)  # type: ignore[no-untyped-call]
         others = [s for s in reversed(list(self)) if s not in self.listeners]
         d = _stopAll(self.listeners)
         d.addCallback(lambda _: self.closeConnections())
@@ -427,7 +430,7 @@ class AliveServerService(MultiService):
     def _release(self, _: object) -> None:
         if self._holding:
             self._holding = False
-            self.factory.doStop()
+            self.factory.doStop()  # type: ignore[no-untyped-call]
 
 
 def _stopAll(services: list[IService]) -> Deferred[None]:

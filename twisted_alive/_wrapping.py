@@ -12,8 +12,12 @@ wrapped.
 
 from __future__ import annotations
 
-from typing import Any
+from collections import deque
+from typing import Any, cast
 
+from twisted.internet import defer
+from twisted.internet._producer_helpers import _PullToPush
+from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import (
     IAddress,
@@ -27,6 +31,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import directlyProvides, implementer, providedBy
 
+from twisted_alive._connection import State
 from twisted_alive._frames import DEFAULT_MAX_FRAME_SIZE
 from twisted_alive._mixin import HeartbeatMixin
 from twisted_alive._outcomes import QueueFull
@@ -51,18 +56,58 @@ def failureFor(loss: Loss) -> Failure:
 
 
 @implementer(IPushProducer)
+class _SocketRoom:
+    """
+    The producer `AliveWrappingProtocol` registers with the real transport:
+    the transport says through it when the socket's send buffer is full
+    (``pauseProducing``) or has room again, and when it goes away.
+
+    A separate object, because the wrapping protocol's own
+    ``pauseProducing``/``resumeProducing`` belong to the wrapped protocol,
+    which calls them on its transport to stop and restart reading.
+    """
+
+    def __init__(self, proto: AliveWrappingProtocol) -> None:
+        self._proto = proto
+
+    def pauseProducing(self) -> None:
+        """The socket's send buffer is full."""
+        self._proto._socketFull(True)
+
+    def resumeProducing(self) -> None:
+        """The socket's send buffer has room again."""
+        self._proto._socketFull(False)
+
+    def stopProducing(self) -> None:
+        """The transport is going away: stop the wrapped protocol's producer."""
+        producer = self._proto._producer
+        if producer is not None:
+            producer.stopProducing()
+
+
+@implementer(IPushProducer)
 class AliveWrappingProtocol(HeartbeatMixin, Protocol):
     """
     The protocol `AliveWrappingFactory` builds: the framing on the
     outside, a transport for the wrapped protocol on the inside.
 
-    The wrapped protocol's ``write`` becomes DATA frames (split to fit
-    ``maxFrameSize``), ``loseConnection`` becomes an orderly `close`
-    (queued data is sent and acknowledged, then GOODBYE), and
-    ``abortConnection`` an `abort`. A producer it registers is paused when
-    the send queue passes half its limit or the socket's buffer is full, and
-    resumed when both have room again; a write beyond the queue's limit
-    raises `QueueFull`.
+    The wrapped protocol's ``write`` becomes DATA frames: each write of up
+    to the largest payload both sides accept is one frame (one
+    ``dataReceived`` call on the other side); a longer write is split. Until
+    the HELLO exchange tells the peer's frame limit, writes wait whole.
+    ``loseConnection`` becomes an orderly `close` (what was written is sent
+    and acknowledged, then GOODBYE; writes after it are dropped) and
+    ``abortConnection`` an `abort`.
+
+    Flow control: a producer the wrapped protocol registers (streaming or
+    not) is paused when the writes waiting to be sent reach half of
+    ``maxQueued`` or half of ``maxQueuedBytes``, or the socket's buffer is
+    full, and resumed when there is room again; a write that would take the
+    waiting bytes beyond ``maxQueuedBytes`` raises `QueueFull` and nothing of
+    it is sent. When the wrapped protocol pauses reading (``pauseProducing``
+    on its transport), the next DATA frame waits unacknowledged until it
+    resumes, so the peer's window fills and the peer's producer is paused;
+    heartbeats go on meanwhile, so a long pause is not a timeout.
 
     :ivar wrappedProtocol: the protocol of the wrapped factory.
     """
@@ -72,9 +117,13 @@ class AliveWrappingProtocol(HeartbeatMixin, Protocol):
         self.wrappedProtocol = wrappedProtocol
         self.disconnecting = False
         self._producer: IPushProducer | None = None
-        self._streaming = True
-        self._transportPaused = False
-        self._queuePaused = False
+        self._producerPaused = False
+        self._socketPaused = False
+        self._held: deque[memoryview] = deque()
+        self._heldBytes = 0
+        self._closeWhenSent = False
+        self._readPaused = False
+        self._heldInbound: tuple[bytes, Deferred[None]] | None = None
 
     # -- protocol side -----------------------------------------------------
 
@@ -82,55 +131,75 @@ class AliveWrappingProtocol(HeartbeatMixin, Protocol):
         """Connect, then give the wrapped protocol this object as transport."""
         directlyProvides(self, providedBy(transport))
         Protocol.makeConnection(self, transport)
-        transport.registerProducer(self, True)
+        transport.registerProducer(_SocketRoom(self), True)  # type: ignore[attr-defined]
         self.factory.registerProtocol(self)
         self.wrappedProtocol.makeConnection(self)
 
-    def messageReceived(self, payload: bytes) -> None:
-        """The peer's bytes, to the wrapped protocol."""
+    def connectionOpened(self, resumed: bool) -> None:
+        """The peer's frame limit is known: send what was written."""
+        self._feed()
+
+    def messageReceived(self, payload: bytes) -> Deferred[None] | None:
+        """The peer's bytes, to the wrapped protocol (or held, unacknowledged,
+        while it has paused reading)."""
+        if self._readPaused:
+            d: Deferred[None] = Deferred()
+            self._heldInbound = (payload, d)
+            return d
         self.wrappedProtocol.dataReceived(payload)
+        return None
 
     def disconnected(self, loss: Loss) -> None:
         """Tell the wrapped protocol, with a failure that carries `loss`."""
         self.factory.unregisterProtocol(self)
+        self._held.clear()
+        self._heldBytes = 0
         failure = failureFor(loss)
         self.factory._lastFailure = failure
         self.wrappedProtocol.connectionLost(failure)
         self._producer = None
 
     def _sendRoom(self) -> None:
-        self._updatePause()
+        self._feed()
 
     # -- transport side (what the wrapped protocol sees) --------------------------
 
     def write(self, data: bytes) -> None:
         """Send C{data} in DATA frames.
 
-        :raises QueueFull: if the send queue is at its limit.
+        :raises QueueFull: if the bytes waiting to be sent would pass
+            ``maxQueuedBytes``; nothing of C{data} is sent then.
         """
         if not data or self.disconnecting or self.loss is not None:
             return
         conn = self._alive
         if conn is None:
             raise RuntimeError("write() before the connection was made")
-        maxPayload = conn.settings.maxPayload
         outbox = conn.session.outbox
-        view = memoryview(data)
-        for start in range(0, len(data), maxPayload):
-            chunk = bytes(view[start : start + maxPayload])
-            outbox.submit(chunk, None)
-        self._pump()
-        self._updatePause()
+        waiting = self._heldBytes + outbox.queuedBytes
+        if waiting and waiting + len(data) > outbox.maxQueueBytes:
+            raise QueueFull(
+                f"send queue full: {waiting} bytes waiting to be sent "
+                f"(maxQueuedBytes={outbox.maxQueueBytes}); "
+                f"nothing of this write of {len(data)} bytes was queued"
+            )
+        self._held.append(memoryview(bytes(data)))
+        self._heldBytes += len(data)
+        self._feed()
 
     def writeSequence(self, data: list[bytes]) -> None:
         """Send the concatenation of C{data}."""
         self.write(b"".join(data))
 
     def loseConnection(self) -> None:
-        """Orderly close: queued data is sent and acknowledged, then GOODBYE."""
+        """Orderly close: what was written is sent and acknowledged, then
+        GOODBYE."""
         if not self.disconnecting:
             self.disconnecting = True
-            self.close()
+            if self._held:
+                self._closeWhenSent = True
+            else:
+                self.close()
 
     def abortConnection(self) -> None:
         """Abort at once (an RST; unsent data is dropped)."""
@@ -146,16 +215,52 @@ class AliveWrappingProtocol(HeartbeatMixin, Protocol):
         return self.transport.getHost()
 
     def registerProducer(self, producer: IPushProducer, streaming: bool) -> None:
-        """Register the wrapped protocol's producer (see the class doc)."""
-        self._producer = producer
-        self._streaming = streaming
+        """Register the wrapped protocol's producer (see the class doc); a
+        non-streaming one is called as long as there is room.
+
+        :raises RuntimeError: if a producer is registered already.
+        """
+        if self._producer is not None:
+            raise RuntimeError(
+                f"Cannot register producer {producer!r}, because producer "
+                f"{self._producer!r} was never unregistered."
+            )
+        if self.loss is not None:
+            producer.stopProducing()
+            return
         if not streaming:
-            producer.resumeProducing()  # type: ignore[attr-defined]
+            # As Twisted's TLS wrapper does: call a pull producer's
+            # resumeProducing as long as it is not paused.
+            pushing: Any = cast(Any, _PullToPush)(producer, self)
+            producer = pushing
+            pushing.startStreaming()
+        self._producer = producer
+        self._producerPaused = False
         self._updatePause()
 
     def unregisterProducer(self) -> None:
         """Forget the wrapped protocol's producer."""
-        self._producer = None
+        producer, self._producer = self._producer, None
+        self._producerPaused = False
+        if isinstance(producer, _PullToPush):
+            producer.stopStreaming()
+
+    def pauseProducing(self) -> None:
+        """The wrapped protocol stops reading: DATA from the peer waits,
+        unacknowledged, until `resumeProducing`."""
+        self._readPaused = True
+
+    def resumeProducing(self) -> None:
+        """The wrapped protocol reads again: hand it what waited."""
+        self._readPaused = False
+        held, self._heldInbound = self._heldInbound, None
+        if held is not None:
+            payload, d = held
+            defer.maybeDeferred(self.wrappedProtocol.dataReceived, payload).chainDeferred(d)
+
+    def stopProducing(self) -> None:
+        """The wrapped protocol asks to stop: close in order."""
+        self.loseConnection()
 
     def __getattr__(self, name: str) -> Any:
         # Anything else a transport offers (getHandle, setTcpNoDelay...).
@@ -163,43 +268,59 @@ class AliveWrappingProtocol(HeartbeatMixin, Protocol):
             raise AttributeError(name)
         return getattr(self.__dict__["transport"], name)
 
-    # -- flow control ----------------------------------------------------------
+    # -- sending and flow control ------------------------------------------------
 
-    def pauseProducing(self) -> None:
-        """The socket's buffer is full."""
-        self._transportPaused = True
+    def _feed(self) -> None:
+        """Move written bytes into the send queue, in frames the peer
+        accepts, as far as the queue has room; close once all is in, if
+        asked to."""
+        conn = self._alive
+        if conn is not None and conn.state is State.OPEN and self.loss is None:
+            outbox = conn.session.outbox
+            size = conn.peerMaxPayload
+            held = self._held
+            moved = False
+            while held and (not outbox.queue or len(outbox.queue) < outbox.maxQueue):
+                view = held[0]
+                chunk = view[:size]
+                try:
+                    outbox.submit(bytes(chunk), None)
+                except QueueFull:
+                    break
+                moved = True
+                self._heldBytes -= len(chunk)
+                if len(view) > size:
+                    held[0] = view[size:]
+                else:
+                    held.popleft()
+            if moved:
+                self._pump()
+            if not held and self._closeWhenSent:
+                self._closeWhenSent = False
+                self.close()
         self._updatePause()
 
-    def resumeProducing(self) -> None:
-        """The socket's buffer has room again."""
-        self._transportPaused = False
+    def _socketFull(self, full: bool) -> None:
+        self._socketPaused = full
         self._updatePause()
-
-    def stopProducing(self) -> None:
-        """The transport is going away."""
-        producer = self._producer
-        if producer is not None:
-            producer.stopProducing()
 
     def _updatePause(self) -> None:
-        conn = self._alive
-        if conn is not None:
-            outbox = conn.session.outbox
-            high = len(outbox.queue) >= max(1, outbox.maxQueue // 2) or (
-                outbox.queuedBytes >= outbox.maxQueueBytes // 2
-            )
-            self._queuePaused = high
         producer = self._producer
         if producer is None:
             return
-        shouldPause = self._transportPaused or self._queuePaused
-        if shouldPause and not getattr(self, "_producerPaused", False):
+        high = self._socketPaused
+        conn = self._alive
+        if conn is not None and not high:
+            outbox = conn.session.outbox
+            high = len(outbox.queue) + len(self._held) >= max(1, outbox.maxQueue // 2) or (
+                outbox.queuedBytes + self._heldBytes >= outbox.maxQueueBytes // 2
+            )
+        if high and not self._producerPaused:
             self._producerPaused = True
             producer.pauseProducing()
-        elif not shouldPause and getattr(self, "_producerPaused", False):
+        elif not high and self._producerPaused:
             self._producerPaused = False
-            if self._streaming:
-                producer.resumeProducing()
+            producer.resumeProducing()
 
 
 class AliveWrappingFactory(Factory):
@@ -230,7 +351,7 @@ class AliveWrappingFactory(Factory):
 
     def __init__(
         self,
-        wrappedFactory: Factory,
+        wrappedFactory: Factory[Any],
         heartbeatInterval: float = HeartbeatMixin.heartbeatInterval,
         heartbeatMisses: int = HeartbeatMixin.heartbeatMisses,
         maxFrameSize: int = DEFAULT_MAX_FRAME_SIZE,
@@ -258,7 +379,7 @@ class AliveWrappingFactory(Factory):
         self.wrappedFactory.doStop()
         Factory.doStop(self)
 
-    def buildProtocol(self, addr: IAddress) -> AliveWrappingProtocol | None:
+    def buildProtocol(self, addr: IAddress | None) -> AliveWrappingProtocol | None:
         """Wrap the protocol the wrapped factory builds (or refuse if it
         refuses)."""
         wrapped = self.wrappedFactory.buildProtocol(addr)

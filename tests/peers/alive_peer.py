@@ -3,12 +3,13 @@ A twisted_alive peer process for ``tests/test_loss_real.py``.
 
 Usage::
 
-    alive_peer.py client|server HOST PORT INTERVAL BEHAVIOUR [--count N] [--every S] [--tag T]
+    alive_peer.py client|server HOST PORT INTERVAL BEHAVIOUR
+        [--misses M] [--count N] [--every S] [--tag T]
 
 As a client it connects to HOST:PORT; as a server it listens on HOST:PORT
 (0 for any free port) and prints ``READY <port>``. It serves one connection
-with a L{HeartbeatProtocol} whose heartbeat interval is INTERVAL seconds,
-prints ``OPEN`` when the HELLO exchange completes and ``LOST <REASON>
+with a L{HeartbeatProtocol} whose heartbeat interval is INTERVAL seconds
+(and ``heartbeatMisses`` M, default 3), prints ``OPEN`` when the HELLO exchange completes and ``LOST <REASON>
 <detail>`` when the connection ends, then exits (status 0).
 
 Behaviours:
@@ -56,6 +57,7 @@ class TestPeer(HeartbeatProtocol):
         self.options = options
         self.clock = clock
         self.heartbeatInterval = options.interval
+        self.heartbeatMisses = options.misses
         self.done = done
         self.count = 0
 
@@ -113,6 +115,7 @@ def main(reactor: Any, *argv: str) -> Deferred[None]:
     parser.add_argument("port", type=int)
     parser.add_argument("interval", type=float)
     parser.add_argument("behaviour", choices=BEHAVIOURS)
+    parser.add_argument("--misses", type=int, default=3)
     parser.add_argument("--count", type=int, default=10)
     parser.add_argument("--every", type=float, default=0.0)
     parser.add_argument("--tag", default="peer")

@@ -1,0 +1,370 @@
+"""
+Tests for L{twisted_alive._status}: the status site, queried with C{treq}
+over real loopback sockets, in front of a real L{AliveServerFactory} with
+real client connections.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from typing import Any, TypeVar, cast
+
+import prometheus_client
+import pytest
+import pytest_twisted
+import treq
+from prometheus_client.parser import text_string_to_metric_families
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import gatherResults, maybeDeferred
+from twisted.internet.endpoints import TCP4ServerEndpoint
+from twisted.internet.interfaces import (
+    IListeningPort,
+    IReactorCore,
+    IReactorTCP,
+    IReactorTime,
+    IStreamServerEndpoint,
+)
+from twisted.internet.task import deferLater
+from twisted.logger import Logger
+
+from twisted_alive._factories import AliveClientFactory, AliveServerFactory, tokenPrefix
+from twisted_alive._mixin import HeartbeatMixin, HeartbeatProtocol
+from twisted_alive._reasons import Loss, Reason
+from twisted_alive._status import StatusSite, statusSite
+from twisted_alive._tap import EchoProtocol
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+ensureDeferred = cast(Callable[[_F], _F], pytest_twisted.ensureDeferred)
+asyncYieldFixture = cast(Callable[[_F], _F], pytest_twisted.async_yield_fixture)
+
+LOOPBACK = "127.0.0.1"
+INTERVAL = 0.1
+
+
+class _Reactor(IReactorTCP, IReactorTime, IReactorCore):
+    """The reactor interfaces these tests use."""
+
+
+def _reactor() -> _Reactor:
+    from twisted.internet import reactor
+
+    return cast(_Reactor, reactor)
+
+
+def _listenEndpoint() -> IStreamServerEndpoint:
+    endpoint = cast(Callable[..., IStreamServerEndpoint], TCP4ServerEndpoint)
+    return endpoint(_reactor(), 0, interface=LOOPBACK)
+
+
+def _portOf(port: IListeningPort) -> int:
+    return cast(IPv4Address, port.getHost()).port
+
+
+class FastEcho(EchoProtocol):
+    """The echo app with a short heartbeat interval."""
+
+    heartbeatInterval = INTERVAL
+
+
+class Collecting(HeartbeatProtocol):
+    """A client that records what the server sends it."""
+
+    heartbeatInterval = INTERVAL
+
+    def messageReceived(self, payload: bytes) -> None:
+        self.factory.received.append(payload)
+
+
+class CollectingFactory(AliveClientFactory):
+    protocol = Collecting
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.received: list[bytes] = []
+
+
+class Harness:
+    """A server, its status site and clients on 127.0.0.1; stops them all."""
+
+    def __init__(self) -> None:
+        self.factory = AliveServerFactory()
+        self.factory.protocol = FastEcho
+        self.serving = True
+        self.site = statusSite([self.factory], serving=lambda: self.serving)
+        self.ports: list[IListeningPort] = []
+        self.clients: list[CollectingFactory] = []
+        self.serverPort = 0
+        self.statusPort = 0
+
+    async def start(self) -> None:
+        port = await _listenEndpoint().listen(self.factory)
+        self.ports.append(port)
+        self.serverPort = _portOf(port)
+        port = await _listenEndpoint().listen(self.site)
+        self.ports.append(port)
+        self.statusPort = _portOf(port)
+
+    async def client(self) -> tuple[CollectingFactory, HeartbeatMixin]:
+        factory = CollectingFactory()
+        self.clients.append(factory)
+        _reactor().connectTCP(LOOPBACK, self.serverPort, factory)
+        proto = await factory.whenConnected().addTimeout(5, _reactor())
+        return factory, proto
+
+    def url(self, path: str) -> str:
+        return f"http://{LOOPBACK}:{self.statusPort}{path}"
+
+    async def get(self, path: str, **kwargs: Any) -> Any:
+        return await treq.get(self.url(path), persistent=False, timeout=5, **kwargs)
+
+    async def json(self, path: str) -> Any:
+        response = await self.get(path, headers={"Accept": "application/json"})
+        return await response.json()
+
+    async def metrics(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        """Every sample of /metrics, by name and sorted labels."""
+        response = await self.get("/metrics")
+        assert response.code == 200
+        text = (await response.content()).decode("utf-8")
+        return {
+            (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+        }
+
+    async def stop(self) -> None:
+        await gatherResults([c.close() for c in self.clients])
+        await gatherResults([maybeDeferred(p.stopListening) for p in self.ports])
+
+
+@asyncYieldFixture
+async def harness() -> AsyncIterator[Harness]:
+    """A started L{Harness}, stopped at the end."""
+    h = Harness()
+    await h.start()
+    yield h
+    await h.stop()
+
+
+async def _eventually(check: Callable[[], Any], seconds: float = 5.0) -> None:
+    """Wait until C{check()} (a coroutine function) returns true."""
+    reactor = _reactor()
+    deadline = reactor.seconds() + seconds
+    while not await check():
+        assert reactor.seconds() < deadline, "condition not met in time"
+        await deferLater(reactor, 0.02)
+
+
+@pytest.mark.timeout(20)
+@ensureDeferred
+async def test_healthOkWhileServing(harness: Harness) -> None:
+    """/health answers 200 "ok" while serving, with a JSON variant that
+    counts the connections, and 503 "stopping" once the server stops."""
+    await harness.client()
+    response = await harness.get("/health")
+    assert response.code == 200
+    assert response.headers.getRawHeaders(b"content-type") == [b"text/plain; charset=utf-8"]
+    assert await response.content() == b"ok\n"
+    assert await harness.json("/health") == {"status": "ok", "connections": 1}
+
+    harness.serving = False
+    response = await harness.get("/health")
+    assert response.code == 503
+    assert await response.content() == b"stopping\n"
+    assert await harness.json("/health") == {"status": "stopping", "connections": 1}
+
+
+@pytest.mark.timeout(20)
+@ensureDeferred
+async def test_connectionsListsEachClient(harness: Harness) -> None:
+    """/connections has one JSON object per live connection, with its peer,
+    state, RTT, last heard, unconfirmed count and session token prefix."""
+    first, _ = await harness.client()
+    second, _ = await harness.client()
+    await first.sendMessage(b"hello")
+    rows = await harness.json("/connections")
+    assert len(rows) == 2
+    assert sorted(rows, key=lambda r: r["peer"]) == rows
+    assert {r["session"] for r in rows} == {
+        tokenPrefix(first.session.token),
+        tokenPrefix(second.session.token),
+    }
+    for row in rows:
+        assert set(row) == {"peer", "state", "rtt", "lastHeard", "unconfirmed", "session"}
+        assert row["peer"].startswith(f"{LOOPBACK}:")
+        assert row["state"] == "open"
+        assert row["unconfirmed"] in (0, 1)
+        assert 0 <= row["lastHeard"] < 5
+
+
+@pytest.mark.timeout(20)
+@ensureDeferred
+async def test_connectionsEmpty(harness: Harness) -> None:
+    """Without connections, /connections is an empty JSON list."""
+    response = await harness.get("/connections")
+    assert response.code == 200
+    assert response.headers.getRawHeaders(b"content-type") == [b"application/json"]
+    assert await response.json() == []
+
+
+@pytest.mark.timeout(20)
+@ensureDeferred
+async def test_metricsCountMessagesAndConnections(harness: Harness) -> None:
+    """/metrics reports connections by state, sessions, and the messages
+    the server sent, had confirmed and processed (echo: one each way)."""
+    client, _ = await harness.client()
+    await gatherResults([client.sendMessage(b"m%d" % i) for i in range(5)])
+
+    async def echoed() -> bool:
+        metrics = await harness.metrics()
+        return metrics[("twisted_alive_messages_confirmed_total", ())] == 5
+
+    await _eventually(echoed)
+    assert sorted(client.received) == [b"m%d" % i for i in range(5)]
+    metrics = await harness.metrics()
+    assert metrics[("twisted_alive_connections", (("state", "open"),))] == 1
+    assert metrics[("twisted_alive_connections", (("state", "handshake"),))] == 0
+    assert metrics[("twisted_alive_sessions", (("state", "connected"),))] == 1
+    assert metrics[("twisted_alive_sessions", (("state", "detached"),))] == 0
+    assert metrics[("twisted_alive_messages_sent_total", ())] == 5
+    assert metrics[("twisted_alive_messages_processed_total", ())] == 5
+    assert metrics[("twisted_alive_messages_redelivered_total", ())] == 0
+    assert metrics[("twisted_alive_queue_depth", ())] == 0
+    assert metrics[("twisted_alive_messages_in_flight", ())] == 0
+    for reason in Reason:
+        assert metrics[("twisted_alive_losses_total", (("reason", reason.name.lower()),))] == 0
+
+
+@pytest.mark.timeout(20)
+@ensureDeferred
+async def test_lossesAndTotalsSurviveEndedSessions(harness: Harness) -> None:
+    """A client's orderly close counts as a clean_close loss and drops its
+    session; the message counters keep its messages (never go backwards)."""
+    client, _ = await harness.client()
+    await gatherResults([client.sendMessage(b"x") for _ in range(3)])
+    (server,) = harness.factory.connections
+
+    async def confirmed() -> bool:
+        metrics = await harness.metrics()
+        return metrics[("twisted_alive_messages_confirmed_total", ())] == 3
+
+    await _eventually(confirmed)
+    before = await harness.metrics()
+    await client.close()
+    loss: Loss = await server.whenLost()
+    assert loss.reason is Reason.CLEAN_CLOSE
+    assert harness.factory.sessions == {}
+
+    after = await harness.metrics()
+    assert after[("twisted_alive_losses_total", (("reason", "clean_close"),))] == 1
+    assert after[("twisted_alive_connections", (("state", "open"),))] == 0
+    assert after[("twisted_alive_sessions", (("state", "connected"),))] == 0
+    for name in ("sent", "confirmed", "redelivered", "processed"):
+        key = (f"twisted_alive_messages_{name}_total", ())
+        assert after[key] == before[key]
+    assert after[("twisted_alive_messages_sent_total", ())] == 3
+
+
+@pytest.mark.timeout(20)
+@ensureDeferred
+async def test_heartbeatRoundTripHistogram(harness: Harness) -> None:
+    """The RTT histogram fills from the heartbeat PONG log events while the
+    site listens."""
+    await harness.client()
+
+    async def sampled() -> bool:
+        metrics = await harness.metrics()
+        return metrics[("twisted_alive_heartbeat_rtt_seconds_count", ())] >= 2
+
+    await _eventually(sampled)
+    metrics = await harness.metrics()
+    assert 0 < metrics[("twisted_alive_heartbeat_rtt_seconds_sum", ())] < 1
+    assert metrics[("twisted_alive_heartbeat_rtt_seconds_bucket", (("le", "+Inf"),))] >= 2
+
+
+@pytest.mark.timeout(20)
+@ensureDeferred
+async def test_observerOnlyWhileListening() -> None:
+    """The site watches the log events only while it listens, and only
+    those of the twisted_alive namespace."""
+    site = statusSite([])
+    log = Logger(namespace="twisted_alive")
+    other = Logger(namespace="elsewhere")
+
+    def count() -> float:
+        value = site.registry.get_sample_value("twisted_alive_heartbeat_rtt_seconds_count")
+        assert value is not None
+        return value
+
+    log.debug("pong", rtt=0.5, event="pong")
+    assert count() == 0
+    port = await _listenEndpoint().listen(site)
+    try:
+        log.debug("pong", rtt=0.5, event="pong")
+        other.debug("pong", rtt=0.5, event="pong")
+        log.warn("stall", seconds=2.0, event="stall")
+        assert count() == 1
+        assert site.registry.get_sample_value("twisted_alive_stalls_total") == 1
+    finally:
+        await maybeDeferred(port.stopListening)
+    log.debug("pong", rtt=0.5, event="pong")
+    assert count() == 1
+
+
+@pytest.mark.timeout(20)
+def test_ownRegistry() -> None:
+    """The metrics live in the site's own registry, not the global one, so
+    two sites can coexist."""
+    first = statusSite([])
+    second = statusSite([])
+    assert isinstance(first, StatusSite)
+    assert first.registry is not second.registry
+    assert first.registry is not prometheus_client.REGISTRY
+    assert prometheus_client.REGISTRY.get_sample_value("twisted_alive_stalls_total") is None
+
+
+@pytest.mark.timeout(20)
+def test_severalFactoriesAddUp() -> None:
+    """With several factories, the counters are summed."""
+    first = AliveServerFactory()
+    second = AliveServerFactory()
+    first.losses[Reason.TIMEOUT] = 2
+    second.losses[Reason.TIMEOUT] = 3
+    second.endedCounts.update(sent=7)
+    site = statusSite([first, second])
+    value = site.registry.get_sample_value
+    assert value("twisted_alive_losses_total", {"reason": "timeout"}) == 5
+    assert value("twisted_alive_messages_sent_total") == 7
+
+
+@pytest.mark.timeout(20)
+@ensureDeferred
+async def test_indexAndUnknownPaths(harness: Harness) -> None:
+    """/ lists the pages; an unknown path is a 404; POST is refused."""
+    response = await harness.get("/")
+    assert response.code == 200
+    assert b"/metrics" in await response.content()
+    response = await harness.get("/nosuch")
+    assert response.code == 404
+    await response.content()
+    response = await treq.post(harness.url("/health"), persistent=False, timeout=5)
+    assert response.code == 405
+    await response.content()
+
+
+@pytest.mark.timeout(20)
+@ensureDeferred
+async def test_metricsContentType(harness: Harness) -> None:
+    """/metrics speaks the Prometheus text format, and OpenMetrics to a
+    scraper that asks for it."""
+    response = await harness.get("/metrics")
+    (contentType,) = response.headers.getRawHeaders(b"content-type")
+    assert contentType.startswith(b"text/plain")
+    await response.content()
+    response = await harness.get(
+        "/metrics", headers={"Accept": "application/openmetrics-text; version=1.0.0"}
+    )
+    (contentType,) = response.headers.getRawHeaders(b"content-type")
+    assert contentType.startswith(b"application/openmetrics-text")
+    assert (await response.content()).endswith(b"# EOF\n")
+

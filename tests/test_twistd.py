@@ -1,0 +1,658 @@
+"""
+Tests for the twistd plugin C{alive} (L{twisted_alive._tap}): option
+parsing and the service in this process, then C{twistd -n alive} as a
+subprocess, with real clients, the status service and SIGTERM.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar, cast
+
+import pytest
+import pytest_twisted
+import treq
+from twisted.internet.defer import Deferred, gatherResults, maybeDeferred
+from twisted.internet.interfaces import IReactorCore, IReactorTCP, IReactorTime
+from twisted.internet.task import Clock, deferLater
+from twisted.logger import ILogObserver, LogEvent, globalLogPublisher
+from twisted.python import usage
+from zope.interface import implementer
+
+from twisted_alive._factories import AliveClientFactory, AliveServerFactory
+from twisted_alive._frames import GoodbyeCode
+from twisted_alive._mixin import ABORT_GRACE, HeartbeatMixin, HeartbeatProtocol
+from twisted_alive._reasons import Loss, Reason
+from twisted_alive._tap import (
+    AliveServerService,
+    EchoProtocol,
+    Options,
+    SinkProtocol,
+    makeService,
+)
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+ensureDeferred = cast(Callable[[_F], _F], pytest_twisted.ensureDeferred)
+asyncYieldFixture = cast(Callable[[_F], _F], pytest_twisted.async_yield_fixture)
+
+LOOPBACK = "127.0.0.1"
+ROOT = Path(__file__).resolve().parent.parent
+TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
+
+
+class _Reactor(IReactorTCP, IReactorTime, IReactorCore):
+    """The reactor interfaces these tests use."""
+
+
+def _reactor() -> _Reactor:
+    from twisted.internet import reactor
+
+    return cast(_Reactor, reactor)
+
+
+def _freePort() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind((LOOPBACK, 0))
+        return cast(int, s.getsockname()[1])
+
+
+def _env(*extra: Path) -> dict[str, str]:
+    """The environment of a twistd subprocess: the source tree first on the
+    path, so that twistd finds twisted/plugins/ there."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *map(str, extra)])
+    return env
+
+
+class Collecting(HeartbeatProtocol):
+    """A client that records what the server sends it."""
+
+    heartbeatInterval = 0.2
+
+    def messageReceived(self, payload: bytes) -> None:
+        self.factory.received.append(payload)
+
+
+class CollectingFactory(AliveClientFactory):
+    protocol = Collecting
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.received: list[bytes] = []
+
+
+async def _connect(port: int) -> tuple[CollectingFactory, HeartbeatMixin]:
+    factory = CollectingFactory()
+    _reactor().connectTCP(LOOPBACK, port, factory)
+    proto = await factory.whenConnected().addTimeout(10, _reactor())
+    return factory, proto
+
+
+async def _until(check: Callable[[], bool], seconds: float, what: str) -> None:
+    """Poll C{check} (every 50 ms) until it is true; fail after C{seconds}."""
+    reactor = _reactor()
+    deadline = reactor.seconds() + seconds
+    while not check():
+        assert reactor.seconds() < deadline, f"{what}: not within {seconds} s"
+        await deferLater(reactor, 0.05)
+
+
+@implementer(ILogObserver)
+class Events:
+    """Collects the twisted_alive log events of this process."""
+
+    def __init__(self) -> None:
+        self.events: list[LogEvent] = []
+
+    def __call__(self, event: LogEvent) -> None:
+        if event.get("log_namespace") == "twisted_alive":
+            self.events.append(event)
+
+    def named(self, name: str) -> list[LogEvent]:
+        return [e for e in self.events if e.get("event") == name]
+
+
+@pytest.fixture
+def events() -> Iterator[Events]:
+    """The twisted_alive log events emitted during the test."""
+    observer = Events()
+    globalLogPublisher.addObserver(observer)
+    yield observer
+    globalLogPublisher.removeObserver(observer)
+
+
+# -- options, in this process --------------------------------------------------
+
+
+def _parse(*args: str) -> Options:
+    options = Options()
+    options.parseOptions(list(args))  # type: ignore[no-untyped-call]
+    return options
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--interval", "abc"], "--interval must be a positive number of seconds, got 'abc'"),
+        (["--interval", "0"], "--interval must be a positive number of seconds, got '0'"),
+        (["--interval", "nan"], "--interval must be a positive number of seconds, got 'nan'"),
+        (["--misses", "0"], "--misses must be a positive whole number, got '0'"),
+        (
+            ["--max-frame-size", "1.5"],
+            "--max-frame-size must be a positive whole number of bytes, got '1.5'",
+        ),
+        (
+            ["--max-frame-size", "10"],
+            "maxFrameSize must be between 64 and 4294967295, got 10",
+        ),
+        (
+            ["--session-ttl", "-1"],
+            "--session-ttl must be a number of seconds, zero or more, got '-1'",
+        ),
+        (
+            ["--close-timeout", "soon"],
+            "--close-timeout must be a number of seconds, zero or more, got 'soon'",
+        ),
+        (["--app", "nosuch:thing"], '--app "nosuch:thing": cannot import module "nosuch"'),
+        (["--app", "os:nosuch"], '--app "os:nosuch": module "os" has no attribute "nosuch"'),
+        (["--app", "nosuch"], "--app must be echo, sink or package.module:name, got 'nosuch'"),
+        (
+            ["--app", "os:sep"],
+            f'--app "os:sep" gave {os.sep!r}, not an AliveServerFactory '
+            "or a HeartbeatMixin subclass",
+        ),
+        (
+            ["--app", "os:getpid"],
+            '--app "os:getpid" gave ' + repr(os.getpid())
+            + ", not an AliveServerFactory or a HeartbeatMixin subclass",
+        ),
+        (
+            ["--listen", "tpc:9000"],
+            "invalid --listen endpoint \"tpc:9000\": Unknown endpoint type: 'tpc'",
+        ),
+        (
+            ["--status", "tcp:port"],
+            "invalid --status endpoint \"tcp:port\": invalid literal for int() "
+            "with base 10: 'port'",
+        ),
+    ],
+)
+def test_badOptions(args: list[str], message: str) -> None:
+    """Each mistake in the options is a UsageError with an exact message."""
+    with pytest.raises(usage.UsageError) as caught:
+        _parse(*args)
+    assert str(caught.value) == message
+
+
+@pytest.mark.timeout(20)
+def test_defaults() -> None:
+    """Without options: echo on tcp:9000, no status service, the app's own
+    heartbeat settings."""
+    options = _parse()
+    assert options["listen"] == ["tcp:9000"]
+    assert options["statusEndpoint"] is None
+    factory = options["factory"]
+    assert isinstance(factory, AliveServerFactory)
+    assert factory.protocol is EchoProtocol
+
+
+@pytest.mark.timeout(20)
+def test_settingsMakeASubclass() -> None:
+    """--interval, --misses, --max-frame-size and --close-timeout make a
+    subclass of the app's protocol; --session-ttl sets the factory's TTL."""
+    options = _parse(
+        "--app=sink",
+        "--interval=0.5",
+        "--misses=4",
+        "--max-frame-size=4096",
+        "--close-timeout=2",
+        "--session-ttl=30",
+        "--listen=tcp:0",
+        "--listen=tcp:0:interface=127.0.0.1",
+    )
+    factory = options["factory"]
+    proto = factory.protocol
+    assert issubclass(proto, SinkProtocol) and proto is not SinkProtocol
+    assert proto.__name__ == "SinkProtocol"
+    assert (proto.heartbeatInterval, proto.heartbeatMisses) == (0.5, 4)
+    assert (proto.maxFrameSize, proto.closeTimeout) == (4096, 2.0)
+    assert SinkProtocol.heartbeatInterval == 5.0
+    assert factory.sessionTTL == 30.0
+    assert len(options["endpoints"]) == 2
+
+
+class UserProtocol(HeartbeatProtocol):
+    """A user's own protocol, for --app."""
+
+
+class UserFactory(AliveServerFactory):
+    """A user's own factory, for --app."""
+
+    protocol = UserProtocol
+
+
+userFactory = UserFactory()
+
+
+def makeUserFactory() -> UserFactory:
+    """A callable returning a factory, for --app."""
+    return UserFactory()
+
+
+def makeUserProtocol() -> type[UserProtocol]:
+    """A callable returning a protocol class, for --app."""
+    return UserProtocol
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize(
+    "name", ["UserProtocol", "UserFactory", "userFactory", "makeUserFactory", "makeUserProtocol"]
+)
+def test_userApp(name: str) -> None:
+    """--app accepts a HeartbeatMixin subclass, an AliveServerFactory, or a
+    callable returning either."""
+    options = _parse(f"--app={__name__}:{name}", "--interval=2")
+    factory = options["factory"]
+    assert isinstance(factory, AliveServerFactory)
+    assert issubclass(factory.protocol, UserProtocol)
+    assert factory.protocol.heartbeatInterval == 2.0
+    if name == "userFactory":
+        assert factory is userFactory
+
+
+def notAlive() -> AliveServerFactory:
+    """A factory whose protocol does not speak the framing."""
+    factory = AliveServerFactory()
+    factory.protocol = object
+    return factory
+
+
+def failing() -> None:
+    """A callable that fails."""
+    raise RuntimeError("no database")
+
+
+@pytest.mark.timeout(20)
+def test_userAppMistakes() -> None:
+    """A user factory whose protocol is no HeartbeatMixin, or a callable
+    that raises, gives a clear UsageError."""
+    with pytest.raises(usage.UsageError) as caught:
+        _parse(f"--app={__name__}:notAlive")
+    assert str(caught.value) == (
+        f"--app \"{__name__}:notAlive\": the factory's protocol <class 'object'> "
+        "is not a HeartbeatMixin subclass"
+    )
+    with pytest.raises(usage.UsageError) as caught:
+        _parse(f"--app={__name__}:failing")
+    assert str(caught.value) == (
+        f'--app "{__name__}:failing": calling it failed: RuntimeError: no database'
+    )
+
+
+# -- the service, in this process ------------------------------------------------
+
+
+class Service:
+    """A started L{AliveServerService} on 127.0.0.1, with its status site."""
+
+    def __init__(self, *args: str) -> None:
+        self.serverPort = _freePort()
+        self.statusPort = _freePort()
+        options = _parse(
+            f"--listen=tcp:{self.serverPort}:interface={LOOPBACK}",
+            f"--status=tcp:{self.statusPort}:interface={LOOPBACK}",
+            *args,
+        )
+        self.service = makeService(options)
+        self.factory: AliveServerFactory = options["factory"]
+        self.clients: list[CollectingFactory] = []
+        self.stopped = False
+
+    async def client(self) -> tuple[CollectingFactory, HeartbeatMixin]:
+        factory, proto = await _connect(self.serverPort)
+        self.clients.append(factory)
+        return factory, proto
+
+    async def health(self) -> int:
+        response = await treq.get(
+            f"http://{LOOPBACK}:{self.statusPort}/health", persistent=False, timeout=5
+        )
+        await response.content()
+        return cast(int, response.code)
+
+    async def stop(self) -> None:
+        if not self.stopped:
+            self.stopped = True
+            await maybeDeferred(self.service.stopService)
+        await gatherResults([c.close() for c in self.clients])
+
+
+@asyncYieldFixture
+async def service() -> AsyncIterator[Service]:
+    """A started echo L{Service}, stopped at the end."""
+    s = Service("--interval=0.2")
+    s.service.startService()
+    yield s
+    await s.stop()
+
+
+@pytest.mark.timeout(30)
+@ensureDeferred
+async def test_stopSaysGoodbye(service: Service) -> None:
+    """Stopping the service closes every connection with GOODBYE
+    SHUTTING_DOWN (a CLEAN_CLOSE for the clients); the factory stops and
+    the status site goes away only after that."""
+    first, one = await service.client()
+    second, two = await service.client()
+    receipt = await first.sendMessage(b"ping")
+    assert receipt.seq == 1
+    await _until(lambda: first.received == [b"ping"], 5, "the echo")
+    assert await service.health() == 200
+    site = service.service.status
+    assert site is not None
+
+    factory = service.factory
+    openAtFactoryStop: list[int] = []
+    stopFactory = factory.stopFactory
+
+    def spy() -> None:
+        openAtFactoryStop.append(len(factory.connections))
+        stopFactory()
+
+    factory.stopFactory = spy  # type: ignore[method-assign]
+    stopping = maybeDeferred(service.service.stopService)
+    service.stopped = True
+    losses: list[Loss] = await gatherResults([one.whenLost(), two.whenLost()])
+    for loss in losses:
+        assert loss.reason is Reason.CLEAN_CLOSE
+        assert loss.goodbye is GoodbyeCode.SHUTTING_DOWN
+    await stopping
+    assert openAtFactoryStop == [0]
+    assert factory.numPorts == 0
+    assert site.numPorts == 0
+    for client in (first, second):
+        client.stopTrying()
+
+
+@pytest.mark.timeout(30)
+@ensureDeferred
+async def test_stopWaitsForConfirmation(service: Service) -> None:
+    """Messages the server sent before the shutdown are confirmed by the
+    client before the connection closes."""
+    client, proto = await service.client()
+    (server,) = service.factory.connections
+    receipts = [server.sendMessage(b"late %d" % i) for i in range(50)]
+    await maybeDeferred(service.service.stopService)
+    service.stopped = True
+    done = await gatherResults(receipts)
+    assert [r.seq for r in done] == list(range(1, 51))
+    assert client.received == [b"late %d" % i for i in range(50)]
+    loss = await proto.whenLost()
+    assert loss.goodbye is GoodbyeCode.SHUTTING_DOWN
+    client.stopTrying()
+
+
+class Stuck:
+    """A stand-in for a connection whose orderly close never completes."""
+
+    def __init__(self) -> None:
+        self.aborted: list[str] = []
+        self.closing: Deferred[Any] = Deferred()
+
+    def close(self, code: GoodbyeCode, reason: str) -> Deferred[Any]:
+        return self.closing
+
+    def abort(self, detail: str) -> None:
+        self.aborted.append(detail)
+
+
+@pytest.mark.timeout(20)
+def test_closeIsBounded() -> None:
+    """A connection still open closeTimeout + ABORT_GRACE + 1 seconds after
+    the GOODBYE is aborted, and the shutdown goes on."""
+    clock = Clock()
+    factory = AliveServerFactory()
+    factory.protocol = type("Quick", (EchoProtocol,), {"closeTimeout": 3.0})
+    stuck = Stuck()
+    factory.connections.add(cast(HeartbeatMixin, stuck))
+    service = AliveServerService(factory, [], clock=clock)
+    d = service.closeConnections()
+    clock.advance(3.0 + ABORT_GRACE + 0.9)
+    assert not d.called and stuck.aborted == []
+    clock.advance(0.2)
+    assert stuck.aborted == ["aborted at shutdown: the orderly close took too long"]
+    assert d.called
+    stuck.closing.callback(None)  # a late close changes nothing
+    assert clock.getDelayedCalls() == []
+
+
+@pytest.mark.timeout(20)
+def test_closeWithoutConnections() -> None:
+    """With no connection, closing is immediate and arms no timer."""
+    clock = Clock()
+    service = AliveServerService(AliveServerFactory(), [], clock=clock)
+    d = service.closeConnections()
+    assert d.called
+    assert clock.getDelayedCalls() == []
+
+
+# -- twistd -n alive, as a subprocess ----------------------------------------------
+
+
+class Twistd:
+    """A C{twistd -n alive} subprocess; its output goes to a file."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.log = tmp / "twistd.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, *args: str, pythonPath: tuple[Path, ...] = ()) -> None:
+        with self.log.open("wb") as out:
+            self.process = subprocess.Popen(
+                [*TWISTD, "-n", "--pidfile=", "alive", *args],
+                cwd=self.tmp,
+                env=_env(*pythonPath),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    async def waitForHealth(self, port: int) -> None:
+        """Wait until /health answers 200 (fail if twistd exits)."""
+        reactor = _reactor()
+        deadline = reactor.seconds() + 20
+        while True:
+            assert self.process is not None
+            assert self.process.poll() is None, f"twistd exited:\n{self.output()}"
+            try:
+                response = await treq.get(
+                    f"http://{LOOPBACK}:{port}/health", persistent=False, timeout=2
+                )
+                body = await response.content()
+                if response.code == 200:
+                    assert body == b"ok\n"
+                    return
+            except Exception:
+                pass
+            assert reactor.seconds() < deadline, f"twistd did not start:\n{self.output()}"
+            await deferLater(reactor, 0.1)
+
+    async def waitForExit(self, seconds: float) -> int:
+        process = self.process
+        assert process is not None
+        await _until(lambda: process.poll() is not None, seconds, "twistd exit")
+        return cast(int, process.returncode)
+
+    def kill(self) -> None:
+        process = self.process
+        if process is not None and process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(10)
+
+
+@pytest.fixture
+def twistd(tmp_path: Path) -> Iterator[Twistd]:
+    """A twistd runner, killed (whole process group) at the end."""
+    runner = Twistd(tmp_path)
+    try:
+        yield runner
+    finally:
+        runner.kill()
+
+
+def _run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*TWISTD, "-n", "--pidfile=", "alive", *args],
+        cwd=ROOT,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        start_new_session=True,
+    )
+
+
+@pytest.mark.timeout(40)
+def test_helpListsOptions() -> None:
+    """twistd -n alive --help lists every option of the plugin."""
+    result = _run("--help")
+    assert result.returncode == 0, result.stderr
+    for option in (
+        "--listen=",
+        "--status=",
+        "--app=",
+        "--interval=",
+        "--misses=",
+        "--max-frame-size=",
+        "--session-ttl=",
+        "--close-timeout=",
+    ):
+        assert option in result.stdout
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--interval", "abc"], "--interval must be a positive number of seconds, got 'abc'"),
+        (["--app", "nosuch:thing"], '--app "nosuch:thing": cannot import module "nosuch"'),
+        (
+            ["--listen", "tpc:9000"],
+            "invalid --listen endpoint \"tpc:9000\": Unknown endpoint type: 'tpc'",
+        ),
+    ],
+)
+def test_badOptionsExit(args: list[str], message: str) -> None:
+    """A bad option makes twistd exit non-zero with the exact message and
+    no traceback."""
+    result = _run(*args)
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert any(line.endswith(": " + message) for line in output.splitlines()), output
+    assert "Traceback" not in output
+
+
+@pytest.mark.timeout(20)
+def test_noPackageMarkers() -> None:
+    """twisted/ and twisted/plugins/ in the source tree have no
+    __init__.py (one would hide the installed Twisted)."""
+    assert (ROOT / "twisted" / "plugins" / "twisted_alive_plugin.py").is_file()
+    assert not (ROOT / "twisted" / "__init__.py").exists()
+    assert not (ROOT / "twisted" / "plugins" / "__init__.py").exists()
+
+
+@pytest.mark.timeout(90)
+@ensureDeferred
+async def test_echoThenSigterm(twistd: Twistd) -> None:
+    """twistd -n alive serves echo and /health; on SIGTERM the client's
+    loss is CLEAN_CLOSE with GOODBYE SHUTTING_DOWN, and twistd exits the
+    twistd way (by SIGTERM, after a clean shutdown) within a bound."""
+    port, statusPort = _freePort(), _freePort()
+    twistd.start(
+        f"--listen=tcp:{port}:interface={LOOPBACK}",
+        f"--status=tcp:{statusPort}:interface={LOOPBACK}",
+        "--app=echo",
+        "--interval=0.5",
+        "--close-timeout=5",
+    )
+    await twistd.waitForHealth(statusPort)
+    client, proto = await _connect(port)
+    try:
+        receipts = await gatherResults([client.sendMessage(b"m%d" % i) for i in range(20)])
+        assert [r.seq for r in receipts] == list(range(1, 21))
+        await _until(lambda: len(client.received) == 20, 10, "the echoes")
+        assert client.received == [b"m%d" % i for i in range(20)]
+
+        assert twistd.process is not None
+        twistd.process.send_signal(signal.SIGTERM)
+        loss = await proto.whenLost().addTimeout(15, _reactor())
+        assert loss.reason is Reason.CLEAN_CLOSE
+        assert loss.goodbye is GoodbyeCode.SHUTTING_DOWN
+        code = await twistd.waitForExit(15)
+    finally:
+        await client.close()
+    output = twistd.output()
+    assert code == -signal.SIGTERM, output
+    assert "alive.shutdown: closing 1 connections with GOODBYE SHUTTING_DOWN" in output
+    assert "alive.shutdown: 1 connections closed in" in output
+    assert "Server Shut Down." in output
+    assert "Traceback" not in output
+
+
+USER_APP = '''
+from twisted_alive._factories import AliveServerFactory
+from twisted_alive._mixin import HeartbeatProtocol
+
+
+class Shout(HeartbeatProtocol):
+    def messageReceived(self, payload):
+        self.sendMessage(payload.upper())
+
+
+def make():
+    return AliveServerFactory.forProtocol(Shout)
+'''
+
+
+@pytest.mark.timeout(90)
+@ensureDeferred
+async def test_userAppUnderTwistd(twistd: Twistd, tmp_path: Path, events: Events) -> None:
+    """--app package.module:callable serves the user's own factory, with
+    the heartbeat interval of --interval announced to clients."""
+    (tmp_path / "shoutapp.py").write_text(textwrap.dedent(USER_APP))
+    port, statusPort = _freePort(), _freePort()
+    twistd.start(
+        f"--listen=tcp:{port}:interface={LOOPBACK}",
+        f"--status=tcp:{statusPort}:interface={LOOPBACK}",
+        "--app=shoutapp:make",
+        "--interval=0.3",
+        pythonPath=(tmp_path,),
+    )
+    await twistd.waitForHealth(statusPort)
+    client, proto = await _connect(port)
+    try:
+        await client.sendMessage(b"hello")
+        await _until(lambda: client.received == [b"HELLO"], 10, "the reply")
+        (hello,) = [e for e in events.named("hello") if e.get("peer") == f"{LOOPBACK}:{port}"]
+        assert hello["interval"] == 0.3
+        assert twistd.process is not None
+        twistd.process.send_signal(signal.SIGTERM)
+        loss = await proto.whenLost().addTimeout(15, _reactor())
+        assert loss.goodbye is GoodbyeCode.SHUTTING_DOWN
+        assert await twistd.waitForExit(15) == -signal.SIGTERM
+    finally:
+        await client.close()
+

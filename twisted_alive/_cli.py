@@ -1,0 +1,471 @@
+"""
+The ``twisted-alive`` command line.
+
+Subcommands plug in from their own modules: `SUBCOMMANDS` lists them as
+``(name, target, optional)``, where ``target`` names a module (or
+``module:attribute``) that provides ``addArguments(parser)`` and
+``run(args) -> int``, and whose docstring's first line is the subcommand's
+one-line help. An optional subcommand is offered only if its module is
+installed. ``main`` builds the parser, runs the chosen subcommand and exits
+with the code it returns.
+
+Shared helpers for subcommands live here too: `clientEndpoint` and
+`serverEndpoint` read endpoint strings (with ``HOST:PORT`` short forms) and
+raise `EndpointError` with a one-line reason, `fail` prints a one-line error,
+and `runReactor` runs a coroutine on the reactor and returns its exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import os
+import re
+import sys
+from collections.abc import Callable, Coroutine, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, cast
+
+if TYPE_CHECKING:
+    from twisted.internet.interfaces import (
+        IListeningPort,
+        IStreamClientEndpoint,
+        IStreamServerEndpoint,
+    )
+
+    from twisted_alive._proxy import ChaosProxy
+
+PROG = "twisted-alive"
+"""The name of the command, in usage lines and error messages."""
+
+LOOPBACK = "127.0.0.1"
+"""Where a listening short form (a bare port number) listens."""
+
+
+class Subcommand(Protocol):
+    """
+    What a subcommand module (or object) provides.
+    """
+
+    def addArguments(self, parser: argparse.ArgumentParser) -> None:
+        """
+        Add the subcommand's arguments to ``parser``; may also set its
+        ``description`` and ``epilog`` (shown unwrapped).
+
+        :param parser: the subcommand's parser.
+        """
+
+    def run(self, args: argparse.Namespace) -> int:
+        """
+        Run the subcommand.
+
+        :param args: the parsed arguments.
+        :returns: the exit code.
+        """
+
+
+SUBCOMMANDS: list[tuple[str, str, bool]] = [
+    ("probe", "twisted_alive._probe", False),
+    ("demo", "twisted_alive._demo", False),
+    ("proxy", "twisted_alive._cli:ProxyCommand", False),
+    ("bench", "twisted_alive._bench", True),
+]
+"""The subcommands, in the order ``--help`` lists them: ``(name, target,
+optional)``. An optional subcommand whose module is not installed is left
+out."""
+
+
+# -- loading subcommands -------------------------------------------------------
+
+
+def _available(target: str) -> bool:
+    moduleName = target.partition(":")[0]
+    try:
+        return importlib.util.find_spec(moduleName) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def loadSubcommand(target: str) -> Subcommand:
+    """
+    Import a subcommand.
+
+    :param target: ``package.module`` or ``package.module:attribute``.
+    :returns: the module, or the attribute of it, that implements the
+        subcommand.
+    """
+    moduleName, _, attribute = target.partition(":")
+    found: object = importlib.import_module(moduleName)
+    if attribute:
+        found = getattr(found, attribute)
+    return cast(Subcommand, found)
+
+
+def _summary(command: object) -> str:
+    doc = (getattr(command, "__doc__", None) or "").strip()
+    return doc.splitlines()[0].strip() if doc else ""
+
+
+def buildParser() -> argparse.ArgumentParser:
+    """
+    The parser of the whole command line, with every available subcommand.
+
+    :returns: the parser; the chosen subcommand is in the ``command``
+        attribute of the parsed arguments.
+    """
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description=(
+            "Check TCP endpoints, show how twisted_alive classifies lost connections, "
+            "and run a fault-injecting proxy."
+        ),
+        epilog=f"Run '{PROG} COMMAND --help' for the options of a command.",
+    )
+    subparsers = parser.add_subparsers(
+        title="commands", dest="commandName", metavar="COMMAND", required=True
+    )
+    for name, target, optional in SUBCOMMANDS:
+        if optional and not _available(target):
+            continue
+        command = loadSubcommand(target)
+        summary = _summary(command)
+        sub = subparsers.add_parser(
+            name,
+            help=summary,
+            description=summary,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        command.addArguments(sub)
+        sub.set_defaults(command=command)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """
+    Run the ``twisted-alive`` command line.
+
+    :param argv: the arguments, without the program name; ``sys.argv[1:]``
+        by default.
+    :raises SystemExit: always, with the exit code of the subcommand (2 for
+        a usage error).
+    """
+    parser = buildParser()
+    args = parser.parse_args(argv)
+    command = cast(Subcommand, args.command)
+    raise SystemExit(command.run(args))
+
+
+# -- helpers for subcommands ---------------------------------------------------
+
+
+def fail(command: str, message: str, code: int = 2) -> int:
+    """
+    Print a one-line error for ``command`` to standard error.
+
+    :param command: the subcommand's name.
+    :param message: the error.
+    :param code: the exit code to return.
+    :returns: ``code``.
+    """
+    sys.stderr.write(f"{PROG} {command}: {message}\n")
+    sys.stderr.flush()
+    return code
+
+
+class EndpointError(ValueError):
+    """
+    An endpoint string could not be read; the message is the reason, in one
+    line.
+    """
+
+
+_CLIENT_SHORT = re.compile(r"^(?:\[(?P<v6>[^\[\]\s]+)\]|(?P<host>[^:\[\]\s=]+)):(?P<port>\d+)$")
+_SERVER_SHORT = re.compile(
+    r"^(?:(?:\[(?P<v6>[^\[\]\s]+)\]|(?P<host>[^:\[\]\s=]+)):)?(?P<port>\d+)$"
+)
+_INIT_PREFIX = re.compile(r"^\w+\.__init__\(\) ")
+_UNKNOWN_TYPE = re.compile(r"^Unknown endpoint type: '(?P<kind>.*)'$")
+
+
+def _escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace(":", "\\:").replace("=", "\\=")
+
+
+def _checkPort(text: str) -> str:
+    port = int(text)
+    if port > 65535:
+        raise EndpointError(f"port {port} is out of range (0 to 65535)")
+    return str(port)
+
+
+def _reasonOf(error: Exception, example: str) -> str:
+    text = str(error).strip()
+    if isinstance(error, KeyError) and error.args:
+        text = f"missing {error.args[0]!r}"
+    match = _UNKNOWN_TYPE.match(text)
+    if match is not None:
+        kind = match.group("kind")
+        if not kind:
+            return f"it is empty (write HOST:PORT or an endpoint string such as {example})"
+        return (
+            f"unknown endpoint type '{kind}' "
+            f"(write HOST:PORT or an endpoint string such as {example})"
+        )
+    text = _INIT_PREFIX.sub("", text)
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def clientEndpoint(reactor: Any, text: str) -> IStreamClientEndpoint:
+    """
+    Read a client endpoint string: anything
+    ``twisted.internet.endpoints.clientFromString`` reads (e.g.
+    ``tcp:host=127.0.0.1:port=9000``), or the short form ``HOST:PORT``
+    (``[::1]:9000`` for IPv6), which means TCP.
+
+    :param reactor: the reactor the endpoint uses.
+    :param text: the endpoint string.
+    :returns: the endpoint.
+    :raises EndpointError: if the string cannot be read; the message says why.
+    """
+    from twisted.internet.endpoints import clientFromString
+
+    _clientFromString = cast("Callable[[Any, str], IStreamClientEndpoint]", clientFromString)
+    example = "tcp:host=HOST:port=PORT"
+    try:
+        return _clientFromString(reactor, text)
+    except Exception as e:
+        match = _CLIENT_SHORT.match(text)
+        if match is None:
+            raise EndpointError(_reasonOf(e, example)) from None
+    host = match.group("v6") or match.group("host")
+    spec = f"tcp:host={_escape(host)}:port={_checkPort(match.group('port'))}"
+    try:
+        return _clientFromString(reactor, spec)
+    except Exception as e:
+        raise EndpointError(_reasonOf(e, example)) from None
+
+
+def serverEndpoint(reactor: Any, text: str) -> IStreamServerEndpoint:
+    """
+    Read a server endpoint string: anything
+    ``twisted.internet.endpoints.serverFromString`` reads (e.g.
+    ``tcp:9000:interface=127.0.0.1``), or a short form: ``PORT`` (TCP on
+    127.0.0.1) or ``HOST:PORT`` (TCP on that interface; ``[::1]:9000`` for
+    IPv6).
+
+    :param reactor: the reactor the endpoint uses.
+    :param text: the endpoint string.
+    :returns: the endpoint.
+    :raises EndpointError: if the string cannot be read; the message says why.
+    """
+    from twisted.internet.endpoints import serverFromString
+
+    _serverFromString = cast("Callable[[Any, str], IStreamServerEndpoint]", serverFromString)
+    example = "tcp:PORT:interface=HOST"
+    try:
+        return _serverFromString(reactor, text)
+    except Exception as e:
+        match = _SERVER_SHORT.match(text)
+        if match is None:
+            raise EndpointError(_reasonOf(e, example)) from None
+    port = _checkPort(match.group("port"))
+    v6 = match.group("v6")
+    host = v6 or match.group("host") or LOOPBACK
+    spec = f"{'tcp6' if v6 else 'tcp'}:{port}:interface={_escape(host)}"
+    try:
+        return _serverFromString(reactor, spec)
+    except Exception as e:
+        raise EndpointError(_reasonOf(e, example)) from None
+
+
+def runReactor(
+    main: Callable[[Any], Coroutine[Any, Any, int]],
+    command: str,
+    interrupted: int = 130,
+) -> int:
+    """
+    Run the reactor until ``main(reactor)`` finishes, and return its exit
+    code.
+
+    :param main: a coroutine function; it gets the reactor and returns the
+        exit code.
+    :param command: the subcommand's name, for error messages.
+    :param interrupted: the exit code if the reactor stops before ``main``
+        finishes (a signal such as Ctrl-C).
+    :returns: the exit code; 1 if ``main`` raised (its traceback is printed:
+        that is a bug, not a user error).
+    """
+    from twisted.internet import reactor
+    from twisted.internet.defer import ensureDeferred
+    from twisted.internet.error import ReactorNotRunning
+    from twisted.python.failure import Failure
+
+    outcome: list[int] = []
+
+    def stop(_: object) -> None:
+        try:
+            cast(Any, reactor).stop()
+        except ReactorNotRunning:
+            pass
+
+    def crashed(failure: Failure) -> None:
+        if isinstance(failure.value, BrokenPipeError):
+            # The reader of our output went away (``| head``): not an error
+            # worth a traceback; keep the interpreter from failing to flush.
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            outcome.append(1)
+            return
+        sys.stderr.write(f"{PROG} {command}: internal error\n{failure.getTraceback()}")
+        outcome.append(1)
+
+    def start() -> None:
+        d = ensureDeferred(main(reactor))
+        d.addCallbacks(outcome.append, crashed)
+        d.addBoth(stop)
+
+    cast(Any, reactor).callWhenRunning(start)
+    cast(Any, reactor).run()
+    sys.stdout.flush()
+    return outcome[0] if outcome else interrupted
+
+
+# -- the proxy subcommand --------------------------------------------------------
+
+_PROXY_EPILOG = """\
+LISTEN is a server endpoint string (tcp:9001:interface=127.0.0.1) or a
+short form: PORT (on 127.0.0.1) or HOST:PORT. TARGET is a client endpoint
+string (tcp:host=127.0.0.1:port=9000) or HOST:PORT.
+
+--faults takes a comma-separated list of NAME=VALUE, applied to every new
+connection:
+  reset-after=SECONDS|MIN..MAX    reset (RST both ways) after a random time
+  close-after=SECONDS|MIN..MAX    close (FIN both ways) after a random time
+  stall-after=SECONDS|MIN..MAX    stall (forward nothing) after a random time
+  reset-after-bytes=N             reset after N bytes forwarded
+  stall-after-bytes=N             stall after N bytes forwarded
+  delay=SECONDS                   hold every chunk this long
+  fragment=N|MIN..MAX             forward in pieces of at most N bytes
+  seed=N                          seed of the random draws (to replay a run)
+Example: --faults reset-after=0.5..2,delay=0.01,seed=7
+
+exit codes:
+  0  stopped by a signal (Ctrl-C)
+  1  cannot listen on LISTEN
+  2  usage error (bad arguments, endpoint or faults)
+"""
+
+
+class ProxyCommand:
+    """
+    Run a fault-injecting TCP proxy until interrupted.
+    """
+
+    @staticmethod
+    def addArguments(parser: argparse.ArgumentParser) -> None:
+        """
+        The arguments of ``proxy``.
+
+        :param parser: the subcommand's parser.
+        """
+        parser.description = (
+            "Run a ChaosProxy: accept connections on LISTEN and forward each to TARGET,\n"
+            "injecting the faults given with --faults, until interrupted (Ctrl-C)."
+        )
+        parser.epilog = _PROXY_EPILOG
+        parser.add_argument("listen", metavar="LISTEN", help="where to accept connections")
+        parser.add_argument("target", metavar="TARGET", help="where to forward them")
+        parser.add_argument(
+            "--faults",
+            metavar="SPEC",
+            default="",
+            help="faults for every new connection (see below); none by default",
+        )
+
+    @staticmethod
+    def run(args: argparse.Namespace) -> int:
+        """
+        Run ``proxy``.
+
+        :param args: the parsed arguments.
+        :returns: the exit code.
+        """
+        from twisted.internet import reactor
+
+        from twisted_alive._proxy import ChaosProxy, parseFaults
+
+        try:
+            faults = parseFaults(args.faults)
+        except ValueError as e:
+            return fail("proxy", f'invalid faults "{args.faults}": {e}')
+        try:
+            listen = serverEndpoint(reactor, args.listen)
+        except EndpointError as e:
+            return fail("proxy", f'invalid listen endpoint "{args.listen}": {e}')
+        try:
+            target = clientEndpoint(reactor, args.target)
+        except EndpointError as e:
+            return fail("proxy", f'invalid target endpoint "{args.target}": {e}')
+
+        async def serve(reactor: Any) -> int:
+            proxy = ChaosProxy(target, faults, reactor=reactor)
+            try:
+                port = await proxy.listen(listen)
+            except Exception as e:
+                return fail("proxy", f'cannot listen on "{args.listen}": {e}', 1)
+            _startProxyLog()
+            print(
+                f"{PROG} proxy: listening on {_address(port)}, forwarding to {args.target}; "
+                f"faults: {faults.toSpec() or 'none'}; seed {proxy.seed}",
+                flush=True,
+            )
+            reactor.addSystemEventTrigger("before", "shutdown", _proxyStopped, proxy)
+            from twisted.internet.defer import Deferred
+
+            forever: Deferred[int] = Deferred()
+            return await forever
+
+        return runReactor(serve, "proxy", interrupted=0)
+
+
+def _address(port: IListeningPort) -> str:
+    host = port.getHost()
+    name = getattr(host, "host", None)
+    number = getattr(host, "port", None)
+    if name is not None and number is not None:
+        return f"[{name}]:{number}" if ":" in str(name) else f"{name}:{number}"
+    return str(host)
+
+
+def _proxyStopped(proxy: ChaosProxy) -> None:
+    faults = ", ".join(f"{kind} {n}" for kind, n in proxy.faultsInjected.items() if n) or "none"
+    forwarded = sum(proxy.bytesForwarded.values())
+    print(
+        f"{PROG} proxy: stopped after {proxy.connectionsAccepted} connections, "
+        f"{forwarded} bytes forwarded; faults injected: {faults}",
+        flush=True,
+    )
+
+
+def _startProxyLog() -> None:
+    """Print the proxy's own log events (faults injected, target
+    unreachable) to standard error, one line each."""
+    import time
+
+    from twisted.logger import ILogObserver, LogLevel, formatEvent, globalLogBeginner
+
+    def observe(event: dict[str, Any]) -> None:
+        if not str(event.get("log_namespace", "")).startswith("twisted_alive"):
+            return
+        level = event.get("log_level")
+        if level is not None and level < LogLevel.info:
+            return
+        stamp = time.strftime("%H:%M:%S", time.localtime(event.get("log_time", time.time())))
+        text = formatEvent(event)
+        failure = event.get("log_failure")
+        if failure is not None:
+            text += f": {failure.getErrorMessage()}"
+        sys.stderr.write(f"{stamp} {text}\n")
+        sys.stderr.flush()
+
+    globalLogBeginner.beginLoggingTo([cast(ILogObserver, observe)], redirectStandardIO=False)
