@@ -455,8 +455,10 @@ def _startProxyLog() -> None:
     from twisted.logger import ILogObserver, LogLevel, formatEvent, globalLogBeginner
 
     def observe(event: dict[str, Any]) -> None:
-        if not str(event.get("log_namespace", "")).startswith("twisted_alive"):
-            return
+        if event.get("log_namespace") != "twisted_alive._proxy":
+            return  # not the proxy's own events (factories starting...)
+        if str(event.get("log_format", "")).startswith("chaos proxy seed"):
+            return  # already on the first line of output
         level = event.get("log_level")
         if level is not None and level < LogLevel.info:
             return

@@ -154,7 +154,7 @@ class ProbeResult:
                 if self.peerInterval is not None:
                     line += f", heartbeat interval {self.peerInterval:g} s"
                 if self.rttMs is not None:
-                    line += f", round trip {_ms(self.rttMs)}"
+                    return line + f", round trip {_ms(self.rttMs)}"
             else:
                 line += "; plain TCP"
         if self.reason:
@@ -215,20 +215,20 @@ class _Watch:
         self._timers.append(self.clock.callLater(remaining, self._decide, ProbeState.ALIVE, reason))
 
     def roundTrip(self, rtt: float) -> None:
-        self._decide(ProbeState.ALIVE, "", rttMs=rtt * 1000)
+        self._decide(ProbeState.ALIVE, "the peer answered the HELLO and a PING", rttMs=rtt * 1000)
 
     def lost(self, loss: Loss) -> None:
         if self.outcome.called:
             return
         after = ""
         if loss.connectedFor is not None:
-            after = f" {loss.connectedFor * 1000:.1f} ms after connecting"
+            after = f"{loss.connectedFor * 1000:.1f} ms after connecting"
         if loss.reason is Reason.RESET:
-            self._decide(ProbeState.RESET, f"the peer reset the connection{after}")
+            self._decide(ProbeState.RESET, f"the peer reset the connection {after}".strip())
         elif loss.goodbye is not None:
-            self._decide(ProbeState.CLOSED, f"{loss.detail}{after}")
+            self._decide(ProbeState.CLOSED, f"{loss.detail} ({after})" if after else loss.detail)
         elif loss.reason is Reason.PEER_CLOSED:
-            self._decide(ProbeState.CLOSED, f"the peer closed the connection{after}")
+            self._decide(ProbeState.CLOSED, f"the peer closed the connection {after}".strip())
         elif loss.reason is Reason.PROTOCOL_ERROR:
             self._decide(ProbeState.ALIVE, f"the peer broke the protocol: {loss.detail}")
         elif loss.reason is Reason.TIMEOUT:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib
 import math
+import signal
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -354,6 +355,30 @@ class AliveServerService(MultiService):
             self.factory.doStart()  # type: ignore[no-untyped-call]
             self._holding = True
         super().startService()  # type: ignore[no-untyped-call]
+        if self.exitZeroOnSigterm:
+            from twisted.internet import reactor
+
+            # After the reactor installed its own handlers: ours replaces
+            # its SIGTERM handler.
+            reactor.callWhenRunning(self._takeSigterm)  # type: ignore[attr-defined]
+
+    exitZeroOnSigterm = False
+    """Treat SIGTERM as a requested stop: shut down in order, then exit 0
+    (twistd otherwise ends itself with the signal, status 143)."""
+
+    def _takeSigterm(self) -> None:
+        from twisted.internet import reactor
+
+        def stop(signum: int, frame: object) -> None:
+            log.info(
+                "alive.shutdown: {signal} received, stopping in order",
+                signal=signal.Signals(signum).name,
+                event="sigterm",
+            )
+            reactor.callFromThread(reactor.stop)  # type: ignore[attr-defined]
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
 
     def stopService(self) -> Deferred[None]:
         """
@@ -450,7 +475,11 @@ def makeService(options: Options) -> AliveServerService:
     :param options: the parsed L{Options}.
     :returns: an L{AliveServerService}.
     """
-    return AliveServerService(options["factory"], options["endpoints"], options["statusEndpoint"])
+    service = AliveServerService(
+        options["factory"], options["endpoints"], options["statusEndpoint"]
+    )
+    service.exitZeroOnSigterm = True
+    return service
 
 
 __all__ = [

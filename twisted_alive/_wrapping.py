@@ -39,6 +39,7 @@ from twisted_alive._reasons import ConnectionDoneWithLoss, ConnectionLostWithLos
 
 log = Logger(namespace="twisted_alive")
 
+
 def failureFor(loss: Loss) -> Failure:
     """
     The failure a wrapped protocol's ``connectionLost`` receives: a
@@ -48,11 +49,11 @@ def failureFor(loss: Loss) -> Failure:
     orderly = loss.reason is Reason.CLEAN_CLOSE or (
         loss.reason is Reason.LOCAL_CLOSE
         and loss.failure is not None
-        and loss.failure.check(ConnectionDone) is not None
+        and isinstance(loss.failure.value, ConnectionDone)
     )
     if orderly:
-        return Failure(ConnectionDoneWithLoss(loss))
-    return Failure(ConnectionLostWithLoss(loss))
+        return Failure(ConnectionDoneWithLoss(loss))  # type: ignore[no-untyped-call]
+    return Failure(ConnectionLostWithLoss(loss))  # type: ignore[no-untyped-call]
 
 
 @implementer(IPushProducer)
@@ -86,7 +87,7 @@ class _SocketRoom:
 
 
 @implementer(IPushProducer)
-class AliveWrappingProtocol(HeartbeatMixin, Protocol):
+class AliveWrappingProtocol(HeartbeatMixin, Protocol):  # type: ignore[misc]
     """
     The protocol `AliveWrappingFactory` builds: the framing on the
     outside, a transport for the wrapped protocol on the inside.
@@ -119,7 +120,8 @@ class AliveWrappingProtocol(HeartbeatMixin, Protocol):
         self._producer: IPushProducer | None = None
         self._producerPaused = False
         self._socketPaused = False
-        self._held: deque[memoryview] = deque()
+        self._held: deque[bytes] = deque()
+        self._heldOffset = 0
         self._heldBytes = 0
         self._closeWhenSent = False
         self._readPaused = False
@@ -130,10 +132,10 @@ class AliveWrappingProtocol(HeartbeatMixin, Protocol):
     def makeConnection(self, transport: ITransport) -> None:
         """Connect, then give the wrapped protocol this object as transport."""
         directlyProvides(self, providedBy(transport))
-        Protocol.makeConnection(self, transport)
+        Protocol.makeConnection(self, transport)  # type: ignore[no-untyped-call]
         transport.registerProducer(_SocketRoom(self), True)  # type: ignore[attr-defined]
         self.factory.registerProtocol(self)
-        self.wrappedProtocol.makeConnection(self)
+        self.wrappedProtocol.makeConnection(cast(ITransport, self))
 
     def connectionOpened(self, resumed: bool) -> None:
         """The peer's frame limit is known: send what was written."""
@@ -153,7 +155,7 @@ class AliveWrappingProtocol(HeartbeatMixin, Protocol):
         """Tell the wrapped protocol, with a failure that carries `loss`."""
         self.factory.unregisterProtocol(self)
         self._held.clear()
-        self._heldBytes = 0
+        self._heldOffset = self._heldBytes = 0
         failure = failureFor(loss)
         self.factory._lastFailure = failure
         self.wrappedProtocol.connectionLost(failure)
@@ -183,7 +185,7 @@ class AliveWrappingProtocol(HeartbeatMixin, Protocol):
                 f"(maxQueuedBytes={outbox.maxQueueBytes}); "
                 f"nothing of this write of {len(data)} bytes was queued"
             )
-        self._held.append(memoryview(bytes(data)))
+        self._held.append(bytes(data))
         self._heldBytes += len(data)
         self._feed()
 
@@ -279,20 +281,22 @@ class AliveWrappingProtocol(HeartbeatMixin, Protocol):
             outbox = conn.session.outbox
             size = conn.peerMaxPayload
             held = self._held
+            offset = self._heldOffset
             moved = False
             while held and (not outbox.queue or len(outbox.queue) < outbox.maxQueue):
-                view = held[0]
-                chunk = view[:size]
+                data = held[0]
+                chunk = data if offset == 0 and len(data) <= size else data[offset : offset + size]
                 try:
-                    outbox.submit(bytes(chunk), None)
+                    outbox.submit(chunk, None)
                 except QueueFull:
                     break
                 moved = True
                 self._heldBytes -= len(chunk)
-                if len(view) > size:
-                    held[0] = view[size:]
-                else:
+                offset += len(chunk)
+                if offset >= len(data):
                     held.popleft()
+                    offset = 0
+            self._heldOffset = offset
             if moved:
                 self._pump()
             if not held and self._closeWhenSent:
@@ -347,7 +351,7 @@ class AliveWrappingFactory(Factory):
     :ivar protocols: the live wrapping protocols.
     """
 
-    protocol = AliveWrappingProtocol  # type: ignore[assignment]
+    protocol = AliveWrappingProtocol
 
     def __init__(
         self,
@@ -371,13 +375,13 @@ class AliveWrappingFactory(Factory):
 
     def doStart(self) -> None:
         """Start the wrapped factory too."""
-        self.wrappedFactory.doStart()
-        Factory.doStart(self)
+        self.wrappedFactory.doStart()  # type: ignore[no-untyped-call]
+        super().doStart()  # type: ignore[no-untyped-call]
 
     def doStop(self) -> None:
         """Stop the wrapped factory too."""
-        self.wrappedFactory.doStop()
-        Factory.doStop(self)
+        self.wrappedFactory.doStop()  # type: ignore[no-untyped-call]
+        super().doStop()  # type: ignore[no-untyped-call]
 
     def buildProtocol(self, addr: IAddress | None) -> AliveWrappingProtocol | None:
         """Wrap the protocol the wrapped factory builds (or refuse if it

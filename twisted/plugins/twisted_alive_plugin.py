@@ -1,6 +1,6 @@
 from twisted.application.service import ServiceMaker
 
-TwistedAlive = ServiceMaker(
+TwistedAlive = ServiceMaker(  # type: ignore[no-untyped-call]
     "twisted_alive",
     "twisted_alive._tap",
     "A server with heartbeats, loss reasons and confirmed, resumable delivery.",
