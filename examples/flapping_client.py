@@ -26,7 +26,7 @@ from twisted.internet.interfaces import IStreamServerEndpoint
 from twisted.python.failure import Failure
 
 from twisted_alive import AliveClientFactory, AliveServerFactory, HeartbeatProtocol, Receipt
-from twisted_alive._proxy import ChaosProxy, Faults
+from twisted_alive.testing import ChaosProxy, Faults
 
 HOST = "127.0.0.1"
 

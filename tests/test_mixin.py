@@ -879,15 +879,6 @@ def test_goodbyeProtocolErrorFromPeer() -> None:
     assert loss.detail == "peer said GOODBYE PROTOCOL_ERROR: bad ACK"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "bug in _connection.Connection.receiveData: frames decoded before a "
-        "FrameError are handled outside the ProtocolViolation handler, so a "
-        "delivery violation in them escapes dataReceived (the reactor then "
-        "drops the connection as RESET, without GOODBYE)"
-    ),
-)
 def test_violationBeforeFrameError() -> None:
     """A delivery violation followed by garbage in one read is a PROTOCOL_ERROR, not an exception."""
     proto, transport, clock = lone()

@@ -826,11 +826,6 @@ def test_messageReceivedRaises() -> None:
     assert sf.received == [b"good", b"bad", b"after"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a REJECT lost in a cut is not sent again; the ACK after the "
-    "resume confirms the rejected message as processed (a Receipt)",
-)
 def test_rejectLostInCut() -> None:
     """A REJECT lost with its connection still fails the sender's Deferred
     (rejected=True) after the resume."""

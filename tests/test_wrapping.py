@@ -21,9 +21,9 @@ from typing import Any, TypeVar, cast
 
 import pytest
 import pytest_twisted
-from twisted.internet import defer, threads
+from twisted.internet import defer, ssl, threads
 from twisted.internet.defer import Deferred, DeferredQueue
-from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet.endpoints import TCP4ClientEndpoint, serverFromString, wrapClientTLS
 from twisted.internet.error import (
     ConnectionDone,
     ConnectionLost,
@@ -49,8 +49,10 @@ from twisted.protocols import amp
 from twisted.protocols.basic import FileSender, LineReceiver
 from twisted.python.failure import Failure
 from twisted.test import iosim
+from twisted.web import resource, server
 from zope.interface import implementer
 
+import twisted
 from twisted_alive._connection import State
 from twisted_alive._mixin import HeartbeatMixin
 from twisted_alive._outcomes import QueueFull
@@ -366,7 +368,7 @@ PEER = textwrap.dedent(
     """
     import sys
     from twisted.internet import defer, task
-    from twisted.internet.endpoints import TCP4ClientEndpoint
+    from twisted.internet.endpoints import TCP4ClientEndpoint, serverFromString, wrapClientTLS
     from twisted.internet.protocol import Factory
     from twisted.protocols.basic import LineReceiver
     from twisted_alive._wrapping import AliveWrappingFactory
@@ -962,6 +964,59 @@ async def test_pausedReadingBackpressuresPeerAndKeepsHeartbeats(net: Net) -> Non
         await within(server.lines.get())
     assert server.received == [line[:-2]] * lines
     assert server.reason is None
+
+
+# -- other stock protocols and transports ----------------------------------------------------
+
+
+class Page(resource.Resource):
+    """A 300,000-byte page."""
+
+    isLeaf = True
+
+    def render_GET(self, request: object) -> bytes:
+        return b"p" * 300_000
+
+
+@pytest.mark.timeout(20)
+@ensureDeferred
+async def test_webSitePipelined(net: Net) -> None:
+    """A wrapped twisted.web Site answers pipelined requests (it pauses and resumes reading)."""
+    site = cast(Any, server.Site)(cast(Any, Page)())  # both untyped in Twisted
+    port = net.listen(site)
+    wrapper = await net.connect(port, Factory.forProtocol(Sink))
+    client = inner(wrapper, Sink)
+    request = b"GET /page HTTP/1.1\r\nHost: localhost\r\n\r\n"
+    last = b"GET /page HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    cast(ITransport, client.transport).write(request * 3 + last)
+    await within(client.ended)
+    assert bytes(client.data).count(b"HTTP/1.1 200 OK") == 4
+    assert bytes(client.data).count(b"p" * 300_000) == 4
+    assert lossOf(client.reason).reason is Reason.CLEAN_CLOSE
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.filterwarnings("ignore:Passing pyOpenSSL:DeprecationWarning")
+@ensureDeferred
+async def test_underTls(net: Net) -> None:
+    """Wrapping factories given to TLS endpoints run the framing inside TLS."""
+    pem = Path(twisted.__file__).parent / "test" / "server.pem"
+    sinks = Tracking(Sink)
+    endpoint = cast(Any, serverFromString)(getReactor(), f"ssl:0:interface={HOST}:privateKey={pem}")
+    listening = await endpoint.listen(net.wrap(sinks))
+    net.ports.append(listening)
+    tcp = TCP4ClientEndpoint(getReactor(), HOST, listening.getHost().port, timeout=5)
+    tls = wrapClientTLS(ssl.CertificateOptions(verify=False), tcp)
+    wrapper = await within(tls.connect(net.wrap(Factory.forProtocol(Ending))))
+    assert isinstance(wrapper, AliveWrappingProtocol)
+    await within(wrapper.whenOpened())
+    data = os.urandom(3 * MiB)
+    wrapper.write(data)
+    wrapper.loseConnection()
+    sink = cast(Sink, await sinks.connection())
+    await within(sink.ended)
+    assert bytes(sink.data) == data
+    assert lossOf(sink.reason).reason is Reason.CLEAN_CLOSE
 
 
 # -- transport pass-through ---------------------------------------------------------------

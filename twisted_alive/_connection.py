@@ -432,8 +432,9 @@ class Connection:
         if self.state is State.HANDSHAKE:
             self.state = State.OPEN
         events.append(Opened(resumed))
-        if self.session.inbox.processedUpTo or self.session.inbox.rejections:
-            self.flushAck()
+        inbox = self.session.inbox
+        if inbox.processedUpTo or inbox.rejections or inbox.sentRejections:
+            self.flushAck(resend=True)
         self.pump(now)
 
     def _sendHello(self, flags: int) -> None:
@@ -472,18 +473,18 @@ class Connection:
             out.append(encodeData(entry.seq, entry.payload))
         return len(entries)
 
-    def flushAck(self) -> None:
+    def flushAck(self, resend: bool = False) -> None:
         """
-        Queue the REJECTs of messages the application failed on, then one
-        cumulative ACK if processing advanced since the last one.
+        Queue the REJECTs of messages the application failed on (with
+        ``resend``, also those sent on earlier connections of the session),
+        then one cumulative ACK if processing advanced since the last one.
         """
         if self.state is State.FAILED or self.peerHello is None:
             return
         inbox = self.session.inbox
-        if inbox.rejections:
-            for seq, reason in inbox.rejections:
+        if inbox.rejections or (resend and inbox.sentRejections):
+            for seq, reason in inbox.takeRejections(resend):
                 self._out.append(_frames.encode(Reject(seq, reason)))
-            inbox.rejections.clear()
         processed = inbox.processedUpTo
         if processed > self._ackSent:
             self._ackSent = processed

@@ -185,9 +185,14 @@ class Outbox:
         The peer's application failed on message ``seq``; the ACK that
         follows will cover it.
 
-        :raises ProtocolViolation: if ``seq`` is not awaiting confirmation.
+        A REJECT for a message already acknowledged is a resent one (after
+        a reconnect) that this side has seen: ignored.
+
+        :raises ProtocolViolation: if ``seq`` was never sent.
         """
-        if not (self.ackedUpTo < seq < self.nextSeq):
+        if seq <= self.ackedUpTo:
+            return
+        if seq >= self.nextSeq:
             raise ProtocolViolation(
                 f"REJECT for sequence number {seq}, which is not awaiting confirmation"
             )
@@ -279,6 +284,7 @@ class Inbox:
         self.processedUpTo = 0
         self.pending: deque[tuple[int, bytes]] = deque()
         self.rejections: list[tuple[int, str]] = []
+        self.sentRejections: deque[tuple[int, str]] = deque()
         self.duplicates = 0
 
     def reject(self, seq: int, reason: str) -> None:
@@ -288,6 +294,22 @@ class Inbox:
         """
         self.rejections.append((seq, reason))
         self.processedUpTo = seq
+
+    def takeRejections(self, resend: bool = False) -> list[tuple[int, str]]:
+        """
+        The REJECTs to send now, before the next ACK.
+
+        Sent REJECTs are remembered until the peer must have seen them (it
+        sent a DATA more than a window beyond), so that after a reconnect
+        they go again (``resend``): a REJECT lost in a cut must not turn
+        into a confirmation.
+        """
+        out = list(self.sentRejections) if resend else []
+        if self.rejections:
+            out.extend(self.rejections)
+            self.sentRejections.extend(self.rejections)
+            self.rejections.clear()
+        return out
 
     @property
     def nextExpected(self) -> int:
@@ -315,6 +337,12 @@ class Inbox:
             )
         self.receivedUpTo = seq
         self.pending.append((seq, payload))
+        sent = self.sentRejections
+        if sent and sent[0][0] + self.window < seq:
+            # The peer sent beyond a window past them: it saw their ACK,
+            # and the REJECTs that went before it.
+            while sent and sent[0][0] + self.window < seq:
+                sent.popleft()
         return True
 
 
