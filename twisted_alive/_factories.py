@@ -1,6 +1,6 @@
 """
-Sessions that outlive connections: L{AliveClientFactory} and
-L{AliveServerFactory}.
+Sessions that outlive connections: `AliveClientFactory` and
+`AliveServerFactory`.
 
 A session holds what each side sent and has not seen confirmed, and how far
 it processed what it received. The client's factory keeps one session across
@@ -47,12 +47,12 @@ log = Logger(namespace="twisted_alive")
 
 
 class Retry(enum.Enum):
-    """What L{AliveClientFactory} does after a loss."""
+    """What `AliveClientFactory` does after a loss."""
 
     STOP = "stop"
     """Stop trying; the session ends and pending messages fail."""
     QUICK = "quick"
-    """Reconnect after C{quickDelay} if the lost connection was stable,
+    """Reconnect after ``quickDelay`` if the lost connection was stable,
     else back off."""
     BACKOFF = "backoff"
     """Reconnect after the next backoff delay."""
@@ -87,7 +87,7 @@ def tokenPrefix(token: bytes) -> str:
 
 
 def _settingsOf(protocol: Any) -> Settings:
-    """The L{Settings} a protocol class's attributes describe."""
+    """The `Settings` a protocol class's attributes describe."""
     return Settings(
         interval=getattr(protocol, "heartbeatInterval", 5.0),
         misses=getattr(protocol, "heartbeatMisses", 3),
@@ -101,39 +101,39 @@ def _settingsOf(protocol: Any) -> Settings:
 @implementer(ISessionHost)
 class AliveClientFactory(ReconnectingClientFactory):
     """
-    A C{ReconnectingClientFactory} that owns a client session: messages
-    given to L{sendMessage} reach the server's application exactly once and
+    A ``ReconnectingClientFactory`` that owns a client session: messages
+    given to `sendMessage` reach the server's application exactly once and
     in order, across any number of reconnects.
 
-    Use it like any client factory: C{AliveClientFactory.forProtocol(P)}
-    with C{reactor.connectTCP} or C{connectSSL} (the factory reconnects
-    itself), or with an endpoint under C{ClientService} (which then does the
-    reconnecting; the session works the same). C{P} is a
-    L{HeartbeatProtocol} subclass; its class attributes set the limits.
+    Use it like any client factory: ``AliveClientFactory.forProtocol(P)``
+    with ``reactor.connectTCP`` or ``connectSSL`` (the factory reconnects
+    itself), or with an endpoint under ``ClientService`` (which then does the
+    reconnecting; the session works the same). ``P`` is a
+    `HeartbeatProtocol` subclass; its class attributes set the limits.
 
-    Backoff keeps the stock attributes (C{initialDelay}, C{maxDelay},
-    C{factor}, C{jitter}, C{maxRetries}) and fixes the stock flaws: the delay
+    Backoff keeps the stock attributes (``initialDelay``, ``maxDelay``,
+    ``factor``, ``jitter``, ``maxRetries``) and fixes the stock flaws: the delay
     resets itself once a connection completed HELLO and stayed up
-    C{stableAfter} seconds; a jittered delay is never above C{maxDelay} nor
-    below zero; the jitter comes from C{random} (a callable returning a float
+    ``stableAfter`` seconds; a jittered delay is never above ``maxDelay`` nor
+    below zero; the jitter comes from ``random`` (a callable returning a float
     in [0, 1), replaceable in tests).
 
-    :cvar retryPolicy: L{Retry} per L{Reason} of a loss.
-    :cvar goodbyePolicy: L{Retry} per GOODBYE code received; it overrides
-        C{retryPolicy} (by default C{GO_AWAY} stops retrying).
-    :cvar quickDelay: the delay of a L{Retry.QUICK} reconnect, in seconds.
+    :cvar retryPolicy: `Retry` per `Reason` of a loss.
+    :cvar goodbyePolicy: `Retry` per GOODBYE code received; it overrides
+        ``retryPolicy`` (by default ``GO_AWAY`` stops retrying).
+    :cvar quickDelay: the delay of a `Retry.QUICK` reconnect, in seconds.
     :cvar stableAfter: seconds a connection must stay up after HELLO for the
         backoff to reset.
-    :ivar lastLoss: the L{Loss} of the latest lost connection or failed
+    :ivar lastLoss: the `Loss` of the latest lost connection or failed
         attempt.
-    :ivar losses: how many losses each L{Reason} had.
-    :ivar connected: the protocol carrying the session now, or C{None}.
+    :ivar losses: how many losses each `Reason` had.
+    :ivar connected: the protocol carrying the session now, or ``None``.
     """
 
     protocol: Any = HeartbeatProtocol
     role = Role.CLIENT
     initialDelay = 0.5
-    maxDelay = 60.0
+    maxDelay: float = 60.0  # type: ignore[assignment]
     factor = 2.0
     jitter = 0.2
     retryPolicy: Mapping[Reason, Retry] = DEFAULT_RETRY_POLICY
@@ -165,7 +165,7 @@ class AliveClientFactory(ReconnectingClientFactory):
         return self._session
 
     def clientSession(self) -> Session:
-        """The session the next connection carries (L{ISessionHost})."""
+        """The session the next connection carries (`ISessionHost`)."""
         return self.session
 
     def sessionFor(self, token: bytes, now: float) -> tuple[Session, bool] | None:
@@ -177,11 +177,11 @@ class AliveClientFactory(ReconnectingClientFactory):
         Send one message in the session, connected or not: it is queued
         while disconnected and resent after a reconnect until confirmed.
 
-        :returns: a Deferred that fires with a L{Receipt} once the server's
+        :returns: a Deferred that fires with a `Receipt` once the server's
             application processed the message, or fails with
-            L{DeliveryFailed} (the session ended: L{stopTrying}, C{GO_AWAY},
+            `DeliveryFailed` (the session ended: `stopTrying`, ``GO_AWAY``,
             an unknown session, or the peer's application failed on it) or
-            L{QueueFull} (at once; nothing was queued).
+            `QueueFull` (at once; nothing was queued).
         """
         checkPayload(payload, _settingsOf(self.protocol))
         if self._stopped:
@@ -212,7 +212,7 @@ class AliveClientFactory(ReconnectingClientFactory):
 
     # -- ISessionHost ---------------------------------------------------------------
 
-    def connectionStarted(self, protocol: HeartbeatMixin) -> None:
+    def connectionStarted(self, protocol: object) -> None:
         """A connection was made (before HELLO)."""
         self.connections += 1
 
@@ -279,13 +279,13 @@ class AliveClientFactory(ReconnectingClientFactory):
 
     # -- reconnecting --------------------------------------------------------------
 
-    def buildProtocol(self, addr: IAddress) -> HeartbeatMixin | None:
+    def buildProtocol(self, addr: IAddress | None) -> Any:
         """Build a protocol carrying this factory's session (the backoff is
         not reset here, only once a connection proved stable)."""
-        proto = ClientFactory.buildProtocol(self, addr)
+        proto: Any = ClientFactory.buildProtocol(self, addr)
         if proto is not None and self.clock is not None:
             proto.clock = self.clock
-        return cast("HeartbeatMixin | None", proto)
+        return proto
 
     def clientConnectionFailed(self, connector: IConnector, reason: Failure) -> None:
         """A connection attempt failed: classify it, then retry or stop."""
@@ -312,8 +312,8 @@ class AliveClientFactory(ReconnectingClientFactory):
 
     def retryFor(self, loss: Loss) -> Retry:
         """
-        The L{Retry} decision for C{loss}: C{goodbyePolicy} for a GOODBYE
-        code it names, else C{retryPolicy}. Override for other rules.
+        The `Retry` decision for ``loss``: ``goodbyePolicy`` for a GOODBYE
+        code it names, else ``retryPolicy``. Override for other rules.
         """
         if loss.goodbye is not None and loss.goodbye in self.goodbyePolicy:
             return self.goodbyePolicy[loss.goodbye]
@@ -321,9 +321,9 @@ class AliveClientFactory(ReconnectingClientFactory):
 
     def nextDelay(self) -> float:
         """
-        The next backoff delay: C{initialDelay * factor ** retries}, capped
-        at C{maxDelay}, with multiplicative jitter of +/- C{jitter}, and
-        never above C{maxDelay} nor below zero.
+        The next backoff delay: ``initialDelay * factor ** retries``, capped
+        at ``maxDelay``, with multiplicative jitter of +/- ``jitter``, and
+        never above ``maxDelay`` nor below zero.
         """
         try:
             growth = self.factor ** min(self.retries, 1024)
@@ -382,14 +382,14 @@ class AliveClientFactory(ReconnectingClientFactory):
 
     def resetDelay(self) -> None:
         """Reset the backoff (done by itself once a connection is stable).
-        Unlike the stock method, it never undoes L{stopTrying}."""
+        Unlike the stock method, it never undoes `stopTrying`."""
         self.delay = self.initialDelay
         self.retries = 0
 
     def stopTrying(self) -> None:
         """
         Stop reconnecting. The session ends: if no connection is open,
-        pending messages fail with L{DeliveryFailed} at once; otherwise the
+        pending messages fail with `DeliveryFailed` at once; otherwise the
         open connection carries on, and they fail when it ends.
         """
         self._halt()
@@ -398,19 +398,19 @@ class AliveClientFactory(ReconnectingClientFactory):
 
     def _halt(self) -> None:
         """Stop reconnecting, without ending the session yet."""
-        ReconnectingClientFactory.stopTrying(self)
+        ReconnectingClientFactory.stopTrying(self)  # type: ignore[no-untyped-call]
         self._stopped = True
 
     def close(self, code: GoodbyeCode = GoodbyeCode.NORMAL, reason: str = "") -> Deferred[None]:
         """
         Stop reconnecting, then close the open connection in order (its
         queued messages are sent and acknowledged first, within the
-        protocol's C{closeTimeout}).
+        protocol's ``closeTimeout``).
 
         :returns: a Deferred that fires once the connection is closed.
         """
         current = self.connected
-        ReconnectingClientFactory.stopTrying(self)
+        ReconnectingClientFactory.stopTrying(self)  # type: ignore[no-untyped-call]
         self._stopped = True
         if current is None:
             self._endSession(None)
@@ -431,7 +431,7 @@ class AliveClientFactory(ReconnectingClientFactory):
         if self.clock is None:
             from twisted.internet import reactor
 
-            self.clock = cast(IReactorTime, reactor)
+            self.clock = reactor
         return cast(IReactorTime, self.clock)
 
     def _stable(self) -> None:
@@ -448,12 +448,12 @@ class AliveClientFactory(ReconnectingClientFactory):
 class AliveServerFactory(Factory):
     """
     A server factory that keeps a session per client, so that a client
-    that comes back (L{AliveClientFactory}) resumes where it left off, in
+    that comes back (`AliveClientFactory`) resumes where it left off, in
     both directions.
 
     Sessions are found by their token (128 random bits, compared in
-    constant time), kept for C{sessionTTL} seconds after their last
-    connection ended, and at most C{maxSessions} of them without a
+    constant time), kept for ``sessionTTL`` seconds after their last
+    connection ended, and at most ``maxSessions`` of them without a
     connection (the least recently seen goes first). A client that asks for
     an unknown or expired session gets GOODBYE(SESSION_UNKNOWN) and starts a
     new one.
@@ -462,9 +462,9 @@ class AliveServerFactory(Factory):
     :cvar maxSessions: sessions without connection kept at most.
     :ivar connections: the live protocols, HELLO done or not.
     :ivar sessions: sessions by token digest (read-only use).
-    :ivar losses: how many losses each L{Reason} had.
+    :ivar losses: how many losses each `Reason` had.
     :ivar endedCounts: message counts of the sessions dropped so far
-        (C{sent}, C{confirmed}, C{redelivered}, C{processed}); added to the
+        (``sent``, ``confirmed``, ``redelivered``, ``processed``); added to the
         counts of the live sessions they give totals that never go backwards.
     """
 
@@ -483,12 +483,12 @@ class AliveServerFactory(Factory):
         self.sessionsExpired = 0
         self.sessionsResumed = 0
 
-    def buildProtocol(self, addr: IAddress) -> HeartbeatMixin | None:
+    def buildProtocol(self, addr: IAddress | None) -> Any:
         """Build a protocol; it uses this factory's clock if one is set."""
-        proto = Factory.buildProtocol(self, addr)
+        proto: Any = Factory.buildProtocol(self, addr)
         if proto is not None and self.clock is not None:
             proto.clock = self.clock
-        return cast("HeartbeatMixin | None", proto)
+        return proto
 
     @staticmethod
     def _key(token: bytes) -> bytes:
@@ -509,7 +509,7 @@ class AliveServerFactory(Factory):
         raise NotImplementedError
 
     def sessionFor(self, token: bytes, now: float) -> tuple[Session, bool] | None:
-        """The session for a client's HELLO token (L{ISessionHost})."""
+        """The session for a client's HELLO token (`ISessionHost`)."""
         self.expireSessions(now)
         if token == NO_SESSION:
             new = Session.newToken()
@@ -519,9 +519,10 @@ class AliveServerFactory(Factory):
             self.sessions[self._key(new)] = session
             return session, False
         key = self._key(token)
-        session = self.sessions.get(key)
-        if session is None or not session.matches(token):
+        known = self.sessions.get(key)
+        if known is None or not known.matches(token):
             return None
+        session = known
         session.lastSeen = now
         self.sessions.move_to_end(key)
         self.sessionsResumed += 1
@@ -529,9 +530,9 @@ class AliveServerFactory(Factory):
 
     def expireSessions(self, now: float | None = None) -> int:
         """
-        Drop sessions without a connection for longer than C{sessionTTL},
-        and the least recently seen beyond C{maxSessions}; their pending
-        messages fail with L{DeliveryFailed}.
+        Drop sessions without a connection for longer than ``sessionTTL``,
+        and the least recently seen beyond ``maxSessions``; their pending
+        messages fail with `DeliveryFailed`.
 
         :returns: how many sessions were dropped.
         """
@@ -581,9 +582,9 @@ class AliveServerFactory(Factory):
         for entry in session.outbox.drain():
             failDelivery(entry, f"{why} before confirmation", None)
 
-    def connectionStarted(self, protocol: HeartbeatMixin) -> None:
+    def connectionStarted(self, protocol: object) -> None:
         """A connection was made (before HELLO)."""
-        self.connections.add(protocol)
+        self.connections.add(cast(HeartbeatMixin, protocol))
 
     def sessionOpened(self, protocol: object, resumed: bool) -> None:
         """A client completed HELLO."""
@@ -642,7 +643,7 @@ class AliveServerFactory(Factory):
         """
         Close every live connection in order (GOODBYE, then wait for
         outstanding acknowledgements, within each protocol's
-        C{closeTimeout}).
+        ``closeTimeout``).
 
         :returns: a Deferred that fires when all are closed.
         """

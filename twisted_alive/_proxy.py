@@ -1,14 +1,14 @@
 """
-A fault-injecting TCP proxy: L{ChaosProxy}, L{Faults} and L{parseFaults}.
+A fault-injecting TCP proxy: `ChaosProxy`, `Faults` and `parseFaults`.
 
 The proxy sits between a client and a target over real sockets and forwards
 bytes both ways. From code, at any moment, it can reset connections (a real
 RST), close them (a FIN), stall them (a black hole: nothing passes and
 nothing closes, as with a dead host or a network partition), half-close
-them, delay and fragment the traffic, and refuse new connections. L{Faults}
+them, delay and fragment the traffic, and refuse new connections. `Faults`
 describes faults that every new connection gets by itself (reset, stall or
 close after a random time or a number of bytes), drawn from a seeded
-C{random.Random} so that a failing run can be replayed with the same seed.
+``random.Random`` so that a failing run can be replayed with the same seed.
 
 Without faults the proxy is faithful: bytes pass unchanged and in order, a
 half-close on one side becomes a half-close on the other, a FIN becomes a FIN
@@ -59,10 +59,10 @@ from zope.interface import implementer
 _log = Logger()
 
 Window = tuple[float, float]
-"""A time window in seconds, C{(low, high)}: a delay is drawn uniformly in it."""
+"""A time window in seconds, ``(low, high)``: a delay is drawn uniformly in it."""
 
 Fragment = int | tuple[int, int]
-"""A piece size in bytes, or a C{(low, high)} range to draw each size from."""
+"""A piece size in bytes, or a ``(low, high)`` range to draw each size from."""
 
 
 class Direction(enum.Enum):
@@ -78,7 +78,7 @@ class Direction(enum.Enum):
 
 
 FAULT_KINDS = ("reset", "close", "stall", "half-close", "refuse")
-"""The keys of L{ChaosProxy.faultsInjected}."""
+"""The keys of `ChaosProxy.faultsInjected`."""
 
 
 def _isNumber(value: object) -> bool:
@@ -136,11 +136,11 @@ class Faults:
     connection, both directions added.
 
     :ivar resetAfter: reset the connection (RST to both sides) after a time
-        drawn in this window, e.g. C{(0.03, 0.2)}.
+        drawn in this window, e.g. ``(0.03, 0.2)``.
     :ivar resetAfterBytes: reset the connection once it has forwarded this
         many bytes. Bytes still in the proxy's send buffers at that moment are
         discarded, as with any RST.
-    :ivar stallAfter: stall the connection (see L{ChaosProxy.stall}) after a
+    :ivar stallAfter: stall the connection (see `ChaosProxy.stall`) after a
         time drawn in this window.
     :ivar stallAfterBytes: stall the connection once it has forwarded exactly
         this many bytes.
@@ -149,10 +149,10 @@ class Faults:
     :ivar delay: hold every chunk of bytes this many seconds before
         forwarding it (order is kept).
     :ivar fragment: forward in pieces of at most this many bytes, each its own
-        write on the transport, one per reactor iteration; a C{(MIN, MAX)}
+        write on the transport, one per reactor iteration; a ``(MIN, MAX)``
         range draws the size of each piece in it.
     :ivar seed: the seed of the random generator, if the faults carry one
-        (L{parseFaults} reads it from C{seed=N}).
+        (`parseFaults` reads it from ``seed=N``).
     """
 
     resetAfter: Window | None = None
@@ -179,10 +179,10 @@ class Faults:
 
     def toSpec(self) -> str:
         """
-        Write these faults in the syntax that L{parseFaults} reads.
+        Write these faults in the syntax that `parseFaults` reads.
 
-        :returns: a spec such as C{"delay=0.01,fragment=1,reset-after=0.03..0.2"},
-            or C{""} when there is no fault.
+        :returns: a spec such as ``"delay=0.01,fragment=1,reset-after=0.03..0.2"``,
+            or ``""`` when there is no fault.
         """
         items: list[str] = []
         for key, (attribute, _, _) in sorted(_SPEC.items()):
@@ -263,17 +263,17 @@ def parseFaults(spec: str) -> Faults:
     """
     Read faults from a command-line spec.
 
-    The spec is a comma-separated list of C{name=value}; blank items are
-    ignored. Names: C{reset-after}, C{stall-after} and C{close-after} take
-    seconds (C{0.1}) or a window (C{0.03..0.2}); C{reset-after-bytes} and
-    C{stall-after-bytes} take a byte count; C{delay} takes seconds;
-    C{fragment} takes a size in bytes (C{1}) or a range (C{1..1000});
-    C{seed} takes a whole number. Example:
-    C{"reset-after=0.03..0.2,fragment=1,delay=0.01,stall-after-bytes=5000,seed=7"}.
+    The spec is a comma-separated list of ``name=value``; blank items are
+    ignored. Names: ``reset-after``, ``stall-after`` and ``close-after`` take
+    seconds (``0.1``) or a window (``0.03..0.2``); ``reset-after-bytes`` and
+    ``stall-after-bytes`` take a byte count; ``delay`` takes seconds;
+    ``fragment`` takes a size in bytes (``1``) or a range (``1..1000``);
+    ``seed`` takes a whole number. Example:
+    ``"reset-after=0.03..0.2,fragment=1,delay=0.01,stall-after-bytes=5000,seed=7"``.
 
     :param spec: the spec.
-    :returns: the L{Faults}.
-    :raises ValueError: for an unknown name, an item without C{=}, a name
+    :returns: the `Faults`.
+    :raises ValueError: for an unknown name, an item without ``=``, a name
         given twice or a bad value; the message names the culprit.
     """
     values: dict[str, object] = {}
@@ -300,7 +300,7 @@ def parseFaults(spec: str) -> Faults:
 
 class _Transport(ITCPTransport, IConsumer, IPushProducer, ISystemHandle):
     """
-    What the proxy uses of a TCP transport (C{twisted.internet.tcp}'s provide
+    What the proxy uses of a TCP transport (``twisted.internet.tcp``'s provide
     all of it).
     """
 
@@ -313,7 +313,7 @@ class _Role(enum.Enum):
 @implementer(IHalfCloseableProtocol)
 class _Side(Protocol):
     """
-    One of the two connections of a L{ProxiedConnection}.
+    One of the two connections of a `ProxiedConnection`.
     """
 
     def __init__(self, proxy: ChaosProxy, role: _Role, pair: ProxiedConnection | None) -> None:
@@ -381,7 +381,7 @@ class _TargetFactory(Factory[_Side]):
 @implementer(IPushProducer)
 class _Flow:
     """
-    The bytes of one direction of a L{ProxiedConnection}: a queue (for
+    The bytes of one direction of a `ProxiedConnection`: a queue (for
     delays, fragments and stalls) between a source side and a sink side.
     Registered as the streaming producer of the sink's transport, so a full
     sink pauses reading from the source.
@@ -517,23 +517,23 @@ class _Flow:
 
 class ProxiedConnection:
     """
-    One client connection through a L{ChaosProxy} and its connection to the
+    One client connection through a `ChaosProxy` and its connection to the
     target. Its methods act on this connection alone; those of
-    L{ChaosProxy} act on all of them.
+    `ChaosProxy` act on all of them.
 
-    :ivar proxy: the L{ChaosProxy}.
+    :ivar proxy: the `ChaosProxy`.
     :ivar number: 1 for the first connection the proxy accepted, and so on.
     :ivar clientAddress: the address of the client.
     :ivar acceptedAt: the reactor time when the proxy accepted it.
-    :ivar endedAt: the reactor time when both sides were gone, or C{None}.
-    :ivar resetAfter: seconds after acceptance when L{Faults.resetAfter}
-        resets it (drawn from the seed), or C{None}.
-    :ivar stallAfter: same for L{Faults.stallAfter}.
-    :ivar closeAfter: same for L{Faults.closeAfter}.
-    :ivar delay: the current delay in seconds (see L{setDelay}).
-    :ivar fragment: the current fragment size (see L{setFragment}).
+    :ivar endedAt: the reactor time when both sides were gone, or ``None``.
+    :ivar resetAfter: seconds after acceptance when `Faults.resetAfter`
+        resets it (drawn from the seed), or ``None``.
+    :ivar stallAfter: same for `Faults.stallAfter`.
+    :ivar closeAfter: same for `Faults.closeAfter`.
+    :ivar delay: the current delay in seconds (see `setDelay`).
+    :ivar fragment: the current fragment size (see `setFragment`).
     :ivar stalled: whether it is stalled now.
-    :ivar bytesForwarded: bytes forwarded, by L{Direction}.
+    :ivar bytesForwarded: bytes forwarded, by `Direction`.
     """
 
     def __init__(
@@ -584,7 +584,7 @@ class ProxiedConnection:
     def bytesHeld(self) -> dict[Direction, int]:
         """
         Bytes the proxy holds now (read from one side, not yet written to the
-        other), by L{Direction}; at most about L{ChaosProxy.queueLimit} plus
+        other), by `Direction`; at most about `ChaosProxy.queueLimit` plus
         one read each.
         """
         return {direction: flow.queued for direction, flow in self._flows.items()}
@@ -593,8 +593,8 @@ class ProxiedConnection:
 
     def reset(self) -> None:
         """
-        Reset both sides: each gets an RST (C{SO_LINGER} 0 and an abort), so
-        Twisted reports C{ConnectionLost} to the peers. Bytes that the proxy
+        Reset both sides: each gets an RST (``SO_LINGER`` 0 and an abort), so
+        Twisted reports ``ConnectionLost`` to the peers. Bytes that the proxy
         holds or has not yet sent are discarded.
         """
         if self._ended or self._ending == "reset":
@@ -605,7 +605,7 @@ class ProxiedConnection:
     def close(self) -> None:
         """
         Close both sides cleanly: each gets a FIN, so Twisted reports
-        C{ConnectionDone} to the peers. Bytes already written to a transport
+        ``ConnectionDone`` to the peers. Bytes already written to a transport
         are sent first; bytes the proxy still holds (delay, fragments,
         stall) are discarded.
 
@@ -629,7 +629,7 @@ class ProxiedConnection:
         are forwarded in order on resume; bytes already written to a
         transport before the stall still go out.
 
-        :param stalled: C{True} to stall, C{False} to resume.
+        :param stalled: ``True`` to stall, ``False`` to resume.
         """
         if self._ended or self._ending or stalled == self.stalled:
             return
@@ -666,20 +666,20 @@ class ProxiedConnection:
         Hold each chunk of bytes read from now on this many seconds before
         forwarding it. Order is kept: a chunk never overtakes an earlier one.
 
-        :param seconds: the delay, C{0} for none.
-        :raises ValueError: if C{seconds} is negative or not finite.
+        :param seconds: the delay, ``0`` for none.
+        :raises ValueError: if ``seconds`` is negative or not finite.
         """
         _checkSeconds("delay", seconds)
         self.delay = seconds
 
     def setFragment(self, size: Fragment | None) -> None:
         """
-        Forward in pieces of at most C{size} bytes, each its own write on the
-        transport, one per reactor iteration (and C{TCP_NODELAY} is set, so
+        Forward in pieces of at most ``size`` bytes, each its own write on the
+        transport, one per reactor iteration (and ``TCP_NODELAY`` is set, so
         each goes out in its own segment).
 
-        :param size: the piece size; a C{(MIN, MAX)} tuple draws each piece's
-            size in that range from the seed; C{None} to stop fragmenting.
+        :param size: the piece size; a ``(MIN, MAX)`` tuple draws each piece's
+            size in that range from the seed; ``None`` to stop fragmenting.
         :raises ValueError: for a size below 1 or a bad range.
         """
         _checkFragment("fragment", size)
@@ -687,7 +687,7 @@ class ProxiedConnection:
 
     def whenEnded(self) -> Deferred[None]:
         """
-        :returns: a L{Deferred} that fires when both sides of this connection
+        :returns: a `Deferred` that fires when both sides of this connection
             are gone (at once if they are).
         """
         if self._ended:
@@ -886,22 +886,22 @@ class ChaosProxy:
     A TCP proxy that injects faults: resets, closes, stalls, half-closes,
     delays, fragmentation and refused connections.
 
-    Listen with L{listen}; every connection accepted is forwarded to a new
-    connection to C{targetEndpoint}. The controls act on all live
-    connections; each L{ProxiedConnection} in L{connections} has the same
+    Listen with `listen`; every connection accepted is forwarded to a new
+    connection to ``targetEndpoint``. The controls act on all live
+    connections; each `ProxiedConnection` in `connections` has the same
     controls for itself alone.
 
-    :ivar faults: the L{Faults} every new connection gets.
+    :ivar faults: the `Faults` every new connection gets.
     :ivar seed: the seed of the random generator (logged at creation: pass it
         again to replay a run).
-    :ivar connections: the live L{ProxiedConnection}s, oldest first.
+    :ivar connections: the live `ProxiedConnection`s, oldest first.
     :ivar connectionsAccepted: how many connections the proxy accepted (not
         counting the refused ones).
     :ivar connectionsProxied: how many connections reached the target.
     :ivar bytesForwarded: bytes forwarded by all connections, by
-        L{Direction}.
+        `Direction`.
     :ivar faultsInjected: how many faults were injected, by kind (the keys
-        are L{FAULT_KINDS}); a fault applied to all connections counts once
+        are `FAULT_KINDS`); a fault applied to all connections counts once
         per connection.
     :ivar queueLimit: bytes the proxy holds per direction of a connection
         (for delays and fragments) before it stops reading from the sender.
@@ -922,7 +922,7 @@ class ChaosProxy:
         :param reactor: the clock for delays and timed faults; the global
             reactor by default.
         :param seed: the seed of the random generator; by default the seed
-            of C{faults}, or else a random one.
+            of ``faults``, or else a random one.
         """
         self.targetEndpoint = targetEndpoint
         self.faults = faults if faults is not None else Faults()
@@ -959,11 +959,11 @@ class ChaosProxy:
 
     def listen(self, endpoint: IStreamServerEndpoint) -> Deferred[IListeningPort]:
         """
-        Accept connections on C{endpoint}. May be called more than once.
+        Accept connections on ``endpoint``. May be called more than once.
 
         :param endpoint: where clients connect, e.g. C{TCP4ServerEndpoint(reactor,
             0, interface="127.0.0.1")}.
-        :returns: a L{Deferred} that fires with the listening port.
+        :returns: a `Deferred` that fires with the listening port.
         """
 
         def keep(port: IListeningPort) -> IListeningPort:
@@ -976,7 +976,7 @@ class ChaosProxy:
         """
         Stop accepting connections on every port. Live connections go on.
 
-        :returns: a L{Deferred} that fires when every port is closed.
+        :returns: a `Deferred` that fires when every port is closed.
         """
         ports, self._ports = self._ports, []
         stopped = gatherResults([maybeDeferred(port.stopListening) for port in ports])
@@ -984,14 +984,14 @@ class ChaosProxy:
 
     def resetAll(self) -> None:
         """
-        Reset every live connection (see L{ProxiedConnection.reset}).
+        Reset every live connection (see `ProxiedConnection.reset`).
         """
         for connection in list(self.connections):
             connection.reset()
 
     def closeAll(self) -> None:
         """
-        Close every live connection cleanly (see L{ProxiedConnection.close}).
+        Close every live connection cleanly (see `ProxiedConnection.close`).
         """
         for connection in list(self.connections):
             connection.close()
@@ -999,10 +999,10 @@ class ChaosProxy:
     def stall(self, stalled: bool = True) -> None:
         """
         Stall or resume every live connection, and the new ones (see
-        L{ProxiedConnection.stall}). A new connection accepted while stalled
+        `ProxiedConnection.stall`). A new connection accepted while stalled
         still gets its connection to the target, but nothing passes.
 
-        :param stalled: C{True} to stall, C{False} to resume.
+        :param stalled: ``True`` to stall, ``False`` to resume.
         """
         self._stalled = stalled
         for connection in list(self.connections):
@@ -1011,7 +1011,7 @@ class ChaosProxy:
     def halfClose(self) -> None:
         """
         Shut the write side towards the client of every live connection (see
-        L{ProxiedConnection.halfClose}).
+        `ProxiedConnection.halfClose`).
         """
         for connection in list(self.connections):
             connection.halfClose()
@@ -1019,10 +1019,10 @@ class ChaosProxy:
     def setDelay(self, seconds: float) -> None:
         """
         Delay the bytes of every live connection, and the new ones (see
-        L{ProxiedConnection.setDelay}).
+        `ProxiedConnection.setDelay`).
 
-        :param seconds: the delay, C{0} for none.
-        :raises ValueError: if C{seconds} is negative or not finite.
+        :param seconds: the delay, ``0`` for none.
+        :raises ValueError: if ``seconds`` is negative or not finite.
         """
         _checkSeconds("delay", seconds)
         self._delay = seconds
@@ -1032,9 +1032,9 @@ class ChaosProxy:
     def setFragment(self, size: Fragment | None) -> None:
         """
         Fragment the bytes of every live connection, and the new ones (see
-        L{ProxiedConnection.setFragment}).
+        `ProxiedConnection.setFragment`).
 
-        :param size: the piece size, a C{(MIN, MAX)} range, or C{None}.
+        :param size: the piece size, a ``(MIN, MAX)`` range, or ``None``.
         :raises ValueError: for a size below 1 or a bad range.
         """
         _checkFragment("fragment", size)
@@ -1048,7 +1048,7 @@ class ChaosProxy:
         closed as soon as it is accepted (the client sees a FIN before any
         byte) and never reaches the target.
 
-        :param accept: C{False} to refuse, C{True} to accept again.
+        :param accept: ``False`` to refuse, ``True`` to accept again.
         """
         self._accepting = accept
 

@@ -1,11 +1,11 @@
 """
-The HTTP status service of L{AliveServerFactory} servers: C{/health},
-C{/connections} (JSON) and C{/metrics} (Prometheus text).
+The HTTP status service of `AliveServerFactory` servers: ``/health``,
+``/connections`` (JSON) and ``/metrics`` (Prometheus text).
 
-L{statusSite} builds a C{twisted.web} site for one or more factories. Every
+`statusSite` builds a ``twisted.web`` site for one or more factories. Every
 value is read from the factories when a page is asked for, except the
 heartbeat round-trip times and the stalls, which come from the
-C{twisted_alive} log events while the site is listening.
+``twisted_alive`` log events while the site is listening.
 """
 
 from __future__ import annotations
@@ -52,14 +52,14 @@ RTT_BUCKETS = (
 
 
 def _label(member: State | Reason) -> str:
-    """A metric label value for an enum member: C{Reason.CLEAN_CLOSE} gives
-    C{"clean_close"}."""
+    """A metric label value for an enum member: ``Reason.CLEAN_CLOSE`` gives
+    ``"clean_close"``."""
     return member.name.lower()
 
 
 class AliveCollector(Collector):
     """
-    A Prometheus collector that reads L{AliveServerFactory} state at scrape
+    A Prometheus collector that reads `AliveServerFactory` state at scrape
     time: connections by state, losses by reason, sessions, message
     counters and queue depths.
 
@@ -71,7 +71,7 @@ class AliveCollector(Collector):
 
     def messageTotals(self) -> CountTotals[str]:
         """
-        Messages C{sent}, C{confirmed}, C{redelivered} and C{processed} since
+        Messages ``sent``, ``confirmed``, ``redelivered`` and ``processed`` since
         the factories started: live sessions plus the sessions already
         dropped, so that the totals never go backwards.
         """
@@ -166,8 +166,8 @@ class AliveCollector(Collector):
 @implementer(ILogObserver)
 class MetricsObserver:
     """
-    A log observer that feeds the heartbeat RTT histogram from C{pong}
-    events and counts C{stall} events of the C{twisted_alive} namespace.
+    A log observer that feeds the heartbeat RTT histogram from ``pong``
+    events and counts ``stall`` events of the ``twisted_alive`` namespace.
 
     :param rtt: the histogram of round-trip times, in seconds.
     :param stalls: the counter of stalls of this process's reactor.
@@ -191,7 +191,7 @@ class MetricsObserver:
 
 
 class _Request(Protocol):
-    """The parts of C{twisted.web.server.Request} the pages use."""
+    """The parts of ``twisted.web.server.Request`` the pages use."""
 
     method: bytes
 
@@ -283,13 +283,13 @@ class _Metrics(_Page):
 
 class StatusSite(Site):
     """
-    The status site of L{statusSite}. While it listens, its
-    L{MetricsObserver} watches the global log publisher.
+    The status site of `statusSite`. While it listens, its
+    `MetricsObserver` watches the global log publisher.
 
     :ivar factories: the factories it reports on.
-    :ivar registry: its own C{CollectorRegistry} (never the global one).
+    :ivar registry: its own ``CollectorRegistry`` (never the global one).
     :ivar serving: a callable saying whether the server is serving
-        (C{/health} answers 503 once it says C{False}).
+        (``/health`` answers 503 once it says ``False``).
     """
 
     def __init__(
@@ -323,7 +323,7 @@ class StatusSite(Site):
         self.displayTracebacks = False
 
     def startFactory(self) -> None:
-        """Start observing the C{twisted_alive} log events."""
+        """Start observing the ``twisted_alive`` log events."""
         super().startFactory()
         globalLogPublisher.addObserver(self.observer)
 
@@ -338,19 +338,19 @@ def statusSite(
     serving: Callable[[], bool] | None = None,
 ) -> StatusSite:
     """
-    A C{twisted.web} site that serves the status of C{factories}:
+    A ``twisted.web`` site that serves the status of ``factories``:
 
-      - C{/health}: C{200 ok} while serving, C{503 stopping} after; with
-        C{Accept: application/json}, C{{"status": ..., "connections": N}};
-      - C{/connections}: a JSON list, one object per live connection;
-      - C{/metrics}: Prometheus metrics (text format, or OpenMetrics when
+      - ``/health``: ``200 ok`` while serving, ``503 stopping`` after; with
+        ``Accept: application/json``, ``{"status": ..., "connections": N``};
+      - ``/connections``: a JSON list, one object per live connection;
+      - ``/metrics``: Prometheus metrics (text format, or OpenMetrics when
         the scraper asks for it).
 
     Listen on it with any endpoint: C{serverFromString(reactor,
     "tcp:9080").listen(statusSite([factory]))}.
 
     :param factories: the server factories to report on.
-    :param serving: says whether the server is serving; always C{True} if
+    :param serving: says whether the server is serving; always ``True`` if
         not given.
     :returns: the site.
     """

@@ -1,14 +1,14 @@
 """
-The twistd plugin C{alive}: serve an L{AliveServerFactory} on one or more
+The twistd plugin ``alive``: serve an `AliveServerFactory` on one or more
 endpoints, with an optional HTTP status service::
 
     twistd -n alive --listen tcp:9000 --status tcp:9080 --app echo
 
-On shutdown (SIGTERM, SIGINT, C{reactor.stop()}) the server stops
+On shutdown (SIGTERM, SIGINT, ``reactor.stop()``) the server stops
 listening, sends GOODBYE(SHUTTING_DOWN) on every connection, waits for the
-clients to confirm what is outstanding (at most C{--close-timeout} seconds),
+clients to confirm what is outstanding (at most ``--close-timeout`` seconds),
 and only then lets the process exit: the clients classify the loss as
-C{CLEAN_CLOSE}.
+``CLEAN_CLOSE``.
 """
 
 from __future__ import annotations
@@ -38,19 +38,19 @@ from twisted_alive._status import StatusSite, statusSite
 log = Logger(namespace="twisted_alive")
 
 DEFAULT_LISTEN = "tcp:9000"
-"""The endpoint served when no C{--listen} is given."""
+"""The endpoint served when no ``--listen`` is given."""
 
 
 class EchoProtocol(HeartbeatProtocol):
     """
-    The C{echo} app: every message is sent back to its sender, in the same
+    The ``echo`` app: every message is sent back to its sender, in the same
     session (so an echo survives the client's reconnects).
     """
 
     def messageReceived(self, payload: bytes) -> Deferred[Any] | None:
-        """Send C{payload} back. If it cannot even be queued (the send
+        """Send ``payload`` back. If it cannot even be queued (the send
         queue is full, the connection is closing), the message is rejected
-        and the client's C{sendMessage} fails with the reason."""
+        and the client's ``sendMessage`` fails with the reason."""
         d = self.sendMessage(payload)
         if d.called:
             return d  # failed at once: the mixin rejects the message
@@ -65,7 +65,7 @@ def _sessionEnded(failure: Failure) -> None:
 
 class SinkProtocol(HeartbeatProtocol):
     """
-    The C{sink} app: every message is confirmed and dropped.
+    The ``sink`` app: every message is confirmed and dropped.
 
     :ivar received: messages received on this connection.
     :ivar receivedBytes: payload bytes received on this connection.
@@ -75,13 +75,13 @@ class SinkProtocol(HeartbeatProtocol):
     receivedBytes = 0
 
     def messageReceived(self, payload: bytes) -> None:
-        """Count C{payload} and drop it."""
+        """Count ``payload`` and drop it."""
         self.received += 1
         self.receivedBytes += len(payload)
 
 
 APPS: dict[str, type[HeartbeatMixin]] = {"echo": EchoProtocol, "sink": SinkProtocol}
-"""The built-in apps of C{--app}."""
+"""The built-in apps of ``--app``."""
 
 
 def _number(option: str, allowZero: bool) -> Callable[[str], float]:
@@ -114,7 +114,7 @@ def _whole(option: str, what: str) -> Callable[[str], int]:
 
 class Options(usage.Options):
     """
-    The options of C{twistd alive}.
+    The options of ``twistd alive``.
 
     :param reactor: the reactor the endpoints are made for; the global
         reactor if not given.
@@ -277,7 +277,7 @@ def _isProtocolClass(target: object) -> bool:
 
 
 def _load(spec: str) -> object:
-    """The object C{spec} (C{package.module:name}) names."""
+    """The object ``spec`` (``package.module:name``) names."""
     moduleName, colon, attributes = spec.partition(":")
     if not colon or not moduleName or not attributes:
         raise usage.UsageError(f"--app must be echo, sink or package.module:name, got {spec!r}")
@@ -308,7 +308,7 @@ def _load(spec: str) -> object:
 
 class AliveServerService(MultiService):
     """
-    Serves one L{AliveServerFactory} on endpoints, with an optional status
+    Serves one `AliveServerFactory` on endpoints, with an optional status
     site, and stops in order: stop listening, close every connection with
     GOODBYE(SHUTTING_DOWN) and wait for it, then stop the rest.
 
@@ -321,8 +321,8 @@ class AliveServerService(MultiService):
     :param statusEndpoint: where to serve the status site, if anywhere.
     :param clock: the clock of the shutdown deadline; the global reactor if
         not given.
-    :ivar listeners: the services listening on C{endpoints}.
-    :ivar status: the status site, or C{None}.
+    :ivar listeners: the services listening on ``endpoints``.
+    :ivar status: the status site, or ``None``.
     """
 
     def __init__(
@@ -360,7 +360,7 @@ class AliveServerService(MultiService):
 
             # After the reactor installed its own handlers: ours replaces
             # its SIGTERM handler.
-            reactor.callWhenRunning(self._takeSigterm)  # type: ignore[attr-defined]
+            reactor.callWhenRunning(self._takeSigterm)
 
     exitZeroOnSigterm = False
     """Treat SIGTERM as a requested stop: shut down in order, then exit 0
@@ -399,9 +399,9 @@ class AliveServerService(MultiService):
     def closeConnections(self) -> Deferred[None]:
         """
         Send GOODBYE(SHUTTING_DOWN) on every connection and wait until they
-        are closed: each waits at most its protocol's C{closeTimeout} for
+        are closed: each waits at most its protocol's ``closeTimeout`` for
         outstanding acknowledgements; a connection still open
-        C{ABORT_GRACE + 1} seconds after that is aborted.
+        ``ABORT_GRACE + 1`` seconds after that is aborted.
 
         :returns: a Deferred that fires when every connection is closed.
         """
@@ -459,7 +459,7 @@ class AliveServerService(MultiService):
 
 
 def _stopAll(services: list[IService]) -> Deferred[None]:
-    """Stop C{services}; log, never propagate, their failures."""
+    """Stop ``services``; log, never propagate, their failures."""
 
     def logged(failure: Failure) -> None:
         log.failure("alive.shutdown: a service failed to stop", failure, event="shutdown")
@@ -470,10 +470,10 @@ def _stopAll(services: list[IService]) -> Deferred[None]:
 
 def makeService(options: Options) -> AliveServerService:
     """
-    The service of C{twistd alive}.
+    The service of ``twistd alive``.
 
-    :param options: the parsed L{Options}.
-    :returns: an L{AliveServerService}.
+    :param options: the parsed `Options`.
+    :returns: an `AliveServerService`.
     """
     service = AliveServerService(
         options["factory"], options["endpoints"], options["statusEndpoint"]

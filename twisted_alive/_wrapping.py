@@ -167,10 +167,10 @@ class AliveWrappingProtocol(HeartbeatMixin, Protocol):  # type: ignore[misc]
     # -- transport side (what the wrapped protocol sees) --------------------------
 
     def write(self, data: bytes) -> None:
-        """Send C{data} in DATA frames.
+        """Send ``data`` in DATA frames.
 
         :raises QueueFull: if the bytes waiting to be sent would pass
-            ``maxQueuedBytes``; nothing of C{data} is sent then.
+            ``maxQueuedBytes``; nothing of ``data`` is sent then.
         """
         if not data or self.disconnecting or self.loss is not None:
             return
@@ -190,7 +190,7 @@ class AliveWrappingProtocol(HeartbeatMixin, Protocol):  # type: ignore[misc]
         self._feed()
 
     def writeSequence(self, data: list[bytes]) -> None:
-        """Send the concatenation of C{data}."""
+        """Send the concatenation of ``data``."""
         self.write(b"".join(data))
 
     def loseConnection(self) -> None:
