@@ -98,7 +98,7 @@ class ChatClient(LineReceiver):
 
 
 async def join(reactor: Any, port: int, name: bytes) -> ChatClient:
-    """Connect a wrapped chat client called C{name}."""
+    """Connect a wrapped chat client called ``name``."""
     client = ChatClient(name)
     endpoint = TCP4ClientEndpoint(reactor, HOST, port, timeout=5)
     factory = AliveWrappingFactory(Factory.forProtocol(lambda: client), heartbeatInterval=INTERVAL)
@@ -109,7 +109,7 @@ async def join(reactor: Any, port: int, name: bytes) -> ChatClient:
 
 
 async def waitFor(reactor: Any, condition: Any, timeout: float = 5.0) -> bool:
-    """Poll C{condition()} every 10 ms for up to C{timeout} seconds."""
+    """Poll ``condition()`` every 10 ms for up to ``timeout`` seconds."""
     for _ in range(int(timeout / 0.01)):
         if condition():
             return True

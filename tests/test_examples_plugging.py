@@ -1,7 +1,7 @@
 """
 Runs the examples of plugging twisted_alive into existing applications as
-subprocesses: C{examples/wrapped_chat.py}, C{examples/client_service.py}
-and C{examples/foreign_peer.py}.
+subprocesses: ``examples/wrapped_chat.py``, ``examples/client_service.py``
+and ``examples/foreign_peer.py``.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ EXAMPLES = ROOT / "examples"
 
 
 def runExample(name: str, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
-    """Run C{examples/<name>} with the repository on C{PYTHONPATH}, in its own
-    process group; kill the group when it is done or overruns C{timeout}."""
+    """Run ``examples/<name>`` with the repository on ``PYTHONPATH``, in its own
+    process group; kill the group when it is done or overruns ``timeout``."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
     process = subprocess.Popen(

@@ -1,7 +1,8 @@
+# mypy: disable-error-code="no-untyped-call"
 """
 Loss classification over real loopback sockets, against real peer processes
 (``tests/peers/``): GOODBYE, RST, SIGSTOP, SIGKILL, garbage, refused
-connections and half-closes, each seen by L{HeartbeatProtocol}.
+connections and half-closes, each seen by ``HeartbeatProtocol``.
 """
 
 from __future__ import annotations
@@ -13,22 +14,26 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from typing import Any, cast
 
 import pytest
 import pytest_twisted
 from twisted.internet import threads
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import Factory
 from twisted.internet.task import deferLater
+from twisted.logger import ILogObserver, globalLogPublisher
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from twisted_alive._frames import GoodbyeCode
 from twisted_alive._mixin import HeartbeatProtocol
+from twisted_alive._outcomes import DeliveryFailed
 from twisted_alive._reasons import Loss, Reason, classify
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,6 +42,11 @@ HOST = "127.0.0.1"
 INTERVAL = 0.2
 MISSES = 3
 DEADLINE = INTERVAL * MISSES
+
+
+_TwistedTest = Callable[[Callable[..., Generator[Any, Any, None]]], Callable[..., Any]]
+twistedTest: _TwistedTest = pytest_twisted.inlineCallbacks
+"""``pytest_twisted.inlineCallbacks``, typed."""
 
 
 def getReactor() -> Any:
@@ -56,11 +66,9 @@ class Peers:
         self.processes: list[subprocess.Popen[str]] = []
 
     def start(self, script: str, *args: object) -> subprocess.Popen[str]:
-        """Start C{tests/peers/<script>} with C{args}, in its own session."""
+        """Start ``tests/peers/<script>`` with ``args``, in its own session."""
         env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(
-            p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p
-        )
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
         process = subprocess.Popen(
             [sys.executable, str(PEERS / script), *map(str, args)],
             stdin=subprocess.DEVNULL,
@@ -174,7 +182,7 @@ class Collecting(Factory):
         return proto
 
     def connection(self, index: int = 0) -> Deferred[Local]:
-        """The C{index}-th connection's protocol, once it is built."""
+        """The ``index``-th connection's protocol, once it is built."""
         d: Deferred[Local] = Deferred()
         if len(self.built) > index:
             d.callback(self.built[index])
@@ -185,16 +193,39 @@ class Collecting(Factory):
 
 @pytest.fixture
 def server() -> Generator[tuple[Collecting, int], None, None]:
-    """A listening L{Collecting} factory on 127.0.0.1 and its port."""
+    """A listening ``Collecting`` factory on 127.0.0.1 and its port."""
     factory = Collecting()
     port = cast(IListeningPort, getReactor().listenTCP(0, factory, interface=HOST))
     try:
-        yield factory, port.getHost().port
+        yield factory, cast(IPv4Address, port.getHost()).port
     finally:
         port.stopListening()
         for proto in factory.built:
             if proto.loss is None and proto.transport is not None:
                 proto.transport.abortConnection()  # type: ignore[attr-defined]
+
+
+@implementer(ILogObserver)
+class Stalls:
+    """Local stalls logged by the adapter (time granted back to deadlines)."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        if event.get("log_namespace") == "twisted_alive" and event.get("event") == "stall":
+            self.seconds += float(event["seconds"])
+
+
+@pytest.fixture
+def stalls() -> Iterator[Stalls]:
+    """The local stalls logged while the test runs."""
+    observer = Stalls()
+    globalLogPublisher.addObserver(observer)
+    try:
+        yield observer
+    finally:
+        globalLogPublisher.removeObserver(observer)
 
 
 def frames(output: str) -> list[dict[str, Any]]:
@@ -206,8 +237,10 @@ def frames(output: str) -> list[dict[str, Any]]:
 
 
 @pytest.mark.timeout(20)
-@pytest_twisted.inlineCallbacks
-def test_goodbyeIsCleanClose(peers: Peers, server: tuple[Collecting, int]) -> Generator[Any, Any, None]:
+@twistedTest
+def test_goodbyeIsCleanClose(
+    peers: Peers, server: tuple[Collecting, int]
+) -> Generator[Any, Any, None]:
     """A peer that closes with GOODBYE is CLEAN_CLOSE here (and LOCAL_CLOSE there)."""
     factory, port = server
     process = peers.start("alive_peer.py", "client", HOST, port, INTERVAL, "goodbye-after-first")
@@ -224,7 +257,7 @@ def test_goodbyeIsCleanClose(peers: Peers, server: tuple[Collecting, int]) -> Ge
 
 
 @pytest.mark.timeout(20)
-@pytest_twisted.inlineCallbacks
+@twistedTest
 def test_resetIsReset(peers: Peers, server: tuple[Collecting, int]) -> Generator[Any, Any, None]:
     """A peer that aborts with an RST (SO_LINGER 0) is RESET."""
     factory, port = server
@@ -242,9 +275,9 @@ def test_resetIsReset(peers: Peers, server: tuple[Collecting, int]) -> Generator
 
 @pytest.mark.timeout(20)
 @pytest.mark.parametrize("run", range(3))
-@pytest_twisted.inlineCallbacks
+@twistedTest
 def test_stoppedPeerIsTimeout(
-    peers: Peers, server: tuple[Collecting, int], run: int
+    peers: Peers, server: tuple[Collecting, int], stalls: Stalls, run: int
 ) -> Generator[Any, Any, None]:
     """A SIGSTOPped peer is TIMEOUT within interval x misses (+ one interval and slack)."""
     factory, port = server
@@ -258,14 +291,18 @@ def test_stoppedPeerIsTimeout(
     loss = yield proto.whenLost()
     assert loss.reason is Reason.TIMEOUT
     detection = proto.lostAt - proto.stoppedAt
-    print(f"SIGSTOP detection time (run {run}): {detection:.3f} s")
-    assert DEADLINE <= detection < DEADLINE + INTERVAL + 0.15
+    print(
+        f"SIGSTOP detection time (run {run}): {detection:.3f} s "
+        f"(local stalls {stalls.seconds:.3f} s)"
+    )
+    # Time this process itself did not run is granted back by design.
+    assert DEADLINE <= detection < DEADLINE + INTERVAL + 0.15 + stalls.seconds
 
 
 @pytest.mark.timeout(20)
-@pytest_twisted.inlineCallbacks
+@twistedTest
 def test_stoppedPeerTimeoutWithFullSendBuffer(
-    peers: Peers, server: tuple[Collecting, int]
+    peers: Peers, server: tuple[Collecting, int], stalls: Stalls
 ) -> Generator[Any, Any, None]:
     """The timeout aborts even when megabytes wait unsent for a stopped peer, and fails them all."""
     factory, port = server
@@ -280,23 +317,23 @@ def test_stoppedPeerTimeoutWithFullSendBuffer(
     results = DeferredList(sent, consumeErrors=True)
     loss = yield proto.whenLost()
     assert loss.reason is Reason.TIMEOUT
-    assert proto.lostAt - proto.stoppedAt < DEADLINE + INTERVAL + 0.15
+    detection = proto.lostAt - proto.stoppedAt
+    print(f"SIGSTOP detection with 20 MB unsent: {detection:.3f} s (stalls {stalls.seconds:.3f} s)")
+    assert DEADLINE <= detection < DEADLINE + INTERVAL + 0.15 + stalls.seconds
     outcomes = yield results
     assert [ok for ok, _ in outcomes] == [False] * 300
-    assert all(cast(Failure, f).value.loss is loss for _, f in outcomes)
+    assert all(cast(DeliveryFailed, cast(Failure, f).value).loss is loss for _, f in outcomes)
 
 
 @pytest.mark.timeout(20)
-@pytest_twisted.inlineCallbacks
+@twistedTest
 def test_blockedReactorIsNotTimeout(
     peers: Peers, server: tuple[Collecting, int]
 ) -> Generator[Any, Any, None]:
-    """This process blocked for longer than the deadline does not blame the (live) peer: no TIMEOUT."""
+    """This process blocked past the deadline does not blame the (live) peer: no TIMEOUT."""
     factory, port = server
     # The peer tolerates our silence (20 misses); we allow it 3.
-    process = peers.start(
-        "alive_peer.py", "client", HOST, port, INTERVAL, "echo", "--misses", 20
-    )
+    process = peers.start("alive_peer.py", "client", HOST, port, INTERVAL, "echo", "--misses", 20)
     proto = yield factory.connection()
     yield proto.whenOpened()
     # The echo of this message blocks this process inside dataReceived, so
@@ -313,7 +350,7 @@ def test_blockedReactorIsNotTimeout(
 
 
 @pytest.mark.timeout(20)
-@pytest_twisted.inlineCallbacks
+@twistedTest
 def test_killedPeerIsNotCleanClose(peers: Peers) -> Generator[Any, Any, None]:
     """A SIGKILLed peer (its kernel sends FIN) is PEER_CLOSED or RESET, never CLEAN_CLOSE."""
     process = peers.start("alive_peer.py", "server", HOST, 0, INTERVAL, "echo")
@@ -335,9 +372,9 @@ def test_killedPeerIsNotCleanClose(peers: Peers) -> Generator[Any, Any, None]:
 
 
 @pytest.mark.timeout(20)
-@pytest_twisted.inlineCallbacks
+@twistedTest
 def test_garbageIsProtocolError(peers: Peers) -> Generator[Any, Any, None]:
-    """Garbage from a peer is PROTOCOL_ERROR at once, and the peer gets GOODBYE(PROTOCOL_ERROR) before the FIN."""
+    """Garbage is PROTOCOL_ERROR at once; the peer gets GOODBYE(PROTOCOL_ERROR) before the FIN."""
     factory = Collecting(heartbeatInterval=5.0)
     port = getReactor().listenTCP(0, factory, interface=HOST)
     try:
@@ -359,8 +396,10 @@ def test_garbageIsProtocolError(peers: Peers) -> Generator[Any, Any, None]:
 
 
 @pytest.mark.timeout(20)
-@pytest_twisted.inlineCallbacks
-def test_silentPeerIsTimeout(peers: Peers, server: tuple[Collecting, int]) -> Generator[Any, Any, None]:
+@twistedTest
+def test_silentPeerIsTimeout(
+    peers: Peers, server: tuple[Collecting, int]
+) -> Generator[Any, Any, None]:
     """A peer that connects but never sends HELLO is TIMEOUT at the deadline."""
     factory, port = server
     process = peers.start("raw_peer.py", HOST, port, "silent")
@@ -374,7 +413,7 @@ def test_silentPeerIsTimeout(peers: Peers, server: tuple[Collecting, int]) -> Ge
 
 
 @pytest.mark.timeout(20)
-@pytest_twisted.inlineCallbacks
+@twistedTest
 def test_refusedIsRefused() -> Generator[Any, Any, None]:
     """Connecting to a port that was just closed fails with a failure classify() calls REFUSED."""
     probe = socket.socket()
@@ -392,11 +431,11 @@ def test_refusedIsRefused() -> Generator[Any, Any, None]:
 
 
 @pytest.mark.timeout(20)
-@pytest_twisted.inlineCallbacks
+@twistedTest
 def test_halfClosedPeerGetsAcks(
     peers: Peers, server: tuple[Collecting, int]
 ) -> Generator[Any, Any, None]:
-    """A peer that shuts its write side after sending DATA still gets the ACKs; the loss is PEER_CLOSED."""
+    """A peer that shuts its write side after DATA still gets the ACKs; the loss is PEER_CLOSED."""
     factory, port = server
     process = peers.start("raw_peer.py", HOST, port, "halfclose", "--count", 3)
     proto = yield factory.connection()
@@ -412,23 +451,35 @@ def test_halfClosedPeerGetsAcks(
 
 
 @pytest.mark.timeout(30)
-@pytest_twisted.inlineCallbacks
+@twistedTest
 def test_garbageClientDoesNotDisturbOthers(
     peers: Peers, server: tuple[Collecting, int]
 ) -> Generator[Any, Any, None]:
-    """One client sending garbage to a server does not affect the other clients: all their messages are confirmed."""
+    """A client sending garbage does not affect the server's other clients: all confirmed."""
     factory, port = server
     count = 40
     senders = [
         peers.start(
-            "alive_peer.py", "client", HOST, port, INTERVAL, "send",
-            "--count", count, "--every", 0.01, "--tag", f"c{i}",
+            "alive_peer.py",
+            "client",
+            HOST,
+            port,
+            INTERVAL,
+            "send",
+            "--count",
+            count,
+            "--every",
+            0.01,
+            "--tag",
+            f"c{i}",
         )
         for i in range(3)
     ]
     yield deferLater(getReactor(), 0.1, lambda: None)
     garbage = peers.start("raw_peer.py", HOST, port, "garbage")
-    outputs = yield DeferredList([waitForExit(p) for p in [*senders, garbage]], fireOnOneErrback=True)
+    outputs = yield DeferredList(
+        [waitForExit(p) for p in [*senders, garbage]], fireOnOneErrback=True
+    )
     for ok, output in outputs[:3]:
         assert ok
         assert f"CONFIRMED {count}" in output, output

@@ -1,6 +1,7 @@
+# mypy: disable-error-code="no-untyped-call"
 """
-Tests for L{twisted_alive._mixin}: the Twisted adapter, driven by a
-C{task.Clock} and in-memory transports (no reactor, no sockets, no sleeps).
+Tests for ``twisted_alive._mixin``: the Twisted adapter, driven by a
+``task.Clock`` and in-memory transports (no reactor, no sockets, no sleeps).
 """
 
 from __future__ import annotations
@@ -76,10 +77,10 @@ class Peer(HeartbeatProtocol):
         self.losses.append(loss)
 
 
-class RecordingTransport(FakeTransport):  # type: ignore[misc]
+class RecordingTransport(FakeTransport):
     """
     An iosim transport that decodes every frame written (with the clock
-    time) and records when C{abortConnection} was called.
+    time) and records when ``abortConnection`` was called.
     """
 
     def __init__(self, protocol: Peer, isServer: bool, clock: Clock) -> None:
@@ -118,14 +119,14 @@ class Pair:
 
     def runUntil(self, until: float, pumping: bool = True) -> None:
         """
-        Advance the clock to C{until}, stopping exactly at each scheduled
+        Advance the clock to ``until``, stopping exactly at each scheduled
         call (so no timer fires late) and pumping bytes after each step.
         """
         advanceTo(self.clock, until, self.pump if pumping else None)
 
 
 def advanceTo(clock: Clock, until: float, pump: IOPump | None = None) -> None:
-    """Advance C{clock} to C{until} one scheduled call at a time."""
+    """Advance ``clock`` to ``until`` one scheduled call at a time."""
     for _ in range(100_000):
         pending = [c.getTime() for c in clock.getDelayedCalls()]
         step = min([until, *pending])
@@ -142,7 +143,7 @@ def makePair(
     clientHandler: Callable[[bytes], object] | None = None,
     **attributes: object,
 ) -> Pair:
-    """Connect two L{Peer}s through iosim, on one clock, and open them."""
+    """Connect two ``Peer``s through iosim, on one clock, and open them."""
     clock = Clock()
     server = Peer(clock, serverHandler)
     client = Peer(clock, clientHandler)
@@ -158,15 +159,13 @@ def makePair(
 
 def peerHello(interval: float = INTERVAL, version: int = 1) -> bytes:
     """The bytes of a peer's HELLO."""
-    data = bytearray(
-        encode(Hello(1, 0, interval, DEFAULT_MAX_FRAME_SIZE, 1024, 1, NO_SESSION))
-    )
+    data = bytearray(encode(Hello(1, 0, interval, DEFAULT_MAX_FRAME_SIZE, 1024, 1, NO_SESSION)))
     data[5] = version
     return bytes(data)
 
 
 class TimedStringTransport(StringTransport):
-    """A C{StringTransport} that records when C{abortConnection} was called."""
+    """A ``StringTransport`` that records when ``abortConnection`` was called."""
 
     def __init__(self, clock: Clock) -> None:
         super().__init__()
@@ -180,7 +179,7 @@ class TimedStringTransport(StringTransport):
 
 
 def lone(**attributes: object) -> tuple[Peer, TimedStringTransport, Clock]:
-    """One L{Peer} on a C{StringTransport}; the test plays the other side."""
+    """One ``Peer`` on a ``StringTransport``; the test plays the other side."""
     clock = Clock()
     proto = Peer(clock)
     for name, value in attributes.items():
@@ -191,7 +190,7 @@ def lone(**attributes: object) -> tuple[Peer, TimedStringTransport, Clock]:
 
 
 def written(transport: StringTransport) -> list[Frame]:
-    """Every frame written to C{transport} so far."""
+    """Every frame written to ``transport`` so far."""
     return FrameDecoder().feed(transport.value())
 
 
@@ -289,7 +288,7 @@ def test_asyncHandlerNoFalseTimeout() -> None:
 
 
 def test_handlerRaisesRejects() -> None:
-    """messageReceived raising fails that message with DeliveryFailed(rejected=True); later ones go on."""
+    """messageReceived raising fails that message (DeliveryFailed, rejected); later ones go on."""
 
     def handler(payload: bytes) -> None:
         if payload == b"bad":
@@ -428,7 +427,7 @@ def test_noFalseTimeoutWhileBulkDataArrives() -> None:
 
 
 def test_lateTimerNotBlamedOnPeer() -> None:
-    """A timer firing far past the deadline (local stall) does not declare TIMEOUT when the peer's bytes follow."""
+    """A timer firing past the deadline (local stall) is not TIMEOUT if the peer's bytes follow."""
     pair = makePair()
     pair.runUntil(0.5)
     lastHeard = pair.client.lastHeard
@@ -462,7 +461,7 @@ def test_lateTimerGrantOnlyOnce() -> None:
 
 
 def test_noHelloTimeout() -> None:
-    """A peer that never completes its HELLO is closed at the deadline as TIMEOUT, even if it trickles bytes."""
+    """A peer that never completes its HELLO is TIMEOUT at the deadline, even trickling bytes."""
     proto, transport, clock = lone()
     hello = peerHello()
     for i in range(5):  # the first 5 bytes of a HELLO, one every 0.1 s
@@ -484,7 +483,7 @@ def test_noHelloTimeout() -> None:
 
 
 def test_closeSendsGoodbyeAfterQueuedData() -> None:
-    """close() sends queued messages first, then GOODBYE; peer gets CLEAN_CLOSE, this side LOCAL_CLOSE."""
+    """close() sends the queue, then GOODBYE; the peer gets CLEAN_CLOSE, this side LOCAL_CLOSE."""
     pair = makePair(maxInFlight=2)
     ds = [pair.client.sendMessage(b"m%d" % i) for i in range(6)]
     closed = pair.client.close(GoodbyeCode.SHUTTING_DOWN, "maintenance")
@@ -578,7 +577,7 @@ def test_sendAfterCloseFails() -> None:
 
 
 def test_closeDuringHandshakeSendsQueuedFirst() -> None:
-    """close() right after sendMessage(), before the peer's HELLO, still sends the message before GOODBYE."""
+    """close() before the peer's HELLO still sends the queued message before GOODBYE."""
     proto, transport, clock = lone()
     d = proto.sendMessage(b"one and done")
     closed = proto.close()
@@ -594,7 +593,7 @@ def test_closeDuringHandshakeSendsQueuedFirst() -> None:
 
 
 def test_dataThenGoodbyeInOneRead() -> None:
-    """DATA followed by GOODBYE in one read is processed and acknowledged before this side closes."""
+    """DATA then GOODBYE in one read: the DATA is processed and acknowledged before the close."""
     proto, transport, clock = lone()
     proto.dataReceived(
         peerHello()
@@ -612,7 +611,7 @@ def test_dataThenGoodbyeInOneRead() -> None:
 
 
 def test_peerGoodbyeWaitsForAsyncHandler() -> None:
-    """After the peer's GOODBYE this side finishes the message in progress and acknowledges it before closing."""
+    """After the peer's GOODBYE, the message in progress is finished and acknowledged first."""
     waiting: list[Deferred[None]] = []
 
     def handler(payload: bytes) -> Deferred[None]:
@@ -634,7 +633,7 @@ def test_peerGoodbyeWaitsForAsyncHandler() -> None:
 
 
 def test_peerGoodbyeWaitsForOwnAcks() -> None:
-    """After the peer's GOODBYE this side waits (bounded) for the ACKs of its own messages in flight, which the closing peer still processes."""
+    """After the peer's GOODBYE, this side waits for the ACKs of its own messages in flight."""
     proto, transport, clock = lone(closeTimeout=5.0)
     proto.dataReceived(peerHello())
     d1 = proto.sendMessage(b"in flight")
@@ -670,7 +669,7 @@ def test_peerGoodbyeOwnAcksBounded() -> None:
 
 
 def test_halfCloseWaitsForAsyncHandler() -> None:
-    """After the peer's FIN, a message still in messageReceived is finished and acknowledged before the close."""
+    """After the peer's FIN, the message in messageReceived is finished and acknowledged first."""
     proto, transport, clock = lone()
     waiting: list[Deferred[None]] = []
 
@@ -741,7 +740,7 @@ def test_ownLoseConnectionIsLocalClose() -> None:
 
 
 def test_lossFailsEveryPendingMessage() -> None:
-    """On a lost connection every sendMessage Deferred fails with DeliveryFailed carrying the Loss."""
+    """On a lost connection every sendMessage Deferred fails with DeliveryFailed and the Loss."""
     proto, transport, clock = lone(maxInFlight=2)
     proto.dataReceived(peerHello())
     lost = proto.whenLost()
@@ -837,7 +836,7 @@ def test_sendMessageTypeAndSizeErrors() -> None:
 
 
 def test_versionMismatch() -> None:
-    """A HELLO of another protocol version is answered with GOODBYE(PROTOCOL_ERROR): PROTOCOL_ERROR."""
+    """A HELLO of another protocol version gets GOODBYE(PROTOCOL_ERROR): PROTOCOL_ERROR."""
     proto, transport, clock = lone()
     with capturedLogs():
         proto.dataReceived(peerHello(version=2))
@@ -851,7 +850,7 @@ def test_versionMismatch() -> None:
 
 
 def test_garbageIsProtocolError() -> None:
-    """Garbage bytes are a PROTOCOL_ERROR at once, answered with GOODBYE, and aborted if the close stalls."""
+    """Garbage is PROTOCOL_ERROR at once, answered with GOODBYE, aborted if the close stalls."""
     proto, transport, clock = lone(heartbeatInterval=5.0)
     with capturedLogs():
         proto.dataReceived(b"\xff" * 64)
@@ -880,7 +879,7 @@ def test_goodbyeProtocolErrorFromPeer() -> None:
 
 
 def test_violationBeforeFrameError() -> None:
-    """A delivery violation followed by garbage in one read is a PROTOCOL_ERROR, not an exception."""
+    """A delivery violation then garbage in one read is a PROTOCOL_ERROR, not an exception."""
     proto, transport, clock = lone()
     proto.dataReceived(peerHello())
     with capturedLogs():

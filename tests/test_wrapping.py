@@ -1,8 +1,8 @@
 """
-Tests for L{twisted_alive._wrapping}: real Twisted protocols, unchanged
-(a C{LineReceiver} chat, an AMP calculator, producers), wrapped on both ends
-by L{AliveWrappingFactory}, over real loopback sockets and real peer
-processes; and a few deterministic ones over C{iosim} with a C{Clock}.
+Tests for `twisted_alive._wrapping`: real Twisted protocols, unchanged
+(a ``LineReceiver`` chat, an AMP calculator, producers), wrapped on both ends
+by `AliveWrappingFactory`, over real loopback sockets and real peer
+processes; and a few deterministic ones over ``iosim`` with a ``Clock``.
 """
 
 from __future__ import annotations
@@ -57,6 +57,7 @@ from twisted_alive._connection import State
 from twisted_alive._mixin import HeartbeatMixin
 from twisted_alive._outcomes import QueueFull
 from twisted_alive._reasons import (
+    ConnectionAbortedWithLoss,
     ConnectionDoneWithLoss,
     ConnectionLostWithLoss,
     Loss,
@@ -87,17 +88,17 @@ def getReactor() -> Any:
 
 
 def within(d: Deferred[T], seconds: float = 10.0) -> Deferred[T]:
-    """C{d}, failing with C{TimeoutError} after C{seconds}."""
+    """``d``, failing with ``TimeoutError`` after ``seconds``."""
     return d.addTimeout(seconds, getReactor())
 
 
 def sleep(seconds: float) -> Deferred[None]:
-    """A Deferred that fires after C{seconds} on the reactor."""
+    """A Deferred that fires after ``seconds`` on the reactor."""
     return deferLater(getReactor(), seconds, lambda: None)
 
 
 def lossOf(reason: Failure | None) -> Loss:
-    """The L{Loss} a wrapped protocol's C{connectionLost} failure carries."""
+    """The `Loss` a wrapped protocol's ``connectionLost`` failure carries."""
     assert reason is not None
     loss = getattr(reason.value, "loss", None)
     assert isinstance(loss, Loss), reason
@@ -128,7 +129,7 @@ class Ending(Protocol):
 
 
 class Sink(Ending):
-    """Collects every byte; counts C{dataReceived} calls."""
+    """Collects every byte; counts ``dataReceived`` calls."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -143,7 +144,7 @@ class Sink(Ending):
 
 
 class LineEnding(LineReceiver):
-    """A C{LineReceiver} that queues its lines and records how it ended."""
+    """A ``LineReceiver`` that queues its lines and records how it ended."""
 
     MAX_LENGTH = 64 * MiB
     reason: Failure | None = None
@@ -158,15 +159,15 @@ class LineEnding(LineReceiver):
         self.lines.put(line)
 
     def sendLine(self, line: bytes) -> None:
-        """Send C{line} and the delimiter."""
+        """Send ``line`` and the delimiter."""
         LineReceiver.sendLine(self, line)  # type: ignore[no-untyped-call]
 
     def stopReading(self) -> None:
-        """Pause reading, the stock C{LineReceiver} way (C{pauseProducing})."""
+        """Pause reading, the stock ``LineReceiver`` way (``pauseProducing``)."""
         self.pauseProducing()  # type: ignore[no-untyped-call]
 
     def startReading(self) -> None:
-        """Resume reading (C{resumeProducing})."""
+        """Resume reading (``resumeProducing``)."""
         self.resumeProducing()  # type: ignore[no-untyped-call]
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
@@ -212,7 +213,7 @@ class Tracking(Factory[Protocol]):
         return proto
 
     def connection(self, index: int = 0) -> Deferred[Protocol]:
-        """The C{index}-th protocol built, once it is."""
+        """The ``index``-th protocol built, once it is."""
         d: Deferred[Protocol] = Deferred()
         if len(self.built) > index:
             d.callback(self.built[index])
@@ -244,7 +245,7 @@ class Hang(amp.Command):
 
 
 def callRemote(proto: amp.AMP, command: type[amp.Command], **kw: object) -> Deferred[Any]:
-    """C{proto.callRemote(command, **kw)}."""
+    """``proto.callRemote(command, **kw)``."""
     return cast(Deferred[Any], cast(Any, proto).callRemote(command, **kw))
 
 
@@ -269,8 +270,8 @@ class Calculator(amp.AMP):
 
 
 class LimitedWrappingFactory(AliveWrappingFactory):
-    """An L{AliveWrappingFactory} that sets more limits (C{maxQueued},
-    C{maxInFlight}...) on each protocol it builds."""
+    """An `AliveWrappingFactory` that sets more limits (``maxQueued``,
+    ``maxInFlight``...) on each protocol it builds."""
 
     def __init__(self, wrappedFactory: Factory[Any], limits: dict[str, object], **kw: Any) -> None:
         super().__init__(wrappedFactory, **kw)
@@ -285,7 +286,7 @@ class LimitedWrappingFactory(AliveWrappingFactory):
 
 
 def inner(wrapper: AliveWrappingProtocol, kind: type[P]) -> P:
-    """The wrapped protocol of C{wrapper}, checked to be a C{kind}."""
+    """The wrapped protocol of ``wrapper``, checked to be a ``kind``."""
     proto = wrapper.wrappedProtocol
     assert isinstance(proto, kind)
     return proto
@@ -309,7 +310,7 @@ class Net:
     def wrap(
         self, factory: Factory[Any], limits: dict[str, object] | None = None, **kw: Any
     ) -> AliveWrappingFactory:
-        """C{factory}, wrapped with this module's heartbeat settings."""
+        """``factory``, wrapped with this module's heartbeat settings."""
         kw.setdefault("heartbeatInterval", INTERVAL)
         kw.setdefault("heartbeatMisses", MISSES)
         if limits:
@@ -322,7 +323,7 @@ class Net:
     def listen(
         self, factory: Factory[Any], limits: dict[str, object] | None = None, **kw: Any
     ) -> int:
-        """Listen on 127.0.0.1 with C{factory} wrapped; the port number."""
+        """Listen on 127.0.0.1 with ``factory`` wrapped; the port number."""
         port = getReactor().listenTCP(0, self.wrap(factory, limits, **kw), interface=HOST)
         self.ports.append(port)
         return cast(int, port.getHost().port)
@@ -334,7 +335,7 @@ class Net:
         limits: dict[str, object] | None = None,
         **kw: Any,
     ) -> AliveWrappingProtocol:
-        """Connect to C{port} with C{factory} wrapped; the wrapping protocol,
+        """Connect to ``port`` with ``factory`` wrapped; the wrapping protocol,
         once its HELLO exchange is done."""
         endpoint = TCP4ClientEndpoint(getReactor(), HOST, port, timeout=5)
         wrapper = await within(endpoint.connect(self.wrap(factory, limits, **kw)))
@@ -406,7 +407,7 @@ class Peers:
         self.processes: list[subprocess.Popen[str]] = []
 
     def start(self, *args: object) -> subprocess.Popen[str]:
-        """Start the wrapped line-echo client L{PEER} with C{args}."""
+        """Start the wrapped line-echo client `PEER` with ``args``."""
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
         process = subprocess.Popen(
@@ -594,7 +595,7 @@ def test_oneFramePerWrite() -> None:
 
 
 class WriteThenClose(Ending):
-    """Writes C{payload} then calls C{loseConnection} at once, in C{connectionMade}."""
+    """Writes ``payload`` then calls ``loseConnection`` at once, in ``connectionMade``."""
 
     payload = b""
 
@@ -653,7 +654,7 @@ async def test_abortIsResetThere(net: Net) -> None:
     await within(client.ended)
     await within(sink.ended)
     assert isinstance(client.reason, Failure)
-    assert isinstance(client.reason.value, ConnectionLostWithLoss)
+    assert isinstance(client.reason.value, ConnectionAbortedWithLoss)
     assert not isinstance(client.reason.value, ConnectionDone)
     assert lossOf(client.reason).reason is Reason.LOCAL_CLOSE
     assert isinstance(sink.reason, Failure)
@@ -815,14 +816,20 @@ async def test_wrappedPlainClientFactoryCleanClose(net: Net) -> None:
 
 @implementer(IPushProducer)
 class ChunkProducer:
-    """A streaming producer that writes 64 KiB chunks for as long as it is
-    not paused, and records the queue of the wrapping protocol below it."""
+    """A streaming producer that writes 64 KiB chunks (random, or always
+    ``chunk``) for as long as it is not paused, and records the queue of the
+    wrapping protocol below it; it closes the connection when done if
+    ``close`` is true."""
 
     chunkSize = 64 * KiB
 
-    def __init__(self, proto: Protocol, total: int) -> None:
+    def __init__(
+        self, proto: Protocol, total: int, chunk: bytes | None = None, close: bool = True
+    ) -> None:
         self.proto = proto
         self.remaining = total
+        self.chunk = chunk
+        self.close = close
         self.digest = hashlib.sha256()
         self.paused = False
         self.pauses = 0
@@ -847,7 +854,7 @@ class ChunkProducer:
         wrapper = transportOf(self.proto)
         outbox = wrapper.session.outbox  # type: ignore[union-attr]
         while not self.paused and self.remaining > 0:
-            chunk = os.urandom(min(self.chunkSize, self.remaining))
+            chunk = self.chunk or os.urandom(min(self.chunkSize, self.remaining))
             self.remaining -= len(chunk)
             self.digest.update(chunk)
             wrapper.write(chunk)
@@ -856,7 +863,8 @@ class ChunkProducer:
             self.maxInFlight = max(self.maxInFlight, len(outbox.inflight))
         if self.remaining == 0 and not self.done.called:
             wrapper.unregisterProducer()
-            wrapper.loseConnection()
+            if self.close:
+                wrapper.loseConnection()
             self.done.callback(None)
 
     def pauseProducing(self) -> None:
@@ -914,7 +922,7 @@ async def test_pullProducerFileSender(net: Net) -> None:
 
 
 class PausingLines(LineEnding):
-    """Stops reading (C{pauseProducing}, the stock LineReceiver way) after
+    """Stops reading (``pauseProducing``, the stock LineReceiver way) after
     the first line."""
 
     def lineReceived(self, line: bytes) -> None:
@@ -935,19 +943,7 @@ async def test_pausedReadingBackpressuresPeerAndKeepsHeartbeats(net: Net) -> Non
     )
     line = b"y" * (64 * KiB - 2) + b"\r\n"  # one frame per line
     lines = 100
-    producer = ChunkProducer(inner(wrapper, Ending), len(line) * lines)
-
-    def oneLine(self: ChunkProducer) -> None:
-        self._scheduled = False
-        w = transportOf(self.proto)
-        while not self.paused and self.remaining > 0:
-            self.remaining -= len(line)
-            w.write(line)
-        if self.remaining == 0 and not self.done.called:
-            w.unregisterProducer()
-            self.done.callback(None)
-
-    producer._produce = lambda: oneLine(producer)  # type: ignore[method-assign]
+    producer = ChunkProducer(inner(wrapper, Ending), len(line) * lines, chunk=line, close=False)
     producer.start()
     server = cast(PausingLines, await servers.connection())
     await within(server.lines.get())
@@ -1050,8 +1046,8 @@ async def test_transportPassThrough(net: Net) -> None:
 def pair(
     clock: Clock, **limits: object
 ) -> tuple[AliveWrappingProtocol, AliveWrappingProtocol, iosim.IOPump]:
-    """A wrapped client (with C{limits}) and a wrapped L{Sink} server over
-    C{iosim}, not yet pumped: the client's HELLO is unanswered."""
+    """A wrapped client (with ``limits``) and a wrapped `Sink` server over
+    ``iosim``, not yet pumped: the client's HELLO is unanswered."""
     serverWrapping = AliveWrappingFactory(Tracking(Sink))
     clientWrapping = LimitedWrappingFactory(Factory.forProtocol(Ending), limits)
 

@@ -12,7 +12,7 @@ from twisted_alive._kernel import KernelLiveness, PeekState, peek, setKernelLive
 from twisted_alive._mixin import HeartbeatMixin, HeartbeatProtocol
 from twisted_alive._outcomes import DeliveryFailed, QueueFull, Receipt
 from twisted_alive._reasons import Loss, Reason, classify
-from twisted_alive._wrapping import AliveWrappingFactory
+from twisted_alive._wrapping import AliveWrappingFactory, AliveWrappingProtocol
 
 __all__ = [
     "HeartbeatMixin",
@@ -20,6 +20,7 @@ __all__ = [
     "AliveClientFactory",
     "AliveServerFactory",
     "AliveWrappingFactory",
+    "AliveWrappingProtocol",
     "Retry",
     "Reason",
     "Loss",

@@ -159,3 +159,15 @@ class ConnectionDoneWithLoss(error.ConnectionDone):
     def __init__(self, loss: Loss) -> None:
         super().__init__(str(loss))
         self.loss = loss
+
+
+class ConnectionAbortedWithLoss(error.ConnectionAborted):
+    """
+    A ``ConnectionAborted`` that carries the classified `Loss` (for a
+    connection this side aborted, seen by protocols wrapped by
+    `AliveWrappingFactory`).
+    """
+
+    def __init__(self, loss: Loss) -> None:
+        super().__init__(str(loss))
+        self.loss = loss

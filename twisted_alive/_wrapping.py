@@ -18,7 +18,7 @@ from typing import Any, cast
 from twisted.internet import defer
 from twisted.internet._producer_helpers import _PullToPush
 from twisted.internet.defer import Deferred
-from twisted.internet.error import ConnectionDone
+from twisted.internet.error import ConnectionAborted, ConnectionDone
 from twisted.internet.interfaces import (
     IAddress,
     IConnector,
@@ -35,7 +35,13 @@ from twisted_alive._connection import State
 from twisted_alive._frames import DEFAULT_MAX_FRAME_SIZE
 from twisted_alive._mixin import HeartbeatMixin
 from twisted_alive._outcomes import QueueFull
-from twisted_alive._reasons import ConnectionDoneWithLoss, ConnectionLostWithLoss, Loss, Reason
+from twisted_alive._reasons import (
+    ConnectionAbortedWithLoss,
+    ConnectionDoneWithLoss,
+    ConnectionLostWithLoss,
+    Loss,
+    Reason,
+)
 
 log = Logger(namespace="twisted_alive")
 
@@ -44,7 +50,8 @@ def failureFor(loss: Loss) -> Failure:
     """
     The failure a wrapped protocol's ``connectionLost`` receives: a
     ``ConnectionDone`` (subclass) for an orderly close by either side, a
-    ``ConnectionLost`` (subclass) for everything else; both carry ``.loss``.
+    ``ConnectionAborted`` (subclass) when the application aborted, a
+    ``ConnectionLost`` (subclass) for everything else; all carry ``.loss``.
     """
     orderly = loss.reason is Reason.CLEAN_CLOSE or (
         loss.reason is Reason.LOCAL_CLOSE
@@ -53,6 +60,12 @@ def failureFor(loss: Loss) -> Failure:
     )
     if orderly:
         return Failure(ConnectionDoneWithLoss(loss))  # type: ignore[no-untyped-call]
+    if (
+        loss.reason is Reason.LOCAL_CLOSE
+        and loss.failure is not None
+        and isinstance(loss.failure.value, ConnectionAborted)
+    ):
+        return Failure(ConnectionAbortedWithLoss(loss))  # type: ignore[no-untyped-call]
     return Failure(ConnectionLostWithLoss(loss))  # type: ignore[no-untyped-call]
 
 
@@ -262,6 +275,11 @@ class AliveWrappingProtocol(HeartbeatMixin, Protocol):  # type: ignore[misc]
 
     def stopProducing(self) -> None:
         """The wrapped protocol asks to stop: close in order."""
+        self.loseConnection()
+
+    def loseWriteConnection(self) -> None:
+        """A half-close can't be expressed inside the framing: it closes in
+        order, like ``loseConnection``."""
         self.loseConnection()
 
     def __getattr__(self, name: str) -> Any:

@@ -1,3 +1,4 @@
+# mypy: disable-error-code="no-untyped-call"
 """
 A twisted_alive peer process for ``tests/test_loss_real.py``.
 
@@ -8,9 +9,10 @@ Usage::
 
 As a client it connects to HOST:PORT; as a server it listens on HOST:PORT
 (0 for any free port) and prints ``READY <port>``. It serves one connection
-with a L{HeartbeatProtocol} whose heartbeat interval is INTERVAL seconds
-(and ``heartbeatMisses`` M, default 3), prints ``OPEN`` when the HELLO exchange completes and ``LOST <REASON>
-<detail>`` when the connection ends, then exits (status 0).
+with a ``HeartbeatProtocol`` whose heartbeat interval is INTERVAL seconds
+(and ``heartbeatMisses`` M, default 3), prints ``OPEN`` when the HELLO
+exchange completes and ``LOST <REASON> <detail>`` when the connection ends,
+then exits (status 0).
 
 Behaviours:
 
@@ -35,6 +37,7 @@ from twisted.internet import task
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint, connectProtocol
 from twisted.internet.protocol import Factory
+from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
 
 from twisted_alive._frames import GoodbyeCode
@@ -50,12 +53,13 @@ def say(*words: object) -> None:
     print(*words, flush=True)
 
 
-class TestPeer(HeartbeatProtocol):
-    """The peer's protocol: one of L{BEHAVIOURS}."""
+class ScriptedPeer(HeartbeatProtocol):
+    """The peer's protocol: one of ``BEHAVIOURS``."""
 
-    def __init__(self, options: argparse.Namespace, clock: Any, done: Deferred[Loss]) -> None:
+    def __init__(self, options: argparse.Namespace, reactor: Any, done: Deferred[Loss]) -> None:
         self.options = options
-        self.clock = clock
+        self.reactor = reactor
+        self.clock = reactor
         self.heartbeatInterval = options.interval
         self.heartbeatMisses = options.misses
         self.done = done
@@ -64,28 +68,17 @@ class TestPeer(HeartbeatProtocol):
     def connectionOpened(self, resumed: bool) -> None:
         say("OPEN")
         if self.options.behaviour == "send":
-            self._sendAll()
+            Deferred.fromCoroutine(self._sendAll())
 
-    def _sendAll(self) -> None:
+    async def _sendAll(self) -> None:
         options = self.options
         receipts: list[Deferred[Receipt]] = []
-
-        def sendOne(i: int) -> None:
-            receipts.append(self.sendMessage(f"{options.tag}:{i}".encode()))
-
-        def allSent() -> None:
-            DeferredList(receipts, consumeErrors=True).addCallback(confirmed)
-
-        def confirmed(results: list[tuple[bool, object]]) -> None:
-            good = sum(1 for ok, _ in results if ok)
-            say("CONFIRMED", good)
-            self.close()
-
-        chain: Deferred[None] = Deferred()
         for i in range(options.count):
-            chain.addCallback(lambda _, i=i: task.deferLater(self.clock, options.every, sendOne, i))
-        chain.addCallback(lambda _: allSent())
-        chain.callback(None)
+            await deferLater(self.reactor, options.every, lambda: None)
+            receipts.append(self.sendMessage(f"{options.tag}:{i}".encode()))
+        results = await DeferredList(receipts, consumeErrors=True)
+        say("CONFIRMED", sum(1 for ok, _ in results if ok))
+        self.close()
 
     def messageReceived(self, payload: bytes) -> None:
         self.count += 1
@@ -96,7 +89,7 @@ class TestPeer(HeartbeatProtocol):
             self.close(GoodbyeCode.SHUTTING_DOWN, "done after the first message")
         elif behaviour == "rst-after-first" and self.count == 1:
             # The ACK is written when this returns; abort once it is out.
-            self.clock.callLater(0.1, self._reset)
+            self.reactor.callLater(0.1, self._reset)
 
     def _reset(self) -> None:
         handle = self.transport.getHandle()  # type: ignore[attr-defined]
@@ -122,8 +115,8 @@ def main(reactor: Any, *argv: str) -> Deferred[None]:
     options = parser.parse_args(argv)
     done: Deferred[Loss] = Deferred()
 
-    def build() -> TestPeer:
-        return TestPeer(options, reactor, done)
+    def build() -> ScriptedPeer:
+        return ScriptedPeer(options, reactor, done)
 
     def finish(result: object) -> None:
         if isinstance(result, Failure):
@@ -135,8 +128,9 @@ def main(reactor: Any, *argv: str) -> Deferred[None]:
         d.addErrback(lambda f: done.errback(f) if not done.called else None)
         return done.addBoth(finish)
 
-    factory = Factory.forProtocol(build)  # type: ignore[arg-type]
-    listening = TCP4ServerEndpoint(reactor, options.port, interface=options.host).listen(factory)
+    factory = Factory.forProtocol(build)
+    server = TCP4ServerEndpoint(reactor, options.port, interface=options.host)
+    listening: Deferred[Any] = server.listen(factory)
 
     def ready(port: Any) -> Deferred[None]:
         say("READY", port.getHost().port)
