@@ -918,13 +918,6 @@ def test_classify(exc: BaseException, reason: Reason) -> None:
     assert classify(Failure(exc)) is reason
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "bug in _reasons.classify: DNSLookupError derives from IOError, not "
-        "ConnectError, so it falls through to RESET instead of CONNECT_FAILED"
-    ),
-)
 def test_classifyDNSLookupError() -> None:
     """A failed name lookup is CONNECT_FAILED (a connection attempt that failed), not RESET."""
     assert classify(error.DNSLookupError("no such host")) is Reason.CONNECT_FAILED

@@ -226,6 +226,8 @@ class Connection:
         self.resumed = False
         self.error: str | None = None
         self._ackSent = -1
+        self.acksSent = 0
+        """ACK frames queued for the peer on this connection."""
         self._held: tuple[list[_frames.Frame], str | None] | None = None
         self._out: list[bytes] = []
         self._askedToken = self.session.token
@@ -488,6 +490,7 @@ class Connection:
         processed = inbox.processedUpTo
         if processed > self._ackSent:
             self._ackSent = processed
+            self.acksSent += 1
             self._out.append(_frames.encodeAck(processed))
 
     def close(self, code: GoodbyeCode = GoodbyeCode.NORMAL, reason: str = "") -> None:

@@ -1,22 +1,23 @@
 """
-The Twisted adapter: L{HeartbeatMixin} and L{HeartbeatProtocol}.
+The Twisted adapter: `HeartbeatMixin` and `HeartbeatProtocol`.
 
 The mixin moves bytes between the transport and the sans-IO
-L{Connection}, keeps one timer (Twisted's C{TimeoutMixin}) armed for the
+`Connection`, keeps one timer (Twisted's ``TimeoutMixin``) armed for the
 core's next deadline, calls the application, and turns the core's events
 into Deferreds and hook calls. It records its own intent before it closes a
-connection, so that every loss gets the right L{Reason}.
+connection, so that every loss gets the right `Reason`.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, cast
+from functools import partial
+from typing import Any, cast
 
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IDelayedCall, IHalfCloseableProtocol, IReactorTime
-from twisted.internet.protocol import Protocol
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
@@ -50,9 +51,6 @@ from twisted_alive._interfaces import ISessionHost
 from twisted_alive._outcomes import DeliveryFailed, QueueFull, Receipt
 from twisted_alive._reasons import Loss, Reason, classify
 
-if TYPE_CHECKING:
-    from twisted.internet.interfaces import ITransport
-
 log = Logger(namespace="twisted_alive")
 
 _GOODBYE_REASONS = {
@@ -64,7 +62,7 @@ ABORT_GRACE = 2.0
 
 
 def describeAddress(address: Any) -> str | None:
-    """``host:port`` for an IPv4/IPv6 address, C{str()} of anything else."""
+    """``host:port`` for an IPv4/IPv6 address, ``str()`` of anything else."""
     host = getattr(address, "host", None)
     port = getattr(address, "port", None)
     if host is not None and port is not None:
@@ -83,18 +81,18 @@ def failDelivery(entry: Entry, message: str, loss: Loss | None) -> None:
 class HeartbeatMixin(TimeoutMixin):
     """
     Heartbeats, loss classification and confirmed delivery for a Twisted
-    protocol. List it before C{Protocol} in the bases::
+    protocol. List it before ``Protocol`` in the bases::
 
         class Chat(HeartbeatMixin, Protocol):
             def messageReceived(self, payload):
                 ...
 
     The transport carries the twisted_alive framing (``docs/protocol.md``):
-    use L{sendMessage} to send, override L{messageReceived} to receive and
-    L{disconnected} to learn why the connection ended. Subclasses that
-    override C{connectionMade}, C{dataReceived} or C{connectionLost} must
-    call the base method. The mixin owns C{TimeoutMixin}'s timer: do not
-    call C{setTimeout} yourself.
+    use `sendMessage` to send, override `messageReceived` to receive and
+    `disconnected` to learn why the connection ended. Subclasses that
+    override ``connectionMade``, ``dataReceived`` or ``connectionLost`` must
+    call the base method. The mixin owns ``TimeoutMixin``'s timer: do not
+    call ``setTimeout`` yourself.
 
     :cvar heartbeatInterval: seconds of outbound silence before a PING; this
         side promises the peer a frame at least this often (announced in
@@ -102,7 +100,7 @@ class HeartbeatMixin(TimeoutMixin):
     :cvar heartbeatMisses: the peer counts as dead after its interval times
         this many seconds of silence.
     :cvar maxFrameSize: the largest frame accepted, in bytes after the
-        length prefix; a message may be up to C{maxFrameSize - 9} bytes.
+        length prefix; a message may be up to ``maxFrameSize - 9`` bytes.
     :cvar maxInFlight: messages sent but not yet confirmed, at most (the
         window; also the receive window announced to the peer).
     :cvar maxQueued: messages waiting behind the window, at most.
@@ -111,11 +109,11 @@ class HeartbeatMixin(TimeoutMixin):
         peer, in seconds.
     :cvar maxPeerInterval: the largest heartbeat interval accepted from the
         peer, in seconds.
-    :cvar closeTimeout: seconds L{close} waits for outstanding
+    :cvar closeTimeout: seconds `close` waits for outstanding
         acknowledgements before it closes anyway.
-    :ivar clock: the C{IReactorTime} used for timers; the global reactor
+    :ivar clock: the ``IReactorTime`` used for timers; the global reactor
         unless set before the connection is made.
-    :ivar loss: the L{Loss}, once the connection has ended; C{None} before.
+    :ivar loss: the `Loss`, once the connection has ended; ``None`` before.
     """
 
     heartbeatInterval: float = 5.0
@@ -131,7 +129,7 @@ class HeartbeatMixin(TimeoutMixin):
     clock: IReactorTime | None = None
     loss: Loss | None = None
 
-    transport: ITransport
+    transport: Any
     factory: Any
 
     _alive: Connection | None = None
@@ -156,12 +154,12 @@ class HeartbeatMixin(TimeoutMixin):
         return clock
 
     def callLater(self, period: float, func: Any) -> IDelayedCall:
-        """C{TimeoutMixin}'s timer, on L{clock}."""
+        """``TimeoutMixin``'s timer, on `clock`."""
         return self._clock().callLater(period, func)
 
     def aliveSettings(self) -> Settings:
         """
-        The L{Settings} of a new connection, from the class attributes.
+        The `Settings` of a new connection, from the class attributes.
 
         :raises ValueError: for an invalid setting (the message names it).
         """
@@ -185,18 +183,18 @@ class HeartbeatMixin(TimeoutMixin):
     @property
     def rtt(self) -> float | None:
         """The smoothed round-trip time in seconds (from PING/PONG), or
-        C{None} before the first sample."""
+        ``None`` before the first sample."""
         return self._alive.liveness.srtt if self._alive is not None else None
 
     @property
     def session(self) -> Session | None:
-        """The delivery session this connection carries (C{None} before the
+        """The delivery session this connection carries (``None`` before the
         connection is made)."""
         return self._alive.session if self._alive is not None else None
 
     @property
     def state(self) -> State | None:
-        """The protocol state (C{None} before the connection is made)."""
+        """The protocol state (``None`` before the connection is made)."""
         return self._alive.state if self._alive is not None else None
 
     @property
@@ -206,17 +204,17 @@ class HeartbeatMixin(TimeoutMixin):
 
     def sendMessage(self, payload: bytes) -> Deferred[Receipt]:
         """
-        Send one message; it reaches the peer's L{messageReceived} once, in
+        Send one message; it reaches the peer's `messageReceived` once, in
         order.
 
-        :param payload: the message, at most C{maxFrameSize - 9} bytes.
-        :returns: a Deferred that fires with a L{Receipt} once the peer's
+        :param payload: the message, at most ``maxFrameSize - 9`` bytes.
+        :returns: a Deferred that fires with a `Receipt` once the peer's
             application processed the message, or fails with
-            L{DeliveryFailed} (the connection ended first, or the peer's
-            application failed on it) or L{QueueFull} (at once: the send
+            `DeliveryFailed` (the connection ended first, or the peer's
+            application failed on it) or `QueueFull` (at once: the send
             queue is at its limit and nothing was queued).
-        :raises TypeError: if C{payload} is not C{bytes}.
-        :raises ValueError: if C{payload} is larger than a frame allows.
+        :raises TypeError: if ``payload`` is not ``bytes``.
+        :raises ValueError: if ``payload`` is larger than a frame allows.
         :raises RuntimeError: before the connection is made.
         """
         conn = self._alive
@@ -224,7 +222,9 @@ class HeartbeatMixin(TimeoutMixin):
             raise RuntimeError("sendMessage() called before connectionMade()")
         checkPayload(payload, conn.settings)
         if self.loss is not None:
-            return defer.fail(DeliveryFailed(f"connection already lost ({self.loss})", self.loss))
+            return defer.fail(
+                DeliveryFailed(f"connection already lost ({self.loss})", self.loss)
+            )
         if self._closing is not None or conn.state not in (State.HANDSHAKE, State.OPEN):
             return defer.fail(DeliveryFailed("connection is closing; message not sent"))
         d: Deferred[Receipt] = Deferred()
@@ -246,27 +246,27 @@ class HeartbeatMixin(TimeoutMixin):
         """
         Override: a message from the peer, in order, exactly once.
 
-        The message counts as processed (and the peer's L{sendMessage}
+        The message counts as processed (and the peer's `sendMessage`
         Deferred fires) when this returns, or, if it returns a Deferred,
         when that fires. Until then the next message waits. If it raises or
         its Deferred fails, the error is logged, the message counts as
-        processed, and the peer's Deferred fails with L{DeliveryFailed}
-        (C{rejected=True}) carrying the error's text: a message that makes
+        processed, and the peer's Deferred fails with `DeliveryFailed`
+        (``rejected=True``) carrying the error's text: a message that makes
         the application fail is reported, never silently lost, and never
         redelivered in a loop.
         """
         return None
 
     def disconnected(self, loss: Loss) -> None:
-        """Override: the connection ended, for the reason in C{loss}.
+        """Override: the connection ended, for the reason in ``loss``.
         Called once."""
 
     def connectionOpened(self, resumed: bool) -> None:
-        """Override: the HELLO exchange completed; C{resumed} tells whether a
+        """Override: the HELLO exchange completed; ``resumed`` tells whether a
         session was resumed."""
 
     def whenLost(self) -> Deferred[Loss]:
-        """A Deferred that fires with the L{Loss} when the connection ends
+        """A Deferred that fires with the `Loss` when the connection ends
         (at once if it has)."""
         if self.loss is not None:
             return defer.succeed(self.loss)
@@ -278,7 +278,7 @@ class HeartbeatMixin(TimeoutMixin):
 
     def whenOpened(self) -> Deferred[None]:
         """A Deferred that fires when the HELLO exchange has completed, or
-        fails with L{DeliveryFailed} if the connection ends first."""
+        fails with `DeliveryFailed` if the connection ends first."""
         conn = self._alive
         if conn is not None and conn.peerHello is not None and conn.state is not State.FAILED:
             return defer.succeed(None)
@@ -293,14 +293,14 @@ class HeartbeatMixin(TimeoutMixin):
     def close(self, code: GoodbyeCode = GoodbyeCode.NORMAL, reason: str = "") -> Deferred[Loss]:
         """
         Close in order: send what is queued, then GOODBYE, wait (at most
-        L{closeTimeout} seconds) for the peer to acknowledge everything, then
+        `closeTimeout` seconds) for the peer to acknowledge everything, then
         close the TCP connection. Messages still unconfirmed then fail with
-        L{DeliveryFailed}.
+        `DeliveryFailed`.
 
-        :param code: the GOODBYE code (C{SHUTTING_DOWN} and C{GO_AWAY} tell
+        :param code: the GOODBYE code (``SHUTTING_DOWN`` and ``GO_AWAY`` tell
             a reconnecting client whether to come back).
         :param reason: a text for the peer's logs.
-        :returns: a Deferred that fires with the L{Loss} (L{Reason.LOCAL_CLOSE})
+        :returns: a Deferred that fires with the `Loss` (`Reason.LOCAL_CLOSE`)
             once the connection is closed.
         """
         d = self.whenLost()
@@ -314,7 +314,7 @@ class HeartbeatMixin(TimeoutMixin):
         return d
 
     def abort(self, detail: str = "aborted by this side") -> None:
-        """Abort the connection now (an RST, no GOODBYE): L{Reason.LOCAL_CLOSE}."""
+        """Abort the connection now (an RST, no GOODBYE): `Reason.LOCAL_CLOSE`."""
         if self.loss is None:
             self._setCause(Reason.LOCAL_CLOSE, detail)
             self.transport.abortConnection()
@@ -377,10 +377,10 @@ class HeartbeatMixin(TimeoutMixin):
     def writeConnectionLost(self) -> None:
         """This side's write half is closed; nothing to do."""
 
-    def connectionLost(self, reason: Failure = Failure(Exception("unknown"))) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         """Classify the loss, settle every pending Deferred, then call
-        L{disconnected}."""
-        self.setTimeout(None)
+        `disconnected`."""
+        self._setTimer(None)
         for call in (self._abortCall, self._closeCall):
             if call is not None and call.active():
                 call.cancel()
@@ -389,8 +389,8 @@ class HeartbeatMixin(TimeoutMixin):
         conn = self._alive
         cause = self._cause
         if cause is None:
-            if getattr(self.transport, "disconnecting", False) and reason.check(
-                ConnectionDone
+            if getattr(self.transport, "disconnecting", False) and isinstance(
+                reason.value, ConnectionDone
             ):
                 cause = (Reason.LOCAL_CLOSE, "closed by this side", None)
             else:
@@ -439,7 +439,7 @@ class HeartbeatMixin(TimeoutMixin):
             super().connectionLost(reason)  # type: ignore[misc]
 
     def timeoutConnection(self) -> None:
-        """C{TimeoutMixin}'s timer fired: ask the core what liveness needs."""
+        """``TimeoutMixin``'s timer fired: ask the core what liveness needs."""
         conn = self._alive
         if conn is None or self.loss is not None:
             return
@@ -462,7 +462,11 @@ class HeartbeatMixin(TimeoutMixin):
             return
         wake = conn.nextWake()
         self._armedFor = wake
-        self.setTimeout(max(0.0, wake - self._clock().seconds()))
+        self._setTimer(max(0.0, wake - self._clock().seconds()))
+
+    def _setTimer(self, period: float | None) -> None:
+        """Arm ``TimeoutMixin``'s timer for ``period`` seconds (or disarm it)."""
+        self.setTimeout(period)  # type: ignore[no-untyped-call]
 
     def _flush(self) -> None:
         conn = self._alive
@@ -621,7 +625,7 @@ class HeartbeatMixin(TimeoutMixin):
 
     def _expired(self, detail: str) -> None:
         self._setCause(Reason.TIMEOUT, detail)
-        self.setTimeout(None)
+        self._setTimer(None)
         self.transport.abortConnection()
 
     def _sessionUnknown(self, detail: str) -> None:
@@ -634,7 +638,7 @@ class HeartbeatMixin(TimeoutMixin):
     def _loseSoon(self) -> None:
         """Close now, and abort if the flush takes longer than a grace
         period (a peer that stopped reading would hold it open)."""
-        self.setTimeout(None)
+        self._setTimer(None)
         self.transport.loseConnection()
         if self._abortCall is None and self.loss is None:
             self._abortCall = self._clock().callLater(ABORT_GRACE, self._abortNow)
@@ -704,13 +708,13 @@ class HeartbeatMixin(TimeoutMixin):
             try:
                 result = self.messageReceived(payload)
             except Exception:
-                self._rejected(session, seq, Failure())
+                self._rejected(session, seq, Failure())  # type: ignore[no-untyped-call]
                 continue
             if isinstance(result, Deferred):
                 box: list[object] = []
                 result.addBoth(box.append)
                 if not box:
-                    result.addCallback(lambda _: self._asyncDone(session, seq, box[0]))
+                    result.addCallback(partial(self._asyncDone, session, seq, box))
                     # What was processed before this message is confirmed now,
                     # not when this one completes.
                     if inbox.processedUpTo:
@@ -725,8 +729,10 @@ class HeartbeatMixin(TimeoutMixin):
         if self._closing is not None:
             self._checkClose()
 
-    def _asyncDone(self, session: Session, seq: int, outcome: object) -> None:
-        """A Deferred returned by L{messageReceived} fired with C{outcome}."""
+    def _asyncDone(self, session: Session, seq: int, box: list[object], _: object) -> None:
+        """A Deferred returned by `messageReceived` fired; its outcome is in
+        ``box``."""
+        outcome = box[0]
         session.busy = False
         if isinstance(outcome, Failure):
             self._rejected(session, seq, outcome)
@@ -745,14 +751,14 @@ class HeartbeatMixin(TimeoutMixin):
             peer=self._peer,
             event="rejected",
         )
-        text = f"{failure.type.__name__}: {failure.getErrorMessage()}"
+        text = f"{typeName(failure)}: {failure.getErrorMessage()}"
         session.inbox.reject(seq, text[:1000])
 
 
 def checkPayload(payload: bytes, settings: Settings) -> None:
     """
-    :raises TypeError: unless C{payload} is C{bytes}.
-    :raises ValueError: if C{payload} is too large for one frame.
+    :raises TypeError: unless ``payload`` is ``bytes``.
+    :raises ValueError: if ``payload`` is too large for one frame.
     """
     if not isinstance(payload, bytes):
         raise TypeError(f"payload must be bytes, not {type(payload).__name__}")
@@ -768,14 +774,19 @@ def describeFailure(kind: Reason, failure: Failure) -> str:
     if kind is Reason.PEER_CLOSED:
         return "peer closed the connection without GOODBYE"
     if kind is Reason.RESET:
-        return f"connection reset or socket error ({failure.type.__name__})"
+        return f"connection reset or socket error ({typeName(failure)})"
     if kind is Reason.LOCAL_CLOSE:
         return "aborted by this side"
-    return f"{failure.type.__name__}: {failure.getErrorMessage()}"
+    return f"{typeName(failure)}: {failure.getErrorMessage()}"
+
+
+def typeName(failure: Failure) -> str:
+    """The name of a failure's exception type."""
+    return failure.type.__name__ if failure.type is not None else "Exception"
 
 
 class HeartbeatProtocol(HeartbeatMixin, Protocol):
     """
-    L{HeartbeatMixin} and C{Protocol}, ready to subclass: override
-    L{messageReceived} and L{disconnected}; send with L{sendMessage}.
+    `HeartbeatMixin` and ``Protocol``, ready to subclass: override
+    `messageReceived` and `disconnected`; send with `sendMessage`.
     """

@@ -92,7 +92,7 @@ def classify(failure: Failure | BaseException) -> Reason:
         return Reason.REFUSED
     if isinstance(exc, (error.TimeoutError, error.TCPTimedOutError)):
         return Reason.CONNECT_TIMEOUT
-    if isinstance(exc, error.ConnectError):
+    if isinstance(exc, (error.ConnectError, error.DNSLookupError)):
         return Reason.CONNECT_FAILED
     if isinstance(exc, error.ConnectionAborted):
         return Reason.LOCAL_CLOSE

@@ -6,7 +6,9 @@ Fakes and fault injection for testing protocols built on twisted_alive.
   sides see a FIN), `FakeLink.reset` (both see an RST), `FakeLink.stall`
   (one or both directions stop delivering, the way a dead host or a
   partition looks), and `FakeLink.fragment` (deliver in pieces of *n* bytes).
-  Deterministic: no sockets, no reactor, no sleeping.
+  Deterministic: no sockets, no reactor, no sleeping. As with Twisted's own
+  transports, ``abortConnection`` calls ``connectionLost`` later (at the
+  next `FakeLink.flush`), never from inside the call.
 - `ChaosProxy` is a fault-injecting TCP proxy over real loopback sockets
   (resets, stalls, half-closes, fragmentation, delay; seeded), also
   available as ``twisted-alive proxy``.
@@ -26,11 +28,15 @@ Example::
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import Any, Generic, TypeVar
+
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionAborted, ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import (
     IConsumer,
     IHalfCloseableProtocol,
+    IProducer,
     IProtocol,
     IPushProducer,
     ITCPTransport,
@@ -42,6 +48,9 @@ from zope.interface import implementer
 from twisted_alive._proxy import ChaosProxy, Faults, parseFaults
 
 __all__ = ["FakeLink", "FakeTransport", "ChaosProxy", "Faults", "parseFaults"]
+
+_Server = TypeVar("_Server", bound=IProtocol)
+_Client = TypeVar("_Client", bound=IProtocol)
 
 
 @implementer(ITCPTransport, IConsumer, IPushProducer)
@@ -56,7 +65,7 @@ class FakeTransport:
     :ivar aborted: ``abortConnection`` was called.
     """
 
-    def __init__(self, link: FakeLink, protocol: IProtocol, host: IPv4Address,
+    def __init__(self, link: FakeLink[Any, Any], protocol: IProtocol, host: IPv4Address,
                  peer: IPv4Address) -> None:
         self.link = link
         self.protocol = protocol
@@ -68,15 +77,16 @@ class FakeTransport:
         self.aborted = False
         self.readClosed = False
         self.writeClosed = False
+        self.writeClosedNoted = False
         self.readingPaused = False
-        self.producer: IPushProducer | None = None
+        self.producer: IProducer | None = None
 
     def write(self, data: bytes) -> None:
         """Queue bytes for the peer (dropped after a close or abort)."""
         if not (self.disconnecting or self.disconnected or self.writeClosed):
             self.outbound += data
 
-    def writeSequence(self, data: list[bytes]) -> None:
+    def writeSequence(self, data: Iterable[bytes]) -> None:
         """Queue the concatenation of ``data``."""
         self.write(b"".join(data))
 
@@ -89,12 +99,13 @@ class FakeTransport:
         self.writeClosed = True
 
     def abortConnection(self) -> None:
-        """Close at once (an RST): queued bytes are dropped."""
-        if self.disconnected:
+        """Close at once (an RST): queued bytes are dropped, nothing more is
+        read, and ``connectionLost`` follows at the next `FakeLink.flush`
+        (Twisted calls it in a later reactor iteration too)."""
+        if self.disconnected or self.aborted:
             return
         self.aborted = self.disconnecting = True
         self.outbound.clear()
-        self.link._abort(self)
 
     def getPeer(self) -> IPv4Address:
         """The fake peer address."""
@@ -118,7 +129,7 @@ class FakeTransport:
     def setTcpKeepAlive(self, enabled: bool) -> None:
         """Ignored."""
 
-    def registerProducer(self, producer: IPushProducer, streaming: bool) -> None:
+    def registerProducer(self, producer: IProducer, streaming: bool) -> None:
         """Remember a producer (a fake socket never fills, so it is never paused)."""
         self.producer = producer
 
@@ -139,12 +150,23 @@ class FakeTransport:
         self.loseConnection()
 
 
-class FakeLink:
+def _gone(transport: FakeTransport) -> bool:
+    """Whether ``transport`` reads no more: it is closed or aborted, or it
+    received a FIN (its peer can no longer write, except after a cut)."""
+    return transport.disconnected or transport.aborted or transport.readClosed
+
+
+class FakeLink(Generic[_Server, _Client]):
     """
     Two protocols connected in memory, with a `Clock` and fault hooks.
 
+    Generic in the two protocol types, so that ``link.client`` has the
+    type of the client protocol given.
+
     The server's ``makeConnection`` runs first, then the client's. Protocols
-    with a ``clock`` attribute that is ``None`` get the link's clock.
+    with a ``clock`` attribute that is ``None`` get the link's clock, and so
+    do their factories (``AliveClientFactory`` and ``AliveServerFactory``
+    keep timers too), so that nothing in the test reads the real reactor.
 
     :param server: the server-side protocol.
     :param client: the client-side protocol.
@@ -154,7 +176,7 @@ class FakeLink:
     :ivar client: the client-side protocol.
     """
 
-    def __init__(self, server: IProtocol, client: IProtocol, clock: Clock | None = None) -> None:
+    def __init__(self, server: _Server, client: _Client, clock: Clock | None = None) -> None:
         self.clock = clock if clock is not None else Clock()
         self.server = server
         self.client = client
@@ -165,8 +187,10 @@ class FakeLink:
         self._stalled: set[FakeTransport] = set()
         self._fragment = 0
         for proto in (server, client):
-            if getattr(proto, "clock", False) is None:
-                proto.clock = self.clock  # type: ignore[attr-defined]
+            owners: tuple[Any, ...] = (proto, getattr(proto, "factory", None))
+            for owner in owners:
+                if owner is not None and getattr(owner, "clock", False) is None:
+                    owner.clock = self.clock
         server.makeConnection(self.serverTransport)
         client.makeConnection(self.clientTransport)
 
@@ -193,17 +217,22 @@ class FakeLink:
 
     def _deliver(self, source: FakeTransport) -> int:
         target = self._peerOf(source)
-        if (
-            source in self._stalled
-            or not source.outbound
-            or target.disconnected
-            or target.readingPaused
-            or target.readClosed
-        ):
+        if source in self._stalled or not source.outbound:
+            return 0
+        if _gone(target):
+            # Nobody will ever read these bytes: the peer's socket is
+            # closed. A side that keeps writing to it gets an RST, as from a
+            # real peer's kernel; one that is closing just finishes.
+            dropped = len(source.outbound)
+            source.outbound.clear()
+            if not source.disconnecting:
+                self._lost(source, ConnectionLost("Connection lost"))
+            return dropped
+        if target.readingPaused:
             return 0
         size = len(source.outbound) if not self._fragment else self._fragment
         moved = 0
-        while source.outbound and not target.disconnected and not target.readingPaused:
+        while source.outbound and not _gone(target) and not target.readingPaused:
             piece = bytes(source.outbound[:size])
             del source.outbound[:size]
             moved += len(piece)
@@ -213,16 +242,25 @@ class FakeLink:
     def _closes(self) -> int:
         changed = 0
         for source in (self.clientTransport, self.serverTransport):
+            if source.aborted and not source.disconnected:
+                changed += 1
+                self._abort(source)
+        for source in (self.clientTransport, self.serverTransport):
             target = self._peerOf(source)
-            if source.disconnected or source.outbound or source in self._stalled:
+            if source.disconnected or source.outbound:
                 continue
+            if source in self._stalled and not _gone(target):
+                continue  # the FIN is held with the bytes
             if source.disconnecting:
                 changed += 1
                 self._lost(source, ConnectionDone("Connection done"))
                 self._fin(target)
-            elif source.writeClosed and not target.readClosed:
+            elif source.writeClosed and not source.writeClosedNoted:
                 changed += 1
+                source.writeClosedNoted = True
                 self._fin(target)
+                if IHalfCloseableProtocol.providedBy(source.protocol):
+                    source.protocol.writeConnectionLost()
         return changed
 
     def _fin(self, target: FakeTransport) -> None:
@@ -231,7 +269,7 @@ class FakeLink:
             return
         if IHalfCloseableProtocol.providedBy(target.protocol):
             target.readClosed = True
-            target.protocol.readConnectionLost()  # type: ignore[attr-defined]
+            target.protocol.readConnectionLost()
         else:
             self._lost(target, ConnectionDone("Connection done"))
 
@@ -241,11 +279,13 @@ class FakeLink:
         transport.disconnected = True
         transport.disconnecting = True
         transport.outbound.clear()
-        transport.protocol.connectionLost(Failure(reason))
+        transport.protocol.connectionLost(Failure(reason))  # type: ignore[no-untyped-call]
 
     def _abort(self, source: FakeTransport) -> None:
         self._lost(source, ConnectionAborted())
-        if source not in self._stalled:  # a stalled path loses the RST too
+        # A stalled path loses the RST too; the peer learns of it when it
+        # writes again after the stall (see _deliver), or not at all.
+        if source not in self._stalled:
             self._lost(self._peerOf(source), ConnectionLost("Connection lost"))
 
     def advance(self, seconds: float, step: float = 0.01) -> None:

@@ -1,0 +1,851 @@
+"""
+The processes that ``twisted-alive bench`` measures.
+
+Run as ``python -m twisted_alive._bench_worker ROLE [options]``. Each worker
+runs its own reactor and talks to the bench in JSON lines on its standard
+output: a server prints ``{"port": N}`` once it listens, a client prints one
+``{"result": ...}`` line when its measurement is done, and every worker
+prints ``{"error": "..."}`` and exits with status 1 when it cannot go on.
+
+Roles (``--impl`` says which implementation is measured):
+
+- ``server --impl alive|int32-sink|int32-ack|amp``: the receiving end of the
+  throughput and latency runs, for one connection; an ``alive`` server
+  prints ``{"stats": ...}`` (ACK frames sent, DATA frames received) when
+  that connection ends.
+- ``oneway --impl alive|int32``: send ``--count`` messages without waiting
+  for confirmation, then an empty message; the run ends when the server
+  answers it.
+- ``confirmed --impl alive|amp|window``: send ``--count`` messages and wait
+  for each one's confirmation, many at a time.
+- ``latency --impl alive|amp|pingpong``: one message at a time; prints the
+  round-trip percentiles.
+- ``idle-server --impl bare|naive|shared|alive`` and ``idle-client``: many idle
+  connections with a heartbeat every ``--interval`` seconds.
+- ``detect-server`` and ``detect-peer``: a heartbeat server that prints
+  ``{"opened": PORT}`` and ``{"lost": PORT, "at": T, ...}`` (``T`` from
+  ``time.monotonic``), and the peer the bench stops with SIGSTOP.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import time
+from collections.abc import Callable, Sequence
+from struct import Struct
+from typing import Any, cast
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IPushProducer,
+    IReactorTime,
+)
+from twisted.internet.protocol import ClientFactory, Factory, Protocol
+from twisted.internet.task import LoopingCall
+from twisted.logger import ILogObserver, LogLevel, formatEvent, globalLogBeginner
+from twisted.protocols import amp
+from twisted.protocols.basic import Int32StringReceiver
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from twisted_alive._mixin import HeartbeatProtocol
+from twisted_alive._outcomes import Receipt
+from twisted_alive._reasons import Loss
+
+HOST = "127.0.0.1"
+"""Every connection of the bench is on loopback."""
+
+SEQ = Struct(">Q")
+"""A hand-rolled sequence number or acknowledgement: 8 bytes."""
+
+NAIVE_PING = b"ping\x00\x00\x00\x00"
+"""The naive heartbeat's 8-byte ping (answered by the same 8 bytes)."""
+
+DONE = b"done"
+"""What a one-way server answers to the empty message that ends a run."""
+
+BACKLOG = 4096
+"""The listen backlog (the kernel caps it at ``somaxconn``)."""
+
+
+def emit(message: dict[str, Any]) -> None:
+    """Print one JSON line for the bench."""
+    sys.stdout.write(json.dumps(message) + "\n")
+    sys.stdout.flush()
+
+
+def _reactor() -> Any:
+    from twisted.internet import reactor
+
+    return reactor
+
+
+def _quietLogging() -> None:
+    """Send warnings and errors to standard error and drop the rest, as a
+    production process whose log level is ``warn`` does (without this,
+    Twisted keeps every early event in memory)."""
+
+    def observe(event: dict[str, Any]) -> None:
+        level = event.get("log_level")
+        if level is not None and level >= LogLevel.warn:
+            text = formatEvent(event)
+            failure = event.get("log_failure")
+            if failure is not None:
+                text += "\n" + failure.getTraceback()
+            sys.stderr.write(text + "\n")
+
+    globalLogBeginner.beginLoggingTo([cast(ILogObserver, observe)], redirectStandardIO=False)
+
+
+def raiseFileLimit(needed: int) -> None:
+    """
+    Raise the soft limit on open files to the hard limit.
+
+    :param needed: how many descriptors the worker will hold.
+    :raises SystemExit: if the hard limit is below ``needed``.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < needed:
+        fatal(
+            f"{needed} connections need {needed} file descriptors, but the hard limit "
+            f"(ulimit -Hn) is {hard}"
+        )
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def fatal(message: str) -> None:
+    """Report an error to the bench and exit."""
+    emit({"error": message})
+    raise SystemExit(1)
+
+
+def percentile(samples: Sequence[float], fraction: float) -> float:
+    """
+    The nearest-rank percentile of ``samples``.
+
+    :param samples: the values (not necessarily sorted); at least one.
+    :param fraction: 0.5 for the median, 0.99 for the 99th percentile.
+    :returns: the value at that rank.
+    """
+    ordered = sorted(samples)
+    rank = max(0, min(len(ordered) - 1, round(fraction * len(ordered) + 0.5) - 1))
+    return ordered[rank]
+
+
+class Run:
+    """
+    The outcome of a client measurement: a Deferred that fires with the
+    result, plus the moment the measurement started.
+    """
+
+    def __init__(self) -> None:
+        self.done: Deferred[dict[str, Any]] = Deferred()
+        self.started = 0.0
+
+    def start(self) -> None:
+        """The measured part begins now."""
+        self.started = time.perf_counter()
+
+    def finish(self, **result: Any) -> None:
+        """The measured part is over; report ``result`` with the elapsed time."""
+        if not self.done.called:
+            result["seconds"] = time.perf_counter() - self.started
+            self.done.callback(result)
+
+    def fail(self, message: str) -> None:
+        """The measurement cannot complete."""
+        if not self.done.called:
+            self.done.errback(Failure(RuntimeError(message)))
+
+
+# -- throughput and latency: servers --------------------------------------------
+
+
+class AliveSink(HeartbeatProtocol):
+    """Receives messages; answers the empty message with ``done``; reports
+    its acknowledgement counts when the connection ends."""
+
+    def messageReceived(self, payload: bytes) -> None:
+        """Count nothing: the receiving cost is the protocol's own."""
+        if not payload:
+            self.sendMessage(DONE).addErrback(lambda _: None)
+
+    def disconnected(self, loss: Loss) -> None:
+        """Report the ACKs sent and the DATA received on this connection."""
+        conn = self._alive
+        if conn is not None:
+            emit(
+                {
+                    "stats": {
+                        "acks": conn.acksSent,
+                        "data": conn.session.inbox.receivedUpTo,
+                    }
+                }
+            )
+
+
+class Int32Sink(Int32StringReceiver):
+    """Receives strings; answers the empty string with ``done``."""
+
+    def stringReceived(self, string: bytes) -> None:
+        """Count nothing: the receiving cost is the protocol's own."""
+        if not string:
+            self.sendString(DONE)
+
+
+class Int32Acker(Int32StringReceiver):
+    """The hand-rolled receiver: answers each string with its first 8 bytes
+    (the sender's sequence number), an acknowledgement per message."""
+
+    def stringReceived(self, string: bytes) -> None:
+        """Acknowledge this message."""
+        self.sendString(string[:8])
+
+
+class Deliver(amp.Command):
+    """An AMP call that carries one message and returns when it was handled."""
+
+    arguments = [(b"payload", amp.String())]
+    response: list[tuple[bytes, amp.Argument]] = []
+
+
+class AmpSink(amp.AMP):
+    """Answers each L{Deliver} call once its message is handled."""
+
+    @Deliver.responder
+    def deliver(self, payload: bytes) -> dict[str, Any]:
+        """Handle one message."""
+        return {}
+
+
+def serve(args: argparse.Namespace) -> None:
+    """The receiving end of a throughput or latency run."""
+    protocols: dict[str, Callable[[], Protocol]] = {
+        "alive": AliveSink,
+        "int32-sink": Int32Sink,
+        "int32-ack": Int32Acker,
+        "amp": AmpSink,
+    }
+    reactor = _reactor()
+    port = reactor.listenTCP(0, Factory.forProtocol(protocols[args.impl]), interface=HOST)
+    emit({"port": port.getHost().port})
+    reactor.run()
+
+
+# -- throughput and latency: clients ---------------------------------------------
+
+
+class AliveSender(HeartbeatProtocol):
+    """
+    Sends ``count`` messages through L{sendMessage}, keeping at most
+    ``backlog`` unconfirmed (in flight plus queued). With ``confirmed``, the
+    run ends when the last receipt arrives; without, when the server has
+    processed the empty message sent last.
+    """
+
+    run: Run
+    payload: bytes
+    count: int
+    confirmed: bool
+    backlog = 2048
+    step = 256
+
+    def connectionOpened(self, resumed: bool) -> None:
+        """Start sending."""
+        self.sent = 0
+        self.checkpoint = 0
+        self.receipts = 0
+        self.run.start()
+        self._send()
+
+    def _send(self) -> None:
+        send = self.sendMessage
+        payload = self.payload
+        step = self.step
+        sent = self.sent
+        stop = min(self.count, self.checkpoint + self.backlog)
+        if self.confirmed:
+            counted = self._counted
+            while sent < stop:
+                d = send(payload)
+                d.addCallback(counted)
+                sent += 1
+                if not sent % step:
+                    d.addCallback(self._reached, sent)
+        else:
+            while sent < stop:
+                d = send(payload)
+                sent += 1
+                if not sent % step:
+                    d.addCallback(self._reached, sent)
+            if sent == self.count and self.sent < self.count:
+                send(b"").addErrback(lambda _: None)
+        self.sent = sent
+
+    def _reached(self, receipt: Receipt, sent: int) -> Receipt:
+        self.checkpoint = sent
+        self._send()
+        return receipt
+
+    def _counted(self, receipt: Receipt) -> Receipt:
+        self.receipts += 1
+        if self.receipts == self.count:
+            self.run.finish(count=self.count)
+        return receipt
+
+    def messageReceived(self, payload: bytes) -> None:
+        """The server processed everything."""
+        if payload == DONE and not self.confirmed:
+            self.run.finish(count=self.count)
+
+
+@implementer(IPushProducer)
+class Int32Sender(Int32StringReceiver):
+    """Sends ``count`` strings as fast as the transport takes them, then an
+    empty one; the run ends when the server answers it."""
+
+    run: Run
+    payload: bytes
+    count: int
+
+    def connectionMade(self) -> None:
+        """Start sending."""
+        self.remaining = self.count
+        self.paused = False
+        self.transport.registerProducer(self, True)
+        self.run.start()
+        self._send()
+
+    def _send(self) -> None:
+        send = self.sendString
+        payload = self.payload
+        remaining = self.remaining
+        while remaining and not self.paused:
+            send(payload)
+            remaining -= 1
+        if self.remaining and not remaining:
+            send(b"")
+        self.remaining = remaining
+
+    def pauseProducing(self) -> None:
+        """The transport's buffer is full."""
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        """The transport's buffer drained."""
+        self.paused = False
+        if self.remaining:
+            self._send()
+
+    def stopProducing(self) -> None:
+        """The connection is going away."""
+        self.remaining = 0
+
+    def stringReceived(self, string: bytes) -> None:
+        """The server received everything."""
+        if string == DONE:
+            self.run.finish(count=self.count)
+
+
+class WindowSender(Int32StringReceiver):
+    """The hand-rolled confirmed sender: each string carries an 8-byte
+    sequence number, the receiver acknowledges each one, and at most
+    ``window`` go unacknowledged."""
+
+    run: Run
+    payload: bytes
+    count: int
+    window = 1000
+
+    def connectionMade(self) -> None:
+        """Start sending."""
+        self.issued = 0
+        self.acked = 0
+        self.run.start()
+        self._fill()
+
+    def _fill(self) -> None:
+        send = self.sendString
+        pack = SEQ.pack
+        payload = self.payload
+        issued = self.issued
+        stop = min(self.count, self.acked + self.window)
+        while issued < stop:
+            issued += 1
+            send(pack(issued) + payload)
+        self.issued = issued
+
+    def stringReceived(self, string: bytes) -> None:
+        """An acknowledgement."""
+        self.acked = SEQ.unpack(string)[0]
+        if self.acked == self.count:
+            self.run.finish(count=self.count)
+        else:
+            self._fill()
+
+
+class PingPongSender(Int32StringReceiver):
+    """The hand-rolled one-at-a-time sender: a message, then its
+    acknowledgement, then the next message."""
+
+    run: Run
+    payload: bytes
+    count: int
+
+    def connectionMade(self) -> None:
+        """Start."""
+        self.samples: list[float] = []
+        self.run.start()
+        self._next()
+
+    def _next(self) -> None:
+        self.sentAt = time.perf_counter()
+        self.sendString(SEQ.pack(len(self.samples) + 1) + self.payload)
+
+    def stringReceived(self, string: bytes) -> None:
+        """The acknowledgement of the message in flight."""
+        self.samples.append(time.perf_counter() - self.sentAt)
+        if len(self.samples) == self.count:
+            self.run.finish(**latencySummary(self.samples))
+        else:
+            self._next()
+
+
+class AliveOneAtATime(HeartbeatProtocol):
+    """One message at a time through L{sendMessage}; the next goes when the
+    receipt of the previous one arrives."""
+
+    run: Run
+    payload: bytes
+    count: int
+
+    def connectionOpened(self, resumed: bool) -> None:
+        """Start."""
+        self.samples: list[float] = []
+        self.run.start()
+        self._next()
+
+    def _next(self) -> None:
+        self.sentAt = time.perf_counter()
+        self.sendMessage(self.payload).addCallback(self._confirmed)
+
+    def _confirmed(self, receipt: Receipt) -> None:
+        self.samples.append(time.perf_counter() - self.sentAt)
+        if len(self.samples) == self.count:
+            self.run.finish(**latencySummary(self.samples))
+        else:
+            self._next()
+
+
+def latencySummary(samples: list[float]) -> dict[str, Any]:
+    """The percentiles of round-trip ``samples``, in microseconds."""
+    return {
+        "count": len(samples),
+        "p50": percentile(samples, 0.5) * 1e6,
+        "p99": percentile(samples, 0.99) * 1e6,
+        "mean": sum(samples) / len(samples) * 1e6,
+    }
+
+
+class _RunFactory(ClientFactory):
+    """Builds one client protocol wired to a L{Run}."""
+
+    def __init__(self, protocolClass: type[Protocol], run: Run, **attributes: Any) -> None:
+        self.protocolClass = protocolClass
+        self.run = run
+        self.attributes = attributes
+
+    def buildProtocol(self, addr: Any) -> Protocol:
+        protocol = self.protocolClass()
+        protocol.factory = self
+        for name, value in self.attributes.items():
+            setattr(protocol, name, value)
+        cast(Any, protocol).run = self.run
+        return protocol
+
+    def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
+        self.run.fail(f"cannot connect: {reason.getErrorMessage()}")
+
+    def clientConnectionLost(self, connector: Any, reason: Failure) -> None:
+        self.run.fail(f"connection lost during the run: {reason.getErrorMessage()}")
+
+
+async def _ampRun(reactor: Any, args: argparse.Namespace, run: Run) -> dict[str, Any]:
+    """AMP calls, ``--outstanding`` at a time (latency: one at a time)."""
+    from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+
+    endpoint = TCP4ClientEndpoint(reactor, HOST, args.port)
+    client = amp.AMP()
+    await connectProtocol(endpoint, client)
+    payload = b"x" * args.size
+    count = args.count
+    if args.role == "latency":
+        samples = []
+        run.start()
+        for _ in range(count):
+            sentAt = time.perf_counter()
+            await client.callRemote(Deliver, payload=payload)
+            samples.append(time.perf_counter() - sentAt)
+        return latencySummary(samples) | {"seconds": time.perf_counter() - run.started}
+    finished: Deferred[None] = Deferred()
+    state = {"issued": 0, "answered": 0}
+
+    def call() -> None:
+        state["issued"] += 1
+        client.callRemote(Deliver, payload=payload).addCallback(answered)
+
+    def answered(_: object) -> None:
+        state["answered"] += 1
+        if state["answered"] == count:
+            finished.callback(None)
+        elif state["issued"] < count:
+            call()
+
+    run.start()
+    for _ in range(min(args.outstanding, count)):
+        call()
+    await finished
+    return {"count": count, "seconds": time.perf_counter() - run.started}
+
+
+def client(args: argparse.Namespace) -> None:
+    """A throughput or latency measurement against ``--port``."""
+    reactor = _reactor()
+    run = Run()
+    payload = b"x" * args.size
+    if args.impl == "amp":
+        from twisted.internet.defer import ensureDeferred
+
+        run.done = ensureDeferred(_ampRun(reactor, args, run))
+    else:
+        classes: dict[tuple[str, str], type[Protocol]] = {
+            ("oneway", "alive"): AliveSender,
+            ("oneway", "int32"): Int32Sender,
+            ("confirmed", "alive"): AliveSender,
+            ("confirmed", "window"): WindowSender,
+            ("latency", "alive"): AliveOneAtATime,
+            ("latency", "pingpong"): PingPongSender,
+        }
+        attributes: dict[str, Any] = {"payload": payload, "count": args.count}
+        if args.impl == "alive" and args.role != "latency":
+            attributes["confirmed"] = args.role == "confirmed"
+        factory = _RunFactory(classes[args.role, args.impl], run, **attributes)
+        reactor.connectTCP(HOST, args.port, factory)
+    outcome: list[int] = []
+
+    def report(result: dict[str, Any]) -> None:
+        emit({"result": result})
+        outcome.append(0)
+
+    def failed(failure: Failure) -> None:
+        emit({"error": failure.getErrorMessage()})
+        outcome.append(1)
+
+    run.done.addCallbacks(report, failed)
+    run.done.addBoth(lambda _: reactor.stop())
+    reactor.run()
+    raise SystemExit(outcome[0] if outcome else 1)
+
+
+# -- idle connections ---------------------------------------------------------------
+
+
+class Bare(Protocol):
+    """A connection that does nothing."""
+
+
+class NaivePinger(Protocol):
+    """The naive heartbeat: its own timer sends an 8-byte ping every
+    interval, and a peer silent for ``misses`` intervals is dropped."""
+
+    interval = 1.0
+    misses = 3
+    clock: IReactorTime
+    _call: IDelayedCall | None = None
+
+    def connectionMade(self) -> None:
+        """Start the timer."""
+        self.lastHeard = self.clock.seconds()
+        self._call = self.clock.callLater(self.interval, self.ping)
+
+    def ping(self) -> None:
+        """Send a ping, or drop a silent peer."""
+        if self.clock.seconds() - self.lastHeard > self.interval * self.misses:
+            self._call = None
+            self.transport.abortConnection()
+            return
+        self.transport.write(NAIVE_PING)
+        self._call = self.clock.callLater(self.interval, self.ping)
+
+    def dataReceived(self, data: bytes) -> None:
+        """The peer answered."""
+        self.lastHeard = self.clock.seconds()
+
+    def connectionLost(self, reason: Failure = Failure(Exception())) -> None:
+        """Stop the timer."""
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+
+
+class SharedPinger(Protocol):
+    """A connection pinged by one timer shared by all (see L{serveIdle})."""
+
+    clock: IReactorTime
+    members: set[SharedPinger]
+
+    def connectionMade(self) -> None:
+        """Join the shared timer."""
+        self.lastHeard = self.clock.seconds()
+        self.members.add(self)
+
+    def dataReceived(self, data: bytes) -> None:
+        """The peer answered."""
+        self.lastHeard = self.clock.seconds()
+
+    def connectionLost(self, reason: Failure = Failure(Exception())) -> None:
+        """Leave the shared timer."""
+        self.members.discard(self)
+
+
+class Echo(Protocol):
+    """The peer of the naive heartbeats: answers each ping."""
+
+    def dataReceived(self, data: bytes) -> None:
+        """Answer."""
+        self.transport.write(data)
+
+
+def _aliveClass(interval: float, misses: int = 3) -> type[HeartbeatProtocol]:
+    class Idle(HeartbeatProtocol):
+        heartbeatInterval = interval
+        heartbeatMisses = misses
+        minPeerInterval = 0.01
+
+    return Idle
+
+
+def serveIdle(args: argparse.Namespace) -> None:
+    """Hold idle connections with one kind of heartbeat."""
+    raiseFileLimit(args.connections + 64)
+    reactor = _reactor()
+    interval = args.interval
+    protocolClass: type[Protocol]
+    if args.impl == "bare":
+        protocolClass = Bare
+    elif args.impl == "naive":
+
+        class Naive(NaivePinger):
+            pass
+
+        Naive.interval = interval
+        Naive.clock = reactor
+        protocolClass = Naive
+    elif args.impl == "shared":
+        members: set[SharedPinger] = set()
+
+        class Shared(SharedPinger):
+            pass
+
+        Shared.clock = reactor
+        Shared.members = members
+        deadline = interval * 3
+
+        def pingAll() -> None:
+            now = reactor.seconds()
+            for member in list(members):
+                if now - member.lastHeard > deadline:
+                    member.transport.abortConnection()
+                else:
+                    member.transport.write(NAIVE_PING)
+
+        LoopingCall(pingAll).start(interval, now=False)
+        protocolClass = Shared
+    else:
+        protocolClass = _aliveClass(interval)
+    port = reactor.listenTCP(
+        0, Factory.forProtocol(protocolClass), backlog=BACKLOG, interface=HOST
+    )
+    emit({"port": port.getHost().port})
+    reactor.run()
+
+
+class _IdleClients(ClientFactory):
+    """Opens many connections; fires ``ready`` when they all are up."""
+
+    def __init__(self, protocolClass: type[Protocol], count: int) -> None:
+        self.protocolClass = protocolClass
+        self.count = count
+        self.up = 0
+        self.failures: list[str] = []
+        self.batch: Deferred[None] | None = None
+        self.waiting = 0
+
+    def buildProtocol(self, addr: Any) -> Protocol:
+        protocol = self.protocolClass()
+        protocol.factory = self
+        if isinstance(protocol, HeartbeatProtocol):
+            protocol.whenOpened().addCallbacks(lambda _: self._upped(), self._failed)
+        else:
+            cast(Any, protocol).connectionMade = self._upped
+        return protocol
+
+    def _upped(self) -> None:
+        self.up += 1
+        self.waiting -= 1
+        if not self.waiting and self.batch is not None:
+            batch, self.batch = self.batch, None
+            batch.callback(None)
+
+    def _failed(self, failure: Failure) -> None:
+        self._lost(failure.getErrorMessage())
+
+    def _lost(self, message: str) -> None:
+        self.failures.append(message)
+        self.waiting -= 1
+        if not self.waiting and self.batch is not None:
+            batch, self.batch = self.batch, None
+            batch.callback(None)
+
+    def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
+        self._lost(reason.getErrorMessage())
+
+
+async def _openIdle(reactor: Any, args: argparse.Namespace) -> None:
+    protocolClass: type[Protocol]
+    if args.impl == "bare":
+        protocolClass = Bare
+    elif args.impl in ("naive", "shared"):
+        protocolClass = Echo
+    else:
+        protocolClass = _aliveClass(args.interval)
+    factory = _IdleClients(protocolClass, args.connections)
+    started = time.perf_counter()
+    remaining = args.connections
+    while remaining:
+        size = min(remaining, 250)
+        factory.waiting = size
+        batch: Deferred[None] = Deferred()
+        factory.batch = batch
+        for _ in range(size):
+            reactor.connectTCP(HOST, args.port, factory)
+        await batch
+        if factory.failures:
+            fatal(f"{len(factory.failures)} connections failed: {factory.failures[0]}")
+        remaining -= size
+    emit({"ready": factory.up, "seconds": time.perf_counter() - started})
+
+
+def idleClient(args: argparse.Namespace) -> None:
+    """Open ``--connections`` idle connections and answer heartbeats."""
+    raiseFileLimit(args.connections + 64)
+    reactor = _reactor()
+    from twisted.internet.defer import ensureDeferred
+
+    d = ensureDeferred(_openIdle(reactor, args))
+
+    def failed(failure: Failure) -> None:
+        if not failure.check(SystemExit):
+            emit({"error": failure.getErrorMessage()})
+        reactor.stop()
+
+    d.addErrback(failed)
+    reactor.run()
+
+
+# -- dead-peer detection -----------------------------------------------------------
+
+
+def detectServer(args: argparse.Namespace) -> None:
+    """Report when each peer's connection opens and when it is lost."""
+    reactor = _reactor()
+
+    class Watch(HeartbeatProtocol):
+        heartbeatInterval = args.interval
+        heartbeatMisses = args.misses
+        minPeerInterval = 0.01
+
+        def connectionOpened(self, resumed: bool) -> None:
+            emit({"opened": self.transport.getPeer().port})
+
+        def disconnected(self, loss: Loss) -> None:
+            emit(
+                {
+                    "lost": self.transport.getPeer().port,
+                    "at": time.monotonic(),
+                    "reason": loss.reason.name,
+                    "detail": loss.detail,
+                }
+            )
+
+    port = reactor.listenTCP(0, Factory.forProtocol(Watch), interface=HOST)
+    emit({"port": port.getHost().port})
+    reactor.run()
+
+
+def detectPeer(args: argparse.Namespace) -> None:
+    """One heartbeat connection to ``--port``; prints its local port once
+    open, then waits to be stopped."""
+    reactor = _reactor()
+
+    class Peer(_aliveClass(args.interval, args.misses)):  # type: ignore[misc]
+        def connectionOpened(self, resumed: bool) -> None:
+            emit({"ready": self.transport.getHost().port})
+
+        def disconnected(self, loss: Loss) -> None:
+            reactor.stop()
+
+    class Connect(ClientFactory):
+        protocol = Peer
+
+        def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
+            emit({"error": f"cannot connect: {reason.getErrorMessage()}"})
+            reactor.stop()
+
+    reactor.connectTCP(HOST, args.port, Connect())
+    reactor.run()
+
+
+# -- command line -----------------------------------------------------------------------
+
+
+ROLES: dict[str, Callable[[argparse.Namespace], None]] = {
+    "server": serve,
+    "oneway": client,
+    "confirmed": client,
+    "latency": client,
+    "idle-server": serveIdle,
+    "idle-client": idleClient,
+    "detect-server": detectServer,
+    "detect-peer": detectPeer,
+}
+
+
+def parser() -> argparse.ArgumentParser:
+    """The worker's command line."""
+    p = argparse.ArgumentParser(prog="python -m twisted_alive._bench_worker")
+    p.add_argument("role", choices=sorted(ROLES))
+    p.add_argument("--impl", default="alive")
+    p.add_argument("--port", type=int, default=0)
+    p.add_argument("--size", type=int, default=256)
+    p.add_argument("--count", type=int, default=1000)
+    p.add_argument("--outstanding", type=int, default=100)
+    p.add_argument("--connections", type=int, default=100)
+    p.add_argument("--interval", type=float, default=1.0)
+    p.add_argument("--misses", type=int, default=3)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Run one worker."""
+    args = parser().parse_args(argv)
+    _quietLogging()
+    ROLES[args.role](args)
+
+
+if __name__ == "__main__":
+    main()
