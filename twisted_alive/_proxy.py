@@ -894,7 +894,7 @@ class ChaosProxy:
     :ivar faults: the `Faults` every new connection gets.
     :ivar seed: the seed of the random generator (logged at creation: pass it
         again to replay a run).
-    :ivar connections: the live `ProxiedConnection`s, oldest first.
+    :ivar connections: the live `ProxiedConnection` objects, oldest first.
     :ivar connectionsAccepted: how many connections the proxy accepted (not
         counting the refused ones).
     :ivar connectionsProxied: how many connections reached the target.
