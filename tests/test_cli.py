@@ -490,7 +490,7 @@ async def test_proxyForwardsUntilInterrupted(servers: Servers) -> None:
         proc.send_signal(signal.SIGINT)
         out, err = await deferToThread(proc.communicate, timeout=10)
         assert proc.returncode == 0, err
-        assert "twisted-alive proxy: stopped after 1 connections" in out
+        assert "twisted-alive proxy: stopped after 1 connection, " in out
         assert "Traceback" not in err
     finally:
         if proc.poll() is None:

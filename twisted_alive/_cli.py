@@ -326,7 +326,10 @@ def runReactor(
 
     cast(Any, reactor).callWhenRunning(start)
     cast(Any, reactor).run()
-    sys.stdout.flush()
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        pass
     return outcome[0] if outcome else interrupted
 
 
@@ -440,8 +443,9 @@ def _address(port: IListeningPort) -> str:
 def _proxyStopped(proxy: ChaosProxy) -> None:
     faults = ", ".join(f"{kind} {n}" for kind, n in proxy.faultsInjected.items() if n) or "none"
     forwarded = sum(proxy.bytesForwarded.values())
+    count = proxy.connectionsAccepted
     print(
-        f"{PROG} proxy: stopped after {proxy.connectionsAccepted} connections, "
+        f"{PROG} proxy: stopped after {count} connection{'' if count == 1 else 's'}, "
         f"{forwarded} bytes forwarded; faults injected: {faults}",
         flush=True,
     )

@@ -528,13 +528,13 @@ class HeartbeatMixin(TimeoutMixin):
         )
         self._failTooLarge()
         self._arm()
-        host = self._host()
-        if host is not None:
-            host.sessionOpened(self, event.resumed)
+        self.connectionOpened(event.resumed)
         for d in self._openWaiters or ():
             d.callback(None)
         self._openWaiters = None
-        self.connectionOpened(event.resumed)
+        host = self._host()
+        if host is not None:
+            host.sessionOpened(self, event.resumed)
         if session.inbox.pending and not session.busy:
             self._process()
 

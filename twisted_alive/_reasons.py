@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from twisted.internet import error
+from twisted.internet import defer
 from twisted.internet.defer import CancelledError
 from twisted.python.failure import Failure
 
@@ -90,7 +91,8 @@ def classify(failure: Failure | BaseException) -> Reason:
     exc = failure.value if isinstance(failure, Failure) else failure
     if isinstance(exc, error.ConnectionRefusedError):
         return Reason.REFUSED
-    if isinstance(exc, (error.TimeoutError, error.TCPTimedOutError)):
+    if isinstance(exc, (error.TimeoutError, error.TCPTimedOutError, defer.TimeoutError)):
+        # defer.TimeoutError: a connect bounded with Deferred.addTimeout.
         return Reason.CONNECT_TIMEOUT
     if isinstance(exc, (error.ConnectError, error.DNSLookupError)):
         return Reason.CONNECT_FAILED
@@ -98,7 +100,7 @@ def classify(failure: Failure | BaseException) -> Reason:
         return Reason.LOCAL_CLOSE
     if isinstance(exc, error.ConnectionDone):
         return Reason.PEER_CLOSED
-    if isinstance(exc, CancelledError):
+    if isinstance(exc, (CancelledError, error.ConnectingCancelledError)):
         return Reason.LOCAL_CLOSE
     if isinstance(exc, OSError) and exc.errno in _TIMEOUT_ERRNOS:
         return Reason.TIMEOUT

@@ -5,7 +5,7 @@ L{AliveServerFactory} whose application records what it processes.
 Usage::
 
     session_server.py HOST PORT INTERVAL [--misses M] [--received FILE]
-        [--losses FILE]
+        [--losses FILE] [--hold-on MESSAGE]
 
 It listens on HOST:PORT (0 for any free port; the listening socket reuses
 the address, so a restarted server can take the port of a killed one, and
@@ -16,6 +16,9 @@ its backlog is large enough for a flood of connections) and prints
   unbuffered write *before* ``messageReceived`` returns, so that a message
   confirmed to the client is on disk even if this process is SIGKILLed the
   next instant;
+- the message equal to ``--hold-on`` is recorded, then its processing hangs
+  (``messageReceived`` returns a Deferred that never fires): killed then, the
+  process has acted on it without confirming it;
 - every ended connection is appended to ``--losses`` as a JSON line: the
   reason, the detail, the GOODBYE code, the peer address and how long the
   connection lasted (``connectedFor``, in seconds, by this process's clock);
@@ -61,9 +64,12 @@ class Recording(HeartbeatProtocol):
 
     factory: Server
 
-    def messageReceived(self, payload: bytes) -> None:
+    def messageReceived(self, payload: bytes) -> Deferred[None] | None:
         if self.factory.receivedFd is not None:
             os.write(self.factory.receivedFd, payload + b"\n")
+        if payload == self.factory.holdOn:
+            return Deferred()
+        return None
 
     def disconnected(self, loss: Loss) -> None:
         self.factory.recordLoss(loss)
@@ -83,6 +89,7 @@ class Server(AliveServerFactory):
             self.receivedFd = os.open(options.received, flags, 0o644)
         if options.losses:
             self.lossesFd = os.open(options.losses, flags, 0o644)
+        self.holdOn = options.hold_on.encode() if options.hold_on else None
         self.protocol = type(
             "Recording",
             (Recording,),
@@ -125,6 +132,7 @@ def main(reactor: Any, *argv: str) -> Deferred[None]:
     parser.add_argument("--misses", type=int, default=3)
     parser.add_argument("--received", default="")
     parser.add_argument("--losses", default="")
+    parser.add_argument("--hold-on", default="")
     options = parser.parse_args(argv)
     factory = Server(options)
     port = reactor.listenTCP(options.port, factory, backlog=1024, interface=options.host)
