@@ -490,3 +490,106 @@ def test_garbageClientDoesNotDisturbOthers(
     for i in range(3):
         got = [m for p in factory.built for m in p.received if m.startswith(b"c%d:" % i)]
         assert got == [b"c%d:%d" % (i, n) for n in range(count)]
+
+
+@pytest.fixture
+def blackhole() -> Iterator[int]:
+    """
+    A loopback port whose accept queue is full (``listen(0)``, filled by
+    connections nobody accepts): the kernel drops new SYNs, so a connection
+    attempt gets no answer at all.
+    """
+    listener = socket.socket()
+    filling: list[socket.socket] = []
+    try:
+        listener.bind((HOST, 0))
+        listener.listen(0)
+        port = listener.getsockname()[1]
+        for _ in range(32):
+            s = socket.socket()
+            s.settimeout(0.3)
+            try:
+                s.connect((HOST, port))
+            except OSError:
+                s.close()
+                break
+            filling.append(s)
+        else:  # pragma: no cover
+            pytest.skip("the loopback accept queue never filled up")
+        yield port
+    finally:
+        for s in filling:
+            s.close()
+        listener.close()
+
+
+class AttemptRecorder:
+    """An AliveClientFactory that stops after its first failed attempt and
+    hands over the Loss it recorded."""
+
+    def __init__(self) -> None:
+        from twisted_alive import AliveClientFactory
+
+        self.factory = AliveClientFactory.forProtocol(HeartbeatProtocol)
+        self.failed: Deferred[Loss] = Deferred()
+        original = self.factory.clientConnectionFailed
+
+        def failed(connector: Any, reason: Failure) -> None:
+            original(connector, reason)
+            self.factory.stopTrying()
+            loss = self.factory.lastLoss
+            assert loss is not None
+            self.failed.callback(loss)
+
+        self.factory.clientConnectionFailed = failed  # type: ignore[method-assign]
+
+
+@pytest.mark.timeout(20)
+@twistedTest
+def test_silentPortIsConnectTimeout(blackhole: int) -> Generator[Any, Any, None]:
+    """A connection attempt that gets no answer (SYNs dropped) is
+    CONNECT_TIMEOUT, after the connect timeout, for the factory and for
+    classify()."""
+    recorder = AttemptRecorder()
+    started = getReactor().seconds()
+    getReactor().connectTCP(HOST, blackhole, recorder.factory, timeout=1)
+    loss = yield recorder.failed
+    assert loss.reason is Reason.CONNECT_TIMEOUT
+    assert getReactor().seconds() - started >= 1.0
+    assert loss.failure is not None and classify(loss.failure) is Reason.CONNECT_TIMEOUT
+    assert recorder.factory.losses == {Reason.CONNECT_TIMEOUT: 1}
+
+
+@pytest.mark.timeout(20)
+@twistedTest
+def test_refusedAttemptIsRefused() -> Generator[Any, Any, None]:
+    """An AliveClientFactory records a refused attempt as a REFUSED Loss."""
+    probe = socket.socket()
+    probe.bind((HOST, 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    recorder = AttemptRecorder()
+    getReactor().connectTCP(HOST, port, recorder.factory, timeout=5)
+    loss = yield recorder.failed
+    assert loss.reason is Reason.REFUSED
+    assert loss.detail.startswith("connection attempt failed: Connection was refused")
+
+
+@pytest.mark.timeout(20)
+@twistedTest
+def test_unusableLocalAddressIsConnectFailed() -> Generator[Any, Any, None]:
+    """An attempt that fails neither by refusal nor by timeout (here: the
+    local address to bind is taken) is CONNECT_FAILED."""
+    taken = socket.socket()
+    taken.bind((HOST, 0))
+    taken.listen(1)
+    try:
+        recorder = AttemptRecorder()
+        getReactor().connectTCP(
+            HOST, taken.getsockname()[1], recorder.factory, timeout=5,
+            bindAddress=(HOST, taken.getsockname()[1]),
+        )
+        loss = yield recorder.failed
+    finally:
+        taken.close()
+    assert loss.reason is Reason.CONNECT_FAILED

@@ -541,3 +541,31 @@ class GreeterTests(SynchronousTestCase):
         link.cut()
         loss = self.successResultOf(link.client.whenLost())
         self.assertIs(loss.reason, Reason.PEER_CLOSED)
+
+
+def test_sessionsExampleOfTheDocs() -> None:
+    """The factories example of docs/testing.md: a message lost with a connection is
+    sent again on the resumed session and confirmed once."""
+    address = IPv4Address("TCP", "127.0.0.1", 9000)
+    clock = Clock()
+    server = AliveServerFactory()
+    server.protocol = Greeter
+    client = AliveClientFactory()
+    client.protocol = Visitor
+
+    def connect() -> FakeLink[Greeter, Visitor]:
+        serverProto = server.buildProtocol(address)
+        clientProto = client.buildProtocol(address)
+        assert isinstance(serverProto, Greeter) and isinstance(clientProto, Visitor)
+        return FakeLink(serverProto, clientProto, clock)
+
+    link = connect()
+    link.flush()
+    link.stall()
+    d = client.sendMessage(b"Ada")
+    link.reset()
+    assertNoResult(d)
+    link = connect()
+    link.flush()
+    assert successResultOf(d).seq == 1 and server.sessionsResumed == 1
+    assert link.client.greetings == [b"hello, Ada"]

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import NamedTuple, Union
+from typing import Any, NamedTuple
 
 from twisted_alive import _frames
 from twisted_alive._delivery import (
@@ -44,6 +44,9 @@ from twisted_alive._frames import (
     Reject,
 )
 from twisted_alive._liveness import Liveness, TimerAction
+
+_EXPIRED = TimerAction.EXPIRED
+_PING = TimerAction.PING
 
 
 def seconds(value: float) -> str:
@@ -75,7 +78,16 @@ class State(enum.Enum):
     """A protocol error, an unknown session or an expired deadline."""
 
 
-@dataclass(frozen=True)
+# The members, looked up once: in Python 3.11 each ``State.X`` goes through
+# the enum metaclass (about 0.1 us), too slow for the per-frame paths.
+_HANDSHAKE = State.HANDSHAKE
+_OPEN = State.OPEN
+_CLOSING = State.CLOSING
+_PEER_CLOSING = State.PEER_CLOSING
+_FAILED = State.FAILED
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     """
     The parameters of one side of a connection.
@@ -104,7 +116,8 @@ class Settings:
             raise ValueError(f"heartbeatInterval must be positive, got {self.interval!r}")
         if self.interval < 0.001 or self.interval > 4_000_000:
             raise ValueError(
-                f"heartbeatInterval must be between 0.001 and 4000000 seconds, got {self.interval!r}"
+                "heartbeatInterval must be between 0.001 and 4000000 seconds, "
+                f"got {self.interval!r}"
             )
         if self.misses < 1:
             raise ValueError(f"heartbeatMisses must be at least 1, got {self.misses!r}")
@@ -182,17 +195,17 @@ class Stalled(NamedTuple):
     seconds: float
 
 
-Event = Union[
-    HelloReceived,
-    Opened,
-    SessionUnknown,
-    Confirmed,
-    PongReceived,
-    GoodbyeReceived,
-    Violation,
-    Expired,
-    Stalled,
-]
+Event = (
+    HelloReceived
+    | Opened
+    | SessionUnknown
+    | Confirmed
+    | PongReceived
+    | GoodbyeReceived
+    | Violation
+    | Expired
+    | Stalled
+)
 
 
 class Connection:
@@ -206,6 +219,25 @@ class Connection:
         start). Peers get a fresh one that lives as long as the connection;
         servers get theirs in `acceptSession`.
     """
+
+    __slots__ = (
+        "settings",
+        "role",
+        "session",
+        "decoder",
+        "liveness",
+        "state",
+        "peerHello",
+        "peerWindow",
+        "peerMaxPayload",
+        "resumed",
+        "error",
+        "acksSent",
+        "_ackSent",
+        "_held",
+        "_out",
+        "_askedToken",
+    )
 
     def __init__(
         self,
@@ -253,7 +285,7 @@ class Connection:
     @property
     def canSend(self) -> bool:
         """Whether new DATA may go out on this connection now."""
-        return self.state is State.OPEN
+        return self.state is _OPEN
 
     # -- input -------------------------------------------------------------
 
@@ -284,10 +316,16 @@ class Connection:
         self, frames: list[_frames.Frame], error: str | None, now: float, events: list[Event]
     ) -> None:
         """Act on decoded frames, then on a decoding error that followed them."""
+        state = self.state
+        if frames and (state is _OPEN or state is _CLOSING) and type(frames[0]) is Data:
+            # The common case: a run of DATA in sequence, accepted in one step.
+            accepted = self.session.inbox.acceptInOrder(frames)
+            if accepted:
+                frames = frames[accepted:]
         try:
             for index, frame in enumerate(frames):
                 if self._handleFrame(frame, now, events):
-                    if self.state is State.HANDSHAKE and self.role is Role.SERVER:
+                    if self.state is _HANDSHAKE and self.role is Role.SERVER:
                         self._held = (frames[index + 1 :], error)
                     return
         except ProtocolViolation as e:
@@ -299,17 +337,17 @@ class Connection:
     def _handleFrame(self, frame: _frames.Frame, now: float, events: list[Event]) -> bool:
         """Act on one frame; ``True`` to stop reading further frames."""
         state = self.state
-        if state is State.FAILED:
+        if state is _FAILED:
             return True
         if type(frame) is Data:
-            if state is State.HANDSHAKE:
+            if state is _HANDSHAKE:
                 raise ProtocolViolation("expected HELLO first, got DATA")
-            if state is State.PEER_CLOSING:
+            if state is _PEER_CLOSING:
                 raise ProtocolViolation("DATA after GOODBYE")
             self.session.inbox.accept(frame.seq, frame.payload)
             return False
         if type(frame) is Ack:
-            if state is State.HANDSHAKE:
+            if state is _HANDSHAKE:
                 raise ProtocolViolation("expected HELLO first, got ACK")
             entries = self.session.outbox.ack(frame.seq)
             if entries:
@@ -317,7 +355,7 @@ class Connection:
                 self.pump(now)
             return False
         if type(frame) is Ping:
-            self._out.append(_frames.encode(Pong(frame.id)))
+            self._out.append(_frames.encodePong(frame.id))
             return False
         if type(frame) is Pong:
             sample = self.liveness.pongReceived(frame.id, now)
@@ -457,22 +495,45 @@ class Connection:
 
     # -- actions -------------------------------------------------------------
 
+    def send(self, payload: bytes, handle: Any, now: float) -> Entry:
+        """
+        Queue a message (see `Outbox.submit`); if it may go out now, its DATA
+        frame is queued for `dataToSend` at once.
+
+        :param handle: the caller's object for this message (a Deferred).
+        :returns: its entry (``seq`` 0 while it waits in the queue).
+        :raises QueueFull: at the queue's limit; nothing was queued.
+        """
+        outbox = self.session.outbox
+        if self.state is _OPEN:
+            entry = outbox.sendNow(payload, handle, self.peerWindow, now, self.peerMaxPayload)
+            if entry is not None:
+                out = self._out
+                out.append(_frames.encodeDataHeader(entry.seq, len(payload)))
+                out.append(payload)
+                return entry
+        entry = outbox.submit(payload, handle)
+        self.pump(now)
+        return entry
+
     def pump(self, now: float) -> int:
         """
         Write as many queued messages as the windows allow.
 
         :returns: how many DATA frames were queued for sending.
         """
-        if self.state is not State.OPEN:
+        if self.state is not _OPEN:
             return 0
         outbox = self.session.outbox
-        if not outbox.queue:
+        if not outbox.queue or len(outbox.inflight) >= self.peerWindow:
             return 0
         entries = outbox.takeSendable(self.peerWindow, now, self.peerMaxPayload)
-        out = self._out
-        encodeData = _frames.encodeData
+        append = self._out.append
+        header = _frames.encodeDataHeader
         for entry in entries:
-            out.append(encodeData(entry.seq, entry.payload))
+            payload = entry.payload
+            append(header(entry.seq, len(payload)))
+            append(payload)
         return len(entries)
 
     def flushAck(self, resend: bool = False) -> None:
@@ -481,7 +542,7 @@ class Connection:
         ``resend``, also those sent on earlier connections of the session),
         then one cumulative ACK if processing advanced since the last one.
         """
-        if self.state is State.FAILED or self.peerHello is None:
+        if self.state is _FAILED or self.peerHello is None:
             return
         inbox = self.session.inbox
         if inbox.rejections or (resend and inbox.sentRejections):
@@ -502,16 +563,16 @@ class Connection:
 
     def handleTimer(self, now: float, scheduledFor: float) -> list[Event]:
         """The timer armed for ``scheduledFor`` fired at ``now``; act on liveness."""
-        result = self.liveness.handleTimer(now, scheduledFor)
+        action, stall = self.liveness.handleTimer(now, scheduledFor)
         events: list[Event] = []
-        if result.stall:
-            events.append(Stalled(result.stall))
-        if result.action is TimerAction.EXPIRED:
-            self.state = State.FAILED
+        if stall:
+            events.append(Stalled(stall))
+        if action is _EXPIRED:
+            self.state = _FAILED
             self.error = self.liveness.silenceDetail(now)
             events.append(Expired(self.error))
-        elif result.action is TimerAction.PING:
-            self._out.append(_frames.encode(Ping(self.liveness.pingId)))
+        elif action is _PING:
+            self._out.append(_frames.encodePing(self.liveness.pingId))
         return events
 
     def _violate(self, detail: str, events: list[Event]) -> None:

@@ -5,6 +5,11 @@ queue, cumulative acknowledgements, and what to resend after a reconnect.
 Sans-IO: no Twisted, no clock, no I/O. A `Session` outlives the connections
 that carry it; each side keeps one `Outbox` (what it sends) and one `Inbox`
 (what it receives).
+
+An idle connection should cost little memory: an empty deque takes 760
+bytes, so the queues start as one shared, read-only empty deque (`EMPTY`,
+``maxlen=0``) and get their own deque when the first element arrives. Read
+them freely; only the methods of this module add to them.
 """
 
 from __future__ import annotations
@@ -12,9 +17,10 @@ from __future__ import annotations
 import hmac
 import secrets
 from collections import deque
+from collections.abc import Sequence
 from typing import Any
 
-from twisted_alive._frames import NO_SESSION
+from twisted_alive._frames import NO_SESSION, Data
 from twisted_alive._outcomes import QueueFull
 
 DEFAULT_WINDOW = 1024
@@ -25,6 +31,10 @@ DEFAULT_MAX_QUEUE = 65536
 
 DEFAULT_MAX_QUEUE_BYTES = 64 * 1024 * 1024
 """Payload bytes that may wait behind the window."""
+
+
+EMPTY: deque[Any] = deque(maxlen=0)
+"""The shared placeholder of every queue that never held anything."""
 
 
 class ProtocolViolation(Exception):
@@ -57,6 +67,22 @@ class Outbox:
     :param maxQueueBytes: payload bytes waiting behind the window at most.
     """
 
+    __slots__ = (
+        "window",
+        "maxQueue",
+        "maxQueueBytes",
+        "queue",
+        "queuedBytes",
+        "inflight",
+        "ackedUpTo",
+        "nextSeq",
+        "rejected",
+        "tooLarge",
+        "sentCount",
+        "confirmedCount",
+        "redelivered",
+    )
+
     def __init__(
         self,
         window: int = DEFAULT_WINDOW,
@@ -70,9 +96,9 @@ class Outbox:
         self.window = window
         self.maxQueue = maxQueue
         self.maxQueueBytes = maxQueueBytes
-        self.queue: deque[Entry] = deque()
+        self.queue: deque[Entry] = EMPTY
         self.queuedBytes = 0
-        self.inflight: deque[Entry] = deque()
+        self.inflight: deque[Entry] = EMPTY
         self.ackedUpTo = 0
         self.nextSeq = 1
         self.rejected: dict[int, str] = {}
@@ -112,8 +138,38 @@ class Outbox:
                 f"(maxQueue={self.maxQueue}, maxQueueBytes={self.maxQueueBytes})"
             )
         entry = Entry(payload, handle)
+        if queue is EMPTY:
+            queue = self.queue = deque()
         queue.append(entry)
         self.queuedBytes += len(payload)
+        return entry
+
+    def sendNow(
+        self, payload: bytes, handle: Any, peerWindow: int, now: float, maxPayload: int
+    ) -> Entry | None:
+        """
+        Put a new message straight into the window, if nothing waits in the
+        queue and both windows have room: the common case of `submit`
+        followed by `takeSendable`, in one step.
+
+        :returns: the entry, with its sequence number, to write now; or
+            ``None`` if the message must go through `submit` instead.
+        """
+        inflight = self.inflight
+        if (
+            self.queue
+            or len(inflight) >= (self.window if self.window < peerWindow else peerWindow)
+            or len(payload) > maxPayload
+        ):
+            return None
+        entry = Entry(payload, handle)
+        entry.seq = seq = self.nextSeq
+        self.nextSeq = seq + 1
+        self.sentCount += 1
+        entry.sentAt = now
+        if inflight is EMPTY:
+            inflight = self.inflight = deque()
+        inflight.append(entry)
         return entry
 
     def takeSendable(self, peerWindow: int, now: float, maxPayload: int) -> list[Entry]:
@@ -127,28 +183,38 @@ class Outbox:
 
         :returns: the entries to write now, in order.
         """
-        limit = min(self.window, peerWindow) - len(self.inflight)
+        window = self.window if self.window < peerWindow else peerWindow
+        inflight = self.inflight
+        limit = window - len(inflight)
         queue = self.queue
         if limit <= 0 or not queue:
             return []
-        out = []
-        inflight = self.inflight
+        if inflight is EMPTY:
+            inflight = self.inflight = deque()
+        out: list[Entry] = []
+        append = out.append
+        popleft = queue.popleft
+        nextSeq = self.nextSeq
+        sentBytes = 0
         while limit and queue:
-            entry = queue.popleft()
-            self.queuedBytes -= len(entry.payload)
-            if entry.seq == 0:
-                if len(entry.payload) > maxPayload:
+            entry = popleft()
+            size = len(entry.payload)
+            sentBytes += size
+            if not entry.seq:
+                if size > maxPayload:
                     self.tooLarge.append(entry)
                     continue
-                entry.seq = self.nextSeq
-                self.nextSeq += 1
-                self.sentCount += 1
+                entry.seq = nextSeq
+                nextSeq += 1
                 entry.sentAt = now
             else:
                 self.redelivered += 1
-            inflight.append(entry)
-            out.append(entry)
+            append(entry)
             limit -= 1
+        self.sentCount += nextSeq - self.nextSeq
+        self.nextSeq = nextSeq
+        self.queuedBytes -= sentBytes
+        inflight.extend(out)
         return out
 
     def ack(self, upTo: int) -> list[Entry]:
@@ -220,6 +286,8 @@ class Outbox:
         inflight = self.inflight
         while inflight and inflight[-1].seq >= peerNextExpected:
             entry = inflight.pop()
+            if self.queue is EMPTY:
+                self.queue = deque()
             self.queue.appendleft(entry)
             self.queuedBytes += len(entry.payload)
 
@@ -241,7 +309,7 @@ class Outbox:
                 self.queuedBytes -= len(entry.payload)
             else:
                 kept.append(entry)
-        self.queue = kept
+        self.queue = kept if kept else EMPTY
         self.ackedUpTo = 0
         self.nextSeq = 1
         self.rejected.clear()
@@ -250,6 +318,10 @@ class Outbox:
     def moveQueueTo(self, other: Outbox) -> None:
         """Move every queued (never sent) entry to the end of ``other``'s
         queue, in order."""
+        if not self.queue:
+            return
+        if other.queue is EMPTY:
+            other.queue = deque()
         for entry in self.queue:
             other.queue.append(entry)
             other.queuedBytes += len(entry.payload)
@@ -278,13 +350,23 @@ class Inbox:
         protocol.
     """
 
+    __slots__ = (
+        "window",
+        "receivedUpTo",
+        "processedUpTo",
+        "pending",
+        "rejections",
+        "sentRejections",
+        "duplicates",
+    )
+
     def __init__(self, window: int = DEFAULT_WINDOW) -> None:
         self.window = window
         self.receivedUpTo = 0
         self.processedUpTo = 0
-        self.pending: deque[tuple[int, bytes]] = deque()
+        self.pending: deque[tuple[int, bytes]] = EMPTY
         self.rejections: list[tuple[int, str]] = []
-        self.sentRejections: deque[tuple[int, str]] = deque()
+        self.sentRejections: deque[tuple[int, str]] = EMPTY
         self.duplicates = 0
 
     def reject(self, seq: int, reason: str) -> None:
@@ -307,6 +389,8 @@ class Inbox:
         out = list(self.sentRejections) if resend else []
         if self.rejections:
             out.extend(self.rejections)
+            if self.sentRejections is EMPTY:
+                self.sentRejections = deque()
             self.sentRejections.extend(self.rejections)
             self.rejections.clear()
         return out
@@ -336,14 +420,80 @@ class Inbox:
                 f"peer exceeded the window of {self.window} unacknowledged messages"
             )
         self.receivedUpTo = seq
+        if self.pending is EMPTY:
+            self.pending = deque()
         self.pending.append((seq, payload))
-        sent = self.sentRejections
-        if sent and sent[0][0] + self.window < seq:
-            # The peer sent beyond a window past them: it saw their ACK,
-            # and the REJECTs that went before it.
-            while sent and sent[0][0] + self.window < seq:
-                sent.popleft()
+        if self.sentRejections:
+            self._forgetRejections(seq)
         return True
+
+    def acceptInOrder(self, frames: Sequence[Any]) -> int:
+        """
+        Accept the leading run of ``frames`` that are `Data` frames carrying
+        exactly the next sequence numbers, within the window: the common
+        case, in one step. `accept` judges the rest one by one.
+
+        :returns: how many frames, from the first, were queued.
+        """
+        expected = self.receivedUpTo + 1
+        last = self.processedUpTo + self.window
+        count = 0
+        for frame in frames:
+            if type(frame) is not Data or frame[0] != expected or expected > last:
+                break
+            expected += 1
+            count += 1
+        if count:
+            pending = self.pending
+            if pending is EMPTY:
+                pending = self.pending = deque()
+            pending.extend(frames if count == len(frames) else frames[:count])
+            self.receivedUpTo = expected - 1
+            if self.sentRejections:
+                self._forgetRejections(expected - 1)
+        return count
+
+    def _forgetRejections(self, seq: int) -> None:
+        # The peer sent beyond a window past them: it saw their ACK, and the
+        # REJECTs that went before it.
+        sent = self.sentRejections
+        while sent and sent[0][0] + self.window < seq:
+            sent.popleft()
+
+
+class Pacer:
+    """
+    Pauses a push producer while an `Outbox`'s queue is high, and resumes
+    it once the queue has drained.
+
+    The producer is paused when the queue holds half of either limit
+    (``maxQueue`` messages or ``maxQueueBytes`` bytes) and resumed when it is
+    down to a quarter of both: a sender that respects the pause never meets
+    `QueueFull`.
+
+    :param outbox: the outbox to watch.
+    :param producer: an object with ``pauseProducing()`` and
+        ``resumeProducing()`` (a Twisted ``IPushProducer``).
+    """
+
+    def __init__(self, outbox: Outbox, producer: Any) -> None:
+        self.outbox = outbox
+        self.producer = producer
+        self.paused = False
+
+    def check(self) -> None:
+        """Pause or resume the producer as the queue's level says."""
+        outbox = self.outbox
+        queued, queuedBytes = len(outbox.queue), outbox.queuedBytes
+        if not self.paused:
+            if queued >= max(1, outbox.maxQueue // 2) or queuedBytes >= max(
+                1, outbox.maxQueueBytes // 2
+            ):
+                self.paused = True
+                self.producer.pauseProducing()
+        elif queued <= outbox.maxQueue // 4 and queuedBytes <= outbox.maxQueueBytes // 4:
+            self.paused = False
+            self.producer.resumeProducing()
 
 
 class Session:
@@ -353,6 +503,8 @@ class Session:
     :param token: the 16-byte session token, or `NO_SESSION` for a session
         that lives only as long as one connection.
     """
+
+    __slots__ = ("token", "outbox", "inbox", "lastSeen", "current", "busy", "pacer")
 
     def __init__(
         self,
@@ -369,6 +521,8 @@ class Session:
         """The adapter object carrying this session now, if any."""
         self.busy = False
         """Whether the application is processing a message of this session."""
+        self.pacer: Pacer | None = None
+        """Pauses a registered producer while the send queue is high."""
 
     @staticmethod
     def newToken() -> bytes:

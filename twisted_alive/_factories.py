@@ -23,7 +23,13 @@ from typing import Any, cast
 
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IAddress, IConnector, IDelayedCall, IReactorTime
+from twisted.internet.interfaces import (
+    IAddress,
+    IConnector,
+    IDelayedCall,
+    IPushProducer,
+    IReactorTime,
+)
 from twisted.internet.protocol import ClientFactory, Factory, ReconnectingClientFactory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -39,7 +45,13 @@ from twisted_alive._delivery import (
 )
 from twisted_alive._frames import DEFAULT_MAX_FRAME_SIZE, NO_SESSION, GoodbyeCode
 from twisted_alive._interfaces import ISessionHost
-from twisted_alive._mixin import HeartbeatMixin, HeartbeatProtocol, checkPayload, failDelivery
+from twisted_alive._mixin import (
+    HeartbeatMixin,
+    HeartbeatProtocol,
+    checkPayload,
+    failDelivery,
+    registerPacer,
+)
 from twisted_alive._outcomes import DeliveryFailed, QueueFull, Receipt
 from twisted_alive._reasons import Loss, Reason, classify
 
@@ -149,6 +161,8 @@ class AliveClientFactory(ReconnectingClientFactory):
     _connectedAt: float | None = None
     _stopped = False
     _reconnectAtOnce = False
+    _starting: HeartbeatMixin | None = None
+    _wasStable = False
 
     def __init__(self) -> None:
         self.losses: dict[Reason, int] = {}
@@ -187,14 +201,32 @@ class AliveClientFactory(ReconnectingClientFactory):
         if self._stopped:
             return defer.fail(DeliveryFailed("the factory stopped trying; message not sent"))
         d: Deferred[Receipt] = Deferred()
+        session = self.session
         try:
-            self.session.outbox.submit(payload, d)
+            session.outbox.submit(payload, d)
         except QueueFull as e:
             return defer.fail(e)
         current = self.connected
         if current is not None:
             current._pump()
+        if session.pacer is not None:
+            session.pacer.check()
         return d
+
+    def registerProducer(self, producer: IPushProducer) -> None:
+        """
+        Have ``producer`` paused while the session's send queue is high
+        (half of ``maxQueued`` messages or ``maxQueuedBytes`` bytes) and
+        resumed once it is down to a quarter, connected or not: a sender that
+        respects the pause never meets `QueueFull`.
+
+        :raises RuntimeError: if a producer is registered already.
+        """
+        registerPacer(self.session, producer)
+
+    def unregisterProducer(self) -> None:
+        """Forget the producer registered with `registerProducer`."""
+        self.session.pacer = None
 
     def whenConnected(self) -> Deferred[HeartbeatMixin]:
         """A Deferred that fires with the protocol once a connection has
@@ -215,6 +247,7 @@ class AliveClientFactory(ReconnectingClientFactory):
     def connectionStarted(self, protocol: object) -> None:
         """A connection was made (before HELLO)."""
         self.connections += 1
+        self._starting = cast(HeartbeatMixin, protocol)
 
     def sessionOpened(self, protocol: object, resumed: bool) -> None:
         """A connection completed HELLO: it carries the session now."""
@@ -237,8 +270,12 @@ class AliveClientFactory(ReconnectingClientFactory):
             d.callback(proto)
 
     def sessionUnknown(self, protocol: object, detail: str) -> None:
-        """The server did not resume the session: start a new one; what was
-        sent and unconfirmed may or may not have been processed."""
+        """The server did not resume the session: start a new one at once;
+        what was sent and unconfirmed may or may not have been processed."""
+        self._restartSession(detail)
+        self._reconnectAtOnce = True
+
+    def _restartSession(self, detail: str) -> None:
         session = self.session
         old = tokenPrefix(session.token)
         uncertain = session.restart()
@@ -250,7 +287,6 @@ class AliveClientFactory(ReconnectingClientFactory):
             count=len(uncertain),
             event="session_unknown",
         )
-        self._reconnectAtOnce = True
         for entry in uncertain:
             failDelivery(
                 entry,
@@ -270,10 +306,13 @@ class AliveClientFactory(ReconnectingClientFactory):
         session = self.session
         conn = proto._alive
         opened = conn is not None and conn.peerHello is not None
+        if self._starting is proto:
+            self._starting = None
         if opened and session.token == NO_SESSION:
             # The server keeps no sessions: the next connection starts a new
-            # one, and what was in flight is uncertain.
-            self.sessionUnknown(proto, "the server keeps no sessions")
+            # one (after the usual delay), and what was in flight is
+            # uncertain.
+            self._restartSession("the server keeps no sessions")
         if self._stopped:
             self._endSession(loss)
 
@@ -350,7 +389,8 @@ class AliveClientFactory(ReconnectingClientFactory):
             # A new session after an unknown one: nothing to wait for.
             self._reconnectAtOnce = False
             delay = 0.0
-        elif decision is Retry.QUICK and self.retries == 0:
+        elif decision is Retry.QUICK and self._wasStable:
+            self._wasStable = False
             delay = self.quickDelay * (1.0 + self.jitter * self.random())
             delay = min(delay, self.maxDelay)
         else:
@@ -409,10 +449,10 @@ class AliveClientFactory(ReconnectingClientFactory):
 
         :returns: a Deferred that fires once the connection is closed.
         """
-        current = self.connected
+        current = self.connected or self._starting
         ReconnectingClientFactory.stopTrying(self)  # type: ignore[no-untyped-call]
         self._stopped = True
-        if current is None:
+        if current is None or current.loss is not None:
             self._endSession(None)
             return defer.succeed(None)
         return current.close(code, reason).addCallback(lambda _: None)
@@ -436,6 +476,7 @@ class AliveClientFactory(ReconnectingClientFactory):
 
     def _stable(self) -> None:
         self._stableCall = None
+        self._wasStable = True
         self.resetDelay()
 
     def _cancelStable(self) -> None:
@@ -474,6 +515,7 @@ class AliveServerFactory(Factory):
     maxSessions = 10_000
     clock: IReactorTime | None = None
     _expiryCall: IDelayedCall | None = None
+    _stoppedFactory = False
 
     def __init__(self) -> None:
         self.connections: set[HeartbeatMixin] = set()
@@ -555,7 +597,9 @@ class AliveServerFactory(Factory):
     def _armExpiry(self, now: float) -> None:
         """Arm one timer for the earliest expiry of a session without
         connection, so that sessions expire even if no client comes."""
-        if self._expiryCall is not None and self._expiryCall.active():
+        if self._stoppedFactory or (
+            self._expiryCall is not None and self._expiryCall.active()
+        ):
             return
         self._expiryCall = None
         seen = [s.lastSeen for s in self.sessions.values() if s.current is None]
@@ -619,7 +663,10 @@ class AliveServerFactory(Factory):
         session.lastSeen = now
         key = self._key(session.token)
         if self.sessions.get(key) is session:
-            if loss.reason is Reason.CLEAN_CLOSE:
+            if self._stoppedFactory:
+                del self.sessions[key]
+                self._failSession(session, "the server stopped")
+            elif loss.reason is Reason.CLEAN_CLOSE:
                 del self.sessions[key]
                 self._failSession(session, "the client closed the session")
             else:
@@ -629,13 +676,24 @@ class AliveServerFactory(Factory):
         self._armExpiry(now)
 
     def stopFactory(self) -> None:
-        """Fail the pending messages of every session."""
+        """
+        Fail the pending messages of every session without a connection;
+        sessions whose connection is still up (for example while
+        `closeAll` runs after the port stopped listening) are failed when
+        that connection ends.
+        """
+        self._stoppedFactory = True
         if self._expiryCall is not None and self._expiryCall.active():
             self._expiryCall.cancel()
         self._expiryCall = None
-        for session in self.sessions.values():
-            self._failSession(session, "the server stopped")
-        self.sessions.clear()
+        for key, session in list(self.sessions.items()):
+            if session.current is None:
+                del self.sessions[key]
+                self._failSession(session, "the server stopped")
+
+    def startFactory(self) -> None:
+        """Sessions are kept again (after a `stopFactory`)."""
+        self._stoppedFactory = False
 
     def closeAll(
         self, code: GoodbyeCode = GoodbyeCode.SHUTTING_DOWN, reason: str = "server shutting down"

@@ -46,6 +46,9 @@ __all__ = [
     "encode",
     "encodeAck",
     "encodeData",
+    "encodeDataHeader",
+    "encodePing",
+    "encodePong",
 ]
 
 PROTOCOL_VERSION = 1
@@ -292,6 +295,20 @@ def encodeData(seq: int, payload: bytes) -> bytes:
     return _packHeaderU64(length, 2, seq) + payload
 
 
+def encodeDataHeader(seq: int, size: int) -> bytes:
+    """
+    The 13 bytes that go before a DATA frame's payload, for a sender that
+    writes the payload separately (saving a copy of it). Unlike
+    `encodeData`, it checks nothing: ``seq`` must fit 64 bits and ``size``
+    must be at most ``2**32 - 10``.
+
+    :param seq: the sequence number.
+    :param size: the payload's length.
+    :returns: the frame header and sequence number.
+    """
+    return _packHeaderU64(size + 9, 2, seq)
+
+
 def encodeAck(seq: int) -> bytes:
     """
     Encode an ACK frame without building an :class:`Ack` object.
@@ -302,6 +319,32 @@ def encodeAck(seq: int) -> bytes:
     """
     _checkRange("ACK sequence number", seq, _MAX_U64)
     return _packHeaderU64(9, 3, seq)
+
+
+def encodePing(id: int) -> bytes:
+    """
+    Encode a PING frame without building a :class:`Ping` object.
+
+    :param id: the PING's id, 0..2**64-1.
+    :returns: the encoded frame.
+    :raises ValueError: if ``id`` does not fit 64 bits.
+    """
+    if not 0 <= id <= _MAX_U64:
+        _checkRange("PING id", id, _MAX_U64)
+    return _packHeaderU64(9, 4, id)
+
+
+def encodePong(id: int) -> bytes:
+    """
+    Encode a PONG frame without building a :class:`Pong` object.
+
+    :param id: the id of the PING answered, 0..2**64-1.
+    :returns: the encoded frame.
+    :raises ValueError: if ``id`` does not fit 64 bits.
+    """
+    if not 0 <= id <= _MAX_U64:
+        _checkRange("PONG id", id, _MAX_U64)
+    return _packHeaderU64(9, 5, id)
 
 
 def _encodeHello(frame: Hello) -> bytes:
@@ -340,13 +383,11 @@ def _encodeAck(frame: Ack) -> bytes:
 
 
 def _encodePing(frame: Ping) -> bytes:
-    _checkRange("PING id", frame[0], _MAX_U64)
-    return _packHeaderU64(9, Kind.PING, frame[0])
+    return encodePing(frame[0])
 
 
 def _encodePong(frame: Pong) -> bytes:
-    _checkRange("PONG id", frame[0], _MAX_U64)
-    return _packHeaderU64(9, Kind.PONG, frame[0])
+    return encodePong(frame[0])
 
 
 def _encodeGoodbye(frame: Goodbye) -> bytes:
@@ -492,6 +533,9 @@ _DECODERS: dict[int, Callable[[bytes], Frame]] = {
 }
 
 
+_U64_FRAMES: dict[int, type] = {Kind.ACK: Ack, Kind.PING: Ping, Kind.PONG: Pong}
+
+
 class FrameDecoder:
     """
     Incremental decoder: bytes in, in any chunking; frames out.
@@ -503,6 +547,8 @@ class FrameDecoder:
     failed: every later :meth:`feed` raises a :class:`FrameError` with the
     same message.
     """
+
+    __slots__ = ("maxFrameSize", "_chunks", "_size", "_needed", "_error")
 
     def __init__(self, maxFrameSize: int = DEFAULT_MAX_FRAME_SIZE) -> None:
         """
@@ -584,6 +630,11 @@ class FrameDecoder:
                                 "DATA sequence number 0 is invalid (sequence numbers start at 1)"
                             )
                         append(_tupleNew(Data, (seq, buf[offset + 13 : frameEnd])))
+                        offset = frameEnd
+                        continue
+                    if length == 9 and 3 <= kind <= 5:
+                        # ACK, PING, PONG: all of the frame is read already.
+                        append(_tupleNew(_U64_FRAMES[kind], (seq,)))
                         offset = frameEnd
                         continue
                 elif available >= 5:

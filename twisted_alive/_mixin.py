@@ -10,13 +10,19 @@ connection, so that every loss gets the right `Reason`.
 
 from __future__ import annotations
 
+import inspect
 from functools import partial
 from typing import Any, cast
 
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import IDelayedCall, IHalfCloseableProtocol, IReactorTime
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IHalfCloseableProtocol,
+    IPushProducer,
+    IReactorTime,
+)
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
@@ -44,6 +50,8 @@ from twisted_alive._delivery import (
     DEFAULT_MAX_QUEUE_BYTES,
     DEFAULT_WINDOW,
     Entry,
+    Inbox,
+    Pacer,
     Session,
 )
 from twisted_alive._frames import DEFAULT_MAX_FRAME_SIZE, GoodbyeCode
@@ -228,11 +236,14 @@ class HeartbeatMixin(TimeoutMixin):
         if self._closing is not None or conn.state not in (State.HANDSHAKE, State.OPEN):
             return defer.fail(DeliveryFailed("connection is closing; message not sent"))
         d: Deferred[Receipt] = Deferred()
+        session = conn.session
         try:
-            conn.session.outbox.submit(payload, d)
+            session.outbox.submit(payload, d)
         except QueueFull as e:
             return defer.fail(e)
         self._pump()
+        if session.pacer is not None:
+            session.pacer.check()
         return d
 
     def _pump(self) -> None:
@@ -241,6 +252,7 @@ class HeartbeatMixin(TimeoutMixin):
         if conn is not None and conn.state is State.OPEN and self.loss is None:
             conn.pump(self._clock().seconds())
             self._flush()
+            self._failTooLarge()
 
     def messageReceived(self, payload: bytes) -> Deferred[object] | object:
         """
@@ -425,6 +437,7 @@ class HeartbeatMixin(TimeoutMixin):
             if host is not None:
                 host.sessionLost(self, loss)
             else:
+                session.pacer = None
                 for entry in session.outbox.drain():
                     failDelivery(entry, f"connection lost before confirmation ({loss})", loss)
         for d in self._openWaiters or ():
@@ -460,9 +473,10 @@ class HeartbeatMixin(TimeoutMixin):
         conn = self._alive
         if conn is None or self.loss is not None:
             return
-        wake = conn.nextWake()
+        now = self._clock().seconds()
+        wake = max(conn.nextWake(), now)
         self._armedFor = wake
-        self._setTimer(max(0.0, wake - self._clock().seconds()))
+        self._setTimer(wake - now)
 
     def _setTimer(self, period: float | None) -> None:
         """Arm ``TimeoutMixin``'s timer for ``period`` seconds (or disarm it)."""
@@ -557,7 +571,12 @@ class HeartbeatMixin(TimeoutMixin):
             # The client came back while its old connection still looks
             # alive here (half-open): the new connection takes over.
             cast(HeartbeatMixin, previous).abort("session taken over by a new connection")
+        before = conn.session
         events = conn.acceptSession(session, resumed, now)
+        if before.pacer is not None and conn.session is session and session.pacer is None:
+            # A producer registered before HELLO paces the real session.
+            session.pacer, before.pacer = before.pacer, None
+            session.pacer.outbox = session.outbox
         if events:
             self._handleEvents(events)
 
@@ -587,6 +606,34 @@ class HeartbeatMixin(TimeoutMixin):
 
     def _sendRoom(self) -> None:
         """Acknowledgements made room in the window and queue."""
+        conn = self._alive
+        if conn is not None and conn.session.pacer is not None:
+            conn.session.pacer.check()
+
+    def registerProducer(self, producer: IPushProducer, streaming: bool = True) -> None:
+        """
+        Have ``producer`` (a push producer: ``streaming`` must be true)
+        paused while the send queue is high (half of
+        ``maxQueued`` messages or ``maxQueuedBytes`` bytes) and resumed once
+        it is down to a quarter, so that a sender that respects the pause
+        never meets `QueueFull`. One producer at a time; it is forgotten when
+        the connection ends.
+
+        :raises RuntimeError: before the connection is made, or if a
+            producer is registered already.
+        :raises ValueError: for a pull producer (``streaming`` false).
+        """
+        if not streaming:
+            raise ValueError("only push producers (streaming=True) can be paced")
+        conn = self._alive
+        if conn is None:
+            raise RuntimeError("registerProducer() called before connectionMade()")
+        registerPacer(conn.session, producer)
+
+    def unregisterProducer(self) -> None:
+        """Forget the producer registered with `registerProducer`."""
+        if self._alive is not None:
+            self._alive.session.pacer = None
 
     def _failTooLarge(self) -> None:
         conn = self._alive
@@ -710,11 +757,15 @@ class HeartbeatMixin(TimeoutMixin):
             except Exception:
                 self._rejected(session, seq, Failure())  # type: ignore[no-untyped-call]
                 continue
+            if result is not None and not isinstance(result, Deferred):
+                if inspect.isawaitable(result):
+                    # ``async def messageReceived``: wait for it like a Deferred.
+                    result = Deferred.fromCoroutine(cast(Any, result))
             if isinstance(result, Deferred):
                 box: list[object] = []
                 result.addBoth(box.append)
                 if not box:
-                    result.addCallback(partial(self._asyncDone, session, seq, box))
+                    result.addCallback(partial(self._asyncDone, session, inbox, seq, box))
                     # What was processed before this message is confirmed now,
                     # not when this one completes.
                     if inbox.processedUpTo:
@@ -729,15 +780,19 @@ class HeartbeatMixin(TimeoutMixin):
         if self._closing is not None:
             self._checkClose()
 
-    def _asyncDone(self, session: Session, seq: int, box: list[object], _: object) -> None:
+    def _asyncDone(
+        self, session: Session, inbox: Inbox, seq: int, box: list[object], _: object
+    ) -> None:
         """A Deferred returned by `messageReceived` fired; its outcome is in
-        ``box``."""
+        ``box``. If the session was restarted meanwhile, the message belonged
+        to the old one: it is not counted in the new."""
         outcome = box[0]
         session.busy = False
-        if isinstance(outcome, Failure):
-            self._rejected(session, seq, outcome)
-        else:
-            session.inbox.processedUpTo = seq
+        if session.inbox is inbox:
+            if isinstance(outcome, Failure):
+                self._rejected(session, seq, outcome)
+            else:
+                inbox.processedUpTo = seq
         current = cast("HeartbeatMixin | None", session.current)
         if current is not None and current._alive is not None and current.loss is None:
             current._process()
@@ -753,6 +808,17 @@ class HeartbeatMixin(TimeoutMixin):
         )
         text = f"{typeName(failure)}: {failure.getErrorMessage()}"
         session.inbox.reject(seq, text[:1000])
+
+
+def registerPacer(session: Session, producer: IPushProducer) -> None:
+    """Pace ``producer`` by ``session``'s send queue.
+
+    :raises RuntimeError: if a producer is registered already.
+    """
+    if session.pacer is not None:
+        raise RuntimeError("a producer is registered already; unregister it first")
+    session.pacer = Pacer(session.outbox, producer)
+    session.pacer.check()
 
 
 def checkPayload(payload: bytes, settings: Settings) -> None:

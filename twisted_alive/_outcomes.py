@@ -64,6 +64,7 @@ class QueueFull(Exception):
     """
     ``sendMessage`` was called while the send queue was at its limit.
 
-    Nothing was queued. Register an ``IPushProducer`` to be paused before this
-    happens (see ``docs/delivery.md``), or wait for receipts and retry.
+    Nothing was queued. Register an ``IPushProducer`` with
+    ``registerProducer`` to be paused before this happens (see
+    ``docs/delivery.md``), or wait for receipts and retry.
     """

@@ -23,8 +23,7 @@ import errno
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from twisted.internet import error
-from twisted.internet import defer
+from twisted.internet import defer, error
 from twisted.internet.defer import CancelledError
 from twisted.python.failure import Failure
 

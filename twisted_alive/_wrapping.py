@@ -100,7 +100,7 @@ class _SocketRoom:
 
 
 @implementer(IPushProducer)
-class AliveWrappingProtocol(HeartbeatMixin, Protocol):  # type: ignore[misc]
+class AliveWrappingProtocol(HeartbeatMixin, Protocol):
     """
     The protocol `AliveWrappingFactory` builds: the framing on the
     outside, a transport for the wrapped protocol on the inside.
@@ -223,13 +223,13 @@ class AliveWrappingProtocol(HeartbeatMixin, Protocol):  # type: ignore[misc]
 
     def getPeer(self) -> IAddress:
         """The real transport's peer address."""
-        return self.transport.getPeer()
+        return cast(IAddress, self.transport.getPeer())
 
     def getHost(self) -> IAddress:
         """The real transport's host address."""
-        return self.transport.getHost()
+        return cast(IAddress, self.transport.getHost())
 
-    def registerProducer(self, producer: IPushProducer, streaming: bool) -> None:
+    def registerProducer(self, producer: IPushProducer, streaming: bool = True) -> None:
         """Register the wrapped protocol's producer (see the class doc); a
         non-streaming one is called as long as there is room.
 

@@ -24,6 +24,8 @@ Example::
     link.stall()                 # the server goes silent
     link.advance(20)             # the client declares TIMEOUT
     assert link.client.loss.reason is Reason.TIMEOUT
+
+The Testing page of the documentation (``docs/testing.md``) has more.
 """
 
 from __future__ import annotations
@@ -63,6 +65,9 @@ class FakeTransport:
     :ivar disconnecting: ``loseConnection`` was called.
     :ivar disconnected: the protocol saw ``connectionLost``.
     :ivar aborted: ``abortConnection`` was called.
+    :ivar readClosed: the protocol received a FIN (``readConnectionLost``).
+    :ivar writeClosed: ``loseWriteConnection`` was called.
+    :ivar outbound: bytes written and not yet delivered.
     """
 
     def __init__(self, link: FakeLink[Any, Any], protocol: IProtocol, host: IPv4Address,
@@ -77,7 +82,7 @@ class FakeTransport:
         self.aborted = False
         self.readClosed = False
         self.writeClosed = False
-        self.writeClosedNoted = False
+        self._halfCloseDone = False
         self.readingPaused = False
         self.producer: IProducer | None = None
 
@@ -255,9 +260,9 @@ class FakeLink(Generic[_Server, _Client]):
                 changed += 1
                 self._lost(source, ConnectionDone("Connection done"))
                 self._fin(target)
-            elif source.writeClosed and not source.writeClosedNoted:
+            elif source.writeClosed and not source._halfCloseDone:
                 changed += 1
-                source.writeClosedNoted = True
+                source._halfCloseDone = True
                 self._fin(target)
                 if IHalfCloseableProtocol.providedBy(source.protocol):
                     source.protocol.writeConnectionLost()

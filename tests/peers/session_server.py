@@ -35,7 +35,7 @@ import json
 import os
 import signal
 import sys
-from typing import Any
+from typing import Any, cast
 
 from twisted.internet import task
 from twisted.internet.defer import Deferred
@@ -90,10 +90,13 @@ class Server(AliveServerFactory):
         if options.losses:
             self.lossesFd = os.open(options.losses, flags, 0o644)
         self.holdOn = options.hold_on.encode() if options.hold_on else None
-        self.protocol = type(
-            "Recording",
-            (Recording,),
-            {"heartbeatInterval": options.interval, "heartbeatMisses": options.misses},
+        self.protocol = cast(
+            "type[Recording]",
+            type(
+                "Recording",
+                (Recording,),
+                {"heartbeatInterval": options.interval, "heartbeatMisses": options.misses},
+            ),
         )
 
     def recordLoss(self, loss: Loss) -> None:

@@ -1,0 +1,67 @@
+"""
+Shared test configuration: the Hypothesis profiles.
+
+``HYPOTHESIS_PROFILE`` selects one (``ci`` by default):
+
+- ``ci``: Hypothesis's default number of examples (100, or what a test
+  asks for with ``@settings``), no deadline (a loaded CI machine must not
+  turn a slow example into a failure), failing examples printed with the
+  ``@reproduce_failure`` blob.
+- ``long``: at least 20,000 examples for every property and state machine,
+  including those that ask for fewer with ``@settings(max_examples=...)``
+  (their count is a floor for everyday runs, not a ceiling for a long one).
+  Run it now and then, e.g. ``HYPOTHESIS_PROFILE=long pytest
+  tests/test_frames.py tests/test_fuzz.py``; whatever it finds becomes a
+  regression test.
+"""
+
+from __future__ import annotations
+
+import os
+import unittest
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+LONG_EXAMPLES = 20_000
+
+settings.register_profile("ci", deadline=None, print_blob=True)
+settings.register_profile(
+    "long",
+    max_examples=LONG_EXAMPLES,
+    deadline=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+PROFILE = os.environ.get("HYPOTHESIS_PROFILE", "ci")
+settings.load_profile(PROFILE)
+
+
+def _atLeast(current: Any) -> settings:
+    """C{current} settings with at least the long profile's example count."""
+    return settings(
+        current,
+        max_examples=max(current.max_examples, LONG_EXAMPLES),
+        suppress_health_check=[*current.suppress_health_check, HealthCheck.too_slow],
+    )
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under the ``long`` profile, raise every Hypothesis test's example
+    count to the profile's, even where ``@settings`` pinned a smaller one."""
+    if PROFILE != "long":
+        return
+    for item in items:
+        function = getattr(item, "function", None)
+        if getattr(function, "is_hypothesis_test", False):
+            current = getattr(function, "_hypothesis_internal_use_settings", None)
+            if current is not None:
+                function._hypothesis_internal_use_settings = _atLeast(current)  # type: ignore[union-attr]
+        cls = getattr(item, "cls", None)
+        if (
+            cls is not None
+            and issubclass(cls, unittest.TestCase)
+            and isinstance(getattr(cls, "settings", None), settings)
+        ):
+            cls.settings = _atLeast(cls.settings)

@@ -1,0 +1,234 @@
+"""
+Tests for ``twisted-alive bench``: the quick mode runs every measurement and
+reports sane figures. The targets are not checked here: the bench is a
+measuring tool, and this machine's figures are its business.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from twisted_alive._bench import (
+    SECTIONS,
+    SIZES,
+    Plan,
+    ackSection,
+    formatTable,
+    judge,
+    planFor,
+    sectionsFor,
+    summary,
+)
+from twisted_alive._cli import buildParser
+
+ROOT = Path(__file__).resolve().parent.parent
+
+pytestmark = pytest.mark.skipif(
+    not sys.platform.startswith("linux"), reason="the bench needs Linux (/proc, SIGSTOP)"
+)
+
+
+@pytest.fixture(scope="module")
+def quickRun() -> dict[str, Any]:
+    """The JSON of one ``bench --quick --json`` run."""
+    result = subprocess.run(
+        [sys.executable, "-m", "twisted_alive", "bench", "--quick", "--json"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=110,
+        start_new_session=True,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    results: dict[str, Any] = json.loads(result.stdout)
+    return results
+
+
+def positiveSummary(entry: dict[str, Any]) -> None:
+    """A summary whose figures are positive and ordered."""
+    assert 0 < entry["min"] <= entry["median"] <= entry["max"]
+    assert entry["samples"]
+
+
+@pytest.mark.timeout(120)
+def test_quickRunHasEveryMeasurement(quickRun: dict[str, Any]) -> None:
+    """The quick run reports all five measurements, the machine and the targets."""
+    for name in ("machine", "plan", "targets", *SECTIONS):
+        assert name in quickRun, name
+    assert quickRun["plan"]["quick"] is True
+    assert quickRun["machine"]["cpus"] >= 1
+    assert quickRun["machine"]["twisted"]
+
+
+@pytest.mark.timeout(120)
+def test_quickRunThroughputIsSane(quickRun: dict[str, Any]) -> None:
+    """One-way throughput: ours and Int32StringReceiver at every size, positive."""
+    for impl in ("alive", "int32"):
+        for size in SIZES:
+            entry = quickRun["throughput"][impl][str(size)]
+            positiveSummary(entry["messagesPerSecond"])
+            rate = entry["messagesPerSecond"]["median"]
+            assert entry["megabytesPerSecond"]["median"] == pytest.approx(rate * size / 1e6)
+
+
+@pytest.mark.timeout(120)
+def test_quickRunConfirmedAndLatencyAreSane(quickRun: dict[str, Any]) -> None:
+    """Confirmed throughput and latency have our figures and both baselines."""
+    for impl in ("alive", "window", "amp"):
+        positiveSummary(quickRun["confirmed"][impl]["messagesPerSecond"])
+    for impl in ("alive", "pingpong", "amp"):
+        latency = quickRun["latency"][impl]
+        positiveSummary(latency["p50"])
+        assert latency["p50"]["median"] <= latency["p99"]["median"]
+
+
+@pytest.mark.timeout(120)
+def test_quickRunAcksAreCounted(quickRun: dict[str, Any]) -> None:
+    """ACKs per 1,000 DATA come from every run that carried DATA: at most one per DATA."""
+    runs = quickRun["acks"]["runs"]
+    assert set(runs) == {f"one-way {size} B" for size in SIZES} | {"confirmed 256 B"}
+    for entry in runs.values():
+        assert 0 < entry["median"] <= 1000
+
+
+@pytest.mark.timeout(120)
+def test_quickRunDetectsEveryStoppedPeer(quickRun: dict[str, Any]) -> None:
+    """Every SIGSTOPped peer is declared dead, as a TIMEOUT, no sooner than possible."""
+    detection = quickRun["detection"]
+    assert detection["trials"] == Plan.quick().trials
+    assert detection["reasons"] == {"TIMEOUT": detection["trials"]}
+    # The peer's last frame left at most one interval before it stopped.
+    earliest = detection["deadline"] - detection["interval"]
+    assert detection["latency"]["min"] >= earliest - 0.05
+    assert detection["latency"]["max"] < 30
+
+
+@pytest.mark.timeout(120)
+def test_quickRunIdleScaleIsSane(quickRun: dict[str, Any]) -> None:
+    """Idle scale: every variant held the connections; memory per connection is plausible."""
+    idle = quickRun["idle"]
+    impls = {row["impl"] for row in idle}
+    assert impls == {"bare", "naive", "shared", "alive", "alive-peers"}
+    for row in idle:
+        assert row["connections"] == 100
+        assert row["cpuPercent"]["min"] >= 0
+        assert 0 < row["rssPerConnection"] < 1_000_000
+
+
+@pytest.mark.timeout(120)
+def test_quickRunTargetsAreJudged(quickRun: dict[str, Any]) -> None:
+    """Each target carries a figure (or n/a), its goal and a verdict."""
+    names = [target["name"] for target in quickRun["targets"]]
+    for prefix in ("(1)", "(2)", "(3)", "(4)", "(5)"):
+        assert any(name.startswith(prefix) for name in names), prefix
+    for target in quickRun["targets"]:
+        assert isinstance(target["met"], bool)
+        assert target["goal"]
+
+
+def args(*argv: str) -> Any:
+    """The parsed arguments of ``bench`` with ``argv``."""
+    return buildParser().parse_args(["bench", *argv])
+
+
+def test_quickPlanIsSmall() -> None:
+    """--quick: one repetition, 100 connections, 3 detection trials."""
+    plan = planFor(args("--quick"))
+    assert (plan.repeat, plan.connections, plan.trials) == (1, (100,), 3)
+
+
+def test_planOptions() -> None:
+    """--repeat, --trials and --connections override the plan."""
+    plan = planFor(args("--repeat", "2", "--trials", "7", "--connections", "10,20"))
+    assert (plan.repeat, plan.trials, plan.connections) == (2, 7, (10, 20))
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (("--repeat", "0"), "--repeat must be at least 1, got 0"),
+        (("--trials", "0"), "--trials must be at least 1, got 0"),
+        (("--connections", "a,b"), "--connections takes numbers separated by commas, got 'a,b'"),
+        (("--connections", "0"), "--connections must be positive, got '0'"),
+    ],
+)
+def test_planRejectsBadOptions(argv: tuple[str, ...], message: str) -> None:
+    """A bad option is refused with a sentence that names it."""
+    with pytest.raises(ValueError) as info:
+        planFor(args(*argv))
+    assert str(info.value) == message
+
+
+def test_onlySelectsMeasurements() -> None:
+    """--only runs the named measurements, in the bench's order; acks need a DATA run."""
+    assert sectionsFor(args("--only", "idle,latency")) == ["latency", "idle"]
+    assert sectionsFor(args("--only", "acks")) == ["confirmed", "acks"]
+    with pytest.raises(ValueError) as info:
+        sectionsFor(args("--only", "speed"))
+    assert str(info.value).startswith("unknown measurement speed (choose from throughput,")
+
+
+def test_badOptionExitsWithUsageError(capsys: pytest.CaptureFixture[str]) -> None:
+    """A usage error prints one line and returns 2, measuring nothing."""
+    assert args("--only", "speed").command.run(args("--only", "speed")) == 2
+    assert capsys.readouterr().err.startswith("twisted-alive bench: unknown measurement speed")
+
+
+def test_judgeWithoutBaselineCpu() -> None:
+    """An idle baseline below the measurable CPU gives no ratio (n/a), not a huge one."""
+    row = {"cpuPercent": summary([0.0]), "rssPerConnection": 1000.0}
+    idle = [dict(row, impl=impl, connections=100) for impl in ("bare", "naive", "shared", "alive")]
+    targets = judge({"idle": idle})
+    cpu = next(t for t in targets if "CPU" in t.name)
+    assert cpu.value is None and cpu.met is False
+    memory = next(t for t in targets if "bytes" in t.name)
+    assert memory.value == 0 and memory.met is True
+
+
+def test_tableShowsMedianAndRange() -> None:
+    """The text table gives median [min-max] and the verdict of each target."""
+    rate = summary([100_000.0, 120_000.0, 90_000.0])
+    results: dict[str, Any] = {
+        "machine": {
+            "cpus": 2,
+            "cpuModel": "CPU",
+            "system": "Linux",
+            "python": "3.11",
+            "twisted": "26",
+        },
+        "plan": {"repeat": 3, "idleInterval": 1.0},
+        "confirmed": {
+            impl: {"messagesPerSecond": rate, "acksPer1000": summary([4.0])}
+            for impl in ("alive", "window", "amp")
+        },
+    }
+    results["acks"] = ackSection(results)
+    results["targets"] = [t.asDict() for t in judge(results)]
+    text = formatTable(results)
+    assert "100.0k [90.0k-120.0k]" in text
+    assert "(2) confirmed / hand-rolled 1,000-ack window" in text
+    assert "confirmed 256 B" in text
+
+
+def test_plotDrawsThroughputAndDetection(tmp_path: Path) -> None:
+    """--plot writes a PNG with the throughput and detection-latency figures."""
+    pytest.importorskip("matplotlib")
+    from twisted_alive._bench import plot
+
+    rate = summary([1000.0, 1200.0])
+    results: dict[str, Any] = {
+        "throughput": {
+            impl: {str(size): {"messagesPerSecond": rate} for size in SIZES}
+            for impl in ("alive", "int32")
+        },
+        "detection": {"latency": summary([0.5, 0.55, 0.6]), "deadline": 0.6, "bound": 0.8},
+    }
+    path = tmp_path / "bench.png"
+    plot(results, str(path))
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -1,0 +1,951 @@
+"""
+Measure twisted_alive against Twisted baselines, over loopback.
+
+``twisted-alive bench`` starts client and server processes
+(``python -m twisted_alive._bench_worker``, see that module) on 127.0.0.1
+and measures, in one run:
+
+1. one-way throughput at 16 B, 256 B and 4 KiB: ``sendMessage`` without
+   waiting for receipts, against ``Int32StringReceiver``;
+2. confirmed delivery: throughput with receipts against AMP (100 calls in
+   flight) and a hand-rolled window of 1,000 acknowledgements over
+   ``Int32StringReceiver``; latency one message at a time against AMP and
+   a hand-rolled ``Int32StringReceiver`` ping-pong;
+3. ACK frames sent per 1,000 DATA frames under load;
+4. how long a SIGSTOPped peer takes to be declared dead, against the
+   configured deadline;
+5. idle scale: CPU and memory of one server process holding thousands of
+   connections with a 1 s heartbeat, against bare Twisted connections, a
+   naive heartbeat (a timer per connection) and a single shared timer.
+
+Each figure is repeated and reported as the median with its range; the
+ratios against the targets of ``docs/performance.md`` come from the same
+run. The bench is a tool, not a test: the machine's noise shows in the
+ranges. Linux only (it reads ``/proc`` and uses SIGSTOP).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import json
+import os
+import platform
+import random
+import select
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+SIZES = (16, 256, 4096)
+"""Payload sizes of the one-way throughput runs, in bytes."""
+
+TARGET_SIZE = 256
+"""The payload size the targets are stated for."""
+
+SECTIONS = ("throughput", "confirmed", "latency", "acks", "detection", "idle")
+"""The measurements, in the order they run and print."""
+
+WORKER = "twisted_alive._bench_worker"
+
+PLOT_NEEDS_MATPLOTLIB = "--plot needs matplotlib: pip install 'twisted_alive[plot]'"
+
+
+class BenchError(Exception):
+    """A measurement could not be made; the message says which and why."""
+
+
+@dataclass
+class Plan:
+    """
+    How much to measure.
+
+    :ivar repeat: repetitions of each throughput and latency run.
+    :ivar oneway: messages per one-way run, by payload size.
+    :ivar confirmed: messages per confirmed run (AMP: ``ampCalls``).
+    :ivar ampCalls: calls per AMP throughput run (AMP is slow).
+    :ivar roundTrips: round trips per latency run.
+    :ivar connections: idle-scale connection counts.
+    :ivar idleWindows: CPU measurement windows per idle-scale run.
+    :ivar idleSeconds: length of each window.
+    :ivar settle: seconds between the last connection and the first window.
+    :ivar trials: dead-peer detection trials.
+    :ivar interval: heartbeat interval of the detection trials.
+    :ivar misses: heartbeat misses of the detection trials.
+    :ivar idleInterval: heartbeat interval of the idle-scale runs.
+    """
+
+    repeat: int = 5
+    oneway: dict[int, int] = field(
+        default_factory=lambda: {16: 300_000, 256: 200_000, 4096: 60_000}
+    )
+    confirmed: int = 200_000
+    ampCalls: int = 20_000
+    roundTrips: int = 2_000
+    connections: tuple[int, ...] = (1_000, 5_000, 10_000)
+    idleWindows: int = 3
+    idleSeconds: float = 2.0
+    settle: float = 2.5
+    trials: int = 20
+    interval: float = 0.2
+    misses: int = 3
+    idleInterval: float = 1.0
+
+    @classmethod
+    def quick(cls) -> Plan:
+        """Tiny sizes, one repetition: checks that everything works."""
+        return cls(
+            repeat=1,
+            oneway={16: 5_000, 256: 5_000, 4096: 2_000},
+            confirmed=5_000,
+            ampCalls=1_000,
+            roundTrips=200,
+            connections=(100,),
+            idleWindows=1,
+            idleSeconds=1.0,
+            settle=1.5,
+            trials=3,
+        )
+
+
+# -- statistics -------------------------------------------------------------------------
+
+
+def summary(values: Sequence[float]) -> dict[str, Any]:
+    """
+    The median of ``values`` with its range.
+
+    :param values: the samples (at least one).
+    :returns: ``median``, ``min``, ``max`` and the ``samples`` themselves.
+    """
+    return {
+        "median": statistics.median(values),
+        "min": min(values),
+        "max": max(values),
+        "samples": list(values),
+    }
+
+
+# -- processes ----------------------------------------------------------------------------
+
+
+def workerEnvironment() -> dict[str, str]:
+    """The environment of worker processes: ours, with this package
+    importable even when it runs from a source tree."""
+    env = dict(os.environ)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    paths = [root] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+    return env
+
+
+class Worker:
+    """
+    One worker process, read in JSON lines.
+
+    :param role: the worker's role (see ``_bench_worker``).
+    :param arguments: its options.
+    """
+
+    def __init__(self, role: str, *arguments: object) -> None:
+        self.role = role
+        self._stderr: IO[bytes] = tempfile.TemporaryFile()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", WORKER, role, *map(str, arguments)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=self._stderr,
+            env=workerEnvironment(),
+            start_new_session=True,
+        )
+        assert self.process.stdout is not None
+        self._fd = self.process.stdout.fileno()
+        self._buffer = b""
+        self.pid = self.process.pid
+
+    def read(self, timeout: float) -> dict[str, Any]:
+        """
+        The next message of the worker.
+
+        :param timeout: seconds to wait for it.
+        :raises BenchError: if the worker reports an error, exits, or says
+            nothing in time.
+        """
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self._buffer:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise BenchError(f"the {self.role} worker said nothing for {timeout:g} s")
+            ready, _, _ = select.select([self._fd], [], [], left)
+            if not ready:
+                continue
+            chunk = os.read(self._fd, 65536)
+            if not chunk:
+                self.process.wait()
+                raise BenchError(
+                    f"the {self.role} worker exited with status {self.process.returncode}"
+                    f"{self._errorTail()}"
+                )
+            self._buffer += chunk
+        line, _, self._buffer = self._buffer.partition(b"\n")
+        message: dict[str, Any] = json.loads(line)
+        if "error" in message:
+            raise BenchError(f"the {self.role} worker failed: {message['error']}")
+        return message
+
+    def _errorTail(self) -> str:
+        self._stderr.seek(0)
+        lines = self._stderr.read().decode("utf-8", "replace").strip().splitlines()
+        return (": " + " | ".join(lines[-3:])) if lines else ""
+
+    def signal(self, number: int) -> None:
+        """Send a signal to the worker's process group."""
+        try:
+            os.killpg(self.pid, number)
+        except ProcessLookupError:
+            pass
+
+    def stop(self) -> None:
+        """End the worker (and anything it started)."""
+        if self.process.poll() is None:
+            self.signal(signal.SIGKILL)
+        self.process.wait()
+        if self.process.stdout is not None:
+            self.process.stdout.close()
+        self._stderr.close()
+
+
+def procTimes(pid: int) -> float:
+    """CPU seconds (user + system) used so far by process ``pid``."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def procRss(pid: int) -> int:
+    """The resident set size of process ``pid``, in bytes."""
+    with open(f"/proc/{pid}/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+# -- measurements --------------------------------------------------------------------------
+
+
+def pairRun(
+    serverImpl: str, role: str, clientImpl: str, size: int, count: int, extra: Sequence[object] = ()
+) -> dict[str, Any]:
+    """
+    One client run against a fresh server.
+
+    :returns: the client's result, plus the server's ``stats`` if it sent any.
+    """
+    server = Worker("server", "--impl", serverImpl)
+    client: Worker | None = None
+    try:
+        port = server.read(30)["port"]
+        client = Worker(
+            role,
+            "--impl", clientImpl,
+            "--port", port,
+            "--size", size,
+            "--count", count,
+            *extra,
+        )  # fmt: skip
+        result: dict[str, Any] = client.read(300)["result"]
+        if serverImpl == "alive":
+            client.stop()
+            result["stats"] = server.read(30)["stats"]
+        return result
+    finally:
+        if client is not None:
+            client.stop()
+        server.stop()
+
+
+def measureThroughput(plan: Plan, progress: Callable[[str], None]) -> dict[str, Any]:
+    """One-way throughput, our DATA against Int32StringReceiver."""
+    runs: dict[str, dict[int, list[dict[str, Any]]]] = {"alive": {}, "int32": {}}
+    for rep in range(plan.repeat):
+        for size in SIZES:
+            for impl, server in (("int32", "int32-sink"), ("alive", "alive")):
+                progress(f"one-way {impl} {size} B ({rep + 1}/{plan.repeat})")
+                runs[impl].setdefault(size, []).append(
+                    pairRun(server, "oneway", impl, size, plan.oneway[size])
+                )
+    out: dict[str, Any] = {}
+    for impl, bySize in runs.items():
+        out[impl] = {}
+        for size, results in bySize.items():
+            rates = [r["count"] / r["seconds"] for r in results]
+            entry = {
+                "size": size,
+                "messagesPerSecond": summary(rates),
+                "megabytesPerSecond": summary([rate * size / 1e6 for rate in rates]),
+            }
+            if impl == "alive":
+                entry["acksPer1000"] = summary([acksPer1000(r) for r in results])
+            out[impl][str(size)] = entry
+    return out
+
+
+def acksPer1000(result: dict[str, Any]) -> float:
+    """ACK frames the receiver sent per 1,000 DATA frames, in one run."""
+    stats = result["stats"]
+    return 1000 * float(stats["acks"]) / max(1, int(stats["data"]))
+
+
+def measureConfirmed(plan: Plan, progress: Callable[[str], None]) -> dict[str, Any]:
+    """Confirmed throughput: ours, AMP pipelined, a hand-rolled ack window."""
+    runs: dict[str, list[dict[str, Any]]] = {"alive": [], "window": [], "amp": []}
+    for rep in range(plan.repeat):
+        for impl, server, count, extra in (
+            ("alive", "alive", plan.confirmed, ()),
+            ("window", "int32-ack", plan.confirmed, ()),
+            ("amp", "amp", plan.ampCalls, ("--outstanding", 100)),
+        ):
+            progress(f"confirmed {impl} ({rep + 1}/{plan.repeat})")
+            runs[impl].append(pairRun(server, "confirmed", impl, TARGET_SIZE, count, extra))
+    out: dict[str, Any] = {}
+    for impl, results in runs.items():
+        out[impl] = {
+            "size": TARGET_SIZE,
+            "messagesPerSecond": summary([r["count"] / r["seconds"] for r in results]),
+        }
+        if impl == "alive":
+            out[impl]["acksPer1000"] = summary([acksPer1000(r) for r in results])
+    return out
+
+
+def measureLatency(plan: Plan, progress: Callable[[str], None]) -> dict[str, Any]:
+    """One message at a time: ours, AMP with one call outstanding, an Int32
+    ping-pong."""
+    runs: dict[str, list[dict[str, Any]]] = {"alive": [], "pingpong": [], "amp": []}
+    for rep in range(plan.repeat):
+        for impl, server in (("alive", "alive"), ("pingpong", "int32-ack"), ("amp", "amp")):
+            progress(f"latency {impl} ({rep + 1}/{plan.repeat})")
+            runs[impl].append(pairRun(server, "latency", impl, TARGET_SIZE, plan.roundTrips))
+    return {
+        impl: {
+            "size": TARGET_SIZE,
+            "p50": summary([r["p50"] for r in results]),
+            "p99": summary([r["p99"] for r in results]),
+        }
+        for impl, results in runs.items()
+    }
+
+
+def measureDetection(plan: Plan, progress: Callable[[str], None]) -> dict[str, Any]:
+    """How long a stopped peer takes to be declared dead."""
+    interval, misses = plan.interval, plan.misses
+    deadline = interval * misses
+    options = ("--interval", interval, "--misses", misses)
+    server = Worker("detect-server", *options)
+    latencies: list[float] = []
+    reasons: dict[str, int] = {}
+    try:
+        port = server.read(30)["port"]
+        done = 0
+        while done < plan.trials:
+            batch = min(5, plan.trials - done)
+            progress(f"detection trials {done + 1}-{done + batch} of {plan.trials}")
+            peers = [Worker("detect-peer", "--port", port, *options) for _ in range(batch)]
+            try:
+                ports = {peer.read(30)["ready"]: peer for peer in peers}
+                opened: set[int] = set()
+                while not opened >= ports.keys():
+                    message = server.read(30)
+                    if "opened" in message:
+                        opened.add(message["opened"])
+                # Let the heartbeats settle, then stop each peer at a random
+                # point of its heartbeat cycle.
+                time.sleep(2 * interval)
+                stoppedAt: dict[int, float] = {}
+                for peerPort, peer in ports.items():
+                    time.sleep(random.uniform(0, interval))
+                    peer.signal(signal.SIGSTOP)
+                    stoppedAt[peerPort] = time.monotonic()
+                while stoppedAt:
+                    message = server.read(deadline + interval + 30)
+                    if "lost" in message and message["lost"] in stoppedAt:
+                        latencies.append(message["at"] - stoppedAt.pop(message["lost"]))
+                        reasons[message["reason"]] = reasons.get(message["reason"], 0) + 1
+            finally:
+                for peer in peers:
+                    peer.stop()
+            done += batch
+    finally:
+        server.stop()
+    bound = deadline + interval
+    return {
+        "interval": interval,
+        "misses": misses,
+        "deadline": deadline,
+        "bound": bound,
+        "trials": len(latencies),
+        "latency": summary(latencies),
+        "p90": sorted(latencies)[int(0.9 * (len(latencies) - 1))],
+        "withinBound": sum(1 for latency in latencies if latency <= bound),
+        "reasons": reasons,
+    }
+
+
+IDLE_IMPLS = ("bare", "naive", "shared", "alive", "alive-peers")
+"""The idle-scale variants: bare Twisted connections, a naive heartbeat (a
+timer per connection), one timer shared by all connections, and ours. The
+server process is measured; the peers answer its heartbeat (an echo of the
+8-byte ping, or a PONG to each PING), except with ``alive-peers``, where
+they are twisted_alive protocols with heartbeats of their own: then a PING
+sometimes crosses the peer's, and the client process, as busy as the
+server, shares the machine with it."""
+
+MEASURABLE_CPU = 2.0
+"""Below this CPU percentage a ratio is mostly the noise of clock ticks."""
+
+
+def idleRun(plan: Plan, impl: str, connections: int) -> dict[str, Any]:
+    """One idle-scale run: CPU and memory of the server process."""
+    options = ("--impl", impl, "--connections", connections, "--interval", plan.idleInterval)
+    server = Worker("idle-server", *options)
+    client: Worker | None = None
+    try:
+        port = server.read(30)["port"]
+        time.sleep(0.3)
+        baseline = procRss(server.pid)
+        client = Worker("idle-client", "--port", port, *options)
+        ready = client.read(60 + connections / 50)
+        time.sleep(plan.settle)
+        cpu = []
+        for _ in range(plan.idleWindows):
+            startCpu, startTime = procTimes(server.pid), time.monotonic()
+            time.sleep(plan.idleSeconds)
+            cpu.append(100 * (procTimes(server.pid) - startCpu) / (time.monotonic() - startTime))
+        rss = procRss(server.pid)
+        if server.process.poll() is not None or client.process.poll() is not None:
+            raise BenchError(f"a {impl} idle-scale worker exited during the measurement")
+        return {
+            "impl": impl,
+            "connections": connections,
+            "connectSeconds": ready["seconds"],
+            "cpuPercent": summary(cpu),
+            "rssPerConnection": (rss - baseline) / connections,
+        }
+    finally:
+        if client is not None:
+            client.stop()
+        server.stop()
+
+
+def measureIdle(plan: Plan, progress: Callable[[str], None]) -> list[dict[str, Any]]:
+    """Idle scale, every connection count and variant."""
+    results = []
+    for connections in plan.connections:
+        for impl in IDLE_IMPLS:
+            progress(f"idle {impl} x {connections}")
+            results.append(idleRun(plan, impl, connections))
+    return results
+
+
+# -- targets and report -----------------------------------------------------------------
+
+
+@dataclass
+class Target:
+    """
+    One target of ``docs/performance.md``, judged on this run.
+
+    :ivar name: what is compared.
+    :ivar value: the measured figure (a ratio, a count...), or ``None`` if
+        this run cannot tell (a baseline too small to divide by).
+    :ivar goal: the goal, as text.
+    :ivar met: whether the figure meets it.
+    """
+
+    name: str
+    value: float | None
+    goal: str
+    met: bool
+
+    def asDict(self) -> dict[str, Any]:
+        """The target as JSON."""
+        return {"name": self.name, "value": self.value, "goal": self.goal, "met": self.met}
+
+
+def median(section: dict[str, Any], *path: str) -> float:
+    """The median at ``path`` in a result section."""
+    node: Any = section
+    for key in path:
+        node = node[key]
+    return float(node["median"])
+
+
+def judge(results: dict[str, Any]) -> list[Target]:
+    """The targets this run can judge, with their figures."""
+    targets: list[Target] = []
+    size = str(TARGET_SIZE)
+
+    def atLeast(name: str, value: float | None, goal: float, unit: str = "x") -> None:
+        met = value is not None and value >= goal
+        targets.append(Target(name, value, f">= {goal:g}{unit}", met))
+
+    def atMost(name: str, value: float | None, goal: float, unit: str = "x") -> None:
+        met = value is not None and value <= goal
+        targets.append(Target(name, value, f"<= {goal:g}{unit}", met))
+
+    throughput = results.get("throughput")
+    if throughput:
+        ours = median(throughput, "alive", size, "messagesPerSecond")
+        theirs = median(throughput, "int32", size, "messagesPerSecond")
+        atLeast("(1) one-way 256 B: ours / Int32StringReceiver", ours / theirs, 1.0)
+    confirmed = results.get("confirmed")
+    if confirmed:
+        ours = median(confirmed, "alive", "messagesPerSecond")
+        if throughput:
+            atLeast(
+                "(2) confirmed / our one-way",
+                ours / median(throughput, "alive", size, "messagesPerSecond"),
+                0.8,
+            )
+            atLeast(
+                "(2) confirmed / Int32StringReceiver one-way",
+                ours / median(throughput, "int32", size, "messagesPerSecond"),
+                0.8,
+            )
+        atLeast(
+            "(2) confirmed / hand-rolled 1,000-ack window",
+            ours / median(confirmed, "window", "messagesPerSecond"),
+            2.0,
+        )
+        atLeast(
+            "(2) confirmed / AMP, 100 calls pipelined",
+            ours / median(confirmed, "amp", "messagesPerSecond"),
+            15.0,
+        )
+    latency = results.get("latency")
+    if latency:
+        atMost(
+            "(2) one-at-a-time p50: ours / Int32 ping-pong",
+            median(latency, "alive", "p50") / median(latency, "pingpong", "p50"),
+            1.2,
+        )
+    acks = results.get("acks")
+    if acks:
+        atMost("(3) ACKs per 1,000 DATA, 256 B, worst run", acks["worst"], 20, "")
+    detection = results.get("detection")
+    if detection:
+        targets.append(
+            Target(
+                f"(4) trials detected within deadline + interval ({detection['bound']:g} s)",
+                detection["withinBound"],
+                f"= {detection['trials']} trials",
+                detection["withinBound"] == detection["trials"],
+            )
+        )
+    idle = results.get("idle")
+    if idle:
+        byKey = {(r["impl"], r["connections"]): r for r in idle}
+        for connections in sorted({r["connections"] for r in idle}):
+            if connections < 5_000 and any(c >= 5_000 for _, c in byKey):
+                continue
+            ours, naive, bare = (byKey[impl, connections] for impl in ("alive", "naive", "bare"))
+            naiveCpu = naive["cpuPercent"]["median"]
+            atMost(
+                f"(5) {connections:,} idle: CPU ours / naive heartbeat",
+                ours["cpuPercent"]["median"] / naiveCpu if naiveCpu >= MEASURABLE_CPU else None,
+                0.6,
+            )
+            atMost(
+                f"(5) {connections:,} idle: bytes per connection above bare Twisted",
+                ours["rssPerConnection"] - bare["rssPerConnection"],
+                3072,
+                " B",
+            )
+    return targets
+
+
+def ackSection(results: dict[str, Any]) -> dict[str, Any] | None:
+    """ACK frames per 1,000 DATA, gathered from the runs that carried DATA
+    under load."""
+    runs: dict[str, Any] = {}
+    throughput = results.get("throughput")
+    if throughput:
+        for size, entry in throughput["alive"].items():
+            runs[f"one-way {size} B"] = entry["acksPer1000"]
+    confirmed = results.get("confirmed")
+    if confirmed:
+        runs[f"confirmed {TARGET_SIZE} B"] = confirmed["alive"]["acksPer1000"]
+    if not runs:
+        return None
+    worst = max(run["max"] for name, run in runs.items() if name.endswith(f" {TARGET_SIZE} B"))
+    return {"runs": runs, "worst": worst}
+
+
+def machine() -> dict[str, Any]:
+    """What the figures were measured on."""
+    import twisted
+
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.partition(":")[2].strip()
+                    break
+    except OSError:
+        pass
+    return {
+        "cpus": os.cpu_count(),
+        "cpuModel": model,
+        "system": f"{platform.system()} {platform.release()}",
+        "python": platform.python_version(),
+        "implementation": platform.python_implementation(),
+        "twisted": twisted.__version__,
+    }
+
+
+def _rate(value: float) -> str:
+    return f"{value / 1000:,.1f}k" if value < 1e6 else f"{value / 1e6:,.2f}M"
+
+
+def _spread(entry: dict[str, Any], show: Callable[[float], str]) -> str:
+    if len(entry["samples"]) == 1:
+        return show(entry["median"])
+    return f"{show(entry['median'])} [{show(entry['min'])}-{show(entry['max'])}]"
+
+
+def formatTable(results: dict[str, Any]) -> str:
+    """The results as text tables: median [min-max] of each figure."""
+    lines: list[str] = []
+    m = results["machine"]
+    lines.append(
+        f"twisted-alive bench: {m['cpus']} CPUs ({m['cpuModel']}), {m['system']}, "
+        f"Python {m['python']}, Twisted {m['twisted']}"
+    )
+    lines.append(f"each figure: median [min-max] of {results['plan']['repeat']} runs\n")
+
+    def table(title: str, header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+        widths = [max(len(str(c)) for c in column) for column in zip(header, *rows, strict=True)]
+        lines.append(title)
+        for row in [header, *rows]:
+            lines.append(
+                "  "
+                + "  ".join(
+                    str(c).ljust(w) if i == 0 else str(c).rjust(w)
+                    for i, (c, w) in enumerate(zip(row, widths, strict=True))
+                )
+            )
+        lines.append("")
+
+    throughput = results.get("throughput")
+    if throughput:
+        rows = []
+        for size in SIZES:
+            for impl, label in (("int32", "Int32StringReceiver"), ("alive", "twisted_alive DATA")):
+                entry = throughput[impl][str(size)]
+                rows.append(
+                    [
+                        label,
+                        f"{size} B",
+                        _spread(entry["messagesPerSecond"], _rate),
+                        _spread(entry["megabytesPerSecond"], lambda v: f"{v:,.1f}"),
+                    ]
+                )
+        table("1. one-way throughput", ["", "payload", "messages/s", "MB/s"], rows)
+    confirmed = results.get("confirmed")
+    if confirmed:
+        labels = {
+            "alive": "twisted_alive sendMessage + receipts",
+            "window": "Int32 hand-rolled 1,000-ack window",
+            "amp": "AMP, 100 calls pipelined",
+        }
+        rows = [
+            [labels[impl], _spread(confirmed[impl]["messagesPerSecond"], _rate)]
+            for impl in ("window", "amp", "alive")
+        ]
+        table(f"2. confirmed throughput, {TARGET_SIZE} B", ["", "confirmed/s"], rows)
+    latency = results.get("latency")
+    if latency:
+        labels = {
+            "alive": "twisted_alive sendMessage -> receipt",
+            "pingpong": "Int32 hand-rolled ping-pong",
+            "amp": "AMP, one call outstanding",
+        }
+        rows = [
+            [
+                labels[impl],
+                _spread(latency[impl]["p50"], lambda v: f"{v:,.0f}"),
+                _spread(latency[impl]["p99"], lambda v: f"{v:,.0f}"),
+            ]
+            for impl in ("pingpong", "amp", "alive")
+        ]
+        table(f"2. one-at-a-time latency, {TARGET_SIZE} B (microseconds)", ["", "p50", "p99"], rows)
+    acks = results.get("acks")
+    if acks:
+        rows = [
+            [name, _spread(entry, lambda v: f"{v:,.1f}")] for name, entry in acks["runs"].items()
+        ]
+        table("3. ACK frames sent per 1,000 DATA frames", ["run", "ACKs"], rows)
+    detection = results.get("detection")
+    if detection:
+        d = detection
+        lat = d["latency"]
+        table(
+            f"4. dead-peer detection (SIGSTOP), interval {d['interval']:g} s x {d['misses']} "
+            f"= deadline {d['deadline']:g} s",
+            ["trials", "min", "median", "p90", "max", f"<= {d['bound']:g} s"],
+            [
+                [
+                    str(d["trials"]),
+                    f"{lat['min']:.3f}",
+                    f"{lat['median']:.3f}",
+                    f"{d['p90']:.3f}",
+                    f"{lat['max']:.3f}",
+                    f"{d['withinBound']}/{d['trials']}",
+                ]
+            ],
+        )
+    idle = results.get("idle")
+    if idle:
+        labels = {
+            "bare": "bare Twisted",
+            "naive": "naive heartbeat (timer per connection)",
+            "shared": "one shared timer",
+            "alive": "twisted_alive (peers answer PINGs)",
+            "alive-peers": "twisted_alive (twisted_alive peers)",
+        }
+        rows = [
+            [
+                f"{r['connections']:,}",
+                labels[r["impl"]],
+                _spread(r["cpuPercent"], lambda v: f"{v:.1f}"),
+                f"{r['rssPerConnection']:,.0f}",
+            ]
+            for r in idle
+        ]
+        table(
+            f"5. idle connections, {results['plan']['idleInterval']:g} s heartbeat, "
+            "one server process",
+            ["connections", "", "CPU % of a core", "RSS bytes/conn"],
+            rows,
+        )
+    targets = results.get("targets", [])
+    if targets:
+        rows = [
+            [
+                t["name"],
+                "n/a" if t["value"] is None else f"{t['value']:,.2f}",
+                t["goal"],
+                "yes" if t["met"] else "NO",
+            ]
+            for t in targets
+        ]
+        table("targets (same-run ratios)", ["", "measured", "target", "met"], rows)
+    return "\n".join(lines)
+
+
+def plot(results: dict[str, Any], path: str) -> None:
+    """
+    Draw the throughput and detection-latency figures into a PNG file.
+
+    :raises BenchError: if matplotlib is not installed.
+    """
+    try:
+        matplotlib: Any = importlib.import_module("matplotlib")
+        matplotlib.use("Agg")
+        plt: Any = importlib.import_module("matplotlib.pyplot")
+    except ImportError:
+        raise BenchError(PLOT_NEEDS_MATPLOTLIB) from None
+    figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    throughput = results.get("throughput")
+    if throughput:
+        width = 0.38
+        for offset, impl, label in ((-0.2, "int32", "Int32StringReceiver"), (0.2, "alive", "ours")):
+            rates = [throughput[impl][str(size)]["messagesPerSecond"] for size in SIZES]
+            medians = [rate["median"] for rate in rates]
+            lows = [rate["median"] - rate["min"] for rate in rates]
+            highs = [rate["max"] - rate["median"] for rate in rates]
+            left.bar(
+                [i + offset for i in range(len(SIZES))],
+                medians,
+                width,
+                yerr=[lows, highs],
+                label=label,
+                capsize=3,
+            )
+        left.set_xticks(range(len(SIZES)), [f"{s} B" for s in SIZES])
+        left.set_ylabel("messages/s (one way)")
+        left.set_title("one-way throughput")
+        left.legend()
+    detection = results.get("detection")
+    if detection:
+        right.hist(detection["latency"]["samples"], bins=15)
+        right.axvline(detection["deadline"], color="tab:orange", label="deadline")
+        right.axvline(detection["bound"], color="tab:red", label="deadline + interval")
+        right.set_xlabel("seconds from SIGSTOP to TIMEOUT")
+        right.set_ylabel("trials")
+        right.set_title("dead-peer detection")
+        right.legend()
+    figure.tight_layout()
+    figure.savefig(path)
+
+
+# -- command line ----------------------------------------------------------------------
+
+
+def addArguments(parser: argparse.ArgumentParser) -> None:
+    """
+    The arguments of ``bench``.
+
+    :param parser: the subcommand's parser.
+    """
+    parser.description = (
+        "Measure twisted_alive against Twisted baselines: client and server in separate\n"
+        "processes over loopback; each figure repeated, reported as median [min-max]."
+    )
+    parser.epilog = (
+        "Measurements: throughput, confirmed, latency, acks (from the throughput and\n"
+        "confirmed runs), detection, idle. See docs/performance.md for the targets.\n"
+        "Linux only. The full run takes a few minutes; --quick about half a minute."
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="tiny sizes, one repetition (checks that it works)"
+    )
+    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    parser.add_argument("--plot", metavar="PNG", help="draw the figures into this file")
+    parser.add_argument(
+        "--only",
+        metavar="NAMES",
+        help=f"comma-separated measurements to run (of {', '.join(SECTIONS)})",
+    )
+    parser.add_argument("--repeat", type=int, metavar="N", help="repetitions of each run")
+    parser.add_argument(
+        "--connections",
+        metavar="N,N,...",
+        help="idle-scale connection counts (default 1000,5000,10000)",
+    )
+    parser.add_argument("--trials", type=int, metavar="N", help="detection trials (default 20)")
+
+
+def planFor(args: argparse.Namespace) -> Plan:
+    """
+    The plan the arguments ask for.
+
+    :raises ValueError: for an invalid argument; the message says which.
+    """
+    plan = Plan.quick() if args.quick else Plan()
+    if args.repeat is not None:
+        if args.repeat < 1:
+            raise ValueError(f"--repeat must be at least 1, got {args.repeat}")
+        plan.repeat = args.repeat
+    if args.trials is not None:
+        if args.trials < 1:
+            raise ValueError(f"--trials must be at least 1, got {args.trials}")
+        plan.trials = args.trials
+    if args.connections is not None:
+        try:
+            counts = tuple(int(n) for n in args.connections.split(","))
+        except ValueError:
+            raise ValueError(
+                f"--connections takes numbers separated by commas, got {args.connections!r}"
+            ) from None
+        if not counts or min(counts) < 1:
+            raise ValueError(f"--connections must be positive, got {args.connections!r}")
+        plan.connections = counts
+    return plan
+
+
+def sectionsFor(args: argparse.Namespace) -> list[str]:
+    """
+    The measurements the arguments ask for, in running order.
+
+    :raises ValueError: for an unknown name.
+    """
+    if args.only is None:
+        return list(SECTIONS)
+    names = [n.strip() for n in args.only.split(",") if n.strip()]
+    unknown = [n for n in names if n not in SECTIONS]
+    if unknown or not names:
+        raise ValueError(
+            f"unknown measurement {', '.join(unknown) or repr(args.only)} "
+            f"(choose from {', '.join(SECTIONS)})"
+        )
+    if "acks" in names and not {"throughput", "confirmed"} & set(names):
+        names.append("confirmed")
+    return [n for n in SECTIONS if n in names]
+
+
+def run(args: argparse.Namespace) -> int:
+    """
+    Run ``bench``.
+
+    :param args: the parsed arguments.
+    :returns: 0 once every measurement asked for is done; 1 if one failed;
+        2 for a usage error.
+    """
+    from twisted_alive._cli import fail
+
+    if not sys.platform.startswith("linux"):
+        return fail("bench", "the bench needs Linux (/proc and SIGSTOP)", 1)
+    try:
+        plan = planFor(args)
+        sections = sectionsFor(args)
+    except ValueError as e:
+        return fail("bench", str(e))
+    if args.plot and importlib.util.find_spec("matplotlib") is None:
+        return fail("bench", PLOT_NEEDS_MATPLOTLIB)
+    started = time.monotonic()
+
+    def progress(text: str) -> None:
+        sys.stderr.write(f"[{time.monotonic() - started:6.1f} s] {text}\n")
+        sys.stderr.flush()
+
+    results: dict[str, Any] = {
+        "machine": machine(),
+        "plan": {
+            "quick": bool(args.quick),
+            "repeat": plan.repeat,
+            "oneway": {str(size): count for size, count in plan.oneway.items()},
+            "confirmed": plan.confirmed,
+            "ampCalls": plan.ampCalls,
+            "roundTrips": plan.roundTrips,
+            "connections": list(plan.connections),
+            "idleWindows": plan.idleWindows,
+            "idleSeconds": plan.idleSeconds,
+            "idleInterval": plan.idleInterval,
+            "trials": plan.trials,
+        },
+    }
+    measurements: dict[str, Callable[[Plan, Callable[[str], None]], Any]] = {
+        "throughput": measureThroughput,
+        "confirmed": measureConfirmed,
+        "latency": measureLatency,
+        "detection": measureDetection,
+        "idle": measureIdle,
+    }
+    try:
+        for name in sections:
+            if name in measurements:
+                results[name] = measurements[name](plan, progress)
+            elif name == "acks":
+                results["acks"] = ackSection(results)
+    except BenchError as e:
+        return fail("bench", str(e), 1)
+    results["targets"] = [t.asDict() for t in judge(results)]
+    results["seconds"] = time.monotonic() - started
+    if args.plot:
+        try:
+            plot(results, args.plot)
+        except BenchError as e:
+            return fail("bench", str(e), 1)
+    if args.json:
+        sys.stdout.write(json.dumps(results, indent=2) + "\n")
+    else:
+        sys.stdout.write(formatTable(results) + "\n")
+    sys.stdout.flush()
+    return 0
