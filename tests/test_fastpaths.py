@@ -325,3 +325,28 @@ def test_protocolViolationStillRaisedByAccept() -> None:
     with pytest.raises(ProtocolViolation):
         inbox.accept(2, b"x")
     assert isinstance(inbox.pending, deque)
+
+
+def test_equalSettingsShareOneInstance() -> None:
+    """Connections made with equal settings hold one Settings object between them."""
+    a = Connection(Settings(interval=1.25), Role.PEER, 0.0)
+    b = Connection(Settings(interval=1.25), Role.PEER, 0.0)
+    assert a.settings is b.settings
+    assert Connection(Settings(interval=1.5), Role.PEER, 0.0).settings.interval == 1.5
+
+
+def test_sharedSettingsAreBounded() -> None:
+    """Beyond the bound, settings are used as given and no more are kept."""
+    from twisted_alive import _connection
+
+    before = dict(_connection._SHARED_SETTINGS)
+    try:
+        _connection._SHARED_SETTINGS.clear()
+        for i in range(_connection._MAX_SHARED_SETTINGS + 5):
+            _connection.sharedSettings(Settings(interval=1.0 + i / 1000))
+        assert len(_connection._SHARED_SETTINGS) == _connection._MAX_SHARED_SETTINGS
+        late = Settings(interval=9.0)
+        assert _connection.sharedSettings(late) is late
+    finally:
+        _connection._SHARED_SETTINGS.clear()
+        _connection._SHARED_SETTINGS.update(before)

@@ -789,6 +789,7 @@ def plot(results: dict[str, Any], path: str) -> None:
         right.axvline(detection["bound"], color="tab:red", label="deadline + interval")
         right.set_xlabel("seconds from SIGSTOP to TIMEOUT")
         right.set_ylabel("trials")
+        right.yaxis.get_major_locator().set_params(integer=True)
         right.set_title("dead-peer detection")
         right.legend()
     figure.tight_layout()

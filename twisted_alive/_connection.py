@@ -139,6 +139,24 @@ class Settings:
         return Session(token, self.window, self.maxQueue, self.maxQueueBytes)
 
 
+_SHARED_SETTINGS: dict[Settings, Settings] = {}
+_MAX_SHARED_SETTINGS = 256
+
+
+def sharedSettings(settings: Settings) -> Settings:
+    """
+    One instance for equal settings: thousands of connections made with the
+    same parameters then hold one object, not one each. At most
+    `_MAX_SHARED_SETTINGS` distinct settings are kept.
+    """
+    shared = _SHARED_SETTINGS.get(settings)
+    if shared is not None:
+        return shared
+    if len(_SHARED_SETTINGS) < _MAX_SHARED_SETTINGS:
+        _SHARED_SETTINGS[settings] = settings
+    return settings
+
+
 class HelloReceived(NamedTuple):
     """(Server role.) The client's HELLO arrived: answer with
     `Connection.acceptSession` or `Connection.refuseSession`."""
@@ -246,7 +264,7 @@ class Connection:
         now: float,
         session: Session | None = None,
     ) -> None:
-        self.settings = settings
+        self.settings = settings = sharedSettings(settings)
         self.role = role
         self.session = session if session is not None else settings.newSession()
         self.decoder = FrameDecoder(settings.maxFrameSize)

@@ -535,6 +535,8 @@ _DECODERS: dict[int, Callable[[bytes], Frame]] = {
 
 _U64_FRAMES: dict[int, type] = {Kind.ACK: Ack, Kind.PING: Ping, Kind.PONG: Pong}
 
+_NO_CHUNKS: list[bytes] = []
+
 
 class FrameDecoder:
     """
@@ -563,7 +565,8 @@ class FrameDecoder:
         self.maxFrameSize = maxFrameSize
         # Bytes held back, as a list of chunks joined on demand, so that a
         # large frame arriving in many pieces is copied once, not per piece.
-        self._chunks: list[bytes] = []
+        # Nothing held: the shared empty list, never appended to (see feed).
+        self._chunks: list[bytes] = _NO_CHUNKS
         self._size = 0
         # Bytes needed before decoding is worth trying again: the whole size
         # of the partial frame once its header is known, else 0.
@@ -655,13 +658,13 @@ class FrameDecoder:
         except FrameError as error:
             error.frames = frames
             self._error = error
-            self._chunks = []
+            self._chunks = _NO_CHUNKS
             self._size = self._needed = 0
             raise
 
         if offset == end:
             if self._size:
-                self._chunks = []
+                self._chunks = _NO_CHUNKS
                 self._size = self._needed = 0
             return frames
         rest = buf[offset:] if offset else buf

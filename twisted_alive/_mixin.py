@@ -13,6 +13,7 @@ from __future__ import annotations
 import inspect
 from functools import partial
 from typing import Any, cast
+from weakref import WeakKeyDictionary
 
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
@@ -61,9 +62,20 @@ from twisted_alive._reasons import Loss, Reason, classify
 
 log = Logger(namespace="twisted_alive")
 
+# Looked up once: in Python 3.11 each ``State.X`` goes through the enum
+# metaclass (about 0.1 us), too slow for the per-message paths.
+_HANDSHAKE = State.HANDSHAKE
+_OPEN = State.OPEN
+_FAILED = State.FAILED
+
 _GOODBYE_REASONS = {
     GoodbyeCode.PROTOCOL_ERROR: Reason.PROTOCOL_ERROR,
 }
+
+STALL_LOG_EVERY = 1.0
+"""Seconds between two stall warnings of one clock (see ``_stalled``)."""
+
+_stallLogs: WeakKeyDictionary[IReactorTime, list[Any]] = WeakKeyDictionary()
 
 ABORT_GRACE = 2.0
 """Seconds a closing connection may take to flush before it is aborted."""
@@ -228,20 +240,26 @@ class HeartbeatMixin(TimeoutMixin):
         conn = self._alive
         if conn is None:
             raise RuntimeError("sendMessage() called before connectionMade()")
-        checkPayload(payload, conn.settings)
+        if type(payload) is not bytes or len(payload) > conn.settings.maxPayload:
+            checkPayload(payload, conn.settings)
         if self.loss is not None:
             return defer.fail(
                 DeliveryFailed(f"connection already lost ({self.loss})", self.loss)
             )
-        if self._closing is not None or conn.state not in (State.HANDSHAKE, State.OPEN):
+        if self._closing is not None or (conn.state is not _OPEN and conn.state is not _HANDSHAKE):
             return defer.fail(DeliveryFailed("connection is closing; message not sent"))
         d: Deferred[Receipt] = Deferred()
         session = conn.session
+        now = self._clock().seconds()
         try:
-            session.outbox.submit(payload, d)
+            conn.send(payload, d, now)
         except QueueFull as e:
             return defer.fail(e)
-        self._pump()
+        data = conn.dataToSend(now)
+        if data:
+            self.transport.write(data)
+        if session.outbox.tooLarge:
+            self._failTooLarge()
         if session.pacer is not None:
             session.pacer.check()
         return d
@@ -249,7 +267,7 @@ class HeartbeatMixin(TimeoutMixin):
     def _pump(self) -> None:
         """Write what the windows allow of the queued messages."""
         conn = self._alive
-        if conn is not None and conn.state is State.OPEN and self.loss is None:
+        if conn is not None and conn.state is _OPEN and self.loss is None:
             conn.pump(self._clock().seconds())
             self._flush()
             self._failTooLarge()
@@ -363,15 +381,19 @@ class HeartbeatMixin(TimeoutMixin):
     def dataReceived(self, data: bytes) -> None:
         """Feed the core; act on what it says."""
         conn = self._alive
-        if conn is None or conn.state is State.FAILED:
+        if conn is None or conn.state is _FAILED:
             return
-        events = conn.receiveData(data, self._clock().seconds())
+        now = self._clock().seconds()
+        events = conn.receiveData(data, now)
         if events:
             self._handleEvents(events)
         session = conn.session
         if session.inbox.pending and not session.busy and session.current is self:
             self._process()
-        self._flush()
+            now = self._clock().seconds()
+        out = conn.dataToSend(now)
+        if out and self.loss is None:
+            self.transport.write(out)
         if self._closing is not None:
             self._checkClose()
 
@@ -456,13 +478,20 @@ class HeartbeatMixin(TimeoutMixin):
         conn = self._alive
         if conn is None or self.loss is not None:
             return
-        events = conn.handleTimer(self._clock().seconds(), self._armedFor)
+        now = self._clock().seconds()
+        events = conn.handleTimer(now, self._armedFor)
         if events:
             self._handleEvents(events)
-        if conn.state is State.FAILED and self._cause is not None:
+            now = self._clock().seconds()
+        if conn.state is _FAILED and self._cause is not None:
             return
-        self._flush()
-        self._arm()
+        data = conn.dataToSend(now)
+        if data and self.loss is None:
+            self.transport.write(data)
+        if self.loss is None:
+            wake = conn.nextWake()
+            self._armedFor = wake
+            self._setTimer(wake - now if wake > now else 0.0)
 
     # -- internals -----------------------------------------------------------
 
@@ -518,15 +547,33 @@ class HeartbeatMixin(TimeoutMixin):
             elif kind is Expired:
                 self._expired(cast(Expired, event).detail)
             elif kind is Stalled:
-                log.warn(
-                    "alive.stall: this process did not run for {seconds:.3f} s; "
-                    "the time was not counted against {peer}",
-                    seconds=cast(Stalled, event).seconds,
-                    peer=self._peer,
-                    event="stall",
-                )
+                self._stalled(cast(Stalled, event).seconds)
             elif kind is SessionUnknown:
                 self._sessionUnknown(cast(SessionUnknown, event).detail)
+
+    def _stalled(self, seconds: float) -> None:
+        """
+        Log a local stall, once per clock and second: a stall delays the
+        timers of every connection of the process, and thousands of
+        connections whose timers fall due together delay each other, so one
+        line per connection would be a storm. ``suppressed`` counts the
+        reports left out since the last line.
+        """
+        clock = self._clock()
+        now = clock.seconds()
+        last = _stallLogs.get(clock)
+        if last is not None and now - last[0] < STALL_LOG_EVERY:
+            last[1] += 1
+            return
+        log.warn(
+            "alive.stall: this process did not run for {seconds:.3f} s; "
+            "the time was not counted against {peer}",
+            seconds=seconds,
+            peer=self._peer,
+            suppressed=last[1] if last is not None else 0,
+            event="stall",
+        )
+        _stallLogs[clock] = [now, 0]
 
     def _opened(self, event: Opened) -> None:
         conn = self._alive
@@ -585,6 +632,14 @@ class HeartbeatMixin(TimeoutMixin):
         assert conn is not None
         now = self._clock().seconds()
         rejected = conn.session.outbox.rejected
+        if not rejected:
+            for entry in event.entries:
+                d = entry.handle
+                if d is not None and not d.called:
+                    d.callback(Receipt(entry.seq, entry.sentAt, now))
+            self._failTooLarge()
+            self._sendRoom()
+            return
         for entry in event.entries:
             d = cast("Deferred[Receipt] | None", entry.handle)
             if d is None or d.called:
