@@ -965,12 +965,24 @@ def test_frameBeforeHello(frame: bytes, detail: str, role: Role) -> None:
     assert decode(conn.dataToSend(0.0)) == [Goodbye(GoodbyeCode.PROTOCOL_ERROR, detail)]
 
 
-def test_pingBeforeHelloIsAnswered() -> None:
-    """PING is allowed before HELLO and answered with PONG."""
+@pytest.mark.parametrize("frame", [Ping(9), Pong(9)])
+def test_pingBeforeHelloIsViolation(frame: Ping | Pong) -> None:
+    """PING or PONG before HELLO breaks the protocol (nothing but HELLO or
+    GOODBYE may come first)."""
     conn = Connection(SETTINGS, Role.PEER, 0.0)
     conn.dataToSend(0.0)
-    assert conn.receiveData(encode(Ping(9)), 0.0) == []
-    assert decode(conn.dataToSend(0.0)) == [Pong(9)]
+    detail = f"expected HELLO first, got {type(frame).__name__.upper()}"
+    assert conn.receiveData(encode(frame), 0.0) == [Violation(detail)]
+    assert decode(conn.dataToSend(0.0)) == [Goodbye(GoodbyeCode.PROTOCOL_ERROR, detail)]
+
+
+def test_onePongPerReadBurst() -> None:
+    """A burst of PINGs in one read gets one PONG, echoing the last id."""
+    conn = afterHandshake(Connection(SETTINGS, Role.PEER, 0.0))
+    conn.dataToSend(0.0)
+    burst = b"".join(encode(Ping(i)) for i in range(1, 101))
+    assert conn.receiveData(burst, 0.0) == []
+    assert decode(conn.dataToSend(0.0)) == [Pong(100)]
 
 
 def test_secondHello() -> None:
@@ -1131,8 +1143,8 @@ def test_framesBeforeBadFrameHandled() -> None:
         Violation("frame of 4294967295 bytes exceeds the maximum of 1048576 bytes"),
     ]
     assert list(a.session.inbox.pending) == [(1, b"first")]
+    # The PONG of that burst is not sent: the connection is failing.
     assert decode(a.dataToSend(0.0)) == [
-        Pong(3),
         Goodbye(
             GoodbyeCode.PROTOCOL_ERROR,
             "frame of 4294967295 bytes exceeds the maximum of 1048576 bytes",

@@ -253,6 +253,7 @@ class Connection:
         "acksSent",
         "_ackSent",
         "_held",
+        "_pongDue",
         "_out",
         "_askedToken",
     )
@@ -279,6 +280,7 @@ class Connection:
         self.acksSent = 0
         """ACK frames queued for the peer on this connection."""
         self._held: tuple[list[_frames.Frame], str | None] | None = None
+        self._pongDue: int | None = None
         self._out: list[bytes] = []
         self._askedToken = self.session.token
         if role is not Role.SERVER:
@@ -328,6 +330,10 @@ class Connection:
             self._held = (heldFrames + frames, heldError or error)
             return events
         self._run(frames, error, now, events)
+        if self._pongDue is not None:
+            if self.state is not _FAILED:
+                self._out.append(_frames.encodePong(self._pongDue))
+            self._pongDue = None
         return events
 
     def _run(
@@ -373,9 +379,15 @@ class Connection:
                 self.pump(now)
             return False
         if type(frame) is Ping:
-            self._out.append(_frames.encodePong(frame.id))
+            if state is _HANDSHAKE:
+                raise ProtocolViolation("expected HELLO first, got PING")
+            # One PONG per read burst, for the last PING: a peer that floods
+            # PINGs without reading can't make this side buffer PONGs.
+            self._pongDue = frame.id
             return False
         if type(frame) is Pong:
+            if state is _HANDSHAKE:
+                raise ProtocolViolation("expected HELLO first, got PONG")
             sample = self.liveness.pongReceived(frame.id, now)
             if sample is not None:
                 events.append(PongReceived(sample))
