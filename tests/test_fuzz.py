@@ -709,11 +709,6 @@ def reconnected(
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="HeartbeatMixin._helloReceived asks the factory for a session even when the "
-    "connection is already closing, so a session nobody can resume is kept for sessionTTL",
-)
 def test_closeDuringHandshakeCreatesNoSession() -> None:
     """A server that closes before the client's HELLO arrived answers GOODBYE, and keeps
     no session for it (the client never learns a token to resume it with)."""

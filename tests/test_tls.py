@@ -318,10 +318,6 @@ async def test_untrustedCertificateRefused(
     assert server.sessions == {}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a TLS failure is described as 'connection reset or socket error (Error)'",
-)
 @pytest.mark.timeout(20)
 @ensureDeferred
 async def test_untrustedCertificateNamed(

@@ -17,7 +17,7 @@ from weakref import WeakKeyDictionary
 
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
-from twisted.internet.error import ConnectionDone
+from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import (
     IDelayedCall,
     IHalfCloseableProtocol,
@@ -602,6 +602,8 @@ class HeartbeatMixin(TimeoutMixin):
     def _helloReceived(self, event: HelloReceived) -> None:
         conn = self._alive
         assert conn is not None
+        if self._closing is not None or conn.state is not State.HANDSHAKE:
+            return  # closing already: a GOODBYE went instead of HELLO; no session
         host = self._host()
         now = self._clock().seconds()
         found = host.sessionFor(event.hello.session, now) if host is not None else None
@@ -895,7 +897,13 @@ def describeFailure(kind: Reason, failure: Failure) -> str:
     if kind is Reason.PEER_CLOSED:
         return "peer closed the connection without GOODBYE"
     if kind is Reason.RESET:
-        return f"connection reset or socket error ({typeName(failure)})"
+        if type(failure.value) in (ConnectionLost, ConnectionDone):
+            return f"connection reset or socket error ({typeName(failure)})"
+        # Anything more specific (a TLS error, an OSError) says what it was.
+        return (
+            f"connection reset or socket error ({typeName(failure)}: "
+            f"{failure.getErrorMessage()})"
+        )
     if kind is Reason.LOCAL_CLOSE:
         return "aborted by this side"
     return f"{typeName(failure)}: {failure.getErrorMessage()}"
