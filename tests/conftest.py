@@ -18,7 +18,9 @@ Shared test configuration: the Hypothesis profiles.
 from __future__ import annotations
 
 import os
+import socket
 import unittest
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -65,3 +67,34 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             and isinstance(getattr(cls, "settings", None), settings)
         ):
             cls.settings = _atLeast(cls.settings)
+
+
+@pytest.fixture
+def blackhole() -> Iterator[int]:
+    """
+    A loopback port whose accept queue is full (``listen(0)``, filled by
+    connections nobody accepts): the kernel drops new SYNs, so a connection
+    attempt gets no answer at all.
+    """
+    listener = socket.socket()
+    filling: list[socket.socket] = []
+    try:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        port = listener.getsockname()[1]
+        for _ in range(32):
+            s = socket.socket()
+            s.settimeout(0.3)
+            try:
+                s.connect(("127.0.0.1", port))
+            except OSError:
+                s.close()
+                break
+            filling.append(s)
+        else:  # pragma: no cover
+            pytest.skip("the loopback accept queue never filled up: no blackhole to connect to")
+        yield port
+    finally:
+        for s in filling:
+            s.close()
+        listener.close()

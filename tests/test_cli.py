@@ -15,7 +15,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar, cast
@@ -379,37 +379,6 @@ def test_probeRefused() -> None:
     ran = runCli("probe", f"{LOOPBACK}:{port}")
     assert ran.code == 3
     assert ran.out == f"{LOOPBACK}:{port}: refused: connection refused (nothing listens)\n"
-
-
-@pytest.fixture
-def blackhole() -> Iterator[int]:
-    """
-    A loopback port whose accept queue is full (``listen(0)``, filled by
-    connections nobody accepts): the kernel drops new SYNs, so a connect
-    gets no answer.
-    """
-    listener = socket.socket()
-    filling: list[socket.socket] = []
-    try:
-        listener.bind((LOOPBACK, 0))
-        listener.listen(0)
-        port = listener.getsockname()[1]
-        for _ in range(32):
-            s = socket.socket()
-            s.settimeout(0.3)
-            try:
-                s.connect((LOOPBACK, port))
-            except OSError:
-                s.close()
-                break
-            filling.append(s)
-        else:
-            pytest.skip("the loopback accept queue never filled up: no blackhole to probe")
-        yield port
-    finally:
-        for s in filling:
-            s.close()
-        listener.close()
 
 
 @pytest.mark.timeout(30)

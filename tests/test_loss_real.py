@@ -492,37 +492,6 @@ def test_garbageClientDoesNotDisturbOthers(
         assert got == [b"c%d:%d" % (i, n) for n in range(count)]
 
 
-@pytest.fixture
-def blackhole() -> Iterator[int]:
-    """
-    A loopback port whose accept queue is full (``listen(0)``, filled by
-    connections nobody accepts): the kernel drops new SYNs, so a connection
-    attempt gets no answer at all.
-    """
-    listener = socket.socket()
-    filling: list[socket.socket] = []
-    try:
-        listener.bind((HOST, 0))
-        listener.listen(0)
-        port = listener.getsockname()[1]
-        for _ in range(32):
-            s = socket.socket()
-            s.settimeout(0.3)
-            try:
-                s.connect((HOST, port))
-            except OSError:
-                s.close()
-                break
-            filling.append(s)
-        else:  # pragma: no cover
-            pytest.skip("the loopback accept queue never filled up")
-        yield port
-    finally:
-        for s in filling:
-            s.close()
-        listener.close()
-
-
 class AttemptRecorder:
     """An AliveClientFactory that stops after its first failed attempt and
     hands over the Loss it recorded."""
