@@ -6,41 +6,15 @@ and ``examples/foreign_peer.py``.
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parent.parent
-EXAMPLES = ROOT / "examples"
+from support import EXAMPLES, runScript
 
 
 def runExample(name: str, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
-    """Run ``examples/<name>`` with the repository on ``PYTHONPATH``, in its own
-    process group; kill the group when it is done or overruns ``timeout``."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
-    process = subprocess.Popen(
-        [sys.executable, str(EXAMPLES / name), *args],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=env,
-        start_new_session=True,
-    )
-    try:
-        output, _ = process.communicate(timeout=timeout)
-    finally:
-        try:
-            os.killpg(process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        process.wait()
-    return subprocess.CompletedProcess(process.args, process.returncode, output, "")
+    """Run ``examples/<name>`` as a subprocess."""
+    return runScript(EXAMPLES / name, *args, timeout=timeout)
 
 
 @pytest.mark.timeout(90)

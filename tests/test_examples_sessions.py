@@ -5,42 +5,18 @@ through a proxy that resets every connection after 50-300 ms.
 
 from __future__ import annotations
 
-import os
 import re
-import signal
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
+from support import EXAMPLES, runScript
 
-ROOT = Path(__file__).resolve().parent.parent
-EXAMPLE = ROOT / "examples" / "flapping_client.py"
+EXAMPLE = EXAMPLES / "flapping_client.py"
 
 
 def runExample(*args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
-    """Run the example in its own process group; kill the group if it
-    overruns C{timeout} seconds or when it is done."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
-    process = subprocess.Popen(
-        [sys.executable, str(EXAMPLE), *args],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=env,
-        start_new_session=True,
-    )
-    try:
-        output, _ = process.communicate(timeout=timeout)
-    finally:
-        try:
-            os.killpg(process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        process.wait()
-    return subprocess.CompletedProcess(process.args, process.returncode, output, "")
+    """Run the example as a subprocess."""
+    return runScript(EXAMPLE, *args, timeout=timeout)
 
 
 @pytest.mark.timeout(90)
