@@ -491,11 +491,10 @@ class SessionMachine(LinkedMachine):
             return
         self.toClient.append(sent)
 
-    @precondition(lambda self: self.link.server.state is State.OPEN)
     @rule()
     def serverCloses(self) -> None:
-        """The server closes the connection in order (the session stays). Not during
-        the handshake: see test_closeDuringHandshakeCreatesNoSession."""
+        """The server closes the connection in order (the session stays), during the
+        handshake too (then it keeps no session: test_closeDuringHandshakeCreatesNoSession)."""
         self.link.server.close(GoodbyeCode.SHUTTING_DOWN, "fuzz restart")
 
     def inClientSession(self, sent: Sent) -> bool:
