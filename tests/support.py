@@ -49,3 +49,40 @@ def runScript(script: Path, *args: str, timeout: float = 60.0) -> subprocess.Com
             pass
         process.wait()
     return subprocess.CompletedProcess(process.args, process.returncode, output, "")
+
+
+class Processes:
+    """
+    Processes started by one test, each in its own session; `killAll` ends
+    every process group (SIGCONT first, for stopped ones, then SIGKILL).
+    """
+
+    def __init__(self) -> None:
+        self.processes: list[subprocess.Popen[str]] = []
+
+    def spawn(self, *argv: object) -> subprocess.Popen[str]:
+        """Start ``argv`` with the repository on ``PYTHONPATH``; output and
+        errors on one pipe."""
+        process = subprocess.Popen(
+            [str(arg) for arg in argv],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=environment(),
+            start_new_session=True,
+        )
+        self.processes.append(process)
+        return process
+
+    def killAll(self) -> None:
+        """SIGCONT, then SIGKILL, every process group; close the pipes."""
+        for process in self.processes:
+            for sig in (signal.SIGCONT, signal.SIGKILL):
+                try:
+                    os.killpg(process.pid, sig)
+                except ProcessLookupError:
+                    pass
+            process.wait(timeout=10)
+            if process.stdout is not None:
+                process.stdout.close()

@@ -20,6 +20,7 @@ from typing import Any, cast
 
 import pytest
 import pytest_twisted
+from support import Processes
 from twisted.internet import threads
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, DeferredList
@@ -59,39 +60,12 @@ def getReactor() -> Any:
 # -- peer processes -------------------------------------------------------------------
 
 
-class Peers:
+class Peers(Processes):
     """Peer processes started by one test; all killed by process group at its end."""
-
-    def __init__(self) -> None:
-        self.processes: list[subprocess.Popen[str]] = []
 
     def start(self, script: str, *args: object) -> subprocess.Popen[str]:
         """Start ``tests/peers/<script>`` with ``args``, in its own session."""
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
-        process = subprocess.Popen(
-            [sys.executable, str(PEERS / script), *map(str, args)],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env=env,
-            start_new_session=True,
-        )
-        self.processes.append(process)
-        return process
-
-    def killAll(self) -> None:
-        """SIGCONT (for stopped ones), then SIGKILL, every process group."""
-        for process in self.processes:
-            for sig in (signal.SIGCONT, signal.SIGKILL):
-                try:
-                    os.killpg(process.pid, sig)
-                except ProcessLookupError:
-                    pass
-            process.wait(timeout=10)
-            if process.stdout is not None:
-                process.stdout.close()
+        return self.spawn(sys.executable, PEERS / script, *args)
 
 
 @pytest.fixture

@@ -21,6 +21,7 @@ from typing import Any, TypeVar, cast
 
 import pytest
 import pytest_twisted
+from support import Processes
 from twisted.internet import defer, ssl, threads
 from twisted.internet.defer import Deferred, DeferredQueue
 from twisted.internet.endpoints import TCP4ClientEndpoint, serverFromString, wrapClientTLS
@@ -400,39 +401,12 @@ PEER = textwrap.dedent(
 )
 
 
-class Peers:
+class Peers(Processes):
     """Peer processes of one test; killed by process group at its end."""
-
-    def __init__(self) -> None:
-        self.processes: list[subprocess.Popen[str]] = []
 
     def start(self, *args: object) -> subprocess.Popen[str]:
         """Start the wrapped line-echo client `PEER` with ``args``."""
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
-        process = subprocess.Popen(
-            [sys.executable, "-c", PEER, *map(str, args)],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env=env,
-            start_new_session=True,
-        )
-        self.processes.append(process)
-        return process
-
-    def killAll(self) -> None:
-        """SIGCONT (for stopped ones), then SIGKILL, every process group."""
-        for process in self.processes:
-            for sig in (signal.SIGCONT, signal.SIGKILL):
-                try:
-                    os.killpg(process.pid, sig)
-                except ProcessLookupError:
-                    pass
-            process.wait(timeout=10)
-            if process.stdout is not None:
-                process.stdout.close()
+        return self.spawn(sys.executable, "-c", PEER, *args)
 
 
 @pytest.fixture
