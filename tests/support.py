@@ -9,6 +9,9 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
+
+from twisted.internet.defer import Deferred
 
 ROOT = Path(__file__).resolve().parent.parent
 """The repository: put on ``PYTHONPATH`` so that scripts import the package
@@ -86,3 +89,33 @@ class Processes:
             process.wait(timeout=10)
             if process.stdout is not None:
                 process.stdout.close()
+
+
+class BuiltProtocols:
+    """
+    Mixed into a test's server factory: keeps every protocol it builds
+    (`record`), and hands out the ``index``-th one once it exists
+    (`connection`).
+    """
+
+    def __init__(self) -> None:
+        self.built: list[Any] = []
+        self._waiting: list[tuple[int, Deferred[Any]]] = []
+
+    def record(self, proto: Any) -> Any:
+        """Keep ``proto``; fire the waiters it completes; return it."""
+        self.built.append(proto)
+        for entry in list(self._waiting):
+            if len(self.built) > entry[0]:
+                self._waiting.remove(entry)
+                entry[1].callback(self.built[entry[0]])
+        return proto
+
+    def connection(self, index: int = 0) -> Deferred[Any]:
+        """The ``index``-th protocol built, once it is."""
+        d: Deferred[Any] = Deferred()
+        if len(self.built) > index:
+            d.callback(self.built[index])
+        else:
+            self._waiting.append((index, d))
+        return d

@@ -20,7 +20,7 @@ from typing import Any, cast
 
 import pytest
 import pytest_twisted
-from support import Processes
+from support import BuiltProtocols, Processes
 from twisted.internet import threads
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, DeferredList
@@ -134,35 +134,20 @@ class Local(HeartbeatProtocol):
         self.lostAt = getReactor().seconds()
 
 
-class Collecting(Factory):
+class Collecting(BuiltProtocols, Factory):
     """A server factory that keeps every protocol it builds."""
 
     def __init__(self, protocol: type[Local] = Local, **attributes: object) -> None:
+        BuiltProtocols.__init__(self)
         self.protocolClass = protocol
         self.attributes = attributes
-        self.built: list[Local] = []
-        self._waiting: list[tuple[int, Deferred[Local]]] = []
 
     def buildProtocol(self, addr: object) -> Local:
         proto = self.protocolClass()
         for name, value in self.attributes.items():
             setattr(proto, name, value)
         proto.factory = self
-        self.built.append(proto)
-        for entry in list(self._waiting):
-            if len(self.built) > entry[0]:
-                self._waiting.remove(entry)
-                entry[1].callback(self.built[entry[0]])
-        return proto
-
-    def connection(self, index: int = 0) -> Deferred[Local]:
-        """The ``index``-th connection's protocol, once it is built."""
-        d: Deferred[Local] = Deferred()
-        if len(self.built) > index:
-            d.callback(self.built[index])
-        else:
-            self._waiting.append((index, d))
-        return d
+        return cast(Local, self.record(proto))
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ from typing import Any, TypeVar, cast
 
 import pytest
 import pytest_twisted
-from support import Processes
+from support import BuiltProtocols, Processes
 from twisted.internet import defer, ssl, threads
 from twisted.internet.defer import Deferred, DeferredQueue
 from twisted.internet.endpoints import TCP4ClientEndpoint, serverFromString, wrapClientTLS
@@ -195,32 +195,17 @@ class ChatServer(LineEnding):
         super().connectionLost(reason)
 
 
-class Tracking(Factory[Protocol]):
+class Tracking(BuiltProtocols, Factory[Protocol]):
     """A server factory that keeps every protocol it builds."""
 
     def __init__(self, protocol: Callable[[], Protocol]) -> None:
+        BuiltProtocols.__init__(self)
         self.protocol = protocol
-        self.built: list[Protocol] = []
-        self._waiting: list[tuple[int, Deferred[Protocol]]] = []
 
     def buildProtocol(self, addr: IAddress | None) -> Protocol | None:
         proto = super().buildProtocol(addr)
         assert proto is not None
-        self.built.append(proto)
-        for entry in list(self._waiting):
-            if len(self.built) > entry[0]:
-                self._waiting.remove(entry)
-                entry[1].callback(self.built[entry[0]])
-        return proto
-
-    def connection(self, index: int = 0) -> Deferred[Protocol]:
-        """The ``index``-th protocol built, once it is."""
-        d: Deferred[Protocol] = Deferred()
-        if len(self.built) > index:
-            d.callback(self.built[index])
-        else:
-            self._waiting.append((index, d))
-        return d
+        return cast(Protocol, self.record(proto))
 
 
 class ChatFactory(Tracking):
