@@ -68,8 +68,8 @@ def test_quickRunHasEveryMeasurement(quickRun: dict[str, Any]) -> None:
 
 @pytest.mark.timeout(120)
 def test_quickRunThroughputIsSane(quickRun: dict[str, Any]) -> None:
-    """One-way throughput: ours and Int32StringReceiver at every size, positive."""
-    for impl in ("alive", "int32"):
+    """One-way throughput: ours (both APIs) and Int32StringReceiver at every size, positive."""
+    for impl in ("alive", "alive-batch", "int32"):
         for size in SIZES:
             entry = quickRun["throughput"][impl][str(size)]
             positiveSummary(entry["messagesPerSecond"])
@@ -80,7 +80,7 @@ def test_quickRunThroughputIsSane(quickRun: dict[str, Any]) -> None:
 @pytest.mark.timeout(120)
 def test_quickRunConfirmedAndLatencyAreSane(quickRun: dict[str, Any]) -> None:
     """Confirmed throughput and latency have our figures and both baselines."""
-    for impl in ("alive", "window", "amp"):
+    for impl in ("alive", "alive-batch", "window", "amp"):
         positiveSummary(quickRun["confirmed"][impl]["messagesPerSecond"])
     for impl in ("alive", "pingpong", "amp"):
         latency = quickRun["latency"][impl]
@@ -92,7 +92,11 @@ def test_quickRunConfirmedAndLatencyAreSane(quickRun: dict[str, Any]) -> None:
 def test_quickRunAcksAreCounted(quickRun: dict[str, Any]) -> None:
     """ACKs per 1,000 DATA come from every run that carried DATA: at most one per DATA."""
     runs = quickRun["acks"]["runs"]
-    assert set(runs) == {f"one-way {size} B" for size in SIZES} | {"confirmed 256 B"}
+    assert set(runs) == {
+        f"{kind} {api} {size} B"
+        for api in ("sendMessage", "sendMessages")
+        for kind, size in [*(("one-way", size) for size in SIZES), ("confirmed", 256)]
+    }
     for entry in runs.values():
         assert 0 < entry["median"] <= 1000
 
@@ -212,8 +216,8 @@ def test_tableShowsMedianAndRange() -> None:
     results["targets"] = [t.asDict() for t in judge(results)]
     text = formatTable(results)
     assert "100.0k [90.0k-120.0k]" in text
-    assert "(2) confirmed / hand-rolled 1,000-ack window" in text
-    assert "confirmed 256 B" in text
+    assert "(2) sendMessage confirmed / hand-rolled 1,000-ack window" in text
+    assert "confirmed sendMessage 256 B" in text
 
 
 def test_plotDrawsThroughputAndDetection(tmp_path: Path) -> None:

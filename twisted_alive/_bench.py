@@ -55,6 +55,10 @@ SECTIONS = ("throughput", "confirmed", "latency", "acks", "detection", "idle")
 
 WORKER = "twisted_alive._bench_worker"
 
+BATCH = 256
+"""Messages per ``sendMessages`` call in the ``alive-batch`` runs (the
+worker's ``AliveSender.step``)."""
+
 PLOT_NEEDS_MATPLOTLIB = "--plot needs matplotlib: pip install 'twisted_alive[plot]'"
 
 
@@ -271,10 +275,14 @@ def pairRun(
 
 def measureThroughput(plan: Plan, progress: Callable[[str], None]) -> dict[str, Any]:
     """One-way throughput, our DATA against Int32StringReceiver."""
-    runs: dict[str, dict[int, list[dict[str, Any]]]] = {"alive": {}, "int32": {}}
+    runs: dict[str, dict[int, list[dict[str, Any]]]] = {"alive": {}, "alive-batch": {}, "int32": {}}
     for rep in range(plan.repeat):
         for size in SIZES:
-            for impl, server in (("int32", "int32-sink"), ("alive", "alive")):
+            for impl, server in (
+                ("int32", "int32-sink"),
+                ("alive", "alive"),
+                ("alive-batch", "alive"),
+            ):
                 progress(f"one-way {impl} {size} B ({rep + 1}/{plan.repeat})")
                 runs[impl].setdefault(size, []).append(
                     pairRun(server, "oneway", impl, size, plan.oneway[size])
@@ -289,7 +297,7 @@ def measureThroughput(plan: Plan, progress: Callable[[str], None]) -> dict[str, 
                 "messagesPerSecond": summary(rates),
                 "megabytesPerSecond": summary([rate * size / 1e6 for rate in rates]),
             }
-            if impl == "alive":
+            if impl != "int32":
                 entry["acksPer1000"] = summary([acksPer1000(r) for r in results])
             out[impl][str(size)] = entry
     return out
@@ -303,10 +311,16 @@ def acksPer1000(result: dict[str, Any]) -> float:
 
 def measureConfirmed(plan: Plan, progress: Callable[[str], None]) -> dict[str, Any]:
     """Confirmed throughput: ours, AMP pipelined, a hand-rolled ack window."""
-    runs: dict[str, list[dict[str, Any]]] = {"alive": [], "window": [], "amp": []}
+    runs: dict[str, list[dict[str, Any]]] = {
+        "alive": [],
+        "alive-batch": [],
+        "window": [],
+        "amp": [],
+    }
     for rep in range(plan.repeat):
         for impl, server, count, extra in (
             ("alive", "alive", plan.confirmed, ()),
+            ("alive-batch", "alive", plan.confirmed, ()),
             ("window", "int32-ack", plan.confirmed, ()),
             ("amp", "amp", plan.ampCalls, ("--outstanding", 100)),
         ):
@@ -318,7 +332,7 @@ def measureConfirmed(plan: Plan, progress: Callable[[str], None]) -> dict[str, A
             "size": TARGET_SIZE,
             "messagesPerSecond": summary([r["count"] / r["seconds"] for r in results]),
         }
-        if impl == "alive":
+        if impl.startswith("alive"):
             out[impl]["acksPer1000"] = summary([acksPer1000(r) for r in results])
     return out
 
@@ -499,31 +513,33 @@ def judge(results: dict[str, Any]) -> list[Target]:
         targets.append(Target(name, value, f"<= {goal:g}{unit}", met))
 
     throughput = results.get("throughput")
-    if throughput:
-        ours = median(throughput, "alive", size, "messagesPerSecond")
-        theirs = median(throughput, "int32", size, "messagesPerSecond")
-        atLeast("(1) one-way 256 B: ours / Int32StringReceiver", ours / theirs, 1.0)
     confirmed = results.get("confirmed")
-    if confirmed:
-        ours = median(confirmed, "alive", "messagesPerSecond")
-        if throughput:
+    for impl, api in (("alive-batch", "sendMessages"), ("alive", "sendMessage")):
+        if throughput and impl in throughput:
+            ours = median(throughput, impl, size, "messagesPerSecond")
+            theirs = median(throughput, "int32", size, "messagesPerSecond")
+            atLeast(f"(1) one-way 256 B, {api}: ours / Int32StringReceiver", ours / theirs, 1.0)
+        if not confirmed or impl not in confirmed:
+            continue
+        ours = median(confirmed, impl, "messagesPerSecond")
+        if throughput and impl in throughput:
             atLeast(
-                "(2) confirmed / our one-way",
-                ours / median(throughput, "alive", size, "messagesPerSecond"),
+                f"(2) {api} confirmed / our one-way",
+                ours / median(throughput, impl, size, "messagesPerSecond"),
                 0.8,
             )
             atLeast(
-                "(2) confirmed / Int32StringReceiver one-way",
+                f"(2) {api} confirmed / Int32StringReceiver one-way",
                 ours / median(throughput, "int32", size, "messagesPerSecond"),
                 0.8,
             )
         atLeast(
-            "(2) confirmed / hand-rolled 1,000-ack window",
+            f"(2) {api} confirmed / hand-rolled 1,000-ack window",
             ours / median(confirmed, "window", "messagesPerSecond"),
             2.0,
         )
         atLeast(
-            "(2) confirmed / AMP, 100 calls pipelined",
+            f"(2) {api} confirmed / AMP, 100 calls pipelined",
             ours / median(confirmed, "amp", "messagesPerSecond"),
             15.0,
         )
@@ -574,12 +590,13 @@ def ackSection(results: dict[str, Any]) -> dict[str, Any] | None:
     under load."""
     runs: dict[str, Any] = {}
     throughput = results.get("throughput")
-    if throughput:
-        for size, entry in throughput["alive"].items():
-            runs[f"one-way {size} B"] = entry["acksPer1000"]
     confirmed = results.get("confirmed")
-    if confirmed:
-        runs[f"confirmed {TARGET_SIZE} B"] = confirmed["alive"]["acksPer1000"]
+    for impl, api in (("alive", "sendMessage"), ("alive-batch", "sendMessages")):
+        if throughput and impl in throughput:
+            for size, entry in throughput[impl].items():
+                runs[f"one-way {api} {size} B"] = entry["acksPer1000"]
+        if confirmed and impl in confirmed:
+            runs[f"confirmed {api} {TARGET_SIZE} B"] = confirmed[impl]["acksPer1000"]
     if not runs:
         return None
     worst = max(run["max"] for name, run in runs.items() if name.endswith(f" {TARGET_SIZE} B"))
@@ -646,7 +663,13 @@ def formatTable(results: dict[str, Any]) -> str:
     if throughput:
         rows = []
         for size in SIZES:
-            for impl, label in (("int32", "Int32StringReceiver"), ("alive", "twisted_alive DATA")):
+            for impl, label in (
+                ("int32", "Int32StringReceiver"),
+                ("alive", "twisted_alive sendMessage"),
+                ("alive-batch", "twisted_alive sendMessages"),
+            ):
+                if impl not in throughput:
+                    continue
                 entry = throughput[impl][str(size)]
                 rows.append(
                     [
@@ -661,12 +684,14 @@ def formatTable(results: dict[str, Any]) -> str:
     if confirmed:
         labels = {
             "alive": "twisted_alive sendMessage + receipts",
+            "alive-batch": f"twisted_alive sendMessages ({BATCH} per receipt)",
             "window": "Int32 hand-rolled 1,000-ack window",
             "amp": "AMP, 100 calls pipelined",
         }
         rows = [
             [labels[impl], _spread(confirmed[impl]["messagesPerSecond"], _rate)]
-            for impl in ("window", "amp", "alive")
+            for impl in ("window", "amp", "alive", "alive-batch")
+            if impl in confirmed
         ]
         table(f"2. confirmed throughput, {TARGET_SIZE} B", ["", "confirmed/s"], rows)
     latency = results.get("latency")
@@ -764,8 +789,14 @@ def plot(results: dict[str, Any], path: str) -> None:
     figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
     throughput = results.get("throughput")
     if throughput:
-        width = 0.38
-        for offset, impl, label in ((-0.2, "int32", "Int32StringReceiver"), (0.2, "alive", "ours")):
+        width = 0.27
+        for offset, impl, label in (
+            (-0.28, "int32", "Int32StringReceiver"),
+            (0.0, "alive", "sendMessage"),
+            (0.28, "alive-batch", "sendMessages"),
+        ):
+            if impl not in throughput:
+                continue
             rates = [throughput[impl][str(size)]["messagesPerSecond"] for size in SIZES]
             medians = [rate["median"] for rate in rates]
             lows = [rate["median"] - rate["min"] for rate in rates]

@@ -13,10 +13,12 @@ Roles (``--impl`` says which implementation is measured):
   throughput and latency runs, for one connection; an ``alive`` server
   prints ``{"stats": ...}`` (ACK frames sent, DATA frames received) when
   that connection ends.
-- ``oneway --impl alive|int32``: send ``--count`` messages without waiting
-  for confirmation, then an empty message; the run ends when the server
-  answers it.
-- ``confirmed --impl alive|amp|window``: send ``--count`` messages and wait
+- ``oneway --impl alive|alive-batch|int32``: send ``--count`` messages
+  without waiting for confirmation, then an empty message; the run ends
+  when the server answers it. ``alive`` sends with ``sendMessage`` (a
+  receipt per message), ``alive-batch`` with ``sendMessages`` (256
+  messages per call, one receipt per call).
+- ``confirmed --impl alive|alive-batch|amp|window``: send ``--count`` messages and wait
   for each one's confirmation, many at a time.
 - ``latency --impl alive|amp|pingpong``: one message at a time; prints the
   round-trip percentiles.
@@ -320,6 +322,36 @@ class AliveSender(HeartbeatProtocol):
             self.run.finish(count=self.count)
 
 
+class AliveBatchSender(AliveSender):
+    """
+    Like L{AliveSender}, through L{sendMessages}: ``step`` messages per
+    call, one receipt for each call.
+    """
+
+    def _send(self) -> None:
+        send = self.sendMessages
+        payload = self.payload
+        step = self.step
+        sent = self.sent
+        stop = min(self.count, self.checkpoint + self.backlog)
+        while sent < stop:
+            n = min(step, stop - sent)
+            d = send([payload] * n)
+            sent += n
+            if self.confirmed:
+                d.addCallback(self._countedMany, n)
+            d.addCallback(self._reached, sent)
+        if not self.confirmed and sent == self.count and self.sent < self.count:
+            self.sendMessage(b"").addErrback(lambda _: None)
+        self.sent = sent
+
+    def _countedMany(self, receipt: Receipt, n: int) -> Receipt:
+        self.receipts += n
+        if self.receipts == self.count:
+            self.run.finish(count=self.count)
+        return receipt
+
+
 @implementer(IPushProducer)
 class Int32Sender(Int32StringReceiver):
     """Sends ``count`` strings as fast as the transport takes them, then an
@@ -542,13 +574,15 @@ def client(args: argparse.Namespace) -> None:
         classes: dict[tuple[str, str], type[Protocol]] = {
             ("oneway", "alive"): AliveSender,
             ("oneway", "int32"): Int32Sender,
+            ("oneway", "alive-batch"): AliveBatchSender,
             ("confirmed", "alive"): AliveSender,
+            ("confirmed", "alive-batch"): AliveBatchSender,
             ("confirmed", "window"): WindowSender,
             ("latency", "alive"): AliveOneAtATime,
             ("latency", "pingpong"): PingPongSender,
         }
         attributes: dict[str, Any] = {"payload": payload, "count": args.count}
-        if args.impl == "alive" and args.role != "latency":
+        if args.impl in ("alive", "alive-batch") and args.role != "latency":
             attributes["confirmed"] = args.role == "confirmed"
         factory = _RunFactory(classes[args.role, args.impl], run, **attributes)
         reactor.connectTCP(HOST, args.port, factory)

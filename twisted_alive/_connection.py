@@ -13,6 +13,7 @@ application.
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -256,6 +257,8 @@ class Connection:
         "_pongDue",
         "_out",
         "_askedToken",
+        "reading",
+        "writeThrough",
     )
 
     def __init__(
@@ -283,6 +286,12 @@ class Connection:
         self._pongDue: int | None = None
         self._out: list[bytes] = []
         self._askedToken = self.session.token
+        self.reading = False
+        """For the adapter: whether it is reading a burst (sends wait for
+        the write at its end)."""
+        self.writeThrough = False
+        """For the adapter: whether its transport's socket may be written
+        directly."""
         if role is not Role.SERVER:
             self._sendHello(0)
 
@@ -545,6 +554,36 @@ class Connection:
         entry = outbox.submit(payload, handle)
         self.pump(now)
         return entry
+
+    def sendMany(self, payloads: Sequence[bytes], handle: Any, member: Any, now: float) -> None:
+        """
+        Queue several messages at once, all or none (see
+        `Outbox.submitMany`); the DATA frames of those the windows allow are
+        queued for `dataToSend` at once.
+
+        :param handle: the caller's object for the last message.
+        :param member: the caller's object for each of the others.
+        :raises QueueFull: if they do not all fit; nothing was queued.
+        """
+        outbox = self.session.outbox
+        entries = outbox.submitMany(
+            payloads,
+            handle,
+            member,
+            self.peerWindow if self.state is _OPEN else 0,
+            now,
+            self.peerMaxPayload,
+        )
+        if entries:
+            out = self._out
+            append = out.append
+            header = _frames.encodeDataHeader
+            for entry in entries:
+                payload = entry.payload
+                append(header(entry.seq, len(payload)))
+                append(payload)
+        if outbox.queue:
+            self.pump(now)
 
     def pump(self, now: float) -> int:
         """

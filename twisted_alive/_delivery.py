@@ -18,6 +18,7 @@ import hmac
 import secrets
 from collections import deque
 from collections.abc import Sequence
+from itertools import islice
 from typing import Any
 
 from twisted_alive._frames import NO_SESSION, Data
@@ -171,6 +172,82 @@ class Outbox:
             inflight = self.inflight = deque()
         inflight.append(entry)
         return entry
+
+    def submitMany(
+        self,
+        payloads: Sequence[bytes],
+        handle: Any,
+        member: Any,
+        peerWindow: int,
+        now: float,
+        maxPayload: int,
+    ) -> list[Entry]:
+        """
+        Queue ``payloads`` as consecutive messages, all or none; the last
+        one's entry carries ``handle``, the others ``member``. As many as the windows allow go
+        straight into the window, as `sendNow` does; the rest wait in the
+        queue.
+
+        :param peerWindow: the peer's window; 0 while nothing may be sent.
+        :param maxPayload: the largest payload the peer accepts; if one of
+            the messages is larger, all of them go through the queue (see
+            `takeSendable`).
+        :returns: the entries put into the window, in order, to write now.
+        :raises QueueFull: if those left for the queue do not fit in it;
+            nothing was queued.
+        """
+        count = len(payloads)
+        queue = self.queue
+        inflight = self.inflight
+        room = 0
+        if not queue and peerWindow:
+            window = self.window if self.window < peerWindow else peerWindow
+            room = window - len(inflight)
+            if room > count:
+                room = count
+            elif room < 0:
+                room = 0
+            if room and max(map(len, payloads)) > maxPayload:
+                room = 0
+        waiting = count - room
+        waitingBytes = 0
+        if waiting:
+            waitingBytes = sum(map(len, islice(payloads, room, None)))
+            # As in submit(): an empty queue always takes one message.
+            if (queue or waiting > 1) and (
+                len(queue) + waiting > self.maxQueue
+                or self.queuedBytes + waitingBytes > self.maxQueueBytes
+            ):
+                raise QueueFull(
+                    f"send queue full: {count} messages sent together, {waiting} of which "
+                    f"({waitingBytes} bytes) would wait behind {len(inflight)} in flight and "
+                    f"{len(queue)} queued ({self.queuedBytes} bytes) "
+                    f"(maxQueue={self.maxQueue}, maxQueueBytes={self.maxQueueBytes})"
+                )
+        sent: list[Entry] = []
+        if room:
+            seq = self.nextSeq
+            append = sent.append
+            for payload in islice(payloads, room) if room < count else payloads:
+                entry = Entry(payload, member)
+                entry.seq = seq
+                entry.sentAt = now
+                seq += 1
+                append(entry)
+            self.nextSeq = seq
+            self.sentCount += room
+            if inflight is EMPTY:
+                inflight = self.inflight = deque()
+            inflight.extend(sent)
+            if not waiting:
+                sent[-1].handle = handle
+                return sent
+        if queue is EMPTY:
+            queue = self.queue = deque()
+        queue.extend([Entry(payload, member) for payload in islice(payloads, room, None)])
+        queue[-1].handle = handle
+        self.queuedBytes += waitingBytes
+        return sent
 
     def takeSendable(self, peerWindow: int, now: float, maxPayload: int) -> list[Entry]:
         """

@@ -10,12 +10,14 @@ connection, so that every loss gets the right `Reason`.
 
 from __future__ import annotations
 
+import errno
 import inspect
+from collections.abc import Iterable
 from functools import partial
 from typing import Any, cast
 from weakref import WeakKeyDictionary
 
-from twisted.internet import defer
+from twisted.internet import defer, tcp
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import (
@@ -77,6 +79,19 @@ STALL_LOG_EVERY = 1.0
 
 _stallLogs: WeakKeyDictionary[IReactorTime, list[Any]] = WeakKeyDictionary()
 
+_pongWatchers = [0]
+"""How many status sites want ``pong`` events (see `watchPongs`)."""
+
+
+def watchPongs(on: bool) -> None:
+    """
+    Ask for (``True``) or release (``False``) the ``pong`` log event of
+    every connection of the process, whatever their ``logPongs``: a status
+    site feeds its RTT histogram from them while it listens.
+    """
+    _pongWatchers[0] = max(0, _pongWatchers[0] + (1 if on else -1))
+
+
 ABORT_GRACE = 2.0
 """Seconds a closing connection may take to flush before it is aborted."""
 
@@ -90,11 +105,67 @@ def describeAddress(address: Any) -> str | None:
     return None if address is None else str(address)
 
 
+def canWriteThrough(transport: object) -> bool:
+    """
+    Whether ``transport`` is a reactor's TCP connection, whose socket
+    `HeartbeatMixin` may write to directly when the transport holds nothing
+    unsent (see ``HeartbeatMixin._writeNow``).
+    """
+    return isinstance(transport, tcp.Connection) and all(
+        hasattr(transport, name)
+        for name in (
+            "socket",
+            "_tempDataLen",
+            "dataBuffer",
+            "TLS",
+            "_writeDisconnecting",
+            "_writeDisconnected",
+        )
+    )
+
+
+class BatchDeferred(Deferred[Receipt]):
+    """
+    The Deferred of messages sent together (`HeartbeatMixin.sendMessages`),
+    held by the last one's entry; the others hold its ``member``. The
+    others' rejections are looked up by sequence number, within the
+    ``count`` before the last.
+    """
+
+    __slots__ = ("count", "member")
+
+    def __init__(self, count: int) -> None:
+        super().__init__()
+        self.count = count
+        self.member = BatchMember(self)
+
+
+class BatchMember:
+    """
+    The handle of a message sent together with others, but not the last:
+    it has no Deferred of its own (``called`` is always true, so code that
+    settles handles passes it by).
+    """
+
+    __slots__ = ("batch",)
+    called = True
+
+    def __init__(self, batch: BatchDeferred) -> None:
+        self.batch = batch
+
+
 def failDelivery(entry: Entry, message: str, loss: Loss | None) -> None:
-    """Fail the Deferred of an unconfirmed entry."""
-    d = cast("Deferred[Receipt] | None", entry.handle)
+    """Fail the Deferred of an unconfirmed entry (for one of several
+    messages sent together, their shared Deferred)."""
+    handle = entry.handle
+    member = type(handle) is BatchMember
+    d = cast("Deferred[Receipt] | None", handle.batch if member else handle)
     if d is not None and not d.called:
-        d.errback(DeliveryFailed(message, loss, maybeProcessed=entry.seq != 0))
+        # A member met first tells by its own seq whether the batch went
+        # out; the last one alone (too large for the peer) may follow
+        # members that were sent.
+        maybe = entry.seq != 0 or (not member and type(d) is BatchDeferred and d.count > 1)
+        d.errback(DeliveryFailed(message, loss, maybeProcessed=maybe))
 
 
 @implementer(IHalfCloseableProtocol)
@@ -131,6 +202,13 @@ class HeartbeatMixin(TimeoutMixin):
         peer, in seconds.
     :cvar closeTimeout: seconds `close` waits for outstanding
         acknowledgements before it closes anyway.
+    :cvar logPongs: log a ``pong`` event (debug) at every heartbeat round
+        trip. Off by default: an event costs more than the round trip
+        itself. A listening status site turns them on for every connection
+        (its RTT histogram is fed by them).
+    :cvar tcpNoDelay: set ``TCP_NODELAY`` on the transport (where it has
+        ``setTcpNoDelay``) when the connection is made, so that small frames
+        (ACKs, PINGs) are not held back by Nagle's algorithm.
     :ivar clock: the ``IReactorTime`` used for timers; the global reactor
         unless set before the connection is made.
     :ivar loss: the `Loss`, once the connection has ended; ``None`` before.
@@ -145,6 +223,8 @@ class HeartbeatMixin(TimeoutMixin):
     minPeerInterval: float = 0.1
     maxPeerInterval: float = 3600.0
     closeTimeout: float = 10.0
+    logPongs: bool = False
+    tcpNoDelay: bool = True
 
     clock: IReactorTime | None = None
     loss: Loss | None = None
@@ -255,9 +335,65 @@ class HeartbeatMixin(TimeoutMixin):
             conn.send(payload, d, now)
         except QueueFull as e:
             return defer.fail(e)
-        data = conn.dataToSend(now)
-        if data:
-            self.transport.write(data)
+        if not conn.reading:
+            data = conn.dataToSend(now)
+            if data:
+                self.transport.write(data)
+        if session.outbox.tooLarge:
+            self._failTooLarge()
+        if session.pacer is not None:
+            session.pacer.check()
+        return d
+
+    def sendMessages(self, payloads: Iterable[bytes]) -> Deferred[Receipt]:
+        """
+        Send several messages, in order, with one receipt for all of them:
+        the cheap way to send many. Each reaches the peer's
+        `messageReceived` once, in order, exactly as if sent one by one with
+        `sendMessage`; but no Deferred and no `Receipt` is made per message.
+
+        :param payloads: the messages (at least one), each at most
+            ``maxFrameSize - 9`` bytes.
+        :returns: a Deferred that fires with the `Receipt` of the last
+            message once the peer's application processed all of them; or
+            fails with `DeliveryFailed` if the connection ended first or the
+            peer's application failed on one of them (``rejected``; the
+            others were processed), or at once with `QueueFull` if they do
+            not all fit in the send queue (then none was queued).
+        :raises TypeError: if a payload is not ``bytes``.
+        :raises ValueError: if there is no payload, or one is larger than a
+            frame allows.
+        :raises RuntimeError: before the connection is made.
+        """
+        conn = self._alive
+        if conn is None:
+            raise RuntimeError("sendMessages() called before connectionMade()")
+        if not isinstance(payloads, (list, tuple)):
+            payloads = list(payloads)
+        if not payloads:
+            raise ValueError("sendMessages() needs at least one message")
+        settings = conn.settings
+        maxPayload = settings.maxPayload
+        for payload in payloads:
+            if type(payload) is not bytes or len(payload) > maxPayload:
+                checkPayload(payload, settings)
+        if self.loss is not None:
+            return defer.fail(
+                DeliveryFailed(f"connection already lost ({self.loss})", self.loss)
+            )
+        if self._closing is not None or (conn.state is not _OPEN and conn.state is not _HANDSHAKE):
+            return defer.fail(DeliveryFailed("connection is closing; messages not sent"))
+        d = BatchDeferred(len(payloads))
+        session = conn.session
+        now = self._clock().seconds()
+        try:
+            conn.sendMany(payloads, d, d.member, now)
+        except QueueFull as e:
+            return defer.fail(e)
+        if not conn.reading:
+            data = conn.dataToSend(now)
+            if data:
+                self.transport.write(data)
         if session.outbox.tooLarge:
             self._failTooLarge()
         if session.pacer is not None:
@@ -366,6 +502,14 @@ class HeartbeatMixin(TimeoutMixin):
         else:
             conn = Connection(settings, Role.SERVER, now)
         self._alive = conn
+        conn.writeThrough = canWriteThrough(self.transport)
+        if self.tcpNoDelay:
+            setNoDelay = getattr(self.transport, "setTcpNoDelay", None)
+            if setNoDelay is not None:
+                try:
+                    setNoDelay(True)
+                except OSError:
+                    pass
         if host is not None:
             host.connectionStarted(self)
         log.debug(
@@ -384,16 +528,22 @@ class HeartbeatMixin(TimeoutMixin):
         if conn is None or conn.state is _FAILED:
             return
         now = self._clock().seconds()
-        events = conn.receiveData(data, now)
-        if events:
-            self._handleEvents(events)
-        session = conn.session
-        if session.inbox.pending and not session.busy and session.current is self:
-            self._process()
-            now = self._clock().seconds()
+        # What is sent while this burst is read (ACKs, PONGs, replies sent
+        # by messageReceived or by receipt callbacks) leaves in one write.
+        conn.reading = True
+        try:
+            events = conn.receiveData(data, now)
+            if events:
+                self._handleEvents(events)
+            session = conn.session
+            if session.inbox.pending and not session.busy and session.current is self:
+                self._process()
+                now = self._clock().seconds()
+        finally:
+            conn.reading = False
         out = conn.dataToSend(now)
         if out and self.loss is None:
-            self.transport.write(out)
+            self._writeNow(out)
         if self._closing is not None:
             self._checkClose()
 
@@ -487,7 +637,7 @@ class HeartbeatMixin(TimeoutMixin):
             return
         data = conn.dataToSend(now)
         if data and self.loss is None:
-            self.transport.write(data)
+            self._writeNow(data)
         if self.loss is None:
             wake = conn.nextWake()
             self._armedFor = wake
@@ -519,6 +669,47 @@ class HeartbeatMixin(TimeoutMixin):
         if data and self.loss is None:
             self.transport.write(data)
 
+    def _writeNow(self, data: bytes) -> None:
+        """
+        Write ``data`` now. On a plain TCP transport with nothing unsent,
+        the bytes go straight into the socket: ``transport.write`` would
+        only buffer them and register for writability, a wakeup and two
+        ``epoll_ctl`` calls more per write, which is most of the cost of a
+        heartbeat or an ACK. What the socket does not take, and every other
+        case (TLS, a transport of another kind, data already waiting), goes
+        through ``transport.write``, in order.
+        """
+        transport = self.transport
+        conn = self._alive
+        if (
+            conn is not None
+            and conn.writeThrough
+            and not transport._tempDataLen
+            and not transport.dataBuffer
+            and transport.connected
+            and not transport.disconnecting
+            and not transport.TLS
+            and not transport._writeDisconnecting
+            and not transport._writeDisconnected
+        ):
+            try:
+                sent = transport.socket.send(data)
+            except BlockingIOError:
+                pass
+            except OSError as e:
+                if e.errno != errno.ENOBUFS:
+                    # The read side may no longer see the error this send
+                    # consumed: record it. Twisted meets it again on write.
+                    self._setCause(
+                        Reason.RESET,
+                        f"connection reset or socket error (send: {e.strerror or e})",
+                    )
+            else:
+                if sent == len(data):
+                    return
+                data = data[sent:]
+        transport.write(data)
+
     def _setCause(self, reason: Reason, detail: str, code: GoodbyeCode | None = None) -> None:
         """Record why the connection is ending; the first cause wins."""
         if self._cause is None:
@@ -534,12 +725,13 @@ class HeartbeatMixin(TimeoutMixin):
             elif kind is HelloReceived:
                 self._helloReceived(cast(HelloReceived, event))
             elif kind is PongReceived:
-                log.debug(
-                    "alive.pong: {peer} rtt {rtt:.6f} s",
-                    peer=self._peer,
-                    rtt=cast(PongReceived, event).rtt,
-                    event="pong",
-                )
+                if self.logPongs or _pongWatchers[0]:
+                    log.debug(
+                        "alive.pong: {peer} rtt {rtt:.6f} s",
+                        peer=self._peer,
+                        rtt=cast(PongReceived, event).rtt,
+                        event="pong",
+                    )
             elif kind is GoodbyeReceived:
                 self._goodbyeReceived(cast(GoodbyeReceived, event))
             elif kind is Violation:
@@ -643,21 +835,43 @@ class HeartbeatMixin(TimeoutMixin):
             self._sendRoom()
             return
         for entry in event.entries:
-            d = cast("Deferred[Receipt] | None", entry.handle)
-            if d is None or d.called:
-                if rejected and entry.seq in rejected:
-                    del rejected[entry.seq]
+            handle = entry.handle
+            seq = entry.seq
+            if handle is None:
+                rejected.pop(seq, None)
                 continue
-            if rejected and entry.seq in rejected:
-                text = rejected.pop(entry.seq)
+            if type(handle) is BatchMember:
+                # One of several sent together: the last one answers for it.
+                continue
+            d = cast("Deferred[Receipt]", handle)
+            if type(d) is BatchDeferred:
+                failed = sorted(
+                    (other, rejected.pop(other))
+                    for other in [s for s in rejected if seq - d.count < s <= seq]
+                )
+                if failed and not d.called:
+                    first, text = failed[0]
+                    d.errback(
+                        DeliveryFailed(
+                            f"peer application failed on message {first} "
+                            f"({len(failed)} of the {d.count} sent together): {text}",
+                            rejected=True,
+                        )
+                    )
+                    continue
+            if d.called:
+                rejected.pop(seq, None)
+                continue
+            if seq in rejected:
+                text = rejected.pop(seq)
                 d.errback(
                     DeliveryFailed(
-                        f"peer application failed on message {entry.seq}: {text}",
+                        f"peer application failed on message {seq}: {text}",
                         rejected=True,
                     )
                 )
             else:
-                d.callback(Receipt(entry.seq, entry.sentAt, now))
+                d.callback(Receipt(seq, entry.sentAt, now))
         self._failTooLarge()
         self._sendRoom()
 
@@ -699,12 +913,17 @@ class HeartbeatMixin(TimeoutMixin):
         if outbox.tooLarge:
             entries, outbox.tooLarge = outbox.tooLarge, []
             for entry in entries:
-                failDelivery(
-                    entry,
+                text = (
                     f"message of {len(entry.payload)} bytes exceeds the peer's maximum "
-                    f"of {conn.peerMaxPayload} bytes",
-                    None,
+                    f"of {conn.peerMaxPayload} bytes"
                 )
+                handle = entry.handle
+                if type(handle) is BatchMember:
+                    # Sent together with others: all of them fail.
+                    if not handle.batch.called:
+                        handle.batch.errback(DeliveryFailed(text, None, maybeProcessed=True))
+                else:
+                    failDelivery(entry, text, None)
 
     def _goodbyeReceived(self, event: GoodbyeReceived) -> None:
         kind = _GOODBYE_REASONS.get(event.code, Reason.CLEAN_CLOSE)
@@ -814,7 +1033,12 @@ class HeartbeatMixin(TimeoutMixin):
             except Exception:
                 self._rejected(session, seq, Failure())  # type: ignore[no-untyped-call]
                 continue
-            if result is not None and not isinstance(result, Deferred):
+            if result is None:
+                # The common case, first: isinstance() against Deferred (an
+                # ABC) costs more than the rest of this loop.
+                inbox.processedUpTo = seq
+                continue
+            if not isinstance(result, Deferred):
                 if inspect.isawaitable(result):
                     # ``async def messageReceived``: wait for it like a Deferred.
                     result = Deferred.fromCoroutine(cast(Any, result))

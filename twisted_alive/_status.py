@@ -27,6 +27,7 @@ from zope.interface import implementer
 
 from twisted_alive._connection import State
 from twisted_alive._factories import AliveServerFactory
+from twisted_alive._mixin import watchPongs
 from twisted_alive._reasons import Reason
 
 LOG_NAMESPACE = "twisted_alive"
@@ -326,9 +327,11 @@ class StatusSite(Site):
         """Start observing the ``twisted_alive`` log events."""
         super().startFactory()
         globalLogPublisher.addObserver(self.observer)
+        watchPongs(True)
 
     def stopFactory(self) -> None:
         """Stop observing the log events."""
+        watchPongs(False)
         globalLogPublisher.removeObserver(self.observer)
         super().stopFactory()
 
