@@ -12,12 +12,21 @@ from pathlib import Path
 from typing import Any
 
 from twisted.internet.defer import Deferred
+from twisted.trial.unittest import SynchronousTestCase
 
 ROOT = Path(__file__).resolve().parent.parent
 """The repository: put on ``PYTHONPATH`` so that scripts import the package
 from the source tree."""
 
 EXAMPLES = ROOT / "examples"
+
+_case = SynchronousTestCase()
+successResultOf = _case.successResultOf
+"""trial's assertion that a Deferred has fired with a result, for pytest."""
+failureResultOf = _case.failureResultOf
+"""trial's assertion that a Deferred has failed, for pytest."""
+assertNoResult = _case.assertNoResult
+"""trial's assertion that a Deferred has not fired, for pytest."""
 
 
 def environment() -> dict[str, str]:

@@ -13,7 +13,7 @@ from typing import Any, cast
 
 import pytest
 import pytest_twisted
-from support import BuiltProtocols
+from support import BuiltProtocols, assertNoResult, failureResultOf, successResultOf
 from twisted.internet import error
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, gatherResults
@@ -24,7 +24,6 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.logger import capturedLogs
 from twisted.python.failure import Failure
-from twisted.trial.unittest import SynchronousTestCase
 
 from twisted_alive._connection import State
 from twisted_alive._factories import AliveClientFactory, AliveServerFactory
@@ -41,11 +40,6 @@ from twisted_alive._mixin import HeartbeatProtocol
 from twisted_alive._outcomes import DeliveryFailed, QueueFull, Receipt
 from twisted_alive._reasons import Loss, Reason
 from twisted_alive.testing import FakeLink
-
-_case = SynchronousTestCase()
-successResultOf = _case.successResultOf
-failureResultOf = _case.failureResultOf
-assertNoResult = _case.assertNoResult
 
 _TwistedTest = Callable[[Callable[..., Generator[Any, Any, None]]], Callable[..., Any]]
 twistedTest: _TwistedTest = pytest_twisted.inlineCallbacks

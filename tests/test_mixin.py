@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 import pytest
+from support import assertNoResult, failureResultOf, successResultOf
 from twisted.internet import defer, error
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.task import Clock
@@ -19,7 +20,6 @@ from twisted.internet.testing import StringTransport
 from twisted.logger import capturedLogs
 from twisted.python.failure import Failure
 from twisted.test.iosim import FakeTransport, IOPump, connect
-from twisted.trial.unittest import SynchronousTestCase
 
 from twisted_alive._frames import (
     DEFAULT_MAX_FRAME_SIZE,
@@ -37,11 +37,6 @@ from twisted_alive._frames import (
 from twisted_alive._mixin import HeartbeatProtocol
 from twisted_alive._outcomes import DeliveryFailed, QueueFull, Receipt
 from twisted_alive._reasons import Loss, Reason, classify
-
-_case = SynchronousTestCase()
-successResultOf = _case.successResultOf
-failureResultOf = _case.failureResultOf
-assertNoResult = _case.assertNoResult
 
 INTERVAL = 0.2
 MISSES = 3

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any, cast
 
 import pytest
+from support import assertNoResult, failureResultOf, successResultOf
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionAborted, ConnectionDone, ConnectionLost
@@ -32,11 +33,6 @@ from twisted_alive._mixin import HeartbeatProtocol
 from twisted_alive._outcomes import DeliveryFailed, Receipt
 from twisted_alive._reasons import Loss, Reason
 from twisted_alive.testing import ChaosProxy, FakeLink, FakeTransport, Faults, parseFaults
-
-_case = SynchronousTestCase()
-successResultOf = _case.successResultOf
-failureResultOf = _case.failureResultOf
-assertNoResult = _case.assertNoResult
 
 INTERVAL = 1.0
 MISSES = 3

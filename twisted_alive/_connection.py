@@ -575,13 +575,7 @@ class Connection:
             self.peerMaxPayload,
         )
         if entries:
-            out = self._out
-            append = out.append
-            header = _frames.encodeDataHeader
-            for entry in entries:
-                payload = entry.payload
-                append(header(entry.seq, len(payload)))
-                append(payload)
+            self._queueData(entries)
         if outbox.queue:
             self.pump(now)
 
@@ -597,13 +591,17 @@ class Connection:
         if not outbox.queue or len(outbox.inflight) >= self.peerWindow:
             return 0
         entries = outbox.takeSendable(self.peerWindow, now, self.peerMaxPayload)
+        self._queueData(entries)
+        return len(entries)
+
+    def _queueData(self, entries: list[Entry]) -> None:
+        """Queue the DATA frames of ``entries`` for `dataToSend`, in order."""
         append = self._out.append
         header = _frames.encodeDataHeader
         for entry in entries:
             payload = entry.payload
             append(header(entry.seq, len(payload)))
             append(payload)
-        return len(entries)
 
     def flushAck(self, resend: bool = False) -> None:
         """

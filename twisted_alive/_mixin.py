@@ -322,27 +322,16 @@ class HeartbeatMixin(TimeoutMixin):
             raise RuntimeError("sendMessage() called before connectionMade()")
         if type(payload) is not bytes or len(payload) > conn.settings.maxPayload:
             checkPayload(payload, conn.settings)
-        if self.loss is not None:
-            return defer.fail(
-                DeliveryFailed(f"connection already lost ({self.loss})", self.loss)
-            )
-        if self._closing is not None or (conn.state is not _OPEN and conn.state is not _HANDSHAKE):
-            return defer.fail(DeliveryFailed("connection is closing; message not sent"))
+        refused = self._refused(conn, "message")
+        if refused is not None:
+            return refused
         d: Deferred[Receipt] = Deferred()
-        session = conn.session
         now = self._clock().seconds()
         try:
             conn.send(payload, d, now)
         except QueueFull as e:
             return defer.fail(e)
-        if not conn.reading:
-            data = conn.dataToSend(now)
-            if data:
-                self.transport.write(data)
-        if session.outbox.tooLarge:
-            self._failTooLarge()
-        if session.pacer is not None:
-            session.pacer.check()
+        self._sent(conn, now)
         return d
 
     def sendMessages(self, payloads: Iterable[bytes]) -> Deferred[Receipt]:
@@ -377,28 +366,41 @@ class HeartbeatMixin(TimeoutMixin):
         for payload in payloads:
             if type(payload) is not bytes or len(payload) > maxPayload:
                 checkPayload(payload, settings)
-        if self.loss is not None:
-            return defer.fail(
-                DeliveryFailed(f"connection already lost ({self.loss})", self.loss)
-            )
-        if self._closing is not None or (conn.state is not _OPEN and conn.state is not _HANDSHAKE):
-            return defer.fail(DeliveryFailed("connection is closing; messages not sent"))
+        refused = self._refused(conn, "messages")
+        if refused is not None:
+            return refused
         d = BatchDeferred(len(payloads))
-        session = conn.session
         now = self._clock().seconds()
         try:
             conn.sendMany(payloads, d, d.member, now)
         except QueueFull as e:
             return defer.fail(e)
+        self._sent(conn, now)
+        return d
+
+    def _refused(self, conn: Connection, what: str) -> Deferred[Receipt] | None:
+        """The failure of a send that may not go out now (``what`` names
+        the message or messages), or ``None`` if it may."""
+        if self.loss is not None:
+            return defer.fail(
+                DeliveryFailed(f"connection already lost ({self.loss})", self.loss)
+            )
+        if self._closing is not None or (conn.state is not _OPEN and conn.state is not _HANDSHAKE):
+            return defer.fail(DeliveryFailed(f"connection is closing; {what} not sent"))
+        return None
+
+    def _sent(self, conn: Connection, now: float) -> None:
+        """After a send: write its frames (unless a read burst will), fail
+        what is too large for the peer, and tell a registered producer."""
         if not conn.reading:
             data = conn.dataToSend(now)
             if data:
                 self.transport.write(data)
+        session = conn.session
         if session.outbox.tooLarge:
             self._failTooLarge()
         if session.pacer is not None:
             session.pacer.check()
-        return d
 
     def _pump(self) -> None:
         """Write what the windows allow of the queued messages."""
