@@ -118,7 +118,7 @@ def test_quickRunIdleScaleIsSane(quickRun: dict[str, Any]) -> None:
     """Idle scale: every variant held the connections; memory per connection is plausible."""
     idle = quickRun["idle"]
     impls = {row["impl"] for row in idle}
-    assert impls == {"bare", "naive", "shared", "alive", "alive-peers"}
+    assert impls == {"bare", "naive", "shared", "floor", "alive", "alive-peers"}
     for row in idle:
         assert row["connections"] == 100
         assert row["cpuPercent"]["min"] >= 0
@@ -218,6 +218,37 @@ def test_tableShowsMedianAndRange() -> None:
     assert "100.0k [90.0k-120.0k]" in text
     assert "(2) sendMessage confirmed / hand-rolled 1,000-ack window" in text
     assert "confirmed sendMessage 256 B" in text
+
+
+def test_idleTableComparesEachHeartbeatWithNaive() -> None:
+    """The idle table gives each heartbeat's CPU as a fraction of the naive
+    one of the same connection count, and none for bare connections."""
+    results: dict[str, Any] = {
+        "machine": {
+            "cpus": 2,
+            "cpuModel": "CPU",
+            "system": "Linux",
+            "python": "3",
+            "twisted": "26",
+        },
+        "plan": {"repeat": 1, "idleInterval": 1.0},
+        "idle": [
+            {
+                "impl": impl,
+                "connections": 5000,
+                "cpuPercent": summary([cpu]),
+                "rssPerConnection": 1000.0,
+            }
+            for impl, cpu in (("bare", 0.5), ("naive", 20.0), ("floor", 12.0), ("alive", 17.0))
+        ],
+    }
+    lines = formatTable(results).splitlines()
+    floor = next(line for line in lines if "floor: shared timer, socket.send" in line)
+    assert floor.split()[-2:] == ["0.60", "1,000"]
+    ours = next(line for line in lines if "twisted_alive (peers answer PINGs)" in line)
+    assert ours.split()[-2:] == ["0.85", "1,000"]
+    bare = next(line for line in lines if "bare Twisted" in line)
+    assert "0.03" not in bare
 
 
 def test_plotDrawsThroughputAndDetection(tmp_path: Path) -> None:

@@ -368,6 +368,78 @@ def test_pingsOnlyOnIdleLinks() -> None:
     assert pair.server.losses == pair.client.losses == []
 
 
+class SoonerRecordingClock(Clock):
+    """A ``Clock`` that counts calls moved to an earlier time: a reactor
+    finds such a call by searching every pending call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.movedSooner = 0
+
+    def callLater(self, delay: float, callable: Any, *args: object, **kw: object) -> Any:
+        call = super().callLater(delay, callable, *args, **kw)
+        call.resetter = self._movedSooner
+        return call
+
+    def _movedSooner(self, call: object) -> None:
+        self.movedSooner += 1
+
+
+def test_helloNeverMovesTimerSooner() -> None:
+    """Before the HELLO the timer is armed for when the first PING would be
+    due, so the HELLO leaves the same call in place: it never moves a call
+    sooner (a linear search of the reactor's calls, per connection, as
+    thousands open). The PING goes out one interval after our HELLO."""
+    clock = SoonerRecordingClock()
+    proto = Peer(clock)
+    transport = TimedStringTransport(clock)
+    proto.makeConnection(transport)
+    [timer] = clock.getDelayedCalls()
+    assert timer.getTime() == pytest.approx(INTERVAL)
+    clock.advance(INTERVAL / 2)
+    proto.dataReceived(peerHello())
+    assert clock.getDelayedCalls() == [timer] and timer.active()
+    transport.clear()
+    clock.advance(INTERVAL / 2)
+    assert [type(frame) for frame in written(transport)] == [Ping]
+    assert clock.movedSooner == 0
+
+
+def test_slowHelloStillTimesOutAtDeadline() -> None:
+    """A timer that wakes before the HELLO (a slow handshake) sends nothing
+    and waits on for the handshake deadline."""
+    proto, transport, clock = lone()
+    transport.clear()
+    clock.advance(INTERVAL)
+    assert transport.value() == b"" and not transport.disconnected
+    clock.advance(DEADLINE - INTERVAL - 0.001)
+    assert not transport.disconnected
+    clock.advance(0.001)
+    assert transport.abortedAt == pytest.approx(DEADLINE)
+    proto.connectionLost(Failure(error.ConnectionAborted()))
+    [loss] = proto.losses
+    assert loss.reason is Reason.TIMEOUT
+
+
+def test_tinyPeerIntervalMovesNoCallSooner() -> None:
+    """A peer whose deadline falls before our first PING: the timer is
+    scheduled anew for it rather than moved sooner, and the deadline holds."""
+    clock = SoonerRecordingClock()
+    proto = Peer(clock)
+    proto.minPeerInterval = 0.01
+    transport = TimedStringTransport(clock)
+    proto.makeConnection(transport)
+    proto.dataReceived(peerHello(interval=0.01))
+    assert clock.movedSooner == 0
+    [timer] = clock.getDelayedCalls()
+    assert timer.getTime() == pytest.approx(0.03)
+    clock.advance(0.03)
+    assert transport.abortedAt == pytest.approx(0.03)
+    proto.connectionLost(Failure(error.ConnectionAborted()))
+    [loss] = proto.losses
+    assert loss.reason is Reason.TIMEOUT
+
+
 def test_timeoutWhenPeerSilent() -> None:
     """A peer gone silent is declared TIMEOUT at its deadline, by abortConnection."""
     pair = makePair()

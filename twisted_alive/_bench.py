@@ -16,7 +16,9 @@ and measures, in one run:
    configured deadline;
 5. idle scale: CPU and memory of one server process holding thousands of
    connections with a 1 s heartbeat, against bare Twisted connections, a
-   naive heartbeat (a timer per connection) and a single shared timer.
+   naive heartbeat (a timer per connection), a single shared timer, and
+   the floor: a shared timer writing an unframed ping straight to each
+   socket, the least a heartbeat can cost through Twisted's reactor.
 
 Each figure is repeated and reported as the median with its range; the
 ratios against the targets of ``docs/performance.md`` come from the same
@@ -410,9 +412,11 @@ def measureDetection(plan: Plan, progress: Callable[[str], None]) -> dict[str, A
     }
 
 
-IDLE_IMPLS = ("bare", "naive", "shared", "alive", "alive-peers")
+IDLE_IMPLS = ("bare", "naive", "shared", "floor", "alive", "alive-peers")
 """The idle-scale variants: bare Twisted connections, a naive heartbeat (a
-timer per connection), one timer shared by all connections, and ours. The
+timer per connection), one timer shared by all connections, the floor (one
+timer shared by all that hands an unframed ping straight to each socket:
+the least a heartbeat costs through Twisted's reactor), and ours. The
 server process is measured; the peers answer its heartbeat (an echo of the
 8-byte ping, or a PONG to each PING), except with ``alive-peers``, where
 they are twisted_alive protocols with heartbeats of their own: then a PING
@@ -741,14 +745,26 @@ def formatTable(results: dict[str, Any]) -> str:
             "bare": "bare Twisted",
             "naive": "naive heartbeat (timer per connection)",
             "shared": "one shared timer",
+            "floor": "floor: shared timer, socket.send, no framing",
             "alive": "twisted_alive (peers answer PINGs)",
             "alive-peers": "twisted_alive (twisted_alive peers)",
         }
+        naiveCpu = {
+            r["connections"]: r["cpuPercent"]["median"] for r in idle if r["impl"] == "naive"
+        }
+
+        def versusNaive(r: dict[str, Any]) -> str:
+            naive = naiveCpu.get(r["connections"], 0.0)
+            if r["impl"] in ("bare", "naive") or naive < MEASURABLE_CPU:
+                return ""
+            return f"{r['cpuPercent']['median'] / naive:.2f}"
+
         rows = [
             [
                 f"{r['connections']:,}",
                 labels[r["impl"]],
                 _spread(r["cpuPercent"], lambda v: f"{v:.1f}"),
+                versusNaive(r),
                 f"{r['rssPerConnection']:,.0f}",
             ]
             for r in idle
@@ -756,7 +772,7 @@ def formatTable(results: dict[str, Any]) -> str:
         table(
             f"5. idle connections, {results['plan']['idleInterval']:g} s heartbeat, "
             "one server process",
-            ["connections", "", "CPU % of a core", "RSS bytes/conn"],
+            ["connections", "", "CPU % of a core", "CPU / naive", "RSS bytes/conn"],
             rows,
         )
     targets = results.get("targets", [])

@@ -22,7 +22,7 @@ Roles (``--impl`` says which implementation is measured):
   for each one's confirmation, many at a time.
 - ``latency --impl alive|amp|pingpong``: one message at a time; prints the
   round-trip percentiles.
-- ``idle-server --impl bare|naive|shared|alive|alive-peers`` and
+- ``idle-server --impl bare|naive|shared|floor|alive|alive-peers`` and
   ``idle-client``: many idle connections with a heartbeat every
   ``--interval`` seconds. The server is the measured side; its peers answer
   its heartbeat as cheaply as possible (``alive``: `PongPeer`), except with
@@ -60,6 +60,7 @@ from twisted.protocols.basic import Int32StringReceiver
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from twisted_alive._delivery import DEFAULT_WINDOW
 from twisted_alive._frames import (
     DEFAULT_MAX_FRAME_SIZE,
     NO_SESSION,
@@ -261,16 +262,22 @@ def serve(args: argparse.Namespace) -> None:
 class AliveSender(HeartbeatProtocol):
     """
     Sends ``count`` messages through L{sendMessage}, keeping at most
-    ``backlog`` unconfirmed (in flight plus queued). With ``confirmed``, the
-    run ends when the last receipt arrives; without, when the server has
-    processed the empty message sent last.
+    ``backlog`` unconfirmed. With ``confirmed``, the run ends when the last
+    receipt arrives; without, when the server has processed the empty
+    message sent last.
+
+    The backlog is the window: as much as may be in flight, refilled as
+    receipts come back, so nothing waits in the send queue. Keeping more
+    unconfirmed would not send more (the window holds it back) but would
+    pass each message through the queue, a second handling that costs the
+    sender about a fifth of its throughput (see ``docs/performance.md``).
     """
 
     run: Run
     payload: bytes
     count: int
     confirmed: bool
-    backlog = 2048
+    backlog = DEFAULT_WINDOW
     step = 256
 
     def connectionOpened(self, resumed: bool) -> None:
@@ -721,8 +728,9 @@ def serveIdle(args: argparse.Namespace) -> None:
         Naive.interval = interval
         Naive.clock = reactor
         protocolClass = Naive
-    elif args.impl == "shared":
+    elif args.impl in ("shared", "floor"):
         members: set[SharedPinger] = set()
+        direct = args.impl == "floor"
 
         class Shared(SharedPinger):
             pass
@@ -732,12 +740,21 @@ def serveIdle(args: argparse.Namespace) -> None:
         deadline = interval * 3
 
         def pingAll() -> None:
+            # The floor is the least a heartbeat can cost through Twisted's
+            # reactor: one timer for all, the ping handed straight to the
+            # socket (no transport buffer, so no writability polling).
             now = reactor.seconds()
             for member in list(members):
+                transport = cast(Any, member.transport)
                 if now - member.lastHeard > deadline:
-                    cast(ITCPTransport, member.transport).abortConnection()
+                    transport.abortConnection()
+                elif not direct:
+                    transport.write(NAIVE_PING)
                 else:
-                    cast(ITCPTransport, member.transport).write(NAIVE_PING)
+                    try:
+                        transport.socket.send(NAIVE_PING)
+                    except OSError:
+                        transport.abortConnection()
 
         LoopingCall(pingAll).start(interval, now=False)
         protocolClass = Shared
@@ -799,7 +816,7 @@ async def _openIdle(reactor: Any, args: argparse.Namespace) -> None:
     protocolClass: type[Protocol]
     if args.impl == "bare":
         protocolClass = Bare
-    elif args.impl in ("naive", "shared"):
+    elif args.impl in ("naive", "shared", "floor"):
         protocolClass = Echo
     elif args.impl == "alive":
         protocolClass = PongPeer

@@ -655,7 +655,19 @@ class HeartbeatMixin(TimeoutMixin):
         if conn is None or self.loss is not None:
             return
         now = self._clock().seconds()
-        wake = max(conn.nextWake(), now)
+        liveness = conn.liveness
+        wake = conn.nextWake()
+        if not liveness.handshaken:
+            # Before the HELLO, also wake when the first PING would be due,
+            # so that the HELLO moves the timer later, never sooner: Twisted
+            # finds a call moved sooner by searching every pending call,
+            # which made opening thousands of connections quadratic.
+            wake = min(wake, liveness.lastSent + liveness.interval)
+        wake = max(wake, now)
+        if wake < self._armedFor:
+            # Sooner all the same (a peer with a tiny interval): a new call
+            # costs a heap push, where moving this one costs that search.
+            self._setTimer(None)
         self._armedFor = wake
         self._setTimer(wake - now)
 
