@@ -195,17 +195,15 @@ def test_judgeWithoutBaselineCpu() -> None:
     assert memory.value == 0 and memory.met is True
 
 
+MACHINE = {"cpus": 2, "cpuModel": "CPU", "system": "Linux", "python": "3.11", "twisted": "26"}
+"""The machine section of the results the table tests format."""
+
+
 def test_tableShowsMedianAndRange() -> None:
     """The text table gives median [min-max] and the verdict of each target."""
     rate = summary([100_000.0, 120_000.0, 90_000.0])
     results: dict[str, Any] = {
-        "machine": {
-            "cpus": 2,
-            "cpuModel": "CPU",
-            "system": "Linux",
-            "python": "3.11",
-            "twisted": "26",
-        },
+        "machine": MACHINE,
         "plan": {"repeat": 3, "idleInterval": 1.0},
         "confirmed": {
             impl: {"messagesPerSecond": rate, "acksPer1000": summary([4.0])}
@@ -224,13 +222,7 @@ def test_idleTableComparesEachHeartbeatWithNaive() -> None:
     """The idle table gives each heartbeat's CPU as a fraction of the naive
     one of the same connection count, and none for bare connections."""
     results: dict[str, Any] = {
-        "machine": {
-            "cpus": 2,
-            "cpuModel": "CPU",
-            "system": "Linux",
-            "python": "3",
-            "twisted": "26",
-        },
+        "machine": MACHINE,
         "plan": {"repeat": 1, "idleInterval": 1.0},
         "idle": [
             {

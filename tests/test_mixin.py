@@ -173,9 +173,12 @@ class TimedStringTransport(StringTransport):
         super().abortConnection()
 
 
-def lone(**attributes: object) -> tuple[Peer, TimedStringTransport, Clock]:
-    """One ``Peer`` on a ``StringTransport``; the test plays the other side."""
-    clock = Clock()
+def lone(
+    clock: Clock | None = None, **attributes: object
+) -> tuple[Peer, TimedStringTransport, Clock]:
+    """One ``Peer`` on a ``StringTransport`` (on ``clock``, a new ``Clock``
+    by default); the test plays the other side."""
+    clock = Clock() if clock is None else clock
     proto = Peer(clock)
     for name, value in attributes.items():
         setattr(proto, name, value)
@@ -391,9 +394,7 @@ def test_helloNeverMovesTimerSooner() -> None:
     sooner (a linear search of the reactor's calls, per connection, as
     thousands open). The PING goes out one interval after our HELLO."""
     clock = SoonerRecordingClock()
-    proto = Peer(clock)
-    transport = TimedStringTransport(clock)
-    proto.makeConnection(transport)
+    proto, transport, _ = lone(clock)
     [timer] = clock.getDelayedCalls()
     assert timer.getTime() == pytest.approx(INTERVAL)
     clock.advance(INTERVAL / 2)
@@ -425,10 +426,7 @@ def test_tinyPeerIntervalMovesNoCallSooner() -> None:
     """A peer whose deadline falls before our first PING: the timer is
     scheduled anew for it rather than moved sooner, and the deadline holds."""
     clock = SoonerRecordingClock()
-    proto = Peer(clock)
-    proto.minPeerInterval = 0.01
-    transport = TimedStringTransport(clock)
-    proto.makeConnection(transport)
+    proto, transport, _ = lone(clock, minPeerInterval=0.01)
     proto.dataReceived(peerHello(interval=0.01))
     assert clock.movedSooner == 0
     [timer] = clock.getDelayedCalls()
