@@ -1,5 +1,6 @@
 """
-Helpers shared by the tests that run scripts as subprocesses.
+Helpers shared by the tests: scripts run as subprocesses, trial's Deferred
+assertions, and a recording protocol alone on a ``StringTransport``.
 """
 
 from __future__ import annotations
@@ -8,11 +9,17 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
+
+from twisted_alive._mixin import HeartbeatProtocol
+from twisted_alive._reasons import Loss
 
 ROOT = Path(__file__).resolve().parent.parent
 """The repository: put on ``PYTHONPATH`` so that scripts import the package
@@ -128,3 +135,62 @@ class BuiltProtocols:
         else:
             self._waiting.append((index, d))
         return d
+
+
+# -- a protocol alone on a StringTransport --------------------------------------------------------
+
+
+class RecordingPeer(HeartbeatProtocol):
+    """Records the messages it processes and every loss it is told of;
+    ``handler`` (if set) decides each message's outcome. Test modules
+    subclass it with their heartbeat settings."""
+
+    def __init__(
+        self, clock: Clock | None = None, handler: Callable[[bytes], object] | None = None
+    ) -> None:
+        if clock is not None:
+            self.clock = clock
+        self.handler = handler
+        self.received: list[bytes] = []
+        self.losses: list[Loss] = []
+
+    def messageReceived(self, payload: bytes) -> object:
+        self.received.append(payload)
+        if self.handler is not None:
+            return self.handler(payload)
+        return None
+
+    def disconnected(self, loss: Loss) -> None:
+        self.losses.append(loss)
+
+
+class TimedStringTransport(StringTransport):
+    """A ``StringTransport`` that records when ``abortConnection`` was called."""
+
+    def __init__(self, clock: Clock) -> None:
+        super().__init__()
+        self.clock = clock
+        self.abortedAt: float | None = None
+
+    def abortConnection(self) -> None:
+        if self.abortedAt is None:
+            self.abortedAt = self.clock.seconds()
+        super().abortConnection()
+
+
+P = TypeVar("P", bound=RecordingPeer)
+
+
+def connectAlone(
+    peerClass: type[P], clock: Clock | None = None, **attributes: object
+) -> tuple[P, TimedStringTransport, Clock]:
+    """A ``peerClass`` on ``clock`` (a new ``Clock`` by default), with
+    ``attributes`` set, connected to a ``TimedStringTransport``: the test
+    plays the other side."""
+    clock = Clock() if clock is None else clock
+    proto = peerClass(clock)
+    for name, value in attributes.items():
+        setattr(proto, name, value)
+    transport = TimedStringTransport(clock)
+    proto.makeConnection(transport)
+    return proto, transport, clock

@@ -13,7 +13,14 @@ from typing import Any, cast
 
 import pytest
 import pytest_twisted
-from support import BuiltProtocols, assertNoResult, failureResultOf, successResultOf
+from support import (
+    BuiltProtocols,
+    RecordingPeer,
+    assertNoResult,
+    connectAlone,
+    failureResultOf,
+    successResultOf,
+)
 from twisted.internet import error
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, gatherResults
@@ -38,7 +45,7 @@ from twisted_alive._frames import (
 )
 from twisted_alive._mixin import HeartbeatProtocol
 from twisted_alive._outcomes import DeliveryFailed, QueueFull, Receipt
-from twisted_alive._reasons import Loss, Reason
+from twisted_alive._reasons import Reason
 from twisted_alive.testing import FakeLink
 
 _TwistedTest = Callable[[Callable[..., Generator[Any, Any, None]]], Callable[..., Any]]
@@ -51,32 +58,17 @@ HOST = "127.0.0.1"
 # -- fixtures ------------------------------------------------------------------
 
 
-class Peer(HeartbeatProtocol):
-    """Records the messages it processes and every loss it is told of;
-    ``handler`` (if set) decides each message's outcome."""
+class Peer(RecordingPeer):
+    """Records the messages it processes and every loss it is told of."""
 
     heartbeatInterval = 1.0
-
-    def __init__(self, handler: Callable[[bytes], object] | None = None) -> None:
-        self.handler = handler
-        self.received: list[bytes] = []
-        self.losses: list[Loss] = []
-
-    def messageReceived(self, payload: bytes) -> object:
-        self.received.append(payload)
-        if self.handler is not None:
-            return self.handler(payload)
-        return None
-
-    def disconnected(self, loss: Loss) -> None:
-        self.losses.append(loss)
 
 
 def openLink(
     serverHandler: Callable[[bytes], object] | None = None, **attributes: object
 ) -> FakeLink[Peer, Peer]:
     """A ``FakeLink`` of two ``Peer``s with ``attributes`` set on both, HELLOs exchanged."""
-    server, client = Peer(serverHandler), Peer()
+    server, client = Peer(handler=serverHandler), Peer()
     for name, value in attributes.items():
         setattr(server, name, value)
         setattr(client, name, value)
@@ -93,14 +85,7 @@ def helloFrom(window: int = 1024, maxFrameSize: int = DEFAULT_MAX_FRAME_SIZE) ->
 def lone(**attributes: object) -> tuple[Peer, StringTransport, Clock]:
     """One ``Peer`` on a ``StringTransport`` (the test plays the other side),
     before the peer's HELLO."""
-    clock = Clock()
-    proto = Peer()
-    proto.clock = clock
-    for name, value in attributes.items():
-        setattr(proto, name, value)
-    transport = StringTransport()
-    proto.makeConnection(transport)
-    return proto, transport, clock
+    return connectAlone(Peer, **attributes)
 
 
 def opened(**attributes: object) -> tuple[Peer, StringTransport, Clock]:
@@ -251,8 +236,7 @@ def test_sentFromMessageReceivedOneWrite() -> None:
     """A batch sent from inside messageReceived leaves with the read's ACK in one write."""
     clock = Clock()
     replies: list[Deferred[Receipt]] = []
-    proto = Peer(lambda payload: replies.append(proto.sendMessages(payloads(3, b"r"))))
-    proto.clock = clock
+    proto = Peer(clock, lambda payload: replies.append(proto.sendMessages(payloads(3, b"r"))))
     transport = WriteCounting()
     proto.makeConnection(transport)
     proto.dataReceived(helloFrom())

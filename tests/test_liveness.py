@@ -13,6 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from twisted_alive._liveness import (
+    GRID_STEPS,
     STALL_THRESHOLD,
     Liveness,
     TimerAction,
@@ -115,7 +116,9 @@ def test_inboundBytesResetDeadlineAfterHandshake() -> None:
     assert fireOnTime(live, 4.9).action is TimerAction.NOTHING
     live.received(4.9)
     assert fireOnTime(live, 5.0).action is TimerAction.NOTHING
-    assert fireOnTime(live, 7.9).action is TimerAction.EXPIRED
+    assert live.expiresAt() == 7.9375  # 7.9, rounded up to the grid (1/16 s)
+    assert fireOnTime(live, 7.9).action is TimerAction.NOTHING
+    assert fireOnTime(live, 7.9375).action is TimerAction.EXPIRED
 
 
 def test_expiresExactlyAtDeadline() -> None:
@@ -151,10 +154,11 @@ def test_pingAfterIntervalOfOutboundSilence() -> None:
 def test_sentFramesPostponePing() -> None:
     """Every frame sent (DATA, ACK...) counts as outbound traffic: no PING on a busy link."""
     live = handshaken(interval=1.0, misses=100, peerInterval=1.0)
-    for t in (0.5, 1.2, 2.0, 2.9):
+    # The PING is due one interval later, rounded down to the grid (1/16 s).
+    for t, ping in ((0.5, 1.5), (1.2, 2.1875), (2.0, 3.0), (2.9, 3.875)):
         live.sent(t)
         live.received(t)
-        assert live.nextWake() == t + 1.0
+        assert live.nextWake() == ping
         # A timer armed earlier, firing now, finds nothing to do.
         assert fireOnTime(live, t + 0.9).action is TimerAction.NOTHING
     assert live.pingId == 0
@@ -369,6 +373,77 @@ def test_stallNeverExpires(late: float, peerInterval: float, misses: int) -> Non
     result = live.handleTimer(scheduled + late, scheduled)
     assert result.action is not TimerAction.EXPIRED
     assert result.stall == pytest.approx(late)
+
+
+# -- the grid --------------------------------------------------------------------------------------
+
+
+def test_gridIsASixteenthOfTheShorterInterval() -> None:
+    """The grid follows our interval, then the shorter of ours and the peer's."""
+    live = Liveness(2.0, 3, 0.0)
+    assert GRID_STEPS == 16
+    assert live.grid == 2.0 / 16
+    live.handshake(0.5, 0.1)
+    assert live.grid == 0.5 / 16
+    assert handshaken(interval=0.5, peerInterval=8.0).grid == 0.5 / 16
+
+
+def test_onGridTimesAreKept() -> None:
+    """A PING due on the grid and a deadline on it are neither moved a step."""
+    live = handshaken(interval=0.2, misses=3, peerInterval=0.2)
+    for t in (0.0, 0.2, 0.4, 1.0, 3.3):
+        live.sent(t)
+        live.received(t)
+        assert live.pingAt() == pytest.approx(t + 0.2)
+        assert live.expiresAt() == pytest.approx(t + 0.6)
+
+
+def test_pingNeverLateDeadlineNeverEarly() -> None:
+    """Off the grid, the PING is rounded down (up to a step early, never
+    late: the peer hears from us at least every interval) and the deadline up
+    (up to a step late, never early)."""
+    live = handshaken(interval=1.0, misses=3, peerInterval=1.0)
+    live.sent(10.01)
+    live.received(10.02)
+    assert live.pingAt() == 11.0
+    assert live.expiresAt() == 13.0625
+
+
+def test_timersOfManyConnectionsCoincide() -> None:
+    """Connections opened within one step of each other wake together, and
+    stay together though their PINGs leave one after the other."""
+    wakes = set()
+    for i in range(100):
+        live = handshaken(interval=1.0, now=5.0 + i / 2000)  # 5.0 to 5.05 s
+        first = live.nextWake()
+        assert fireOnTime(live, first).action is TimerAction.PING
+        live.sent(first + i / 10000)
+        wakes.add((first, live.nextWake()))
+    assert wakes == {(6.0, 7.0)}
+
+
+@given(
+    interval=st.floats(0.1, 3600.0),
+    peerInterval=st.floats(0.1, 3600.0),
+    misses=st.integers(1, 10),
+    sent=st.floats(0.0, 2e9),
+    received=st.floats(0.0, 2e9),
+)
+def test_timerOnTimeAlwaysActs(
+    interval: float, peerInterval: float, misses: int, sent: float, received: float
+) -> None:
+    """A timer fired at `nextWake` sends the PING or expires: a wake that
+    finds nothing to do would be re-armed for the same time, forever."""
+    live = handshaken(interval=interval, misses=misses, peerInterval=peerInterval)
+    live.sent(sent)
+    live.received(received)
+    grid = live.grid
+    due = sent + interval
+    assert due - grid - 1e-9 * due <= live.pingAt() <= due + 1e-9 * due
+    deadline = received + peerInterval * misses
+    assert deadline - 1e-9 * deadline <= live.expiresAt() <= deadline + grid + 1e-9 * deadline
+    wake = live.nextWake()
+    assert fireOnTime(live, wake).action is not TimerAction.NOTHING
 
 
 # -- detail text -----------------------------------------------------------------------------------

@@ -12,7 +12,14 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 import pytest
-from support import assertNoResult, failureResultOf, successResultOf
+from support import (
+    RecordingPeer,
+    TimedStringTransport,
+    assertNoResult,
+    connectAlone,
+    failureResultOf,
+    successResultOf,
+)
 from twisted.internet import defer, error
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.task import Clock
@@ -34,9 +41,8 @@ from twisted_alive._frames import (
     Ping,
     encode,
 )
-from twisted_alive._mixin import HeartbeatProtocol
 from twisted_alive._outcomes import DeliveryFailed, QueueFull, Receipt
-from twisted_alive._reasons import Loss, Reason, classify
+from twisted_alive._reasons import Reason, classify
 
 INTERVAL = 0.2
 MISSES = 3
@@ -46,30 +52,11 @@ DEADLINE = INTERVAL * MISSES
 # -- fixtures ------------------------------------------------------------------
 
 
-class Peer(HeartbeatProtocol):
+class Peer(RecordingPeer):
     """A protocol that records what it receives and how it ended."""
 
     heartbeatInterval = INTERVAL
     heartbeatMisses = MISSES
-
-    def __init__(
-        self,
-        clock: Clock,
-        handler: Callable[[bytes], object] | None = None,
-    ) -> None:
-        self.clock = clock
-        self.handler = handler
-        self.received: list[bytes] = []
-        self.losses: list[Loss] = []
-
-    def messageReceived(self, payload: bytes) -> object:
-        self.received.append(payload)
-        if self.handler is not None:
-            return self.handler(payload)
-        return None
-
-    def disconnected(self, loss: Loss) -> None:
-        self.losses.append(loss)
 
 
 class RecordingTransport(FakeTransport):
@@ -159,32 +146,12 @@ def peerHello(interval: float = INTERVAL, version: int = 1) -> bytes:
     return bytes(data)
 
 
-class TimedStringTransport(StringTransport):
-    """A ``StringTransport`` that records when ``abortConnection`` was called."""
-
-    def __init__(self, clock: Clock) -> None:
-        super().__init__()
-        self.clock = clock
-        self.abortedAt: float | None = None
-
-    def abortConnection(self) -> None:
-        if self.abortedAt is None:
-            self.abortedAt = self.clock.seconds()
-        super().abortConnection()
-
-
 def lone(
     clock: Clock | None = None, **attributes: object
 ) -> tuple[Peer, TimedStringTransport, Clock]:
     """One ``Peer`` on a ``StringTransport`` (on ``clock``, a new ``Clock``
     by default); the test plays the other side."""
-    clock = Clock() if clock is None else clock
-    proto = Peer(clock)
-    for name, value in attributes.items():
-        setattr(proto, name, value)
-    transport = TimedStringTransport(clock)
-    proto.makeConnection(transport)
-    return proto, transport, clock
+    return connectAlone(Peer, clock, **attributes)
 
 
 def written(transport: StringTransport) -> list[Frame]:
@@ -388,22 +355,39 @@ class SoonerRecordingClock(Clock):
         self.movedSooner += 1
 
 
-def test_helloNeverMovesTimerSooner() -> None:
-    """Before the HELLO the timer is armed for when the first PING would be
-    due, so the HELLO leaves the same call in place: it never moves a call
-    sooner (a linear search of the reactor's calls, per connection, as
-    thousands open). The PING goes out one interval after our HELLO."""
+def test_helloMovesNoReactorCallSooner() -> None:
+    """The HELLO brings the timer forward, from the handshake deadline to the
+    first PING, without moving a call of the reactor sooner (the reactor
+    finds such a call by searching every pending call: opening thousands of
+    connections was quadratic). The timer wheel gives the PING's due time a
+    call of its own and cancels the emptied one."""
     clock = SoonerRecordingClock()
     proto, transport, _ = lone(clock)
-    [timer] = clock.getDelayedCalls()
-    assert timer.getTime() == pytest.approx(INTERVAL)
+    assert [c.getTime() for c in clock.getDelayedCalls()] == [pytest.approx(DEADLINE)]
     clock.advance(INTERVAL / 2)
     proto.dataReceived(peerHello())
-    assert clock.getDelayedCalls() == [timer] and timer.active()
+    assert [c.getTime() for c in clock.getDelayedCalls()] == [pytest.approx(INTERVAL)]
     transport.clear()
     clock.advance(INTERVAL / 2)
     assert [type(frame) for frame in written(transport)] == [Ping]
     assert clock.movedSooner == 0
+
+
+def test_connectionsShareTimerCalls() -> None:
+    """The timers of connections whose traffic falls in one grid step are one
+    call of the reactor: 500 connections opened over 10 ms PING together."""
+    clock = Clock()
+    peers = []
+    for _i in range(500):
+        proto, transport, _ = lone(clock)
+        proto.dataReceived(peerHello())
+        transport.clear()
+        peers.append(transport)
+        clock.advance(0.00002)
+    assert len(clock.getDelayedCalls()) == 1
+    advanceTo(clock, INTERVAL)
+    assert all([type(f) for f in written(t)] == [Ping] for t in peers)
+    assert len(clock.getDelayedCalls()) == 1
 
 
 def test_slowHelloStillTimesOutAtDeadline() -> None:

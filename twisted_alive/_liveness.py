@@ -19,12 +19,18 @@ Rules (see ``docs/protocol.md``):
   bytes the peer sent meanwhile are still unread in the kernel; and the peer
   is not declared dead on that firing, so that the owner reads them first.
   The stall is reported so that it can be logged.
+- Wake times fall on a grid (a sixteenth of the shorter interval, ours or the
+  peer's, counted from time zero), so that the timers of thousands of
+  connections fall due together and run in one go: a PING leaves up to a
+  grid step early, never late, and a silent peer is declared dead up to a
+  grid step after its deadline.
 - RTT is smoothed the RFC 6298 way from PING/PONG samples.
 """
 
 from __future__ import annotations
 
 import enum
+from math import ceil, floor
 from typing import NamedTuple
 
 
@@ -54,6 +60,14 @@ _NOTHING = TimerAction.NOTHING
 _EXPIRE = TimerAction.EXPIRED
 _PING = TimerAction.PING
 
+GRID_STEPS = 16
+"""Wake times fall on a grid of the shorter interval / ``GRID_STEPS``."""
+
+_HAIR = 1e-9
+"""In grid steps: a time this close to a grid point counts as on it, so that
+a time computed on the grid is not rounded a whole step off by the last bit
+of a division."""
+
 STALL_THRESHOLD = 0.05
 """A timer firing more than this many seconds late is a local stall."""
 
@@ -81,6 +95,7 @@ class Liveness:
         "rttvar",
         "pingId",
         "stalledFor",
+        "grid",
         "_pingSentAt",
     )
 
@@ -100,6 +115,7 @@ class Liveness:
         self.rttvar: float | None = None
         self.pingId = 0
         self.stalledFor = 0.0
+        self.grid = interval / GRID_STEPS
         self._pingSentAt: float | None = None
 
     @property
@@ -123,20 +139,36 @@ class Liveness:
         self.handshaken = True
         self.peerInterval = peerInterval
         self.lastReceived = now
+        self.grid = min(self.interval, peerInterval) / GRID_STEPS
 
     def sent(self, now: float) -> None:
         """A frame was written to the peer."""
         self.lastSent = now
 
     def expiresAt(self) -> float:
-        """The time at which the peer will count as dead if nothing arrives."""
-        return self.lastReceived + self.deadline
+        """
+        The time at which the peer will count as dead if nothing arrives:
+        the deadline after the last sign of life, rounded up to the `grid`.
+        """
+        grid = self.grid
+        return ceil((self.lastReceived + self.peerInterval * self.misses) / grid - _HAIR) * grid
+
+    def pingAt(self) -> float:
+        """
+        When the next PING is due: ``interval`` after the last frame sent,
+        rounded down to the `grid`, so that it is never late.
+        """
+        grid = self.grid
+        return floor((self.lastSent + self.interval) / grid + _HAIR) * grid
 
     def nextWake(self) -> float:
-        """The time the owner's timer should fire next."""
-        wake = self.lastReceived + self.peerInterval * self.misses
+        """
+        The time the owner's timer should fire next: `pingAt` or
+        `expiresAt`, whichever comes first.
+        """
+        wake = self.expiresAt()
         if self.handshaken:
-            ping = self.lastSent + self.interval
+            ping = self.pingAt()
             if ping < wake:
                 return ping
         return wake
@@ -150,6 +182,8 @@ class Liveness:
         """
         late = now - scheduledFor
         stall = 0.0
+        # The deadline is judged at the time the timer was due.
+        expired = (scheduledFor if late > 0 else now) >= self.expiresAt()
         if late > 0:
             # Time during which this process did not run can't be blamed on
             # the peer: whatever it sent meanwhile waits unread.
@@ -157,14 +191,14 @@ class Liveness:
             if late > STALL_THRESHOLD:
                 stall = late
                 self.stalledFor += late
-        if now >= self.expiresAt():
+        if expired:
             if stall:
                 # The peer's bytes that arrived during the stall are still
                 # unread: let the owner read them (the timer re-arms for now)
                 # before the peer is declared dead.
                 return TimerResult(_NOTHING, stall)
             return TimerResult(_EXPIRE, stall)
-        if self.handshaken and now >= self.lastSent + self.interval:
+        if self.handshaken and now >= self.pingAt():
             self.pingId += 1
             self._pingSentAt = now
             return TimerResult(_PING, stall)

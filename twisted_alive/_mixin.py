@@ -61,6 +61,7 @@ from twisted_alive._frames import DEFAULT_MAX_FRAME_SIZE, GoodbyeCode
 from twisted_alive._interfaces import ISessionHost
 from twisted_alive._outcomes import DeliveryFailed, QueueFull, Receipt
 from twisted_alive._reasons import Loss, Reason, classify
+from twisted_alive._timers import wheelFor
 
 log = Logger(namespace="twisted_alive")
 
@@ -254,8 +255,12 @@ class HeartbeatMixin(TimeoutMixin):
         return clock
 
     def callLater(self, period: float, func: Any) -> IDelayedCall:
-        """``TimeoutMixin``'s timer, on `clock`."""
-        return self._clock().callLater(period, func)
+        """
+        ``TimeoutMixin``'s timer, on a timer wheel kept per `clock`: the
+        timers of all connections due in the same millisecond share one
+        call of the reactor, and moving one is a dictionary operation.
+        """
+        return wheelFor(self._clock()).callLater(period, func)
 
     def aliveSettings(self) -> Settings:
         """
@@ -655,19 +660,9 @@ class HeartbeatMixin(TimeoutMixin):
         if conn is None or self.loss is not None:
             return
         now = self._clock().seconds()
-        liveness = conn.liveness
         wake = conn.nextWake()
-        if not liveness.handshaken:
-            # Before the HELLO, also wake when the first PING would be due,
-            # so that the HELLO moves the timer later, never sooner: Twisted
-            # finds a call moved sooner by searching every pending call,
-            # which made opening thousands of connections quadratic.
-            wake = min(wake, liveness.lastSent + liveness.interval)
-        wake = max(wake, now)
-        if wake < self._armedFor:
-            # Sooner all the same (a peer with a tiny interval): a new call
-            # costs a heap push, where moving this one costs that search.
-            self._setTimer(None)
+        if wake < now:
+            wake = now
         self._armedFor = wake
         self._setTimer(wake - now)
 
