@@ -779,6 +779,87 @@ def test_batchSplitBySessionRestart() -> None:
     assert exc.maybeProcessed is True
 
 
+def test_factoryBatchQueuedWhileDisconnected() -> None:
+    """The client factory's sendMessages works before any connection: the
+    batch waits in the session and goes out, in order, once connected."""
+    clock = Clock()
+    server = RecordingServerFactory()
+    client = RecordingClientFactory()
+    d = client.sendMessages(payloads(10))
+    assertNoResult(d)
+    assert len(client.session.outbox) == 10
+    link = connectFactories(server, client, clock)
+    link.flush()
+    assert server.received == payloads(10)
+    assert successResultOf(d).seq == 10
+    later = client.sendMessages(iter([b"x", b"y"]))  # connected: any iterable
+    link.flush()
+    assert successResultOf(later).seq == 12
+    assert server.received == [*payloads(10), b"x", b"y"]
+
+
+def test_factoryBatchAcrossResume() -> None:
+    """A factory batch cut in the middle is delivered exactly once after
+    the reconnect, with one Receipt."""
+    clock = Clock()
+    server = RecordingServerFactory()
+    client = RecordingClientFactory()
+    link = connectFactories(server, client, clock)
+    d = client.sendMessages(payloads(10))  # 4 in flight (the window), 6 queued
+    written = bytes(link.clientTransport.outbound)
+    link.clientTransport.outbound.clear()
+    link.server.dataReceived(written[: len(written) // 2])
+    link.reset()
+    assertNoResult(d)
+    link = connectFactories(server, client, clock)
+    link.flush()
+    assert server.received == payloads(10)
+    assert successResultOf(d).seq == 10
+
+
+def test_factoryBatchRejected() -> None:
+    """The server's application failing on one member fails the factory's
+    batch as rejected; the others were processed."""
+    clock = Clock()
+    server = RecordingServerFactory()
+    client = RecordingClientFactory()
+    link = connectFactories(server, client, clock)
+    link.server.handler = fail("m2")
+    d = client.sendMessages(payloads(5))
+    link.flush()
+    exc = cast(DeliveryFailed, failureResultOf(d, DeliveryFailed).value)
+    assert exc.rejected
+    assert str(exc).startswith("peer application failed on message 3 (1 of the 5 sent together)")
+    assert server.received == payloads(5)
+
+
+def test_factoryBatchAllOrNothing() -> None:
+    """A factory batch that does not fit in the queue fails at once with
+    QueueFull and queues nothing; bad payloads raise at once."""
+    client = RecordingClientFactory()
+    client.protocol = type("Small", (SessionPeer,), {"maxQueued": 5})
+    client.sendMessages(payloads(3))
+    failureResultOf(client.sendMessages(payloads(3)), QueueFull)
+    assert len(client.session.outbox) == 3
+    with pytest.raises(ValueError, match="needs at least one message"):
+        client.sendMessages([])
+    with pytest.raises(TypeError, match="payload must be bytes, not str"):
+        client.sendMessages([b"ok", "text"])  # type: ignore[list-item]
+    assert len(client.session.outbox) == 3
+
+
+def test_factoryBatchFailsOnceWhenTheSessionEnds() -> None:
+    """A queued factory batch fails once when the factory closes; after
+    that, sendMessages fails at once."""
+    client = RecordingClientFactory()
+    d = client.sendMessages(payloads(5))
+    client.close()
+    exc = failureResultOf(d, DeliveryFailed).value
+    assert "the session ended before confirmation" in str(exc)
+    after = failureResultOf(client.sendMessages([b"late"]), DeliveryFailed).value
+    assert str(after) == "the factory stopped trying; messages not sent"
+
+
 # -- a real socket ----------------------------------------------------------------------
 
 
@@ -823,6 +904,27 @@ def listening() -> Iterator[tuple[SinkFactory, int]]:
         for proto in factory.built:
             if proto.loss is None and proto.transport is not None:
                 proto.transport.abortConnection()
+
+
+@pytest.mark.timeout(30)
+@twistedTest
+def test_loopbackFactoryBatchBeforeConnecting(
+    listening: tuple[SinkFactory, int],
+) -> Generator[Deferred[Any], Any, None]:
+    """Over a real socket, a batch given to the client factory before it
+    connects arrives in order, with one Receipt."""
+    factory, port = listening
+    client = AliveClientFactory.forProtocol(Sink)
+    sent = [b"%050d" % i for i in range(2000)]
+    d = client.sendMessages(sent)
+    getReactor().connectTCP(HOST, port, client, timeout=5)
+    try:
+        receipt = yield d.addTimeout(10, getReactor())
+        assert receipt.seq == 2000
+        server = cast(Sink, (yield factory.connection(0)))
+        assert server.received == sent
+    finally:
+        yield client.close()
 
 
 @pytest.mark.timeout(30)

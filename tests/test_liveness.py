@@ -343,6 +343,18 @@ def test_smallLatenessAtDeadlineStillExpires() -> None:
     assert result == TimerResult(TimerAction.EXPIRED, 0.0)
 
 
+def test_timeQueuedBehindOtherTimersIsGrantedButNoStall() -> None:
+    """Lateness spent on the timers due together with this one is granted
+    back to the deadline like any lateness, but is no stall of the process."""
+    live = handshaken(interval=10.0, misses=3, peerInterval=1.0)
+    assert live.handleTimer(2.2, 2.0, queued=0.19) == TimerResult(TimerAction.NOTHING, 0.0)
+    assert live.lastReceived == pytest.approx(0.2)
+    assert live.stalledFor == 0.0
+    result = live.handleTimer(2.5, 2.3, queued=0.1)
+    assert result.stall == pytest.approx(0.1)
+    assert live.stalledFor == pytest.approx(0.1)
+
+
 def test_stallThresholdBoundary() -> None:
     """Lateness just above the threshold is reported; early firing grants nothing."""
     live = handshaken(interval=10.0, misses=30, peerInterval=1.0)

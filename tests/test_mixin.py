@@ -495,6 +495,32 @@ def test_lateTimerNotBlamedOnPeer() -> None:
     assert successResultOf(d).seq == 1
 
 
+class SlowTimerPeer(Peer):
+    """A ``Peer`` whose every timer turn takes 20 ms of the clock."""
+
+    def timeoutConnection(self) -> None:
+        cast(Clock, self.clock).rightNow += 0.02
+        super().timeoutConnection()
+
+
+def test_timersDueTogetherAreNoStall() -> None:
+    """Ten connections whose timers run in one turn, 20 ms each: the last
+    runs 180 ms after it was due, but the process did not stall, so no stall
+    is logged or counted; every connection still PINGs."""
+    clock = Clock()
+    peers = [connectAlone(SlowTimerPeer, clock) for _ in range(10)]
+    for proto, transport, _ in peers:
+        proto.dataReceived(peerHello())
+        transport.clear()
+    with capturedLogs() as logs:
+        clock.advance(INTERVAL)
+    assert clock.seconds() == pytest.approx(INTERVAL + 0.2)
+    assert not any(e.get("event") == "stall" for e in logs)
+    for proto, transport, _ in peers:
+        assert [type(frame) for frame in written(transport)] == [Ping]
+        assert proto._alive is not None and proto._alive.liveness.stalledFor == 0.0
+
+
 def test_lateTimerGrantOnlyOnce() -> None:
     """After a local stall, a peer that stays silent is still declared TIMEOUT."""
     proto, transport, clock = lone()

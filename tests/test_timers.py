@@ -215,6 +215,23 @@ def test_callScheduledNowFromACallRunsAfterItsTime() -> None:
     assert clock.getDelayedCalls() == [] and timers.pending() == 0
 
 
+def test_runningSince() -> None:
+    """While a time's calls run, ``runningSince`` is when they began."""
+    timers, clock, _ = wheel()
+    seen: list[float | None] = []
+
+    def slow() -> None:
+        seen.append(timers.runningSince)
+        clock.rightNow += 0.25
+
+    timers.callLater(1.0, slow)
+    timers.callLater(1.0, slow)
+    assert timers.runningSince is None
+    clock.advance(1.0)
+    assert seen == [1.0, 1.0]
+    assert timers.runningSince is None
+
+
 def test_wheelForIsOnePerClock() -> None:
     """Every connection on one clock shares its wheel."""
     a, b = Clock(), Clock()

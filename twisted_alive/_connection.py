@@ -628,9 +628,12 @@ class Connection:
             if self.state is not State.PEER_CLOSING:
                 self.state = State.CLOSING
 
-    def handleTimer(self, now: float, scheduledFor: float) -> list[Event]:
-        """The timer armed for ``scheduledFor`` fired at ``now``; act on liveness."""
-        action, stall = self.liveness.handleTimer(now, scheduledFor)
+    def handleTimer(self, now: float, scheduledFor: float, queued: float = 0.0) -> list[Event]:
+        """
+        The timer armed for ``scheduledFor`` fired at ``now``; act on
+        liveness. ``queued``: see `Liveness.handleTimer`.
+        """
+        action, stall = self.liveness.handleTimer(now, scheduledFor, queued)
         events: list[Event] = []
         if stall:
             events.append(Stalled(stall))

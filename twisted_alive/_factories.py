@@ -17,7 +17,7 @@ import enum
 import hashlib
 import random
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from types import MappingProxyType
 from typing import Any, cast
 
@@ -46,9 +46,11 @@ from twisted_alive._delivery import (
 from twisted_alive._frames import DEFAULT_MAX_FRAME_SIZE, NO_SESSION, GoodbyeCode
 from twisted_alive._interfaces import ISessionHost
 from twisted_alive._mixin import (
+    BatchDeferred,
     HeartbeatMixin,
     HeartbeatProtocol,
     checkPayload,
+    checkPayloads,
     failDelivery,
     registerPacer,
 )
@@ -201,17 +203,52 @@ class AliveClientFactory(ReconnectingClientFactory):
         if self._stopped:
             return defer.fail(DeliveryFailed("the factory stopped trying; message not sent"))
         d: Deferred[Receipt] = Deferred()
-        session = self.session
         try:
-            session.outbox.submit(payload, d)
+            self.session.outbox.submit(payload, d)
         except QueueFull as e:
             return defer.fail(e)
+        self._queued()
+        return d
+
+    def sendMessages(self, payloads: Iterable[bytes]) -> Deferred[Receipt]:
+        """
+        Send several messages in the session, connected or not, with one
+        receipt for all of them (as `HeartbeatMixin.sendMessages` does on
+        one connection): they are queued while disconnected and resent after
+        a reconnect until confirmed.
+
+        :param payloads: the messages (at least one), in order.
+        :returns: a Deferred that fires with the `Receipt` of the last
+            message once the server's application processed all of them; or
+            fails with `DeliveryFailed` (the session ended, or the peer's
+            application failed on one of them: ``rejected``) or at once with
+            `QueueFull` (then none was queued).
+        :raises TypeError: if a payload is not ``bytes``.
+        :raises ValueError: if there is no payload, or one is larger than a
+            frame allows.
+        """
+        payloads = checkPayloads(payloads, _settingsOf(self.protocol))
+        if self._stopped:
+            return defer.fail(DeliveryFailed("the factory stopped trying; messages not sent"))
+        d = BatchDeferred(len(payloads))
+        try:
+            # With no peer window given, all of them are queued: the
+            # connection's pump sends them as its windows allow.
+            self.session.outbox.submitMany(payloads, d, d.member, 0, 0.0, 0)
+        except QueueFull as e:
+            return defer.fail(e)
+        self._queued()
+        return d
+
+    def _queued(self) -> None:
+        """After messages were queued: send what the connection allows, and
+        tell a registered producer."""
         current = self.connected
         if current is not None:
             current._pump()
+        session = self.session
         if session.pacer is not None:
             session.pacer.check()
-        return d
 
     def registerProducer(self, producer: IPushProducer) -> None:
         """

@@ -9,7 +9,8 @@ Rules (see ``docs/protocol.md``):
 - Any inbound byte is a sign of life; before the peer's HELLO, only the
   HELLO itself is (the handshake must finish within the deadline, so a peer
   trickling bytes cannot hold a connection open without completing it).
-- A PING goes out after ``interval`` seconds of outbound silence. Every
+- A PING goes out after ``interval`` seconds of outbound silence (see the
+  grid below). Every
   frame sent counts as outbound traffic, so busy links send no PING.
 - The peer is dead when nothing arrived for ``peerInterval * misses``
   seconds, ``peerInterval`` being the interval the peer announced in its
@@ -18,7 +19,9 @@ Rules (see ``docs/protocol.md``):
   callback, a swap storm): the delay is granted back to the deadline, since
   bytes the peer sent meanwhile are still unread in the kernel; and the peer
   is not declared dead on that firing, so that the owner reads them first.
-  The stall is reported so that it can be logged.
+  The stall is reported so that it can be logged. Time the timer waited
+  behind the timers of other connections due at the same moment is granted
+  back too, but is no stall.
 - Wake times fall on a grid (a sixteenth of the shorter interval, ours or the
   peer's, counted from time zero), so that the timers of thousands of
   connections fall due together and run in one go: a PING leaves up to a
@@ -173,10 +176,13 @@ class Liveness:
                 return ping
         return wake
 
-    def handleTimer(self, now: float, scheduledFor: float) -> TimerResult:
+    def handleTimer(self, now: float, scheduledFor: float, queued: float = 0.0) -> TimerResult:
         """
         The owner's timer, armed for ``scheduledFor``, fired at ``now``.
 
+        :param queued: seconds of that lateness spent running the timers of
+            other connections due at the same time: granted back to the
+            deadline like the rest, but no local stall.
         :returns: what to do, and the local stall (if any) that was granted
             back to the deadline.
         """
@@ -188,9 +194,9 @@ class Liveness:
             # Time during which this process did not run can't be blamed on
             # the peer: whatever it sent meanwhile waits unread.
             self.lastReceived += late
-            if late > STALL_THRESHOLD:
-                stall = late
-                self.stalledFor += late
+            if late - queued > STALL_THRESHOLD:
+                stall = late - queued
+                self.stalledFor += stall
         if expired:
             if stall:
                 # The peer's bytes that arrived during the stall are still

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import errno
 import inspect
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from functools import partial
 from typing import Any, cast
 from weakref import WeakKeyDictionary
@@ -362,15 +362,7 @@ class HeartbeatMixin(TimeoutMixin):
         conn = self._alive
         if conn is None:
             raise RuntimeError("sendMessages() called before connectionMade()")
-        if not isinstance(payloads, (list, tuple)):
-            payloads = list(payloads)
-        if not payloads:
-            raise ValueError("sendMessages() needs at least one message")
-        settings = conn.settings
-        maxPayload = settings.maxPayload
-        for payload in payloads:
-            if type(payload) is not bytes or len(payload) > maxPayload:
-                checkPayload(payload, settings)
+        payloads = checkPayloads(payloads, conn.settings)
         refused = self._refused(conn, "messages")
         if refused is not None:
             return refused
@@ -635,8 +627,11 @@ class HeartbeatMixin(TimeoutMixin):
         conn = self._alive
         if conn is None or self.loss is not None:
             return
-        now = self._clock().seconds()
-        events = conn.handleTimer(now, self._armedFor)
+        clock = self._clock()
+        now = clock.seconds()
+        # Time spent on the timers due with this one is no stall.
+        running = wheelFor(clock).runningSince
+        events = conn.handleTimer(now, self._armedFor, 0.0 if running is None else now - running)
         if events:
             self._handleEvents(events)
             now = self._clock().seconds()
@@ -1123,6 +1118,24 @@ def checkPayload(payload: bytes, settings: Settings) -> None:
             f"message of {len(payload)} bytes exceeds the maximum of {settings.maxPayload} "
             f"bytes (maxFrameSize {settings.maxFrameSize} minus 9)"
         )
+
+
+def checkPayloads(payloads: Iterable[bytes], settings: Settings) -> Sequence[bytes]:
+    """
+    The messages of one `HeartbeatMixin.sendMessages` call, as a sequence.
+
+    :raises TypeError: unless every payload is ``bytes``.
+    :raises ValueError: if there is none, or one is too large for a frame.
+    """
+    if not isinstance(payloads, (list, tuple)):
+        payloads = list(payloads)
+    if not payloads:
+        raise ValueError("sendMessages() needs at least one message")
+    maxPayload = settings.maxPayload
+    for payload in payloads:
+        if type(payload) is not bytes or len(payload) > maxPayload:
+            checkPayload(payload, settings)
+    return payloads
 
 
 def describeFailure(kind: Reason, failure: Failure) -> str:

@@ -113,7 +113,12 @@ class TimerWheel:
     cancelled when no call is left in it.
 
     :ivar clock: the ``IReactorTime`` the shared calls are scheduled on.
+    :ivar runningSince: while the calls of a due time run, when they began
+        (so a call can tell the time spent on the calls before it from a
+        stall of the process); ``None`` otherwise.
     """
+
+    runningSince: float | None = None
 
     def __init__(self, clock: IReactorTime) -> None:
         self.clock = clock
@@ -150,15 +155,19 @@ class TimerWheel:
 
     def _run(self, key: int) -> None:
         calls = self._slots.pop(key).calls
-        for call in calls:
-            # Cancelled or moved by a call that ran before it in this slot.
-            if call._state != _ACTIVE or call._slot != key:
-                continue
-            call._state = _CALLED
-            try:
-                call._func()
-            except BaseException:
-                _log.failure("timer call {call!r} failed", call=call)
+        outer, self.runningSince = self.runningSince, self.clock.seconds()
+        try:
+            for call in calls:
+                # Cancelled or moved by a call that ran before it in this slot.
+                if call._state != _ACTIVE or call._slot != key:
+                    continue
+                call._state = _CALLED
+                try:
+                    call._func()
+                except BaseException:
+                    _log.failure("timer call {call!r} failed", call=call)
+        finally:
+            self.runningSince = outer
 
 
 class _Slot:
