@@ -49,11 +49,37 @@ def _atLeast(current: Any) -> settings:
     )
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Under the ``long`` profile, raise every Hypothesis test's example
-    count to the profile's, even where ``@settings`` pinned a smaller one."""
-    if PROFILE != "long":
-        return
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Bound every test that runs on the reactor; under the ``long`` profile,
+    raise every Hypothesis test's example count."""
+    _boundReactorTests(config, items)
+    if PROFILE == "long":
+        _raiseExampleCounts(items)
+
+
+def _boundReactorTests(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """
+    Give the tests that pytest-twisted runs on the reactor pytest-timeout's
+    ``thread`` method, keeping their timeout. The default ``signal`` method
+    raises in the main thread, where the reactor runs: Twisted logs the
+    exception and goes on, and a hung test would never end. The thread
+    method prints every thread's stack and ends the run instead.
+    """
+    for item in items:
+        function = getattr(item, "function", None)
+        if getattr(function, "_pytest_twisted_mark", None) is None:
+            continue
+        mark = item.get_closest_marker("timeout")
+        if mark is not None and (mark.args or "timeout" in mark.kwargs):
+            seconds = mark.args[0] if mark.args else mark.kwargs["timeout"]
+        else:
+            seconds = float(config.getini("timeout"))
+        item.add_marker(pytest.mark.timeout(seconds, method="thread"), append=False)
+
+
+def _raiseExampleCounts(items: list[pytest.Item]) -> None:
+    """Raise every Hypothesis test's example count to the ``long`` profile's,
+    even where ``@settings`` pinned a smaller one."""
     for item in items:
         function = getattr(item, "function", None)
         if getattr(function, "is_hypothesis_test", False):
