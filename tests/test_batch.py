@@ -779,6 +779,18 @@ def test_batchSplitBySessionRestart() -> None:
     assert exc.maybeProcessed is True
 
 
+def test_sessionEndsPingHalfAStepApart() -> None:
+    """With sessions, the server's end PINGs half a grid step off the
+    client's: an idle link carries one PING per interval."""
+    clock = Clock()
+    link = connectFactories(RecordingServerFactory(), RecordingClientFactory(), clock)
+    server, client = link.server._alive, link.client._alive
+    assert server is not None and client is not None
+    assert (server.liveness.phase, client.liveness.phase) == (0.5, 0.0)
+    link.advance(20.0)
+    assert 20 <= server.liveness.pingId + client.liveness.pingId <= 22
+
+
 def test_factoryBatchQueuedWhileDisconnected() -> None:
     """The client factory's sendMessages works before any connection: the
     batch waits in the session and goes out, in order, once connected."""

@@ -434,19 +434,34 @@ def test_timersOfManyConnectionsCoincide() -> None:
     assert wakes == {(6.0, 7.0)}
 
 
+def test_phaseShiftsThePingGrid() -> None:
+    """With phase 0.5, PINGs fall half a step off the grid, still never late."""
+    live = Liveness(1.0, 3, 0.0, phase=0.5)
+    live.handshake(1.0, 0.0)
+    assert live.pingAt() == 1.0 - 1 / 32
+    live.sent(10.01)
+    assert live.pingAt() == 11.0 - 1 / 32
+    live.sent(10.04)
+    assert live.pingAt() == 11.0 + 1 / 32
+    live.received(10.04)
+    assert live.expiresAt() == 13.0625  # the deadline keeps the plain grid
+
+
 @given(
     interval=st.floats(0.1, 3600.0),
     peerInterval=st.floats(0.1, 3600.0),
     misses=st.integers(1, 10),
     sent=st.floats(0.0, 2e9),
     received=st.floats(0.0, 2e9),
+    phase=st.sampled_from([0.0, 0.5]),
 )
 def test_timerOnTimeAlwaysActs(
-    interval: float, peerInterval: float, misses: int, sent: float, received: float
+    interval: float, peerInterval: float, misses: int, sent: float, received: float, phase: float
 ) -> None:
     """A timer fired at `nextWake` sends the PING or expires: a wake that
     finds nothing to do would be re-armed for the same time, forever."""
-    live = handshaken(interval=interval, misses=misses, peerInterval=peerInterval)
+    live = Liveness(interval, misses, 0.0, phase)
+    live.handshake(peerInterval, 0.0)
     live.sent(sent)
     live.received(received)
     grid = live.grid

@@ -21,6 +21,7 @@ from support import (
     successResultOf,
 )
 from twisted.internet import defer, error
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -41,6 +42,7 @@ from twisted_alive._frames import (
     Ping,
     encode,
 )
+from twisted_alive._mixin import addressPhase
 from twisted_alive._outcomes import DeliveryFailed, QueueFull, Receipt
 from twisted_alive._reasons import Reason, classify
 
@@ -388,6 +390,15 @@ def test_connectionsShareTimerCalls() -> None:
     advanceTo(clock, INTERVAL)
     assert all([type(f) for f in written(t)] == [Ping] for t in peers)
     assert len(clock.getDelayedCalls()) == 1
+
+
+def test_addressPhase() -> None:
+    """Without roles, the end with the larger address PINGs half a step off
+    the grid and the other on it; a transport without addresses, on it."""
+    low, high = IPv4Address("TCP", "127.0.0.1", 4000), IPv4Address("TCP", "127.0.0.1", 50000)
+    assert addressPhase(StringTransport(hostAddress=high, peerAddress=low)) == 0.5
+    assert addressPhase(StringTransport(hostAddress=low, peerAddress=high)) == 0.0
+    assert addressPhase(object()) == 0.0
 
 
 def test_slowHelloStillTimesOutAtDeadline() -> None:

@@ -7,6 +7,7 @@ example of ``docs/testing.md``: a user testing their own protocol with it.
 
 from __future__ import annotations
 
+import re
 from typing import Any, cast
 
 import pytest
@@ -29,6 +30,7 @@ from zope.interface.verify import verifyObject
 
 from twisted_alive._factories import AliveClientFactory, AliveServerFactory
 from twisted_alive._frames import GoodbyeCode
+from twisted_alive._liveness import GRID_STEPS
 from twisted_alive._mixin import HeartbeatProtocol
 from twisted_alive._outcomes import DeliveryFailed, Receipt
 from twisted_alive._reasons import Loss, Reason
@@ -37,6 +39,8 @@ from twisted_alive.testing import ChaosProxy, FakeLink, FakeTransport, Faults, p
 INTERVAL = 1.0
 MISSES = 3
 DEADLINE = INTERVAL * MISSES
+STEP = INTERVAL / GRID_STEPS
+"""A silent peer is declared dead up to a grid step after its deadline."""
 
 
 class Peer(HeartbeatProtocol):
@@ -68,6 +72,17 @@ def openLink(**kwargs: Any) -> FakeLink[Peer, Peer]:
 def reasons(peer: Peer) -> list[Reason]:
     """The reasons of every loss C{peer} was told of."""
     return [loss.reason for loss in peer.losses]
+
+
+def test_idleLinkCarriesOnePingPerInterval() -> None:
+    """The two ends of an idle link PING half a grid step apart: the first
+    PING is answered before the other end's falls due, so one PING (and its
+    PONG) crosses the link per interval, not one from each end."""
+    link = openLink()
+    link.advance(20 * INTERVAL)
+    pings = sum(p._alive.liveness.pingId for p in (link.server, link.client) if p._alive)
+    assert 20 <= pings <= 22
+    assert link.server.rtt is not None and link.client.rtt is not None
 
 
 # -- the link itself -------------------------------------------------------------------
@@ -252,22 +267,27 @@ def test_resetIsResetBothSides() -> None:
 
 
 def test_stallBothIsTimeoutBothSides() -> None:
-    """stall(): nothing passes; each side declares TIMEOUT at its deadline, not before."""
+    """stall(): nothing passes; each side declares TIMEOUT at its deadline
+    (within a grid step), not before."""
     link = openLink()
     d = link.client.sendMessage(b"into the void")
     link.stall()
     assert link.stalled
     link.advance(DEADLINE - 0.05)
     assert link.client.losses == [] and link.server.losses == []
-    link.advance(0.1)
+    link.advance(0.05 + STEP + 0.01)
     assert reasons(link.server) == [Reason.TIMEOUT]
     assert reasons(link.client) == [Reason.TIMEOUT]
     assert link.server.received == []
     assert failureResultOf(d, DeliveryFailed).value.maybeProcessed
     for peer in (link.server, link.client):
-        assert peer.losses[0].detail == (
-            f"no data from peer for {DEADLINE:.3f} s (deadline {DEADLINE:.3f} s = 1 s x 3)"
+        detail = peer.losses[0].detail
+        match = re.fullmatch(
+            rf"no data from peer for (\d\.\d{{3}}) s \(deadline {DEADLINE:.3f} s = 1 s x 3\)",
+            detail,
         )
+        assert match is not None, detail
+        assert DEADLINE <= float(match.group(1)) <= DEADLINE + STEP
         assert peer.losses[0].failure is not None
         assert peer.losses[0].failure.check(ConnectionAborted)
 
@@ -276,7 +296,7 @@ def test_stallToServerOnly() -> None:
     """Stalled client-to-server: the server times out (TIMEOUT); the client gets its RST."""
     link = openLink()
     link.stall(toServer=True, toClient=False)
-    link.advance(DEADLINE + 0.05)
+    link.advance(DEADLINE + STEP + 0.01)
     assert reasons(link.server) == [Reason.TIMEOUT]
     assert reasons(link.client) == [Reason.RESET]
 
@@ -286,7 +306,7 @@ def test_stallToClientOnly() -> None:
     link = openLink()
     d = link.server.sendMessage(b"never arrives")
     link.stall(toServer=False, toClient=True)
-    link.advance(DEADLINE + 0.05)
+    link.advance(DEADLINE + STEP + 0.01)
     assert reasons(link.client) == [Reason.TIMEOUT]
     assert reasons(link.server) == [Reason.RESET]
     assert link.client.received == []

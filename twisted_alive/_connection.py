@@ -237,6 +237,9 @@ class Connection:
     :param session: the session to carry (client role: the one to resume or
         start). Peers get a fresh one that lives as long as the connection;
         servers get theirs in `acceptSession`.
+    :param phase: where this end's wake times fall in a step of the grid
+        (`Liveness`): 0.0 at one end of a link and 0.5 at the other, so that
+        the two ends' PINGs never fall due together.
     """
 
     __slots__ = (
@@ -267,12 +270,13 @@ class Connection:
         role: Role,
         now: float,
         session: Session | None = None,
+        phase: float = 0.0,
     ) -> None:
         self.settings = settings = sharedSettings(settings)
         self.role = role
         self.session = session if session is not None else settings.newSession()
         self.decoder = FrameDecoder(settings.maxFrameSize)
-        self.liveness = Liveness(settings.interval, settings.misses, now)
+        self.liveness = Liveness(settings.interval, settings.misses, now, phase)
         self.state = State.HANDSHAKE
         self.peerHello: Hello | None = None
         self.peerWindow = 0

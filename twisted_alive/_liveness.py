@@ -26,7 +26,10 @@ Rules (see ``docs/protocol.md``):
   peer's, counted from time zero), so that the timers of thousands of
   connections fall due together and run in one go: a PING leaves up to a
   grid step early, never late, and a silent peer is declared dead up to a
-  grid step after its deadline.
+  grid step after its deadline. The two ends of a link PING half a step
+  apart (`phase`): the first to PING is answered, and the other's PING is
+  then not due, so one PING and one PONG cross the link per interval
+  rather than two of each.
 - RTT is smoothed the RFC 6298 way from PING/PONG samples.
 """
 
@@ -84,6 +87,11 @@ class Liveness:
     :param misses: how many of the peer's intervals may pass in silence
         before the peer counts as dead.
     :param now: the current time.
+    :param phase: where PINGs fall in a step of the `grid`, as a fraction of
+        the step: the two ends of a link take phases half a step apart, so
+        that their PINGs never fall due together. Otherwise both would PING
+        at each grid point and answer each other's PING, two frames each way
+        per interval where one does.
     """
 
     __slots__ = (
@@ -99,10 +107,11 @@ class Liveness:
         "pingId",
         "stalledFor",
         "grid",
+        "phase",
         "_pingSentAt",
     )
 
-    def __init__(self, interval: float, misses: int, now: float) -> None:
+    def __init__(self, interval: float, misses: int, now: float, phase: float = 0.0) -> None:
         if not interval > 0:
             raise ValueError(f"heartbeat interval must be positive, got {interval!r}")
         if misses < 1:
@@ -119,6 +128,7 @@ class Liveness:
         self.pingId = 0
         self.stalledFor = 0.0
         self.grid = interval / GRID_STEPS
+        self.phase = phase
         self._pingSentAt: float | None = None
 
     @property
@@ -159,10 +169,12 @@ class Liveness:
     def pingAt(self) -> float:
         """
         When the next PING is due: ``interval`` after the last frame sent,
-        rounded down to the `grid`, so that it is never late.
+        rounded down to the `grid` (shifted by `phase`), so that it is never
+        late.
         """
         grid = self.grid
-        return floor((self.lastSent + self.interval) / grid + _HAIR) * grid
+        phase = self.phase
+        return (floor((self.lastSent + self.interval) / grid - phase + _HAIR) + phase) * grid
 
     def nextWake(self) -> float:
         """

@@ -495,11 +495,11 @@ class HeartbeatMixin(TimeoutMixin):
         host = self._host()
         settings = self.aliveSettings()
         if host is None:
-            conn = Connection(settings, Role.PEER, now)
+            conn = Connection(settings, Role.PEER, now, phase=addressPhase(self.transport))
         elif host.role is Role.CLIENT:
             conn = Connection(settings, Role.CLIENT, now, host.clientSession())
         else:
-            conn = Connection(settings, Role.SERVER, now)
+            conn = Connection(settings, Role.SERVER, now, phase=0.5)
         self._alive = conn
         conn.writeThrough = canWriteThrough(self.transport)
         if self.tcpNoDelay:
@@ -1118,6 +1118,21 @@ def checkPayload(payload: bytes, settings: Settings) -> None:
             f"message of {len(payload)} bytes exceeds the maximum of {settings.maxPayload} "
             f"bytes (maxFrameSize {settings.maxFrameSize} minus 9)"
         )
+
+
+def addressPhase(transport: Any) -> float:
+    """
+    The grid phase (see `Liveness`) of a connection whose roles are not
+    known (no session host): half a step at the end whose own address is
+    the larger, none at the other; none when the transport cannot tell.
+    """
+    try:
+        host, peer = transport.getHost(), transport.getPeer()
+    except Exception:
+        return 0.0
+    ours = (str(getattr(host, "host", "")), getattr(host, "port", 0))
+    theirs = (str(getattr(peer, "host", "")), getattr(peer, "port", 0))
+    return 0.5 if ours > theirs else 0.0
 
 
 def checkPayloads(payloads: Iterable[bytes], settings: Settings) -> Sequence[bytes]:
