@@ -9,7 +9,8 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -44,29 +45,45 @@ def environment() -> dict[str, str]:
     return env
 
 
-def runScript(script: Path, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
-    """
-    Run ``script`` with ``args`` in its own process group, output and errors
-    together; kill the group when it is done or overruns ``timeout``.
-    """
-    process = subprocess.Popen(
-        [sys.executable, str(script), *args],
+def startProcess(*argv: object, cwd: Path | None = None) -> subprocess.Popen[str]:
+    """Start ``argv`` in its own session (so its group can be killed), with
+    the repository on ``PYTHONPATH``; output and errors on one pipe."""
+    return subprocess.Popen(
+        [str(arg) for arg in argv],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
         env=environment(),
         start_new_session=True,
-        cwd=ROOT,
+        cwd=cwd,
     )
+
+
+def killGroup(
+    process: subprocess.Popen[str],
+    signals: tuple[signal.Signals, ...] = (signal.SIGKILL,),
+    timeout: float | None = None,
+) -> None:
+    """Send ``signals`` to ``process``'s group, in turn, then wait for it."""
+    for sig in signals:
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            pass
+    process.wait(timeout=timeout)
+
+
+def runScript(script: Path, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+    """
+    Run ``script`` with ``args`` in its own process group, output and errors
+    together; kill the group when it is done or overruns ``timeout``.
+    """
+    process = startProcess(sys.executable, script, *args, cwd=ROOT)
     try:
         output, _ = process.communicate(timeout=timeout)
     finally:
-        try:
-            os.killpg(process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        process.wait()
+        killGroup(process)
     return subprocess.CompletedProcess(process.args, process.returncode, output, "")
 
 
@@ -82,29 +99,40 @@ class Processes:
     def spawn(self, *argv: object) -> subprocess.Popen[str]:
         """Start ``argv`` with the repository on ``PYTHONPATH``; output and
         errors on one pipe."""
-        process = subprocess.Popen(
-            [str(arg) for arg in argv],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env=environment(),
-            start_new_session=True,
-        )
+        process = startProcess(*argv)
         self.processes.append(process)
         return process
 
     def killAll(self) -> None:
         """SIGCONT, then SIGKILL, every process group; close the pipes."""
         for process in self.processes:
-            for sig in (signal.SIGCONT, signal.SIGKILL):
-                try:
-                    os.killpg(process.pid, sig)
-                except ProcessLookupError:
-                    pass
-            process.wait(timeout=10)
+            killGroup(process, (signal.SIGCONT, signal.SIGKILL), timeout=10)
             if process.stdout is not None:
                 process.stdout.close()
+
+
+def getReactor() -> Any:
+    """The global reactor (installed by pytest-twisted), resolved lazily."""
+    from twisted.internet import reactor
+
+    return reactor
+
+
+@contextmanager
+def listeningOn(factory: BuiltProtocols) -> Iterator[int]:
+    """
+    ``factory`` listening on 127.0.0.1 (port 0) while the block runs, which
+    gets the port; then the port is closed and every connection the factory
+    built that is still open is aborted.
+    """
+    port = getReactor().listenTCP(0, factory, interface="127.0.0.1")
+    try:
+        yield port.getHost().port
+    finally:
+        port.stopListening()
+        for proto in factory.built:
+            if proto.loss is None and proto.transport is not None:
+                proto.transport.abortConnection()
 
 
 class BuiltProtocols:

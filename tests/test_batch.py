@@ -19,13 +19,14 @@ from support import (
     assertNoResult,
     connectAlone,
     failureResultOf,
+    getReactor,
+    listeningOn,
     successResultOf,
 )
 from twisted.internet import error
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
-from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import Factory
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -875,12 +876,6 @@ def test_factoryBatchFailsOnceWhenTheSessionEnds() -> None:
 # -- a real socket ----------------------------------------------------------------------
 
 
-def getReactor() -> Any:
-    """The global reactor (installed by pytest-twisted), resolved lazily."""
-    from twisted.internet import reactor
-
-    return reactor
-
 
 class Sink(HeartbeatProtocol):
     """Records every message it processes."""
@@ -908,14 +903,8 @@ class SinkFactory(BuiltProtocols, Factory):
 def listening() -> Iterator[tuple[SinkFactory, int]]:
     """A ``SinkFactory`` listening on 127.0.0.1 (port 0), and its port."""
     factory = SinkFactory()
-    port = cast(IListeningPort, getReactor().listenTCP(0, factory, interface=HOST))
-    try:
-        yield factory, cast(IPv4Address, port.getHost()).port
-    finally:
-        port.stopListening()
-        for proto in factory.built:
-            if proto.loss is None and proto.transport is not None:
-                proto.transport.abortConnection()
+    with listeningOn(factory) as port:
+        yield factory, port
 
 
 @pytest.mark.timeout(30)

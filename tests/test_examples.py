@@ -6,7 +6,6 @@ with ``examples/confirmed_client.py`` against it, and the README's
 
 from __future__ import annotations
 
-import os
 import re
 import signal
 import socket
@@ -16,28 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from support import ROOT, environment
-
-
-def start(*args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, *args],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=environment(),
-        start_new_session=True,
-        cwd=ROOT,
-    )
-
-
-def kill(process: subprocess.Popen[str]) -> None:
-    try:
-        os.killpg(process.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    process.wait()
+from support import ROOT, environment, killGroup, startProcess
 
 
 def freePort() -> int:
@@ -51,7 +29,7 @@ def test_echoServerAndConfirmedClient() -> None:
     """The echo server confirms and echoes every message of the client,
     which closes in order (the server logs CLEAN_CLOSE) and exits 0; on
     SIGTERM the server exits."""
-    server = start("examples/echo_server.py", "0")
+    server = startProcess(sys.executable, "examples/echo_server.py", "0", cwd=ROOT)
     try:
         assert server.stdout is not None
         line = server.stdout.readline()
@@ -77,7 +55,7 @@ def test_echoServerAndConfirmedClient() -> None:
             time.sleep(0.05)
         assert server.poll() is not None
     finally:
-        kill(server)
+        killGroup(server)
 
 
 def readmeExample() -> str:

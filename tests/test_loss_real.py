@@ -20,12 +20,10 @@ from typing import Any, cast
 
 import pytest
 import pytest_twisted
-from support import BuiltProtocols, Processes
+from support import BuiltProtocols, Processes, getReactor, listeningOn
 from twisted.internet import threads
-from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
-from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import Factory
 from twisted.internet.task import deferLater
 from twisted.logger import ILogObserver, globalLogPublisher
@@ -49,12 +47,6 @@ _TwistedTest = Callable[[Callable[..., Generator[Any, Any, None]]], Callable[...
 twistedTest: _TwistedTest = pytest_twisted.inlineCallbacks
 """``pytest_twisted.inlineCallbacks``, typed."""
 
-
-def getReactor() -> Any:
-    """The global reactor (installed by pytest-twisted), resolved lazily."""
-    from twisted.internet import reactor
-
-    return reactor
 
 
 # -- peer processes -------------------------------------------------------------------
@@ -154,14 +146,8 @@ class Collecting(BuiltProtocols, Factory):
 def server() -> Generator[tuple[Collecting, int], None, None]:
     """A listening ``Collecting`` factory on 127.0.0.1 and its port."""
     factory = Collecting()
-    port = cast(IListeningPort, getReactor().listenTCP(0, factory, interface=HOST))
-    try:
-        yield factory, cast(IPv4Address, port.getHost()).port
-    finally:
-        port.stopListening()
-        for proto in factory.built:
-            if proto.loss is None and proto.transport is not None:
-                proto.transport.abortConnection()  # type: ignore[attr-defined]
+    with listeningOn(factory) as port:
+        yield factory, port
 
 
 @implementer(ILogObserver)

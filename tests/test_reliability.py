@@ -39,6 +39,7 @@ from typing import Any, TypeVar, cast
 
 import pytest
 import pytest_twisted
+from support import getReactor
 from twisted.internet import threads
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
@@ -75,12 +76,6 @@ ROOT = Path(__file__).resolve().parent.parent
 PEERS = Path(__file__).resolve().parent / "peers"
 LOOPBACK = "127.0.0.1"
 
-
-def getReactor() -> Any:
-    """The global reactor (installed by pytest-twisted), resolved lazily."""
-    from twisted.internet import reactor
-
-    return reactor
 
 
 def sleep(seconds: float) -> Deferred[None]:

@@ -17,6 +17,7 @@ from typing import Any, TypeVar, cast
 
 import pytest
 import pytest_twisted
+from support import getReactor
 from twisted.application.internet import ClientService
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, DeferredList, gatherResults, maybeDeferred
@@ -37,12 +38,6 @@ LOOPBACK = "127.0.0.1"
 MESSAGES = 10_000
 RESET_AFTER = (0.03, 0.2)
 
-
-def getReactor() -> Any:
-    """The global reactor (installed by pytest-twisted), resolved lazily."""
-    from twisted.internet import reactor
-
-    return reactor
 
 
 def portOf(port: IListeningPort) -> int:

@@ -21,6 +21,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from support import getReactor
 from twisted.application.internet import ClientService
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, DeferredList
@@ -42,12 +43,6 @@ LOOPBACK = "127.0.0.1"
 # Twisted's ssl:/tls: endpoints still hand pyOpenSSL objects to pyOpenSSL.
 pytestmark = pytest.mark.filterwarnings("ignore:Passing pyOpenSSL:DeprecationWarning")
 
-
-def getReactor() -> Any:
-    """The global reactor (installed by pytest-twisted), resolved lazily."""
-    from twisted.internet import reactor
-
-    return reactor
 
 
 class Certificate:

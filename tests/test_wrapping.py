@@ -21,7 +21,7 @@ from typing import Any, TypeVar, cast
 
 import pytest
 import pytest_twisted
-from support import BuiltProtocols, Processes
+from support import BuiltProtocols, Processes, getReactor
 from twisted.internet import defer, ssl, threads
 from twisted.internet.defer import Deferred, DeferredQueue
 from twisted.internet.endpoints import TCP4ClientEndpoint, serverFromString, wrapClientTLS
@@ -80,12 +80,6 @@ MiB = 1024 * KiB
 T = TypeVar("T")
 P = TypeVar("P", bound=Protocol)
 
-
-def getReactor() -> Any:
-    """The global reactor (installed by pytest-twisted), resolved lazily."""
-    from twisted.internet import reactor
-
-    return reactor
 
 
 def within(d: Deferred[T], seconds: float = 10.0) -> Deferred[T]:

@@ -19,7 +19,7 @@ from typing import Any, cast
 
 import pytest
 import pytest_twisted
-from support import BuiltProtocols
+from support import BuiltProtocols, getReactor
 from twisted.internet import defer, tcp
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
@@ -64,12 +64,6 @@ _TwistedTest = Callable[[Callable[..., Generator[Any, Any, None]]], Callable[...
 twistedTest: _TwistedTest = pytest_twisted.inlineCallbacks
 """``pytest_twisted.inlineCallbacks``, typed."""
 
-
-def getReactor() -> Any:
-    """The global reactor (installed by pytest-twisted), resolved lazily."""
-    from twisted.internet import reactor
-
-    return reactor
 
 
 WAIT = 10.0
