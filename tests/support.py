@@ -222,3 +222,24 @@ def connectAlone(
     transport = TimedStringTransport(clock)
     proto.makeConnection(transport)
     return proto, transport, clock
+
+
+def deferring(
+    only: bytes | None = None,
+) -> tuple[Callable[[bytes], Deferred[None] | None], list[Deferred[None]]]:
+    """
+    A ``messageReceived`` handler that leaves messages in processing: for
+    the payload ``only`` (every payload by default) it returns a new,
+    unfired Deferred, kept in the list returned beside it for the test to
+    fire.
+    """
+    waiting: list[Deferred[None]] = []
+
+    def handler(payload: bytes) -> Deferred[None] | None:
+        if only is not None and payload != only:
+            return None
+        d: Deferred[None] = Deferred()
+        waiting.append(d)
+        return d
+
+    return handler, waiting

@@ -18,6 +18,7 @@ from support import (
     RecordingPeer,
     assertNoResult,
     connectAlone,
+    deferring,
     failureResultOf,
     getReactor,
     listeningOn,
@@ -167,14 +168,7 @@ def test_receiptOnlyAfterFullAck() -> None:
 
 def test_receiptWaitsForAsyncProcessing() -> None:
     """While the peer still processes a batch member (a Deferred), the batch stays unconfirmed."""
-    waiting: list[Deferred[None]] = []
-
-    def handler(payload: bytes) -> Deferred[None] | None:
-        if payload == b"m2":
-            d: Deferred[None] = Deferred()
-            waiting.append(d)
-            return d
-        return None
+    handler, waiting = deferring(b"m2")
 
     link = openLink(handler)
     d = link.client.sendMessages(payloads(5))
@@ -499,14 +493,7 @@ def test_rejected(bad: str, first: int, count: int, window: int) -> None:
 
 def test_rejectedAsync() -> None:
     """A Deferred from messageReceived that fails on a batch member rejects the batch."""
-    waiting: list[Deferred[None]] = []
-
-    def handler(payload: bytes) -> Deferred[None] | None:
-        if payload == b"m1":
-            d: Deferred[None] = Deferred()
-            waiting.append(d)
-            return d
-        return None
+    handler, waiting = deferring(b"m1")
 
     link = openLink(handler)
     with capturedLogs():

@@ -17,6 +17,7 @@ from support import (
     TimedStringTransport,
     assertNoResult,
     connectAlone,
+    deferring,
     failureResultOf,
     successResultOf,
 )
@@ -206,12 +207,7 @@ def test_acksCoalesced() -> None:
 
 def test_asyncHandlerDelaysAckAndNextMessage() -> None:
     """An unfired Deferred from messageReceived holds the ACK and the next message, in order."""
-    waiting: list[Deferred[None]] = []
-
-    def handler(payload: bytes) -> Deferred[None]:
-        d: Deferred[None] = Deferred()
-        waiting.append(d)
-        return d
+    handler, waiting = deferring()
 
     pair = makePair(serverHandler=handler)
     d1 = pair.client.sendMessage(b"first")
@@ -237,12 +233,7 @@ def test_asyncHandlerDelaysAckAndNextMessage() -> None:
 
 def test_asyncHandlerNoFalseTimeout() -> None:
     """A slow asynchronous messageReceived does not make either side time out."""
-    waiting: list[Deferred[None]] = []
-
-    def handler(payload: bytes) -> Deferred[None]:
-        d: Deferred[None] = Deferred()
-        waiting.append(d)
-        return d
+    handler, waiting = deferring()
 
     pair = makePair(serverHandler=handler)
     d = pair.client.sendMessage(b"slow")
@@ -594,12 +585,7 @@ def test_closeSendsGoodbyeAfterQueuedData() -> None:
 
 def test_closeWaitsForAcks() -> None:
     """close() waits for the peer to confirm what is in flight before closing."""
-    waiting: list[Deferred[None]] = []
-
-    def handler(payload: bytes) -> Deferred[None]:
-        d: Deferred[None] = Deferred()
-        waiting.append(d)
-        return d
+    handler, waiting = deferring()
 
     pair = makePair(serverHandler=handler)
     d = pair.client.sendMessage(b"important")
@@ -698,12 +684,7 @@ def test_dataThenGoodbyeInOneRead() -> None:
 
 def test_peerGoodbyeWaitsForAsyncHandler() -> None:
     """After the peer's GOODBYE, the message in progress is finished and acknowledged first."""
-    waiting: list[Deferred[None]] = []
-
-    def handler(payload: bytes) -> Deferred[None]:
-        d: Deferred[None] = Deferred()
-        waiting.append(d)
-        return d
+    handler, waiting = deferring()
 
     pair = makePair(serverHandler=handler)
     d = pair.client.sendMessage(b"slow")
@@ -757,12 +738,7 @@ def test_peerGoodbyeOwnAcksBounded() -> None:
 def test_halfCloseWaitsForAsyncHandler() -> None:
     """After the peer's FIN, the message in messageReceived is finished and acknowledged first."""
     proto, transport, clock = lone()
-    waiting: list[Deferred[None]] = []
-
-    def handler(payload: bytes) -> Deferred[None]:
-        d: Deferred[None] = Deferred()
-        waiting.append(d)
-        return d
+    handler, waiting = deferring()
 
     proto.handler = handler
     proto.dataReceived(peerHello() + encode(Data(1, b"x")) + encode(Data(2, b"y")))
