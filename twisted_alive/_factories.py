@@ -55,7 +55,7 @@ from twisted_alive._mixin import (
     registerPacer,
 )
 from twisted_alive._outcomes import DeliveryFailed, QueueFull, Receipt
-from twisted_alive._reasons import Loss, Reason, classify
+from twisted_alive._reasons import Cause, Loss, Reason, classify
 
 log = Logger(namespace="twisted_alive")
 
@@ -83,6 +83,13 @@ DEFAULT_RETRY_POLICY: Mapping[Reason, Retry] = MappingProxyType(
         Reason.CONNECT_FAILED: Retry.BACKOFF,
         Reason.LOCAL_CLOSE: Retry.BACKOFF,
         Reason.PROTOCOL_ERROR: Retry.BACKOFF,
+    }
+)
+
+DEFAULT_CAUSE_POLICY: Mapping[Cause, Retry] = MappingProxyType(
+    {
+        Cause.NOT_ALIVE_PEER: Retry.STOP,
+        Cause.TLS: Retry.STOP,
     }
 )
 
@@ -135,6 +142,9 @@ class AliveClientFactory(ReconnectingClientFactory):
     :cvar retryPolicy: `Retry` per `Reason` of a loss.
     :cvar goodbyePolicy: `Retry` per GOODBYE code received; it overrides
         ``retryPolicy`` (by default ``GO_AWAY`` stops retrying).
+    :cvar causePolicy: `Retry` per `Cause` of a loss; it overrides both (by
+        default a peer that does not speak twisted_alive and a failed TLS
+        handshake stop retrying: both are configuration errors).
     :cvar quickDelay: the delay of a `Retry.QUICK` reconnect, in seconds.
     :cvar stableAfter: seconds a connection must stay up after HELLO for the
         backoff to reset.
@@ -152,6 +162,7 @@ class AliveClientFactory(ReconnectingClientFactory):
     jitter = 0.2
     retryPolicy: Mapping[Reason, Retry] = DEFAULT_RETRY_POLICY
     goodbyePolicy: Mapping[GoodbyeCode, Retry] = DEFAULT_GOODBYE_POLICY
+    causePolicy: Mapping[Cause, Retry] = DEFAULT_CAUSE_POLICY
     quickDelay = 0.05
     stableAfter = 5.0
     random: Callable[[], float] = random.random
@@ -388,9 +399,12 @@ class AliveClientFactory(ReconnectingClientFactory):
 
     def retryFor(self, loss: Loss) -> Retry:
         """
-        The `Retry` decision for ``loss``: ``goodbyePolicy`` for a GOODBYE
-        code it names, else ``retryPolicy``. Override for other rules.
+        The `Retry` decision for ``loss``: ``causePolicy`` for the `Cause`
+        it names, else ``goodbyePolicy`` for the GOODBYE code it names, else
+        ``retryPolicy``. Override for other rules.
         """
+        if loss.cause is not None and loss.cause in self.causePolicy:
+            return self.causePolicy[loss.cause]
         if loss.goodbye is not None and loss.goodbye in self.goodbyePolicy:
             return self.goodbyePolicy[loss.goodbye]
         return self.retryPolicy.get(loss.reason, Retry.BACKOFF)

@@ -68,6 +68,25 @@ class Reason(enum.Enum):
     saying that it did)."""
 
 
+class Cause(enum.Enum):
+    """
+    What lies behind a loss when its `Reason` alone would mislead: a
+    configuration error rather than a network fault. A client factory does
+    not retry these by default (``AliveClientFactory.causePolicy``):
+    reconnecting would meet the same error again.
+    """
+
+    NOT_ALIVE_PEER = "not a twisted_alive peer"
+    """The peer does not speak twisted_alive: its first bytes were no HELLO
+    (a banner, HTTP, another protocol), or it echoed our own HELLO back.
+    The `Reason` is `Reason.PROTOCOL_ERROR`."""
+
+    TLS = "tls"
+    """The TLS handshake failed: the peer's certificate was not trusted or
+    did not name the host, or one side does not speak TLS. The `Reason` is
+    `Reason.CONNECT_FAILED`."""
+
+
 _RESET_ERRNOS = frozenset({errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED})
 _TIMEOUT_ERRNOS = frozenset({errno.ETIMEDOUT})
 
@@ -120,6 +139,8 @@ class Loss:
     :ivar peer: the peer's address as text (``"127.0.0.1:9000"``), if known.
     :ivar connectedFor: seconds between connection and loss, if it connected.
     :ivar unconfirmed: how many sent messages were not confirmed at the loss.
+    :ivar cause: a `Cause` when the loss is a configuration error rather
+        than a network fault (``None`` otherwise).
     """
 
     reason: Reason
@@ -129,6 +150,7 @@ class Loss:
     peer: str | None = None
     connectedFor: float | None = None
     unconfirmed: int = 0
+    cause: Cause | None = None
 
     def __str__(self) -> str:
         text = self.reason.name
