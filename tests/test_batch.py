@@ -39,6 +39,7 @@ from twisted_alive._factories import AliveClientFactory, AliveServerFactory
 from twisted_alive._frames import (
     DEFAULT_MAX_FRAME_SIZE,
     NO_SESSION,
+    PROTOCOL_VERSION,
     Ack,
     Data,
     FrameDecoder,
@@ -81,7 +82,7 @@ def openLink(
 
 def helloFrom(window: int = 1024, maxFrameSize: int = DEFAULT_MAX_FRAME_SIZE) -> bytes:
     """The bytes of the HELLO of a peer played by the test."""
-    return encode(Hello(1, 0, 1.0, maxFrameSize, window, 1, NO_SESSION))
+    return encode(Hello(PROTOCOL_VERSION, 0, 1.0, maxFrameSize, window, 1, NO_SESSION))
 
 
 def lone(**attributes: object) -> tuple[Peer, StringTransport, Clock]:

@@ -317,7 +317,9 @@ def test_peerSendsHelloAtOnce() -> None:
     settings = Settings(interval=2.5, window=7, maxFrameSize=4096)
     conn = Connection(settings, Role.PEER, 0.0)
     assert conn.state is State.HANDSHAKE and not conn.canSend
-    assert decode(conn.dataToSend(0.0)) == [Hello(PROTOCOL_VERSION, 0, 2.5, 4096, 7, 1, NO_SESSION)]
+    assert decode(conn.dataToSend(0.0)) == [
+        Hello(PROTOCOL_VERSION, 0, 2.5, 4096, 7, 1, NO_SESSION, conn.nonce)
+    ]
     assert conn.dataToSend(0.0) == b""
 
 
@@ -495,7 +497,7 @@ def test_clientServerNewSession() -> None:
     wire, server = clientServer()
     client, serverConn = wire.a, wire.b
     assert decode(wire.pull(client)) == [
-        Hello(PROTOCOL_VERSION, 0, 1.0, DEFAULT_MAX_FRAME_SIZE, 1024, 1, NO_SESSION)
+        Hello(PROTOCOL_VERSION, 0, 1.0, DEFAULT_MAX_FRAME_SIZE, 1024, 1, NO_SESSION, client.nonce)
     ]
     events = wire.push(client)
     assert serverConn.peerHello is not None
@@ -503,7 +505,16 @@ def test_clientServerNewSession() -> None:
     (token,) = server.sessions
     serverHello = decode(wire.pull(serverConn))
     assert serverHello == [
-        Hello(PROTOCOL_VERSION, HELLO_ASSIGNED, 1.0, DEFAULT_MAX_FRAME_SIZE, 1024, 1, token)
+        Hello(
+            PROTOCOL_VERSION,
+            HELLO_ASSIGNED,
+            1.0,
+            DEFAULT_MAX_FRAME_SIZE,
+            1024,
+            1,
+            token,
+            serverConn.nonce,
+        )
     ]
     assert wire.push(serverConn) == [Opened(False)]
     assert wire.events[serverConn][-1] == Opened(False)
@@ -586,8 +597,9 @@ def test_peerAcceptsAssignedToken() -> None:
 
 
 def test_clientRefusesUnresumedAnswer() -> None:
-    """A server answering a resume request with another token (or no RESUMED) is SessionUnknown."""
-    for flags, token in ((HELLO_ASSIGNED, TOKEN), (HELLO_ASSIGNED | HELLO_RESUMED, bytes(16))):
+    """A server answering a resume request without RESUMED, or a plain peer, is SessionUnknown."""
+    other = bytes(range(16))
+    for flags, token in ((HELLO_ASSIGNED, TOKEN), (HELLO_ASSIGNED, other), (0, NO_SESSION)):
         client = Connection(SETTINGS, Role.CLIENT, 0.0, SETTINGS.newSession(TOKEN))
         events = client.receiveData(hello(session=token, flags=flags), 0.0)
         assert events == [SessionUnknown("peer did not resume the session (it keeps no sessions)")]
@@ -1111,11 +1123,15 @@ def test_dataAfterGoodbye() -> None:
 
 @pytest.mark.parametrize("role", [Role.PEER, Role.SERVER, Role.CLIENT])
 def test_garbage(role: Role) -> None:
-    """64 bytes of 0xff: a Violation at once, GOODBYE(PROTOCOL_ERROR) queued, nothing buffered."""
+    """64 bytes of 0xff first: not a twisted_alive peer, GOODBYE queued, nothing buffered."""
     conn = Connection(SETTINGS, role, 0.0)
     conn.dataToSend(0.0)
-    detail = "frame of 4294967295 bytes exceeds the maximum of 1048576 bytes"
-    assert conn.receiveData(b"\xff" * 64, 0.0) == [Violation(detail)]
+    detail = (
+        "the peer does not speak twisted_alive: its first bytes were "
+        "0xff ff ff ff ff ff ff ff ff ff ff ff ff ff ff ff… "
+        "(frame of 4294967295 bytes exceeds the maximum of 1048576 bytes)"
+    )
+    assert conn.receiveData(b"\xff" * 64, 0.0) == [Violation(detail, notAlive=True)]
     assert conn.state is State.FAILED
     assert decode(conn.dataToSend(0.0)) == [Goodbye(GoodbyeCode.PROTOCOL_ERROR, detail)]
     assert conn.decoder.buffered == 0
@@ -1133,7 +1149,7 @@ def test_garbageAfterOpen() -> None:
 
 
 def test_framesBeforeBadFrameHandled() -> None:
-    """Frames decoded before a bad one in the same read are acted on first."""
+    """Frames before a bad one in the same read are acted on: PONG, then ACK, then GOODBYE."""
     a = Connection(SETTINGS, Role.PEER, 0.0)
     a.dataToSend(0.0)
     data = hello() + encodeData(1, b"first") + encode(Ping(3)) + b"\xff" * 8
@@ -1143,13 +1159,21 @@ def test_framesBeforeBadFrameHandled() -> None:
         Violation("frame of 4294967295 bytes exceeds the maximum of 1048576 bytes"),
     ]
     assert list(a.session.inbox.pending) == [(1, b"first")]
-    # The PONG of that burst is not sent: the connection is failing.
+    # The adapter hands the message to the application, then flushes the ACK.
+    a.session.inbox.pending.popleft()
+    a.session.inbox.processedUpTo = 1
+    a.flushAck()
     assert decode(a.dataToSend(0.0)) == [
+        Pong(3),
+        Ack(1),
         Goodbye(
             GoodbyeCode.PROTOCOL_ERROR,
             "frame of 4294967295 bytes exceeds the maximum of 1048576 bytes",
         ),
     ]
+    # Once the GOODBYE is out, nothing more goes.
+    a.flushAck()
+    assert a.dataToSend(0.0) == b""
 
 
 def test_ackBeforeBadFrameConfirms() -> None:
@@ -1373,3 +1397,206 @@ def test_serverKeepsFramesAfterClientHello() -> None:
     wire.flow(client)
     assert GoodbyeReceived(GoodbyeCode.GO_AWAY, "bye") in wire.events[serverConn]
     assert serverConn.state is State.PEER_CLOSING
+
+
+def test_serverAnswersPingHeldBehindHello() -> None:
+    """A PING in the same read as the client's HELLO is answered with the server's HELLO."""
+    serverConn = Connection(SETTINGS, Role.SERVER, 0.0)
+    events = serverConn.receiveData(hello() + encode(Ping(9)), 0.0)
+    assert [type(e) for e in events] == [HelloReceived]
+    serverConn.acceptSession(SETTINGS.newSession(TOKEN), False, 0.0)
+    frames = decode(serverConn.dataToSend(0.0))
+    assert isinstance(frames[0], Hello) and frames[1:] == [Pong(9)]
+
+
+# -- first contact: reflections, roles, peers that do not speak twisted_alive -----------------
+
+
+@pytest.mark.parametrize("role", [Role.PEER, Role.CLIENT])
+def test_echoedHelloRefused(role: Role) -> None:
+    """Our own HELLO reflected back (an echo server) is refused: no session, no open, no DATA."""
+    conn = Connection(SETTINGS, role, 0.0)
+    own = conn.dataToSend(0.0)
+    events = conn.receiveData(own, 0.0)
+    detail = "the peer echoed our own HELLO: it does not speak twisted_alive"
+    assert events == [Violation(detail, notAlive=True)]
+    assert conn.state is State.FAILED and conn.peerHello is None
+    assert decode(conn.dataToSend(0.0)) == [Goodbye(GoodbyeCode.PROTOCOL_ERROR, detail)]
+
+
+def test_echoedHelloWithDataNeverConfirms() -> None:
+    """A reflected HELLO followed by our own reflected DATA is never delivered nor confirmed."""
+    conn = Connection(SETTINGS, Role.PEER, 0.0)
+    conn.send(b"job", "handle", 0.0)
+    own = conn.dataToSend(0.0)
+    events = conn.receiveData(own + encodeData(1, b"job") + encode(Ack(1)), 0.0)
+    assert confirmedHandles(events) == []
+    assert not conn.session.inbox.pending
+
+
+def test_nonceIsRandomAndNonZero() -> None:
+    """Each connection draws its own non-zero nonce; one may be given for tests."""
+    nonces = {Connection(SETTINGS, Role.PEER, 0.0).nonce for _ in range(64)}
+    assert len(nonces) == 64 and 0 not in nonces
+    assert Connection(SETTINGS, Role.PEER, 0.0, nonce=7).nonce == 7
+
+
+@pytest.mark.parametrize("flags", [HELLO_ASSIGNED, HELLO_RESUMED, HELLO_ASSIGNED | HELLO_RESUMED])
+def test_serverRefusesServerHello(flags: int) -> None:
+    """A server refuses a HELLO with ASSIGNED or RESUMED: it comes from another server."""
+    server = Connection(SETTINGS, Role.SERVER, 0.0)
+    events = server.receiveData(hello(session=TOKEN, flags=flags), 0.0)
+    assert violations(events) == [
+        f"a client's HELLO must not set ASSIGNED or RESUMED (flags 0x{flags:02x}): "
+        "the peer answers as a server"
+    ]
+    assert not ofType(events, HelloReceived)
+
+
+NO_TOKEN_DETAIL = "HELLO sets ASSIGNED but carries no session token"
+
+
+@pytest.mark.parametrize(
+    "role,flags,token,detail",
+    [
+        (Role.CLIENT, HELLO_ASSIGNED, NO_SESSION, NO_TOKEN_DETAIL),
+        (Role.PEER, HELLO_ASSIGNED, NO_SESSION, NO_TOKEN_DETAIL),
+        (Role.CLIENT, HELLO_RESUMED, TOKEN, "HELLO sets RESUMED without ASSIGNED"),
+        (
+            Role.CLIENT,
+            HELLO_ASSIGNED | HELLO_RESUMED,
+            TOKEN,
+            "HELLO sets RESUMED for a session this side did not ask for",
+        ),
+        (
+            Role.PEER,
+            HELLO_ASSIGNED | HELLO_RESUMED,
+            TOKEN,
+            "HELLO sets RESUMED for a session this side did not ask for",
+        ),
+        (
+            Role.CLIENT,
+            0,
+            TOKEN,
+            "the peer's HELLO asks to resume a session: it is a client, not a server",
+        ),
+    ],
+)
+def test_helloFlagRules(role: Role, flags: int, token: bytes, detail: str) -> None:
+    """Each HELLO flag rule of the spec is a protocol error with an exact text."""
+    conn = Connection(SETTINGS, role, 0.0)
+    conn.dataToSend(0.0)
+    events = conn.receiveData(hello(session=token, flags=flags), 0.0)
+    assert events == [Violation(detail)]
+
+
+def test_unknownFlagBitsIgnoredInHandshake() -> None:
+    """Flag bits other than RESUMED and ASSIGNED do not change the handshake."""
+    server = Connection(SETTINGS, Role.SERVER, 0.0)
+    events = server.receiveData(hello(flags=0xFC), 0.0)
+    assert ofType(events, HelloReceived)
+
+
+@pytest.mark.parametrize(
+    "first,shown",
+    [
+        (b"SSH-2.0-OpenSSH_9.2p1 Debian\r\n", "'SSH-2.0-OpenSSH_'…"),
+        (b"HTTP/1.1 400 Bad Request\r\n\r\n", "'HTTP/1.1 400 Bad'…"),
+        (b"220 it's\r\n", "'220 it\\'s\\r\\n'"),
+    ],
+)
+def test_bannerPeer(first: bytes, shown: str) -> None:
+    """A peer whose first bytes are text says so in words, quoting them."""
+    conn = Connection(SETTINGS, Role.CLIENT, 0.0)
+    conn.dataToSend(0.0)
+    (event,) = conn.receiveData(first, 0.0)
+    assert isinstance(event, Violation) and event.notAlive
+    assert event.detail.startswith(
+        f"the peer does not speak twisted_alive: its first bytes were {shown} (frame of "
+    )
+
+
+def test_bannerInPieces() -> None:
+    """The first bytes are quoted even when they arrive one by one."""
+    conn = Connection(SETTINGS, Role.CLIENT, 0.0)
+    conn.dataToSend(0.0)
+    events: list[Event] = []
+    for byte in b"SSH-2.0-x":
+        events += conn.receiveData(bytes([byte]), 0.0)
+    (event,) = events
+    assert isinstance(event, Violation)
+    assert "its first bytes were 'SSH-' (" in event.detail
+
+
+def test_tlsRecordNamed() -> None:
+    """A TLS record (an alert from a TLS port) is named as a TLS mismatch."""
+    conn = Connection(SETTINGS, Role.CLIENT, 0.0)
+    conn.dataToSend(0.0)
+    (event,) = conn.receiveData(bytes.fromhex("15030300020246"), 0.0)
+    assert isinstance(event, Violation) and event.notAlive
+    assert event.detail.startswith(
+        "the peer does not speak twisted_alive: its first bytes were 0x15 03 03 00 02 02 46 "
+        "(a TLS record: TLS mismatch, the peer expects TLS) (frame of "
+    )
+
+
+def test_otherVersionNamed() -> None:
+    """A HELLO of another protocol version is a peer that does not speak ours."""
+    conn = Connection(SETTINGS, Role.CLIENT, 0.0)
+    conn.dataToSend(0.0)
+    data = bytearray(hello())
+    data[5] = 1
+    (event,) = conn.receiveData(bytes(data), 0.0)
+    assert event == Violation(
+        "the peer speaks another version of twisted_alive: "
+        "unsupported protocol version 1 (this side speaks 2)",
+        notAlive=True,
+    )
+
+
+def test_badFrameAfterHelloIsNoNonSpeaker() -> None:
+    """Garbage after a valid HELLO is an ordinary protocol error, not a non-speaker."""
+    conn = Connection(SETTINGS, Role.PEER, 0.0)
+    conn.dataToSend(0.0)
+    events = conn.receiveData(hello() + b"\xff" * 8, 0.0)
+    assert events[-1] == Violation("frame of 4294967295 bytes exceeds the maximum of 1048576 bytes")
+
+
+def test_windowCountsFromAckSent() -> None:
+    """DATA beyond the last ACK sent plus the window is a violation, even if processed."""
+    settings = Settings(window=2)
+    conn = afterHandshake(Connection(settings, Role.PEER, 0.0))
+    events = conn.receiveData(encodeData(1, b"a") + encodeData(2, b"b"), 0.0)
+    assert not violations(events)
+    conn.session.inbox.processedUpTo = 2  # processed, but no ACK went out yet
+    events = conn.receiveData(encodeData(3, b"c"), 0.0)
+    assert violations(events) == ["peer exceeded the window of 2 unacknowledged messages"]
+
+
+def test_windowMovesWithAck() -> None:
+    """Once an ACK went out, the peer may send a window beyond it."""
+    settings = Settings(window=2)
+    conn = afterHandshake(Connection(settings, Role.PEER, 0.0))
+    conn.receiveData(encodeData(1, b"a") + encodeData(2, b"b"), 0.0)
+    conn.session.inbox.pending.clear()
+    conn.session.inbox.processedUpTo = 2
+    conn.flushAck()
+    events = conn.receiveData(encodeData(3, b"c") + encodeData(4, b"d"), 0.0)
+    assert not violations(events)
+
+
+def test_resumeWithSmallerMaxFrameRefused() -> None:
+    """A resumed peer whose max_frame is too small for an unacknowledged message ends it."""
+    session = SETTINGS.newSession()
+    first = Connection(SETTINGS, Role.CLIENT, 0.0, session)
+    first.receiveData(hello(session=TOKEN, flags=HELLO_ASSIGNED), 0.0)
+    first.send(b"x" * 500, "big", 0.0)
+    assert first.session.outbox.inflight
+    second = Connection(SETTINGS, Role.CLIENT, 0.0, session)
+    events = second.receiveData(
+        hello(session=TOKEN, flags=HELLO_ASSIGNED | HELLO_RESUMED, maxFrameSize=100), 0.0
+    )
+    assert violations(events) == [
+        "the peer's max_frame of 100 is too small for message 1 (500 bytes), which it has not "
+        "acknowledged: the session cannot continue"
+    ]

@@ -488,7 +488,7 @@ def test_inboxGapAfterSome() -> None:
 
 
 def test_inboxWindowOverrun() -> None:
-    """A DATA more than window beyond what was processed: ProtocolViolation, exact text."""
+    """A DATA more than window beyond what was acknowledged: ProtocolViolation, exact text."""
     inbox = Inbox(window=2)
     inbox.accept(1, b"")
     inbox.accept(2, b"")
@@ -496,7 +496,11 @@ def test_inboxWindowOverrun() -> None:
         inbox.accept(3, b"")
     assert str(info.value) == "peer exceeded the window of 2 unacknowledged messages"
     assert inbox.receivedUpTo == 2
+    # Processed is not enough: the peer can only know of an ACK it was sent.
     inbox.processedUpTo = 1
+    with pytest.raises(ProtocolViolation):
+        inbox.accept(3, b"")
+    inbox.ackedUpTo = 1
     assert inbox.accept(3, b"") is True
 
 

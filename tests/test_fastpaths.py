@@ -17,6 +17,7 @@ from twisted_alive._delivery import EMPTY, Inbox, Outbox, ProtocolViolation
 from twisted_alive._frames import (
     DEFAULT_MAX_FRAME_SIZE,
     NO_SESSION,
+    PROTOCOL_VERSION,
     Ack,
     Data,
     FrameDecoder,
@@ -182,10 +183,10 @@ def test_acceptInOrderForgetsSeenRejections() -> None:
     inbox.accept(1, b"x")
     inbox.reject(1, "bad")
     inbox.takeRejections()
-    inbox.processedUpTo = 1
+    inbox.processedUpTo = inbox.ackedUpTo = 1
     inbox.acceptInOrder(data(2, 3))
     assert list(inbox.sentRejections) == [(1, "bad")]  # 3 is not beyond 1 + window
-    inbox.processedUpTo = 3
+    inbox.processedUpTo = inbox.ackedUpTo = 3
     inbox.acceptInOrder(data(4))
     assert not inbox.sentRejections
 
@@ -205,7 +206,9 @@ def test_connectionRefusesGapAfterFastRun() -> None:
 def opened(settings: Settings | None = None, window: int = 1024) -> Connection:
     """A peer connection whose HELLO exchange is done."""
     conn = Connection(settings or Settings(), Role.PEER, 0.0)
-    conn.receiveData(encode(Hello(1, 0, 5.0, DEFAULT_MAX_FRAME_SIZE, window, 1, NO_SESSION)), 0.0)
+    conn.receiveData(
+        encode(Hello(PROTOCOL_VERSION, 0, 5.0, DEFAULT_MAX_FRAME_SIZE, window, 1, NO_SESSION)), 0.0
+    )
     conn.dataToSend(0.0)
     return conn
 
@@ -235,7 +238,9 @@ def test_sendKeepsOrderBehindQueue() -> None:
     """A message never overtakes one already waiting in the queue."""
     conn = Connection(Settings(), Role.PEER, 0.0)
     conn.send(b"early", None, 0.0)  # before the HELLO exchange: queued
-    conn.receiveData(encode(Hello(1, 0, 5.0, DEFAULT_MAX_FRAME_SIZE, 1024, 1, NO_SESSION)), 0.0)
+    conn.receiveData(
+        encode(Hello(PROTOCOL_VERSION, 0, 5.0, DEFAULT_MAX_FRAME_SIZE, 1024, 1, NO_SESSION)), 0.0
+    )
     conn.send(b"late", None, 0.0)
     frames = FrameDecoder().feed(conn.dataToSend(0.0))
     assert [f for f in frames if type(f) is Data] == [Data(1, b"early"), Data(2, b"late")]

@@ -51,19 +51,22 @@ def raw(kind: int, body: bytes, length: int | None = None) -> bytes:
 
 
 def helloBody(
-    version: int = 1,
+    version: int = 2,
     flags: int = 0,
     intervalMs: int = 5000,
     maxFrame: int = 65536,
     window: int = 32,
     nextExpected: int = 1,
     session: bytes = NO_SESSION,
+    nonce: int = 0,
 ) -> bytes:
     """
     Build a HELLO body by hand.
     """
     return (
-        struct.pack(">BBIIIQ", version, flags, intervalMs, maxFrame, window, nextExpected) + session
+        struct.pack(">BBIIIQ", version, flags, intervalMs, maxFrame, window, nextExpected)
+        + session
+        + struct.pack(">Q", nonce)
     )
 
 
@@ -90,10 +93,10 @@ def errorOf(data: bytes, maxFrameSize: int = DEFAULT_MAX_FRAME_SIZE) -> FrameErr
 # --- round trips ----------------------------------------------------------
 
 EXAMPLES: list[Frame] = [
-    Hello(1, 0, 5.0, 1_048_576, 64, 1, NO_SESSION),
-    Hello(1, HELLO_RESUMED, 0.25, 65536, 1, 43, TOKEN),
-    Hello(1, 0, 0.0, 0, 0, MAX_U64, b"\xff" * 16),
-    Hello(1, 0xFF, MAX_U32 / 1000, MAX_U32, MAX_U32, 1, TOKEN),
+    Hello(2, 0, 5.0, 1_048_576, 64, 1, NO_SESSION, 1),
+    Hello(2, HELLO_RESUMED, 0.25, 65536, 1, 43, TOKEN),
+    Hello(2, 0, 0.0, 0, 0, MAX_U64, b"\xff" * 16),
+    Hello(2, 0xFF, MAX_U32 / 1000, MAX_U32, MAX_U32, 1, TOKEN, MAX_U64),
     Data(1, b""),
     Data(7, b"hello"),
     Data(MAX_U64, bytes(range(256))),
@@ -123,7 +126,7 @@ def test_roundTrip(frame: Frame) -> None:
 @pytest.mark.parametrize(
     "frame,kind,length",
     [
-        (EXAMPLES[0], Kind.HELLO, 39),
+        (EXAMPLES[0], Kind.HELLO, 47),
         (Data(1, b"abc"), Kind.DATA, 12),
         (Ack(1), Kind.ACK, 9),
         (Ping(1), Kind.PING, 9),
@@ -150,7 +153,7 @@ def test_decodedTypes() -> None:
 
 def test_constants() -> None:
     """The module constants match the wire spec."""
-    assert PROTOCOL_VERSION == 1
+    assert PROTOCOL_VERSION == 2
     assert NO_SESSION == b"\x00" * 16
     assert HELLO_RESUMED == 1
     assert DEFAULT_MAX_FRAME_SIZE == 1_048_576
@@ -170,9 +173,14 @@ def test_encodeFastPaths() -> None:
 
 def test_helloLayout() -> None:
     """The HELLO body is laid out field by field as the spec says."""
-    frame = Hello(1, HELLO_RESUMED, 1.5, 0x01020304, 0x0A0B0C0D, 0x1122334455667788, TOKEN)
+    frame = Hello(
+        2, HELLO_RESUMED, 1.5, 0x01020304, 0x0A0B0C0D, 0x1122334455667788, TOKEN, 0x99AABBCCDDEEFF00
+    )
     assert encode(frame) == raw(
-        1, helloBody(1, 1, 1500, 0x01020304, 0x0A0B0C0D, 0x1122334455667788, TOKEN)
+        1,
+        helloBody(
+            2, 1, 1500, 0x01020304, 0x0A0B0C0D, 0x1122334455667788, TOKEN, 0x99AABBCCDDEEFF00
+        ),
     )
 
 
@@ -182,7 +190,7 @@ def test_helloLayout() -> None:
 )
 def test_helloIntervalRounding(interval: float, milliseconds: int) -> None:
     """HELLO interval is sent rounded to the nearest millisecond."""
-    encoded = encode(Hello(1, 0, interval, 64, 1, 1, NO_SESSION))
+    encoded = encode(Hello(2, 0, interval, 64, 1, 1, NO_SESSION))
     assert struct.unpack_from(">I", encoded, 7)[0] == milliseconds
     [hello] = decodeAll(encoded)
     assert isinstance(hello, Hello)
@@ -202,8 +210,8 @@ def test_helloUnknownFlagsIgnored() -> None:
     [
         Data(0, b""),
         Reject(0, ""),
-        Hello(1, 0, 1.0, 64, 1, 0, NO_SESSION),
-        Hello(2, 0, 1.0, 64, 1, 1, NO_SESSION),
+        Hello(2, 0, 1.0, 64, 1, 0, NO_SESSION),
+        Hello(1, 0, 1.0, 64, 1, 1, NO_SESSION),
         Goodbye(99, ""),  # type: ignore[arg-type]
     ],
     ids=repr,
@@ -331,9 +339,9 @@ INVALID: list[tuple[str, bytes, str]] = [
     ("kind-0x00", raw(0x00, b""), "unknown frame kind 0x00"),
     ("kind-0x08", raw(0x08, b"abc"), "unknown frame kind 0x08"),
     ("kind-0xff", raw(0xFF, b""), "unknown frame kind 0xff"),
-    ("hello-empty", raw(1, b""), "HELLO body is 0 bytes, expected 38"),
-    ("hello-short", raw(1, helloBody()[:37]), "HELLO body is 37 bytes, expected 38"),
-    ("hello-long", raw(1, helloBody() + b"x"), "HELLO body is 39 bytes, expected 38"),
+    ("hello-empty", raw(1, b""), "HELLO body is 0 bytes, expected 46"),
+    ("hello-short", raw(1, helloBody()[:45]), "HELLO body is 45 bytes, expected 46"),
+    ("hello-long", raw(1, helloBody() + b"x"), "HELLO body is 47 bytes, expected 46"),
     (
         "hello-next-expected-0",
         raw(1, helloBody(nextExpected=0)),
@@ -387,7 +395,7 @@ def test_errorMessages(data: bytes, message: str) -> None:
 
 @pytest.mark.parametrize(
     "body",
-    [helloBody(version=2), helloBody(version=2)[:1], helloBody(version=2, nextExpected=0)],
+    [helloBody(version=3), helloBody(version=3)[:1], helloBody(version=3, nextExpected=0)],
     ids=["full", "version-byte-only", "next-expected-0"],
 )
 def test_versionCheckedFirst(body: bytes) -> None:
@@ -395,14 +403,14 @@ def test_versionCheckedFirst(body: bytes) -> None:
     error = errorOf(raw(1, body))
     assert isinstance(error, VersionError)
     assert isinstance(error, FrameError)
-    assert str(error) == "unsupported protocol version 2 (this side speaks 1)"
+    assert str(error) == "unsupported protocol version 3 (this side speaks 2)"
 
 
 def test_versionZero() -> None:
     """Version 0 is refused as well."""
     error = errorOf(raw(1, helloBody(version=0)))
     assert isinstance(error, VersionError)
-    assert str(error) == "unsupported protocol version 0 (this side speaks 1)"
+    assert str(error) == "unsupported protocol version 0 (this side speaks 2)"
 
 
 # --- size limits ----------------------------------------------------------
@@ -547,7 +555,7 @@ def test_poisoned() -> None:
     for more in [b"", encodeAck(2), encode(EXAMPLES[0])]:
         with pytest.raises(VersionError) as later:
             decoder.feed(more)
-        assert str(later.value) == "unsupported protocol version 3 (this side speaks 1)"
+        assert str(later.value) == "unsupported protocol version 3 (this side speaks 2)"
         assert later.value.frames == []
     assert decoder.buffered == 0
 
@@ -579,6 +587,7 @@ frameStrategy: st.SearchStrategy[Frame] = st.one_of(
         u32,
         seqs,
         st.binary(min_size=16, max_size=16),
+        u64,
     ),
     st.builds(Data, seqs, st.binary(max_size=300)),
     st.builds(Ack, u64),

@@ -33,7 +33,7 @@ from zope.interface import implementer
 from twisted_alive._frames import GoodbyeCode
 from twisted_alive._mixin import HeartbeatProtocol
 from twisted_alive._outcomes import DeliveryFailed
-from twisted_alive._reasons import Loss, Reason, classify
+from twisted_alive._reasons import Cause, Loss, Reason, classify
 
 ROOT = Path(__file__).resolve().parent.parent
 PEERS = Path(__file__).resolve().parent / "peers"
@@ -327,14 +327,18 @@ def test_garbageIsProtocolError(peers: Peers) -> Generator[Any, Any, None]:
         proto = yield factory.connection()
         loss = yield proto.whenLost()
         assert loss.reason is Reason.PROTOCOL_ERROR
-        detail = "frame of 4294967295 bytes exceeds the maximum of 1048576 bytes"
-        assert loss.detail == detail
+        assert loss.cause is Cause.NOT_ALIVE_PEER
+        assert loss.detail == (
+            "the peer does not speak twisted_alive: its first bytes were "
+            "0xff ff ff ff ff ff ff ff ff ff ff ff ff ff ff ff… "
+            "(frame of 4294967295 bytes exceeds the maximum of 1048576 bytes)"
+        )
         assert proto.lostAt - proto.madeAt < 0.5
         output = yield waitForExit(process)
         received = frames(output)
         assert [f["kind"] for f in received] == ["Hello", "Goodbye"]
         assert received[1]["code"] == GoodbyeCode.PROTOCOL_ERROR
-        assert received[1]["reason"] == detail
+        assert received[1]["reason"] == loss.detail
         assert output.splitlines()[-1] == "EOF"
     finally:
         yield port.stopListening()

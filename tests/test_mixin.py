@@ -33,6 +33,7 @@ from twisted.test.iosim import FakeTransport, IOPump, connect
 from twisted_alive._frames import (
     DEFAULT_MAX_FRAME_SIZE,
     NO_SESSION,
+    PROTOCOL_VERSION,
     Ack,
     Data,
     Frame,
@@ -142,9 +143,11 @@ def makePair(
     return pair
 
 
-def peerHello(interval: float = INTERVAL, version: int = 1) -> bytes:
+def peerHello(interval: float = INTERVAL, version: int = PROTOCOL_VERSION) -> bytes:
     """The bytes of a peer's HELLO."""
-    data = bytearray(encode(Hello(1, 0, interval, DEFAULT_MAX_FRAME_SIZE, 1024, 1, NO_SESSION)))
+    data = bytearray(
+        encode(Hello(PROTOCOL_VERSION, 0, interval, DEFAULT_MAX_FRAME_SIZE, 1024, 1, NO_SESSION))
+    )
     data[5] = version
     return bytes(data)
 
@@ -901,8 +904,11 @@ def test_versionMismatch() -> None:
     """A HELLO of another protocol version gets GOODBYE(PROTOCOL_ERROR): PROTOCOL_ERROR."""
     proto, transport, clock = lone()
     with capturedLogs():
-        proto.dataReceived(peerHello(version=2))
-    detail = "unsupported protocol version 2 (this side speaks 1)"
+        proto.dataReceived(peerHello(version=1))
+    detail = (
+        "the peer speaks another version of twisted_alive: "
+        "unsupported protocol version 1 (this side speaks 2)"
+    )
     assert written(transport)[-1] == Goodbye(GoodbyeCode.PROTOCOL_ERROR, detail)
     assert transport.disconnecting
     proto.connectionLost(Failure(error.ConnectionDone()))
@@ -916,7 +922,11 @@ def test_garbageIsProtocolError() -> None:
     proto, transport, clock = lone(heartbeatInterval=5.0)
     with capturedLogs():
         proto.dataReceived(b"\xff" * 64)
-    detail = "frame of 4294967295 bytes exceeds the maximum of 1048576 bytes"
+    detail = (
+        "the peer does not speak twisted_alive: its first bytes were "
+        "0xff ff ff ff ff ff ff ff ff ff ff ff ff ff ff ff… "
+        "(frame of 4294967295 bytes exceeds the maximum of 1048576 bytes)"
+    )
     assert written(transport)[-1] == Goodbye(GoodbyeCode.PROTOCOL_ERROR, detail)
     assert transport.disconnecting
     assert not transport.disconnected

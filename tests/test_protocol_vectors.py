@@ -9,7 +9,17 @@ from pathlib import Path
 
 import pytest
 
+from twisted_alive._connection import (
+    Connection,
+    HelloReceived,
+    Opened,
+    Role,
+    SessionUnknown,
+    Settings,
+    Violation,
+)
 from twisted_alive._frames import (
+    HELLO_ASSIGNED,
     HELLO_RESUMED,
     NO_SESSION,
     Ack,
@@ -30,12 +40,18 @@ from twisted_alive._frames import (
 PROTOCOL_MD = Path(__file__).resolve().parent.parent / "docs" / "protocol.md"
 
 TOKEN = bytes.fromhex("00112233445566778899aabbccddeeff")
+NEW_TOKEN = bytes.fromhex("3f9c0000000000000000000000000ae1")
 
 # What each valid vector of docs/protocol.md decodes to.
 EXPECTED: dict[str, Frame] = {
-    "hello-client-new": Hello(1, 0, 5.0, 1_048_576, 64, 1, NO_SESSION),
-    "hello-client-resume": Hello(1, 0, 5.0, 1_048_576, 64, 8, TOKEN),
-    "hello-server-resumed": Hello(1, HELLO_RESUMED, 2.5, 65536, 32, 43, TOKEN),
+    "hello-client-new": Hello(2, 0, 5.0, 1_048_576, 64, 1, NO_SESSION, 0x5B1E0C2A9D4F8807),
+    "hello-client-resume": Hello(2, 0, 5.0, 1_048_576, 64, 8, TOKEN, 0x0123456789ABCDEF),
+    "hello-server-new": Hello(
+        2, HELLO_ASSIGNED, 5.0, 1_048_576, 64, 1, NEW_TOKEN, 0xC40A11F0E2D3B793
+    ),
+    "hello-server-resumed": Hello(
+        2, HELLO_ASSIGNED | HELLO_RESUMED, 2.5, 65536, 32, 43, TOKEN, 0xFEDCBA9876543210
+    ),
     "data-empty": Data(1, b""),
     "data-hello": Data(42, b"hello"),
     "ack-none": Ack(0),
@@ -158,3 +174,73 @@ def test_invalidVectorByteByByte(name: str) -> None:
         for i in range(len(data)):
             decoder.feed(data[i : i + 1])
     assert str(info.value) == message
+
+
+# -- handshake vectors ---------------------------------------------------------------------------
+
+_HANDSHAKE = re.compile(
+    r"^handshake (?P<name>[\w-]+): (?P<role>client|server|peer) (?P<nonce>[0-9a-f]{16}|-) "
+    r"(?P<asked>[0-9a-f]{32}|-) <- (?P<hex>[0-9a-f ]+) -> (?P<outcome>.+)$"
+)
+
+
+def _handshakeVectors() -> dict[str, re.Match[str]]:
+    """The ``handshake`` lines of the block under "Handshake vectors", by name."""
+    text = PROTOCOL_MD.read_text(encoding="utf-8")
+    heading = re.search(r"^#+ Handshake vectors\s*$", text, re.MULTILINE)
+    assert heading is not None, "docs/protocol.md has no 'Handshake vectors' heading"
+    block = re.search(r"^```text\n(.*?)^```", text[heading.end() :], re.MULTILINE | re.DOTALL)
+    assert block is not None
+    vectors: dict[str, re.Match[str]] = {}
+    for line in block.group(1).splitlines():
+        if not line.strip() or line.startswith("#"):
+            continue
+        match = _HANDSHAKE.match(line)
+        assert match is not None, f"unparsable handshake vector: {line!r}"
+        assert match["name"] not in vectors
+        vectors[match["name"]] = match
+    return vectors
+
+
+HANDSHAKES = _handshakeVectors()
+VECTOR_SETTINGS = Settings(interval=5.0, maxFrameSize=1_048_576, window=64)
+
+
+def test_handshakeVectorSet() -> None:
+    """The handshake vectors cover each outcome and each new HELLO rule."""
+    outcomes = {m["outcome"].split(":")[0] for m in HANDSHAKES.values()}
+    assert {"open", "open resumed", "accept", "session unknown"} <= outcomes
+    assert {"echo", "server-to-server", "ssh-banner", "version-1-peer"} <= set(HANDSHAKES)
+
+
+@pytest.mark.parametrize("name", sorted(HANDSHAKES))
+def test_handshakeVector(name: str) -> None:
+    """A side fed a handshake vector does exactly what the spec says, and nothing else."""
+    vector = HANDSHAKES[name]
+    role = Role(vector["role"])
+    asked = NO_SESSION if vector["asked"] == "-" else bytes.fromhex(vector["asked"])
+    nonce = None if vector["nonce"] == "-" else int(vector["nonce"], 16)
+    conn = Connection(
+        VECTOR_SETTINGS, role, 0.0, VECTOR_SETTINGS.newSession(asked), nonce=nonce
+    )
+    own = conn.dataToSend(0.0)
+    if nonce is not None:
+        (hello,) = FrameDecoder().feed(own)
+        assert isinstance(hello, Hello) and hello.nonce == nonce and hello.session == asked
+    events = conn.receiveData(bytes.fromhex(vector["hex"]), 0.0)
+    sent = FrameDecoder().feed(conn.dataToSend(0.0))
+    outcome = vector["outcome"]
+    if outcome.startswith("goodbye "):
+        code, text = outcome[len("goodbye ") :].split(": ", 1)
+        assert sent == [Goodbye(GoodbyeCode[code], text)]
+        assert events[-1] == Violation(text, notAlive=events[-1].notAlive)
+        assert conn.state.name == "FAILED"
+    elif outcome == "accept":
+        assert [type(e) for e in events] == [HelloReceived]
+        assert sent == []
+    elif outcome == "session unknown":
+        assert [type(e) for e in events] == [SessionUnknown]
+        assert sent == []
+    else:
+        assert outcome in ("open", "open resumed")
+        assert events == [Opened(outcome == "open resumed")]

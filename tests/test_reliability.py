@@ -57,6 +57,7 @@ from twisted_alive._factories import AliveClientFactory, AliveServerFactory
 from twisted_alive._frames import (
     DEFAULT_MAX_FRAME_SIZE,
     NO_SESSION,
+    PROTOCOL_VERSION,
     FrameDecoder,
     FrameError,
     Goodbye,
@@ -707,12 +708,18 @@ PROMPT = 1.0
 """Seconds within which a peer that broke the protocol must be closed."""
 SLACK = 0.5
 """Seconds allowed past the handshake deadline (a loaded 2-core machine)."""
-HUGE_DETAIL = f"frame of 4294967295 bytes exceeds the maximum of {DEFAULT_MAX_FRAME_SIZE} bytes"
+HUGE_DETAIL = (
+    "the peer does not speak twisted_alive: its first bytes were "
+    "0xff ff ff ff 02 00 00 00 00 00 00 00 00 00 00 00… "
+    f"(frame of 4294967295 bytes exceeds the maximum of {DEFAULT_MAX_FRAME_SIZE} bytes)"
+)
 
 
 def helloFrame(token: bytes) -> bytes:
     """A client HELLO asking to resume session C{token}."""
-    return encode(Hello(1, 0, ABUSE_INTERVAL, DEFAULT_MAX_FRAME_SIZE, 1024, 1, token))
+    return encode(
+        Hello(PROTOCOL_VERSION, 0, ABUSE_INTERVAL, DEFAULT_MAX_FRAME_SIZE, 1024, 1, token)
+    )
 
 
 def expectedForRandom(data: bytes) -> Reason:

@@ -37,6 +37,7 @@ from zope.interface import implementer
 from twisted_alive._frames import (
     DEFAULT_MAX_FRAME_SIZE,
     NO_SESSION,
+    PROTOCOL_VERSION,
     Ack,
     Data,
     Frame,
@@ -79,7 +80,7 @@ def bounded(d: Deferred[Any]) -> Deferred[Any]:
 
 def peerHello() -> bytes:
     """The bytes of a peer's HELLO (no session: a plain peer)."""
-    return encode(Hello(1, 0, INTERVAL, DEFAULT_MAX_FRAME_SIZE, 1024, 1, NO_SESSION))
+    return encode(Hello(PROTOCOL_VERSION, 0, INTERVAL, DEFAULT_MAX_FRAME_SIZE, 1024, 1, NO_SESSION))
 
 
 def frames(data: bytes) -> list[Frame]:

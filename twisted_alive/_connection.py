@@ -13,6 +13,7 @@ application.
 from __future__ import annotations
 
 import enum
+import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -29,6 +30,7 @@ from twisted_alive._delivery import (
 from twisted_alive._frames import (
     DATA_OVERHEAD,
     HELLO_ASSIGNED,
+    HELLO_KNOWN_FLAGS,
     HELLO_RESUMED,
     MIN_MAX_FRAME_SIZE,
     NO_SESSION,
@@ -53,6 +55,37 @@ _PING = TimerAction.PING
 def seconds(value: float) -> str:
     """A duration in seconds, to the millisecond, without trailing zeros."""
     return f"{value:.3f}".rstrip("0").rstrip(".")
+
+
+_ESCAPES = (("\\", "\\\\"), ("'", "\\'"), ("\r", "\\r"), ("\n", "\\n"), ("\t", "\\t"))
+
+FIRST_BYTES_SHOWN = 16
+"""How many of a non-speaking peer's first bytes a protocol error quotes."""
+
+
+def describeBytes(data: bytes, limit: int = FIRST_BYTES_SHOWN) -> str:
+    """
+    The first ``limit`` bytes of ``data`` for a human: quoted text if they
+    are printable ASCII (``'SSH-2.0-OpenSSH_'…``), else hex (``0x15 03 03…``);
+    ``…`` says that more followed.
+    """
+    shown = data[:limit]
+    more = "…" if len(data) > limit else ""
+    if not shown:
+        return "nothing"
+    if all(32 <= b < 127 or b in (9, 10, 13) for b in shown):
+        text = shown.decode("ascii")
+        for raw, escaped in _ESCAPES:
+            text = text.replace(raw, escaped)
+        return f"'{text}'{more}"
+    return "0x" + shown.hex(" ") + more
+
+
+class NotAlivePeer(ProtocolViolation):
+    """
+    The peer does not speak twisted_alive (version 2): its first bytes were
+    no HELLO, or it reflected this side's own HELLO back.
+    """
 
 
 class Role(enum.Enum):
@@ -197,9 +230,17 @@ class GoodbyeReceived(NamedTuple):
 
 
 class Violation(NamedTuple):
-    """The peer broke the protocol; a GOODBYE was queued: close now."""
+    """
+    The peer broke the protocol; a GOODBYE is due: hand the messages that
+    arrived before the bad frame to the application, so that their ACK
+    goes out before the GOODBYE (`Connection.dataToSend` adds it last),
+    then close.
+    """
 
     detail: str
+    notAlive: bool = False
+    """Whether the peer does not speak twisted_alive at all (see
+    `NotAlivePeer`): a configuration error rather than a faulty peer."""
 
 
 class Expired(NamedTuple):
@@ -240,6 +281,8 @@ class Connection:
     :param phase: where this end's wake times fall in a step of the grid
         (`Liveness`): 0.0 at one end of a link and 0.5 at the other, so that
         the two ends' PINGs never fall due together.
+    :param nonce: the 64-bit nonce of this side's HELLO; random (and never
+        0) unless given. A HELLO that comes back with it is a reflection.
     """
 
     __slots__ = (
@@ -260,6 +303,9 @@ class Connection:
         "_pongDue",
         "_out",
         "_askedToken",
+        "_goodbyeDue",
+        "_firstBytes",
+        "nonce",
         "reading",
         "writeThrough",
     )
@@ -271,6 +317,7 @@ class Connection:
         now: float,
         session: Session | None = None,
         phase: float = 0.0,
+        nonce: int | None = None,
     ) -> None:
         self.settings = settings = sharedSettings(settings)
         self.role = role
@@ -290,6 +337,9 @@ class Connection:
         self._pongDue: int | None = None
         self._out: list[bytes] = []
         self._askedToken = self.session.token
+        self._goodbyeDue: bytes | None = None
+        self._firstBytes = b""
+        self.nonce = nonce if nonce is not None else secrets.randbits(64) | 1
         self.reading = False
         """For the adapter: whether it is reading a burst (sends wait for
         the write at its end)."""
@@ -302,8 +352,13 @@ class Connection:
     # -- output ------------------------------------------------------------
 
     def dataToSend(self, now: float) -> bytes:
-        """Take the bytes queued for the peer (empty if none)."""
+        """Take the bytes queued for the peer (empty if none). A GOODBYE due
+        after a protocol violation goes last, after the ACK of what the
+        application finished meanwhile."""
         out = self._out
+        if self._goodbyeDue is not None:
+            out.append(self._goodbyeDue)
+            self._goodbyeDue = None
         if not out:
             return b""
         self.liveness.sent(now)
@@ -332,10 +387,21 @@ class Connection:
         self.liveness.received(now)
         events: list[Event] = []
         error: str | None = None
+        if self.peerHello is None and len(self._firstBytes) <= FIRST_BYTES_SHOWN:
+            self._firstBytes += data[: FIRST_BYTES_SHOWN + 1 - len(self._firstBytes)]
         try:
             frames = self.decoder.feed(data)
         except FrameError as e:
             frames, error = e.frames, str(e)
+            if (
+                not frames
+                and self.peerHello is None
+                and self.state is _HANDSHAKE
+                and self._held is None
+            ):
+                # The very first frame is not twisted_alive's.
+                self._violateNotAlive(error, events)
+                return events
         if self._held is not None:
             # A server still deciding on the session holds what followed
             # the client's HELLO; keep the order.
@@ -344,10 +410,16 @@ class Connection:
             return events
         self._run(frames, error, now, events)
         if self._pongDue is not None:
-            if self.state is not _FAILED:
-                self._out.append(_frames.encodePong(self._pongDue))
-            self._pongDue = None
+            self._answerPing()
         return events
+
+    def _answerPing(self) -> None:
+        """The PONG of the read burst, for its last PING; one that came
+        before a bad frame is answered too."""
+        if self.state is not _FAILED or self._goodbyeDue is not None:
+            assert self._pongDue is not None
+            self._out.append(_frames.encodePong(self._pongDue))
+        self._pongDue = None
 
     def _run(
         self, frames: list[_frames.Frame], error: str | None, now: float, events: list[Event]
@@ -365,11 +437,32 @@ class Connection:
                     if self.state is _HANDSHAKE and self.role is Role.SERVER:
                         self._held = (frames[index + 1 :], error)
                     return
+        except NotAlivePeer as e:
+            self._violateNotAlive(str(e), events)
+            return
         except ProtocolViolation as e:
             self._violate(str(e), events)
             return
         if error is not None:
             self._violate(error, events)
+
+    def _violateNotAlive(self, error: str, events: list[Event]) -> None:
+        """The peer's first bytes are not twisted_alive's (``error`` says
+        what the decoder or the HELLO rules found)."""
+        if error.startswith("the peer "):
+            detail = error
+        elif error.startswith("unsupported protocol version"):
+            detail = f"the peer speaks another version of twisted_alive: {error}"
+        else:
+            first = self._firstBytes
+            detail = (
+                "the peer does not speak twisted_alive: its first bytes were "
+                + describeBytes(first)
+            )
+            if len(first) >= 2 and first[0] in (0x15, 0x16) and first[1] == 0x03:
+                detail += " (a TLS record: TLS mismatch, the peer expects TLS)"
+            detail += f" ({error})"
+        self._fail(GoodbyeCode.PROTOCOL_ERROR, detail, events, notAlive=True)
 
     def _handleFrame(self, frame: _frames.Frame, now: float, events: list[Event]) -> bool:
         """Act on one frame; ``True`` to stop reading further frames."""
@@ -437,6 +530,12 @@ class Connection:
     def _handleHello(self, hello: Hello, now: float, events: list[Event]) -> None:
         if self.peerHello is not None:
             raise ProtocolViolation("a second HELLO on one connection")
+        if hello.nonce == self.nonce and self.role is not Role.SERVER:
+            # Our own HELLO came back: an echo server, or a connection to
+            # itself. Nothing on the other end would ever process a message.
+            raise NotAlivePeer("the peer echoed our own HELLO: it does not speak twisted_alive")
+        self._checkHelloRole(hello)
+        self._firstBytes = b""
         settings = self.settings
         if not settings.minPeerInterval <= hello.interval <= settings.maxPeerInterval:
             raise ProtocolViolation(
@@ -477,6 +576,30 @@ class Connection:
             self.error = "peer did not resume the session (it keeps no sessions)"
             events.append(SessionUnknown(self.error))
 
+    def _checkHelloRole(self, hello: Hello) -> None:
+        """The flag rules of the HELLO exchange (``docs/protocol.md``)."""
+        flags = hello.flags & HELLO_KNOWN_FLAGS
+        if self.role is Role.SERVER:
+            if flags:
+                raise ProtocolViolation(
+                    f"a client's HELLO must not set ASSIGNED or RESUMED (flags 0x{flags:02x}): "
+                    "the peer answers as a server"
+                )
+            return
+        if flags & HELLO_ASSIGNED:
+            if hello.session == NO_SESSION:
+                raise ProtocolViolation("HELLO sets ASSIGNED but carries no session token")
+        elif flags & HELLO_RESUMED:
+            raise ProtocolViolation("HELLO sets RESUMED without ASSIGNED")
+        elif hello.session != NO_SESSION and self.role is Role.CLIENT:
+            raise ProtocolViolation(
+                "the peer's HELLO asks to resume a session: it is a client, not a server"
+            )
+        if flags & HELLO_RESUMED and (
+            self._askedToken == NO_SESSION or not self.session.matches(hello.session)
+        ):
+            raise ProtocolViolation("HELLO sets RESUMED for a session this side did not ask for")
+
     def acceptSession(self, session: Session, resumed: bool, now: float) -> list[Event]:
         """
         (Server role.) Answer the client's HELLO with ``session``, new or
@@ -498,6 +621,8 @@ class Connection:
         held, self._held = self._held, None
         if held is not None:
             self._run(held[0], held[1], now, events)
+            if self._pongDue is not None:
+                self._answerPing()
         return events
 
     def refuseSession(self, detail: str) -> None:
@@ -511,7 +636,15 @@ class Connection:
         self.peerWindow = hello.window
         self.peerMaxPayload = min(self.settings.maxPayload, hello.maxFrameSize - 9)
         self.resumed = resumed
-        self.session.outbox.resume(hello.nextExpected)
+        outbox = self.session.outbox
+        outbox.resume(hello.nextExpected)
+        tooLarge = outbox.firstTooLargeResend(self.peerMaxPayload)
+        if tooLarge is not None:
+            raise ProtocolViolation(
+                f"the peer's max_frame of {hello.maxFrameSize} is too small for message "
+                f"{tooLarge.seq} ({len(tooLarge.payload)} bytes), which it has not "
+                "acknowledged: the session cannot continue"
+            )
         if self.state is State.HANDSHAKE:
             self.state = State.OPEN
         events.append(Opened(resumed))
@@ -532,6 +665,7 @@ class Connection:
                     s.window,
                     self.session.inbox.nextExpected,
                     self.session.token,
+                    self.nonce,
                 )
             )
         )
@@ -613,7 +747,7 @@ class Connection:
         ``resend``, also those sent on earlier connections of the session),
         then one cumulative ACK if processing advanced since the last one.
         """
-        if self.state is _FAILED or self.peerHello is None:
+        if (self.state is _FAILED and self._goodbyeDue is None) or self.peerHello is None:
             return
         inbox = self.session.inbox
         if inbox.rejections or (resend and inbox.sentRejections):
@@ -622,6 +756,7 @@ class Connection:
         processed = inbox.processedUpTo
         if processed > self._ackSent:
             self._ackSent = processed
+            inbox.ackedUpTo = processed
             self.acksSent += 1
             self._out.append(_frames.encodeAck(processed))
 
@@ -652,10 +787,14 @@ class Connection:
     def _violate(self, detail: str, events: list[Event]) -> None:
         self._fail(GoodbyeCode.PROTOCOL_ERROR, detail, events)
 
-    def _fail(self, code: GoodbyeCode, detail: str, events: list[Event]) -> None:
+    def _fail(
+        self, code: GoodbyeCode, detail: str, events: list[Event], notAlive: bool = False
+    ) -> None:
+        """Fail the connection: the GOODBYE goes out with the next
+        `dataToSend`, after the ACK of the messages that came before."""
         if self.state is State.FAILED:
             return
         self.state = State.FAILED
         self.error = detail
-        self._out.append(_frames.encode(Goodbye(code, detail)))
-        events.append(Violation(detail))
+        self._goodbyeDue = _frames.encode(Goodbye(code, detail))
+        events.append(Violation(detail, notAlive))

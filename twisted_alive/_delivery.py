@@ -368,6 +368,19 @@ class Outbox:
             self.queue.appendleft(entry)
             self.queuedBytes += len(entry.payload)
 
+    def firstTooLargeResend(self, maxPayload: int) -> Entry | None:
+        """
+        The first message put back for resending (it has a sequence
+        number) that is larger than ``maxPayload``, if any: it cannot be
+        sent again, and skipping it would leave a gap.
+        """
+        for entry in self.queue:
+            if not entry.seq:
+                return None
+            if len(entry.payload) > maxPayload:
+                return entry
+        return None
+
     def restart(self) -> list[Entry]:
         """
         The session is abandoned for a new one: every sent message becomes
@@ -431,6 +444,7 @@ class Inbox:
         "window",
         "receivedUpTo",
         "processedUpTo",
+        "ackedUpTo",
         "pending",
         "rejections",
         "sentRejections",
@@ -441,6 +455,9 @@ class Inbox:
         self.window = window
         self.receivedUpTo = 0
         self.processedUpTo = 0
+        self.ackedUpTo = 0
+        """The highest seq an ACK sent to the peer covered: the peer may
+        send up to `window` messages beyond it, no more."""
         self.pending: deque[tuple[int, bytes]] = EMPTY
         self.rejections: list[tuple[int, str]] = []
         self.sentRejections: deque[tuple[int, str]] = EMPTY
@@ -492,7 +509,7 @@ class Inbox:
                 self.duplicates += 1
                 return False
             raise ProtocolViolation(f"DATA sequence number {seq} arrived, expected {expected}")
-        if seq - self.processedUpTo > self.window:
+        if seq - self.ackedUpTo > self.window:
             raise ProtocolViolation(
                 f"peer exceeded the window of {self.window} unacknowledged messages"
             )
@@ -513,7 +530,7 @@ class Inbox:
         :returns: how many frames, from the first, were queued.
         """
         expected = self.receivedUpTo + 1
-        last = self.processedUpTo + self.window
+        last = self.ackedUpTo + self.window
         count = 0
         for frame in frames:
             if type(frame) is not Data or frame[0] != expected or expected > last:

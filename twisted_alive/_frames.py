@@ -1,5 +1,5 @@
 """
-Sans-IO codec for the twisted_alive wire protocol, version 1.
+Sans-IO codec for the twisted_alive wire protocol, version 2.
 
 A connection carries a sequence of frames::
 
@@ -26,7 +26,9 @@ __all__ = [
     "DEFAULT_MAX_FRAME_SIZE",
     "HEADER_SIZE",
     "HELLO_ASSIGNED",
+    "HELLO_KNOWN_FLAGS",
     "HELLO_RESUMED",
+    "HELLO_SIZE",
     "MIN_MAX_FRAME_SIZE",
     "NO_SESSION",
     "PROTOCOL_VERSION",
@@ -51,7 +53,7 @@ __all__ = [
     "encodePong",
 ]
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 """The protocol version this codec speaks (the first byte of a HELLO body)."""
 
 NO_SESSION = bytes(16)
@@ -64,11 +66,14 @@ HELLO_ASSIGNED = 0x02
 """HELLO flag bit: this HELLO is a server's answer, and its session field is
 the token the server assigned (new or resumed), not a request to resume."""
 
+HELLO_KNOWN_FLAGS = HELLO_RESUMED | HELLO_ASSIGNED
+"""The flag bits version 2 defines; the others are sent as 0 and ignored."""
+
 DEFAULT_MAX_FRAME_SIZE = 1_048_576
 """Default largest frame ``length`` a :class:`FrameDecoder` accepts."""
 
 MIN_MAX_FRAME_SIZE = 64
-"""Smallest allowed ``maxFrameSize`` setting (a HELLO frame has length 39)."""
+"""Smallest allowed ``maxFrameSize`` setting (a HELLO frame has length 47)."""
 
 HEADER_SIZE = 5
 """Bytes before a frame's body: the 4-byte length and the kind byte."""
@@ -77,7 +82,10 @@ DATA_OVERHEAD = 13
 """Bytes a DATA frame adds around its payload: the header and the sequence number."""
 
 _SESSION_SIZE = 16
-_HELLO_BODY_SIZE = 38
+_HELLO_BODY_SIZE = 46
+
+HELLO_SIZE = 4 + 1 + _HELLO_BODY_SIZE
+"""Bytes a HELLO frame takes on the wire."""
 
 _MAX_U8 = 0xFF
 _MAX_U16 = 0xFFFF
@@ -128,6 +136,9 @@ class Hello(NamedTuple):
     :param window: how many unacknowledged DATA frames the sender accepts.
     :param nextExpected: the next DATA sequence number the sender needs.
     :param session: the 16-byte session token, or :data:`NO_SESSION`.
+    :param nonce: 64 random bits the sender draws for this connection: a
+        side that receives its own nonce back is talking to a reflection of
+        itself (an echo server, a connection to itself), not to a peer.
     """
 
     version: int
@@ -137,6 +148,7 @@ class Hello(NamedTuple):
     window: int
     nextExpected: int
     session: bytes
+    nonce: int = 0
 
 
 class Data(NamedTuple):
@@ -243,8 +255,8 @@ _U64 = Struct(">Q")
 _U16 = Struct(">H")
 _HEADER_U64 = Struct(">IBQ")
 _HEADER_U16 = Struct(">IBH")
-_HELLO_FIELDS = Struct(">BBIIIQ")
-_HELLO_FRAME = Struct(">IBBBIIIQ16s")
+_HELLO_FIELDS = Struct(">BBIIIQ16sQ")
+_HELLO_FRAME = Struct(">IBBBIIIQ16sQ")
 
 _unpackLength = _LENGTH.unpack_from
 _unpackHeader = _HEADER.unpack_from
@@ -348,7 +360,7 @@ def encodePong(id: int) -> bytes:
 
 
 def _encodeHello(frame: Hello) -> bytes:
-    version, flags, interval, maxFrameSize, window, nextExpected, session = frame
+    version, flags, interval, maxFrameSize, window, nextExpected, session, nonce = frame
     _checkRange("HELLO version", version, _MAX_U8)
     _checkRange("HELLO flags", flags, _MAX_U8)
     if not math.isfinite(interval):
@@ -361,6 +373,7 @@ def _encodeHello(frame: Hello) -> bytes:
     _checkRange("HELLO nextExpected", nextExpected, _MAX_U64)
     if not isinstance(session, bytes) or len(session) != _SESSION_SIZE:
         raise ValueError(f"HELLO session must be {_SESSION_SIZE} bytes, got {session!r}")
+    _checkRange("HELLO nonce", nonce, _MAX_U64)
     return _HELLO_FRAME.pack(
         1 + _HELLO_BODY_SIZE,
         Kind.HELLO,
@@ -371,6 +384,7 @@ def _encodeHello(frame: Hello) -> bytes:
         window,
         nextExpected,
         session,
+        nonce,
     )
 
 
@@ -453,7 +467,8 @@ def _decodeHello(body: bytes) -> Hello:
         )
     if len(body) != _HELLO_BODY_SIZE:
         raise FrameError(f"HELLO body is {len(body)} bytes, expected {_HELLO_BODY_SIZE}")
-    version, flags, intervalMs, maxFrameSize, window, nextExpected = _HELLO_FIELDS.unpack_from(body)
+    fields = _HELLO_FIELDS.unpack_from(body)
+    version, flags, intervalMs, maxFrameSize, window, nextExpected, session, nonce = fields
     if not nextExpected:
         raise FrameError("HELLO next_expected 0 is invalid (sequence numbers start at 1)")
     return Hello(
@@ -463,7 +478,8 @@ def _decodeHello(body: bytes) -> Hello:
         maxFrameSize,
         window,
         nextExpected,
-        body[22:],
+        session,
+        nonce,
     )
 
 

@@ -60,7 +60,7 @@ from twisted_alive._delivery import (
 from twisted_alive._frames import DEFAULT_MAX_FRAME_SIZE, GoodbyeCode
 from twisted_alive._interfaces import ISessionHost
 from twisted_alive._outcomes import DeliveryFailed, QueueFull, Receipt
-from twisted_alive._reasons import Loss, Reason, classify
+from twisted_alive._reasons import Cause, Loss, Reason, classify
 from twisted_alive._timers import wheelFor
 
 log = Logger(namespace="twisted_alive")
@@ -234,7 +234,7 @@ class HeartbeatMixin(TimeoutMixin):
     factory: Any
 
     _alive: Connection | None = None
-    _cause: tuple[Reason, str, GoodbyeCode | None] | None = None
+    _cause: tuple[Reason, str, GoodbyeCode | None, Cause | None] | None = None
     _closing: str | None = None
     _connectedAt = 0.0
     _armedFor = 0.0
@@ -575,10 +575,10 @@ class HeartbeatMixin(TimeoutMixin):
             if getattr(self.transport, "disconnecting", False) and isinstance(
                 reason.value, ConnectionDone
             ):
-                cause = (Reason.LOCAL_CLOSE, "closed by this side", None)
+                cause = (Reason.LOCAL_CLOSE, "closed by this side", None, None)
             else:
                 kind = classify(reason)
-                cause = (kind, describeFailure(kind, reason), None)
+                cause = (kind, describeFailure(kind, reason), None, None)
         unconfirmed = len(conn.session.outbox) if conn is not None else 0
         loss = Loss(
             reason=cause[0],
@@ -588,6 +588,7 @@ class HeartbeatMixin(TimeoutMixin):
             peer=self._peer,
             connectedFor=now - self._connectedAt,
             unconfirmed=unconfirmed,
+            cause=cause[3],
         )
         self.loss = loss
         log.info(
@@ -714,10 +715,16 @@ class HeartbeatMixin(TimeoutMixin):
                 data = data[sent:]
         transport.write(data)
 
-    def _setCause(self, reason: Reason, detail: str, code: GoodbyeCode | None = None) -> None:
+    def _setCause(
+        self,
+        reason: Reason,
+        detail: str,
+        code: GoodbyeCode | None = None,
+        cause: Cause | None = None,
+    ) -> None:
         """Record why the connection is ending; the first cause wins."""
         if self._cause is None:
-            self._cause = (reason, detail, code)
+            self._cause = (reason, detail, code, cause)
 
     def _handleEvents(self, events: list[Event]) -> None:
         for event in events:
@@ -739,7 +746,7 @@ class HeartbeatMixin(TimeoutMixin):
             elif kind is GoodbyeReceived:
                 self._goodbyeReceived(cast(GoodbyeReceived, event))
             elif kind is Violation:
-                self._violation(cast(Violation, event).detail)
+                self._violation(cast(Violation, event))
             elif kind is Expired:
                 self._expired(cast(Expired, event).detail)
             elif kind is Stalled:
@@ -939,14 +946,28 @@ class HeartbeatMixin(TimeoutMixin):
             self._closing = "peer"
         self._startCloseTimer()
 
-    def _violation(self, detail: str) -> None:
+    def _violation(self, event: Violation) -> None:
+        detail = event.detail
         log.warn(
             "alive.protocol_error: {peer}: {detail}",
             peer=self._peer,
             detail=detail,
             event="protocol_error",
         )
-        self._setCause(Reason.PROTOCOL_ERROR, detail)
+        self._setCause(
+            Reason.PROTOCOL_ERROR,
+            detail,
+            cause=Cause.NOT_ALIVE_PEER if event.notAlive else None,
+        )
+        conn = self._alive
+        assert conn is not None
+        # The messages that came before the bad frame are processed and
+        # acknowledged first; the GOODBYE goes out after their ACK.
+        session = conn.session
+        if session.inbox.pending and not session.busy and session.current is self:
+            self._process()
+        else:
+            conn.flushAck()
         self._flush()
         self._loseSoon()
 

@@ -97,8 +97,7 @@ DEFAULT_TIMEOUT = 5.0
 DEFAULT_INTERVAL = 0.1
 
 _HEADER = struct.Struct(">IB")
-_HELLO_LENGTH = 39  # kind byte + 38 bytes of body
-_HELLO_SIZE = 4 + _HELLO_LENGTH
+_MAX_HELLO_LENGTH = 1024  # a HELLO of any version is far smaller
 _MAX_GOODBYE_LENGTH = 65536
 
 
@@ -279,9 +278,6 @@ class _ProbeProtocol(HeartbeatProtocol):
     # Accept any interval the peer announces: the probe only reports it.
     minPeerInterval = 0.001
     maxPeerInterval = 4_000_000.0
-    # Unusual values, so that an echoed HELLO is told from a peer's.
-    maxInFlight = 17
-    maxFrameSize = 65521
     closeTimeout = CLOSE_WAIT
 
     def __init__(self, watch: _Watch, interval: float, misses: int) -> None:
@@ -334,12 +330,12 @@ class _ProbeProtocol(HeartbeatProtocol):
         length, kind = _HEADER.unpack_from(buffered)
         if kind == Kind.GOODBYE and 3 <= length <= _MAX_GOODBYE_LENGTH:
             return _Verdict.SPEAKS, None
-        if kind != Kind.HELLO or length != _HELLO_LENGTH:
+        if kind != Kind.HELLO or not 2 <= length <= _MAX_HELLO_LENGTH:
             return _Verdict.OTHER, None
-        if len(buffered) < _HELLO_SIZE:
+        if len(buffered) < 4 + length:
             return None, None
         try:
-            frames = FrameDecoder().feed(buffered[:_HELLO_SIZE])
+            frames = FrameDecoder().feed(buffered[: 4 + length])
         except FrameError:
             # A HELLO of another protocol version, say: the heartbeat
             # machinery answers it with GOODBYE(PROTOCOL_ERROR).
@@ -350,15 +346,8 @@ class _ProbeProtocol(HeartbeatProtocol):
         return _Verdict.SPEAKS, hello
 
     def _isOwn(self, hello: Hello) -> bool:
-        session = self.session
-        return (
-            abs(hello.interval - round(self.heartbeatInterval, 3)) < 0.0005
-            and hello.maxFrameSize == self.maxFrameSize
-            and hello.window == self.maxInFlight
-            and hello.nextExpected == 1
-            and session is not None
-            and hello.session == session.token
-        )
+        conn = self._alive
+        return conn is not None and hello.nonce == conn.nonce
 
 
 class _ProbeFactory(Factory):

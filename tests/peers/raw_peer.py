@@ -25,7 +25,15 @@ import json
 import socket
 import sys
 
-from twisted_alive._frames import NO_SESSION, Data, FrameDecoder, FrameError, Hello, encode
+from twisted_alive._frames import (
+    NO_SESSION,
+    PROTOCOL_VERSION,
+    Data,
+    FrameDecoder,
+    FrameError,
+    Hello,
+    encode,
+)
 
 
 def say(*words: object) -> None:
@@ -45,7 +53,7 @@ def main(argv: list[str]) -> int:
     if options.behaviour == "garbage":
         sock.sendall(b"\xff" * 64)
     elif options.behaviour == "halfclose":
-        out = [encode(Hello(1, 0, options.interval, 1_048_576, 1024, 1, NO_SESSION))]
+        out = [encode(Hello(PROTOCOL_VERSION, 0, options.interval, 1_048_576, 1024, 1, NO_SESSION))]
         out += [encode(Data(i, b"half %d" % i)) for i in range(1, options.count + 1)]
         sock.sendall(b"".join(out))
         sock.shutdown(socket.SHUT_WR)

@@ -1,0 +1,218 @@
+"""
+Peers that do not speak twisted_alive, over real loopback sockets: a plain
+TCP echo server, a banner server (SSH-like), an HTTP server that answers
+anything with 400 (as nginx does), Twisted's own HTTP server, and a TLS
+port. None of them ever yields a `Receipt`; each is named in words; and a
+client factory does not retry against them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar, cast
+
+import pytest
+import pytest_twisted
+from support import getReactor
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import deferLater
+from twisted.web.resource import Resource
+from twisted.web.server import Site
+
+from twisted_alive import (
+    AliveClientFactory,
+    Cause,
+    DeliveryFailed,
+    HeartbeatProtocol,
+    Loss,
+    Reason,
+)
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+ensureDeferred = cast(Callable[[_F], _F], pytest_twisted.ensureDeferred)
+
+HOST = "127.0.0.1"
+BANNER = b"SSH-2.0-OpenSSH_9.2p1 Debian-2\r\n"
+
+
+class Echo(Protocol):
+    """A plain TCP echo server: every byte comes back."""
+
+    def dataReceived(self, data: bytes) -> None:
+        self.transport.write(data)
+
+
+class Banner(Protocol):
+    """A server that greets with a text line first, as SSH, SMTP or FTP do."""
+
+    def connectionMade(self) -> None:
+        self.transport.write(BANNER)
+
+
+class BadRequest(Protocol):
+    """An HTTP server that answers bytes it cannot parse with 400 and closes."""
+
+    def dataReceived(self, data: bytes) -> None:
+        self.transport.write(
+            b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        )
+        self.transport.loseConnection()
+
+
+class Client(HeartbeatProtocol):
+    """A client with a short handshake deadline (0.2 s x 3)."""
+
+    heartbeatInterval = 0.2
+
+
+@contextmanager
+def serving(factory: Factory) -> Iterator[int]:  # type: ignore[type-arg]
+    """``factory`` on 127.0.0.1 while the block runs; yields the port."""
+    port = getReactor().listenTCP(0, factory, interface=HOST)
+    try:
+        yield port.getHost().port
+    finally:
+        port.stopListening()
+
+
+def nonSpeakers() -> dict[str, tuple[Factory, str]]:  # type: ignore[type-arg]
+    """The servers, each with the start of the loss detail it must give."""
+    return {
+        "echo": (
+            Factory.forProtocol(Echo),
+            "the peer echoed our own HELLO: it does not speak twisted_alive",
+        ),
+        "banner": (
+            Factory.forProtocol(Banner),
+            "the peer does not speak twisted_alive: its first bytes were 'SSH-2.0-OpenSSH_'…",
+        ),
+        "http-400": (
+            Factory.forProtocol(BadRequest),
+            "the peer does not speak twisted_alive: its first bytes were 'HTTP/1.1 400 Bad'…",
+        ),
+    }
+
+
+async def _connectPlain(port: int) -> tuple[Client, Deferred[Any]]:
+    """A `HeartbeatProtocol` client (no session) that sends one message at once."""
+    from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+
+    proto = Client()
+    await connectProtocol(TCP4ClientEndpoint(getReactor(), HOST, port), proto)
+    return proto, proto.sendMessage(b"job 1")
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize("kind", sorted(nonSpeakers()))
+@ensureDeferred
+async def test_plainClientGetsNoReceipt(kind: str) -> None:
+    """A HeartbeatProtocol client gets no Receipt from a non-speaker: PROTOCOL_ERROR, in words."""
+    factory, detail = nonSpeakers()[kind]
+    with serving(factory) as port:
+        proto, sent = await _connectPlain(port)
+        loss: Loss = await proto.whenLost()
+        outcome: list[object] = []
+        sent.addBoth(outcome.append)
+    assert loss.reason is Reason.PROTOCOL_ERROR
+    assert loss.cause is Cause.NOT_ALIVE_PEER
+    assert loss.detail.startswith(detail), loss.detail
+    [failure] = outcome
+    assert isinstance(failure, Exception) or hasattr(failure, "value")
+    error = getattr(failure, "value", failure)
+    assert isinstance(error, DeliveryFailed)
+    assert proto.loss is loss
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize("kind", sorted(nonSpeakers()))
+@ensureDeferred
+async def test_clientFactoryStopsAndFails(kind: str) -> None:
+    """AliveClientFactory fails pending messages at once and does not reconnect to a non-speaker."""
+    factory, detail = nonSpeakers()[kind]
+    reactor = getReactor()
+    with serving(factory) as port:
+        client = AliveClientFactory.forProtocol(Client)
+        client.initialDelay = 0.01
+        first = client.sendMessage(b"job 1")
+        second = client.sendMessage(b"job 2")
+        connections = []
+        original = client.buildProtocol
+
+        def counting(addr: Any) -> Any:
+            proto = original(addr)
+            connections.append(proto)
+            return proto
+
+        client.buildProtocol = counting  # type: ignore[method-assign]
+        reactor.connectTCP(HOST, port, client)
+        results = await defer.DeferredList([first, second], consumeErrors=True)
+        # Long enough for several reconnects, had the factory tried again.
+        await deferLater(reactor, 0.3, lambda: None)
+    for ok, failure in results:
+        assert not ok
+        assert failure.check(DeliveryFailed)
+        assert detail in str(failure.value)
+    assert client.lastLoss is not None
+    assert client.lastLoss.cause is Cause.NOT_ALIVE_PEER
+    assert not client.continueTrying
+    assert len(connections) == 1
+    assert client.pending == 0
+
+
+@pytest.mark.timeout(20)
+@ensureDeferred
+async def test_retryForNonSpeakerCanBeChanged() -> None:
+    """A user who wants retries against a non-speaker says so in causePolicy."""
+    from twisted_alive import Retry
+
+    reactor = getReactor()
+
+    class Stubborn(AliveClientFactory):
+        causePolicy = {Cause.NOT_ALIVE_PEER: Retry.BACKOFF}
+        initialDelay = 0.02
+        maxDelay = 0.05
+
+    with serving(Factory.forProtocol(Banner)) as port:
+        client = Stubborn.forProtocol(Client)
+        built: list[Any] = []
+        original = client.buildProtocol
+
+        def counting(addr: Any) -> Any:
+            proto = original(addr)
+            built.append(proto)
+            return proto
+
+        client.buildProtocol = counting  # type: ignore[method-assign]
+        reactor.connectTCP(HOST, port, client)
+        while len(built) < 3:
+            await deferLater(reactor, 0.02, lambda: None)
+        client.stopTrying()
+        for proto in built:
+            if proto.loss is None:
+                await proto.whenLost()
+    assert len(built) >= 3
+
+
+class _Hello(Resource):
+    isLeaf = True
+
+    def render_GET(self, request: Any) -> bytes:
+        return b"hello"
+
+
+@pytest.mark.timeout(20)
+@ensureDeferred
+async def test_silentHttpServerIsNoPeer() -> None:
+    """Twisted's HTTP server waits for a request line: no Receipt, TIMEOUT at the HELLO deadline."""
+    with serving(Site(_Hello())) as port:
+        proto, sent = await _connectPlain(port)
+        loss: Loss = await proto.whenLost()
+        outcome: list[object] = []
+        sent.addBoth(outcome.append)
+    assert loss.reason is Reason.TIMEOUT
+    assert loss.detail.startswith("no HELLO from peer for "), loss.detail
+    [failure] = outcome
+    assert getattr(failure, "value", None).__class__ is DeliveryFailed
