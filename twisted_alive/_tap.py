@@ -51,7 +51,12 @@ class EchoProtocol(HeartbeatProtocol):
         """Send ``payload`` back. If it cannot even be queued (the send
         queue is full, the connection is closing), the message is rejected
         and the client's ``sendMessage`` fails with the reason."""
-        d = self.sendMessage(payload)
+        try:
+            d = self.sendMessage(payload)
+        except RuntimeError:
+            # This side is closing the connection (at shutdown): reject the
+            # message; the client's sendMessage fails with the reason.
+            return defer.fail(DeliveryFailed("the server is closing the connection; not echoed"))
         if d.called:
             return d  # failed at once: the mixin rejects the message
         d.addErrback(_sessionEnded)
