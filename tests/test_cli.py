@@ -247,12 +247,25 @@ def test_noSubcommand() -> None:
         (
             ["probe", "tcp:host=127.0.0.1:port=abc"],
             'twisted-alive probe: invalid endpoint "tcp:host=127.0.0.1:port=abc": '
-            "invalid literal for int() with base 10: 'abc'",
+            "port 'abc' is not a number from 0 to 65535",
         ),
         (
             ["probe", "tcp:host=127.0.0.1"],
-            'twisted-alive probe: invalid endpoint "tcp:host=127.0.0.1": '
-            "missing 1 required positional argument: 'port'",
+            'twisted-alive probe: invalid endpoint "tcp:host=127.0.0.1": the port is missing',
+        ),
+        (
+            ["probe", "127.0.0.1:-5"],
+            'twisted-alive probe: invalid endpoint "127.0.0.1:-5": '
+            "port '-5' is not a number from 0 to 65535",
+        ),
+        (
+            ["probe", "host:notaport"],
+            'twisted-alive probe: invalid endpoint "host:notaport": '
+            "port 'notaport' is not a number from 0 to 65535",
+        ),
+        (
+            ["probe", ":9000"],
+            'twisted-alive probe: invalid endpoint ":9000": the host is missing (write HOST:PORT)',
         ),
         (
             ["probe", "127.0.0.1:99999"],
@@ -266,8 +279,17 @@ def test_noSubcommand() -> None:
         ),
         (
             ["proxy", "nowhere:", "127.0.0.1:9"],
-            'twisted-alive proxy: invalid listen endpoint "nowhere:": unknown endpoint type '
-            "'nowhere' (write HOST:PORT or an endpoint string such as tcp:PORT:interface=HOST)",
+            'twisted-alive proxy: invalid listen endpoint "nowhere:": the port is missing',
+        ),
+        (
+            ["proxy", "tcp:xyz", "127.0.0.1:9"],
+            'twisted-alive proxy: invalid listen endpoint "tcp:xyz": '
+            "port 'xyz' is not a number from 0 to 65535",
+        ),
+        (
+            ["proxy", "tcp:9000:backlog=many", "127.0.0.1:9"],
+            'twisted-alive proxy: invalid listen endpoint "tcp:9000:backlog=many": '
+            "backlog 'many' is not a whole number of 1 or more",
         ),
         (
             ["proxy", "0", "xyz"],
@@ -592,3 +614,16 @@ def test_serverShortForms(text: str, interface: str, port: int) -> None:
     """A bare port listens on 127.0.0.1; ``HOST:PORT`` on that interface."""
     endpoint = _cli.serverEndpoint(_reactor(), text)
     assert (endpoint._interface, endpoint._port) == (interface, port)  # type: ignore[attr-defined]
+
+
+@pytest.mark.timeout(30)
+def test_version() -> None:
+    """twisted-alive --version prints the package's version (from its metadata) and exits 0."""
+    from importlib.metadata import version
+
+    import twisted_alive
+
+    assert twisted_alive.__version__ == version("twisted_alive")
+    ran = runCli("--version")
+    assert ran.code == 0
+    assert ran.out == f"twisted-alive {twisted_alive.__version__}\n"
