@@ -491,7 +491,7 @@ async def test_proxyForwardsUntilInterrupted(servers: Servers) -> None:
 
 @pytest.mark.timeout(30)
 def test_proxyCannotListen() -> None:
-    """A listen endpoint that is already taken is a one-line error, exit 1."""
+    """A listen endpoint that is already taken is one exact line, exit 1."""
     with socket.socket() as taken:
         taken.bind((LOOPBACK, 0))
         taken.listen(1)
@@ -500,7 +500,9 @@ def test_proxyCannotListen() -> None:
     assert ran.code == 1
     lines = ran.err.splitlines()
     assert len(lines) == 1
-    assert lines[0].startswith(f'twisted-alive proxy: cannot listen on "{LOOPBACK}:{port}": ')
+    assert lines[0] == (
+        f'twisted-alive proxy: cannot listen on "{LOOPBACK}:{port}": address already in use'
+    )
 
 
 # -- demo ----------------------------------------------------------------------------

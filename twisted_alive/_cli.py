@@ -466,6 +466,27 @@ def serverEndpointString(reactor: Any, text: str) -> IStreamServerEndpoint:
         raise EndpointError(_reasonOf(e, "tcp:9000:interface=127.0.0.1", short=False)) from None
 
 
+def listenProblem(error: BaseException) -> str:
+    """
+    What went wrong when listening, in a few words: the socket error's text
+    (``address already in use``) for a ``CannotListenError``, else the
+    error's own text.
+
+    :param error: the exception raised by ``listen()``.
+    :returns: the text, starting with a lower-case letter.
+    """
+    from twisted.internet.error import CannotListenError
+
+    text = str(error)
+    if isinstance(error, CannotListenError):
+        problem = error.socketError
+        if isinstance(problem, OSError) and problem.strerror:
+            text = problem.strerror
+        else:
+            text = str(problem)
+    return text[:1].lower() + text[1:]
+
+
 def runReactor(
     main: Callable[[Any], Coroutine[Any, Any, int]],
     command: str,
@@ -603,7 +624,7 @@ class ProxyCommand:
             try:
                 port = await proxy.listen(listen)
             except Exception as e:
-                return fail("proxy", f'cannot listen on "{args.listen}": {e}', 1)
+                return fail("proxy", f'cannot listen on "{args.listen}": {listenProblem(e)}', 1)
             _startProxyLog()
             print(
                 f"{PROG} proxy: listening on {_address(port)}, forwarding to {args.target}; "

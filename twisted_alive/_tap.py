@@ -36,7 +36,13 @@ from twisted.python import usage
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from twisted_alive._cli import EndpointError, serverEndpointString, splitEndpoint, withDefault
+from twisted_alive._cli import (
+    EndpointError,
+    listenProblem,
+    serverEndpointString,
+    splitEndpoint,
+    withDefault,
+)
 from twisted_alive._factories import AliveServerFactory, _settingsOf
 from twisted_alive._frames import GoodbyeCode
 from twisted_alive._mixin import ABORT_GRACE, HeartbeatMixin, HeartbeatProtocol
@@ -371,14 +377,8 @@ class _Named:
     def _failed(self, failure: Failure) -> Failure:
         error = failure.value
         if isinstance(error, CannotListenError):
-            problem = error.socketError
-            text = (
-                problem.strerror
-                if isinstance(problem, OSError) and problem.strerror
-                else str(problem)
-            )
             raise ListenFailed(
-                f'cannot listen on {self.option} "{self.given}": {text[:1].lower()}{text[1:]}'
+                f'cannot listen on {self.option} "{self.given}": {listenProblem(error)}'
             )
         return failure
 
