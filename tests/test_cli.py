@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import struct
@@ -629,3 +630,42 @@ def test_version() -> None:
     ran = runCli("--version")
     assert ran.code == 0
     assert ran.out == f"twisted-alive {twisted_alive.__version__}\n"
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    ("listen", "host", "warned"),
+    [("tcp:0", "127.0.0.1", False), ("0", "127.0.0.1", False), ("0.0.0.0:0", "0.0.0.0", True),
+     ("tcp:0:interface=0.0.0.0", "0.0.0.0", True)],
+)
+def test_proxyListensOnLoopbackUnlessTold(listen: str, host: str, warned: bool) -> None:
+    """Over real sockets: the proxy listens on 127.0.0.1 unless LISTEN names an interface
+    (a full tcp: string too); on another interface it warns, in one line, that other hosts
+    can reach TARGET through it."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "twisted_alive", "proxy", listen, f"{LOOPBACK}:9"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=ENV,
+        cwd=REPO,
+        start_new_session=True,
+    )
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline()
+        match = re.match(r"twisted-alive proxy: listening on ([\d.]+):(\d+),", first)
+        assert match is not None, first
+        assert match.group(1) == host
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=10)
+        warning = (
+            f"twisted-alive proxy: warning: listening on {host}:{match.group(2)}, reachable "
+            f"from other hosts, which can reach {LOOPBACK}:9 through it"
+        )
+        assert (warning in err.splitlines()) is warned, err
+        assert "Traceback" not in err
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()

@@ -487,6 +487,24 @@ def listenProblem(error: BaseException) -> str:
     return text[:1].lower() + text[1:]
 
 
+def reachableFromOtherHosts(port: IListeningPort) -> bool:
+    """
+    Whether ``port`` listens on an IP interface that is not loopback.
+
+    :param port: a listening port.
+    :returns: ``False`` for loopback addresses and UNIX sockets.
+    """
+    import ipaddress
+
+    host = getattr(port.getHost(), "host", None)
+    if host is None:
+        return False  # a UNIX socket
+    try:
+        return not ipaddress.ip_address(str(host).partition("%")[0]).is_loopback
+    except ValueError:
+        return True
+
+
 def runReactor(
     main: Callable[[Any], Coroutine[Any, Any, int]],
     command: str,
@@ -610,8 +628,12 @@ class ProxyCommand:
             faults = parseFaults(args.faults)
         except ValueError as e:
             return fail("proxy", f'invalid faults "{args.faults}": {e}')
+        # Like the short forms, a TCP string without an interface listens on
+        # loopback: a proxy elsewhere would let other hosts reach TARGET.
+        kind = splitEndpoint(args.listen)[0].strip().lower()
+        listenText = withDefault(args.listen, "interface", "::1" if kind == "tcp6" else LOOPBACK)
         try:
-            listen = serverEndpoint(reactor, args.listen)
+            listen = serverEndpoint(reactor, listenText)
         except EndpointError as e:
             return fail("proxy", f'invalid listen endpoint "{args.listen}": {e}')
         try:
@@ -625,6 +647,11 @@ class ProxyCommand:
                 port = await proxy.listen(listen)
             except Exception as e:
                 return fail("proxy", f'cannot listen on "{args.listen}": {listenProblem(e)}', 1)
+            if reachableFromOtherHosts(port):
+                sys.stderr.write(
+                    f"{PROG} proxy: warning: listening on {_address(port)}, reachable from "
+                    f"other hosts, which can reach {args.target} through it\n"
+                )
             _startProxyLog()
             print(
                 f"{PROG} proxy: listening on {_address(port)}, forwarding to {args.target}; "

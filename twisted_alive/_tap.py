@@ -14,7 +14,6 @@ and only then lets the process exit: the clients classify the loss as
 from __future__ import annotations
 
 import importlib
-import ipaddress
 import math
 import signal
 from collections.abc import Callable
@@ -39,6 +38,7 @@ from zope.interface import implementer
 from twisted_alive._cli import (
     EndpointError,
     listenProblem,
+    reachableFromOtherHosts,
     serverEndpointString,
     splitEndpoint,
     withDefault,
@@ -397,17 +397,6 @@ def describeListening(port: IListeningPort) -> str:
     if host is None or number is None:
         return str(getattr(address, "name", address))
     return f"[{host}]:{number}" if ":" in str(host) else f"{host}:{number}"
-
-
-def reachableFromOtherHosts(port: IListeningPort) -> bool:
-    """Whether ``port`` listens on an IP interface that is not loopback."""
-    host = getattr(port.getHost(), "host", None)
-    if host is None:
-        return False  # a UNIX socket
-    try:
-        return not ipaddress.ip_address(str(host).partition("%")[0]).is_loopback
-    except ValueError:
-        return True
 
 
 def _isProtocolClass(target: object) -> bool:
