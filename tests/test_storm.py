@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 import pytest
-from support import ROOT, environment, killGroup
+from support import environment, killGroup
 
 from twisted_alive._frames import (
     DEFAULT_MAX_FRAME_SIZE,
@@ -106,7 +106,7 @@ def startTwistd(tmp: Path, *args: str) -> tuple[subprocess.Popen[bytes], int]:
         process = subprocess.Popen(
             [*TWISTD, "-n", "--pidfile=", "alive", *args],
             cwd=tmp,
-            env=environment() | {"PYTHONPATH": str(ROOT)},
+            env=environment(),
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,

@@ -173,7 +173,8 @@ def failDelivery(entry: Entry, message: str, loss: Loss | None) -> None:
 class HeartbeatMixin(TimeoutMixin):
     """
     Heartbeats, loss classification and confirmed delivery for a Twisted
-    protocol. List it before ``Protocol`` in the bases::
+    protocol. List it before ``Protocol`` in the bases (the other order
+    raises ``TypeError`` when the class is created)::
 
         class Chat(HeartbeatMixin, Protocol):
             def messageReceived(self, payload):
