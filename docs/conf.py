@@ -1,5 +1,6 @@
 """Sphinx configuration for the twisted_alive documentation."""
 
+import importlib
 import os
 import sys
 
@@ -8,7 +9,7 @@ sys.path.insert(0, os.path.abspath(".."))
 project = "twisted_alive"
 author = "the twisted_alive developers"
 copyright = "2026, the twisted_alive developers"
-release = "0.1.0"
+release = importlib.import_module("twisted_alive").__version__
 
 extensions = [
     "myst_parser",

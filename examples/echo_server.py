@@ -34,7 +34,9 @@ class Echo(HeartbeatProtocol):
 
 async def main(reactor: IReactorCore, port: int) -> None:
     factory = AliveServerFactory.forProtocol(Echo)
-    endpoint = TCP4ServerEndpoint(reactor, port, interface="127.0.0.1")
+    # A large backlog: after a restart, every client reconnects at once
+    # (Twisted's default of 50 makes the rest wait for SYN retransmissions).
+    endpoint = TCP4ServerEndpoint(reactor, port, backlog=4096, interface="127.0.0.1")
     listening = await endpoint.listen(factory)
     print(f"listening on 127.0.0.1:{listening.getHost().port}", flush=True)
     stopped: Deferred[None] = Deferred()

@@ -393,7 +393,7 @@ def test_beforeConnectionMade() -> None:
     """sendMessages() before connectionMade raises RuntimeError with an exact message."""
     with pytest.raises(RuntimeError) as info:
         Peer().sendMessages([b"too early"])
-    assert str(info.value) == "sendMessages() called before connectionMade()"
+    assert str(info.value) == "sendMessages() called before the connection was made"
 
 
 @pytest.mark.parametrize("empty", [[], (), iter(())], ids=["list", "tuple", "iterator"])
@@ -445,12 +445,18 @@ def test_oversize() -> None:
 
 
 def test_afterLossAndWhileClosing() -> None:
-    """While closing or after the loss, sendMessages() fails at once with DeliveryFailed."""
+    """After this side's close(), sendMessages() raises RuntimeError (closing or closed); after
+    another loss it fails at once with DeliveryFailed."""
     link = openLink()
     link.client.close()
-    f = failureResultOf(link.client.sendMessages([b"late"]), DeliveryFailed)
-    assert str(f.value) == "connection is closing; messages not sent"
-    link.flush()
+    for late in ([b"late"], [b"later", b"still"]):
+        with pytest.raises(RuntimeError) as info:
+            link.client.sendMessages(late)
+        assert str(info.value) == "sendMessages() called after close()"
+        link.flush()
+    assert link.client.loss is not None
+    link = openLink()
+    link.cut()
     loss = link.client.loss
     assert loss is not None
     f = failureResultOf(link.client.sendMessages([b"later", b"still"]), DeliveryFailed)

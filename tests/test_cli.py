@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import struct
@@ -247,12 +248,25 @@ def test_noSubcommand() -> None:
         (
             ["probe", "tcp:host=127.0.0.1:port=abc"],
             'twisted-alive probe: invalid endpoint "tcp:host=127.0.0.1:port=abc": '
-            "invalid literal for int() with base 10: 'abc'",
+            "port 'abc' is not a number from 0 to 65535",
         ),
         (
             ["probe", "tcp:host=127.0.0.1"],
-            'twisted-alive probe: invalid endpoint "tcp:host=127.0.0.1": '
-            "missing 1 required positional argument: 'port'",
+            'twisted-alive probe: invalid endpoint "tcp:host=127.0.0.1": the port is missing',
+        ),
+        (
+            ["probe", "127.0.0.1:-5"],
+            'twisted-alive probe: invalid endpoint "127.0.0.1:-5": '
+            "port '-5' is not a number from 0 to 65535",
+        ),
+        (
+            ["probe", "host:notaport"],
+            'twisted-alive probe: invalid endpoint "host:notaport": '
+            "port 'notaport' is not a number from 0 to 65535",
+        ),
+        (
+            ["probe", ":9000"],
+            'twisted-alive probe: invalid endpoint ":9000": the host is missing (write HOST:PORT)',
         ),
         (
             ["probe", "127.0.0.1:99999"],
@@ -266,8 +280,17 @@ def test_noSubcommand() -> None:
         ),
         (
             ["proxy", "nowhere:", "127.0.0.1:9"],
-            'twisted-alive proxy: invalid listen endpoint "nowhere:": unknown endpoint type '
-            "'nowhere' (write HOST:PORT or an endpoint string such as tcp:PORT:interface=HOST)",
+            'twisted-alive proxy: invalid listen endpoint "nowhere:": the port is missing',
+        ),
+        (
+            ["proxy", "tcp:xyz", "127.0.0.1:9"],
+            'twisted-alive proxy: invalid listen endpoint "tcp:xyz": '
+            "port 'xyz' is not a number from 0 to 65535",
+        ),
+        (
+            ["proxy", "tcp:9000:backlog=many", "127.0.0.1:9"],
+            'twisted-alive proxy: invalid listen endpoint "tcp:9000:backlog=many": '
+            "backlog 'many' is not a whole number of 1 or more",
         ),
         (
             ["proxy", "0", "xyz"],
@@ -469,7 +492,7 @@ async def test_proxyForwardsUntilInterrupted(servers: Servers) -> None:
 
 @pytest.mark.timeout(30)
 def test_proxyCannotListen() -> None:
-    """A listen endpoint that is already taken is a one-line error, exit 1."""
+    """A listen endpoint that is already taken is one exact line, exit 1."""
     with socket.socket() as taken:
         taken.bind((LOOPBACK, 0))
         taken.listen(1)
@@ -478,7 +501,9 @@ def test_proxyCannotListen() -> None:
     assert ran.code == 1
     lines = ran.err.splitlines()
     assert len(lines) == 1
-    assert lines[0].startswith(f'twisted-alive proxy: cannot listen on "{LOOPBACK}:{port}": ')
+    assert lines[0] == (
+        f'twisted-alive proxy: cannot listen on "{LOOPBACK}:{port}": address already in use'
+    )
 
 
 # -- demo ----------------------------------------------------------------------------
@@ -592,3 +617,55 @@ def test_serverShortForms(text: str, interface: str, port: int) -> None:
     """A bare port listens on 127.0.0.1; ``HOST:PORT`` on that interface."""
     endpoint = _cli.serverEndpoint(_reactor(), text)
     assert (endpoint._interface, endpoint._port) == (interface, port)  # type: ignore[attr-defined]
+
+
+@pytest.mark.timeout(30)
+def test_version() -> None:
+    """twisted-alive --version prints the package's version (from its metadata) and exits 0."""
+    from importlib.metadata import version
+
+    import twisted_alive
+
+    assert twisted_alive.__version__ == version("twisted_alive")
+    ran = runCli("--version")
+    assert ran.code == 0
+    assert ran.out == f"twisted-alive {twisted_alive.__version__}\n"
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    ("listen", "host", "warned"),
+    [("tcp:0", "127.0.0.1", False), ("0", "127.0.0.1", False), ("0.0.0.0:0", "0.0.0.0", True),
+     ("tcp:0:interface=0.0.0.0", "0.0.0.0", True)],
+)
+def test_proxyListensOnLoopbackUnlessTold(listen: str, host: str, warned: bool) -> None:
+    """Over real sockets: the proxy listens on 127.0.0.1 unless LISTEN names an interface
+    (a full tcp: string too); on another interface it warns, in one line, that other hosts
+    can reach TARGET through it."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "twisted_alive", "proxy", listen, f"{LOOPBACK}:9"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=ENV,
+        cwd=REPO,
+        start_new_session=True,
+    )
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline()
+        match = re.match(r"twisted-alive proxy: listening on ([\d.]+):(\d+),", first)
+        assert match is not None, first
+        assert match.group(1) == host
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=10)
+        warning = (
+            f"twisted-alive proxy: warning: listening on {host}:{match.group(2)}, reachable "
+            f"from other hosts, which can reach {LOOPBACK}:9 through it"
+        )
+        assert (warning in err.splitlines()) is warned, err
+        assert "Traceback" not in err
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()

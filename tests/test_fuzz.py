@@ -305,6 +305,14 @@ class PeerPairMachine(LinkedMachine):
         link, conn = self.link, self.connections[-1]
         sender = link.client if fromClient else link.server
         sent = Sent(self.unique(payload), sender)
+        if sender._closing == "local":
+            # This side called close(): sending is a mistake, refused at once.
+            try:
+                sender.sendMessage(sent.payload)
+            except RuntimeError as e:
+                assert str(e) == "sendMessage() called after close()"
+                return
+            raise AssertionError("sendMessage() after close() did not raise")
         try:
             d = sender.sendMessage(sent.payload)
         except QueueFull:  # pragma: no cover

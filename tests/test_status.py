@@ -368,3 +368,23 @@ async def test_metricsContentType(harness: Harness) -> None:
     assert contentType.startswith(b"application/openmetrics-text")
     assert (await response.content()).endswith(b"# EOF\n")
 
+
+
+@pytest.mark.timeout(20)
+@ensureDeferred
+async def test_headAnswersWithoutWarning(harness: Harness) -> None:
+    """HEAD on every page (and on an unknown path) answers with the GET's status and
+    length, no body, and logs no warning."""
+    from twisted.logger import LogLevel, capturedLogs
+
+    with capturedLogs() as events:
+        for path, code in (("/", 200), ("/health", 200), ("/connections", 200),
+                           ("/metrics", 200), ("/nosuch", 404)):
+            response = await treq.head(harness.url(path), persistent=False, timeout=5)
+            assert response.code == code, path
+            assert await response.content() == b""
+            (length,) = response.headers.getRawHeaders(b"content-length")
+            assert int(length) > 0, path
+    loud = [e for e in events if e.get("log_level", LogLevel.debug) >= LogLevel.warn]
+    heads = [e for e in events if "HEAD request" in str(e.get("log_format", ""))]
+    assert loud == [] and heads == []

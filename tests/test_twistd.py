@@ -22,7 +22,7 @@ import treq
 from twisted.internet.defer import Deferred, gatherResults, maybeDeferred
 from twisted.internet.interfaces import IReactorCore, IReactorTCP, IReactorTime
 from twisted.internet.task import Clock, deferLater
-from twisted.logger import ILogObserver, LogEvent, globalLogPublisher
+from twisted.logger import ILogObserver, LogEvent, formatEvent, globalLogPublisher
 from twisted.python import usage
 from zope.interface import implementer
 
@@ -177,12 +177,26 @@ def _parse(*args: str) -> Options:
         ),
         (
             ["--listen", "tpc:9000"],
-            "invalid --listen endpoint \"tpc:9000\": Unknown endpoint type: 'tpc'",
+            "invalid --listen endpoint \"tpc:9000\": unknown endpoint type 'tpc' "
+            "(write an endpoint string such as tcp:9000:interface=127.0.0.1)",
         ),
         (
             ["--status", "tcp:port"],
-            "invalid --status endpoint \"tcp:port\": invalid literal for int() "
-            "with base 10: 'port'",
+            "invalid --status endpoint \"tcp:port\": port 'port' is not a number from 0 "
+            "to 65535",
+        ),
+        (
+            ["--status", "tcp:xyz"],
+            "invalid --status endpoint \"tcp:xyz\": port 'xyz' is not a number from 0 to 65535",
+        ),
+        (
+            ["--listen", "tcp:-5"],
+            "invalid --listen endpoint \"tcp:-5\": port '-5' is not a number from 0 to 65535",
+        ),
+        (
+            ["--listen", "tcp:9000:backlog=lots"],
+            "invalid --listen endpoint \"tcp:9000:backlog=lots\": backlog 'lots' is not a "
+            "whole number of 1 or more",
         ),
     ],
 )
@@ -551,8 +565,15 @@ def test_helpListsOptions() -> None:
         (["--app", "nosuch:thing"], '--app "nosuch:thing": cannot import module "nosuch"'),
         (
             ["--listen", "tpc:9000"],
-            "invalid --listen endpoint \"tpc:9000\": Unknown endpoint type: 'tpc'",
+            "invalid --listen endpoint \"tpc:9000\": unknown endpoint type 'tpc' "
+            "(write an endpoint string such as tcp:9000:interface=127.0.0.1)",
         ),
+        (
+            ["--status", "tcp:xyz"],
+            "invalid --status endpoint \"tcp:xyz\": port 'xyz' is not a number from 0 to 65535",
+        ),
+        (["--listen", "garbage"], "invalid --listen endpoint \"garbage\": unknown endpoint "
+         "type 'garbage' (write an endpoint string such as tcp:9000:interface=127.0.0.1)"),
     ],
 )
 def test_badOptionsExit(args: list[str], message: str) -> None:
@@ -563,6 +584,7 @@ def test_badOptionsExit(args: list[str], message: str) -> None:
     output = result.stdout + result.stderr
     assert any(line.endswith(": " + message) for line in output.splitlines()), output
     assert "Traceback" not in output
+    assert len(output.splitlines()) <= 3, output  # twistd's synopsis, a hint, the error
 
 
 @pytest.mark.timeout(20)
@@ -656,3 +678,119 @@ async def test_userAppUnderTwistd(twistd: Twistd, tmp_path: Path, events: Events
     finally:
         await client.close()
 
+
+
+# -- listeners: backlog, status interface, listen errors ----------------------------------
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize(
+    ("listen", "backlog"),
+    [("tcp:9000", 4096), ("tcp:9000:backlog=100", 100), ("tcp:9000:127.0.0.1:60", 60),
+     ("tcp6:9000", 4096), ("unix:/tmp/alive-test.sock", 4096)],
+)
+def test_listenBacklogDefault(listen: str, backlog: int) -> None:
+    """A --listen endpoint that names no backlog gets DEFAULT_BACKLOG (4096); a named one
+    is kept."""
+    (endpoint,) = _parse("--listen", listen)["endpoints"]
+    assert endpoint.endpoint._backlog == backlog
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize(
+    ("status", "interface"),
+    [("tcp:9080", "127.0.0.1"), ("tcp6:9080", "::1"), ("tcp:9080:interface=0.0.0.0", "0.0.0.0"),
+     ("tcp:port=9080:interface=10.1.2.3", "10.1.2.3")],
+)
+def test_statusInterfaceDefault(status: str, interface: str) -> None:
+    """A --status endpoint that names no interface listens on loopback; a named one is kept."""
+    endpoint = _parse("--status", status)["statusEndpoint"]
+    assert endpoint.endpoint._interface == interface
+
+
+def _listening(events: Events, option: str) -> str:
+    """Where the ``option`` endpoint listens, from its ``listening`` log event."""
+    (event,) = [e for e in events.named("listening") if e["option"] == option]
+    return cast(str, event["where"])
+
+
+@pytest.mark.timeout(30)
+@ensureDeferred
+async def test_statusOnLoopbackByDefault(events: Events) -> None:
+    """Over real sockets: --status tcp:PORT listens on 127.0.0.1 (and serves /health there)
+    without the exposure warning; --listen tcp:PORT listens on all interfaces."""
+    statusPort = _freePort()
+    service = makeService(_parse("--listen", "tcp:0", "--status", f"tcp:{statusPort}"))
+    service.startService()
+    try:
+        assert _listening(events, "--status") == f"127.0.0.1:{statusPort}"
+        assert _listening(events, "--listen").startswith("0.0.0.0:")
+        response = await treq.get(
+            f"http://127.0.0.1:{statusPort}/health", persistent=False, timeout=5
+        )
+        assert response.code == 200
+        await response.content()
+        assert events.named("status-exposed") == []
+    finally:
+        await maybeDeferred(service.stopService)
+
+
+@pytest.mark.timeout(30)
+@ensureDeferred
+async def test_statusOnAllInterfacesWarns(events: Events) -> None:
+    """Over real sockets: --status tcp:PORT:interface=0.0.0.0 listens on all interfaces
+    and logs a warning that the site is reachable from other hosts, unauthenticated."""
+    from twisted.logger import LogLevel
+
+    service = makeService(
+        _parse("--listen", f"tcp:0:interface={LOOPBACK}", "--status", "tcp:0:interface=0.0.0.0")
+    )
+    service.startService()
+    try:
+        where = _listening(events, "--status")
+        assert where.startswith("0.0.0.0:")
+        (warning,) = events.named("status-exposed")
+        assert warning["log_level"] is LogLevel.warn
+        assert warning["where"] == where
+        text = formatEvent(warning)
+        assert text == (
+            f"alive.status: the status site on {where} is reachable from other hosts and has "
+            "no authentication: bind it to loopback (--status tcp:PORT, the default "
+            "interface) or put it behind an authenticating proxy"
+        )
+    finally:
+        await maybeDeferred(service.stopService)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("option", ["--listen", "--status"])
+def test_portInUseOneLine(option: str) -> None:
+    """twistd -n alive with a --listen or --status port already in use exits 1 with one
+    line naming the option, the endpoint and the problem, and no traceback."""
+    with socket.socket() as taken:
+        taken.bind((LOOPBACK, 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        given = f"tcp:{port}:interface={LOOPBACK}"
+        args = [option, given]
+        if option == "--status":
+            args += ["--listen", f"tcp:0:interface={LOOPBACK}"]
+        result = _run(*args)
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output
+    assert "Traceback" not in output
+    lines = [line for line in output.splitlines() if "cannot listen" in line]
+    assert len(lines) == 1, output
+    assert lines[0].endswith(
+        f'[twisted_alive#critical] cannot listen on {option} "{given}": address already in use'
+    )
+
+
+@pytest.mark.timeout(40)
+def test_version() -> None:
+    """twistd -n alive --version prints the package's version and exits 0."""
+    from twisted_alive import __version__
+
+    result = _run("--version")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"twisted_alive {__version__}\n"

@@ -6,6 +6,8 @@ Heartbeats, loss classification and confirmed, resumable delivery for
 long-lived Twisted TCP connections.
 """
 
+from pathlib import Path
+
 from twisted_alive._factories import AliveClientFactory, AliveServerFactory, Retry
 from twisted_alive._frames import FrameError, GoodbyeCode
 from twisted_alive._kernel import KernelLiveness, PeekState, peek, setKernelLiveness
@@ -14,7 +16,33 @@ from twisted_alive._outcomes import DeliveryFailed, QueueFull, Receipt
 from twisted_alive._reasons import Cause, Loss, Reason, classify
 from twisted_alive._wrapping import AliveWrappingFactory, AliveWrappingProtocol
 
+
+def _version() -> str:
+    """This package's version: from its installed metadata; in a source
+    checkout that was never installed, from ``setup.cfg``; else
+    ``0+unknown``."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("twisted_alive")
+    except PackageNotFoundError:
+        pass
+    try:
+        text = (Path(__file__).resolve().parent.parent / "setup.cfg").read_text()
+    except OSError:
+        return "0+unknown"
+    for line in text.splitlines():
+        name, equals, value = line.partition("=")
+        if equals and name.strip() == "version" and value.strip():
+            return value.strip()
+    return "0+unknown"
+
+
+__version__: str = _version()
+"""The version of twisted_alive, e.g. ``"0.1.0"``."""
+
 __all__ = [
+    "__version__",
     "HeartbeatMixin",
     "HeartbeatProtocol",
     "AliveClientFactory",

@@ -121,6 +121,12 @@ def buildParser() -> argparse.ArgumentParser:
         ),
         epilog=f"Run '{PROG} COMMAND --help' for the options of a command.",
     )
+    from twisted_alive import __version__
+
+    parser.add_argument(
+        "--version", action="version", version=f"{PROG} {__version__}",
+        help="print the version of twisted_alive and exit",
+    )
     subparsers = parser.add_subparsers(
         title="commands", dest="commandName", metavar="COMMAND", required=True
     )
@@ -192,25 +198,175 @@ def _escape(text: str) -> str:
 
 
 def _checkPort(text: str) -> str:
+    if not text:
+        raise EndpointError("the port is missing")
+    if not text.isdigit():
+        raise EndpointError(f"port {text!r} is not a number from 0 to 65535")
     port = int(text)
     if port > 65535:
         raise EndpointError(f"port {port} is out of range (0 to 65535)")
     return str(port)
 
 
-def _reasonOf(error: Exception, example: str) -> str:
+def splitEndpoint(text: str) -> list[str]:
+    """
+    The fields of an endpoint string: split at each colon that is not
+    escaped by a backslash (the escapes are kept).
+
+    :param text: an endpoint string such as ``tcp:9000:interface=127.0.0.1``.
+    :returns: its fields, e.g. ``["tcp", "9000", "interface=127.0.0.1"]``.
+    """
+    fields: list[str] = []
+    current: list[str] = []
+    escaped = False
+    for char in text:
+        if escaped:
+            current.append(char)
+            escaped = False
+        elif char == "\\":
+            current.append(char)
+            escaped = True
+        elif char == ":":
+            fields.append("".join(current))
+            current = []
+        else:
+            current.append(char)
+    fields.append("".join(current))
+    return fields
+
+
+_SERVER_POSITIONAL = {
+    "tcp": ("port", "interface", "backlog"),
+    "tcp6": ("port", "interface", "backlog"),
+    "ssl": ("port", "privateKey", "certKey", "sslmethod", "interface", "backlog"),
+    "unix": ("address", "mode", "backlog", "lockfile"),
+}
+_CLIENT_POSITIONAL = {
+    "tcp": ("host", "port", "timeout", "bindAddress"),
+    "tcp6": ("host", "port", "timeout", "bindAddress"),
+    "ssl": ("host", "port",),
+    "unix": ("path", "timeout", "checkPID"),
+}
+
+
+def _parameters(fields: list[str], positional: tuple[str, ...]) -> dict[str, str]:
+    """The parameters of an endpoint string's ``fields`` (its kind first),
+    by name: ``name=value`` fields and positional fields named after
+    ``positional``."""
+    named: dict[str, str] = {}
+    index = 0
+    for field in fields[1:]:
+        name, equals, value = field.partition("=")
+        if equals and "\\" not in name:
+            named[name] = value
+        else:
+            if index < len(positional):
+                named.setdefault(positional[index], field)
+            index += 1
+    return named
+
+
+def _checkNumbers(text: str, server: bool) -> None:
+    """Check the numbers of a TCP, TLS or UNIX endpoint string (port,
+    backlog), which Twisted reads with ``int()`` or does not check at all.
+
+    :raises EndpointError: naming the parameter and what is wrong with it.
+    """
+    fields = splitEndpoint(text)
+    kind = fields[0].strip().lower()
+    table = _SERVER_POSITIONAL if server else _CLIENT_POSITIONAL
+    if kind not in table:
+        return
+    named = _parameters(fields, table[kind])
+    if "port" in named:
+        _checkPort(named["port"].strip())
+    elif kind != "unix":
+        raise EndpointError("the port is missing")
+    backlog = named.get("backlog")
+    if backlog is not None and not (backlog.strip().isdigit() and int(backlog) >= 1):
+        raise EndpointError(f"backlog {backlog!r} is not a whole number of 1 or more")
+
+
+def namesParameter(text: str, name: str) -> bool | None:
+    """
+    Whether a server endpoint string names parameter ``name`` (by
+    ``name=value`` or by position).
+
+    :param text: a server endpoint string.
+    :param name: a parameter, e.g. ``"interface"`` or ``"backlog"``.
+    :returns: ``None`` if the endpoint type is not one of ``tcp``, ``tcp6``,
+        ``ssl``, ``unix`` (so its parameters are unknown here), else whether
+        it names ``name``.
+    """
+    fields = splitEndpoint(text)
+    positional = _SERVER_POSITIONAL.get(fields[0].strip().lower())
+    if positional is None:
+        return None
+    return name in _parameters(fields, positional)
+
+
+def withDefault(text: str, name: str, value: str) -> str:
+    """
+    A server endpoint string with ``name=value`` added, unless it names
+    ``name`` already or its type does not take that parameter.
+
+    :param text: a server endpoint string, e.g. ``tcp:9000``.
+    :param name: ``"interface"`` (TCP and TLS) or ``"backlog"`` (TCP, TLS,
+        UNIX).
+    :param value: the default, unescaped.
+    :returns: e.g. ``tcp:9000:backlog=4096``.
+    """
+    kind = splitEndpoint(text)[0].strip().lower()
+    if name not in _SERVER_POSITIONAL.get(kind, ()) or namesParameter(text, name):
+        return text
+    return f"{text}:{name}={_escape(value)}"
+
+
+_SHORT_WITH_PORT = re.compile(r"^(?:\[[^\[\]\s]+\]|[^:\[\]\s=]+):(?P<port>[^:]*)$")
+_INT_LITERAL = re.compile(r"^invalid literal for int\(\) with base 10: (?P<value>'.*')$")
+
+
+def _checkShortPort(text: str) -> None:
+    """A string that Twisted could not read, of the form ``HOST:PORT``
+    (not a known endpoint type) but whose port is wrong: say so."""
+    if text.startswith(":") and text[1:].isdigit():
+        raise EndpointError("the host is missing (write HOST:PORT)")
+    match = _SHORT_WITH_PORT.match(text)
+    if match is None:
+        return
+    from twisted.internet.interfaces import (
+        IStreamClientEndpointStringParserWithReactor,
+        IStreamServerEndpointStringParser,
+    )
+    from twisted.plugin import getPlugins
+
+    kind = text.partition(":")[0].lower()
+    if kind in ("tcp", "tcp6", "ssl", "unix"):
+        return
+    parsers = (IStreamServerEndpointStringParser, IStreamClientEndpointStringParserWithReactor)
+    for interface in parsers:
+        for plugin in getPlugins(interface):
+            if getattr(plugin, "prefix", None) == kind:
+                return
+    _checkPort(match.group("port"))
+
+
+def _reasonOf(error: Exception, example: str, short: bool = True) -> str:
     text = str(error).strip()
     if isinstance(error, KeyError) and error.args:
         text = f"missing {error.args[0]!r}"
     match = _UNKNOWN_TYPE.match(text)
     if match is not None:
         kind = match.group("kind")
+        hint = f"write HOST:PORT or an endpoint string such as {example}"
+        if not short:
+            hint = f"write an endpoint string such as {example}"
         if not kind:
-            return f"it is empty (write HOST:PORT or an endpoint string such as {example})"
-        return (
-            f"unknown endpoint type '{kind}' "
-            f"(write HOST:PORT or an endpoint string such as {example})"
-        )
+            return f"it is empty ({hint})"
+        return f"unknown endpoint type '{kind}' ({hint})"
+    literal = _INT_LITERAL.match(text)
+    if literal is not None:
+        return f"{literal.group('value')} is not a whole number"
     text = _INIT_PREFIX.sub("", text)
     return text.splitlines()[0] if text else type(error).__name__
 
@@ -232,10 +388,14 @@ def clientEndpoint(reactor: Any, text: str) -> IStreamClientEndpoint:
     _clientFromString = cast("Callable[[Any, str], IStreamClientEndpoint]", clientFromString)
     example = "tcp:host=HOST:port=PORT"
     try:
+        _checkNumbers(text, server=False)
         return _clientFromString(reactor, text)
+    except EndpointError:
+        raise
     except Exception as e:
         match = _CLIENT_SHORT.match(text)
         if match is None:
+            _checkShortPort(text)
             raise EndpointError(_reasonOf(e, example)) from None
     host = match.group("v6") or match.group("host")
     spec = f"tcp:host={_escape(host)}:port={_checkPort(match.group('port'))}"
@@ -263,10 +423,14 @@ def serverEndpoint(reactor: Any, text: str) -> IStreamServerEndpoint:
     _serverFromString = cast("Callable[[Any, str], IStreamServerEndpoint]", serverFromString)
     example = "tcp:PORT:interface=HOST"
     try:
+        _checkNumbers(text, server=True)
         return _serverFromString(reactor, text)
+    except EndpointError:
+        raise
     except Exception as e:
         match = _SERVER_SHORT.match(text)
         if match is None:
+            _checkShortPort(text)
             raise EndpointError(_reasonOf(e, example)) from None
     port = _checkPort(match.group("port"))
     v6 = match.group("v6")
@@ -276,6 +440,69 @@ def serverEndpoint(reactor: Any, text: str) -> IStreamServerEndpoint:
         return _serverFromString(reactor, spec)
     except Exception as e:
         raise EndpointError(_reasonOf(e, example)) from None
+
+
+def serverEndpointString(reactor: Any, text: str) -> IStreamServerEndpoint:
+    """
+    Read a server endpoint string, as
+    ``twisted.internet.endpoints.serverFromString`` does (no short forms),
+    with one-line reasons for its mistakes (a port or backlog that is not a
+    number, an unknown type).
+
+    :param reactor: the reactor the endpoint uses.
+    :param text: the endpoint string.
+    :returns: the endpoint.
+    :raises EndpointError: if the string cannot be read; the message says why.
+    """
+    from twisted.internet.endpoints import serverFromString
+
+    _serverFromString = cast("Callable[[Any, str], IStreamServerEndpoint]", serverFromString)
+    try:
+        _checkNumbers(text, server=True)
+        return _serverFromString(reactor, text)
+    except EndpointError:
+        raise
+    except Exception as e:
+        raise EndpointError(_reasonOf(e, "tcp:9000:interface=127.0.0.1", short=False)) from None
+
+
+def listenProblem(error: BaseException) -> str:
+    """
+    What went wrong when listening, in a few words: the socket error's text
+    (``address already in use``) for a ``CannotListenError``, else the
+    error's own text.
+
+    :param error: the exception raised by ``listen()``.
+    :returns: the text, starting with a lower-case letter.
+    """
+    from twisted.internet.error import CannotListenError
+
+    text = str(error)
+    if isinstance(error, CannotListenError):
+        problem = error.socketError
+        if isinstance(problem, OSError) and problem.strerror:
+            text = problem.strerror
+        else:
+            text = str(problem)
+    return text[:1].lower() + text[1:]
+
+
+def reachableFromOtherHosts(port: IListeningPort) -> bool:
+    """
+    Whether ``port`` listens on an IP interface that is not loopback.
+
+    :param port: a listening port.
+    :returns: ``False`` for loopback addresses and UNIX sockets.
+    """
+    import ipaddress
+
+    host = getattr(port.getHost(), "host", None)
+    if host is None:
+        return False  # a UNIX socket
+    try:
+        return not ipaddress.ip_address(str(host).partition("%")[0]).is_loopback
+    except ValueError:
+        return True
 
 
 def runReactor(
@@ -401,8 +628,12 @@ class ProxyCommand:
             faults = parseFaults(args.faults)
         except ValueError as e:
             return fail("proxy", f'invalid faults "{args.faults}": {e}')
+        # Like the short forms, a TCP string without an interface listens on
+        # loopback: a proxy elsewhere would let other hosts reach TARGET.
+        kind = splitEndpoint(args.listen)[0].strip().lower()
+        listenText = withDefault(args.listen, "interface", "::1" if kind == "tcp6" else LOOPBACK)
         try:
-            listen = serverEndpoint(reactor, args.listen)
+            listen = serverEndpoint(reactor, listenText)
         except EndpointError as e:
             return fail("proxy", f'invalid listen endpoint "{args.listen}": {e}')
         try:
@@ -415,7 +646,12 @@ class ProxyCommand:
             try:
                 port = await proxy.listen(listen)
             except Exception as e:
-                return fail("proxy", f'cannot listen on "{args.listen}": {e}', 1)
+                return fail("proxy", f'cannot listen on "{args.listen}": {listenProblem(e)}', 1)
+            if reachableFromOtherHosts(port):
+                sys.stderr.write(
+                    f"{PROG} proxy: warning: listening on {_address(port)}, reachable from "
+                    f"other hosts, which can reach {args.target} through it\n"
+                )
             _startProxyLog()
             print(
                 f"{PROG} proxy: listening on {_address(port)}, forwarding to {args.target}; "

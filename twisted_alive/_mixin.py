@@ -26,7 +26,7 @@ from twisted.internet.interfaces import (
     IPushProducer,
     IReactorTime,
 )
-from twisted.internet.protocol import Protocol, connectionDone
+from twisted.internet.protocol import BaseProtocol, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
@@ -173,7 +173,8 @@ def failDelivery(entry: Entry, message: str, loss: Loss | None) -> None:
 class HeartbeatMixin(TimeoutMixin):
     """
     Heartbeats, loss classification and confirmed delivery for a Twisted
-    protocol. List it before ``Protocol`` in the bases::
+    protocol. List it before ``Protocol`` in the bases (the other order
+    raises ``TypeError`` when the class is created)::
 
         class Chat(HeartbeatMixin, Protocol):
             def messageReceived(self, payload):
@@ -243,6 +244,35 @@ class HeartbeatMixin(TimeoutMixin):
     _lostWaiters: list[Deferred[Loss]] | None = None
     _openWaiters: list[Deferred[None]] | None = None
     _peer: str | None = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Refuse a class that lists a ``Protocol`` before the mixin: that
+        protocol's ``connectionMade``, ``dataReceived`` and
+        ``connectionLost`` would hide the mixin's, and nothing would work.
+
+        :raises TypeError: naming the fix.
+        """
+        super().__init_subclass__(**kwargs)
+        for base in cls.__mro__[1:]:
+            if base is HeartbeatMixin:
+                break
+            if issubclass(base, BaseProtocol) and not issubclass(base, HeartbeatMixin):
+                raise TypeError(
+                    f"{cls.__qualname__} lists {base.__name__} before HeartbeatMixin, so "
+                    f"{base.__name__}'s connectionMade/dataReceived/connectionLost hide the "
+                    f"mixin's: list HeartbeatMixin before {base.__name__}: "
+                    f"class {cls.__name__}(HeartbeatMixin, {base.__name__})"
+                )
+
+    def _notSetUp(self, what: str) -> RuntimeError:
+        """The error of ``what`` called before `connectionMade` set the
+        connection up."""
+        if getattr(self, "transport", None) is None:
+            return RuntimeError(f"{what} called before the connection was made")
+        return RuntimeError(
+            f"{what} called before the connection was set up: did the subclass's "
+            "connectionMade() call super().connectionMade() (before using the connection)?"
+        )
 
     # -- configuration -----------------------------------------------------
 
@@ -320,11 +350,12 @@ class HeartbeatMixin(TimeoutMixin):
             queue is at its limit and nothing was queued).
         :raises TypeError: if ``payload`` is not ``bytes``.
         :raises ValueError: if ``payload`` is larger than a frame allows.
-        :raises RuntimeError: before the connection is made.
+        :raises RuntimeError: before the connection is set up (by
+            `connectionMade`), or after this side called `close`.
         """
         conn = self._alive
         if conn is None:
-            raise RuntimeError("sendMessage() called before connectionMade()")
+            raise self._notSetUp("sendMessage()")
         if type(payload) is not bytes or len(payload) > conn.settings.maxPayload:
             checkPayload(payload, conn.settings)
         refused = self._refused(conn, "message")
@@ -357,11 +388,12 @@ class HeartbeatMixin(TimeoutMixin):
         :raises TypeError: if a payload is not ``bytes``.
         :raises ValueError: if there is no payload, or one is larger than a
             frame allows.
-        :raises RuntimeError: before the connection is made.
+        :raises RuntimeError: before the connection is set up (by
+            `connectionMade`), or after this side called `close`.
         """
         conn = self._alive
         if conn is None:
-            raise RuntimeError("sendMessages() called before connectionMade()")
+            raise self._notSetUp("sendMessages()")
         payloads = checkPayloads(payloads, conn.settings)
         refused = self._refused(conn, "messages")
         if refused is not None:
@@ -377,7 +409,15 @@ class HeartbeatMixin(TimeoutMixin):
 
     def _refused(self, conn: Connection, what: str) -> Deferred[Receipt] | None:
         """The failure of a send that may not go out now (``what`` names
-        the message or messages), or ``None`` if it may."""
+        the message or messages), or ``None`` if it may.
+
+        :raises RuntimeError: if this side called `close`: sending after
+            one's own close is a programming error, reported at once rather
+            than as a failed Deferred that nobody may be watching.
+        """
+        if self._closing == "local":
+            api = "sendMessage()" if what == "message" else "sendMessages()"
+            raise RuntimeError(f"{api} called after close()")
         if self.loss is not None:
             return defer.fail(
                 DeliveryFailed(f"connection already lost ({self.loss})", self.loss)
@@ -466,10 +506,14 @@ class HeartbeatMixin(TimeoutMixin):
             a reconnecting client whether to come back).
         :param reason: a text for the peer's logs.
         :returns: a Deferred that fires with the `Loss` (`Reason.LOCAL_CLOSE`)
-            once the connection is closed.
+            once the connection is closed (with the earlier `Loss` if it had
+            ended already), or fails at once with ``RuntimeError`` if the
+            connection is not set up yet (there is nothing to close).
         """
+        if self._alive is None and self.loss is None:
+            return defer.fail(self._notSetUp("close()"))
         d = self.whenLost()
-        if self.loss is not None or self._closing == "local" or self._alive is None:
+        if self.loss is not None or self._closing == "local":
             return d
         self._setCause(Reason.LOCAL_CLOSE, f"closed by this side (GOODBYE {code.name})")
         self._closing = "local"
@@ -909,7 +953,7 @@ class HeartbeatMixin(TimeoutMixin):
             raise ValueError("only push producers (streaming=True) can be paced")
         conn = self._alive
         if conn is None:
-            raise RuntimeError("registerProducer() called before connectionMade()")
+            raise self._notSetUp("registerProducer()")
         registerPacer(conn.session, producer)
 
     def unregisterProducer(self) -> None:

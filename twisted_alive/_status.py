@@ -20,7 +20,6 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from twisted.logger import ILogObserver, LogEvent, globalLogPublisher
-from twisted.web.pages import notFound
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Site
 from zope.interface import implementer
@@ -223,7 +222,25 @@ class _Root(Resource):
     """The root of the status site: its pages, and a 404 for the rest."""
 
     def getChild(self, path: bytes, request: object) -> IResource:
-        return notFound()
+        return _Missing()  # type: ignore[no-untyped-call]
+
+
+def _answer(request: _Request, body: bytes) -> bytes:
+    """``body`` for a GET; for a HEAD, nothing but its length (so that
+    twisted.web does not warn that a HEAD response had a body)."""
+    if request.method == b"HEAD":
+        request.setHeader(b"content-length", b"%d" % (len(body),))
+        return b""
+    return body
+
+
+class _Missing(Resource):
+    """Any path that is not a page: 404, for every method."""
+
+    isLeaf = True
+
+    def render(self, request: _Request) -> bytes:
+        return _answer(request, _text(request, "no such page\n", 404))
 
 
 class _Page(Resource):
@@ -239,7 +256,7 @@ class _Page(Resource):
         if request.method not in (b"GET", b"HEAD"):
             request.setHeader(b"allow", b"GET, HEAD")
             return _text(request, "only GET and HEAD are allowed\n", 405)
-        return self.render_GET(request)
+        return _answer(request, self.render_GET(request))
 
     def render_GET(self, request: _Request) -> bytes:
         raise NotImplementedError

@@ -23,12 +23,26 @@ from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import serverFromString
-from twisted.internet.interfaces import IProtocolFactory, IReactorTime, IStreamServerEndpoint
+from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import (
+    IListeningPort,
+    IProtocolFactory,
+    IReactorTime,
+    IStreamServerEndpoint,
+)
 from twisted.logger import Logger
 from twisted.python import usage
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
+from twisted_alive._cli import (
+    EndpointError,
+    listenProblem,
+    reachableFromOtherHosts,
+    serverEndpointString,
+    splitEndpoint,
+    withDefault,
+)
 from twisted_alive._factories import AliveServerFactory, _settingsOf
 from twisted_alive._frames import GoodbyeCode
 from twisted_alive._mixin import ABORT_GRACE, HeartbeatMixin, HeartbeatProtocol
@@ -39,6 +53,16 @@ log = Logger(namespace="twisted_alive")
 
 DEFAULT_LISTEN = "tcp:9000"
 """The endpoint served when no ``--listen`` is given."""
+
+DEFAULT_BACKLOG = 4096
+"""The listen backlog of a ``--listen`` endpoint that names none (Twisted's
+own default is 50): after a restart, thousands of clients reconnect at once,
+and connections beyond the backlog wait for SYN retransmissions (1, 3, 7,
+15 s...). The kernel caps it at ``net.core.somaxconn``."""
+
+STATUS_INTERFACE = {"tcp": "127.0.0.1", "tcp6": "::1", "ssl": "127.0.0.1"}
+"""The interface of a ``--status`` endpoint that names none, by endpoint
+type: loopback, since the status site has no authentication."""
 
 
 class EchoProtocol(HeartbeatProtocol):
@@ -51,7 +75,12 @@ class EchoProtocol(HeartbeatProtocol):
         """Send ``payload`` back. If it cannot even be queued (the send
         queue is full, the connection is closing), the message is rejected
         and the client's ``sendMessage`` fails with the reason."""
-        d = self.sendMessage(payload)
+        try:
+            d = self.sendMessage(payload)
+        except RuntimeError:
+            # This side is closing the connection (at shutdown): reject the
+            # message; the client's sendMessage fails with the reason.
+            return defer.fail(DeliveryFailed("the server is closing the connection; not echoed"))
         if d.called:
             return d  # failed at once: the mixin rejects the message
         d.addErrback(_sessionEnded)
@@ -191,6 +220,15 @@ class Options(usage.Options):
         self["listen"] = []
         self._reactor = reactor
 
+    def opt_version(self) -> None:
+        """
+        Print the version of twisted_alive and exit
+        """
+        from twisted_alive import __version__
+
+        print(f"twisted_alive {__version__}")
+        raise SystemExit(0)
+
     def opt_listen(self, description: str) -> None:
         """
         Endpoint to serve on; repeat to serve on several
@@ -203,22 +241,46 @@ class Options(usage.Options):
         is reported before the server starts."""
         if not self["listen"]:
             self["listen"] = [DEFAULT_LISTEN]
-        self["endpoints"] = [self._endpoint("--listen", text) for text in self["listen"]]
+        self["endpoints"] = [
+            self._endpoint("--listen", text, withDefault(text, "backlog", str(DEFAULT_BACKLOG)))
+            for text in self["listen"]
+        ]
         status = self["status"]
-        self["statusEndpoint"] = None if status is None else self._endpoint("--status", status)
+        self["statusEndpoint"] = None
+        if status is not None:
+            kind = splitEndpoint(status)[0].strip().lower()
+            local = withDefault(status, "interface", STATUS_INTERFACE.get(kind, "127.0.0.1"))
+            self["statusEndpoint"] = self._endpoint("--status", status, local)
         self["factory"] = self._factory()
 
-    def _endpoint(self, option: str, description: str) -> IStreamServerEndpoint:
+    def parseOptions(self, options: Any = None) -> None:
+        """Parse ``options``; after a mistake, `getUsage` is one line (twistd
+        prints it before the error) rather than the whole help."""
+        try:
+            super().parseOptions(options)  # type: ignore[no-untyped-call]
+        except usage.UsageError:
+            self._failed = True
+            raise
+
+    _failed = False
+
+    def getUsage(self, width: int | None = None) -> str:
+        """The help text; a one-line hint once parsing failed."""
+        if self._failed:
+            return 'Run "twistd alive --help" for the options of alive.'
+        return super().getUsage(width)
+
+    def _endpoint(self, option: str, given: str, description: str) -> IStreamServerEndpoint:
+        """The endpoint of ``description`` (``given`` with the defaults
+        added), or a `usage.UsageError` naming ``option`` and ``given``."""
         reactor = self._reactor
         if reactor is None:
             from twisted.internet import reactor
         try:
-            endpoint: IStreamServerEndpoint = serverFromString(  # type: ignore[no-untyped-call]
-                reactor, description
-            )
-            return endpoint
-        except Exception as e:
-            raise usage.UsageError(f'invalid {option} endpoint "{description}": {e}') from None
+            endpoint = serverEndpointString(reactor, description)
+        except EndpointError as e:
+            raise usage.UsageError(f'invalid {option} endpoint "{given}": {e}') from None
+        return _Named(endpoint, option, given)
 
     def _factory(self) -> AliveServerFactory:
         spec = self["app"]
@@ -270,6 +332,71 @@ class Options(usage.Options):
         except ValueError as e:
             raise usage.UsageError(str(e)) from None
         return factory
+
+
+@implementer(IStreamServerEndpoint)
+class _Named:
+    """
+    An endpoint that knows the option and text it came from: its listening
+    port is logged, a status site reachable from other hosts is warned
+    about, and a failure to listen names the option.
+
+    :ivar option: ``--listen`` or ``--status``.
+    :ivar given: the endpoint string as the operator wrote it.
+    """
+
+    def __init__(self, endpoint: IStreamServerEndpoint, option: str, given: str) -> None:
+        self.endpoint = endpoint
+        self.option = option
+        self.given = given
+
+    def listen(self, factory: IProtocolFactory) -> Deferred[IListeningPort]:
+        """Listen with the wrapped endpoint; log where."""
+        d: Deferred[IListeningPort] = self.endpoint.listen(factory)
+        d.addCallbacks(self._listening, self._failed)
+        return d
+
+    def _listening(self, port: IListeningPort) -> IListeningPort:
+        where = describeListening(port)
+        log.info(
+            "alive.listen: {option} listening on {where}",
+            option=self.option,
+            where=where,
+            event="listening",
+        )
+        if self.option == "--status" and reachableFromOtherHosts(port):
+            log.warn(
+                "alive.status: the status site on {where} is reachable from other hosts and "
+                "has no authentication: bind it to loopback (--status tcp:PORT, the default "
+                "interface) or put it behind an authenticating proxy",
+                where=where,
+                event="status-exposed",
+            )
+        return port
+
+    def _failed(self, failure: Failure) -> Failure:
+        error = failure.value
+        if isinstance(error, CannotListenError):
+            raise ListenFailed(
+                f'cannot listen on {self.option} "{self.given}": {listenProblem(error)}'
+            )
+        return failure
+
+
+class ListenFailed(Exception):
+    """A ``--listen`` or ``--status`` endpoint could not listen; the message
+    names the option and the problem in one line."""
+
+
+def describeListening(port: IListeningPort) -> str:
+    """``HOST:PORT`` (``[HOST]:PORT`` for IPv6) of a listening port, or its
+    address as text."""
+    address = port.getHost()
+    host = getattr(address, "host", None)
+    number = getattr(address, "port", None)
+    if host is None or number is None:
+        return str(getattr(address, "name", address))
+    return f"[{host}]:{number}" if ":" in str(host) else f"{host}:{number}"
 
 
 def _isProtocolClass(target: object) -> bool:
@@ -361,6 +488,26 @@ class AliveServerService(MultiService):
             # After the reactor installed its own handlers: ours replaces
             # its SIGTERM handler.
             reactor.callWhenRunning(self._takeSigterm)
+
+    def privilegedStartService(self) -> None:
+        """
+        Listen on every endpoint (before twistd drops privileges).
+
+        :raises ListenFailed: if an endpoint cannot listen, naming its
+            option and the problem; with `exitOnListenError`, that line is
+            logged and the process exits with status 1 instead.
+        """
+        try:
+            super().privilegedStartService()  # type: ignore[no-untyped-call]
+        except ListenFailed as e:
+            if not self.exitOnListenError:
+                raise
+            log.critical("{message}", message=str(e), event="listen-failed")
+            raise SystemExit(1) from None
+
+    exitOnListenError = False
+    """Log a failure to listen in one line and exit 1 (for twistd, which
+    would otherwise print a traceback)."""
 
     exitZeroOnSigterm = False
     """Treat SIGTERM as a requested stop: shut down in order, then exit 0
@@ -479,6 +626,7 @@ def makeService(options: Options) -> AliveServerService:
         options["factory"], options["endpoints"], options["statusEndpoint"]
     )
     service.exitZeroOnSigterm = True
+    service.exitOnListenError = True
     return service
 
 
