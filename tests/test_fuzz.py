@@ -30,6 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
+import pytest
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
@@ -489,6 +490,11 @@ class SessionMachine(LinkedMachine):
         it for the next connection, so it does not count here."""
         proto = self.link.server
         sent = Sent(self.unique(payload), proto, session=proto.session)
+        if proto._closing == "local":
+            # The server called close(): sending now is a mistake, refused at once.
+            with pytest.raises(RuntimeError, match=r"^sendMessage\(\) called after close\(\)$"):
+                proto.sendMessage(sent.payload)
+            return
         sent.watch(proto.sendMessage(sent.payload))
         if sent.fired:
             assert isinstance(sent.result, Failure)
