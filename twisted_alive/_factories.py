@@ -16,7 +16,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import random
-from collections import Counter, OrderedDict
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from types import MappingProxyType
 from typing import Any, cast
@@ -56,6 +56,7 @@ from twisted_alive._mixin import (
 )
 from twisted_alive._outcomes import DeliveryFailed, QueueFull, Receipt
 from twisted_alive._reasons import Cause, Loss, Reason, classify
+from twisted_alive._sessiontable import SessionTable
 
 log = Logger(namespace="twisted_alive")
 
@@ -570,7 +571,8 @@ class AliveServerFactory(Factory):
 
     def __init__(self) -> None:
         self.connections: set[HeartbeatMixin] = set()
-        self.sessions: OrderedDict[bytes, Session] = OrderedDict()
+        self._table: SessionTable[bytes, Session] = SessionTable()
+        self.sessions: Mapping[bytes, Session] = MappingProxyType(self._table.entries)
         self.losses: dict[Reason, int] = {}
         self.endedCounts: Counter[str] = Counter()
         self.sessionsExpired = 0
@@ -604,20 +606,21 @@ class AliveServerFactory(Factory):
     def sessionFor(self, token: bytes, now: float) -> tuple[Session, bool] | None:
         """The session for a client's HELLO token (`ISessionHost`)."""
         self.expireSessions(now)
+        table = self._table
         if token == NO_SESSION:
             new = Session.newToken()
             session = _settingsOf(self.protocol).newSession()
             session.token = new
             session.lastSeen = now
-            self.sessions[self._key(new)] = session
+            table.add(self._key(new), session, now)
             return session, False
         key = self._key(token)
-        known = self.sessions.get(key)
+        known = table.get(key)
         if known is None or not known.matches(token):
             return None
         session = known
         session.lastSeen = now
-        self.sessions.move_to_end(key)
+        table.touch(key, now)
         self.sessionsResumed += 1
         return session, True
 
@@ -625,40 +628,39 @@ class AliveServerFactory(Factory):
         """
         Drop sessions without a connection for longer than ``sessionTTL``,
         and the least recently seen beyond ``maxSessions``; their pending
-        messages fail with `DeliveryFailed`.
+        messages fail with `DeliveryFailed`. It costs O(1) per session
+        dropped: only the sessions it drops are looked at.
 
         :returns: how many sessions were dropped.
         """
         if now is None:
             now = self._now()
-        detached = [
-            (key, s) for key, s in self.sessions.items() if s.current is None
-        ]
-        excess = len(detached) - self.maxSessions
-        dropped = 0
-        for key, session in detached:
-            if excess > 0 or now - session.lastSeen > self.sessionTTL:
-                excess -= 1
-                dropped += 1
-                del self.sessions[key]
-                self._failSession(session, "the session expired")
-        self.sessionsExpired += dropped
-        return dropped
+        dropped = self._table.expire(now, self.sessionTTL, self.maxSessions)
+        for session in dropped:
+            self._failSession(session, "the session expired")
+        self.sessionsExpired += len(dropped)
+        return len(dropped)
 
     def _armExpiry(self, now: float) -> None:
         """Arm one timer for the earliest expiry of a session without
-        connection, so that sessions expire even if no client comes."""
+        connection, so that sessions expire even if no client comes. An
+        armed timer is left alone: sessions only ever join the end of the
+        queue, so the earliest expiry can only move later, and a timer that
+        fires early re-arms itself."""
         if self._stoppedFactory or (
             self._expiryCall is not None and self._expiryCall.active()
         ):
             return
         self._expiryCall = None
-        seen = [s.lastSeen for s in self.sessions.values() if s.current is None]
-        if not seen:
+        due = self._table.nextExpiry(self.sessionTTL)
+        if due is None:
             return
-        due = min(seen) + self.sessionTTL - now
-        clock = cast(IReactorTime, self.clock)
-        self._expiryCall = clock.callLater(max(due, 0.001), self._expireDue)
+        clock = self.clock
+        if clock is None:
+            self._now()
+            clock = self.clock
+        assert clock is not None
+        self._expiryCall = clock.callLater(max(due - now, 0.001), self._expireDue)
 
     def _expireDue(self) -> None:
         self._expiryCall = None
@@ -682,10 +684,14 @@ class AliveServerFactory(Factory):
         self.connections.add(cast(HeartbeatMixin, protocol))
 
     def sessionOpened(self, protocol: object, resumed: bool) -> None:
-        """A client completed HELLO."""
+        """A client completed HELLO: its session does not expire while the
+        connection lasts."""
         proto = cast(HeartbeatMixin, protocol)
         session = proto.session
         assert session is not None
+        key = self._key(session.token)
+        if self._table.get(key) is session:
+            self._table.attach(key)
         log.info(
             "alive.session: {token} {how} for {peer}",
             token=tokenPrefix(session.token),
@@ -713,16 +719,18 @@ class AliveServerFactory(Factory):
         now = self._now()
         session.lastSeen = now
         key = self._key(session.token)
-        if self.sessions.get(key) is session:
+        table = self._table
+        if table.get(key) is session:
             if self._stoppedFactory:
-                del self.sessions[key]
+                table.remove(key)
                 self._failSession(session, "the server stopped")
             elif loss.reason is Reason.CLEAN_CLOSE:
-                del self.sessions[key]
+                table.remove(key)
                 self._failSession(session, "the client closed the session")
-            else:
-                # Keep the least recently seen first, for maxSessions.
-                self.sessions.move_to_end(key)
+            elif session.current is None:
+                # Not taken over by a newer connection: it waits, the most
+                # recently seen (the least recently seen go first).
+                table.detach(key, now)
         self.expireSessions(now)
         self._armExpiry(now)
 
@@ -737,10 +745,8 @@ class AliveServerFactory(Factory):
         if self._expiryCall is not None and self._expiryCall.active():
             self._expiryCall.cancel()
         self._expiryCall = None
-        for key, session in list(self.sessions.items()):
-            if session.current is None:
-                del self.sessions[key]
-                self._failSession(session, "the server stopped")
+        for session in self._table.removeIdle():
+            self._failSession(session, "the server stopped")
 
     def startFactory(self) -> None:
         """Sessions are kept again (after a `stopFactory`)."""
