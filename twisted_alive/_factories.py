@@ -55,7 +55,7 @@ from twisted_alive._mixin import (
     registerPacer,
 )
 from twisted_alive._outcomes import DeliveryFailed, QueueFull, Receipt
-from twisted_alive._reasons import Cause, Loss, Reason, classify
+from twisted_alive._reasons import Cause, Loss, Reason, causeOf, classify
 from twisted_alive._sessiontable import SessionTable
 
 log = Logger(namespace="twisted_alive")
@@ -170,6 +170,7 @@ class AliveClientFactory(ReconnectingClientFactory):
 
     connected: HeartbeatMixin | None = None
     lastLoss: Loss | None = None
+    _protocolLoss: Loss | None = None
     _session: Session | None = None
     _stableCall: IDelayedCall | None = None
     _connectedAt: float | None = None
@@ -350,7 +351,7 @@ class AliveClientFactory(ReconnectingClientFactory):
         if self.connected is proto:
             self.connected = None
         self._cancelStable()
-        self.lastLoss = loss
+        self.lastLoss = self._protocolLoss = loss
         self.losses[loss.reason] = self.losses.get(loss.reason, 0) + 1
         session = self.session
         conn = proto._alive
@@ -378,7 +379,14 @@ class AliveClientFactory(ReconnectingClientFactory):
     def clientConnectionFailed(self, connector: IConnector, reason: Failure) -> None:
         """A connection attempt failed: classify it, then retry or stop."""
         kind = classify(reason)
-        loss = Loss(kind, f"connection attempt failed: {reason.getErrorMessage()}", reason)
+        config = causeOf(reason)
+        detail = config[1] if config else reason.getErrorMessage()
+        loss = Loss(
+            kind,
+            f"connection attempt failed: {detail}",
+            reason,
+            cause=config[0] if config else None,
+        )
         self.lastLoss = loss
         self.losses[kind] = self.losses.get(kind, 0) + 1
         log.info(
@@ -392,9 +400,14 @@ class AliveClientFactory(ReconnectingClientFactory):
 
     def clientConnectionLost(self, connector: IConnector, reason: Failure) -> None:
         """A connection ended (the protocol classified it): retry or stop."""
-        loss = self.lastLoss
-        if loss is None or loss.failure is not reason:
-            loss = Loss(classify(reason), reason.getErrorMessage(), reason)
+        # The protocol classified the loss (sessionLost) just before: under
+        # TLS it saw the handshake error, while ``reason`` here is only the
+        # TCP connection's end.
+        loss, self._protocolLoss = self._protocolLoss, None
+        if loss is None:
+            config = causeOf(reason)
+            detail = config[1] if config else reason.getErrorMessage()
+            loss = Loss(classify(reason), detail, reason, cause=config[0] if config else None)
         self.connector = connector
         self._retryAfter(loss, connector)
 

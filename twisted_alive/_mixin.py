@@ -60,7 +60,7 @@ from twisted_alive._delivery import (
 from twisted_alive._frames import DEFAULT_MAX_FRAME_SIZE, GoodbyeCode
 from twisted_alive._interfaces import ISessionHost
 from twisted_alive._outcomes import DeliveryFailed, QueueFull, Receipt
-from twisted_alive._reasons import Loss, Reason, classify
+from twisted_alive._reasons import Loss, Reason, causeOf, classify
 from twisted_alive._timers import wheelFor
 
 log = Logger(namespace="twisted_alive")
@@ -571,6 +571,7 @@ class HeartbeatMixin(TimeoutMixin):
         now = self._clock().seconds()
         conn = self._alive
         cause = self._cause
+        config = None
         if cause is None:
             if getattr(self.transport, "disconnecting", False) and isinstance(
                 reason.value, ConnectionDone
@@ -578,7 +579,8 @@ class HeartbeatMixin(TimeoutMixin):
                 cause = (Reason.LOCAL_CLOSE, "closed by this side", None)
             else:
                 kind = classify(reason)
-                cause = (kind, describeFailure(kind, reason), None)
+                config = causeOf(reason)  # a failed TLS handshake
+                cause = (kind, config[1] if config else describeFailure(kind, reason), None)
         unconfirmed = len(conn.session.outbox) if conn is not None else 0
         loss = Loss(
             reason=cause[0],
@@ -588,6 +590,7 @@ class HeartbeatMixin(TimeoutMixin):
             peer=self._peer,
             connectedFor=now - self._connectedAt,
             unconfirmed=unconfirmed,
+            cause=config[0] if config else None,
         )
         self.loss = loss
         log.info(
