@@ -1114,8 +1114,8 @@ def test_noResetWithoutHello() -> None:
 
 
 def test_retryQuickAfterTimeout() -> None:
-    """A TIMEOUT on a stable connection reconnects after quickDelay
-    (jittered up by at most jitter)."""
+    """A TIMEOUT on a stable connection reconnects after quickDelay plus
+    quickSpread times the injected random draw."""
 
     class Impatient(RecordingClient):
         heartbeatMisses = 2  # the client's deadline comes first
@@ -1125,6 +1125,7 @@ def test_retryQuickAfterTimeout() -> None:
     cf.random = lambda: 0.5
     cf.jitter = 0.2
     cf.quickDelay = 0.1
+    cf.quickSpread = 0.2
     network.connector.connect()
     network.flush()
     network.advance(cf.stableAfter + 1)
@@ -1137,7 +1138,7 @@ def test_retryQuickAfterTimeout() -> None:
     lostAt = network.clock.seconds()
     assert 9.0 <= lostAt - stalledAt <= 10.0
     network.run(lambda: len(network.wires) == 2)
-    assert network.clock.seconds() - lostAt == pytest.approx(0.1 * 1.1)
+    assert network.clock.seconds() - lostAt == pytest.approx(0.1 + 0.2 * 0.5)
     network.run(lambda: cf.connected is not None)
     # The server's side of the stalled connection is taken over.
     assert wire.server.loss is not None
@@ -1392,7 +1393,7 @@ def test_defaults() -> None:
         2.0,
         0.2,
     )
-    assert (factory.quickDelay, factory.stableAfter) == (0.05, 5.0)
+    assert (factory.quickDelay, factory.quickSpread, factory.stableAfter) == (0.05, 1.0, 5.0)
 
 
 def test_queueFullAtDefaults() -> None:

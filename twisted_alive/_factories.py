@@ -67,8 +67,8 @@ class Retry(enum.Enum):
     STOP = "stop"
     """Stop trying; the session ends and pending messages fail."""
     QUICK = "quick"
-    """Reconnect after ``quickDelay`` if the lost connection was stable,
-    else back off."""
+    """Reconnect soon (after ``quickDelay`` plus a random part of
+    ``quickSpread``) if the lost connection was stable, else back off."""
     BACKOFF = "backoff"
     """Reconnect after the next backoff delay."""
 
@@ -86,6 +86,10 @@ DEFAULT_RETRY_POLICY: Mapping[Reason, Retry] = MappingProxyType(
         Reason.PROTOCOL_ERROR: Retry.BACKOFF,
     }
 )
+
+_NO_ANSWER = frozenset({Reason.CONNECT_TIMEOUT, Reason.CONNECT_FAILED})
+"""Connection attempts that got no answer from the host (as opposed to a
+refusal, or a connection made)."""
 
 DEFAULT_CAUSE_POLICY: Mapping[Cause, Retry] = MappingProxyType(
     {
@@ -136,9 +140,11 @@ class AliveClientFactory(ReconnectingClientFactory):
     Backoff keeps the stock attributes (``initialDelay``, ``maxDelay``,
     ``factor``, ``jitter``, ``maxRetries``) and fixes the stock flaws: the delay
     resets itself once a connection completed HELLO and stayed up
-    ``stableAfter`` seconds; a jittered delay is never above ``maxDelay`` nor
-    below zero; the jitter comes from ``random`` (a callable returning a float
-    in [0, 1), replaceable in tests).
+    ``stableAfter`` seconds, and when the host answers again after attempts
+    that got none; a jittered delay is never above ``maxDelay`` nor below
+    zero; the jitter comes from ``random`` (a callable returning a float in
+    [0, 1), replaceable in tests). The first reconnect after a stable
+    connection is lost is spread over ``quickSpread`` seconds.
 
     :cvar retryPolicy: `Retry` per `Reason` of a loss.
     :cvar goodbyePolicy: `Retry` per GOODBYE code received; it overrides
@@ -146,9 +152,18 @@ class AliveClientFactory(ReconnectingClientFactory):
     :cvar causePolicy: `Retry` per `Cause` of a loss; it overrides both (by
         default a peer that does not speak twisted_alive and a failed TLS
         handshake stop retrying: both are configuration errors).
-    :cvar quickDelay: the delay of a `Retry.QUICK` reconnect, in seconds.
+    :cvar quickDelay: the shortest delay of a `Retry.QUICK` reconnect, in
+        seconds.
+    :cvar quickSpread: a `Retry.QUICK` reconnect waits ``quickDelay`` plus a
+        delay drawn uniformly over [0, ``quickSpread``] seconds (never more
+        than ``maxDelay`` in all), so that clients that lost their
+        connections together (a server restart) do not all come back in the
+        same instant.
     :cvar stableAfter: seconds a connection must stay up after HELLO for the
-        backoff to reset.
+        backoff to reset. The backoff also resets when the host answers
+        again: a connection attempt refused, or a connection made, after an
+        attempt that got no answer (``CONNECT_TIMEOUT``, or
+        ``CONNECT_FAILED`` such as no route to the host).
     :ivar lastLoss: the `Loss` of the latest lost connection or failed
         attempt.
     :ivar losses: how many losses each `Reason` had.
@@ -165,6 +180,7 @@ class AliveClientFactory(ReconnectingClientFactory):
     goodbyePolicy: Mapping[GoodbyeCode, Retry] = DEFAULT_GOODBYE_POLICY
     causePolicy: Mapping[Cause, Retry] = DEFAULT_CAUSE_POLICY
     quickDelay = 0.05
+    quickSpread = 1.0
     stableAfter = 5.0
     random: Callable[[], float] = random.random
 
@@ -178,6 +194,7 @@ class AliveClientFactory(ReconnectingClientFactory):
     _reconnectAtOnce = False
     _starting: HeartbeatMixin | None = None
     _wasStable = False
+    _noAnswer = False
 
     def __init__(self) -> None:
         self.losses: dict[Reason, int] = {}
@@ -442,6 +459,7 @@ class AliveClientFactory(ReconnectingClientFactory):
         if not self.continueTrying:
             self._endSession(loss)
             return
+        self._answered(loss)
         decision = self.retryFor(loss)
         if decision is Retry.STOP:
             log.info(
@@ -456,8 +474,8 @@ class AliveClientFactory(ReconnectingClientFactory):
             delay = 0.0
         elif decision is Retry.QUICK and self._wasStable:
             self._wasStable = False
-            delay = self.quickDelay * (1.0 + self.jitter * self.random())
-            delay = min(delay, self.maxDelay)
+            delay = self.quickDelay + self.quickSpread * self.random()
+            delay = max(0.0, min(delay, self.maxDelay))
         else:
             delay = self.nextDelay()
         self.retries += 1
@@ -484,6 +502,22 @@ class AliveClientFactory(ReconnectingClientFactory):
             connector.connect()
 
         self._callID = self._clockNow().callLater(delay, reconnector)
+
+    def _answered(self, loss: Loss) -> None:
+        """Reset the backoff when the host answers again after attempts that
+        got no answer: it is back (its process may still be starting), so
+        the next attempt should come soon, not after a delay grown during
+        the outage. Only an attempt that got no answer re-arms this, so it
+        cannot make a client hammer a host that keeps refusing."""
+        noAnswer = loss.reason in _NO_ANSWER and loss.cause is None
+        if self._noAnswer and not noAnswer and self.retries:
+            log.info(
+                "alive.retry: the host answers again ({reason}): backoff reset",
+                reason=loss.reason.name,
+                event="retry",
+            )
+            self.resetDelay()
+        self._noAnswer = noAnswer
 
     def resetDelay(self) -> None:
         """Reset the backoff (done by itself once a connection is stable).
