@@ -4,18 +4,22 @@ sessions: how much each new session costs the server.
 
 Usage::
 
-    session_churn.py sockets SESSIONS [--seconds S]
+    session_churn.py sockets SESSIONS [--seconds S] [--unknown]
     session_churn.py table SESSIONS [--cycles N]
     session_churn.py serve SESSIONS
+    session_churn.py crowd SESSIONS [--churners C] [--seconds S]
 
 ``sockets`` starts ``serve`` in a child process (a server on a free
 loopback port whose table holds SESSIONS sessions without connection),
 then opens connections one after the other for S seconds, each sending a
 HELLO without session, reading the server's HELLO back and closing; it
 prints the cycles per second and the server's CPU use (from
-``/proc/PID/stat``). ``table`` measures the bookkeeping alone, without
+``/proc/PID/stat``); with ``--unknown`` each HELLO asks for a session the
+server does not know, so none is created. ``table`` measures the bookkeeping alone, without
 sockets: the factory's ``sessionFor`` (a new session) then ``sessionLost``
 (its connection ended) for N cycles; it prints the median cost per cycle.
+``crowd`` runs C churning processes against such a server for S seconds
+and meanwhile times another client's HELLO round trip every 50 ms.
 """
 
 from __future__ import annotations
@@ -36,6 +40,9 @@ from twisted_alive._frames import DEFAULT_MAX_FRAME_SIZE, NO_SESSION, Hello, enc
 from twisted_alive._reasons import Loss, Reason
 
 HELLO = encode(Hello(1, 0, 5.0, DEFAULT_MAX_FRAME_SIZE, 1024, 1, NO_SESSION))
+UNKNOWN = encode(Hello(1, 0, 5.0, DEFAULT_MAX_FRAME_SIZE, 1024, 1, b"\x01" * 16))
+"""A HELLO asking for a session the server does not know: no session is
+created (the server answers GOODBYE)."""
 
 
 class Connection:
@@ -98,10 +105,10 @@ def cpuSeconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def cycle(port: int) -> None:
-    """One connection: HELLO out, HELLO back, close."""
+def cycle(port: int, hello: bytes = HELLO) -> None:
+    """One connection: HELLO out, HELLO (or GOODBYE) back, close."""
     with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-        s.sendall(HELLO)
+        s.sendall(hello)
         got = b""
         while len(got) < 4 or len(got) < 4 + int.from_bytes(got[:4], "big"):
             chunk = s.recv(4096)
@@ -110,7 +117,7 @@ def cycle(port: int) -> None:
             got += chunk
 
 
-def sockets(sessions: int, seconds: float) -> None:
+def sockets(sessions: int, seconds: float, hello: bytes = HELLO) -> None:
     """Cycles per second over loopback, with the server's CPU use."""
     server = subprocess.Popen(
         [sys.executable, __file__, "serve", str(sessions)],
@@ -127,12 +134,13 @@ def sockets(sessions: int, seconds: float) -> None:
         cpu0, start = cpuSeconds(server.pid), time.perf_counter()
         count = 0
         while time.perf_counter() - start < seconds:
-            cycle(port)
+            cycle(port, hello)
             count += 1
         elapsed = time.perf_counter() - start
         cpu = cpuSeconds(server.pid) - cpu0
+        kind = "new session" if hello == HELLO else "unknown token"
         print(
-            f"sockets sessions={sessions} cycles={count} {count / elapsed:.0f} cycles/s "
+            f"sockets ({kind}) sessions={sessions} cycles={count} {count / elapsed:.0f} cycles/s "
             f"server CPU {100 * cpu / elapsed:.0f} %",
             flush=True,
         )
@@ -141,15 +149,83 @@ def sockets(sessions: int, seconds: float) -> None:
         server.wait()
 
 
+def churner(port: int, seconds: float) -> None:
+    """Cycles for ``seconds``; print how many."""
+    start, count = time.perf_counter(), 0
+    while time.perf_counter() - start < seconds:
+        cycle(port)
+        count += 1
+    print(count, flush=True)
+
+
+def crowd(sessions: int, seconds: float, churners: int) -> None:
+    """Another client's HELLO round trip while ``churners`` processes churn."""
+    server = subprocess.Popen(
+        [sys.executable, __file__, "serve", str(sessions)], stdout=subprocess.PIPE, text=True
+    )
+    workers: list[subprocess.Popen[str]] = []
+    try:
+        assert server.stdout is not None
+        port = int(server.stdout.readline().split()[1])
+        quiet = [probe(port) for _ in range(40)]
+        workers = [
+            subprocess.Popen(
+                [sys.executable, __file__, "churn", str(port), "--seconds", str(seconds)],
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            for _ in range(churners)
+        ]
+        time.sleep(0.5)
+        cpu0, start = cpuSeconds(server.pid), time.perf_counter()
+        busy = []
+        while time.perf_counter() - start < seconds - 1.0:
+            busy.append(probe(port))
+            time.sleep(0.05)
+        cpu = cpuSeconds(server.pid) - cpu0
+        elapsed = time.perf_counter() - start
+        cycles = sum(int(w.communicate()[0]) for w in workers)
+        busy.sort()
+        print(
+            f"crowd sessions={sessions} churners={churners}: {cycles / seconds:.0f} cycles/s, "
+            f"server CPU {100 * cpu / elapsed:.0f} %; another client's HELLO: quiet median "
+            f"{statistics.median(quiet) * 1e3:.1f} ms, under churn median "
+            f"{statistics.median(busy) * 1e3:.1f} ms, p95 {busy[int(len(busy) * 0.95)] * 1e3:.1f} "
+            f"ms, max {busy[-1] * 1e3:.1f} ms ({len(busy)} probes)",
+            flush=True,
+        )
+    finally:
+        for w in workers:
+            w.kill()
+            w.wait()
+        server.kill()
+        server.wait()
+
+
+def probe(port: int) -> float:
+    """Seconds for one HELLO round trip (connect included)."""
+    start = time.perf_counter()
+    cycle(port)
+    return time.perf_counter() - start
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[1])
-    parser.add_argument("mode", choices=["sockets", "table", "serve"])
-    parser.add_argument("sessions", type=int)
+    parser.add_argument("mode", choices=["sockets", "table", "serve", "crowd", "churn"])
+    parser.add_argument("sessions", type=int, help="sessions in the table (churn: the port)")
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--cycles", type=int, default=2000)
+    parser.add_argument("--churners", type=int, default=4)
+    parser.add_argument(
+        "--unknown", action="store_true", help="sockets: HELLOs with an unknown token"
+    )
     options = parser.parse_args()
-    if options.mode == "sockets":
-        sockets(options.sessions, options.seconds)
+    if options.mode == "crowd":
+        crowd(options.sessions, options.seconds, options.churners)
+    elif options.mode == "churn":
+        churner(options.sessions, options.seconds)
+    elif options.mode == "sockets":
+        sockets(options.sessions, options.seconds, UNKNOWN if options.unknown else HELLO)
     elif options.mode == "table":
         table(options.sessions, options.cycles)
     else:
