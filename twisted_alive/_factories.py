@@ -463,7 +463,10 @@ class AliveClientFactory(ReconnectingClientFactory):
         decision = self.retryFor(loss)
         if decision is Retry.STOP:
             log.info(
-                "alive.retry: giving up after {reason}", reason=loss.reason.name, event="retry"
+                "alive.retry: giving up after {reason}: {detail}",
+                reason=loss.reason.name,
+                detail=loss.detail,
+                event="retry",
             )
             self._halt()
             self._endSession(loss)
