@@ -19,6 +19,8 @@ proxy, hostile peers, bounded in time.
   `Reason`, the server's memory flat, the good client unharmed.
 - Session churn: a new session costs the server's bookkeeping no more with
   10,000 sessions in its table than with none.
+- A client that trusts the wrong CA: its pending messages fail at once with
+  the TLS cause, and it does not retry.
 
 Run with ``-s`` to see the figures. ``ALIVE_CHAOS_SEED`` replays a chaos run.
 """
@@ -70,7 +72,7 @@ from twisted_alive._frames import (
 )
 from twisted_alive._mixin import HeartbeatMixin, HeartbeatProtocol
 from twisted_alive._outcomes import DeliveryFailed, Receipt
-from twisted_alive._reasons import Loss, Reason
+from twisted_alive._reasons import Cause, Loss, Reason
 from twisted_alive.testing import ChaosProxy, Faults
 
 _F = TypeVar("_F", bound=Callable[..., Any])
@@ -994,3 +996,53 @@ def test_sessionChurnCostFlat() -> None:
         f"sessions; median ratio {ratio:.2f}"
     )
     assert ratio < 1.3, (ratio, sorted(ratios))
+
+
+# -- TLS: a wrong CA fails pending messages at once ----------------------------------
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.filterwarnings("ignore:Passing pyOpenSSL:DeprecationWarning")
+@ensureDeferred
+async def test_wrongCAFailsPendingAtOnce(tmp_path: Path) -> None:
+    """A client that trusts the wrong CA, with 1,000 messages pending: the handshake fails, every
+    message fails with DeliveryFailed carrying CONNECT_FAILED/TLS at once, and no second attempt
+    is made in the next second."""
+    from test_tls import Certificate, Server
+    from twisted.internet import ssl
+    from twisted.internet.endpoints import serverFromString
+
+    reactor = getReactor()
+    certificate, other = Certificate(tmp_path / "server"), Certificate(tmp_path / "other")
+    server = Server()
+    port = await serverFromString(reactor, certificate.serverString()).listen(server)
+    factory = GoodClient()
+    factory.initialDelay = factory.maxDelay = 0.05
+    try:
+        pending = [factory.sendMessage(b"%d" % i) for i in range(1000)]
+        options = ssl.optionsForClientTLS(
+            "localhost", trustRoot=ssl.Certificate.loadPEM(other.certFile.read_bytes())
+        )
+        started = reactor.seconds()
+        reactor.connectSSL(LOOPBACK, portOf(port), factory, options, timeout=5)
+        results = await DeferredList(pending, consumeErrors=True).addTimeout(10, reactor)
+        took = reactor.seconds() - started
+        await sleep(1.0)
+    finally:
+        factory.stopTrying()
+        await port.stopListening()
+    failures = [r.value for ok, r in results if not ok]
+    assert len(failures) == 1000
+    assert all(isinstance(f, DeliveryFailed) for f in failures)
+    losses = {(f.loss.reason, f.loss.cause, f.loss.detail) for f in failures}
+    assert losses == {
+        (
+            Reason.CONNECT_FAILED,
+            Cause.TLS,
+            "TLS handshake failed: the peer's certificate is not trusted "
+            "(certificate verify failed)",
+        )
+    }
+    assert factory.connections == 1
+    assert server.received == [] and server.sessions == {}
+    print(f"\nwrong CA: 1,000 pending messages failed {took * 1000:.0f} ms after connecting")
