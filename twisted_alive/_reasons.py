@@ -1,7 +1,8 @@
 """
 Why a connection ended: `Reason`, `Loss` and `classify`.
 
-This is the only module that maps ``twisted.internet.error`` types to reasons.
+This is the only module that maps ``twisted.internet.error`` types (and the
+TLS layer's errors, see `causeOf`) to reasons.
 What Twisted reports for each way a TCP connection ends was measured (see
 ``docs/reasons.md``); the mapping below follows those measurements:
 
