@@ -1002,6 +1002,26 @@ def test_halfOpenConnectionTakenOver() -> None:
     assert len(sf.connections) == 1
 
 
+def test_takenOverSessionDoesNotExpire() -> None:
+    """The end of a connection whose session was taken over leaves the session to the new
+    connection: it does not expire while that connection lasts, however long."""
+    network, cf, sf, wire = connected()
+    sf.sessionTTL = 30.0
+    wire.cut("client-only")
+    network.run(lambda: wire.server.loss is not None and cf.connected is not None)
+    assert wire.server.loss is not None
+    assert wire.server.loss.detail == "session taken over by a new connection"
+    network.advance(sf.sessionTTL * 3)
+    assert cf.connected is not None and len(sf.sessions) == 1
+    assert sf.sessionsExpired == 0
+    session = next(iter(sf.sessions.values()))
+    assert session.current is network.wires[-1].server
+    network.refuse = True
+    network.wires[-1].cut()  # now it has no connection: the TTL runs
+    network.advance(sf.sessionTTL + 1)
+    assert sf.sessions == {} and sf.sessionsExpired == 1
+
+
 # -- backoff and retry policy --------------------------------------------------------
 
 
