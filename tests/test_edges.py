@@ -173,6 +173,7 @@ def test_quickRetryOnlyAfterStableConnection() -> None:
     client.clock = clock
     client.initialDelay = 1.0
     client.jitter = 0.0
+    client.quickSpread = 0.0
     server = AliveServerFactory.forProtocol(HeartbeatProtocol)
     server.clock = clock
     connector = FakeConnector()

@@ -17,16 +17,22 @@ proxy, hostile peers, bounded in time.
   and a flood of HELLOs with unknown session tokens against a server that
   also serves a good client: each closed within its deadline with the right
   `Reason`, the server's memory flat, the good client unharmed.
+- Session churn: a new session costs the server's bookkeeping no more with
+  10,000 sessions in its table than with none.
+- A client that trusts the wrong CA: its pending messages fail at once with
+  the TLS cause, and it does not retry.
 
 Run with ``-s`` to see the figures. ``ALIVE_CHAOS_SEED`` replays a chaos run.
 """
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import random
 import signal
+import statistics
 import struct
 import subprocess
 import sys
@@ -47,7 +53,7 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint, c
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.internet.protocol import Protocol
-from twisted.internet.task import LoopingCall, deferLater
+from twisted.internet.task import Clock, LoopingCall, deferLater
 from twisted.logger import ILogObserver, LogEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -67,7 +73,7 @@ from twisted_alive._frames import (
 )
 from twisted_alive._mixin import HeartbeatMixin, HeartbeatProtocol
 from twisted_alive._outcomes import DeliveryFailed, Receipt
-from twisted_alive._reasons import Reason
+from twisted_alive._reasons import Cause, Loss, Reason
 from twisted_alive.testing import ChaosProxy, Faults
 
 _F = TypeVar("_F", bound=Callable[..., Any])
@@ -930,3 +936,120 @@ async def test_abuse(processes: Processes, tmp_path: Path) -> None:
         f"client: {len(goodSent)} messages, all confirmed, 1 connection (seed {seed})"
     )
 
+
+
+# -- session churn: the cost of a new session does not grow with the table -----------
+
+
+class ChurnConnection:
+    """Stands for the protocol of one connection (what C{sessionLost} reads)."""
+
+    def __init__(self, session: Any) -> None:
+        self.session = session
+
+
+CHURN_LOSS = Loss(Reason.PEER_CLOSED, "peer closed the connection without GOODBYE")
+
+
+def churnFactory(sessions: int, clock: Clock) -> AliveServerFactory:
+    """A server factory holding C{sessions} sessions whose connections ended."""
+    factory = AliveServerFactory()
+    factory.clock = clock
+    factory.maxSessions = 100_000  # no eviction: the table's size alone is measured
+    churn(factory, sessions, clock)
+    assert len(factory.sessions) == sessions
+    return factory
+
+
+def churn(factory: AliveServerFactory, cycles: int, clock: Clock) -> float:
+    """C{cycles} HELLO-then-disconnect cycles of the factory's bookkeeping
+    (a new session, then its connection lost); return the seconds taken."""
+    start = time.perf_counter()
+    for _ in range(cycles):
+        clock.advance(0.0001)
+        found = factory.sessionFor(NO_SESSION, clock.seconds())
+        assert found is not None
+        factory.sessionLost(ChurnConnection(found[0]), CHURN_LOSS)
+    return time.perf_counter() - start
+
+
+@pytest.mark.timeout(60)
+def test_sessionChurnCostFlat() -> None:
+    """HELLO-then-disconnect churn costs the server's session bookkeeping no more with 10,000
+    sessions in the table than with none (median of 25 interleaved pairs within 1.3x)."""
+    clock = Clock()
+    clock.advance(1000.0)
+    full = churnFactory(10_000, clock)
+    ratios, empties, fulls = [], [], []
+    gc.collect()
+    gc.disable()  # a collection landing in one run of a pair would decide the pair
+    try:
+        for index in range(25):
+            empty = churnFactory(0, clock)
+            if index % 2:
+                fullTime, emptyTime = churn(full, 300, clock), churn(empty, 300, clock)
+            else:
+                emptyTime, fullTime = churn(empty, 300, clock), churn(full, 300, clock)
+            ratios.append(fullTime / emptyTime)
+            empties.append(emptyTime / 300)
+            fulls.append(fullTime / 300)
+    finally:
+        gc.enable()
+    assert len(full.sessions) >= 10_000
+    ratio = statistics.median(ratios)
+    print(
+        f"\nsession churn bookkeeping: {statistics.median(empties) * 1e6:.1f} us/cycle with "
+        f"an empty table, {statistics.median(fulls) * 1e6:.1f} us/cycle with 10,000 "
+        f"sessions; median ratio {ratio:.2f}"
+    )
+    assert ratio < 1.3, (ratio, sorted(ratios))
+
+
+# -- TLS: a wrong CA fails pending messages at once ----------------------------------
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.filterwarnings("ignore:Passing pyOpenSSL:DeprecationWarning")
+@ensureDeferred
+async def test_wrongCAFailsPendingAtOnce(tmp_path: Path) -> None:
+    """A client that trusts the wrong CA, with 1,000 messages pending: the handshake fails, every
+    message fails with DeliveryFailed carrying CONNECT_FAILED/TLS at once, and no second attempt
+    is made in the next second."""
+    from test_tls import Certificate, Server
+    from twisted.internet import ssl
+    from twisted.internet.endpoints import serverFromString
+
+    reactor = getReactor()
+    certificate, other = Certificate(tmp_path / "server"), Certificate(tmp_path / "other")
+    server = Server()
+    port = await serverFromString(reactor, certificate.serverString()).listen(server)
+    factory = GoodClient()
+    factory.initialDelay = factory.maxDelay = 0.05
+    try:
+        pending = [factory.sendMessage(b"%d" % i) for i in range(1000)]
+        options = ssl.optionsForClientTLS(
+            "localhost", trustRoot=ssl.Certificate.loadPEM(other.certFile.read_bytes())
+        )
+        started = reactor.seconds()
+        reactor.connectSSL(LOOPBACK, portOf(port), factory, options, timeout=5)
+        results = await DeferredList(pending, consumeErrors=True).addTimeout(10, reactor)
+        took = reactor.seconds() - started
+        await sleep(1.0)
+    finally:
+        factory.stopTrying()
+        await port.stopListening()
+    failures = [r.value for ok, r in results if not ok]
+    assert len(failures) == 1000
+    assert all(isinstance(f, DeliveryFailed) for f in failures)
+    losses = {(f.loss.reason, f.loss.cause, f.loss.detail) for f in failures}
+    assert losses == {
+        (
+            Reason.CONNECT_FAILED,
+            Cause.TLS,
+            "TLS handshake failed: the peer's certificate is not trusted "
+            "(certificate verify failed)",
+        )
+    }
+    assert factory.connections == 1
+    assert server.received == [] and server.sessions == {}
+    print(f"\nwrong CA: 1,000 pending messages failed {took * 1000:.0f} ms after connecting")

@@ -1002,6 +1002,26 @@ def test_halfOpenConnectionTakenOver() -> None:
     assert len(sf.connections) == 1
 
 
+def test_takenOverSessionDoesNotExpire() -> None:
+    """The end of a connection whose session was taken over leaves the session to the new
+    connection: it does not expire while that connection lasts, however long."""
+    network, cf, sf, wire = connected()
+    sf.sessionTTL = 30.0
+    wire.cut("client-only")
+    network.run(lambda: wire.server.loss is not None and cf.connected is not None)
+    assert wire.server.loss is not None
+    assert wire.server.loss.detail == "session taken over by a new connection"
+    network.advance(sf.sessionTTL * 3)
+    assert cf.connected is not None and len(sf.sessions) == 1
+    assert sf.sessionsExpired == 0
+    session = next(iter(sf.sessions.values()))
+    assert session.current is network.wires[-1].server
+    network.refuse = True
+    network.wires[-1].cut()  # now it has no connection: the TTL runs
+    network.advance(sf.sessionTTL + 1)
+    assert sf.sessions == {} and sf.sessionsExpired == 1
+
+
 # -- backoff and retry policy --------------------------------------------------------
 
 
@@ -1114,8 +1134,8 @@ def test_noResetWithoutHello() -> None:
 
 
 def test_retryQuickAfterTimeout() -> None:
-    """A TIMEOUT on a stable connection reconnects after quickDelay
-    (jittered up by at most jitter)."""
+    """A TIMEOUT on a stable connection reconnects after quickDelay plus
+    quickSpread times the injected random draw."""
 
     class Impatient(RecordingClient):
         heartbeatMisses = 2  # the client's deadline comes first
@@ -1125,6 +1145,7 @@ def test_retryQuickAfterTimeout() -> None:
     cf.random = lambda: 0.5
     cf.jitter = 0.2
     cf.quickDelay = 0.1
+    cf.quickSpread = 0.2
     network.connector.connect()
     network.flush()
     network.advance(cf.stableAfter + 1)
@@ -1137,7 +1158,7 @@ def test_retryQuickAfterTimeout() -> None:
     lostAt = network.clock.seconds()
     assert 9.0 <= lostAt - stalledAt <= 10.0
     network.run(lambda: len(network.wires) == 2)
-    assert network.clock.seconds() - lostAt == pytest.approx(0.1 * 1.1)
+    assert network.clock.seconds() - lostAt == pytest.approx(0.1 + 0.2 * 0.5)
     network.run(lambda: cf.connected is not None)
     # The server's side of the stalled connection is taken over.
     assert wire.server.loss is not None
@@ -1392,7 +1413,7 @@ def test_defaults() -> None:
         2.0,
         0.2,
     )
-    assert (factory.quickDelay, factory.stableAfter) == (0.05, 5.0)
+    assert (factory.quickDelay, factory.quickSpread, factory.stableAfter) == (0.05, 1.0, 5.0)
 
 
 def test_queueFullAtDefaults() -> None:

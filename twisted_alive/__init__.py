@@ -13,7 +13,7 @@ from twisted_alive._frames import FrameError, GoodbyeCode
 from twisted_alive._kernel import KernelLiveness, PeekState, peek, setKernelLiveness
 from twisted_alive._mixin import HeartbeatMixin, HeartbeatProtocol
 from twisted_alive._outcomes import DeliveryFailed, QueueFull, Receipt
-from twisted_alive._reasons import Cause, Loss, Reason, classify
+from twisted_alive._reasons import Cause, Loss, Reason, causeOf, classify
 from twisted_alive._wrapping import AliveWrappingFactory, AliveWrappingProtocol
 
 
@@ -54,6 +54,7 @@ __all__ = [
     "Cause",
     "Loss",
     "classify",
+    "causeOf",
     "Receipt",
     "DeliveryFailed",
     "QueueFull",

@@ -16,7 +16,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import random
-from collections import Counter, OrderedDict
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from types import MappingProxyType
 from typing import Any, cast
@@ -55,7 +55,8 @@ from twisted_alive._mixin import (
     registerPacer,
 )
 from twisted_alive._outcomes import DeliveryFailed, QueueFull, Receipt
-from twisted_alive._reasons import Cause, Loss, Reason, classify
+from twisted_alive._reasons import Cause, Loss, Reason, causeOf, classify
+from twisted_alive._sessiontable import SessionTable
 
 log = Logger(namespace="twisted_alive")
 
@@ -66,8 +67,8 @@ class Retry(enum.Enum):
     STOP = "stop"
     """Stop trying; the session ends and pending messages fail."""
     QUICK = "quick"
-    """Reconnect after ``quickDelay`` if the lost connection was stable,
-    else back off."""
+    """Reconnect soon (after ``quickDelay`` plus a random part of
+    ``quickSpread``) if the lost connection was stable, else back off."""
     BACKOFF = "backoff"
     """Reconnect after the next backoff delay."""
 
@@ -85,6 +86,10 @@ DEFAULT_RETRY_POLICY: Mapping[Reason, Retry] = MappingProxyType(
         Reason.PROTOCOL_ERROR: Retry.BACKOFF,
     }
 )
+
+_NO_ANSWER = frozenset({Reason.CONNECT_TIMEOUT, Reason.CONNECT_FAILED})
+"""Connection attempts that got no answer from the host (as opposed to a
+refusal, or a connection made)."""
 
 DEFAULT_CAUSE_POLICY: Mapping[Cause, Retry] = MappingProxyType(
     {
@@ -135,9 +140,11 @@ class AliveClientFactory(ReconnectingClientFactory):
     Backoff keeps the stock attributes (``initialDelay``, ``maxDelay``,
     ``factor``, ``jitter``, ``maxRetries``) and fixes the stock flaws: the delay
     resets itself once a connection completed HELLO and stayed up
-    ``stableAfter`` seconds; a jittered delay is never above ``maxDelay`` nor
-    below zero; the jitter comes from ``random`` (a callable returning a float
-    in [0, 1), replaceable in tests).
+    ``stableAfter`` seconds, and when the host answers again after attempts
+    that got none; a jittered delay is never above ``maxDelay`` nor below
+    zero; the jitter comes from ``random`` (a callable returning a float in
+    [0, 1), replaceable in tests). The first reconnect after a stable
+    connection is lost is spread over ``quickSpread`` seconds.
 
     :cvar retryPolicy: `Retry` per `Reason` of a loss.
     :cvar goodbyePolicy: `Retry` per GOODBYE code received; it overrides
@@ -145,9 +152,18 @@ class AliveClientFactory(ReconnectingClientFactory):
     :cvar causePolicy: `Retry` per `Cause` of a loss; it overrides both (by
         default a peer that does not speak twisted_alive and a failed TLS
         handshake stop retrying: both are configuration errors).
-    :cvar quickDelay: the delay of a `Retry.QUICK` reconnect, in seconds.
+    :cvar quickDelay: the shortest delay of a `Retry.QUICK` reconnect, in
+        seconds.
+    :cvar quickSpread: a `Retry.QUICK` reconnect waits ``quickDelay`` plus a
+        delay drawn uniformly over [0, ``quickSpread``] seconds (never more
+        than ``maxDelay`` in all), so that clients that lost their
+        connections together (a server restart) do not all come back in the
+        same instant.
     :cvar stableAfter: seconds a connection must stay up after HELLO for the
-        backoff to reset.
+        backoff to reset. The backoff also resets when the host answers
+        again: a connection attempt refused, or a connection made, after an
+        attempt that got no answer (``CONNECT_TIMEOUT``, or
+        ``CONNECT_FAILED`` such as no route to the host).
     :ivar lastLoss: the `Loss` of the latest lost connection or failed
         attempt.
     :ivar losses: how many losses each `Reason` had.
@@ -164,11 +180,13 @@ class AliveClientFactory(ReconnectingClientFactory):
     goodbyePolicy: Mapping[GoodbyeCode, Retry] = DEFAULT_GOODBYE_POLICY
     causePolicy: Mapping[Cause, Retry] = DEFAULT_CAUSE_POLICY
     quickDelay = 0.05
+    quickSpread = 1.0
     stableAfter = 5.0
     random: Callable[[], float] = random.random
 
     connected: HeartbeatMixin | None = None
     lastLoss: Loss | None = None
+    _protocolLoss: Loss | None = None
     _session: Session | None = None
     _stableCall: IDelayedCall | None = None
     _connectedAt: float | None = None
@@ -176,6 +194,7 @@ class AliveClientFactory(ReconnectingClientFactory):
     _reconnectAtOnce = False
     _starting: HeartbeatMixin | None = None
     _wasStable = False
+    _noAnswer = False
 
     def __init__(self) -> None:
         self.losses: dict[Reason, int] = {}
@@ -349,7 +368,7 @@ class AliveClientFactory(ReconnectingClientFactory):
         if self.connected is proto:
             self.connected = None
         self._cancelStable()
-        self.lastLoss = loss
+        self.lastLoss = self._protocolLoss = loss
         self.losses[loss.reason] = self.losses.get(loss.reason, 0) + 1
         session = self.session
         conn = proto._alive
@@ -377,7 +396,14 @@ class AliveClientFactory(ReconnectingClientFactory):
     def clientConnectionFailed(self, connector: IConnector, reason: Failure) -> None:
         """A connection attempt failed: classify it, then retry or stop."""
         kind = classify(reason)
-        loss = Loss(kind, f"connection attempt failed: {reason.getErrorMessage()}", reason)
+        config = causeOf(reason)
+        detail = config[1] if config else reason.getErrorMessage()
+        loss = Loss(
+            kind,
+            f"connection attempt failed: {detail}",
+            reason,
+            cause=config[0] if config else None,
+        )
         self.lastLoss = loss
         self.losses[kind] = self.losses.get(kind, 0) + 1
         log.info(
@@ -391,9 +417,14 @@ class AliveClientFactory(ReconnectingClientFactory):
 
     def clientConnectionLost(self, connector: IConnector, reason: Failure) -> None:
         """A connection ended (the protocol classified it): retry or stop."""
-        loss = self.lastLoss
-        if loss is None or loss.failure is not reason:
-            loss = Loss(classify(reason), reason.getErrorMessage(), reason)
+        # The protocol classified the loss (sessionLost) just before: under
+        # TLS it saw the handshake error, while ``reason`` here is only the
+        # TCP connection's end.
+        loss, self._protocolLoss = self._protocolLoss, None
+        if loss is None:
+            config = causeOf(reason)
+            detail = config[1] if config else reason.getErrorMessage()
+            loss = Loss(classify(reason), detail, reason, cause=config[0] if config else None)
         self.connector = connector
         self._retryAfter(loss, connector)
 
@@ -428,10 +459,14 @@ class AliveClientFactory(ReconnectingClientFactory):
         if not self.continueTrying:
             self._endSession(loss)
             return
+        self._answered(loss)
         decision = self.retryFor(loss)
         if decision is Retry.STOP:
             log.info(
-                "alive.retry: giving up after {reason}", reason=loss.reason.name, event="retry"
+                "alive.retry: giving up after {reason}: {detail}",
+                reason=loss.reason.name,
+                detail=loss.detail,
+                event="retry",
             )
             self._halt()
             self._endSession(loss)
@@ -442,8 +477,8 @@ class AliveClientFactory(ReconnectingClientFactory):
             delay = 0.0
         elif decision is Retry.QUICK and self._wasStable:
             self._wasStable = False
-            delay = self.quickDelay * (1.0 + self.jitter * self.random())
-            delay = min(delay, self.maxDelay)
+            delay = self.quickDelay + self.quickSpread * self.random()
+            delay = max(0.0, min(delay, self.maxDelay))
         else:
             delay = self.nextDelay()
         self.retries += 1
@@ -470,6 +505,22 @@ class AliveClientFactory(ReconnectingClientFactory):
             connector.connect()
 
         self._callID = self._clockNow().callLater(delay, reconnector)
+
+    def _answered(self, loss: Loss) -> None:
+        """Reset the backoff when the host answers again after attempts that
+        got no answer: it is back (its process may still be starting), so
+        the next attempt should come soon, not after a delay grown during
+        the outage. Only an attempt that got no answer re-arms this, so it
+        cannot make a client hammer a host that keeps refusing."""
+        noAnswer = loss.reason in _NO_ANSWER and loss.cause is None
+        if self._noAnswer and not noAnswer and self.retries:
+            log.info(
+                "alive.retry: the host answers again ({reason}): backoff reset",
+                reason=loss.reason.name,
+                event="retry",
+            )
+            self.resetDelay()
+        self._noAnswer = noAnswer
 
     def resetDelay(self) -> None:
         """Reset the backoff (done by itself once a connection is stable).
@@ -570,7 +621,8 @@ class AliveServerFactory(Factory):
 
     def __init__(self) -> None:
         self.connections: set[HeartbeatMixin] = set()
-        self.sessions: OrderedDict[bytes, Session] = OrderedDict()
+        self._table: SessionTable[bytes, Session] = SessionTable()
+        self.sessions: Mapping[bytes, Session] = MappingProxyType(self._table.entries)
         self.losses: dict[Reason, int] = {}
         self.endedCounts: Counter[str] = Counter()
         self.sessionsExpired = 0
@@ -604,20 +656,21 @@ class AliveServerFactory(Factory):
     def sessionFor(self, token: bytes, now: float) -> tuple[Session, bool] | None:
         """The session for a client's HELLO token (`ISessionHost`)."""
         self.expireSessions(now)
+        table = self._table
         if token == NO_SESSION:
             new = Session.newToken()
             session = _settingsOf(self.protocol).newSession()
             session.token = new
             session.lastSeen = now
-            self.sessions[self._key(new)] = session
+            table.add(self._key(new), session, now)
             return session, False
         key = self._key(token)
-        known = self.sessions.get(key)
+        known = table.get(key)
         if known is None or not known.matches(token):
             return None
         session = known
         session.lastSeen = now
-        self.sessions.move_to_end(key)
+        table.touch(key, now)
         self.sessionsResumed += 1
         return session, True
 
@@ -625,40 +678,39 @@ class AliveServerFactory(Factory):
         """
         Drop sessions without a connection for longer than ``sessionTTL``,
         and the least recently seen beyond ``maxSessions``; their pending
-        messages fail with `DeliveryFailed`.
+        messages fail with `DeliveryFailed`. It costs O(1) per session
+        dropped: only the sessions it drops are looked at.
 
         :returns: how many sessions were dropped.
         """
         if now is None:
             now = self._now()
-        detached = [
-            (key, s) for key, s in self.sessions.items() if s.current is None
-        ]
-        excess = len(detached) - self.maxSessions
-        dropped = 0
-        for key, session in detached:
-            if excess > 0 or now - session.lastSeen > self.sessionTTL:
-                excess -= 1
-                dropped += 1
-                del self.sessions[key]
-                self._failSession(session, "the session expired")
-        self.sessionsExpired += dropped
-        return dropped
+        dropped = self._table.expire(now, self.sessionTTL, self.maxSessions)
+        for session in dropped:
+            self._failSession(session, "the session expired")
+        self.sessionsExpired += len(dropped)
+        return len(dropped)
 
     def _armExpiry(self, now: float) -> None:
         """Arm one timer for the earliest expiry of a session without
-        connection, so that sessions expire even if no client comes."""
+        connection, so that sessions expire even if no client comes. An
+        armed timer is left alone: sessions only ever join the end of the
+        queue, so the earliest expiry can only move later, and a timer that
+        fires early re-arms itself."""
         if self._stoppedFactory or (
             self._expiryCall is not None and self._expiryCall.active()
         ):
             return
         self._expiryCall = None
-        seen = [s.lastSeen for s in self.sessions.values() if s.current is None]
-        if not seen:
+        due = self._table.nextExpiry(self.sessionTTL)
+        if due is None:
             return
-        due = min(seen) + self.sessionTTL - now
-        clock = cast(IReactorTime, self.clock)
-        self._expiryCall = clock.callLater(max(due, 0.001), self._expireDue)
+        clock = self.clock
+        if clock is None:
+            self._now()
+            clock = self.clock
+        assert clock is not None
+        self._expiryCall = clock.callLater(max(due - now, 0.001), self._expireDue)
 
     def _expireDue(self) -> None:
         self._expiryCall = None
@@ -682,10 +734,14 @@ class AliveServerFactory(Factory):
         self.connections.add(cast(HeartbeatMixin, protocol))
 
     def sessionOpened(self, protocol: object, resumed: bool) -> None:
-        """A client completed HELLO."""
+        """A client completed HELLO: its session does not expire while the
+        connection lasts."""
         proto = cast(HeartbeatMixin, protocol)
         session = proto.session
         assert session is not None
+        key = self._key(session.token)
+        if self._table.get(key) is session:
+            self._table.attach(key)
         log.info(
             "alive.session: {token} {how} for {peer}",
             token=tokenPrefix(session.token),
@@ -713,16 +769,18 @@ class AliveServerFactory(Factory):
         now = self._now()
         session.lastSeen = now
         key = self._key(session.token)
-        if self.sessions.get(key) is session:
+        table = self._table
+        if table.get(key) is session:
             if self._stoppedFactory:
-                del self.sessions[key]
+                table.remove(key)
                 self._failSession(session, "the server stopped")
             elif loss.reason is Reason.CLEAN_CLOSE:
-                del self.sessions[key]
+                table.remove(key)
                 self._failSession(session, "the client closed the session")
-            else:
-                # Keep the least recently seen first, for maxSessions.
-                self.sessions.move_to_end(key)
+            elif session.current is None:
+                # Not taken over by a newer connection: it waits, the most
+                # recently seen (the least recently seen go first).
+                table.detach(key, now)
         self.expireSessions(now)
         self._armExpiry(now)
 
@@ -737,10 +795,8 @@ class AliveServerFactory(Factory):
         if self._expiryCall is not None and self._expiryCall.active():
             self._expiryCall.cancel()
         self._expiryCall = None
-        for key, session in list(self.sessions.items()):
-            if session.current is None:
-                del self.sessions[key]
-                self._failSession(session, "the server stopped")
+        for session in self._table.removeIdle():
+            self._failSession(session, "the server stopped")
 
     def startFactory(self) -> None:
         """Sessions are kept again (after a `stopFactory`)."""

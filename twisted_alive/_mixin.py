@@ -60,7 +60,7 @@ from twisted_alive._delivery import (
 from twisted_alive._frames import DEFAULT_MAX_FRAME_SIZE, GoodbyeCode
 from twisted_alive._interfaces import ISessionHost
 from twisted_alive._outcomes import DeliveryFailed, QueueFull, Receipt
-from twisted_alive._reasons import Cause, Loss, Reason, classify
+from twisted_alive._reasons import Cause, Loss, Reason, causeOf, classify
 from twisted_alive._timers import wheelFor
 
 log = Logger(namespace="twisted_alive")
@@ -622,7 +622,11 @@ class HeartbeatMixin(TimeoutMixin):
                 cause = (Reason.LOCAL_CLOSE, "closed by this side", None, None)
             else:
                 kind = classify(reason)
-                cause = (kind, describeFailure(kind, reason), None, None)
+                config = causeOf(reason)  # a failed TLS handshake
+                if config is None:
+                    cause = (kind, describeFailure(kind, reason), None, None)
+                else:
+                    cause = (kind, config[1], None, config[0])
         unconfirmed = len(conn.session.outbox) if conn is not None else 0
         loss = Loss(
             reason=cause[0],

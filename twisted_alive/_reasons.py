@@ -1,7 +1,8 @@
 """
 Why a connection ended: `Reason`, `Loss` and `classify`.
 
-This is the only module that maps ``twisted.internet.error`` types to reasons.
+This is the only module that maps ``twisted.internet.error`` types (and the
+TLS layer's errors, see `causeOf`) to reasons.
 What Twisted reports for each way a TCP connection ends was measured (see
 ``docs/reasons.md``); the mapping below follows those measurements:
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import enum
 import errno
+import sys
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -90,6 +92,126 @@ class Cause(enum.Enum):
 _RESET_ERRNOS = frozenset({errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED})
 _TIMEOUT_ERRNOS = frozenset({errno.ETIMEDOUT})
 
+_TLS_IN_STREAM = ("unexpected eof", "bad record mac", "decryption failed")
+"""OpenSSL reasons that a broken connection gives, not a failed handshake:
+a TCP close or reset under TLS, corrupted records. They stay `Reason.RESET`."""
+
+_TLS_MISMATCH = (
+    "wrong version number",
+    "packet length too long",
+    "record layer failure",
+    "http request",
+    "https proxy request",
+    "unknown protocol",
+    "record length mismatch",
+)
+"""OpenSSL reasons for bytes that are no TLS at all: the peer does not speak
+TLS (a TLS client at a plain port, a plain client at a TLS port)."""
+
+_TLS_NOT_TRUSTED = ("certificate verify failed",)
+_TLS_WE_ARE_NOT_TRUSTED = (
+    "unknown ca",
+    "bad certificate",
+    "certificate unknown",
+    "certificate expired",
+    "certificate revoked",
+    "unsupported certificate",
+    "certificate required",
+)
+
+
+def _tlsErrors(exc: BaseException) -> tuple[str, ...] | None:
+    """
+    The OpenSSL reason strings of a TLS failure (pyOpenSSL's
+    ``OpenSSL.SSL.Error``), or ``None`` if ``exc`` is not one. pyOpenSSL is
+    not imported here: if it was never imported, no TLS was used.
+    """
+    ssl = sys.modules.get("OpenSSL.SSL")
+    if ssl is None or not isinstance(exc, ssl.Error):
+        return None
+    reasons: list[str] = []
+    stack = exc.args[0] if exc.args and isinstance(exc.args[0], list) else []
+    for item in stack:
+        if isinstance(item, tuple) and item:
+            reasons.append(str(item[-1]))
+    if not reasons:
+        reasons.append(str(exc) or type(exc).__name__)
+    return tuple(reasons)
+
+
+def _hostMismatch(exc: BaseException) -> str | None:
+    """
+    The names a certificate did not match, if ``exc`` is the
+    ``service_identity.VerificationError`` that Twisted's host name check
+    reports (``optionsForClientTLS``, ``tls:`` endpoints); else ``None``.
+    """
+    identity = sys.modules.get("service_identity")
+    failed = getattr(identity, "VerificationError", None)
+    if failed is None or not isinstance(exc, failed):
+        return None
+    names = []
+    for mismatch in getattr(exc, "errors", ()):
+        wanted = getattr(mismatch, "mismatched_id", None)
+        name = getattr(wanted, "hostname", None) or getattr(wanted, "ip", None)
+        if name is not None:
+            names.append(name.decode("ascii", "replace") if isinstance(name, bytes) else str(name))
+    return ", ".join(names) or "?"
+
+
+def causeOf(failure: Failure | BaseException) -> tuple[Cause, str] | None:
+    """
+    The `Cause` behind a connection failure, with a sentence that says it
+    in words, when the failure is a configuration error rather than a
+    network fault; ``None`` otherwise.
+
+    A failed TLS handshake is `Cause.TLS` (and `classify` says
+    `Reason.CONNECT_FAILED` for it):
+
+    - the peer's certificate is not signed by a trusted authority:
+      ``"TLS handshake failed: the peer's certificate is not trusted
+      (certificate verify failed)"``;
+    - it does not name the host connected to: ``"TLS handshake failed: the
+      peer's certificate does not match the host name (NAME)"``;
+    - the peer rejected this side's certificate: ``"TLS handshake failed:
+      the peer does not accept this side's certificate (tlsv1 alert unknown
+      ca)"``;
+    - one side does not speak TLS: ``"TLS mismatch: the peer does not speak
+      TLS (wrong version number)"``;
+    - any other handshake error: ``"TLS handshake failed: REASON"``.
+
+    A TLS error that a broken connection gives (an unexpected EOF, a bad
+    record) is no configuration error: ``None``, and `classify` says
+    `Reason.RESET`.
+
+    :param failure: a `Failure` or an exception.
+    """
+    exc = failure.value if isinstance(failure, Failure) else failure
+    if not isinstance(exc, BaseException):
+        return None
+    names = _hostMismatch(exc)
+    if names is not None:
+        return (
+            Cause.TLS,
+            f"TLS handshake failed: the peer's certificate does not match the host name ({names})",
+        )
+    reasons = _tlsErrors(exc)
+    if reasons is None:
+        return None
+    text = "; ".join(reasons)
+    lowered = text.lower()
+    if any(word in lowered for word in _TLS_IN_STREAM):
+        return None
+    if any(word in lowered for word in _TLS_MISMATCH):
+        return Cause.TLS, f"TLS mismatch: the peer does not speak TLS ({text})"
+    if any(word in lowered for word in _TLS_NOT_TRUSTED):
+        return Cause.TLS, f"TLS handshake failed: the peer's certificate is not trusted ({text})"
+    if any(word in lowered for word in _TLS_WE_ARE_NOT_TRUSTED):
+        return (
+            Cause.TLS,
+            f"TLS handshake failed: the peer does not accept this side's certificate ({text})",
+        )
+    return Cause.TLS, f"TLS handshake failed: {text}"
+
 
 def classify(failure: Failure | BaseException) -> Reason:
     """
@@ -101,12 +223,17 @@ def classify(failure: Failure | BaseException) -> Reason:
     cannot know whether this side asked for the close: a ``ConnectionDone``
     is reported as `Reason.PEER_CLOSED`, and only a protocol that records
     its own intent (as `HeartbeatMixin` does) can say `Reason.LOCAL_CLOSE`
-    or `Reason.TIMEOUT` for a close it made itself.
+    or `Reason.TIMEOUT` for a close it made itself. A failed TLS handshake
+    (an untrusted certificate, a host name mismatch, a peer that does not
+    speak TLS) is `Reason.CONNECT_FAILED`; `causeOf` says which.
 
     :param failure: a `Failure` or an exception.
     :returns: the `Reason`.
     """
     exc = failure.value if isinstance(failure, Failure) else failure
+    if exc is not None and causeOf(exc) is not None:
+        # A failed TLS handshake (see causeOf): a configuration error.
+        return Reason.CONNECT_FAILED
     if isinstance(exc, error.ConnectionRefusedError):
         return Reason.REFUSED
     if isinstance(exc, (error.TimeoutError, error.TCPTimedOutError, defer.TimeoutError)):
