@@ -135,8 +135,10 @@ def unsentBytes(transport: Any) -> int | None:
     return None
 
 
-def mebibytes(size: int) -> str:
-    """A size in MiB, to a tenth."""
+def describeSize(size: int) -> str:
+    """A size in bytes, or in MiB (to a tenth) from 1 MiB up."""
+    if size < 1048576:
+        return f"{size} bytes"
     return f"{size / 1048576:.1f} MiB"
 
 
@@ -851,15 +853,15 @@ class HeartbeatMixin(TimeoutMixin):
             frames = sum(len(entry.payload) + 13 for entry in outbox.inflight)
             if unsent - frames > limit:
                 self._notReading(
-                    f"peer stopped reading: {mebibytes(unsent)} unsent, over the limit of "
-                    f"{mebibytes(limit)} beyond the {len(outbox.inflight)} messages in flight"
+                    f"peer stopped reading: {describeSize(unsent)} unsent, over the limit of "
+                    f"{describeSize(limit)} beyond the {len(outbox.inflight)} messages in flight"
                 )
                 return
         stuck = self._stuckSince
         deadline = conn.liveness.deadline
         if stuck is not None and now - stuck >= deadline:
             self._notReading(
-                f"peer stopped reading: {mebibytes(unsent)} unsent, none taken for "
+                f"peer stopped reading: {describeSize(unsent)} unsent, none taken for "
                 f"{now - stuck:.3f} s (deadline {deadline:.3f} s)"
             )
 
@@ -1183,6 +1185,8 @@ class HeartbeatMixin(TimeoutMixin):
         """Hand pending messages to the application, one at a time."""
         conn = self._alive
         assert conn is not None
+        if self._turnCall is not None:
+            return  # the next turn goes on (fair reading)
         session = conn.session
         inbox = session.inbox
         pending = inbox.pending
