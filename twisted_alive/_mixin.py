@@ -478,7 +478,10 @@ class HeartbeatMixin(TimeoutMixin):
         if not conn.reading:
             data = conn.dataToSend(now)
             if data:
-                self._write(data)
+                # The application's DATA (the window bounds it): no check
+                # per message; the timer checks that the peer reads.
+                self.transport.write(data)
+                self._written += len(data)
         session = conn.session
         if session.outbox.tooLarge:
             self._failTooLarge()
@@ -726,8 +729,7 @@ class HeartbeatMixin(TimeoutMixin):
         data = conn.dataToSend(now)
         if data and self.loss is None:
             self._writeNow(data)
-        if self._stuckSince is not None:
-            self._checkUnsent()
+        self._checkUnsent()
         if self.loss is None and not self._gaveUp:
             wake = self._nextWake(conn)
             self._armedFor = wake
