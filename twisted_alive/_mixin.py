@@ -467,7 +467,9 @@ class HeartbeatMixin(TimeoutMixin):
         """The failure of a send that may not go out now (``what`` names
         the message or messages), or ``None`` if it may."""
         if self.loss is not None:
-            return defer.fail(DeliveryFailed(f"connection already lost ({self.loss})", self.loss))
+            return defer.fail(
+                DeliveryFailed(f"connection already lost ({self.loss})", self.loss)
+            )
         if self._closing is not None or (conn.state is not _OPEN and conn.state is not _HANDSHAKE):
             return defer.fail(DeliveryFailed(f"connection is closing; {what} not sent"))
         return None
@@ -1171,7 +1173,11 @@ class HeartbeatMixin(TimeoutMixin):
                 self._flush()
             if outbox.inflight:
                 return  # waiting for acknowledgements
-        elif conn.state is State.PEER_CLOSING and not self._readClosed and session.outbox.inflight:
+        elif (
+            conn.state is State.PEER_CLOSING
+            and not self._readClosed
+            and session.outbox.inflight
+        ):
             # The peer sent GOODBYE but still processes and acknowledges
             # the DATA that reached it; wait for that (until its FIN or the
             # close timer) rather than leave the messages uncertain.
