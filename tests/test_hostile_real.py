@@ -179,3 +179,24 @@ def test_rejectedFloodLogsBoundedLines() -> Generator[Any, Any, None]:
     assert 1 <= len(events) <= 2
     assert all(e["log_level"] is LogLevel.error for e in events)
     assert "log_failure" in events[0]
+
+
+@twistedTest
+def test_plainServerRefusesHourLongInterval() -> Generator[Any, Any, None]:
+    """A HeartbeatProtocol served by a plain Factory (no session factory) is the accepting
+    side too: it refuses a client's 3,600 s interval by default, with the exact text."""
+
+    class Client(HeartbeatProtocol):
+        heartbeatInterval = 3600.0
+
+    factory = Servers()
+    with listeningOn(factory) as port:
+        client = Client()
+        yield connectTo(port, client)
+        loss = yield client.whenLost()
+        server = yield factory.connection()
+        serverLoss = yield server.lost
+    detail = "heartbeat interval 3600 s is outside the accepted range 0.1..60 s"
+    assert loss.reason is Reason.PROTOCOL_ERROR
+    assert loss.detail == f"peer said GOODBYE PROTOCOL_ERROR: {detail}"
+    assert serverLoss.detail == detail
