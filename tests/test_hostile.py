@@ -453,3 +453,14 @@ def test_pingFloodDropsPeer() -> None:
     proto.connectionLost(Failure(ConnectionDone()))
     assert proto.losses[0].reason is Reason.PROTOCOL_ERROR
     assert proto.losses[0].detail == detail
+
+
+def test_fakeLinkFlushRunsNextTurns() -> None:
+    """FakeLink.flush goes on through the turns fair reading takes: 200 messages sent at
+    once are all processed and confirmed by one flush."""
+    link = FakeLink(RecordingPeer(), RecordingPeer())
+    link.flush()
+    sent = [link.client.sendMessage(b"x%d" % i) for i in range(200)]
+    link.flush()
+    assert len(link.server.received) == 200
+    assert all(d.called for d in sent)
