@@ -464,3 +464,16 @@ def test_fakeLinkFlushRunsNextTurns() -> None:
     link.flush()
     assert len(link.server.received) == 200
     assert all(d.called for d in sent)
+
+
+def test_rejectionsCountedInMetrics() -> None:
+    """/metrics has twisted_alive_rejections_total, the process's rejections, logged or not."""
+    from twisted_alive._status import statusSite
+
+    site = statusSite([])
+    before = site.registry.get_sample_value("twisted_alive_rejections_total")
+    assert before == rejectionsTotal()
+    log = RejectionLog()
+    for _ in range(5):
+        log.record("ValueError: bad", 0.0)
+    assert site.registry.get_sample_value("twisted_alive_rejections_total") == before + 5
