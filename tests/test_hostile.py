@@ -477,3 +477,19 @@ def test_rejectionsCountedInMetrics() -> None:
     for _ in range(5):
         log.record("ValueError: bad", 0.0)
     assert site.registry.get_sample_value("twisted_alive_rejections_total") == before + 5
+
+
+def test_nonReaderCheckGrantsLocalStall() -> None:
+    """A stall of this process (the timer fires seconds late) is not blamed on the peer:
+    the transport gets a turn to write before it is judged."""
+    proto, transport, clock = connectBuffered()
+    proto.dataReceived(encode(Ping(1)))
+    clock.rightNow += 5.0  # the reactor was blocked past the 1.5 s deadline
+    oneTurn(clock)  # the timers' turn
+    assert transport.abortedAt is None
+    transport.drain()  # then the I/O turn: the transport writes, the peer's PING is read
+    proto.dataReceived(encode(Ping(2)))
+    oneTurn(clock)
+    clock.advance(1.0)
+    assert transport.abortedAt is None
+    assert proto._cause is None

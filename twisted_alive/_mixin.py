@@ -59,6 +59,7 @@ from twisted_alive._delivery import (
 )
 from twisted_alive._frames import DEFAULT_MAX_FRAME_SIZE, GoodbyeCode
 from twisted_alive._interfaces import ISessionHost
+from twisted_alive._liveness import STALL_THRESHOLD
 from twisted_alive._outcomes import DeliveryFailed, QueueFull, Receipt
 from twisted_alive._reasons import Loss, Reason, classify
 from twisted_alive._rejections import RejectionLog, Report
@@ -722,6 +723,12 @@ class HeartbeatMixin(TimeoutMixin):
         now = clock.seconds()
         # Time spent on the timers due with this one is no stall.
         running = wheelFor(clock).runningSince
+        late = now - self._armedFor
+        if late > 0.0 and self._stuckSince is not None:
+            # As for liveness: while this process did not run, the transport
+            # could not write either; that is not the peer's doing. After a
+            # stall, the transport gets a turn to write before it is judged.
+            self._stuckSince += late
         events = conn.handleTimer(now, self._armedFor, 0.0 if running is None else now - running)
         if events:
             self._handleEvents(events)
@@ -731,7 +738,7 @@ class HeartbeatMixin(TimeoutMixin):
         data = conn.dataToSend(now)
         if data and self.loss is None:
             self._writeNow(data)
-        self._checkUnsent()
+        self._checkUnsent(fromTimer=late <= STALL_THRESHOLD)
         if self.loss is None and not self._gaveUp:
             wake = self._nextWake(conn)
             self._armedFor = wake
@@ -824,11 +831,12 @@ class HeartbeatMixin(TimeoutMixin):
         self._written += len(data)
         self._checkUnsent()
 
-    def _checkUnsent(self) -> None:
+    def _checkUnsent(self, fromTimer: bool = False) -> None:
         """
         Abort the connection if the peer does not read what is sent: the
         transport holds more than `maxUnsentBytes` beyond the DATA frames in
-        flight, or could not hand anything to the kernel for the peer's
+        flight, or (judged by the timer, which grants back a stall of this
+        process) could not hand anything to the kernel for the peer's
         deadline. A peer that reads, however slowly, drains something.
         """
         if self.loss is not None or self._cause is not None:
@@ -847,6 +855,12 @@ class HeartbeatMixin(TimeoutMixin):
             self._stuckSince = now  # some of it went out: the peer reads
         elif self._stuckSince is None:
             self._stuckSince = now
+            if not fromTimer:
+                # Have the timer judge it at the deadline.
+                wake = now + conn.liveness.deadline + 1e-6
+                if wake < self._armedFor:
+                    self._armedFor = wake
+                    self._setTimer(wake - now)
         self._unsentSeen = unsent
         self._writtenSeen = written
         if not unsent:
@@ -863,7 +877,7 @@ class HeartbeatMixin(TimeoutMixin):
                 return
         stuck = self._stuckSince
         deadline = conn.liveness.deadline
-        if stuck is not None and now - stuck >= deadline:
+        if fromTimer and stuck is not None and now - stuck >= deadline:
             self._notReading(
                 f"peer stopped reading: {describeSize(unsent)} unsent, none taken for "
                 f"{now - stuck:.3f} s (deadline {deadline:.3f} s)"
