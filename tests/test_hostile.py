@@ -37,6 +37,7 @@ from twisted_alive._liveness import RTT_DEADLINE_FACTOR, RTT_PING_INTERVALS, Liv
 from twisted_alive._mixin import (
     CLIENT_MAX_PEER_INTERVAL,
     SERVER_MAX_PEER_INTERVAL,
+    TURN_CHECK_EVERY,
     unsentBytes,
 )
 from twisted_alive._reasons import Reason
@@ -337,11 +338,21 @@ def oneTurn(clock: Clock) -> None:
         call.func(*call.args, **call.kw)
 
 
-def test_fairReadingPausesAfterMaxMessagesPerTurn() -> None:
-    """200 messages in one read are handed over 64 per reactor turn, with the transport
-    paused in between and resumed at the end; one ACK per turn covers them."""
+def slowly(clock: Clock) -> Any:
+    """A messageReceived handler that takes 1 ms of ``clock`` time per message."""
+
+    def handler(payload: bytes) -> None:
+        clock.rightNow += 0.001
+
+    return handler
+
+
+def test_fairReadingPausesAfterMaxTurnTime() -> None:
+    """200 messages of 1 ms each in one read are handed over TURN_CHECK_EVERY per reactor
+    turn (past maxTurnTime, looked at every TURN_CHECK_EVERY), with the transport paused in
+    between and resumed at the end; one ACK per turn covers them."""
     clock = Clock()
-    proto = RecordingPeer(clock)
+    proto = RecordingPeer(clock, slowly(clock))
     transport = TimedStringTransport(clock)
     proto.makeConnection(transport)
     proto.dataReceived(hello(1.0) + b"".join(encode(Data(i, b"m%d" % i)) for i in range(1, 201)))
@@ -351,24 +362,26 @@ def test_fairReadingPausesAfterMaxMessagesPerTurn() -> None:
         oneTurn(clock)
         turns.append(len(proto.received))
         states.append(transport.producerState)
-    assert turns == [64, 128, 192, 200]
-    assert states == ["paused", "paused", "paused", "producing"]
+    step = TURN_CHECK_EVERY
+    expected = list(range(step, 200, step)) + [200]
+    assert turns == expected
+    assert states == ["paused"] * (len(expected) - 1) + ["producing"]
     acks = [f.seq for f in frames(transport.value()) if isinstance(f, Ack)]
-    assert acks == [64, 128, 192, 200]
+    assert acks == expected
     assert proto.received == [b"m%d" % i for i in range(1, 201)]
 
 
 def test_fairReadingKeepsOtherConnectionsServed() -> None:
-    """While one connection works through a flood, another connection's messages are
-    processed in the very next turn."""
+    """While one connection works through a flood of slow messages, another connection's
+    messages are processed in the very next turn."""
     clock = Clock()
-    flooded, quiet = RecordingPeer(clock), RecordingPeer(clock)
+    flooded, quiet = RecordingPeer(clock, slowly(clock)), RecordingPeer(clock)
     for proto in (flooded, quiet):
         proto.makeConnection(TimedStringTransport(clock))
     flooded.dataReceived(hello(1.0) + b"".join(encode(Data(i, b"f")) for i in range(1, 1001)))
     quiet.dataReceived(hello(1.0) + encode(Data(1, b"q")))
     assert quiet.received == [b"q"]
-    assert len(flooded.received) == 64
+    assert len(flooded.received) == TURN_CHECK_EVERY
 
 
 # -- floods of rejected messages ------------------------------------------------------------------
@@ -456,14 +469,16 @@ def test_pingFloodDropsPeer() -> None:
 
 
 def test_fakeLinkFlushRunsNextTurns() -> None:
-    """FakeLink.flush goes on through the turns fair reading takes: 200 messages sent at
-    once are all processed and confirmed by one flush."""
-    link = FakeLink(RecordingPeer(), RecordingPeer())
+    """FakeLink.flush goes on through the turns fair reading takes: 200 slow messages
+    sent at once are all processed and confirmed by one flush."""
+    clock = Clock()
+    link = FakeLink(RecordingPeer(clock, slowly(clock)), RecordingPeer(clock), clock)
     link.flush()
     sent = [link.client.sendMessage(b"x%d" % i) for i in range(200)]
     link.flush()
     assert len(link.server.received) == 200
     assert all(d.called for d in sent)
+    assert link.serverTransport.readingPaused is False
 
 
 def test_rejectionsCountedInMetrics() -> None:

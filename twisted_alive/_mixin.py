@@ -98,6 +98,10 @@ def watchPongs(on: bool) -> None:
 ABORT_GRACE = 2.0
 """Seconds a closing connection may take to flush before it is aborted."""
 
+TURN_CHECK_EVERY = 16
+"""Messages handed to the application between two looks at the time spent
+in this turn of the reactor (`HeartbeatMixin.maxTurnTime`)."""
+
 SERVER_MAX_PEER_INTERVAL = 60.0
 """The default `HeartbeatMixin.maxPeerInterval` of a side that accepted the
 connection: a client may not make a server wait longer than 3 x 60 s for a
@@ -257,9 +261,10 @@ class HeartbeatMixin(TimeoutMixin):
         ``TIMEOUT`` "peer stopped reading". The connection is aborted too
         when the transport could not hand anything to the kernel for the
         peer's deadline. Never less than two frames of ``maxFrameSize``.
-    :cvar maxMessagesPerTurn: messages handed to `messageReceived` at most
-        in one turn of the reactor; with more pending, reading from the
-        transport pauses and the rest follows in the next turn, so that one
+    :cvar maxTurnTime: seconds of `messageReceived` calls for one
+        connection in one turn of the reactor, at most (looked at every
+        `TURN_CHECK_EVERY` messages); past it, reading from the transport
+        pauses and the rest follows in the next turn, so that one
         connection's flood does not starve the others.
     :cvar logPongs: log a ``pong`` event (debug) at every heartbeat round
         trip. Off by default: an event costs more than the round trip
@@ -283,7 +288,7 @@ class HeartbeatMixin(TimeoutMixin):
     maxPeerInterval: float | None = None
     closeTimeout: float = 10.0
     maxUnsentBytes: int = 4 * 1048576
-    maxMessagesPerTurn: int = 64
+    maxTurnTime: float = 0.001
     logPongs: bool = False
     tcpNoDelay: bool = True
 
@@ -1213,16 +1218,20 @@ class HeartbeatMixin(TimeoutMixin):
         inbox = session.inbox
         pending = inbox.pending
         session.busy = True
-        budget = self.maxMessagesPerTurn
+        countdown = TURN_CHECK_EVERY
+        clock = self._clock()
+        started = clock.seconds()
         while pending:
-            if budget <= 0:
-                # Fair reading: the rest waits for the next turn of the
-                # reactor, and so does reading more from this peer.
-                session.busy = False
-                conn.flushAck()
-                self._yieldTurn()
-                return
-            budget -= 1
+            countdown -= 1
+            if countdown < 0:
+                countdown = TURN_CHECK_EVERY - 1
+                if clock.seconds() - started >= self.maxTurnTime:
+                    # Fair reading: the rest waits for the next turn of the
+                    # reactor, and so does reading more from this peer.
+                    session.busy = False
+                    conn.flushAck()
+                    self._yieldTurn()
+                    return
             seq, payload = pending.popleft()
             try:
                 result = self.messageReceived(payload)
@@ -1262,7 +1271,7 @@ class HeartbeatMixin(TimeoutMixin):
 
     def _yieldTurn(self) -> None:
         """Pause reading from the transport and go on processing in the
-        next turn of the reactor (`maxMessagesPerTurn`)."""
+        next turn of the reactor (`maxTurnTime`)."""
         if not self._pausedReading:
             pause = getattr(self.transport, "pauseProducing", None)
             if pause is not None:

@@ -209,7 +209,7 @@ class FakeLink(Generic[_Server, _Client]):
         Deliver queued bytes both ways until nothing moves (stalled
         directions hold theirs), then carry out pending closes. Calls due
         now on the clock (a protocol going on in the reactor's next turn,
-        as after ``maxMessagesPerTurn`` messages) run in between.
+        as after ``maxTurnTime`` of messages) run in between.
 
         :returns: the number of bytes delivered.
         """
