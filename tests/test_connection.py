@@ -49,6 +49,7 @@ from twisted_alive._frames import (
     encode,
     encodeData,
 )
+from twisted_alive._liveness import PING_BURST
 
 SETTINGS = Settings(interval=1.0, misses=3)
 TOKEN = bytes(range(0x40, 0x50))
@@ -992,9 +993,30 @@ def test_onePongPerReadBurst() -> None:
     """A burst of PINGs in one read gets one PONG, echoing the last id."""
     conn = afterHandshake(Connection(SETTINGS, Role.PEER, 0.0))
     conn.dataToSend(0.0)
-    burst = b"".join(encode(Ping(i)) for i in range(1, 101))
+    burst = b"".join(encode(Ping(i)) for i in range(1, PING_BURST + 1))
     assert conn.receiveData(burst, 0.0) == []
-    assert decode(conn.dataToSend(0.0)) == [Pong(100)]
+    assert decode(conn.dataToSend(0.0)) == [Pong(PING_BURST)]
+
+
+def test_pingFloodIsAViolation() -> None:
+    """One PING more than PING_BURST in an instant is a protocol error with an exact text."""
+    conn = afterHandshake(Connection(SETTINGS, Role.PEER, 0.0))
+    conn.dataToSend(0.0)
+    burst = b"".join(encode(Ping(i)) for i in range(1, PING_BURST + 2))
+    detail = f"too many PINGs: at most {PING_BURST} per heartbeat interval (1 s) are allowed"
+    assert conn.receiveData(burst, 0.0) == [Violation(detail)]
+    assert conn.state is State.FAILED
+    assert decode(conn.dataToSend(0.0))[-1] == Goodbye(GoodbyeCode.PROTOCOL_ERROR, detail)
+
+
+def test_pingRateRefills() -> None:
+    """PINGs at the allowed average rate (PING_BURST per peer interval) never break the rule."""
+    conn = afterHandshake(Connection(SETTINGS, Role.PEER, 0.0))
+    step = 1.0 / PING_BURST
+    for i in range(1, 10 * PING_BURST):
+        assert conn.receiveData(encode(Ping(i)), i * step) == []
+        assert decode(conn.dataToSend(i * step))[-1] == Pong(i)
+    assert conn.state is State.OPEN
 
 
 def test_secondHello() -> None:

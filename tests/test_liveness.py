@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from twisted_alive._liveness import (
     GRID_STEPS,
+    MAX_OUTSTANDING_PINGS,
     STALL_THRESHOLD,
     Liveness,
     TimerAction,
@@ -251,16 +252,38 @@ def test_pongAnsweredTwiceIgnored() -> None:
     assert live.srtt == pytest.approx(0.5)
 
 
-def test_stalePongIgnored() -> None:
-    """A PONG for an older PING, once a newer one went out, gives no sample."""
+def test_severalPingsOutstanding() -> None:
+    """A PONG for an older PING, after a newer one went out, still gives its sample."""
     live = handshaken(interval=1.0, misses=100, peerInterval=1.0)
     first = ping(live, 1.0)
     second = ping(live, 2.0)
     assert second == first + 1
-    assert live.pongReceived(first, 2.1) is None
-    assert live.srtt is None
+    assert live.outstandingPings == 2
+    assert live.pongReceived(first, 2.1) == pytest.approx(1.1)
+    assert live.outstandingPings == 1
     assert live.pongReceived(second, 2.3) == pytest.approx(0.3)
+    assert live.outstandingPings == 0
+
+
+def test_pongForgetsOlderPings() -> None:
+    """A PONG answers its PING and every older one: their late PONGs give no sample."""
+    live = handshaken(interval=1.0, misses=100, peerInterval=1.0)
+    first = ping(live, 1.0)
+    second = ping(live, 2.0)
+    assert live.pongReceived(second, 2.3) == pytest.approx(0.3)
+    assert live.outstandingPings == 0
+    assert live.pongReceived(first, 2.4) is None
     assert live.srtt == pytest.approx(0.3)
+
+
+def test_outstandingPingsBounded() -> None:
+    """At most MAX_OUTSTANDING_PINGS are remembered; the oldest is forgotten first."""
+    live = handshaken(interval=1.0, misses=100, peerInterval=1.0)
+    ids = [ping(live, float(t)) for t in range(1, MAX_OUTSTANDING_PINGS + 3)]
+    assert live.outstandingPings == MAX_OUTSTANDING_PINGS
+    assert live.pongReceived(ids[0], 20.0) is None
+    assert live.pongReceived(ids[1], 20.0) is None
+    assert live.pongReceived(ids[2], 20.0) == pytest.approx(17.0)
 
 
 def test_pongIsNotTheDeadline() -> None:
@@ -406,6 +429,7 @@ def test_onGridTimesAreKept() -> None:
     for t in (0.0, 0.2, 0.4, 1.0, 3.3):
         live.sent(t)
         live.received(t)
+        live.lastPingSent = t  # no RTT sample due
         assert live.pingAt() == pytest.approx(t + 0.2)
         assert live.expiresAt() == pytest.approx(t + 0.6)
 
@@ -415,6 +439,7 @@ def test_pingNeverLateDeadlineNeverEarly() -> None:
     late: the peer hears from us at least every interval) and the deadline up
     (up to a step late, never early)."""
     live = handshaken(interval=1.0, misses=3, peerInterval=1.0)
+    live.lastPingSent = 10.0  # no RTT sample due
     live.sent(10.01)
     live.received(10.02)
     assert live.pingAt() == 11.0
@@ -439,6 +464,7 @@ def test_phaseShiftsThePingGrid() -> None:
     live = Liveness(1.0, 3, 0.0, phase=0.5)
     live.handshake(1.0, 0.0)
     assert live.pingAt() == 1.0 - 1 / 32
+    live.lastPingSent = 10.0  # no RTT sample due
     live.sent(10.01)
     assert live.pingAt() == 11.0 - 1 / 32
     live.sent(10.04)
@@ -463,6 +489,7 @@ def test_timerOnTimeAlwaysActs(
     live = Liveness(interval, misses, 0.0, phase)
     live.handshake(peerInterval, 0.0)
     live.sent(sent)
+    live.lastPingSent = sent  # no RTT sample due
     live.received(received)
     grid = live.grid
     due = sent + interval

@@ -46,7 +46,7 @@ from twisted_alive._frames import (
     Pong,
     Reject,
 )
-from twisted_alive._liveness import Liveness, TimerAction
+from twisted_alive._liveness import PING_BURST, Liveness, TimerAction
 
 _EXPIRED = TimerAction.EXPIRED
 _PING = TimerAction.PING
@@ -323,7 +323,13 @@ class Connection:
         self.role = role
         self.session = session if session is not None else settings.newSession()
         self.decoder = FrameDecoder(settings.maxFrameSize)
-        self.liveness = Liveness(settings.interval, settings.misses, now, phase)
+        self.liveness = Liveness(
+            settings.interval,
+            settings.misses,
+            now,
+            phase,
+            maxDeadline=settings.maxPeerInterval * settings.misses,
+        )
         self.state = State.HANDSHAKE
         self.peerHello: Hello | None = None
         self.peerWindow = 0
@@ -487,6 +493,11 @@ class Connection:
         if type(frame) is Ping:
             if state is _HANDSHAKE:
                 raise ProtocolViolation("expected HELLO first, got PING")
+            if not self.liveness.pingReceived(now):
+                raise ProtocolViolation(
+                    f"too many PINGs: at most {PING_BURST} per heartbeat interval "
+                    f"({seconds(self.liveness.peerInterval)} s) are allowed"
+                )
             # One PONG per read burst, for the last PING: a peer that floods
             # PINGs without reading can't make this side buffer PONGs.
             self._pongDue = frame.id

@@ -10,11 +10,23 @@ Rules (see ``docs/protocol.md``):
   HELLO itself is (the handshake must finish within the deadline, so a peer
   trickling bytes cannot hold a connection open without completing it).
 - A PING goes out after ``interval`` seconds of outbound silence (see the
-  grid below). Every
-  frame sent counts as outbound traffic, so busy links send no PING.
+  grid below). Every frame sent counts as outbound traffic, so busy links
+  send no PING for liveness; but a PING also goes out when this side sent
+  none for `RTT_PING_INTERVALS` intervals, whatever the traffic, so that
+  the RTT is known on busy links and on the side whose peer always PINGs
+  first.
+- Several PINGs may be outstanding (up to `MAX_OUTSTANDING_PINGS`, by id):
+  a PONG answers the PING with its id and every older one, so a round trip
+  longer than the interval still yields samples.
 - The peer is dead when nothing arrived for ``peerInterval * misses``
   seconds, ``peerInterval`` being the interval the peer announced in its
-  HELLO (our own interval until then).
+  HELLO (our own interval until then); once the RTT is known, never sooner
+  than `RTT_DEADLINE_FACTOR` x (SRTT + 4 RTTVAR) (the RFC 6298
+  retransmission timeout), so that a long or lossy link is not taken for a
+  dead peer. That floor is capped at ``maxDeadline``.
+- The peer may send at most `PING_BURST` PINGs in any span of its interval:
+  a token bucket of `PING_BURST` tokens refilled at `PING_BURST` per peer
+  interval; a PING finding it empty breaks the protocol.
 - When the timer fires later than asked, this process was blocked (a slow
   callback, a swap storm): the delay is granted back to the deadline, since
   bytes the peer sent meanwhile are still unread in the kernel; and the peer
@@ -77,6 +89,24 @@ of a division."""
 STALL_THRESHOLD = 0.05
 """A timer firing more than this many seconds late is a local stall."""
 
+RTT_PING_INTERVALS = 4
+"""A side sends a PING when it sent none for this many of its intervals,
+whatever the traffic: the RTT stays measured on busy links, and on the side
+whose peer always PINGs first (its own PINGs are then never due)."""
+
+MAX_OUTSTANDING_PINGS = 8
+"""PINGs awaiting their PONG that are remembered (by id); an older one is
+forgotten when a newer one would make more."""
+
+RTT_DEADLINE_FACTOR = 4
+"""The deadline is never below this many RFC 6298 retransmission timeouts
+(SRTT + 4 RTTVAR) once the RTT is known: a segment lost twice in a row is
+retransmitted after 1 + 2 = 3 of them, plus one for the way through."""
+
+PING_BURST = 16
+"""PINGs the peer may send in any span of its own interval (a sixteenth of
+the interval each on average, or a burst of this many)."""
+
 
 class Liveness:
     """
@@ -92,6 +122,10 @@ class Liveness:
         that their PINGs never fall due together. Otherwise both would PING
         at each grid point and answer each other's PING, two frames each way
         per interval where one does.
+    :param maxDeadline: the longest the RTT floor may make the `deadline`
+        (seconds); ``None`` for no cap. A peer that delays its PONGs must
+        not buy itself a deadline longer than the longest interval it may
+        announce would give.
     """
 
     __slots__ = (
@@ -108,10 +142,22 @@ class Liveness:
         "stalledFor",
         "grid",
         "phase",
-        "_pingSentAt",
+        "maxDeadline",
+        "lastPingSent",
+        "_pings",
+        "_deadline",
+        "_pingTokens",
+        "_pingTokensAt",
     )
 
-    def __init__(self, interval: float, misses: int, now: float, phase: float = 0.0) -> None:
+    def __init__(
+        self,
+        interval: float,
+        misses: int,
+        now: float,
+        phase: float = 0.0,
+        maxDeadline: float | None = None,
+    ) -> None:
         if not interval > 0:
             raise ValueError(f"heartbeat interval must be positive, got {interval!r}")
         if misses < 1:
@@ -129,12 +175,49 @@ class Liveness:
         self.stalledFor = 0.0
         self.grid = interval / GRID_STEPS
         self.phase = phase
-        self._pingSentAt: float | None = None
+        self.maxDeadline = maxDeadline
+        self.lastPingSent = now
+        self._pings: dict[int, float] = {}
+        self._deadline = interval * misses
+        self._pingTokens = float(PING_BURST)
+        self._pingTokensAt = now
 
     @property
     def deadline(self) -> float:
-        """Seconds of inbound silence after which the peer counts as dead."""
+        """
+        Seconds of inbound silence after which the peer counts as dead: the
+        peer's interval times `misses`, or the RTT floor (`rttFloor`) if
+        that is longer.
+        """
+        return self._deadline
+
+    @property
+    def nominalDeadline(self) -> float:
+        """The peer's interval times `misses`, without the RTT floor."""
         return self.peerInterval * self.misses
+
+    def rttFloor(self) -> float | None:
+        """
+        The shortest deadline the measured RTT allows:
+        `RTT_DEADLINE_FACTOR` x (SRTT + 4 RTTVAR), capped at `maxDeadline`;
+        ``None`` before the first RTT sample.
+        """
+        if self.srtt is None or self.rttvar is None:
+            return None
+        floor = RTT_DEADLINE_FACTOR * (self.srtt + 4 * self.rttvar)
+        cap = self.maxDeadline
+        return floor if cap is None or floor < cap else cap
+
+    def _updateDeadline(self) -> None:
+        nominal = self.peerInterval * self.misses
+        floor = self.rttFloor()
+        self._deadline = floor if floor is not None and floor > nominal else nominal
+
+    @property
+    def outstandingPings(self) -> int:
+        """PINGs sent whose PONG has not arrived (at most
+        `MAX_OUTSTANDING_PINGS` are remembered)."""
+        return len(self._pings)
 
     def received(self, now: float) -> None:
         """
@@ -153,6 +236,29 @@ class Liveness:
         self.peerInterval = peerInterval
         self.lastReceived = now
         self.grid = min(self.interval, peerInterval) / GRID_STEPS
+        self._pingTokens = float(PING_BURST)
+        self._pingTokensAt = now
+        self.lastPingSent = now
+        self._updateDeadline()
+
+    def pingReceived(self, now: float) -> bool:
+        """
+        A PING arrived from the peer.
+
+        :returns: ``False`` if the peer exceeded its PING rate: more than
+            `PING_BURST` + `PING_BURST` x t / peer interval PINGs within some
+            span of t seconds (a token bucket); ``True`` otherwise.
+        """
+        rate = PING_BURST / self.peerInterval
+        tokens = self._pingTokens + (now - self._pingTokensAt) * rate
+        if tokens > PING_BURST:
+            tokens = PING_BURST
+        self._pingTokensAt = now
+        if tokens < 1.0:
+            self._pingTokens = tokens
+            return False
+        self._pingTokens = tokens - 1.0
+        return True
 
     def sent(self, now: float) -> None:
         """A frame was written to the peer."""
@@ -164,17 +270,23 @@ class Liveness:
         the deadline after the last sign of life, rounded up to the `grid`.
         """
         grid = self.grid
-        return ceil((self.lastReceived + self.peerInterval * self.misses) / grid - _HAIR) * grid
+        return ceil((self.lastReceived + self._deadline) / grid - _HAIR) * grid
 
     def pingAt(self) -> float:
         """
         When the next PING is due: ``interval`` after the last frame sent,
-        rounded down to the `grid` (shifted by `phase`), so that it is never
-        late.
+        or `RTT_PING_INTERVALS` intervals after the last PING sent if that
+        is sooner, rounded down to the `grid` (shifted by `phase`), so that
+        it is never late.
         """
         grid = self.grid
         phase = self.phase
-        return (floor((self.lastSent + self.interval) / grid - phase + _HAIR) + phase) * grid
+        interval = self.interval
+        due = self.lastSent + interval
+        sample = self.lastPingSent + RTT_PING_INTERVALS * interval
+        if sample < due:
+            due = sample
+        return (floor(due / grid - phase + _HAIR) + phase) * grid
 
     def nextWake(self) -> float:
         """
@@ -218,34 +330,55 @@ class Liveness:
             return TimerResult(_EXPIRE, stall)
         if self.handshaken and now >= self.pingAt():
             self.pingId += 1
-            self._pingSentAt = now
+            self.lastPingSent = now
+            pings = self._pings
+            if len(pings) >= MAX_OUTSTANDING_PINGS:
+                del pings[next(iter(pings))]
+            pings[self.pingId] = now
             return TimerResult(_PING, stall)
         return TimerResult(_NOTHING, stall)
 
     def pongReceived(self, pingId: int, now: float) -> float | None:
         """
-        A PONG arrived.
+        A PONG arrived. It answers the outstanding PING with its id; the
+        PINGs sent before that one are forgotten too (the peer answers the
+        last PING of what it read, so they will get no PONG of their own).
 
-        :returns: the RTT sample in seconds, or ``None`` for a PONG that does
-            not answer the outstanding PING (stale or unsolicited).
+        :returns: the RTT sample in seconds, or ``None`` for a PONG that
+            answers no outstanding PING (answered already, forgotten, or
+            unsolicited).
         """
-        if pingId != self.pingId or self._pingSentAt is None:
+        pings = self._pings
+        sentAt = pings.get(pingId)
+        if sentAt is None:
             return None
-        sample = max(0.0, now - self._pingSentAt)
-        self._pingSentAt = None
+        for older in list(pings):
+            del pings[older]
+            if older == pingId:
+                break
+        sample = max(0.0, now - sentAt)
         if self.srtt is None or self.rttvar is None:
             self.srtt = sample
             self.rttvar = sample / 2
         else:
             self.rttvar = 0.75 * self.rttvar + 0.25 * abs(self.srtt - sample)
             self.srtt = 0.875 * self.srtt + 0.125 * sample
+        if self.handshaken:
+            self._updateDeadline()
         return sample
 
     def silenceDetail(self, now: float) -> str:
         """A sentence saying how long the peer has been silent."""
         silent = now - self.lastReceived
         what = "no data from peer" if self.handshaken else "no HELLO from peer"
+        nominal = self.peerInterval * self.misses
+        if self._deadline > nominal:
+            return (
+                f"{what} for {silent:.3f} s (deadline {self._deadline:.3f} s = "
+                f"{RTT_DEADLINE_FACTOR} x (SRTT + 4 RTTVAR), above "
+                f"{self.peerInterval:g} s x {self.misses})"
+            )
         return (
-            f"{what} for {silent:.3f} s (deadline {self.deadline:.3f} s = "
+            f"{what} for {silent:.3f} s (deadline {self._deadline:.3f} s = "
             f"{self.peerInterval:g} s x {self.misses})"
         )

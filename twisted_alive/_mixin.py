@@ -27,7 +27,7 @@ from twisted.internet.interfaces import (
     IReactorTime,
 )
 from twisted.internet.protocol import BaseProtocol, Protocol, connectionDone
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -59,8 +59,10 @@ from twisted_alive._delivery import (
 )
 from twisted_alive._frames import DEFAULT_MAX_FRAME_SIZE, GoodbyeCode
 from twisted_alive._interfaces import ISessionHost
+from twisted_alive._liveness import STALL_THRESHOLD
 from twisted_alive._outcomes import DeliveryFailed, QueueFull, Receipt
 from twisted_alive._reasons import Cause, Loss, Reason, causeOf, classify
+from twisted_alive._rejections import RejectionLog, Report
 from twisted_alive._timers import wheelFor
 
 log = Logger(namespace="twisted_alive")
@@ -95,6 +97,54 @@ def watchPongs(on: bool) -> None:
 
 ABORT_GRACE = 2.0
 """Seconds a closing connection may take to flush before it is aborted."""
+
+TURN_CHECK_EVERY = 16
+"""Messages handed to the application between two looks at the time spent
+in this turn of the reactor (`HeartbeatMixin.maxTurnTime`)."""
+
+SERVER_MAX_PEER_INTERVAL = 60.0
+"""The default `HeartbeatMixin.maxPeerInterval` of a side that accepted the
+connection: a client may not make a server wait longer than 3 x 60 s for a
+sign of life."""
+
+CLIENT_MAX_PEER_INTERVAL = 3600.0
+"""The default `HeartbeatMixin.maxPeerInterval` of a side that made the
+connection (it chose its server)."""
+
+_rejectionLogs: WeakKeyDictionary[IReactorTime, RejectionLog] = WeakKeyDictionary()
+
+
+def unsentBytes(transport: Any) -> int | None:
+    """
+    The bytes ``transport`` holds that the kernel has not taken yet: what a
+    reactor's TCP connection keeps in its buffers, plus what a TLS
+    transport keeps above it; ``None`` for a transport of another kind
+    (nothing is known, so nothing is bounded).
+    """
+    extra = 0
+    for _ in range(3):
+        if transport is None:
+            return None
+        buffer = getattr(transport, "dataBuffer", None)
+        if buffer is not None and hasattr(transport, "_tempDataLen"):
+            return (
+                extra
+                + len(buffer)
+                - int(getattr(transport, "offset", 0))
+                + int(transport._tempDataLen)
+            )
+        pending = getattr(transport, "_appSendBuffer", None)
+        if pending:
+            extra += sum(map(len, pending))
+        transport = getattr(transport, "transport", None)
+    return None
+
+
+def describeSize(size: int) -> str:
+    """A size in bytes, or in MiB (to a tenth) from 1 MiB up."""
+    if size < 1048576:
+        return f"{size} bytes"
+    return f"{size / 1048576:.1f} MiB"
 
 
 def describeAddress(address: Any) -> str | None:
@@ -201,9 +251,22 @@ class HeartbeatMixin(TimeoutMixin):
     :cvar minPeerInterval: the smallest heartbeat interval accepted from the
         peer, in seconds.
     :cvar maxPeerInterval: the largest heartbeat interval accepted from the
-        peer, in seconds.
+        peer, in seconds; ``None`` (the default) for 60 s on the side that
+        accepted the connection (`SERVER_MAX_PEER_INTERVAL`) and 3,600 s on
+        the side that made it (`CLIENT_MAX_PEER_INTERVAL`).
     :cvar closeTimeout: seconds `close` waits for outstanding
         acknowledgements before it closes anyway.
+    :cvar maxUnsentBytes: bytes this side lets wait in the transport for a
+        peer that does not read, beyond the DATA frames in flight (which
+        the window bounds): past it the connection is aborted, `Reason`
+        ``TIMEOUT`` "peer stopped reading". The connection is aborted too
+        when the transport could not hand anything to the kernel for the
+        peer's deadline. Never less than two frames of ``maxFrameSize``.
+    :cvar maxTurnTime: seconds of `messageReceived` calls for one
+        connection in one turn of the reactor, at most (looked at every
+        `TURN_CHECK_EVERY` messages); past it, reading from the transport
+        pauses and the rest follows in the next turn, so that one
+        connection's flood does not starve the others.
     :cvar logPongs: log a ``pong`` event (debug) at every heartbeat round
         trip. Off by default: an event costs more than the round trip
         itself. A listening status site turns them on for every connection
@@ -223,8 +286,10 @@ class HeartbeatMixin(TimeoutMixin):
     maxQueued: int = DEFAULT_MAX_QUEUE
     maxQueuedBytes: int = DEFAULT_MAX_QUEUE_BYTES
     minPeerInterval: float = 0.1
-    maxPeerInterval: float = 3600.0
+    maxPeerInterval: float | None = None
     closeTimeout: float = 10.0
+    maxUnsentBytes: int = 4 * 1048576
+    maxTurnTime: float = 0.001
     logPongs: bool = False
     tcpNoDelay: bool = True
 
@@ -244,6 +309,13 @@ class HeartbeatMixin(TimeoutMixin):
     _lostWaiters: list[Deferred[Loss]] | None = None
     _openWaiters: list[Deferred[None]] | None = None
     _peer: str | None = None
+    _written = 0
+    _unsentSeen = 0
+    _writtenSeen = 0
+    _stuckSince: float | None = None
+    _turnCall: IDelayedCall | None = None
+    _pausedReading = False
+    _gaveUp = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         """Refuse a class that lists a ``Protocol`` before the mixin: that
@@ -306,8 +378,30 @@ class HeartbeatMixin(TimeoutMixin):
             maxQueue=self.maxQueued,
             maxQueueBytes=self.maxQueuedBytes,
             minPeerInterval=self.minPeerInterval,
-            maxPeerInterval=self.maxPeerInterval,
+            maxPeerInterval=self._maxPeerInterval(),
         )
+
+    def _maxPeerInterval(self) -> float:
+        """`maxPeerInterval`, or its default for this side's role."""
+        if self.maxPeerInterval is not None:
+            return self.maxPeerInterval
+        if self._accepting():
+            return SERVER_MAX_PEER_INTERVAL
+        return CLIENT_MAX_PEER_INTERVAL
+
+    def _accepting(self) -> bool:
+        """Whether this side accepted the connection (a server)."""
+        host = self._host()
+        if host is not None:
+            return bool(host.role is Role.SERVER)
+        transport = getattr(self, "transport", None)
+        for _ in range(3):
+            if transport is None:
+                return False
+            if isinstance(transport, tcp.Server):
+                return True
+            transport = getattr(transport, "transport", None)
+        return False
 
     def _host(self) -> Any:
         factory = getattr(self, "factory", None)
@@ -432,7 +526,10 @@ class HeartbeatMixin(TimeoutMixin):
         if not conn.reading:
             data = conn.dataToSend(now)
             if data:
+                # The application's DATA (the window bounds it): no check
+                # per message; the timer checks that the peer reads.
                 self.transport.write(data)
+                self._written += len(data)
         session = conn.session
         if session.outbox.tooLarge:
             self._failTooLarge()
@@ -608,10 +705,10 @@ class HeartbeatMixin(TimeoutMixin):
         """Classify the loss, settle every pending Deferred, then call
         `disconnected`."""
         self._setTimer(None)
-        for call in (self._abortCall, self._closeCall):
+        for call in (self._abortCall, self._closeCall, self._turnCall):
             if call is not None and call.active():
                 call.cancel()
-        self._abortCall = self._closeCall = None
+        self._abortCall = self._closeCall = self._turnCall = None
         now = self._clock().seconds()
         conn = self._alive
         cause = self._cause
@@ -680,6 +777,12 @@ class HeartbeatMixin(TimeoutMixin):
         now = clock.seconds()
         # Time spent on the timers due with this one is no stall.
         running = wheelFor(clock).runningSince
+        late = now - self._armedFor
+        if late > 0.0 and self._stuckSince is not None:
+            # As for liveness: while this process did not run, the transport
+            # could not write either; that is not the peer's doing. After a
+            # stall, the transport gets a turn to write before it is judged.
+            self._stuckSince += late
         events = conn.handleTimer(now, self._armedFor, 0.0 if running is None else now - running)
         if events:
             self._handleEvents(events)
@@ -689,10 +792,23 @@ class HeartbeatMixin(TimeoutMixin):
         data = conn.dataToSend(now)
         if data and self.loss is None:
             self._writeNow(data)
-        if self.loss is None:
-            wake = conn.nextWake()
+        self._checkUnsent(fromTimer=late <= STALL_THRESHOLD)
+        if self.loss is None and not self._gaveUp:
+            wake = self._nextWake(conn)
             self._armedFor = wake
             self._setTimer(wake - now if wake > now else 0.0)
+
+    def _nextWake(self, conn: Connection) -> float:
+        """The core's next wake, or sooner the time at which a transport
+        that takes nothing shows that the peer does not read."""
+        wake = conn.nextWake()
+        stuck = self._stuckSince
+        if stuck is not None:
+            # A hair after the deadline, so that the check finds it passed.
+            notReading = stuck + conn.liveness.deadline + 1e-6
+            if notReading < wake:
+                return notReading
+        return wake
 
     # -- internals -----------------------------------------------------------
 
@@ -704,7 +820,7 @@ class HeartbeatMixin(TimeoutMixin):
         if conn is None or self.loss is not None:
             return
         now = self._clock().seconds()
-        wake = conn.nextWake()
+        wake = self._nextWake(conn)
         if wake < now:
             wake = now
         self._armedFor = wake
@@ -720,7 +836,7 @@ class HeartbeatMixin(TimeoutMixin):
             return
         data = conn.dataToSend(self._clock().seconds())
         if data and self.loss is None:
-            self.transport.write(data)
+            self._write(data)
 
     def _writeNow(self, data: bytes) -> None:
         """
@@ -761,7 +877,77 @@ class HeartbeatMixin(TimeoutMixin):
                 if sent == len(data):
                     return
                 data = data[sent:]
-        transport.write(data)
+        self._write(data)
+
+    def _write(self, data: bytes) -> None:
+        """Hand ``data`` to the transport, then check that the peer reads."""
+        self.transport.write(data)
+        self._written += len(data)
+        self._checkUnsent()
+
+    def _checkUnsent(self, fromTimer: bool = False) -> None:
+        """
+        Abort the connection if the peer does not read what is sent: the
+        transport holds more than `maxUnsentBytes` beyond the DATA frames in
+        flight, or (judged by the timer, which grants back a stall of this
+        process) could not hand anything to the kernel for the peer's
+        deadline. A peer that reads, however slowly, drains something.
+        """
+        if self.loss is not None or self._cause is not None:
+            return
+        unsent = unsentBytes(self.transport)
+        if unsent is None:
+            return
+        conn = self._alive
+        if conn is None:
+            return
+        now = self._clock().seconds()
+        written = self._written
+        if not unsent:
+            self._stuckSince = None
+        elif self._unsentSeen + (written - self._writtenSeen) > unsent:
+            self._stuckSince = now  # some of it went out: the peer reads
+        elif self._stuckSince is None:
+            self._stuckSince = now
+            if not fromTimer:
+                # Have the timer judge it at the deadline.
+                wake = now + conn.liveness.deadline + 1e-6
+                if wake < self._armedFor:
+                    self._armedFor = wake
+                    self._setTimer(wake - now)
+        self._unsentSeen = unsent
+        self._writtenSeen = written
+        if not unsent:
+            return
+        limit = max(self.maxUnsentBytes, 2 * (conn.settings.maxFrameSize + 4))
+        if unsent > limit:
+            outbox = conn.session.outbox
+            frames = sum(len(entry.payload) + 13 for entry in outbox.inflight)
+            if unsent - frames > limit:
+                self._notReading(
+                    f"peer stopped reading: {describeSize(unsent)} unsent, over the limit of "
+                    f"{describeSize(limit)} beyond the {len(outbox.inflight)} messages in flight"
+                )
+                return
+        stuck = self._stuckSince
+        deadline = conn.liveness.deadline
+        if fromTimer and stuck is not None and now - stuck >= deadline:
+            self._notReading(
+                f"peer stopped reading: {describeSize(unsent)} unsent, none taken for "
+                f"{now - stuck:.3f} s (deadline {deadline:.3f} s)"
+            )
+
+    def _notReading(self, detail: str) -> None:
+        self._gaveUp = True
+        log.warn(
+            "alive.not_reading: {peer}: {detail}",
+            peer=self._peer,
+            detail=detail,
+            event="not_reading",
+        )
+        self._setCause(Reason.TIMEOUT, detail)
+        self._setTimer(None)
+        self.transport.abortConnection()
 
     def _setCause(
         self,
@@ -1095,11 +1281,26 @@ class HeartbeatMixin(TimeoutMixin):
         """Hand pending messages to the application, one at a time."""
         conn = self._alive
         assert conn is not None
+        if self._turnCall is not None:
+            return  # the next turn goes on (fair reading)
         session = conn.session
         inbox = session.inbox
         pending = inbox.pending
         session.busy = True
+        countdown = TURN_CHECK_EVERY
+        clock = self._clock()
+        started = clock.seconds()
         while pending:
+            countdown -= 1
+            if countdown < 0:
+                countdown = TURN_CHECK_EVERY - 1
+                if clock.seconds() - started >= self.maxTurnTime:
+                    # Fair reading: the rest waits for the next turn of the
+                    # reactor, and so does reading more from this peer.
+                    session.busy = False
+                    conn.flushAck()
+                    self._yieldTurn()
+                    return
             seq, payload = pending.popleft()
             try:
                 result = self.messageReceived(payload)
@@ -1131,8 +1332,33 @@ class HeartbeatMixin(TimeoutMixin):
             inbox.processedUpTo = seq
         session.busy = False
         conn.flushAck()
+        if self._pausedReading:
+            self._pausedReading = False
+            self.transport.resumeProducing()
         if self._closing is not None:
             self._checkClose()
+
+    def _yieldTurn(self) -> None:
+        """Pause reading from the transport and go on processing in the
+        next turn of the reactor (`maxTurnTime`)."""
+        if not self._pausedReading:
+            pause = getattr(self.transport, "pauseProducing", None)
+            if pause is not None:
+                self._pausedReading = True
+                pause()
+        if self._turnCall is None:
+            self._turnCall = self._clock().callLater(0, self._nextTurn)
+
+    def _nextTurn(self) -> None:
+        """Go on handing pending messages to the application."""
+        self._turnCall = None
+        conn = self._alive
+        if conn is None or self.loss is not None:
+            return
+        session = conn.session
+        if session.current is self and not session.busy:
+            self._process()
+        self._flush()
 
     def _asyncDone(
         self, session: Session, inbox: Inbox, seq: int, box: list[object], _: object
@@ -1153,15 +1379,36 @@ class HeartbeatMixin(TimeoutMixin):
             current._flush()
 
     def _rejected(self, session: Session, seq: int, failure: Failure) -> None:
-        log.failure(
-            "alive.rejected: messageReceived failed on message {seq} from {peer}",
-            failure=failure,
-            seq=seq,
-            peer=self._peer,
-            event="rejected",
-        )
         text = f"{typeName(failure)}: {failure.getErrorMessage()}"
         session.inbox.reject(seq, text[:1000])
+        clock = self._clock()
+        rejections = _rejectionLogs.get(clock)
+        if rejections is None:
+            rejections = _rejectionLogs[clock] = RejectionLog()
+        now = clock.seconds()
+        verdict = rejections.record(text, now)
+        if verdict.report is Report.FIRST:
+            log.failure(
+                "alive.rejected: messageReceived failed on message {seq} from {peer}: {cause}",
+                failure=failure,
+                level=LogLevel.error,
+                seq=seq,
+                peer=self._peer,
+                cause=verdict.cause,
+                count=1,
+                event="rejected",
+            )
+        elif verdict.report is Report.SUMMARY:
+            log.error(
+                "alive.rejected: {count} rejections like {cause!r} in the last "
+                "{seconds:.1f} s (last: message {seq} from {peer})",
+                seq=seq,
+                peer=self._peer,
+                cause=verdict.cause,
+                count=verdict.repeats,
+                seconds=now - verdict.since,
+                event="rejected",
+            )
 
 
 def registerPacer(session: Session, producer: IPushProducer) -> None:
@@ -1231,8 +1478,7 @@ def describeFailure(kind: Reason, failure: Failure) -> str:
             return f"connection reset or socket error ({typeName(failure)})"
         # Anything more specific (a TLS error, an OSError) says what it was.
         return (
-            f"connection reset or socket error ({typeName(failure)}: "
-            f"{failure.getErrorMessage()})"
+            f"connection reset or socket error ({typeName(failure)}: {failure.getErrorMessage()})"
         )
     if kind is Reason.LOCAL_CLOSE:
         return "aborted by this side"

@@ -28,6 +28,7 @@ from twisted_alive._connection import State
 from twisted_alive._factories import AliveServerFactory
 from twisted_alive._mixin import watchPongs
 from twisted_alive._reasons import Reason
+from twisted_alive._rejections import rejectionsTotal
 
 LOG_NAMESPACE = "twisted_alive"
 """The namespace of the log events this package emits."""
@@ -150,6 +151,12 @@ class AliveCollector(Collector):
             ("processed", "Messages from clients handed to the application."),
         ):
             yield CounterMetricFamily(f"twisted_alive_messages_{name}", text, value=totals[name])
+
+        yield CounterMetricFamily(
+            "twisted_alive_rejections",
+            "Messages the applications of this process failed on (REJECTed), logged or not.",
+            value=rejectionsTotal(),
+        )
 
         yield GaugeMetricFamily(
             "twisted_alive_queue_depth",

@@ -207,7 +207,9 @@ class FakeLink(Generic[_Server, _Client]):
     def flush(self, maxRounds: int = 10_000) -> int:
         """
         Deliver queued bytes both ways until nothing moves (stalled
-        directions hold theirs), then carry out pending closes.
+        directions hold theirs), then carry out pending closes. Calls due
+        now on the clock (a protocol going on in the reactor's next turn,
+        as after ``maxTurnTime`` of messages) run in between.
 
         :returns: the number of bytes delivered.
         """
@@ -216,7 +218,10 @@ class FakeLink(Generic[_Server, _Client]):
             step = self._deliver(self.clientTransport) + self._deliver(self.serverTransport)
             step += self._closes()
             if not step:
-                break
+                now = self.clock.seconds()
+                if not any(call.getTime() <= now for call in self.clock.getDelayedCalls()):
+                    break
+                self.clock.advance(0)
             moved += step
         return moved
 
