@@ -619,6 +619,7 @@ class AliveServerFactory(Factory):
         session.lastSeen = now
         self.sessions.move_to_end(key)
         self.sessionsResumed += 1
+        session.resumes += 1
         return session, True
 
     def expireSessions(self, now: float | None = None) -> int:
