@@ -9,16 +9,21 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import AsyncIterator, Callable
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, TypeVar, cast
 
 import pytest
 import pytest_twisted
 import treq
-from support import getReactor
+from support import Processes, getReactor, killGroup, startProcess
 from twisted.internet.defer import gatherResults, maybeDeferred
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.task import Clock, deferLater
+from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 
 from twisted_alive._factories import AliveClientFactory, AliveServerFactory, tokenPrefix
@@ -121,6 +126,14 @@ async def served() -> AsyncIterator[Served]:
     await s.start()
     yield s
     await s.stop()
+
+
+@pytest.fixture
+def processes() -> Iterator[Processes]:
+    """Processes started by the test, killed (whole groups) at the end."""
+    started = Processes()
+    yield started
+    started.killAll()
 
 
 async def _until(check: Callable[[], Any], seconds: float = 5.0) -> None:
@@ -476,3 +489,78 @@ def test_badBounds() -> None:
         History([], dict, Clock(), points=1)
     with pytest.raises(ValueError, match=r"^maxLosses must be at least 1, got 0$"):
         History([], dict, Clock(), maxLosses=0)
+
+
+# -- the demo's status page -------------------------------------------------------------
+
+
+async def _line(process: subprocess.Popen[str], starting: str) -> str:
+    """The next line of ``process``'s output that starts with ``starting``
+    (after the timeline's time column)."""
+    assert process.stdout is not None
+    seen = []
+    while True:
+        line: str = await deferToThread(process.stdout.readline)
+        assert line, f"the demo ended before printing {starting!r}:\n{''.join(seen)}"
+        seen.append(line)
+        text = re.sub(r"^\s*[\d.]+ s\s+", "", line)
+        if text.startswith(starting):
+            return text
+
+
+@pytest.mark.timeout(60)
+@ensureDeferred
+async def test_demoServesThePage(processes: Processes) -> None:
+    """demo --status PORT prints the page's URL, serves it while it runs,
+    keeps it up after the summary with every kind of loss listed, and
+    exits with the steps' code on Ctrl-C."""
+    demo = processes.spawn(
+        sys.executable, "-m", "twisted_alive", "demo", "--fast", "--seed", "5", "--status", "0"
+    )
+    announced = await _line(demo, "status page: ")
+    match = re.fullmatch(r"status page: (http://127\.0\.0\.1:\d+/) \(open it in a browser\)\n",
+                         announced)
+    assert match is not None, announced
+    url = match.group(1)
+    await _line(demo, "The status page stays up; press Ctrl-C to end.")
+    response = await treq.get(url, headers={"Accept": BROWSER_ACCEPT}, persistent=False, timeout=5)
+    assert response.code == 200
+    page = (await response.content()).decode("utf-8")
+    for reason in ("CLEAN_CLOSE", "RESET", "TIMEOUT", "PEER_CLOSED"):
+        assert f'<tr data-reason="{reason}"' in page, reason
+    demo.send_signal(signal.SIGINT)
+    code = await deferToThread(demo.wait, 10)
+    assert code == 0
+
+
+def _demoFails(status: str) -> tuple[int, str]:
+    process = startProcess(sys.executable, "-m", "twisted_alive", "demo", "--status", status)
+    try:
+        output, _ = process.communicate(timeout=30)
+    finally:
+        killGroup(process)
+    return process.returncode, output
+
+
+def test_demoBadStatusEndpoint() -> None:
+    """demo --status with an endpoint it cannot read exits 2 with a one-line
+    message naming it, before starting anything."""
+    assert _demoFails("99999") == (
+        2,
+        'twisted-alive demo: invalid --status endpoint "99999": port 99999 is out of range '
+        "(0 to 65535)\n",
+    )
+
+
+def test_demoStatusPortTaken() -> None:
+    """demo --status on a port already taken exits 1 with a one-line message
+    naming it, before starting anything."""
+    with socket.socket() as taken:
+        taken.bind((LOOPBACK, 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        assert _demoFails(str(port)) == (
+            1,
+            f'twisted-alive demo: cannot listen on "{port}": Couldn\'t listen on '
+            f"{LOOPBACK}:{port}: [Errno 98] Address already in use.\n",
+        )

@@ -479,6 +479,8 @@ def makeService(options: Options) -> AliveServerService:
         options["factory"], options["endpoints"], options["statusEndpoint"]
     )
     service.exitZeroOnSigterm = True
+    if service.status is not None:
+        service.status.endpoints = list(options["listen"])
     return service
 
 
