@@ -53,7 +53,11 @@ CHROMIUM_FLAGS = (
 )
 PEER = ROOT / "tests" / "peers" / "alive_peer.py"
 LOOPBACK = "127.0.0.1"
-INTERVAL = 0.5
+INTERVAL = 30.0
+"""The heartbeat interval of both ends: long enough that no PING crosses
+the links during the test. A process killed with unread bytes in its
+socket's receive buffer makes its kernel send an RST (a RESET), not a FIN
+(PEER_CLOSED)."""
 WAIT = 20.0
 """Seconds the browser may take to show each expected state (the page
 refreshes every 2 s)."""
@@ -79,8 +83,6 @@ def _browser(profile: Path) -> Any:
             "the browser test needs selenium: pip install -e '.[test]' (or pip install selenium)",
             pytrace=False,
         )
-    # Selenium Manager must not look for (or download) a driver.
-    os.environ["SE_OFFLINE"] = "true"
     options = webdriver.ChromeOptions()
     options.binary_location = str(CHROMIUM)
     for flag in CHROMIUM_FLAGS:
@@ -98,15 +100,23 @@ class Page:
         self.driver = driver
         self.wait = WebDriverWait(driver, WAIT, poll_frequency=0.1)
 
+    def _rows(self, table: str, *fields: str) -> list[list[str]]:
+        # One script reads every row at once: a refresh replaces the rows,
+        # so elements found by one call may be gone by the next.
+        script = (
+            "var fields = arguments[1];"
+            "return Array.from(document.querySelectorAll(arguments[0] + ' tr'))"
+            ".map(function (r) { return fields.map(function (f) { return r.dataset[f]; }); });"
+        )
+        return cast(list[list[str]], self.driver.execute_script(script, table, list(fields)))
+
     def peers(self) -> list[str]:
         """The peers of the connections table's rows, top to bottom."""
-        rows = self.driver.find_elements("css selector", "#connection-rows tr")
-        return [row.get_attribute("data-peer") for row in rows]
+        return [peer for (peer,) in self._rows("#connection-rows", "peer")]
 
     def losses(self) -> list[tuple[str, str]]:
         """The (peer, reason) of the losses table's rows."""
-        rows = self.driver.find_elements("css selector", "#loss-rows tr")
-        return [(row.get_attribute("data-peer"), row.get_attribute("data-reason")) for row in rows]
+        return [(peer, reason) for peer, reason in self._rows("#loss-rows", "peer", "reason")]
 
     def updates(self) -> int:
         """How many times the script has refreshed the page."""
@@ -114,7 +124,15 @@ class Page:
 
     def until(self, test: Callable[[], object], what: str) -> None:
         """Wait until ``test()`` is true, at most `WAIT` seconds."""
-        self.wait.until(lambda _: test(), message=f"the page did not show {what} in {WAIT:g} s")
+        from selenium.common.exceptions import TimeoutException
+
+        try:
+            self.wait.until(lambda _: test())
+        except TimeoutException:
+            raise AssertionError(
+                f"the page did not show {what} in {WAIT:g} s; it shows the connections "
+                f"{self.peers()} and the losses {self.losses()}"
+            ) from None
 
     def open(self, url: str, peers: set[str]) -> list[str]:
         """Open ``url``; wait until a refresh shows exactly ``peers``."""
@@ -178,10 +196,15 @@ async def _inThread(call: Callable[[], Any]) -> Any:
 
 @pytest.mark.timeout(90)
 @ensureDeferred
-async def test_pageShowsClientsAndTheLossOfOne(tmp_path: Path, processes: Processes) -> None:
+async def test_pageShowsClientsAndTheLossOfOne(
+    tmp_path: Path, processes: Processes, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """In a real browser the page lists two live clients, sorts them by a
     click on a header, and once one client process is killed (SIGKILL)
     drops its row and lists its loss as PEER_CLOSED."""
+    # Given the driver's path, selenium skips Selenium Manager; were it
+    # run anyway, it must not download anything.
+    monkeypatch.setenv("SE_OFFLINE", "true")
     reactor = getReactor()
     factory = AliveServerFactory()
     factory.protocol = Echo
