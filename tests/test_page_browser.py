@@ -248,3 +248,16 @@ async def test_pageShowsClientsAndTheLossOfOne(
         for proto in list(factory.connections):
             proto.abort("the test is over")
 
+
+
+def test_missingBrowserFails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without Chromium the browser test fails, never skips, and says how
+    to install it."""
+    missing = tmp_path / "chromium"
+    monkeypatch.setattr(sys.modules[__name__], "CHROMIUM", missing)
+    with pytest.raises(pytest.fail.Exception) as caught:
+        _browser(tmp_path / "profile")
+    assert str(caught.value) == (
+        f"the browser test needs {missing}: run .ci/services (as root it installs them: "
+        "apt-get install -y --no-install-recommends chromium chromium-driver)"
+    )
