@@ -204,3 +204,15 @@ def test_everyPageInTheIndex() -> None:
     pages = sorted(p.stem for p in DOCS.glob("*.md") if not p.name.startswith("_"))
     missing = [page for page in pages if page != "index" and f"\n{page}\n" not in index]
     assert missing == []
+
+
+def test_ciRunsTheReadmeTestCommand() -> None:
+    """CI runs exactly the test command the README gives, and that command
+    installs the services the tests need before anything else."""
+    readme = (ROOT / "README.md").read_text()
+    match = re.search(r"Run the whole test suite.*?```sh\n(.+?)\n```", readme, re.S)
+    assert match, "the README gives no test command"
+    command = match.group(1)
+    assert command.startswith("bash .ci/services && ")
+    ci = (ROOT / ".ci" / "run").read_text().splitlines()
+    assert ci[-1] == command

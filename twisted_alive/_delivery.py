@@ -598,7 +598,7 @@ class Session:
         that lives only as long as one connection.
     """
 
-    __slots__ = ("token", "outbox", "inbox", "lastSeen", "current", "busy", "pacer")
+    __slots__ = ("token", "outbox", "inbox", "lastSeen", "current", "busy", "pacer", "resumes")
 
     def __init__(
         self,
@@ -617,6 +617,8 @@ class Session:
         """Whether the application is processing a message of this session."""
         self.pacer: Pacer | None = None
         """Pauses a registered producer while the send queue is high."""
+        self.resumes = 0
+        """How many connections resumed this session (after its first)."""
 
     @staticmethod
     def newToken() -> bytes:
@@ -635,4 +637,5 @@ class Session:
         """
         self.token = token
         self.inbox = Inbox(self.inbox.window)
+        self.resumes = 0
         return self.outbox.restart()

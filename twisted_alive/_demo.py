@@ -21,6 +21,11 @@ what happened, the classified `Reason`, the round-trip time):
 
 It ends with a summary table and exits 0 if every step went as expected, 1
 otherwise.
+
+With ``--status ENDPOINT`` it also serves the status site of its server
+(the operator's page at ``/``) from the start, prints its URL, and keeps it
+up after the summary until interrupted (Ctrl-C), so that the page can be
+looked at; the exit code is still the steps'.
 """
 
 from __future__ import annotations
@@ -60,6 +65,8 @@ from twisted_alive._reasons import Loss, Reason
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 
+    from twisted_alive._status import StatusSite
+
 _T = TypeVar("_T")
 
 LOOPBACK = "127.0.0.1"
@@ -90,6 +97,11 @@ class _Reactor(IReactorTCP, IReactorTime, IReactorProcess, IReactorCore):
 
 class _Stuck(Exception):
     """Something the demo waited for did not happen in time."""
+
+
+class CannotListen(Exception):
+    """The demo's status site cannot listen where ``--status`` said; the
+    message says why."""
 
 
 # -- the applications ----------------------------------------------------------
@@ -336,10 +348,23 @@ class Demo:
     :param seed: the seed of every random draw (proxy, reconnect jitter,
         reset times).
     :param out: where to print the timeline as it happens, or ``None``.
+    :param status: where to serve the status site of the server (it stays
+        up after `stop`; `stopStatus` ends it), or ``None``.
     """
 
-    def __init__(self, reactor: Any, fast: bool, seed: int, out: TextIO | None) -> None:
+    def __init__(
+        self,
+        reactor: Any,
+        fast: bool,
+        seed: int,
+        out: TextIO | None,
+        status: IStreamServerEndpoint | None = None,
+    ) -> None:
         self.reactor = cast(_Reactor, reactor)
+        self.status = status
+        self.statusSite: StatusSite | None = None
+        self.statusPort: IListeningPort | None = None
+        self.statusURL: str | None = None
         self.fast = fast
         self.seed = seed
         self.out = out
@@ -453,6 +478,15 @@ class Demo:
         )
         proxyPort = await self.proxy.listen(_listenEndpoint(reactor))
         proxyNumber = _portNumber(proxyPort)
+        if self.statusSite is not None:
+            self.statusSite.endpoints[:] = [
+                f"tcp:{serverNumber}:interface={LOOPBACK}",
+                f"tcp:{proxyNumber}:interface={LOOPBACK} (the chaos proxy)",
+            ]
+            self.event(f"status page: {self.statusURL} (open it in a browser)")
+            if self.out is None:
+                sys.stderr.write(f"status page: {self.statusURL}\n")
+                sys.stderr.flush()
         self.event(
             f"server on {LOOPBACK}:{serverNumber}, chaos proxy on {LOOPBACK}:{proxyNumber}; "
             "the client connects through the proxy"
@@ -463,8 +497,41 @@ class Demo:
         self.event(f"client connected, HELLO exchange done, session {token}")
         await self.settle(protocol)
 
+    async def startStatus(self) -> None:
+        """
+        Serve the server's status site on `status` (if given).
+
+        :raises CannotListen: if it cannot listen there.
+        """
+        from twisted_alive._status import statusSite
+
+        if self.status is None:
+            return
+        site = self.statusSite = statusSite([self.server], clock=self.reactor)
+        try:
+            port = self.statusPort = await self.status.listen(site)
+        except Exception as e:
+            raise CannotListen(str(e)) from None
+        address = port.getHost()
+        host = getattr(address, "host", None)
+        number = getattr(address, "port", None)
+        if host is not None and number is not None:
+            if host in ("0.0.0.0", "::", ""):
+                host = LOOPBACK
+            self.statusURL = f"http://{f'[{host}]' if ':' in host else host}:{number}/"
+        else:
+            self.statusURL = str(address)
+
+    async def stopStatus(self) -> None:
+        """Stop serving the status site."""
+        port, self.statusPort = self.statusPort, None
+        if port is not None:
+            stopped = port.stopListening()
+            if stopped is not None:
+                await stopped
+
     async def stop(self) -> None:
-        """Close everything the demo started."""
+        """Close everything the demo started, but the status site."""
         for client in [self.client, *self._otherClients]:
             client.stopTrying()
             current = client.connected
@@ -495,7 +562,9 @@ class Demo:
         Run the demo.
 
         :returns: whether every step went as expected.
+        :raises CannotListen: if the status site cannot listen.
         """
+        await self.startStatus()
         self._print("twisted-alive demo: a server, a chaos proxy and a client on 127.0.0.1")
         self._print(
             f"heartbeat every {INTERVAL:g} s, {MISSES} misses: a silent peer counts as dead "
@@ -871,7 +940,14 @@ def _listenEndpoint(reactor: _Reactor) -> IStreamServerEndpoint:
     return endpoint(reactor, 0, interface=LOOPBACK)
 
 
-async def runDemo(reactor: Any, fast: bool, seed: int, out: TextIO | None) -> dict[str, object]:
+async def runDemo(
+    reactor: Any,
+    fast: bool,
+    seed: int,
+    out: TextIO | None,
+    status: IStreamServerEndpoint | None = None,
+    linger: Callable[[dict[str, object]], Deferred[None]] | None = None,
+) -> dict[str, object]:
     """
     Run the demo once.
 
@@ -880,10 +956,25 @@ async def runDemo(reactor: Any, fast: bool, seed: int, out: TextIO | None) -> di
     :param seed: the seed of every random draw.
     :param out: where to print the timeline and summary as they happen, or
         ``None``.
+    :param status: where to serve the server's status site, or ``None``.
+    :param linger: with ``status``: called with the report once the demo is
+        over; the status site stays up until the Deferred it returns fires.
     :returns: the report (see `Demo.report`); its ``ok`` says whether every
         step went as expected.
     """
-    demo = Demo(reactor, fast, seed, out)
+    demo = Demo(reactor, fast, seed, out, status)
+    try:
+        return await _runAndReport(demo, out, linger)
+    finally:
+        await demo.stopStatus()
+
+
+async def _runAndReport(
+    demo: Demo,
+    out: TextIO | None,
+    linger: Callable[[dict[str, object]], Deferred[None]] | None,
+) -> dict[str, object]:
+    seed = demo.seed
     ok = await demo.run()
     seconds = demo.reactor.seconds() - demo.startedAt
     if out is not None:
@@ -896,7 +987,10 @@ async def runDemo(reactor: Any, fast: bool, seed: int, out: TextIO | None) -> di
             + ("every loss was classified as expected\n" if ok else "SOME STEPS FAILED\n")
         )
         out.flush()
-    return demo.report(ok, seconds)
+    report = demo.report(ok, seconds)
+    if demo.statusURL is not None and linger is not None:
+        await linger(report)
+    return report
 
 
 # -- the subcommand ----------------------------------------------------------------
@@ -949,6 +1043,15 @@ def addArguments(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="seed of the random draws (printed by every run), to replay a run",
     )
+    parser.add_argument(
+        "--status",
+        metavar="ENDPOINT",
+        help=(
+            "serve the server's status page there (PORT or HOST:PORT, on 127.0.0.1 "
+            "by default, or an endpoint string) and print its URL; the page stays up "
+            "after the summary until Ctrl-C"
+        ),
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -958,17 +1061,44 @@ def run(args: argparse.Namespace) -> int:
     :param args: the parsed arguments.
     :returns: the exit code.
     """
-    from twisted_alive._cli import fail, runReactor
+    from twisted_alive._cli import EndpointError, fail, runReactor, serverEndpoint
 
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**31)
+    status: IStreamServerEndpoint | None = None
+    if args.status is not None:
+        from twisted.internet import reactor
+
+        try:
+            status = serverEndpoint(reactor, args.status)
+        except EndpointError as e:
+            return fail("demo", f'invalid --status endpoint "{args.status}": {e}')
+    finished: list[dict[str, object]] = []
+
+    def linger(report: dict[str, object]) -> Deferred[None]:
+        # The report is out; the page stays up until Ctrl-C stops the
+        # reactor (then the exit code is still the steps').
+        finished.append(report)
+        if args.json:
+            print(json.dumps(report, indent=2), flush=True)
+        stream = sys.stderr if args.json else sys.stdout
+        stream.write("\nThe status page stays up; press Ctrl-C to end.\n")
+        stream.flush()
+        return Deferred()
 
     async def main(reactor: Any) -> int:
-        report = await runDemo(reactor, args.fast, seed, None if args.json else sys.stdout)
-        if args.json:
+        try:
+            report = await runDemo(
+                reactor, args.fast, seed, None if args.json else sys.stdout, status, linger
+            )
+        except CannotListen as e:
+            return fail("demo", f'cannot listen on "{args.status}": {e}', 1)
+        if args.json and not finished:
             print(json.dumps(report, indent=2))
         return 0 if report["ok"] else 1
 
     code = runReactor(main, "demo")
     if code == 130:
+        if finished:
+            return 0 if finished[0]["ok"] else 1
         fail("demo", "interrupted")
     return code

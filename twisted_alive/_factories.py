@@ -672,6 +672,7 @@ class AliveServerFactory(Factory):
         session.lastSeen = now
         table.touch(key, now)
         self.sessionsResumed += 1
+        session.resumes += 1
         return session, True
 
     def expireSessions(self, now: float | None = None) -> int:

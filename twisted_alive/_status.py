@@ -1,6 +1,7 @@
 """
-The HTTP status service of `AliveServerFactory` servers: ``/health``,
-``/connections`` (JSON) and ``/metrics`` (Prometheus text).
+The HTTP status service of `AliveServerFactory` servers: the operator's page
+at ``/`` (for a browser; see `twisted_alive._page`), ``/status.json``,
+``/health``, ``/connections`` (JSON) and ``/metrics`` (Prometheus text).
 
 `statusSite` builds a ``twisted.web`` site for one or more factories. Every
 value is read from the factories when a page is asked for, except the
@@ -11,6 +12,7 @@ heartbeat round-trip times and the stalls, which come from the
 from __future__ import annotations
 
 import json
+import time
 from collections import Counter as CountTotals
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol
@@ -19,6 +21,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import ILogObserver, LogEvent, globalLogPublisher
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Site
@@ -26,7 +29,9 @@ from zope.interface import implementer
 
 from twisted_alive._connection import State
 from twisted_alive._factories import AliveServerFactory
+from twisted_alive._history import History
 from twisted_alive._mixin import watchPongs
+from twisted_alive._page import htmlHeaders, newNonce, prefersHtml, renderPage, statusSnapshot
 from twisted_alive._reasons import Reason
 from twisted_alive._rejections import rejectionsTotal
 
@@ -271,13 +276,27 @@ class _Page(Resource):
 
 class _Index(_Page):
     def render_GET(self, request: _Request) -> bytes:
+        request.setHeader(b"vary", b"accept")
+        if prefersHtml(request.getHeader(b"accept")):
+            nonce = newNonce()
+            for name, value in htmlHeaders(nonce):
+                request.setHeader(name, value)
+            page = renderPage(statusSnapshot(self.site), nonce)
+            return _reply(request, b"text/html; charset=utf-8", page.encode("utf-8"))
         return _text(
             request,
             "twisted_alive status\n"
+            "/             this page as HTML, for a browser (Accept: text/html)\n"
+            "/status.json  what that page shows (JSON)\n"
             "/health       200 while serving, 503 while stopping\n"
             "/connections  live connections (JSON)\n"
             "/metrics      Prometheus metrics\n",
         )
+
+
+class _StatusJSON(_Page):
+    def render_GET(self, request: _Request) -> bytes:
+        return _json(request, statusSnapshot(self.site))
 
 
 class _Health(_Page):
@@ -315,17 +334,28 @@ class StatusSite(Site):
     :ivar registry: its own ``CollectorRegistry`` (never the global one).
     :ivar serving: a callable saying whether the server is serving
         (``/health`` answers 503 once it says ``False``).
+    :ivar endpoints: descriptions of where the server listens, for the page.
+    :ivar history: the losses and time series of the page; it observes the
+        log events and samples once a second while the site listens.
+    :ivar startedAt: when the site was made (seconds since the epoch): the
+        page's uptime counts from it.
     """
 
     def __init__(
         self,
         factories: Sequence[AliveServerFactory],
         serving: Callable[[], bool] | None = None,
+        endpoints: Sequence[str] = (),
+        clock: IReactorTime | None = None,
     ) -> None:
         self.factories = list(factories)
         self.serving: Callable[[], bool] = serving if serving is not None else lambda: True
+        self.endpoints = list(endpoints)
+        self.startedAt = time.time()
         self.registry = CollectorRegistry(auto_describe=True)
-        self.registry.register(AliveCollector(self.factories))
+        collector = AliveCollector(self.factories)
+        self.registry.register(collector)
+        self.history = History(self.factories, collector.messageTotals, clock)
         rtt = Histogram(
             "twisted_alive_heartbeat_rtt_seconds",
             "Heartbeat round-trip times (PING to PONG) of twisted_alive connections.",
@@ -341,6 +371,7 @@ class StatusSite(Site):
         self.observer = MetricsObserver(rtt, stalls)
         root = _Root()  # type: ignore[no-untyped-call]
         root.putChild(b"", _Index(self))
+        root.putChild(b"status.json", _StatusJSON(self))
         root.putChild(b"health", _Health(self))
         root.putChild(b"connections", _Connections(self))
         root.putChild(b"metrics", _Metrics(self))
@@ -348,14 +379,18 @@ class StatusSite(Site):
         self.displayTracebacks = False
 
     def startFactory(self) -> None:
-        """Start observing the ``twisted_alive`` log events."""
+        """Start observing the ``twisted_alive`` log events, and sampling."""
         super().startFactory()
         globalLogPublisher.addObserver(self.observer)
+        globalLogPublisher.addObserver(self.history)
+        self.history.start()
         watchPongs(True)
 
     def stopFactory(self) -> None:
-        """Stop observing the log events."""
+        """Stop observing the log events, and sampling."""
         watchPongs(False)
+        self.history.stop()
+        globalLogPublisher.removeObserver(self.history)
         globalLogPublisher.removeObserver(self.observer)
         super().stopFactory()
 
@@ -363,10 +398,15 @@ class StatusSite(Site):
 def statusSite(
     factories: Sequence[AliveServerFactory],
     serving: Callable[[], bool] | None = None,
+    endpoints: Sequence[str] = (),
+    clock: IReactorTime | None = None,
 ) -> StatusSite:
     """
     A ``twisted.web`` site that serves the status of ``factories``:
 
+      - ``/``: the operator's page (HTML) for a client whose ``Accept``
+        prefers ``text/html`` (a browser), else a plain-text index;
+      - ``/status.json``: what the page shows, as JSON;
       - ``/health``: ``200 ok`` while serving, ``503 stopping`` after; with
         ``Accept: application/json``, ``{"status": ..., "connections": N``};
       - ``/connections``: a JSON list, one object per live connection;
@@ -379,9 +419,13 @@ def statusSite(
     :param factories: the server factories to report on.
     :param serving: says whether the server is serving; always ``True`` if
         not given.
+    :param endpoints: descriptions of where the server listens (shown on
+        the page).
+    :param clock: the clock of the page's sampler; the global reactor if
+        not given.
     :returns: the site.
     """
-    return StatusSite(factories, serving)
+    return StatusSite(factories, serving, endpoints, clock)
 
 
 __all__ = ["AliveCollector", "MetricsObserver", "StatusSite", "statusSite", "RTT_BUCKETS"]

@@ -627,6 +627,8 @@ def makeService(options: Options) -> AliveServerService:
     )
     service.exitZeroOnSigterm = True
     service.exitOnListenError = True
+    if service.status is not None:
+        service.status.endpoints = list(options["listen"])
     return service
 
 
