@@ -50,9 +50,14 @@ def _atLeast(current: Any) -> settings:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Bound every test that runs on the reactor; under the ``long`` profile,
-    raise every Hypothesis test's example count."""
+    """Bound every test that runs on the reactor; mark ``slow`` the tests
+    that share the bench run; under the ``long`` profile, raise every
+    Hypothesis test's example count."""
     _boundReactorTests(config, items)
+    for item in items:
+        # One real ``bench --quick`` run (about 35 s) feeds these tests.
+        if "quickRun" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
     if PROFILE == "long":
         _raiseExampleCounts(items)
 

@@ -32,6 +32,7 @@ def test_hung():
     [("timeout = 2", ""), ("timeout = 60", "@pytest.mark.timeout(2)")],
     ids=["ini-timeout", "marked-timeout"],
 )
+@pytest.mark.slow
 def test_hungReactorTestEndsTheRun(tmp_path: Path, ini: str, mark: str) -> None:
     """A pytest-twisted test waiting forever ends the run at its timeout
     (the ini's, or its own mark's), with the reactor's stack printed."""

@@ -404,6 +404,7 @@ def test_probeRefused() -> None:
     assert ran.out == f"{LOOPBACK}:{port}: refused: connection refused (nothing listens)\n"
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(30)
 def test_probeConnectTimeout(blackhole: int) -> None:
     """A port that never answers the SYN is a connect timeout: exit 4, after
@@ -509,6 +510,7 @@ def test_proxyCannotListen() -> None:
 # -- demo ----------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(90)
 def test_demoJson() -> None:
     """``demo --json`` runs the six steps to completion in under 30 s, each ok,
@@ -526,6 +528,7 @@ def test_demoJson() -> None:
     assert ran.seconds < 30
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(90)
 def test_demoHuman() -> None:
     """``demo --fast`` prints a timeline naming each classified Reason and a

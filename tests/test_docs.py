@@ -178,6 +178,7 @@ def test_readmeExampleIsShort() -> None:
     assert len([line for line in match.group(1).splitlines() if line.strip()]) <= 22
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_docsBuildWithoutWarnings(tmp_path: Path) -> None:
     """``sphinx-build -W`` succeeds on docs/ (the API reference included)."""

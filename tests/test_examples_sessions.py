@@ -19,6 +19,7 @@ def runExample(*args: str, timeout: float = 60.0) -> subprocess.CompletedProcess
     return runScript(EXAMPLE, *args, timeout=timeout)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(90)
 def test_flappingClient() -> None:
     """The example delivers 2,000 messages exactly once, in order, over

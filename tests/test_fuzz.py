@@ -401,6 +401,7 @@ class PeerPairMachine(LinkedMachine):
 
 
 TestPeerPair = PeerPairMachine.TestCase
+TestPeerPair.pytestmark = [pytest.mark.slow]
 
 
 # -- a session over many connections --------------------------------------------------------
@@ -598,6 +599,7 @@ class SessionMachine(LinkedMachine):
 
 
 TestSession = SessionMachine.TestCase
+TestSession.pytestmark = [pytest.mark.slow]
 
 
 class ExpiryMachine(SessionMachine):
@@ -700,6 +702,7 @@ class ExpiryMachine(SessionMachine):
 
 
 TestExpiry = ExpiryMachine.TestCase
+TestExpiry.pytestmark = [pytest.mark.slow]
 
 
 # -- regressions found by the machines ----------------------------------------------------

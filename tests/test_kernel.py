@@ -820,6 +820,7 @@ class _Flood:
             self._loop.stop()
 
 
+@pytest.mark.slow
 @linuxOnly
 @pytest.mark.timeout(60)
 @twistedTest
@@ -863,6 +864,7 @@ def _tcpInfoTimes(sock: socket.socket) -> tuple[int, int]:
     return lastDataReceived, lastAckReceived
 
 
+@pytest.mark.slow
 @linuxOnly
 @pytest.mark.timeout(60)
 @twistedTest

@@ -270,6 +270,7 @@ def test_stoppedPeerTimeoutWithFullSendBuffer(
     assert all(cast(DeliveryFailed, cast(Failure, f).value).loss is loss for _, f in outcomes)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(20)
 @twistedTest
 def test_blockedReactorIsNotTimeout(

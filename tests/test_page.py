@@ -508,6 +508,7 @@ async def _line(process: subprocess.Popen[str], starting: str) -> str:
             return text
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(60)
 @ensureDeferred
 async def test_demoServesThePage(processes: Processes) -> None:

@@ -194,6 +194,7 @@ async def _inThread(call: Callable[[], Any]) -> Any:
     return await d
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(90)
 @ensureDeferred
 async def test_pageShowsClientsAndTheLossOfOne(

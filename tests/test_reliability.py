@@ -327,6 +327,7 @@ class Resender:
             self.unexpected.append(failure)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(60)
 @ensureDeferred
 async def test_serverKilledAndRestarted(processes: Processes, tmp_path: Path) -> None:
@@ -514,6 +515,7 @@ class Monkey:
         await until(finished, 60, "every message each way")
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(90)
 @ensureDeferred
 async def test_chaosBothWays() -> None:
@@ -618,6 +620,7 @@ class Built(AliveServerFactory):
         self.built.append(protocol)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(60)
 @ensureDeferred
 async def test_bulkThroughSlowPathIsNotTimeout() -> None:
@@ -675,6 +678,7 @@ class Echoed(HeartbeatProtocol):
         self.received.append(payload)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(30)
 @ensureDeferred
 async def test_blockingCallIsNotTimeout(processes: Processes) -> None:
@@ -869,6 +873,7 @@ def checkRound(crowd: list[Abuser], losses: dict[str, dict[str, Any]]) -> dict[s
     return longest
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(60)
 @ensureDeferred
 async def test_abuse(processes: Processes, tmp_path: Path) -> None:

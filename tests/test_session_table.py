@@ -233,3 +233,4 @@ class TableMachine(RuleBasedStateMachine):
 
 
 TestTableAgainstModel = TableMachine.TestCase
+TestTableAgainstModel.pytestmark = [pytest.mark.slow]

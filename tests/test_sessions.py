@@ -1416,6 +1416,7 @@ def test_defaults() -> None:
     assert (factory.quickDelay, factory.quickSpread, factory.stableAfter) == (0.05, 1.0, 5.0)
 
 
+@pytest.mark.slow
 def test_queueFullAtDefaults() -> None:
     """With the default limits, 1,024 messages in flight and 65,536 queued
     are accepted; the next fails with QueueFull, as documented."""

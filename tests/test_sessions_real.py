@@ -179,6 +179,7 @@ async def confirmedOnce(ds: list[Deferred[Receipt]], seconds: float) -> list[Rec
     return [r for ok, r in results]
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(90)
 @ensureDeferred
 async def test_clientToServerThroughResets(rig: Rig) -> None:
@@ -202,6 +203,7 @@ async def test_clientToServerThroughResets(rig: Rig) -> None:
     rig.report("client to server", seconds)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(90)
 @ensureDeferred
 async def test_serverToClientThroughResets(rig: Rig) -> None:

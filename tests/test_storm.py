@@ -122,6 +122,7 @@ def startTwistd(tmp: Path, *args: str) -> tuple[subprocess.Popen[bytes], int]:
     raise AssertionError("twistd did not start listening:\n" + log.read_text(errors="replace"))
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(90)
 def test_reconnectStormServed(tmp_path: Path) -> None:
     """2,000 simultaneous connects against twistd -n alive (default options) all get their

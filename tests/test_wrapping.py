@@ -884,6 +884,7 @@ class PausingLines(LineEnding):
             self.stopReading()
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(30)
 @ensureDeferred
 async def test_pausedReadingBackpressuresPeerAndKeepsHeartbeats(net: Net) -> None:
@@ -944,6 +945,7 @@ async def test_webSitePipelined(net: Net) -> None:
     assert lossOf(client.reason).reason is Reason.CLEAN_CLOSE
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(20)
 @pytest.mark.filterwarnings("ignore:Passing pyOpenSSL:DeprecationWarning")
 @ensureDeferred
