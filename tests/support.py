@@ -17,7 +17,9 @@ from typing import Any, TypeVar
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.logger import ILogObserver, LogEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
 
 from twisted_alive._mixin import HeartbeatProtocol
 from twisted_alive._reasons import Loss
@@ -243,3 +245,23 @@ def deferring(
         return d
 
     return handler, waiting
+
+
+@implementer(ILogObserver)
+class LogEvents:
+    """Collects the C{twisted_alive} log events with a given C{event} field."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self.events: list[LogEvent] = []
+
+    def __call__(self, event: LogEvent) -> None:
+        if event.get("log_namespace") == "twisted_alive" and event.get("event") == self.kind:
+            self.events.append(event)
+
+    def __enter__(self) -> LogEvents:
+        globalLogPublisher.addObserver(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        globalLogPublisher.removeObserver(self)

@@ -72,7 +72,18 @@ def runCli(*args: str, timeout: float = 30.0) -> Ran:
     process group if it outlives C{timeout}.
     """
     started = time.monotonic()
-    proc = subprocess.Popen(
+    proc = startCli(*args)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    finally:
+        reap(proc)
+    return Ran(proc.returncode, out, err, time.monotonic() - started)
+
+
+def startCli(*args: str) -> subprocess.Popen[str]:
+    """Start ``python -m twisted_alive ARGS`` in its own session (so that
+    `reap` can kill its group), output and errors on two pipes."""
+    return subprocess.Popen(
         [sys.executable, "-m", "twisted_alive", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -81,13 +92,13 @@ def runCli(*args: str, timeout: float = 30.0) -> Ran:
         cwd=REPO,
         start_new_session=True,
     )
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()
-    return Ran(proc.returncode, out, err, time.monotonic() - started)
+
+
+def reap(proc: subprocess.Popen[str]) -> None:
+    """Kill the process group of ``proc`` if it still runs, and wait for it."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
 
 
 def runCliInThread(*args: str, timeout: float = 30.0) -> Deferred[Ran]:
@@ -462,15 +473,7 @@ async def test_proxyForwardsUntilInterrupted(servers: Servers) -> None:
     """``proxy 0 TARGET`` forwards to a twisted_alive server (a probe through it
     sees the server), and exits 0 with a summary on SIGINT."""
     target = await servers.start(AliveServerFactory.forProtocol(_AliveServer))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "twisted_alive", "proxy", "0", f"{LOOPBACK}:{target}"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=ENV,
-        cwd=REPO,
-        start_new_session=True,
-    )
+    proc = startCli("proxy", "0", f"{LOOPBACK}:{target}")
     try:
         assert proc.stdout is not None
         first = await deferToThread(proc.stdout.readline)
@@ -486,9 +489,7 @@ async def test_proxyForwardsUntilInterrupted(servers: Servers) -> None:
         assert "twisted-alive proxy: stopped after 1 connection, " in out
         assert "Traceback" not in err
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()
+        reap(proc)
 
 
 @pytest.mark.timeout(30)
@@ -645,15 +646,7 @@ def test_proxyListensOnLoopbackUnlessTold(listen: str, host: str, warned: bool) 
     """Over real sockets: the proxy listens on 127.0.0.1 unless LISTEN names an interface
     (a full tcp: string too); on another interface it warns, in one line, that other hosts
     can reach TARGET through it."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "twisted_alive", "proxy", listen, f"{LOOPBACK}:9"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=ENV,
-        cwd=REPO,
-        start_new_session=True,
-    )
+    proc = startCli("proxy", listen, f"{LOOPBACK}:9")
     try:
         assert proc.stdout is not None
         first = proc.stdout.readline()
@@ -669,6 +662,4 @@ def test_proxyListensOnLoopbackUnlessTold(listen: str, host: str, warned: bool) 
         assert (warning in err.splitlines()) is warned, err
         assert "Traceback" not in err
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()
+        reap(proc)

@@ -11,10 +11,10 @@ from collections import deque
 from typing import Any
 
 import pytest
-from support import RecordingPeer, TimedStringTransport
+from support import LogEvents, RecordingPeer, TimedStringTransport
 from twisted.internet.error import ConnectionAborted, ConnectionDone
 from twisted.internet.task import Clock
-from twisted.logger import LogEvent, LogLevel, globalLogPublisher
+from twisted.logger import LogLevel
 from twisted.python.failure import Failure
 
 from twisted_alive import AliveClientFactory, AliveServerFactory
@@ -422,15 +422,8 @@ def test_rejectedFloodLogsBoundedLines() -> None:
     def fail(payload: bytes) -> None:
         raise RuntimeError("not today")
 
-    events: list[LogEvent] = []
-
-    def observe(event: LogEvent) -> None:
-        if event.get("event") == "rejected":
-            events.append(event)
-
     before = rejectionsTotal()
-    globalLogPublisher.addObserver(observe)
-    try:
+    with LogEvents("rejected") as rejected:
         clock = Clock()
         proto = RecordingPeer(clock, fail)
         transport = TimedStringTransport(clock)
@@ -441,8 +434,7 @@ def test_rejectedFloodLogsBoundedLines() -> None:
             clock.advance(0)
         clock.advance(REJECTION_LOG_EVERY)
         proto.dataReceived(encode(Data(1001, b"m")))
-    finally:
-        globalLogPublisher.removeObserver(observe)
+    events = rejected.events
     assert rejectionsTotal() - before == 1001
     assert [e["log_level"] for e in events] == [LogLevel.error, LogLevel.error]
     assert "log_failure" in events[0] and "log_failure" not in events[1]

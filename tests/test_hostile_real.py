@@ -13,12 +13,12 @@ from collections.abc import Callable, Generator
 from typing import Any
 
 import pytest_twisted
-from support import BuiltProtocols, getReactor, listeningOn
+from support import BuiltProtocols, LogEvents, getReactor, listeningOn
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import LoopingCall, deferLater
-from twisted.logger import LogEvent, LogLevel, globalLogPublisher
+from twisted.logger import LogLevel
 
 from twisted_alive._frames import NO_SESSION, PROTOCOL_VERSION, Data, Hello, Ping, encode
 from twisted_alive._mixin import HeartbeatProtocol
@@ -154,27 +154,18 @@ def test_rejectedFloodLogsBoundedLines() -> Generator[Any, Any, None]:
     """3,000 messages the server's application fails on, over real sockets, produce one
     error line with a traceback (and no line per message); all are counted."""
     factory = Servers(fail=True)
-    events: list[LogEvent] = []
-
-    def observe(event: LogEvent) -> None:
-        if event.get("event") == "rejected":
-            events.append(event)
-
     before = rejectionsTotal()
-    globalLogPublisher.addObserver(observe)
-    try:
-        with listeningOn(factory) as port:
-            client = HeartbeatProtocol()
-            yield connectTo(port, client)
-            yield client.whenOpened()
-            for _ in range(6):
-                d = client.sendMessages([b"m"] * 500)
-                d.addErrback(lambda _: None)
-                yield d
-            yield deferLater(getReactor(), 0.05, lambda: None)
-            yield client.close()
-    finally:
-        globalLogPublisher.removeObserver(observe)
+    with LogEvents("rejected") as rejected, listeningOn(factory) as port:
+        client = HeartbeatProtocol()
+        yield connectTo(port, client)
+        yield client.whenOpened()
+        for _ in range(6):
+            d = client.sendMessages([b"m"] * 500)
+            d.addErrback(lambda _: None)
+            yield d
+        yield deferLater(getReactor(), 0.05, lambda: None)
+        yield client.close()
+    events = rejected.events
     assert rejectionsTotal() - before == 3000
     assert 1 <= len(events) <= 2
     assert all(e["log_level"] is LogLevel.error for e in events)

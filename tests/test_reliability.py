@@ -45,7 +45,7 @@ from typing import Any, TypeVar, cast
 
 import pytest
 import pytest_twisted
-from support import getReactor
+from support import LogEvents, getReactor
 from twisted.internet import threads
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
@@ -54,9 +54,7 @@ from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import Clock, LoopingCall, deferLater
-from twisted.logger import ILogObserver, LogEvent, globalLogPublisher
 from twisted.python.failure import Failure
-from zope.interface import implementer
 
 from twisted_alive._connection import State
 from twisted_alive._factories import AliveClientFactory, AliveServerFactory
@@ -116,26 +114,6 @@ def rssKiB(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     raise AssertionError(f"no VmRSS for process {pid}")
-
-
-@implementer(ILogObserver)
-class LogEvents:
-    """Collects the C{twisted_alive} log events with a given C{event} field."""
-
-    def __init__(self, kind: str) -> None:
-        self.kind = kind
-        self.events: list[LogEvent] = []
-
-    def __call__(self, event: LogEvent) -> None:
-        if event.get("log_namespace") == "twisted_alive" and event.get("event") == self.kind:
-            self.events.append(event)
-
-    def __enter__(self) -> LogEvents:
-        globalLogPublisher.addObserver(self)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        globalLogPublisher.removeObserver(self)
 
 
 # -- server processes ------------------------------------------------------------------
