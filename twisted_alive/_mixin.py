@@ -57,7 +57,7 @@ from twisted_alive._delivery import (
     Pacer,
     Session,
 )
-from twisted_alive._frames import DEFAULT_MAX_FRAME_SIZE, GoodbyeCode
+from twisted_alive._frames import DATA_OVERHEAD, DEFAULT_MAX_FRAME_SIZE, GoodbyeCode
 from twisted_alive._interfaces import ISessionHost
 from twisted_alive._liveness import STALL_THRESHOLD
 from twisted_alive._outcomes import DeliveryFailed, QueueFull, Receipt
@@ -922,7 +922,7 @@ class HeartbeatMixin(TimeoutMixin):
         limit = max(self.maxUnsentBytes, 2 * (conn.settings.maxFrameSize + 4))
         if unsent > limit:
             outbox = conn.session.outbox
-            frames = sum(len(entry.payload) + 13 for entry in outbox.inflight)
+            frames = sum(len(entry.payload) + DATA_OVERHEAD for entry in outbox.inflight)
             if unsent - frames > limit:
                 self._notReading(
                     f"peer stopped reading: {describeSize(unsent)} unsent, over the limit of "
