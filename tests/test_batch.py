@@ -34,9 +34,11 @@ from twisted.internet.testing import StringTransport
 from twisted.logger import capturedLogs
 from twisted.python.failure import Failure
 
-from twisted_alive._connection import State
 from twisted_alive._factories import AliveClientFactory, AliveServerFactory
-from twisted_alive._frames import (
+from twisted_alive._mixin import HeartbeatProtocol
+from twisted_alive._reasons import Reason
+from twisted_alive.core.connection import State
+from twisted_alive.core.frames import (
     DEFAULT_MAX_FRAME_SIZE,
     NO_SESSION,
     PROTOCOL_VERSION,
@@ -46,9 +48,7 @@ from twisted_alive._frames import (
     Hello,
     encode,
 )
-from twisted_alive._mixin import HeartbeatProtocol
-from twisted_alive._outcomes import DeliveryFailed, QueueFull, Receipt
-from twisted_alive._reasons import Reason
+from twisted_alive.core.outcomes import DeliveryFailed, QueueFull, Receipt
 from twisted_alive.testing import FakeLink
 
 _TwistedTest = Callable[[Callable[..., Generator[Any, Any, None]]], Callable[..., Any]]

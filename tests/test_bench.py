@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from twisted_alive._bench import (
+from twisted_alive.tools.bench import (
     SECTIONS,
     SIZES,
     Plan,
@@ -25,7 +25,7 @@ from twisted_alive._bench import (
     sectionsFor,
     summary,
 )
-from twisted_alive._cli import buildParser
+from twisted_alive.tools.cli import buildParser
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -246,7 +246,7 @@ def test_idleTableComparesEachHeartbeatWithNaive() -> None:
 def test_plotDrawsThroughputAndDetection(tmp_path: Path) -> None:
     """--plot writes a PNG with the throughput and detection-latency figures."""
     pytest.importorskip("matplotlib")
-    from twisted_alive._bench import plot
+    from twisted_alive.tools.bench import plot
 
     rate = summary([1000.0, 1200.0])
     results: dict[str, Any] = {

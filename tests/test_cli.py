@@ -1,6 +1,6 @@
 """
-Tests for the ``twisted-alive`` command line (L{twisted_alive._cli},
-L{twisted_alive._probe}, L{twisted_alive._demo}): the command runs as a
+Tests for the ``twisted-alive`` command line (L{twisted_alive.tools.cli},
+L{twisted_alive.tools.probe}, L{twisted_alive.tools.demo}): the command runs as a
 subprocess (``python -m twisted_alive``) against real servers on 127.0.0.1.
 """
 
@@ -37,9 +37,9 @@ from twisted.internet.interfaces import (
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.threads import deferToThread
 
-from twisted_alive import _cli
 from twisted_alive._factories import AliveServerFactory
 from twisted_alive._mixin import HeartbeatProtocol
+from twisted_alive.tools import cli as _cli
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 ensureDeferred = cast(Callable[[_F], _F], pytest_twisted.ensureDeferred)

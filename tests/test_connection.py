@@ -1,5 +1,5 @@
 """
-Tests for the sans-IO connection, ``twisted_alive._connection``: two
+Tests for the sans-IO connection, ``twisted_alive.core.connection``: two
 `Connection` objects wired back to back in memory, with a fake clock, and
 the test playing the application on each side.
 """
@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from twisted_alive._connection import (
+from twisted_alive.core.connection import (
     Confirmed,
     Connection,
     Event,
@@ -29,8 +29,8 @@ from twisted_alive._connection import (
     State,
     Violation,
 )
-from twisted_alive._delivery import Session
-from twisted_alive._frames import (
+from twisted_alive.core.delivery import Session
+from twisted_alive.core.frames import (
     DEFAULT_MAX_FRAME_SIZE,
     HELLO_ASSIGNED,
     HELLO_RESUMED,
@@ -49,7 +49,7 @@ from twisted_alive._frames import (
     encode,
     encodeData,
 )
-from twisted_alive._liveness import PING_BURST
+from twisted_alive.core.liveness import PING_BURST
 
 SETTINGS = Settings(interval=1.0, misses=3)
 TOKEN = bytes(range(0x40, 0x50))

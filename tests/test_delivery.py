@@ -1,5 +1,5 @@
 """
-Tests for the sans-IO delivery state, ``twisted_alive._delivery``: the
+Tests for the sans-IO delivery state, ``twisted_alive.core.delivery``: the
 outbox (sequence numbers, window, queue, acknowledgements, resume), the
 inbox (order, duplicates, gaps, window) and the session token.
 """
@@ -14,7 +14,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from twisted_alive._delivery import (
+from twisted_alive.core.delivery import (
     DEFAULT_MAX_QUEUE,
     DEFAULT_MAX_QUEUE_BYTES,
     DEFAULT_WINDOW,
@@ -24,8 +24,8 @@ from twisted_alive._delivery import (
     ProtocolViolation,
     Session,
 )
-from twisted_alive._frames import NO_SESSION
-from twisted_alive._outcomes import QueueFull
+from twisted_alive.core.frames import NO_SESSION
+from twisted_alive.core.outcomes import QueueFull
 
 BIG = 1 << 30
 """A payload limit no test message reaches."""

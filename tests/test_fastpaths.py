@@ -12,9 +12,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from twisted_alive._connection import Connection, Role, Settings, State
-from twisted_alive._delivery import EMPTY, Inbox, Outbox, ProtocolViolation
-from twisted_alive._frames import (
+from twisted_alive.core.connection import Connection, Role, Settings, State
+from twisted_alive.core.delivery import EMPTY, Inbox, Outbox, ProtocolViolation
+from twisted_alive.core.frames import (
     DEFAULT_MAX_FRAME_SIZE,
     NO_SESSION,
     PROTOCOL_VERSION,
@@ -31,7 +31,7 @@ from twisted_alive._frames import (
     encodePing,
     encodePong,
 )
-from twisted_alive._outcomes import QueueFull
+from twisted_alive.core.outcomes import QueueFull
 
 # -- frames --------------------------------------------------------------------------------------
 
@@ -342,7 +342,7 @@ def test_equalSettingsShareOneInstance() -> None:
 
 def test_sharedSettingsAreBounded() -> None:
     """Beyond the bound, settings are used as given and no more are kept."""
-    from twisted_alive import _connection
+    from twisted_alive.core import connection as _connection
 
     before = dict(_connection._SHARED_SETTINGS)
     try:

@@ -28,7 +28,7 @@ from twisted_alive import (
     HeartbeatProtocol,
     Reason,
 )
-from twisted_alive._frames import Goodbye, GoodbyeCode, encode
+from twisted_alive.core.frames import Goodbye, GoodbyeCode, encode
 
 
 class Peer(RecordingPeer):

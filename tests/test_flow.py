@@ -13,7 +13,7 @@ from twisted.internet.interfaces import IPushProducer
 from zope.interface import implementer
 
 from twisted_alive import AliveClientFactory, AliveServerFactory, HeartbeatProtocol, QueueFull
-from twisted_alive._delivery import Outbox, Pacer
+from twisted_alive.core.delivery import Outbox, Pacer
 from twisted_alive.testing import FakeLink
 
 

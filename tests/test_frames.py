@@ -1,5 +1,5 @@
 """
-Tests for the sans-IO frame codec, ``twisted_alive._frames``.
+Tests for the sans-IO frame codec, ``twisted_alive.core.frames``.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from twisted_alive._frames import (
+from twisted_alive.core.frames import (
     DATA_OVERHEAD,
     DEFAULT_MAX_FRAME_SIZE,
     HEADER_SIZE,

@@ -43,12 +43,12 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock, deferLater
 from twisted.python.failure import Failure
 
-from twisted_alive._connection import State
 from twisted_alive._factories import AliveClientFactory, AliveServerFactory
-from twisted_alive._frames import NO_SESSION, GoodbyeCode
 from twisted_alive._mixin import ABORT_GRACE, HeartbeatMixin, HeartbeatProtocol
-from twisted_alive._outcomes import DeliveryFailed, QueueFull, Receipt
 from twisted_alive._reasons import Loss, Reason
+from twisted_alive.core.connection import State
+from twisted_alive.core.frames import NO_SESSION, GoodbyeCode
+from twisted_alive.core.outcomes import DeliveryFailed, QueueFull, Receipt
 from twisted_alive.testing import FakeLink
 
 INTERVAL = 0.5

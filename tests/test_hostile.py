@@ -18,7 +18,14 @@ from twisted.logger import LogLevel
 from twisted.python.failure import Failure
 
 from twisted_alive import AliveClientFactory, AliveServerFactory
-from twisted_alive._frames import (
+from twisted_alive._mixin import (
+    CLIENT_MAX_PEER_INTERVAL,
+    SERVER_MAX_PEER_INTERVAL,
+    TURN_CHECK_EVERY,
+    unsentBytes,
+)
+from twisted_alive._reasons import Reason
+from twisted_alive.core.frames import (
     MIN_MAX_FRAME_SIZE,
     NO_SESSION,
     PROTOCOL_VERSION,
@@ -33,15 +40,8 @@ from twisted_alive._frames import (
     Reject,
     encode,
 )
-from twisted_alive._liveness import RTT_DEADLINE_FACTOR, RTT_PING_INTERVALS, Liveness
-from twisted_alive._mixin import (
-    CLIENT_MAX_PEER_INTERVAL,
-    SERVER_MAX_PEER_INTERVAL,
-    TURN_CHECK_EVERY,
-    unsentBytes,
-)
-from twisted_alive._reasons import Reason
-from twisted_alive._rejections import (
+from twisted_alive.core.liveness import RTT_DEADLINE_FACTOR, RTT_PING_INTERVALS, Liveness
+from twisted_alive.core.rejections import (
     MAX_CAUSES,
     MAX_NEW_CAUSES,
     OTHER_CAUSES,
@@ -475,7 +475,7 @@ def test_fakeLinkFlushRunsNextTurns() -> None:
 
 def test_rejectionsCountedInMetrics() -> None:
     """/metrics has twisted_alive_rejections_total, the process's rejections, logged or not."""
-    from twisted_alive._status import statusSite
+    from twisted_alive.service.status import statusSite
 
     site = statusSite([])
     before = site.registry.get_sample_value("twisted_alive_rejections_total")

@@ -20,10 +20,10 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import LogLevel
 
-from twisted_alive._frames import NO_SESSION, PROTOCOL_VERSION, Data, Hello, Ping, encode
 from twisted_alive._mixin import HeartbeatProtocol
 from twisted_alive._reasons import Loss, Reason
-from twisted_alive._rejections import rejectionsTotal
+from twisted_alive.core.frames import NO_SESSION, PROTOCOL_VERSION, Data, Hello, Ping, encode
+from twisted_alive.core.rejections import rejectionsTotal
 
 _TwistedTest = Callable[[Callable[..., Generator[Any, Any, None]]], Callable[..., Any]]
 twistedTest: _TwistedTest = pytest_twisted.inlineCallbacks

@@ -1,5 +1,5 @@
 """
-Tests for the sans-IO liveness state, ``twisted_alive._liveness``.
+Tests for the sans-IO liveness state, ``twisted_alive.core.liveness``.
 
 Time is a plain float handed to every call; nothing here reads a clock.
 """
@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from twisted_alive._liveness import (
+from twisted_alive.core.liveness import (
     GRID_STEPS,
     MAX_OUTSTANDING_PINGS,
     STALL_THRESHOLD,

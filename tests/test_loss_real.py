@@ -30,10 +30,10 @@ from twisted.logger import ILogObserver, globalLogPublisher
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from twisted_alive._frames import GoodbyeCode
 from twisted_alive._mixin import HeartbeatProtocol
-from twisted_alive._outcomes import DeliveryFailed
 from twisted_alive._reasons import Cause, Loss, Reason, classify
+from twisted_alive.core.frames import GoodbyeCode
+from twisted_alive.core.outcomes import DeliveryFailed
 
 ROOT = Path(__file__).resolve().parent.parent
 PEERS = Path(__file__).resolve().parent / "peers"

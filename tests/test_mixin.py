@@ -30,7 +30,9 @@ from twisted.logger import capturedLogs
 from twisted.python.failure import Failure
 from twisted.test.iosim import FakeTransport, IOPump, connect
 
-from twisted_alive._frames import (
+from twisted_alive._mixin import addressPhase
+from twisted_alive._reasons import Reason, classify
+from twisted_alive.core.frames import (
     DEFAULT_MAX_FRAME_SIZE,
     NO_SESSION,
     PROTOCOL_VERSION,
@@ -44,10 +46,8 @@ from twisted_alive._frames import (
     Ping,
     encode,
 )
-from twisted_alive._liveness import RTT_PING_INTERVALS
-from twisted_alive._mixin import addressPhase
-from twisted_alive._outcomes import DeliveryFailed, QueueFull, Receipt
-from twisted_alive._reasons import Reason, classify
+from twisted_alive.core.liveness import RTT_PING_INTERVALS
+from twisted_alive.core.outcomes import DeliveryFailed, QueueFull, Receipt
 
 INTERVAL = 0.2
 MISSES = 3

@@ -1,6 +1,6 @@
 """
-Tests for the operator's page of the status site (L{twisted_alive._page})
-and what it remembers (L{twisted_alive._history}): over real loopback
+Tests for the operator's page of the status site (L{twisted_alive.service.page})
+and what it remembers (L{twisted_alive.service.history}): over real loopback
 sockets with C{treq}, and with a C{task.Clock} for the sampler. No browser:
 C{tests/test_page_browser.py} drives one.
 """
@@ -27,11 +27,11 @@ from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 
 from twisted_alive._factories import AliveClientFactory, AliveServerFactory, tokenPrefix
-from twisted_alive._history import MAX_DETAIL, MAX_LOSSES, POINTS, History
 from twisted_alive._mixin import HeartbeatMixin, HeartbeatProtocol
-from twisted_alive._page import _SCRIPT, prefersHtml, renderPage
-from twisted_alive._status import AliveCollector, StatusSite, statusSite
-from twisted_alive._tap import EchoProtocol
+from twisted_alive.service.history import MAX_DETAIL, MAX_LOSSES, POINTS, History
+from twisted_alive.service.page import _SCRIPT, prefersHtml, renderPage
+from twisted_alive.service.status import AliveCollector, StatusSite, statusSite
+from twisted_alive.service.tap import EchoProtocol
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 ensureDeferred = cast(Callable[[_F], _F], pytest_twisted.ensureDeferred)

@@ -26,10 +26,10 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 
-from twisted_alive._connection import State
 from twisted_alive._factories import AliveServerFactory
-from twisted_alive._status import statusSite
-from twisted_alive._tap import EchoProtocol
+from twisted_alive.core.connection import State
+from twisted_alive.service.status import statusSite
+from twisted_alive.service.tap import EchoProtocol
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 ensureDeferred = cast(Callable[[_F], _F], pytest_twisted.ensureDeferred)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from twisted_alive._connection import (
+from twisted_alive.core.connection import (
     Connection,
     HelloReceived,
     Opened,
@@ -18,7 +18,7 @@ from twisted_alive._connection import (
     Settings,
     Violation,
 )
-from twisted_alive._frames import (
+from twisted_alive.core.frames import (
     HELLO_ASSIGNED,
     HELLO_RESUMED,
     NO_SESSION,

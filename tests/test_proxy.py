@@ -1,5 +1,5 @@
 """
-Tests for L{twisted_alive._proxy}: the fault-injecting proxy, over real
+Tests for L{twisted_alive.testing.chaos}: the fault-injecting proxy, over real
 loopback sockets, between plain Twisted echo servers and clients.
 """
 
@@ -35,7 +35,7 @@ from twisted.logger import ILogObserver, LogEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from twisted_alive._proxy import (
+from twisted_alive.testing.chaos import (
     FAULT_KINDS,
     ChaosProxy,
     Direction,

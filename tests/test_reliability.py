@@ -56,9 +56,11 @@ from twisted.internet.protocol import Protocol
 from twisted.internet.task import Clock, LoopingCall, deferLater
 from twisted.python.failure import Failure
 
-from twisted_alive._connection import State
 from twisted_alive._factories import AliveClientFactory, AliveServerFactory
-from twisted_alive._frames import (
+from twisted_alive._mixin import HeartbeatMixin, HeartbeatProtocol
+from twisted_alive._reasons import Cause, Loss, Reason
+from twisted_alive.core.connection import State
+from twisted_alive.core.frames import (
     DEFAULT_MAX_FRAME_SIZE,
     NO_SESSION,
     PROTOCOL_VERSION,
@@ -69,9 +71,7 @@ from twisted_alive._frames import (
     Hello,
     encode,
 )
-from twisted_alive._mixin import HeartbeatMixin, HeartbeatProtocol
-from twisted_alive._outcomes import DeliveryFailed, Receipt
-from twisted_alive._reasons import Cause, Loss, Reason
+from twisted_alive.core.outcomes import DeliveryFailed, Receipt
 from twisted_alive.testing import ChaosProxy, Faults
 
 _F = TypeVar("_F", bound=Callable[..., Any])

@@ -1,5 +1,5 @@
 """
-Tests for the server's sans-IO session table, ``twisted_alive._sessiontable``:
+Tests for the server's sans-IO session table, ``twisted_alive.core.sessions``:
 expiry by TTL and by count in least-recently-seen order, checked rule by
 rule and against a naive model (the scan the factory used to make on every
 operation) under random operations; and its cost, which must not grow with
@@ -15,8 +15,8 @@ import pytest
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from twisted_alive import _sessiontable
-from twisted_alive._sessiontable import SessionTable
+from twisted_alive.core import sessions as _sessiontable
+from twisted_alive.core.sessions import SessionTable
 
 
 def tableOf(*keys: str, now: float = 0.0) -> SessionTable[str, str]:

@@ -28,10 +28,10 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from twisted_alive._factories import AliveClientFactory, AliveServerFactory, Retry
-from twisted_alive._frames import GoodbyeCode
 from twisted_alive._mixin import HeartbeatProtocol
-from twisted_alive._outcomes import DeliveryFailed, QueueFull, Receipt
 from twisted_alive._reasons import Reason
+from twisted_alive.core.frames import GoodbyeCode
+from twisted_alive.core.outcomes import DeliveryFailed, QueueFull, Receipt
 
 failureOf = cast(Callable[[BaseException], Failure], Failure)
 """C{Failure(exception)}, typed."""
@@ -701,7 +701,7 @@ def test_cutDuringResumeHello() -> None:
 def test_duplicateDataDropped() -> None:
     """A DATA that arrives again with a sequence number already received is
     dropped: the application sees the message once."""
-    from twisted_alive._frames import encodeData
+    from twisted_alive.core.frames import encodeData
 
     network, cf, sf, wire = connected()
     outcomes = Outcomes()

@@ -27,8 +27,8 @@ from twisted.internet.task import deferLater
 
 from twisted_alive._factories import AliveClientFactory, AliveServerFactory
 from twisted_alive._mixin import HeartbeatProtocol
-from twisted_alive._outcomes import Receipt
-from twisted_alive._proxy import ChaosProxy, Faults
+from twisted_alive.core.outcomes import Receipt
+from twisted_alive.testing.chaos import ChaosProxy, Faults
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 ensureDeferred = cast(Callable[[_F], _F], pytest_twisted.ensureDeferred)

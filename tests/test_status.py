@@ -1,5 +1,5 @@
 """
-Tests for L{twisted_alive._status}: the status site, queried with C{treq}
+Tests for L{twisted_alive.service.status}: the status site, queried with C{treq}
 over real loopback sockets, in front of a real L{AliveServerFactory} with
 real client connections.
 """
@@ -30,8 +30,8 @@ from twisted.logger import Logger
 from twisted_alive._factories import AliveClientFactory, AliveServerFactory, tokenPrefix
 from twisted_alive._mixin import HeartbeatMixin, HeartbeatProtocol
 from twisted_alive._reasons import Loss, Reason
-from twisted_alive._status import StatusSite, statusSite
-from twisted_alive._tap import EchoProtocol
+from twisted_alive.service.status import StatusSite, statusSite
+from twisted_alive.service.tap import EchoProtocol
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 ensureDeferred = cast(Callable[[_F], _F], pytest_twisted.ensureDeferred)

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 from support import environment, killGroup
 
-from twisted_alive._frames import (
+from twisted_alive.core.frames import (
     DEFAULT_MAX_FRAME_SIZE,
     NO_SESSION,
     PROTOCOL_VERSION,

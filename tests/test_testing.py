@@ -29,11 +29,11 @@ from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from twisted_alive._factories import AliveClientFactory, AliveServerFactory
-from twisted_alive._frames import GoodbyeCode
-from twisted_alive._liveness import GRID_STEPS
 from twisted_alive._mixin import HeartbeatProtocol
-from twisted_alive._outcomes import DeliveryFailed, Receipt
 from twisted_alive._reasons import Loss, Reason
+from twisted_alive.core.frames import GoodbyeCode
+from twisted_alive.core.liveness import GRID_STEPS
+from twisted_alive.core.outcomes import DeliveryFailed, Receipt
 from twisted_alive.testing import ChaosProxy, FakeLink, FakeTransport, Faults, parseFaults
 
 INTERVAL = 1.0

@@ -30,10 +30,10 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.internet.task import deferLater
 
 from twisted_alive._factories import AliveClientFactory, AliveServerFactory
-from twisted_alive._frames import GoodbyeCode
 from twisted_alive._mixin import HeartbeatMixin, HeartbeatProtocol
-from twisted_alive._outcomes import DeliveryFailed
 from twisted_alive._reasons import Loss, Reason
+from twisted_alive.core.frames import GoodbyeCode
+from twisted_alive.core.outcomes import DeliveryFailed
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 ensureDeferred = cast(Callable[[_F], _F], pytest_twisted.ensureDeferred)

@@ -33,8 +33,8 @@ from twisted.python.failure import Failure
 
 from twisted_alive._factories import AliveClientFactory
 from twisted_alive._mixin import HeartbeatMixin, HeartbeatProtocol
-from twisted_alive._outcomes import DeliveryFailed
 from twisted_alive._reasons import Cause, Loss, Reason, causeOf, classify
+from twisted_alive.core.outcomes import DeliveryFailed
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 ensureDeferred = cast(Callable[[_F], _F], pytest_twisted.ensureDeferred)

@@ -1,5 +1,5 @@
 """
-Tests for the twistd plugin C{alive} (L{twisted_alive._tap}): option
+Tests for the twistd plugin C{alive} (L{twisted_alive.service.tap}): option
 parsing and the service in this process, then C{twistd -n alive} as a
 subprocess, with real clients, the status service and SIGTERM.
 """
@@ -27,10 +27,10 @@ from twisted.python import usage
 from zope.interface import implementer
 
 from twisted_alive._factories import AliveClientFactory, AliveServerFactory
-from twisted_alive._frames import GoodbyeCode
 from twisted_alive._mixin import ABORT_GRACE, HeartbeatMixin, HeartbeatProtocol
 from twisted_alive._reasons import Loss, Reason
-from twisted_alive._tap import (
+from twisted_alive.core.frames import GoodbyeCode
+from twisted_alive.service.tap import (
     AliveServerService,
     EchoProtocol,
     Options,

@@ -24,7 +24,7 @@ from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
 
 from twisted_alive import AliveServerFactory, HeartbeatProtocol
-from twisted_alive._frames import (
+from twisted_alive.core.frames import (
     DEFAULT_MAX_FRAME_SIZE,
     HELLO_ASSIGNED,
     HELLO_RESUMED,

@@ -54,9 +54,7 @@ from twisted.web import resource, server
 from zope.interface import implementer
 
 import twisted
-from twisted_alive._connection import State
 from twisted_alive._mixin import HeartbeatMixin
-from twisted_alive._outcomes import QueueFull
 from twisted_alive._reasons import (
     ConnectionAbortedWithLoss,
     ConnectionDoneWithLoss,
@@ -65,6 +63,8 @@ from twisted_alive._reasons import (
     Reason,
 )
 from twisted_alive._wrapping import AliveWrappingFactory, AliveWrappingProtocol
+from twisted_alive.core.connection import State
+from twisted_alive.core.outcomes import QueueFull
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 ensureDeferred = cast(Callable[[_F], _F], pytest_twisted.ensureDeferred)

@@ -34,7 +34,14 @@ from twisted.python.failure import Failure
 from twisted.test import iosim
 from zope.interface import implementer
 
-from twisted_alive._frames import (
+from twisted_alive._mixin import (
+    HeartbeatProtocol,
+    _pongWatchers,
+    canWriteThrough,
+    watchPongs,
+)
+from twisted_alive._reasons import Reason
+from twisted_alive.core.frames import (
     DEFAULT_MAX_FRAME_SIZE,
     NO_SESSION,
     PROTOCOL_VERSION,
@@ -47,15 +54,8 @@ from twisted_alive._frames import (
     Pong,
     encode,
 )
-from twisted_alive._mixin import (
-    HeartbeatProtocol,
-    _pongWatchers,
-    canWriteThrough,
-    watchPongs,
-)
-from twisted_alive._outcomes import Receipt
-from twisted_alive._reasons import Reason
-from twisted_alive._status import statusSite
+from twisted_alive.core.outcomes import Receipt
+from twisted_alive.service.status import statusSite
 from twisted_alive.testing import FakeLink
 
 HOST = "127.0.0.1"

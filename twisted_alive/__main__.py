@@ -4,7 +4,7 @@
 
 from __future__ import annotations
 
-from twisted_alive._cli import main
+from twisted_alive.tools.cli import main
 
 if __name__ == "__main__":
     main()

@@ -35,15 +35,6 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from twisted_alive._connection import Role, Settings, State
-from twisted_alive._delivery import (
-    DEFAULT_MAX_QUEUE,
-    DEFAULT_MAX_QUEUE_BYTES,
-    DEFAULT_WINDOW,
-    Entry,
-    Session,
-)
-from twisted_alive._frames import DEFAULT_MAX_FRAME_SIZE, NO_SESSION, GoodbyeCode
 from twisted_alive._interfaces import ISessionHost
 from twisted_alive._mixin import (
     BatchDeferred,
@@ -54,9 +45,18 @@ from twisted_alive._mixin import (
     failDelivery,
     registerPacer,
 )
-from twisted_alive._outcomes import DeliveryFailed, QueueFull, Receipt
 from twisted_alive._reasons import Cause, Loss, Reason, causeOf, classify
-from twisted_alive._sessiontable import SessionTable
+from twisted_alive.core.connection import Role, Settings, State
+from twisted_alive.core.delivery import (
+    DEFAULT_MAX_QUEUE,
+    DEFAULT_MAX_QUEUE_BYTES,
+    DEFAULT_WINDOW,
+    Entry,
+    Session,
+)
+from twisted_alive.core.frames import DEFAULT_MAX_FRAME_SIZE, NO_SESSION, GoodbyeCode
+from twisted_alive.core.outcomes import DeliveryFailed, QueueFull, Receipt
+from twisted_alive.core.sessions import SessionTable
 
 log = Logger(namespace="twisted_alive")
 

@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING
 from zope.interface import Attribute, Interface
 
 if TYPE_CHECKING:
-    from twisted_alive._delivery import Session
     from twisted_alive._reasons import Loss
+    from twisted_alive.core.delivery import Session
 
 
 class ISessionHost(Interface):

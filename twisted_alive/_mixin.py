@@ -32,7 +32,10 @@ from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from twisted_alive._connection import (
+from twisted_alive._interfaces import ISessionHost
+from twisted_alive._reasons import Cause, Loss, Reason, causeOf, classify
+from twisted_alive._timers import wheelFor
+from twisted_alive.core.connection import (
     Confirmed,
     Connection,
     Event,
@@ -48,7 +51,7 @@ from twisted_alive._connection import (
     State,
     Violation,
 )
-from twisted_alive._delivery import (
+from twisted_alive.core.delivery import (
     DEFAULT_MAX_QUEUE,
     DEFAULT_MAX_QUEUE_BYTES,
     DEFAULT_WINDOW,
@@ -57,13 +60,10 @@ from twisted_alive._delivery import (
     Pacer,
     Session,
 )
-from twisted_alive._frames import DATA_OVERHEAD, DEFAULT_MAX_FRAME_SIZE, GoodbyeCode
-from twisted_alive._interfaces import ISessionHost
-from twisted_alive._liveness import STALL_THRESHOLD
-from twisted_alive._outcomes import DeliveryFailed, QueueFull, Receipt
-from twisted_alive._reasons import Cause, Loss, Reason, causeOf, classify
-from twisted_alive._rejections import RejectionLog, Report
-from twisted_alive._timers import wheelFor
+from twisted_alive.core.frames import DATA_OVERHEAD, DEFAULT_MAX_FRAME_SIZE, GoodbyeCode
+from twisted_alive.core.liveness import STALL_THRESHOLD
+from twisted_alive.core.outcomes import DeliveryFailed, QueueFull, Receipt
+from twisted_alive.core.rejections import RejectionLog, Report
 
 log = Logger(namespace="twisted_alive")
 

@@ -2,7 +2,7 @@
 Timers shared by many connections: one reactor call per due time.
 
 Every connection keeps its deadline on ``TimeoutMixin``'s timer, and the
-liveness core (`twisted_alive._liveness`) puts wake times on a grid, so
+liveness core (`twisted_alive.core.liveness`) puts wake times on a grid, so
 thousands of connections wake at the same few times. `TimerWheel` is the
 ``callLater`` behind that timer: calls due at the same time share one
 ``DelayedCall`` of the reactor and are run one after the other when it

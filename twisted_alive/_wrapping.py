@@ -31,10 +31,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import directlyProvides, implementer, providedBy
 
-from twisted_alive._connection import State
-from twisted_alive._frames import DEFAULT_MAX_FRAME_SIZE
 from twisted_alive._mixin import HeartbeatMixin
-from twisted_alive._outcomes import QueueFull
 from twisted_alive._reasons import (
     ConnectionAbortedWithLoss,
     ConnectionDoneWithLoss,
@@ -42,6 +39,9 @@ from twisted_alive._reasons import (
     Loss,
     Reason,
 )
+from twisted_alive.core.connection import State
+from twisted_alive.core.frames import DEFAULT_MAX_FRAME_SIZE
+from twisted_alive.core.outcomes import QueueFull
 
 log = Logger(namespace="twisted_alive")
 

@@ -40,10 +40,10 @@ from twisted.internet.protocol import Factory
 from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
 
-from twisted_alive._frames import GoodbyeCode
 from twisted_alive._mixin import HeartbeatProtocol
-from twisted_alive._outcomes import Receipt
 from twisted_alive._reasons import Loss
+from twisted_alive.core.frames import GoodbyeCode
+from twisted_alive.core.outcomes import Receipt
 
 BEHAVIOURS = ("echo", "goodbye-after-first", "rst-after-first", "send")
 

@@ -25,7 +25,7 @@ import json
 import socket
 import sys
 
-from twisted_alive._frames import (
+from twisted_alive.core.frames import (
     NO_SESSION,
     PROTOCOL_VERSION,
     Data,

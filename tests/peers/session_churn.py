@@ -36,14 +36,14 @@ from typing import Any
 from twisted.internet.task import Clock
 
 from twisted_alive._factories import AliveServerFactory
-from twisted_alive._frames import (
+from twisted_alive._reasons import Loss, Reason
+from twisted_alive.core.frames import (
     DEFAULT_MAX_FRAME_SIZE,
     NO_SESSION,
     PROTOCOL_VERSION,
     Hello,
     encode,
 )
-from twisted_alive._reasons import Loss, Reason
 
 HELLO = encode(Hello(PROTOCOL_VERSION, 0, 5.0, DEFAULT_MAX_FRAME_SIZE, 1024, 1, NO_SESSION, 1))
 UNKNOWN = encode(

@@ -35,7 +35,12 @@ from twisted.python import usage
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from twisted_alive._cli import (
+from twisted_alive._factories import AliveServerFactory, _settingsOf
+from twisted_alive._mixin import ABORT_GRACE, HeartbeatMixin, HeartbeatProtocol
+from twisted_alive.core.frames import GoodbyeCode
+from twisted_alive.core.outcomes import DeliveryFailed
+from twisted_alive.service.status import StatusSite, statusSite
+from twisted_alive.tools.cli import (
     EndpointError,
     listenProblem,
     reachableFromOtherHosts,
@@ -43,11 +48,6 @@ from twisted_alive._cli import (
     splitEndpoint,
     withDefault,
 )
-from twisted_alive._factories import AliveServerFactory, _settingsOf
-from twisted_alive._frames import GoodbyeCode
-from twisted_alive._mixin import ABORT_GRACE, HeartbeatMixin, HeartbeatProtocol
-from twisted_alive._outcomes import DeliveryFailed
-from twisted_alive._status import StatusSite, statusSite
 
 log = Logger(namespace="twisted_alive")
 

@@ -2,7 +2,7 @@
 Measure twisted_alive against Twisted baselines, over loopback.
 
 ``twisted-alive bench`` starts client and server processes
-(``python -m twisted_alive._bench_worker``, see that module) on 127.0.0.1
+(``python -m twisted_alive.tools.bench_worker``, see that module) on 127.0.0.1
 and measures, in one run:
 
 1. one-way throughput at 16 B, 256 B and 4 KiB: ``sendMessage`` without
@@ -55,7 +55,7 @@ TARGET_SIZE = 256
 SECTIONS = ("throughput", "confirmed", "latency", "acks", "detection", "idle")
 """The measurements, in the order they run and print."""
 
-WORKER = "twisted_alive._bench_worker"
+WORKER = "twisted_alive.tools.bench_worker"
 
 BATCH = 256
 """Messages per ``sendMessages`` call in the ``alive-batch`` runs (the
@@ -146,7 +146,7 @@ def workerEnvironment() -> dict[str, str]:
     """The environment of worker processes: ours, with this package
     importable even when it runs from a source tree."""
     env = dict(os.environ)
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     paths = [root] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
     env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
     return env
@@ -936,7 +936,7 @@ def run(args: argparse.Namespace) -> int:
     :returns: 0 once every measurement asked for is done; 1 if one failed;
         2 for a usage error.
     """
-    from twisted_alive._cli import fail
+    from twisted_alive.tools.cli import fail
 
     if not sys.platform.startswith("linux"):
         return fail("bench", "the bench needs Linux (/proc and SIGSTOP)", 1)

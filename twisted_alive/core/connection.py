@@ -18,8 +18,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from twisted_alive import _frames
-from twisted_alive._delivery import (
+from twisted_alive.core import frames as _frames
+from twisted_alive.core.delivery import (
     DEFAULT_MAX_QUEUE,
     DEFAULT_MAX_QUEUE_BYTES,
     DEFAULT_WINDOW,
@@ -27,7 +27,7 @@ from twisted_alive._delivery import (
     ProtocolViolation,
     Session,
 )
-from twisted_alive._frames import (
+from twisted_alive.core.frames import (
     DATA_OVERHEAD,
     HELLO_ASSIGNED,
     HELLO_KNOWN_FLAGS,
@@ -46,7 +46,7 @@ from twisted_alive._frames import (
     Pong,
     Reject,
 )
-from twisted_alive._liveness import PING_BURST, Liveness, TimerAction
+from twisted_alive.core.liveness import PING_BURST, Liveness, TimerAction
 
 _EXPIRED = TimerAction.EXPIRED
 _PING = TimerAction.PING

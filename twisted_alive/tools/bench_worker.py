@@ -1,7 +1,7 @@
 """
 The processes that ``twisted-alive bench`` measures.
 
-Run as ``python -m twisted_alive._bench_worker ROLE [options]``. Each worker
+Run as ``python -m twisted_alive.tools.bench_worker ROLE [options]``. Each worker
 runs its own reactor and talks to the bench in JSON lines on its standard
 output: a server prints ``{"port": N}`` once it listens, a client prints one
 ``{"result": ...}`` line when its measurement is done, and every worker
@@ -60,8 +60,10 @@ from twisted.protocols.basic import Int32StringReceiver
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from twisted_alive._delivery import DEFAULT_WINDOW
-from twisted_alive._frames import (
+from twisted_alive._mixin import HeartbeatProtocol
+from twisted_alive._reasons import Loss
+from twisted_alive.core.delivery import DEFAULT_WINDOW
+from twisted_alive.core.frames import (
     DEFAULT_MAX_FRAME_SIZE,
     NO_SESSION,
     PROTOCOL_VERSION,
@@ -71,9 +73,7 @@ from twisted_alive._frames import (
     encode,
     encodePong,
 )
-from twisted_alive._mixin import HeartbeatProtocol
-from twisted_alive._outcomes import Receipt
-from twisted_alive._reasons import Loss
+from twisted_alive.core.outcomes import Receipt
 
 HOST = "127.0.0.1"
 """Every connection of the bench is on loopback."""
@@ -926,7 +926,7 @@ ROLES: dict[str, Callable[[argparse.Namespace], None]] = {
 
 def parser() -> argparse.ArgumentParser:
     """The worker's command line."""
-    p = argparse.ArgumentParser(prog="python -m twisted_alive._bench_worker")
+    p = argparse.ArgumentParser(prog="python -m twisted_alive.tools.bench_worker")
     p.add_argument("role", choices=sorted(ROLES))
     p.add_argument("--impl", default="alive")
     p.add_argument("--port", type=int, default=0)

@@ -9,9 +9,10 @@ Fakes and fault injection for testing protocols built on twisted_alive.
   Deterministic: no sockets, no reactor, no sleeping. As with Twisted's own
   transports, ``abortConnection`` calls ``connectionLost`` later (at the
   next `FakeLink.flush`), never from inside the call.
-- `ChaosProxy` is a fault-injecting TCP proxy over real loopback sockets
-  (resets, stalls, half-closes, fragmentation, delay; seeded), also
-  available as ``twisted-alive proxy``.
+- `ChaosProxy` (in ``twisted_alive.testing.chaos``, loaded only when used)
+  is a fault-injecting TCP proxy over real loopback sockets (resets,
+  stalls, half-closes, fragmentation, delay; seeded), also available as
+  ``twisted-alive proxy``.
 
 Example::
 
@@ -46,8 +47,6 @@ from twisted.internet.interfaces import (
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from zope.interface import implementer
-
-from twisted_alive._proxy import ChaosProxy, Faults, parseFaults
 
 __all__ = ["FakeLink", "FakeTransport", "ChaosProxy", "Faults", "parseFaults"]
 
@@ -352,3 +351,17 @@ class FakeLink(Generic[_Server, _Client]):
     def stalled(self) -> bool:
         """Whether any direction is stalled."""
         return bool(self._stalled)
+
+
+_CHAOS = frozenset({"ChaosProxy", "Faults", "parseFaults"})
+
+
+def __getattr__(name: str) -> Any:
+    """``ChaosProxy``, ``Faults`` and ``parseFaults`` live in
+    ``twisted_alive.testing.chaos`` (real sockets): imported on first use,
+    so that importing the in-memory fakes never loads the proxy."""
+    if name in _CHAOS:
+        from twisted_alive.testing import chaos
+
+        return getattr(chaos, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

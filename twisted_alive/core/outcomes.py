@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from twisted_alive._reasons import Loss
+    from twisted_alive.core.reasons import Loss
 
 
 @dataclass(frozen=True)

@@ -21,8 +21,8 @@ from collections.abc import Sequence
 from itertools import islice
 from typing import Any
 
-from twisted_alive._frames import NO_SESSION, Data
-from twisted_alive._outcomes import QueueFull
+from twisted_alive.core.frames import NO_SESSION, Data
+from twisted_alive.core.outcomes import QueueFull
 
 DEFAULT_WINDOW = 1024
 """Unacknowledged messages a sender may have in flight."""

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
         IStreamServerEndpoint,
     )
 
-    from twisted_alive._proxy import ChaosProxy
+    from twisted_alive.testing.chaos import ChaosProxy
 
 PROG = "twisted-alive"
 """The name of the command, in usage lines and error messages."""
@@ -65,10 +65,10 @@ class Subcommand(Protocol):
 
 
 SUBCOMMANDS: list[tuple[str, str, bool]] = [
-    ("probe", "twisted_alive._probe", False),
-    ("demo", "twisted_alive._demo", False),
-    ("proxy", "twisted_alive._cli:ProxyCommand", False),
-    ("bench", "twisted_alive._bench", True),
+    ("probe", "twisted_alive.tools.probe", False),
+    ("demo", "twisted_alive.tools.demo", False),
+    ("proxy", "twisted_alive.tools.cli:ProxyCommand", False),
+    ("bench", "twisted_alive.tools.bench", True),
 ]
 """The subcommands, in the order ``--help`` lists them: ``(name, target,
 optional)``. An optional subcommand whose module is not installed is left
@@ -622,7 +622,7 @@ class ProxyCommand:
         """
         from twisted.internet import reactor
 
-        from twisted_alive._proxy import ChaosProxy, parseFaults
+        from twisted_alive.testing.chaos import ChaosProxy, parseFaults
 
         try:
             faults = parseFaults(args.faults)
@@ -695,7 +695,7 @@ def _startProxyLog() -> None:
     from twisted.logger import ILogObserver, LogLevel, formatEvent, globalLogBeginner
 
     def observe(event: dict[str, Any]) -> None:
-        if event.get("log_namespace") != "twisted_alive._proxy":
+        if event.get("log_namespace") != "twisted_alive.testing.chaos":
             return  # not the proxy's own events (factories starting...)
         if str(event.get("log_format", "")).startswith("chaos proxy seed"):
             return  # already on the first line of output

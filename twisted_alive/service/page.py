@@ -23,7 +23,7 @@ from importlib import metadata
 from typing import Any, Protocol
 
 from twisted_alive._factories import AliveServerFactory
-from twisted_alive._history import History, connectionRows
+from twisted_alive.service.history import History, connectionRows
 
 REFRESH_SECONDS = 2.0
 """How often the page fetches ``status.json``."""

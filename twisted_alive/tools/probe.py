@@ -37,9 +37,9 @@ from twisted.internet.defer import CancelledError, Deferred, TimeoutError
 from twisted.internet.error import ConnectingCancelledError
 from twisted.internet.protocol import Factory
 
-from twisted_alive._frames import FrameDecoder, FrameError, Hello, Kind
 from twisted_alive._mixin import HeartbeatProtocol
 from twisted_alive._reasons import Loss, Reason, classify
+from twisted_alive.core.frames import FrameDecoder, FrameError, Hello, Kind
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import (
@@ -519,7 +519,7 @@ def run(args: argparse.Namespace) -> int:
     """
     from twisted.internet import reactor
 
-    from twisted_alive._cli import EndpointError, clientEndpoint, fail, runReactor
+    from twisted_alive.tools.cli import EndpointError, clientEndpoint, fail, runReactor
 
     try:
         endpoint = clientEndpoint(reactor, args.endpoint)

@@ -56,16 +56,16 @@ from twisted.python.failure import Failure
 
 import twisted_alive
 from twisted_alive._factories import AliveClientFactory, AliveServerFactory
-from twisted_alive._frames import GoodbyeCode
 from twisted_alive._mixin import HeartbeatMixin, HeartbeatProtocol
-from twisted_alive._outcomes import Receipt
-from twisted_alive._proxy import ChaosProxy
 from twisted_alive._reasons import Loss, Reason
+from twisted_alive.core.frames import GoodbyeCode
+from twisted_alive.core.outcomes import Receipt
+from twisted_alive.testing.chaos import ChaosProxy
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 
-    from twisted_alive._status import StatusSite
+    from twisted_alive.service.status import StatusSite
 
 _T = TypeVar("_T")
 
@@ -503,7 +503,7 @@ class Demo:
 
         :raises CannotListen: if it cannot listen there.
         """
-        from twisted_alive._status import statusSite
+        from twisted_alive.service.status import statusSite
 
         if self.status is None:
             return
@@ -1061,7 +1061,7 @@ def run(args: argparse.Namespace) -> int:
     :param args: the parsed arguments.
     :returns: the exit code.
     """
-    from twisted_alive._cli import EndpointError, fail, runReactor, serverEndpoint
+    from twisted_alive.tools.cli import EndpointError, fail, runReactor, serverEndpoint
 
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**31)
     status: IStreamServerEndpoint | None = None

@@ -1,6 +1,6 @@
 """
 The HTTP status service of `AliveServerFactory` servers: the operator's page
-at ``/`` (for a browser; see `twisted_alive._page`), ``/status.json``,
+at ``/`` (for a browser; see `twisted_alive.service.page`), ``/status.json``,
 ``/health``, ``/connections`` (JSON) and ``/metrics`` (Prometheus text).
 
 `statusSite` builds a ``twisted.web`` site for one or more factories. Every
@@ -27,13 +27,19 @@ from twisted.web.resource import IResource, Resource
 from twisted.web.server import Site
 from zope.interface import implementer
 
-from twisted_alive._connection import State
 from twisted_alive._factories import AliveServerFactory
-from twisted_alive._history import History
 from twisted_alive._mixin import watchPongs
-from twisted_alive._page import htmlHeaders, newNonce, prefersHtml, renderPage, statusSnapshot
 from twisted_alive._reasons import Reason
-from twisted_alive._rejections import rejectionsTotal
+from twisted_alive.core.connection import State
+from twisted_alive.core.rejections import rejectionsTotal
+from twisted_alive.service.history import History
+from twisted_alive.service.page import (
+    htmlHeaders,
+    newNonce,
+    prefersHtml,
+    renderPage,
+    statusSnapshot,
+)
 
 LOG_NAMESPACE = "twisted_alive"
 """The namespace of the log events this package emits."""

@@ -1,0 +1,1 @@
+"""The deployable service: the twistd plugin's service and the status site."""
