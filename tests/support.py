@@ -23,6 +23,8 @@ from zope.interface import implementer
 
 from twisted_alive._mixin import HeartbeatProtocol
 from twisted_alive._reasons import Loss
+from twisted_alive.core.connection import Connection, Event
+from twisted_alive.core.delivery import Session
 
 ROOT = Path(__file__).resolve().parent.parent
 """The repository: put on ``PYTHONPATH`` so that scripts import the package
@@ -265,3 +267,24 @@ class LogEvents:
 
     def __exit__(self, *exc: object) -> None:
         globalLogPublisher.removeObserver(self)
+
+
+def fed(conn: Connection, data: bytes, now: float) -> list[Event]:
+    """Feed ``data`` to a sans-IO ``conn``; the events it queued (received
+    messages stay in the session's inbox)."""
+    conn.receiveData(data, now)
+    return conn.takeEvents()
+
+
+def timed(conn: Connection, now: float, scheduledFor: float, queued: float = 0.0) -> list[Event]:
+    """Fire ``conn``'s timer (armed for ``scheduledFor``) at ``now``; the
+    events it queued."""
+    conn.handleTimer(now, scheduledFor, queued)
+    return conn.takeEvents()
+
+
+def accepted(conn: Connection, session: Session, resumed: bool, now: float) -> list[Event]:
+    """(Server.) Answer ``conn``'s client HELLO with ``session``; the events
+    that queued."""
+    conn.acceptSession(session, resumed, now)
+    return conn.takeEvents()

@@ -12,21 +12,26 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support import accepted, fed, timed
 
 from twisted_alive.core.connection import (
+    CloseNow,
     Confirmed,
     Connection,
+    Ending,
     Event,
     Expired,
     GoodbyeReceived,
     HelloReceived,
     Opened,
     PongReceived,
+    Rejected,
     Role,
     SessionUnknown,
     Settings,
     Stalled,
     State,
+    TooLarge,
     Violation,
 )
 from twisted_alive.core.delivery import Session
@@ -50,6 +55,7 @@ from twisted_alive.core.frames import (
     encodeData,
 )
 from twisted_alive.core.liveness import PING_BURST
+from twisted_alive.core.reasons import Reason
 
 SETTINGS = Settings(interval=1.0, misses=3)
 TOKEN = bytes(range(0x40, 0x50))
@@ -160,7 +166,7 @@ class Wire:
 
     def feed(self, dst: Connection, data: bytes) -> list[Event]:
         """Hand C{data} to C{dst}, answer a client's HELLO, run its application."""
-        events = dst.receiveData(data, self.now)
+        events = fed(dst, data, self.now)
         for event in list(events):
             if isinstance(event, HelloReceived) and self.accept is not None:
                 events.extend(self.accept(dst, event.hello, self.now))
@@ -253,12 +259,12 @@ class Server:
             session = self.settings.newSession(Session.newToken())
             self.sessions[session.token] = session
             self.app.session = session
-            return conn.acceptSession(session, False, now)
+            return accepted(conn, session, False, now)
         found = self.sessions.get(hello.session)
         if found is None:
             conn.refuseSession(f"session {hello.session.hex()[:8]} is unknown or expired")
             return []
-        return conn.acceptSession(found, True, now)
+        return accepted(conn, found, True, now)
 
 
 def peers(settingsA: Settings = SETTINGS, settingsB: Settings = SETTINGS, now: float = 0.0) -> Wire:
@@ -276,7 +282,7 @@ def openPeers(settingsA: Settings = SETTINGS, settingsB: Settings = SETTINGS) ->
 
 def afterHandshake(conn: Connection, interval: float = 1.0, window: int = 1024) -> Connection:
     """C{conn} after a hand-made peer HELLO; its own output is discarded."""
-    events = conn.receiveData(hello(interval=interval, window=window), 0.0)
+    events = fed(conn, hello(interval=interval, window=window), 0.0)
     assert events == [Opened(False)]
     conn.dataToSend(0.0)
     return conn
@@ -385,7 +391,7 @@ def test_ackCoalescing() -> None:
     submit(a, 0.0, *[b"m%d" % i for i in range(100)])
     data = a.dataToSend(0.0)
     assert len(decode(data)) == 100
-    events = b.receiveData(data, 0.0)
+    events = fed(b, data, 0.0)
     assert events == []
     assert len(processAll(b)) == 100
     b.flushAck()  # nothing new processed: no second ACK
@@ -423,13 +429,14 @@ def test_duplicateAckIsHarmless() -> None:
     a = wire.a
     submit(a, 0.0, b"x")
     wire.pull(a)
-    assert confirmedHandles(a.receiveData(encode(Ack(1)), 0.0)) == [b"x"]
-    assert a.receiveData(encode(Ack(1)) + encode(Ack(0)), 0.0) == []
+    assert confirmedHandles(fed(a, encode(Ack(1)), 0.0)) == [b"x"]
+    assert fed(a, encode(Ack(1)) + encode(Ack(0)), 0.0) == []
     assert a.state is State.OPEN
 
 
 def test_rejectFlow() -> None:
-    """A rejected message: REJECT, then ACK; the sender gets it Confirmed, its seq in rejected."""
+    """A rejected message: REJECT, then ACK; the sender gets the others Confirmed and it
+    Rejected, with the peer's text."""
     wire = openPeers()
     a, b = wire.a, wire.b
     submit(a, 0.0, b"ok1", b"bad", b"ok3")
@@ -444,16 +451,19 @@ def test_rejectFlow() -> None:
     b.flushAck()
     data = b.dataToSend(0.0)
     assert decode(data) == [Reject(2, "ValueError: bad input"), Ack(3)]
-    events = a.receiveData(data, 0.0)
-    assert confirmedHandles(events) == [b"ok1", b"bad", b"ok3"]
-    assert a.session.outbox.rejected == {2: "ValueError: bad input"}
+    events = fed(a, data, 0.0)
+    assert confirmedHandles(events) == [b"ok1", b"ok3"]
+    assert ofType(events, Rejected) == [
+        Rejected(b"bad", "peer application failed on message 2: ValueError: bad input")
+    ]
+    assert a.session.outbox.rejected == {}
     assert inbox.rejections == []
 
 
 def test_rejectBeyondSentIsViolation() -> None:
     """A REJECT for a message not awaiting confirmation breaks the protocol."""
     conn = afterHandshake(Connection(SETTINGS, Role.PEER, 0.0))
-    events = conn.receiveData(encode(Reject(1, "no")), 0.0)
+    events = fed(conn, encode(Reject(1, "no")), 0.0)
     assert violations(events) == [
         "REJECT for sequence number 1, which is not awaiting confirmation"
     ]
@@ -487,7 +497,7 @@ def test_serverWaitsForClientHello() -> None:
     assert conn.dataToSend(0.0) == b""
     (frame,) = decode(hello(session=TOKEN))
     assert isinstance(frame, Hello)
-    events = conn.receiveData(hello(session=TOKEN), 0.0)
+    events = fed(conn, hello(session=TOKEN), 0.0)
     assert events == [HelloReceived(frame)]
     assert conn.state is State.HANDSHAKE
     assert conn.dataToSend(0.0) == b""
@@ -602,7 +612,7 @@ def test_clientRefusesUnresumedAnswer() -> None:
     other = bytes(range(16))
     for flags, token in ((HELLO_ASSIGNED, TOKEN), (HELLO_ASSIGNED, other), (0, NO_SESSION)):
         client = Connection(SETTINGS, Role.CLIENT, 0.0, SETTINGS.newSession(TOKEN))
-        events = client.receiveData(hello(session=token, flags=flags), 0.0)
+        events = fed(client, hello(session=token, flags=flags), 0.0)
         assert events == [SessionUnknown("peer did not resume the session (it keeps no sessions)")]
 
 
@@ -851,14 +861,14 @@ def test_anyChunkingSameMessages(payloads: list[bytes], cuts: list[int], ping: b
     b = Connection(SETTINGS, Role.PEER, 0.0)
     for payload in payloads:
         a.session.outbox.submit(payload, payload)
-    assert a.receiveData(b.dataToSend(0.0), 0.0) == [Opened(False)]
+    assert fed(a, b.dataToSend(0.0), 0.0) == [Opened(False)]
     if ping:
-        assert a.handleTimer(1.0, 1.0) == []
+        assert timed(a, 1.0, 1.0) == []
     stream = a.dataToSend(1.0)
     bounds = sorted({min(c, len(stream)) for c in cuts} | {0, len(stream)})
     events: list[Event] = []
     for start, end in zip(bounds, bounds[1:], strict=False):
-        events.extend(b.receiveData(stream[start:end], 1.0))
+        events.extend(fed(b, stream[start:end], 1.0))
     assert events == [Opened(False)]
     assert [p for _, p in b.session.inbox.pending] == payloads
     assert [s for s, _ in b.session.inbox.pending] == list(range(1, len(payloads) + 1))
@@ -935,20 +945,22 @@ def test_windowRespected(windowA: int, windowB: int, count: int, schedule: list[
 def test_windowOverrunIsViolation() -> None:
     """A peer sending more than this side's window unacknowledged breaks the protocol."""
     conn = afterHandshake(Connection(Settings(interval=1.0, window=2), Role.PEER, 0.0))
-    events = conn.receiveData(encodeData(1, b"") + encodeData(2, b"") + encodeData(3, b""), 0.0)
+    events = fed(conn, encodeData(1, b"") + encodeData(2, b"") + encodeData(3, b""), 0.0)
     assert violations(events) == ["peer exceeded the window of 2 unacknowledged messages"]
     assert len(conn.session.inbox.pending) == 2
 
 
 def test_pumpRespectsPeerMaxPayload() -> None:
-    """A message too large for the peer's frames goes to tooLarge, not on the wire."""
+    """A message too large for the peer's frames fails (TooLarge), it is not sent."""
     conn = Connection(SETTINGS, Role.PEER, 0.0)
-    conn.receiveData(hello(maxFrameSize=64), 0.0)
+    fed(conn, hello(maxFrameSize=64), 0.0)
     conn.dataToSend(0.0)
     assert conn.peerMaxPayload == 55
     submit(conn, 0.0, b"x" * 56, b"y" * 55)
     assert decode(conn.dataToSend(0.0)) == [Data(1, b"y" * 55)]
-    assert [e.payload for e in conn.session.outbox.tooLarge] == [b"x" * 56]
+    assert conn.takeEvents() == [
+        TooLarge(b"x" * 56, "message of 56 bytes exceeds the peer's maximum of 55 bytes", False)
+    ]
 
 
 # -- protocol violations ---------------------------------------------------------------------------
@@ -972,7 +984,7 @@ def test_frameBeforeHello(frame: bytes, detail: str, role: Role) -> None:
     """DATA, ACK or REJECT before the HELLO is a violation answered with GOODBYE(PROTOCOL_ERROR)."""
     conn = Connection(SETTINGS, role, 0.0)
     conn.dataToSend(0.0)
-    events = conn.receiveData(frame, 0.0)
+    events = fed(conn, frame, 0.0)
     assert events == [Violation(detail)]
     assert conn.state is State.FAILED and conn.error == detail
     assert decode(conn.dataToSend(0.0)) == [Goodbye(GoodbyeCode.PROTOCOL_ERROR, detail)]
@@ -985,7 +997,7 @@ def test_pingBeforeHelloIsViolation(frame: Ping | Pong) -> None:
     conn = Connection(SETTINGS, Role.PEER, 0.0)
     conn.dataToSend(0.0)
     detail = f"expected HELLO first, got {type(frame).__name__.upper()}"
-    assert conn.receiveData(encode(frame), 0.0) == [Violation(detail)]
+    assert fed(conn, encode(frame), 0.0) == [Violation(detail)]
     assert decode(conn.dataToSend(0.0)) == [Goodbye(GoodbyeCode.PROTOCOL_ERROR, detail)]
 
 
@@ -994,7 +1006,7 @@ def test_onePongPerReadBurst() -> None:
     conn = afterHandshake(Connection(SETTINGS, Role.PEER, 0.0))
     conn.dataToSend(0.0)
     burst = b"".join(encode(Ping(i)) for i in range(1, PING_BURST + 1))
-    assert conn.receiveData(burst, 0.0) == []
+    assert fed(conn, burst, 0.0) == []
     assert decode(conn.dataToSend(0.0)) == [Pong(PING_BURST)]
 
 
@@ -1004,7 +1016,7 @@ def test_pingFloodIsAViolation() -> None:
     conn.dataToSend(0.0)
     burst = b"".join(encode(Ping(i)) for i in range(1, PING_BURST + 2))
     detail = f"too many PINGs: at most {PING_BURST} per heartbeat interval (1 s) are allowed"
-    assert conn.receiveData(burst, 0.0) == [Violation(detail)]
+    assert fed(conn, burst, 0.0) == [Violation(detail)]
     assert conn.state is State.FAILED
     assert decode(conn.dataToSend(0.0))[-1] == Goodbye(GoodbyeCode.PROTOCOL_ERROR, detail)
 
@@ -1014,7 +1026,7 @@ def test_pingRateRefills() -> None:
     conn = afterHandshake(Connection(SETTINGS, Role.PEER, 0.0))
     step = 1.0 / PING_BURST
     for i in range(1, 10 * PING_BURST):
-        assert conn.receiveData(encode(Ping(i)), i * step) == []
+        assert fed(conn, encode(Ping(i)), i * step) == []
         assert decode(conn.dataToSend(i * step))[-1] == Pong(i)
     assert conn.state is State.OPEN
 
@@ -1022,7 +1034,7 @@ def test_pingRateRefills() -> None:
 def test_secondHello() -> None:
     """A second HELLO on one connection is a violation."""
     conn = afterHandshake(Connection(SETTINGS, Role.PEER, 0.0))
-    events = conn.receiveData(hello(), 0.0)
+    events = fed(conn, hello(), 0.0)
     assert events == [Violation("a second HELLO on one connection")]
     assert goodbyes(conn) == [
         Goodbye(GoodbyeCode.PROTOCOL_ERROR, "a second HELLO on one connection")
@@ -1042,7 +1054,7 @@ def test_intervalOutOfRange(interval: float, detail: str) -> None:
     """A HELLO announcing an interval outside the accepted range is refused with the exact text."""
     conn = Connection(SETTINGS, Role.PEER, 0.0)
     conn.dataToSend(0.0)
-    assert conn.receiveData(hello(interval=interval), 0.0) == [Violation(detail)]
+    assert fed(conn, hello(interval=interval), 0.0) == [Violation(detail)]
     assert goodbyes(conn) == [Goodbye(GoodbyeCode.PROTOCOL_ERROR, detail)]
     assert conn.liveness.handshaken is False
 
@@ -1051,14 +1063,14 @@ def test_intervalOutOfRange(interval: float, detail: str) -> None:
 def test_intervalRangeInclusive(interval: float) -> None:
     """The bounds of the accepted interval range are accepted."""
     conn = Connection(SETTINGS, Role.PEER, 0.0)
-    assert conn.receiveData(hello(interval=interval), 0.0) == [Opened(False)]
+    assert fed(conn, hello(interval=interval), 0.0) == [Opened(False)]
 
 
 def test_intervalRangeConfigurable() -> None:
     """minPeerInterval / maxPeerInterval set the accepted range and its text."""
     settings = Settings(interval=1.0, minPeerInterval=0.5, maxPeerInterval=10.0)
     conn = Connection(settings, Role.PEER, 0.0)
-    assert conn.receiveData(hello(interval=20.0), 0.0) == [
+    assert fed(conn, hello(interval=20.0), 0.0) == [
         Violation("heartbeat interval 20 s is outside the accepted range 0.5..10 s")
     ]
 
@@ -1066,7 +1078,7 @@ def test_intervalRangeConfigurable() -> None:
 def test_intervalTextKeepsMilliseconds() -> None:
     """The refusal text shows the announced interval to the millisecond."""
     conn = Connection(SETTINGS, Role.PEER, 0.0)
-    assert conn.receiveData(hello(interval=3600.001), 0.0) == [
+    assert fed(conn, hello(interval=3600.001), 0.0) == [
         Violation("heartbeat interval 3600.001 s is outside the accepted range 0.1..3600 s")
     ]
 
@@ -1074,7 +1086,7 @@ def test_intervalTextKeepsMilliseconds() -> None:
 def test_windowZero() -> None:
     """A HELLO announcing window 0 is a violation."""
     conn = Connection(SETTINGS, Role.PEER, 0.0)
-    assert conn.receiveData(hello(window=0), 0.0) == [
+    assert fed(conn, hello(window=0), 0.0) == [
         Violation("HELLO window 0 is invalid (it must be at least 1)")
     ]
 
@@ -1082,7 +1094,7 @@ def test_windowZero() -> None:
 def test_maxFrameTooSmall() -> None:
     """A HELLO announcing a maximum frame below 64 is a violation."""
     conn = Connection(SETTINGS, Role.PEER, 0.0)
-    assert conn.receiveData(hello(maxFrameSize=63), 0.0) == [
+    assert fed(conn, hello(maxFrameSize=63), 0.0) == [
         Violation("HELLO max_frame 63 is below the minimum of 64")
     ]
 
@@ -1090,15 +1102,15 @@ def test_maxFrameTooSmall() -> None:
 def test_helloNextExpectedBeyondSent() -> None:
     """A peer HELLO claiming to expect messages never sent is a violation."""
     conn = Connection(SETTINGS, Role.PEER, 0.0)
-    events = conn.receiveData(hello(nextExpected=5), 0.0)
+    events = fed(conn, hello(nextExpected=5), 0.0)
     assert events == [Violation("HELLO next_expected 5 is beyond the 0 messages sent")]
 
 
 def test_acceptSessionResumeViolation() -> None:
     """A client HELLO that contradicts the resumed session turns acceptSession into a Violation."""
     conn = Connection(SETTINGS, Role.SERVER, 0.0)
-    conn.receiveData(hello(nextExpected=3, session=TOKEN), 0.0)
-    events = conn.acceptSession(SETTINGS.newSession(TOKEN), True, 0.0)
+    fed(conn, hello(nextExpected=3, session=TOKEN), 0.0)
+    events = accepted(conn, SETTINGS.newSession(TOKEN), True, 0.0)
     assert events == [Violation("HELLO next_expected 3 is beyond the 0 messages sent")]
     frames = decode(conn.dataToSend(0.0))
     assert isinstance(frames[0], Hello)
@@ -1110,7 +1122,7 @@ def test_acceptSessionResumeViolation() -> None:
 def test_gap() -> None:
     """A DATA skipping a sequence number is a violation."""
     conn = afterHandshake(Connection(SETTINGS, Role.PEER, 0.0))
-    events = conn.receiveData(encodeData(1, b"a") + encodeData(3, b"c"), 0.0)
+    events = fed(conn, encodeData(1, b"a") + encodeData(3, b"c"), 0.0)
     assert events == [Violation("DATA sequence number 3 arrived, expected 2")]
     assert list(conn.session.inbox.pending) == [(1, b"a")]
 
@@ -1118,7 +1130,7 @@ def test_gap() -> None:
 def test_duplicateDataDropped() -> None:
     """A DATA already received is dropped silently."""
     conn = afterHandshake(Connection(SETTINGS, Role.PEER, 0.0))
-    events = conn.receiveData(encodeData(1, b"a") + encodeData(1, b"a"), 0.0)
+    events = fed(conn, encodeData(1, b"a") + encodeData(1, b"a"), 0.0)
     assert events == []
     assert list(conn.session.inbox.pending) == [(1, b"a")]
     assert conn.session.inbox.duplicates == 1
@@ -1127,7 +1139,7 @@ def test_duplicateDataDropped() -> None:
 def test_ackBeyondSent() -> None:
     """An ACK for a message never sent is a violation."""
     conn = afterHandshake(Connection(SETTINGS, Role.PEER, 0.0))
-    events = conn.receiveData(encode(Ack(5)), 0.0)
+    events = fed(conn, encode(Ack(5)), 0.0)
     assert events == [Violation("ACK for sequence number 5, but only 0 were sent")]
     assert goodbyes(conn) == [
         Goodbye(GoodbyeCode.PROTOCOL_ERROR, "ACK for sequence number 5, but only 0 were sent")
@@ -1138,7 +1150,7 @@ def test_dataAfterGoodbye() -> None:
     """DATA after the peer's GOODBYE is a violation."""
     conn = afterHandshake(Connection(SETTINGS, Role.PEER, 0.0))
     data = encode(Goodbye(GoodbyeCode.NORMAL, "")) + encodeData(1, b"late")
-    events = conn.receiveData(data, 0.0)
+    events = fed(conn, data, 0.0)
     assert events == [GoodbyeReceived(GoodbyeCode.NORMAL, ""), Violation("DATA after GOODBYE")]
     assert not conn.session.inbox.pending
 
@@ -1153,19 +1165,19 @@ def test_garbage(role: Role) -> None:
         "0xff ff ff ff ff ff ff ff ff ff ff ff ff ff ff ff… "
         "(frame of 4294967295 bytes exceeds the maximum of 1048576 bytes)"
     )
-    assert conn.receiveData(b"\xff" * 64, 0.0) == [Violation(detail, notAlive=True)]
+    assert fed(conn, b"\xff" * 64, 0.0) == [Violation(detail, notAlive=True)]
     assert conn.state is State.FAILED
     assert decode(conn.dataToSend(0.0)) == [Goodbye(GoodbyeCode.PROTOCOL_ERROR, detail)]
     assert conn.decoder.buffered == 0
     # Later bytes are ignored: no second event, no second GOODBYE.
-    assert conn.receiveData(hello() + b"\xff" * 64, 0.0) == []
+    assert fed(conn, hello() + b"\xff" * 64, 0.0) == []
     assert conn.dataToSend(0.0) == b""
 
 
 def test_garbageAfterOpen() -> None:
     """Garbage on an open connection fails it the same way."""
     conn = afterHandshake(Connection(SETTINGS, Role.PEER, 0.0))
-    events = conn.receiveData(b"\x00\x00\x00\x02\x08\x00", 0.0)
+    events = fed(conn, b"\x00\x00\x00\x02\x08\x00", 0.0)
     assert events == [Violation("unknown frame kind 0x08")]
     assert not conn.canSend
 
@@ -1175,7 +1187,7 @@ def test_framesBeforeBadFrameHandled() -> None:
     a = Connection(SETTINGS, Role.PEER, 0.0)
     a.dataToSend(0.0)
     data = hello() + encodeData(1, b"first") + encode(Ping(3)) + b"\xff" * 8
-    events = a.receiveData(data, 0.0)
+    events = fed(a, data, 0.0)
     assert events == [
         Opened(False),
         Violation("frame of 4294967295 bytes exceeds the maximum of 1048576 bytes"),
@@ -1204,7 +1216,7 @@ def test_ackBeforeBadFrameConfirms() -> None:
     a = wire.a
     submit(a, 0.0, b"x")
     wire.pull(a)
-    events = a.receiveData(encode(Ack(1)) + b"\x00\x00\x00\x00", 0.0)
+    events = fed(a, encode(Ack(1)) + b"\x00\x00\x00\x00", 0.0)
     assert confirmedHandles(events) == [b"x"]
     assert violations(events) == ["frame length 0: a frame holds at least its kind byte"]
 
@@ -1212,7 +1224,7 @@ def test_ackBeforeBadFrameConfirms() -> None:
 def test_violationBeforeBadFrame() -> None:
     """A rule broken by a frame that precedes a malformed one is a Violation, not an exception."""
     conn = afterHandshake(Connection(SETTINGS, Role.PEER, 0.0))
-    events = conn.receiveData(encodeData(2, b"gap") + b"\xff" * 8, 0.0)
+    events = fed(conn, encodeData(2, b"gap") + b"\xff" * 8, 0.0)
     assert events == [Violation("DATA sequence number 2 arrived, expected 1")]
     assert conn.state is State.FAILED
 
@@ -1223,7 +1235,7 @@ def test_violationBeforeBadFrame() -> None:
 def test_pingAnsweredByPong() -> None:
     """A PING is answered at once by a PONG with the same id."""
     conn = afterHandshake(Connection(SETTINGS, Role.PEER, 0.0))
-    assert conn.receiveData(encode(Ping(2**64 - 1)), 0.0) == []
+    assert fed(conn, encode(Ping(2**64 - 1)), 0.0) == []
     assert decode(conn.dataToSend(0.0)) == [Pong(2**64 - 1)]
 
 
@@ -1232,9 +1244,9 @@ def test_pingAfterIntervalAndRtt() -> None:
     wire = openPeers()
     a, b = wire.a, wire.b
     assert a.nextWake() == 1.0
-    assert a.handleTimer(0.5, 0.5) == []
+    assert timed(a, 0.5, 0.5) == []
     assert a.dataToSend(0.5) == b""
-    assert a.handleTimer(1.0, 1.0) == []
+    assert timed(a, 1.0, 1.0) == []
     wire.now = 1.0
     assert decode(wire.pull(a)) == [Ping(1)]
     wire.push(a)
@@ -1242,7 +1254,7 @@ def test_pingAfterIntervalAndRtt() -> None:
     events = wire.flow(b)
     assert events == [PongReceived(0.25)]
     assert a.liveness.srtt == 0.25
-    assert a.receiveData(encode(Pong(1)), 2.0) == []  # answered already: ignored
+    assert fed(a, encode(Pong(1)), 2.0) == []  # answered already: ignored
 
 
 def test_dataPostponesPing() -> None:
@@ -1252,7 +1264,7 @@ def test_dataPostponesPing() -> None:
     submit(a, 0.6, b"x")
     a.dataToSend(0.6)
     assert a.nextWake() == pytest.approx(1.5625)  # 1.6, rounded down to the 1/16 s grid
-    assert a.handleTimer(1.0, 1.0) == []
+    assert timed(a, 1.0, 1.0) == []
     assert a.dataToSend(1.0) == b""
 
 
@@ -1272,31 +1284,33 @@ def test_noPingBeforeHandshake() -> None:
     conn = Connection(SETTINGS, Role.PEER, 0.0)
     conn.dataToSend(0.0)
     assert conn.nextWake() == 3.0
-    assert conn.handleTimer(2.0, 2.0) == []
+    assert timed(conn, 2.0, 2.0) == []
     assert conn.dataToSend(2.0) == b""
 
 
 def test_expiredAfterDeadline() -> None:
     """Silence for peer interval x misses: Expired with its detail, state FAILED, no GOODBYE."""
     conn = Connection(SETTINGS, Role.PEER, 0.0)
-    conn.receiveData(hello(interval=2.0), 1.0)
+    fed(conn, hello(interval=2.0), 1.0)
     conn.dataToSend(1.0)
-    conn.receiveData(encode(Ping(1)), 3.0)
+    fed(conn, encode(Ping(1)), 3.0)
     conn.dataToSend(3.0)
     assert conn.nextWake() == 4.0  # our own PING first
-    assert conn.handleTimer(4.0, 4.0) == []
+    assert timed(conn, 4.0, 4.0) == []
     conn.dataToSend(4.0)
     assert conn.nextWake() == 5.0
-    assert conn.handleTimer(5.0, 5.0) == []
+    assert timed(conn, 5.0, 5.0) == []
     conn.dataToSend(5.0)
     assert conn.nextWake() == 6.0
-    assert conn.handleTimer(6.0, 6.0) == []
+    assert timed(conn, 6.0, 6.0) == []
     conn.dataToSend(6.0)
     assert conn.nextWake() == 7.0
-    assert conn.handleTimer(8.99, 8.99) == []
+    assert timed(conn, 8.99, 8.99) == []
     assert decode(conn.dataToSend(8.99)) == [Ping(4)]
     detail = "no data from peer for 6.000 s (deadline 6.000 s = 2 s x 3)"
-    assert conn.handleTimer(9.0, 9.0) == [Expired(detail)]
+    ending = Ending(Reason.TIMEOUT, detail)
+    assert timed(conn, 9.0, 9.0) == [Expired(detail), CloseNow(True, ending)]
+    assert conn.nextWake() == float("inf")
     assert conn.state is State.FAILED and conn.error == detail
     assert conn.dataToSend(9.0) == b""
 
@@ -1304,11 +1318,13 @@ def test_expiredAfterDeadline() -> None:
 def test_handshakeExpired() -> None:
     """No HELLO within the deadline from connection start: Expired, even if bytes trickled in."""
     conn = Connection(SETTINGS, Role.SERVER, 10.0)
-    conn.receiveData(hello()[:10], 11.0)
-    conn.receiveData(hello()[10:20], 12.5)
+    fed(conn, hello()[:10], 11.0)
+    fed(conn, hello()[10:20], 12.5)
     assert conn.nextWake() == 13.0
-    assert conn.handleTimer(13.0, 13.0) == [
-        Expired("no HELLO from peer for 3.000 s (deadline 3.000 s = 1 s x 3)")
+    detail = "no HELLO from peer for 3.000 s (deadline 3.000 s = 1 s x 3)"
+    assert timed(conn, 13.0, 13.0) == [
+        Expired(detail),
+        CloseNow(True, Ending(Reason.TIMEOUT, detail)),
     ]
 
 
@@ -1317,9 +1333,9 @@ def test_inboundBytesKeepAlive() -> None:
     conn = afterHandshake(Connection(SETTINGS, Role.PEER, 0.0))
     big = encodeData(1, b"z" * 1000)
     for i, t in enumerate((2.0, 4.0, 6.0, 8.0)):
-        conn.receiveData(big[i * 10 : i * 10 + 10], t)
+        fed(conn, big[i * 10 : i * 10 + 10], t)
         conn.dataToSend(t)
-        assert conn.handleTimer(t + 0.5, t + 0.5) == []
+        assert timed(conn, t + 0.5, t + 0.5) == []
     assert conn.liveness.expiresAt() == 11.0
 
 
@@ -1328,11 +1344,11 @@ def test_lateTimerStalled() -> None:
     conn = afterHandshake(Connection(Settings(interval=10.0, misses=3), Role.PEER, 0.0), 1.0)
     scheduled = conn.nextWake()
     assert scheduled == 3.0
-    events = conn.handleTimer(scheduled + 1.0, scheduled)
+    events = timed(conn, scheduled + 1.0, scheduled)
     assert events == [Stalled(1.0)]
     assert conn.state is State.OPEN
-    conn.receiveData(encode(Pong(0)), 4.0)  # what the peer sent during the stall
-    assert conn.handleTimer(4.0, conn.nextWake()) == []
+    fed(conn, encode(Pong(0)), 4.0)  # what the peer sent during the stall
+    assert timed(conn, 4.0, conn.nextWake()) == []
     assert conn.state is State.OPEN
 
 
@@ -1357,7 +1373,7 @@ def test_closeSendsGoodbyeThenNoData() -> None:
     assert decode(wire.pull(b)) == [Ack(1)]
     assert confirmedHandles(wire.push(b)) == [b"before"]
     # the closing side still answers PINGs and acknowledges
-    a.receiveData(encode(Ping(4)), 0.0)
+    fed(a, encode(Ping(4)), 0.0)
     assert decode(a.dataToSend(0.0)) == [Pong(4)]
     assert [e.payload for e in a.session.outbox.queue] == [b"after"]
 
@@ -1375,7 +1391,7 @@ def test_closeAfterPeerGoodbye() -> None:
     wire = openPeers()
     wire.a.close()
     wire.flow(wire.a)
-    wire.b.close()
+    wire.b.sendGoodbye()
     assert wire.b.state is State.PEER_CLOSING
     assert goodbyes(wire.b) == [Goodbye(GoodbyeCode.NORMAL, "")]
 
@@ -1391,7 +1407,7 @@ def test_closeDuringHandshake() -> None:
 def test_closeOnFailedConnectionDoesNothing() -> None:
     """A failed connection sends no GOODBYE on close()."""
     conn = Connection(SETTINGS, Role.PEER, 0.0)
-    conn.receiveData(b"\xff" * 8, 0.0)
+    fed(conn, b"\xff" * 8, 0.0)
     conn.dataToSend(0.0)
     conn.close()
     assert conn.dataToSend(0.0) == b""
@@ -1402,8 +1418,8 @@ def test_noDataAfterGoodbyeSentDuringHandshake() -> None:
     wire = peers()
     a, b = wire.a, wire.b
     submit(a, 0.0, b"queued")
-    a.close()
-    wire.flow(b)  # b's HELLO reaches a after a's close()
+    a.sendGoodbye()
+    wire.flow(b)  # b's HELLO reaches a after a's GOODBYE
     frames = decode(a.dataToSend(0.0))
     assert [type(f) for f in frames] == [Hello, Goodbye]
     assert a.state is State.CLOSING
@@ -1424,9 +1440,9 @@ def test_serverKeepsFramesAfterClientHello() -> None:
 def test_serverAnswersPingHeldBehindHello() -> None:
     """A PING in the same read as the client's HELLO is answered with the server's HELLO."""
     serverConn = Connection(SETTINGS, Role.SERVER, 0.0)
-    events = serverConn.receiveData(hello() + encode(Ping(9)), 0.0)
+    events = fed(serverConn, hello() + encode(Ping(9)), 0.0)
     assert [type(e) for e in events] == [HelloReceived]
-    serverConn.acceptSession(SETTINGS.newSession(TOKEN), False, 0.0)
+    accepted(serverConn, SETTINGS.newSession(TOKEN), False, 0.0)
     frames = decode(serverConn.dataToSend(0.0))
     assert isinstance(frames[0], Hello) and frames[1:] == [Pong(9)]
 
@@ -1439,7 +1455,7 @@ def test_echoedHelloRefused(role: Role) -> None:
     """Our own HELLO reflected back (an echo server) is refused: no session, no open, no DATA."""
     conn = Connection(SETTINGS, role, 0.0)
     own = conn.dataToSend(0.0)
-    events = conn.receiveData(own, 0.0)
+    events = fed(conn, own, 0.0)
     detail = "the peer echoed our own HELLO: it does not speak twisted_alive"
     assert events == [Violation(detail, notAlive=True)]
     assert conn.state is State.FAILED and conn.peerHello is None
@@ -1451,7 +1467,7 @@ def test_echoedHelloWithDataNeverConfirms() -> None:
     conn = Connection(SETTINGS, Role.PEER, 0.0)
     conn.send(b"job", "handle", 0.0)
     own = conn.dataToSend(0.0)
-    events = conn.receiveData(own + encodeData(1, b"job") + encode(Ack(1)), 0.0)
+    events = fed(conn, own + encodeData(1, b"job") + encode(Ack(1)), 0.0)
     assert confirmedHandles(events) == []
     assert not conn.session.inbox.pending
 
@@ -1467,7 +1483,7 @@ def test_nonceIsRandomAndNonZero() -> None:
 def test_serverRefusesServerHello(flags: int) -> None:
     """A server refuses a HELLO with ASSIGNED or RESUMED: it comes from another server."""
     server = Connection(SETTINGS, Role.SERVER, 0.0)
-    events = server.receiveData(hello(session=TOKEN, flags=flags), 0.0)
+    events = fed(server, hello(session=TOKEN, flags=flags), 0.0)
     assert violations(events) == [
         f"a client's HELLO must not set ASSIGNED or RESUMED (flags 0x{flags:02x}): "
         "the peer answers as a server"
@@ -1508,14 +1524,14 @@ def test_helloFlagRules(role: Role, flags: int, token: bytes, detail: str) -> No
     """Each HELLO flag rule of the spec is a protocol error with an exact text."""
     conn = Connection(SETTINGS, role, 0.0)
     conn.dataToSend(0.0)
-    events = conn.receiveData(hello(session=token, flags=flags), 0.0)
+    events = fed(conn, hello(session=token, flags=flags), 0.0)
     assert events == [Violation(detail)]
 
 
 def test_unknownFlagBitsIgnoredInHandshake() -> None:
     """Flag bits other than RESUMED and ASSIGNED do not change the handshake."""
     server = Connection(SETTINGS, Role.SERVER, 0.0)
-    events = server.receiveData(hello(flags=0xFC), 0.0)
+    events = fed(server, hello(flags=0xFC), 0.0)
     assert ofType(events, HelloReceived)
 
 
@@ -1531,7 +1547,7 @@ def test_bannerPeer(first: bytes, shown: str) -> None:
     """A peer whose first bytes are text says so in words, quoting them."""
     conn = Connection(SETTINGS, Role.CLIENT, 0.0)
     conn.dataToSend(0.0)
-    (event,) = conn.receiveData(first, 0.0)
+    (event,) = fed(conn, first, 0.0)
     assert isinstance(event, Violation) and event.notAlive
     assert event.detail.startswith(
         f"the peer does not speak twisted_alive: its first bytes were {shown} (frame of "
@@ -1544,7 +1560,7 @@ def test_bannerInPieces() -> None:
     conn.dataToSend(0.0)
     events: list[Event] = []
     for byte in b"SSH-2.0-x":
-        events += conn.receiveData(bytes([byte]), 0.0)
+        events += fed(conn, bytes([byte]), 0.0)
     (event,) = events
     assert isinstance(event, Violation)
     assert "its first bytes were 'SSH-' (" in event.detail
@@ -1554,7 +1570,7 @@ def test_tlsRecordNamed() -> None:
     """A TLS record (an alert from a TLS port) is named as a TLS mismatch."""
     conn = Connection(SETTINGS, Role.CLIENT, 0.0)
     conn.dataToSend(0.0)
-    (event,) = conn.receiveData(bytes.fromhex("15030300020246"), 0.0)
+    (event,) = fed(conn, bytes.fromhex("15030300020246"), 0.0)
     assert isinstance(event, Violation) and event.notAlive
     assert event.detail.startswith(
         "the peer does not speak twisted_alive: its first bytes were 0x15 03 03 00 02 02 46 "
@@ -1568,7 +1584,7 @@ def test_otherVersionNamed() -> None:
     conn.dataToSend(0.0)
     data = bytearray(hello())
     data[5] = 1
-    (event,) = conn.receiveData(bytes(data), 0.0)
+    (event,) = fed(conn, bytes(data), 0.0)
     assert event == Violation(
         "the peer speaks another version of twisted_alive: "
         "unsupported protocol version 1 (this side speaks 2)",
@@ -1580,7 +1596,7 @@ def test_badFrameAfterHelloIsNoNonSpeaker() -> None:
     """Garbage after a valid HELLO is an ordinary protocol error, not a non-speaker."""
     conn = Connection(SETTINGS, Role.PEER, 0.0)
     conn.dataToSend(0.0)
-    events = conn.receiveData(hello() + b"\xff" * 8, 0.0)
+    events = fed(conn, hello() + b"\xff" * 8, 0.0)
     assert events[-1] == Violation("frame of 4294967295 bytes exceeds the maximum of 1048576 bytes")
 
 
@@ -1588,10 +1604,10 @@ def test_windowCountsFromAckSent() -> None:
     """DATA beyond the last ACK sent plus the window is a violation, even if processed."""
     settings = Settings(window=2)
     conn = afterHandshake(Connection(settings, Role.PEER, 0.0))
-    events = conn.receiveData(encodeData(1, b"a") + encodeData(2, b"b"), 0.0)
+    events = fed(conn, encodeData(1, b"a") + encodeData(2, b"b"), 0.0)
     assert not violations(events)
     conn.session.inbox.processedUpTo = 2  # processed, but no ACK went out yet
-    events = conn.receiveData(encodeData(3, b"c"), 0.0)
+    events = fed(conn, encodeData(3, b"c"), 0.0)
     assert violations(events) == ["peer exceeded the window of 2 unacknowledged messages"]
 
 
@@ -1599,11 +1615,11 @@ def test_windowMovesWithAck() -> None:
     """Once an ACK went out, the peer may send a window beyond it."""
     settings = Settings(window=2)
     conn = afterHandshake(Connection(settings, Role.PEER, 0.0))
-    conn.receiveData(encodeData(1, b"a") + encodeData(2, b"b"), 0.0)
+    fed(conn, encodeData(1, b"a") + encodeData(2, b"b"), 0.0)
     conn.session.inbox.pending.clear()
     conn.session.inbox.processedUpTo = 2
     conn.flushAck()
-    events = conn.receiveData(encodeData(3, b"c") + encodeData(4, b"d"), 0.0)
+    events = fed(conn, encodeData(3, b"c") + encodeData(4, b"d"), 0.0)
     assert not violations(events)
 
 
@@ -1611,11 +1627,11 @@ def test_resumeWithSmallerMaxFrameRefused() -> None:
     """A resumed peer whose max_frame is too small for an unacknowledged message ends it."""
     session = SETTINGS.newSession()
     first = Connection(SETTINGS, Role.CLIENT, 0.0, session)
-    first.receiveData(hello(session=TOKEN, flags=HELLO_ASSIGNED), 0.0)
+    fed(first, hello(session=TOKEN, flags=HELLO_ASSIGNED), 0.0)
     first.send(b"x" * 500, "big", 0.0)
     assert first.session.outbox.inflight
     second = Connection(SETTINGS, Role.CLIENT, 0.0, session)
-    events = second.receiveData(
+    events = fed(second,
         hello(session=TOKEN, flags=HELLO_ASSIGNED | HELLO_RESUMED, maxFrameSize=100), 0.0
     )
     assert violations(events) == [

@@ -525,7 +525,7 @@ def test_sessionDefaults() -> None:
     assert session.token == NO_SESSION
     assert session.outbox.window == 7 and session.inbox.window == 7
     assert session.outbox.maxQueue == 8 and session.outbox.maxQueueBytes == 9
-    assert session.current is None and session.busy is False
+    assert session.inbox.handedOut == 0 and session.resumes == 0
 
 
 def test_newTokenIsRandom16Bytes() -> None:

@@ -11,6 +11,7 @@ from collections import deque
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from support import fed, timed
 
 from twisted_alive.core.connection import Connection, Role, Settings, State
 from twisted_alive.core.delivery import EMPTY, Inbox, Outbox, ProtocolViolation
@@ -194,7 +195,7 @@ def test_acceptInOrderForgetsSeenRejections() -> None:
 def test_connectionRefusesGapAfterFastRun() -> None:
     """In a connection, the frames after the fast run still meet every rule."""
     conn = opened()
-    events = conn.receiveData(b"".join(encode(f) for f in data(1, 2, 4)), 1.0)
+    events = fed(conn, b"".join(encode(f) for f in data(1, 2, 4)), 1.0)
     assert [seq for seq, _ in conn.session.inbox.pending] == [1, 2]
     assert conn.state is State.FAILED
     assert events and conn.error == "DATA sequence number 4 arrived, expected 3"
@@ -206,7 +207,7 @@ def test_connectionRefusesGapAfterFastRun() -> None:
 def opened(settings: Settings | None = None, window: int = 1024) -> Connection:
     """A peer connection whose HELLO exchange is done."""
     conn = Connection(settings or Settings(), Role.PEER, 0.0)
-    conn.receiveData(
+    fed(conn,
         encode(Hello(PROTOCOL_VERSION, 0, 5.0, DEFAULT_MAX_FRAME_SIZE, window, 1, NO_SESSION)), 0.0
     )
     conn.dataToSend(0.0)
@@ -230,7 +231,7 @@ def test_sendQueuesBehindFullWindow() -> None:
     conn.dataToSend(0.0)
     second = conn.send(b"two", None, 0.0)
     assert second.seq == 0 and conn.dataToSend(0.0) == b""
-    conn.receiveData(encodeAck(1), 1.0)
+    fed(conn, encodeAck(1), 1.0)
     assert second.seq == 2 and conn.dataToSend(1.0) == encodeData(2, b"two")
 
 
@@ -238,7 +239,7 @@ def test_sendKeepsOrderBehindQueue() -> None:
     """A message never overtakes one already waiting in the queue."""
     conn = Connection(Settings(), Role.PEER, 0.0)
     conn.send(b"early", None, 0.0)  # before the HELLO exchange: queued
-    conn.receiveData(
+    fed(conn,
         encode(Hello(PROTOCOL_VERSION, 0, 5.0, DEFAULT_MAX_FRAME_SIZE, 1024, 1, NO_SESSION)), 0.0
     )
     conn.send(b"late", None, 0.0)
@@ -270,7 +271,7 @@ def test_sendNowDeclines() -> None:
 def test_acksSentCounted() -> None:
     """acksSent counts the ACK frames queued, not the messages they cover."""
     conn = opened()
-    conn.receiveData(b"".join(encode(f) for f in data(1, 2, 3)), 1.0)
+    fed(conn, b"".join(encode(f) for f in data(1, 2, 3)), 1.0)
     inbox = conn.session.inbox
     inbox.pending.clear()
     inbox.processedUpTo = 3
@@ -295,7 +296,7 @@ def link(a: Connection, b: Connection, until: float, step: float = 0.005) -> dic
         now += step
         for name, (conn, _) in sides.items():
             if now >= armed[name]:
-                conn.handleTimer(now, armed[name])
+                timed(conn, now, armed[name])
         while True:
             out = {name: conn.dataToSend(now) for name, (conn, _) in sides.items()}
             if not any(out.values()):
@@ -317,8 +318,8 @@ def test_equalIntervalsPingBothWays() -> None:
     settings = Settings(interval=0.2)
     a = Connection(settings, Role.PEER, 0.0)
     b = Connection(settings, Role.PEER, 0.0)
-    b.receiveData(a.dataToSend(0.0), 0.0)
-    a.receiveData(b.dataToSend(0.0), 0.0)
+    fed(b, a.dataToSend(0.0), 0.0)
+    fed(a, b.dataToSend(0.0), 0.0)
     sent = link(a, b, 2.0)
     assert len(sent["a-ping"]) >= 8 and len(sent["b-ping"]) >= 8
 

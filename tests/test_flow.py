@@ -13,7 +13,8 @@ from twisted.internet.interfaces import IPushProducer
 from zope.interface import implementer
 
 from twisted_alive import AliveClientFactory, AliveServerFactory, HeartbeatProtocol, QueueFull
-from twisted_alive.core.delivery import Outbox, Pacer
+from twisted_alive._binding import Pacer
+from twisted_alive.core.delivery import Outbox
 from twisted_alive.testing import FakeLink
 
 
@@ -150,7 +151,7 @@ def test_serverProducerRegisteredBeforeHelloPacesTheSession() -> None:
     producer = Producer()
     server.registerProducer(producer)
     link.flush()
-    assert server.session.pacer is not None
+    assert server._binding is not None and server._binding.pacer is not None
     link.stall(toServer=False, toClient=True)
     for i in range(8):
         server.sendMessage(b"%d" % i).addErrback(lambda f: None)

@@ -160,13 +160,20 @@ payloads = st.tuples(st.sampled_from([b"", b"", b"", b"s", b"x"]), st.integers(0
 advances = st.sampled_from([STEP, 0.3, 1.0, DEADLINE + 0.2, 3.0])
 
 
+def closedHere(proto: App) -> bool:
+    """Whether C{proto}'s application called close() (sending is refused at once)."""
+    refusal = proto._alive.refusal() if proto._alive is not None else None
+    return refusal is not None and refusal[0]
+
+
 def healthy(link: FakeLink[App, App]) -> bool:
     """Whether both sides of C{link} are open, with nothing ending or stalled."""
     return not link.stalled and all(
         p.loss is None
         and p.state is State.OPEN
-        and p._closing is None
-        and p._cause is None
+        and p._alive is not None
+        and p._alive.refusal() is None
+        and p._alive.ending is None
         and not p.transport.disconnecting
         for p in (link.client, link.server)
     )
@@ -306,7 +313,7 @@ class PeerPairMachine(LinkedMachine):
         link, conn = self.link, self.connections[-1]
         sender = link.client if fromClient else link.server
         sent = Sent(self.unique(payload), sender)
-        if sender._closing == "local":
+        if closedHere(sender):
             # This side called close(): sending is a mistake, refused at once.
             try:
                 sender.sendMessage(sent.payload)
@@ -491,7 +498,7 @@ class SessionMachine(LinkedMachine):
         it for the next connection, so it does not count here."""
         proto = self.link.server
         sent = Sent(self.unique(payload), proto, session=proto.session)
-        if proto._closing == "local":
+        if closedHere(proto):
             # The server called close(): sending now is a mistake, refused at once.
             with pytest.raises(RuntimeError, match=r"^sendMessage\(\) called after close\(\)$"):
                 proto.sendMessage(sent.payload)
@@ -501,7 +508,7 @@ class SessionMachine(LinkedMachine):
             assert isinstance(sent.result, Failure)
             failed = sent.result.value
             assert isinstance(failed, DeliveryFailed) and not failed.maybeProcessed, failed
-            assert proto._closing is not None
+            assert proto._alive is not None and proto._alive.refusal() is not None
             self.refused += 1
             return
         self.toClient.append(sent)

@@ -320,7 +320,7 @@ def test_dataInFlightDoesNotCountAgainstMaxUnsentBytes() -> None:
     proto, transport, clock = connectBuffered(maxUnsentBytes=4096, maxFrameSize=4096)
     for _ in range(20):
         proto.sendMessage(b"y" * 4000)
-    proto._checkUnsent()  # what the timer runs at each wake
+    proto._flush(timer=True)  # what the timer runs at each wake
     assert transport.abortedAt is None
     assert unsentBytes(transport) is not None and unsentBytes(transport) > 80_000  # type: ignore[operator]
 
@@ -499,4 +499,4 @@ def test_nonReaderCheckGrantsLocalStall() -> None:
     oneTurn(clock)
     clock.advance(1.0)
     assert transport.abortedAt is None
-    assert proto._cause is None
+    assert proto._alive is not None and proto._alive.ending is None

@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 
 import pytest
+from support import fed
 
 from twisted_alive.core.connection import (
     Connection,
@@ -227,7 +228,7 @@ def test_handshakeVector(name: str) -> None:
     if nonce is not None:
         (hello,) = FrameDecoder().feed(own)
         assert isinstance(hello, Hello) and hello.nonce == nonce and hello.session == asked
-    events = conn.receiveData(bytes.fromhex(vector["hex"]), 0.0)
+    events = fed(conn, bytes.fromhex(vector["hex"]), 0.0)
     sent = FrameDecoder().feed(conn.dataToSend(0.0))
     outcome = vector["outcome"]
     if outcome.startswith("goodbye "):

@@ -1015,7 +1015,7 @@ def test_takenOverSessionDoesNotExpire() -> None:
     assert cf.connected is not None and len(sf.sessions) == 1
     assert sf.sessionsExpired == 0
     session = next(iter(sf.sessions.values()))
-    assert session.current is network.wires[-1].server
+    assert sf.bindingFor(session).carrier is network.wires[-1].server
     network.refuse = True
     network.wires[-1].cut()  # now it has no connection: the TTL runs
     network.advance(sf.sessionTTL + 1)

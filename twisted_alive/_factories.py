@@ -35,15 +35,13 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from twisted_alive._binding import Binding, failUndelivered
 from twisted_alive._interfaces import ISessionHost
 from twisted_alive._mixin import (
-    BatchDeferred,
     HeartbeatMixin,
     HeartbeatProtocol,
     checkPayload,
     checkPayloads,
-    failDelivery,
-    registerPacer,
 )
 from twisted_alive._reasons import Cause, Loss, Reason, causeOf, classify
 from twisted_alive.core.connection import Role, Settings, State
@@ -187,7 +185,7 @@ class AliveClientFactory(ReconnectingClientFactory):
     connected: HeartbeatMixin | None = None
     lastLoss: Loss | None = None
     _protocolLoss: Loss | None = None
-    _session: Session | None = None
+    _binding: Binding | None = None
     _stableCall: IDelayedCall | None = None
     _connectedAt: float | None = None
     _stopped = False
@@ -206,13 +204,18 @@ class AliveClientFactory(ReconnectingClientFactory):
     @property
     def session(self) -> Session:
         """The client session (created on first use)."""
-        if self._session is None:
-            self._session = _settingsOf(self.protocol).newSession()
-        return self._session
+        return self.clientBinding().session
 
-    def clientSession(self) -> Session:
-        """The session the next connection carries (`ISessionHost`)."""
-        return self.session
+    def clientBinding(self) -> Binding:
+        """The binding of the session the next connection carries
+        (`ISessionHost`)."""
+        if self._binding is None:
+            self._binding = Binding(_settingsOf(self.protocol).newSession())
+        return self._binding
+
+    def bindingFor(self, session: Session) -> Binding:
+        """Not used: this factory plays the client role."""
+        raise NotImplementedError
 
     def sessionFor(self, token: bytes, now: float) -> tuple[Session, bool] | None:
         """Not used: this factory plays the client role."""
@@ -260,11 +263,11 @@ class AliveClientFactory(ReconnectingClientFactory):
         payloads = checkPayloads(payloads, _settingsOf(self.protocol))
         if self._stopped:
             return defer.fail(DeliveryFailed("the factory stopped trying; messages not sent"))
-        d = BatchDeferred(len(payloads))
+        d: Deferred[Receipt] = Deferred()
         try:
             # With no peer window given, all of them are queued: the
             # connection's pump sends them as its windows allow.
-            self.session.outbox.submitMany(payloads, d, d.member, 0, 0.0, 0)
+            self.session.outbox.submitMany(payloads, d, 0, 0.0, 0)
         except QueueFull as e:
             return defer.fail(e)
         self._queued()
@@ -276,9 +279,9 @@ class AliveClientFactory(ReconnectingClientFactory):
         current = self.connected
         if current is not None:
             current._pump()
-        session = self.session
-        if session.pacer is not None:
-            session.pacer.check()
+        pacer = self.clientBinding().pacer
+        if pacer is not None:
+            pacer.check()
 
     def registerProducer(self, producer: IPushProducer) -> None:
         """
@@ -289,11 +292,11 @@ class AliveClientFactory(ReconnectingClientFactory):
 
         :raises RuntimeError: if a producer is registered already.
         """
-        registerPacer(self.session, producer)
+        self.clientBinding().register(producer)
 
     def unregisterProducer(self) -> None:
         """Forget the producer registered with `registerProducer`."""
-        self.session.pacer = None
+        self.clientBinding().pacer = None
 
     def whenConnected(self) -> Deferred[HeartbeatMixin]:
         """A Deferred that fires with the protocol once a connection has
@@ -354,13 +357,12 @@ class AliveClientFactory(ReconnectingClientFactory):
             count=len(uncertain),
             event="session_unknown",
         )
-        for entry in uncertain:
-            failDelivery(
-                entry,
-                f"the server no longer knows session {old}: the message may or may not "
-                "have been processed",
-                None,
-            )
+        failUndelivered(
+            uncertain,
+            f"the server no longer knows session {old}: the message may or may not "
+            "have been processed",
+            None,
+        )
 
     def sessionLost(self, protocol: object, loss: Loss) -> None:
         """A connection ended; the session stays for the next one."""
@@ -564,8 +566,7 @@ class AliveClientFactory(ReconnectingClientFactory):
         if not entries:
             return
         why = f"the session ended ({loss})" if loss is not None else "the session ended"
-        for entry in entries:
-            failDelivery(entry, f"{why} before confirmation", loss)
+        failUndelivered(entries, f"{why} before confirmation", loss)
 
     # -- time ----------------------------------------------------------------------
 
@@ -622,6 +623,7 @@ class AliveServerFactory(Factory):
     def __init__(self) -> None:
         self.connections: set[HeartbeatMixin] = set()
         self._table: SessionTable[bytes, Session] = SessionTable()
+        self._bindings: dict[bytes, Binding] = {}
         self.sessions: Mapping[bytes, Session] = MappingProxyType(self._table.entries)
         self.losses: dict[Reason, int] = {}
         self.endedCounts: Counter[str] = Counter()
@@ -649,9 +651,18 @@ class AliveServerFactory(Factory):
             clock = self.clock = cast(IReactorTime, reactor)
         return clock.seconds()
 
-    def clientSession(self) -> Session:
+    def clientBinding(self) -> Binding:
         """Not used: this factory plays the server role."""
         raise NotImplementedError
+
+    def bindingFor(self, session: Session) -> Binding:
+        """The binding of a session of this factory (`ISessionHost`): which
+        connection carries it, which producer it paces."""
+        key = self._key(session.token)
+        binding = self._bindings.get(key)
+        if binding is None or binding.session is not session:
+            binding = self._bindings[key] = Binding(session)
+        return binding
 
     def sessionFor(self, token: bytes, now: float) -> tuple[Session, bool] | None:
         """The session for a client's HELLO token (`ISessionHost`)."""
@@ -727,8 +738,10 @@ class AliveServerFactory(Factory):
             redelivered=outbox.redelivered,
             processed=session.inbox.processedUpTo,
         )
-        for entry in session.outbox.drain():
-            failDelivery(entry, f"{why} before confirmation", None)
+        binding = self._bindings.get(self._key(session.token))
+        if binding is not None and binding.session is session:
+            del self._bindings[self._key(session.token)]
+        failUndelivered(session.outbox.drain(), f"{why} before confirmation", None)
 
     def connectionStarted(self, protocol: object) -> None:
         """A connection was made (before HELLO)."""
@@ -778,10 +791,12 @@ class AliveServerFactory(Factory):
             elif loss.reason is Reason.CLEAN_CLOSE:
                 table.remove(key)
                 self._failSession(session, "the client closed the session")
-            elif session.current is None:
-                # Not taken over by a newer connection: it waits, the most
-                # recently seen (the least recently seen go first).
-                table.detach(key, now)
+            else:
+                binding = self._bindings.get(key)
+                if binding is None or binding.carrier is None:
+                    # Not taken over by a newer connection: it waits, the
+                    # most recently seen (the least recently seen go first).
+                    table.detach(key, now)
         self.expireSessions(now)
         self._armExpiry(now)
 
@@ -816,6 +831,11 @@ class AliveServerFactory(Factory):
         return defer.gatherResults(
             [proto.close(code, reason) for proto in list(self.connections)]
         )
+
+    def isCarried(self, session: Session) -> bool:
+        """Whether a live connection carries ``session`` now."""
+        binding = self._bindings.get(self._key(session.token))
+        return binding is not None and binding.carrier is not None
 
     def connectionsInfo(self) -> list[dict[str, Any]]:
         """One dict per live connection: peer, state, RTT, last heard,

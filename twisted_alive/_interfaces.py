@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from zope.interface import Attribute, Interface
 
 if TYPE_CHECKING:
+    from twisted_alive._binding import Binding
     from twisted_alive._reasons import Loss
     from twisted_alive.core.delivery import Session
 
@@ -27,8 +28,12 @@ class ISessionHost(Interface):
     def connectionStarted(protocol: object) -> None:
         """A connection was made (before the HELLO exchange)."""
 
-    def clientSession() -> Session:
-        """(Client role.) The session the next connection carries."""
+    def clientBinding() -> Binding:
+        """(Client role.) The `Binding` of the session the next connection
+        carries."""
+
+    def bindingFor(session: Session) -> Binding:
+        """(Server role.) The `Binding` of a session `sessionFor` gave."""
 
     def sessionFor(token: bytes, now: float) -> tuple[Session, bool] | None:
         """

@@ -1,25 +1,23 @@
 """
 The Twisted adapter: `HeartbeatMixin` and `HeartbeatProtocol`.
 
-The mixin moves bytes between the transport and the sans-IO
-`Connection`, keeps one timer (Twisted's ``TimeoutMixin``) armed for the
-core's next deadline, calls the application, and turns the core's events
-into Deferreds and hook calls. It records its own intent before it closes a
-connection, so that every loss gets the right `Reason`.
+The mixin is glue: it feeds the transport's bytes and the timer's firing to
+the sans-IO `Connection` (``twisted_alive.core.connection``), which decides
+everything, and acts on the events it hands out: it calls the application
+(`messageReceived`, the hooks), fires Deferreds, writes, closes the
+transport when told to, and keeps one timer (Twisted's ``TimeoutMixin``)
+armed for the core's next deadline.
 """
 
 from __future__ import annotations
 
-import errno
 import inspect
 from collections.abc import Iterable, Sequence
-from functools import partial
 from typing import Any, cast
 from weakref import WeakKeyDictionary
 
-from twisted.internet import defer, tcp
+from twisted.internet import defer
 from twisted.internet.defer import Deferred
-from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import (
     IDelayedCall,
     IHalfCloseableProtocol,
@@ -32,50 +30,54 @@ from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from twisted_alive._binding import Binding, confirm, fail, failUndelivered
 from twisted_alive._interfaces import ISessionHost
-from twisted_alive._reasons import Cause, Loss, Reason, causeOf, classify
+from twisted_alive._reasons import describeFailure, typeName
 from twisted_alive._timers import wheelFor
+from twisted_alive._transport import (
+    addressPhase,
+    canWriteThrough,
+    describeAddress,
+    isAccepted,
+    setNoDelay,
+    unsentBytes,
+    writeThrough,
+)
 from twisted_alive.core.connection import (
+    ABORT_GRACE,
+    CloseNow,
     Confirmed,
     Connection,
     Event,
-    Expired,
-    GoodbyeReceived,
     HelloReceived,
+    MessageReceived,
     Opened,
+    PeerNotReading,
     PongReceived,
+    Rejected,
     Role,
     SessionUnknown,
     Settings,
     Stalled,
     State,
+    TooLarge,
     Violation,
 )
 from twisted_alive.core.delivery import (
     DEFAULT_MAX_QUEUE,
     DEFAULT_MAX_QUEUE_BYTES,
     DEFAULT_WINDOW,
-    Entry,
-    Inbox,
-    Pacer,
     Session,
 )
-from twisted_alive.core.frames import DATA_OVERHEAD, DEFAULT_MAX_FRAME_SIZE, GoodbyeCode
+from twisted_alive.core.frames import DEFAULT_MAX_FRAME_SIZE, GoodbyeCode
 from twisted_alive.core.liveness import STALL_THRESHOLD
 from twisted_alive.core.outcomes import DeliveryFailed, QueueFull, Receipt
+from twisted_alive.core.reasons import Loss
 from twisted_alive.core.rejections import RejectionLog, Report
 
+__all__ = ["ABORT_GRACE", "HeartbeatMixin", "HeartbeatProtocol", "watchPongs"]
+
 log = Logger(namespace="twisted_alive")
-
-# Looked up once: in Python 3.11 each ``State.X`` goes through the enum
-# metaclass (about 0.1 us), too slow for the per-message paths.
-_HANDSHAKE = State.HANDSHAKE
-_OPEN = State.OPEN
-_FAILED = State.FAILED
-
-_GOODBYE_REASONS = {
-    GoodbyeCode.PROTOCOL_ERROR: Reason.PROTOCOL_ERROR,
-}
 
 STALL_LOG_EVERY = 1.0
 """Seconds between two stall warnings of one clock (see ``_stalled``)."""
@@ -95,9 +97,6 @@ def watchPongs(on: bool) -> None:
     _pongWatchers[0] = max(0, _pongWatchers[0] + (1 if on else -1))
 
 
-ABORT_GRACE = 2.0
-"""Seconds a closing connection may take to flush before it is aborted."""
-
 TURN_CHECK_EVERY = 16
 """Messages handed to the application between two looks at the time spent
 in this turn of the reactor (`HeartbeatMixin.maxTurnTime`)."""
@@ -112,111 +111,6 @@ CLIENT_MAX_PEER_INTERVAL = 3600.0
 connection (it chose its server)."""
 
 _rejectionLogs: WeakKeyDictionary[IReactorTime, RejectionLog] = WeakKeyDictionary()
-
-
-def unsentBytes(transport: Any) -> int | None:
-    """
-    The bytes ``transport`` holds that the kernel has not taken yet: what a
-    reactor's TCP connection keeps in its buffers, plus what a TLS
-    transport keeps above it; ``None`` for a transport of another kind
-    (nothing is known, so nothing is bounded).
-    """
-    extra = 0
-    for _ in range(3):
-        if transport is None:
-            return None
-        buffer = getattr(transport, "dataBuffer", None)
-        if buffer is not None and hasattr(transport, "_tempDataLen"):
-            return (
-                extra
-                + len(buffer)
-                - int(getattr(transport, "offset", 0))
-                + int(transport._tempDataLen)
-            )
-        pending = getattr(transport, "_appSendBuffer", None)
-        if pending:
-            extra += sum(map(len, pending))
-        transport = getattr(transport, "transport", None)
-    return None
-
-
-def describeSize(size: int) -> str:
-    """A size in bytes, or in MiB (to a tenth) from 1 MiB up."""
-    if size < 1048576:
-        return f"{size} bytes"
-    return f"{size / 1048576:.1f} MiB"
-
-
-def describeAddress(address: Any) -> str | None:
-    """``host:port`` for an IPv4/IPv6 address, ``str()`` of anything else."""
-    host = getattr(address, "host", None)
-    port = getattr(address, "port", None)
-    if host is not None and port is not None:
-        return f"{host}:{port}"
-    return None if address is None else str(address)
-
-
-def canWriteThrough(transport: object) -> bool:
-    """
-    Whether ``transport`` is a reactor's TCP connection, whose socket
-    `HeartbeatMixin` may write to directly when the transport holds nothing
-    unsent (see ``HeartbeatMixin._writeNow``).
-    """
-    return isinstance(transport, tcp.Connection) and all(
-        hasattr(transport, name)
-        for name in (
-            "socket",
-            "_tempDataLen",
-            "dataBuffer",
-            "TLS",
-            "_writeDisconnecting",
-            "_writeDisconnected",
-        )
-    )
-
-
-class BatchDeferred(Deferred[Receipt]):
-    """
-    The Deferred of messages sent together (`HeartbeatMixin.sendMessages`),
-    held by the last one's entry; the others hold its ``member``. The
-    others' rejections are looked up by sequence number, within the
-    ``count`` before the last.
-    """
-
-    __slots__ = ("count", "member")
-
-    def __init__(self, count: int) -> None:
-        super().__init__()
-        self.count = count
-        self.member = BatchMember(self)
-
-
-class BatchMember:
-    """
-    The handle of a message sent together with others, but not the last:
-    it has no Deferred of its own (``called`` is always true, so code that
-    settles handles passes it by).
-    """
-
-    __slots__ = ("batch",)
-    called = True
-
-    def __init__(self, batch: BatchDeferred) -> None:
-        self.batch = batch
-
-
-def failDelivery(entry: Entry, message: str, loss: Loss | None) -> None:
-    """Fail the Deferred of an unconfirmed entry (for one of several
-    messages sent together, their shared Deferred)."""
-    handle = entry.handle
-    member = type(handle) is BatchMember
-    d = cast("Deferred[Receipt] | None", handle.batch if member else handle)
-    if d is not None and not d.called:
-        # A member met first tells by its own seq whether the batch went
-        # out; the last one alone (too large for the peer) may follow
-        # members that were sent.
-        maybe = entry.seq != 0 or (not member and type(d) is BatchDeferred and d.count > 1)
-        d.errback(DeliveryFailed(message, loss, maybeProcessed=maybe))
 
 
 @implementer(IHalfCloseableProtocol)
@@ -300,22 +194,14 @@ class HeartbeatMixin(TimeoutMixin):
     factory: Any
 
     _alive: Connection | None = None
-    _cause: tuple[Reason, str, GoodbyeCode | None, Cause | None] | None = None
-    _closing: str | None = None
+    _binding: Binding | None = None
     _connectedAt = 0.0
     _armedFor = 0.0
-    _abortCall: IDelayedCall | None = None
-    _closeCall: IDelayedCall | None = None
     _lostWaiters: list[Deferred[Loss]] | None = None
     _openWaiters: list[Deferred[None]] | None = None
     _peer: str | None = None
     _written = 0
-    _unsentSeen = 0
-    _writtenSeen = 0
-    _stuckSince: float | None = None
     _turnCall: IDelayedCall | None = None
-    _pausedReading = False
-    _gaveUp = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         """Refuse a class that lists a ``Protocol`` before the mixin: that
@@ -379,6 +265,8 @@ class HeartbeatMixin(TimeoutMixin):
             maxQueueBytes=self.maxQueuedBytes,
             minPeerInterval=self.minPeerInterval,
             maxPeerInterval=self._maxPeerInterval(),
+            closeTimeout=self.closeTimeout,
+            maxUnsentBytes=self.maxUnsentBytes,
         )
 
     def _maxPeerInterval(self) -> float:
@@ -394,14 +282,7 @@ class HeartbeatMixin(TimeoutMixin):
         host = self._host()
         if host is not None:
             return bool(host.role is Role.SERVER)
-        transport = getattr(self, "transport", None)
-        for _ in range(3):
-            if transport is None:
-                return False
-            if isinstance(transport, tcp.Server):
-                return True
-            transport = getattr(transport, "transport", None)
-        return False
+        return isAccepted(getattr(self, "transport", None))
 
     def _host(self) -> Any:
         factory = getattr(self, "factory", None)
@@ -452,9 +333,8 @@ class HeartbeatMixin(TimeoutMixin):
             raise self._notSetUp("sendMessage()")
         if type(payload) is not bytes or len(payload) > conn.settings.maxPayload:
             checkPayload(payload, conn.settings)
-        refused = self._refused(conn, "message")
-        if refused is not None:
-            return refused
+        if conn.refusal() is not None:
+            return self._refused(conn, "message")
         d: Deferred[Receipt] = Deferred()
         now = self._clock().seconds()
         try:
@@ -489,40 +369,39 @@ class HeartbeatMixin(TimeoutMixin):
         if conn is None:
             raise self._notSetUp("sendMessages()")
         payloads = checkPayloads(payloads, conn.settings)
-        refused = self._refused(conn, "messages")
-        if refused is not None:
-            return refused
-        d = BatchDeferred(len(payloads))
+        if conn.refusal() is not None:
+            return self._refused(conn, "messages")
+        d: Deferred[Receipt] = Deferred()
         now = self._clock().seconds()
         try:
-            conn.sendMany(payloads, d, d.member, now)
+            conn.sendMany(payloads, d, now)
         except QueueFull as e:
             return defer.fail(e)
         self._sent(conn, now)
         return d
 
-    def _refused(self, conn: Connection, what: str) -> Deferred[Receipt] | None:
-        """The failure of a send that may not go out now (``what`` names
-        the message or messages), or ``None`` if it may.
+    def _refused(self, conn: Connection, what: str) -> Deferred[Receipt]:
+        """The failure of a send that the core refuses (``what`` names the
+        message or messages).
 
         :raises RuntimeError: if this side called `close`: sending after
             one's own close is a programming error, reported at once rather
             than as a failed Deferred that nobody may be watching.
         """
-        if self._closing == "local":
+        refusal = conn.refusal()
+        assert refusal is not None
+        if refusal[0]:
             api = "sendMessage()" if what == "message" else "sendMessages()"
-            raise RuntimeError(f"{api} called after close()")
+            raise RuntimeError(f"{api} {refusal[1]}")
         if self.loss is not None:
             return defer.fail(
                 DeliveryFailed(f"connection already lost ({self.loss})", self.loss)
             )
-        if self._closing is not None or (conn.state is not _OPEN and conn.state is not _HANDSHAKE):
-            return defer.fail(DeliveryFailed(f"connection is closing; {what} not sent"))
-        return None
+        return defer.fail(DeliveryFailed(f"{refusal[1]}; {what} not sent"))
 
     def _sent(self, conn: Connection, now: float) -> None:
-        """After a send: write its frames (unless a read burst will), fail
-        what is too large for the peer, and tell a registered producer."""
+        """After a send: write its frames (unless a read burst will), act on
+        what the send caused, and tell a registered producer."""
         if not conn.reading:
             data = conn.dataToSend(now)
             if data:
@@ -530,19 +409,19 @@ class HeartbeatMixin(TimeoutMixin):
                 # per message; the timer checks that the peer reads.
                 self.transport.write(data)
                 self._written += len(data)
-        session = conn.session
-        if session.outbox.tooLarge:
-            self._failTooLarge()
-        if session.pacer is not None:
-            session.pacer.check()
+            if conn.events:
+                self._service()
+        binding = self._binding
+        if binding is not None and binding.pacer is not None:
+            binding.pacer.check()
 
     def _pump(self) -> None:
-        """Write what the windows allow of the queued messages."""
+        """Write what the windows allow of the queued messages (the session
+        got new ones while this connection carried it)."""
         conn = self._alive
-        if conn is not None and conn.state is _OPEN and self.loss is None:
+        if conn is not None and self.loss is None:
             conn.pump(self._clock().seconds())
-            self._flush()
-            self._failTooLarge()
+            self._service()
 
     def messageReceived(self, payload: bytes) -> Deferred[object] | object:
         """
@@ -607,49 +486,71 @@ class HeartbeatMixin(TimeoutMixin):
             ended already), or fails at once with ``RuntimeError`` if the
             connection is not set up yet (there is nothing to close).
         """
-        if self._alive is None and self.loss is None:
+        conn = self._alive
+        if conn is None and self.loss is None:
             return defer.fail(self._notSetUp("close()"))
         d = self.whenLost()
-        if self.loss is not None or self._closing == "local":
-            return d
-        self._setCause(Reason.LOCAL_CLOSE, f"closed by this side (GOODBYE {code.name})")
-        self._closing = "local"
-        self._goodbye = (code, reason)
-        self._startCloseTimer()
-        self._checkClose()
+        if conn is not None and self.loss is None:
+            conn.close(code, reason, self._clock().seconds())
+            self._service()
         return d
 
     def abort(self, detail: str = "aborted by this side") -> None:
         """Abort the connection now (an RST, no GOODBYE): `Reason.LOCAL_CLOSE`."""
-        if self.loss is None:
-            self._setCause(Reason.LOCAL_CLOSE, detail)
-            self.transport.abortConnection()
+        conn = self._alive
+        if self.loss is None and conn is not None:
+            conn.abort(detail)
+            self._service()
+
+    def registerProducer(self, producer: IPushProducer, streaming: bool = True) -> None:
+        """
+        Have ``producer`` (a push producer: ``streaming`` must be true)
+        paused while the send queue is high (half of
+        ``maxQueued`` messages or ``maxQueuedBytes`` bytes) and resumed once
+        it is down to a quarter, so that a sender that respects the pause
+        never meets `QueueFull`. One producer at a time; it is forgotten when
+        the connection ends.
+
+        :raises RuntimeError: before the connection is made, or if a
+            producer is registered already.
+        :raises ValueError: for a pull producer (``streaming`` false).
+        """
+        if not streaming:
+            raise ValueError("only push producers (streaming=True) can be paced")
+        if self._binding is None:
+            raise self._notSetUp("registerProducer()")
+        self._binding.register(producer)
+
+    def unregisterProducer(self) -> None:
+        """Forget the producer registered with `registerProducer`."""
+        if self._binding is not None:
+            self._binding.pacer = None
 
     # -- Twisted protocol --------------------------------------------------
 
     def connectionMade(self) -> None:
         """Start the HELLO exchange and the heartbeat timer."""
-        clock = self._clock()
-        now = clock.seconds()
+        now = self._clock().seconds()
         self._connectedAt = now
-        self._peer = describeAddress(self.transport.getPeer())
+        transport = self.transport
+        self._peer = describeAddress(transport.getPeer())
         host = self._host()
         settings = self.aliveSettings()
         if host is None:
-            conn = Connection(settings, Role.PEER, now, phase=addressPhase(self.transport))
+            conn = Connection(settings, Role.PEER, now, phase=addressPhase(transport))
         elif host.role is Role.CLIENT:
-            conn = Connection(settings, Role.CLIENT, now, host.clientSession())
+            binding = host.clientBinding()
+            conn = Connection(settings, Role.CLIENT, now, binding.session)
         else:
             conn = Connection(settings, Role.SERVER, now, phase=0.5)
         self._alive = conn
-        conn.writeThrough = canWriteThrough(self.transport)
+        self._binding = binding if host is not None and host.role is Role.CLIENT else None
+        if self._binding is None:
+            # Until HELLO names the session (server), or for good (a peer).
+            self._binding = Binding(conn.session)
+        conn.writeThrough = canWriteThrough(transport)
         if self.tcpNoDelay:
-            setNoDelay = getattr(self.transport, "setTcpNoDelay", None)
-            if setNoDelay is not None:
-                try:
-                    setNoDelay(True)
-                except OSError:
-                    pass
+            setNoDelay(transport)
         if host is not None:
             host.connectionStarted(self)
         log.debug(
@@ -658,45 +559,25 @@ class HeartbeatMixin(TimeoutMixin):
             role=conn.role.value,
             event="connected",
         )
-        self._flush()
+        self._service()
         self._arm()
         super().connectionMade()  # type: ignore[misc]
 
     def dataReceived(self, data: bytes) -> None:
         """Feed the core; act on what it says."""
         conn = self._alive
-        if conn is None or conn.state is _FAILED:
+        if conn is None or self.loss is not None:
             return
-        now = self._clock().seconds()
-        # What is sent while this burst is read (ACKs, PONGs, replies sent
-        # by messageReceived or by receipt callbacks) leaves in one write.
-        conn.reading = True
-        try:
-            events = conn.receiveData(data, now)
-            if events:
-                self._handleEvents(events)
-            session = conn.session
-            if session.inbox.pending and not session.busy and session.current is self:
-                self._process()
-                now = self._clock().seconds()
-        finally:
-            conn.reading = False
-        out = conn.dataToSend(now)
-        if out and self.loss is None:
-            self._writeNow(out)
-        if self._closing is not None:
-            self._checkClose()
+        conn.receiveData(data, self._clock().seconds())
+        self._service()
 
     def readConnectionLost(self) -> None:
         """The peer shut its write side (FIN): not dead, but it will not
         speak again. Finish what was received, then close."""
-        if self._alive is not None and self._alive.state is not State.PEER_CLOSING:
-            self._setCause(Reason.PEER_CLOSED, "peer closed the connection without GOODBYE")
-        if self._closing is None:
-            self._closing = "peer"
-        self._readClosed = True
-        self._startCloseTimer()
-        self._checkClose()
+        conn = self._alive
+        if conn is not None and self.loss is None:
+            conn.readClosed(self._clock().seconds())
+            self._service()
 
     def writeConnectionLost(self) -> None:
         """This side's write half is closed; nothing to do."""
@@ -705,35 +586,31 @@ class HeartbeatMixin(TimeoutMixin):
         """Classify the loss, settle every pending Deferred, then call
         `disconnected`."""
         self._setTimer(None)
-        for call in (self._abortCall, self._closeCall, self._turnCall):
-            if call is not None and call.active():
-                call.cancel()
-        self._abortCall = self._closeCall = self._turnCall = None
-        now = self._clock().seconds()
+        if self._turnCall is not None and self._turnCall.active():
+            self._turnCall.cancel()
+        self._turnCall = None
         conn = self._alive
-        cause = self._cause
-        if cause is None:
-            if getattr(self.transport, "disconnecting", False) and isinstance(
-                reason.value, ConnectionDone
-            ):
-                cause = (Reason.LOCAL_CLOSE, "closed by this side", None, None)
-            else:
-                kind = classify(reason)
-                config = causeOf(reason)  # a failed TLS handshake
-                if config is None:
-                    cause = (kind, describeFailure(kind, reason), None, None)
-                else:
-                    cause = (kind, config[1], None, config[0])
+        ending = None
+        if conn is not None:
+            conn.lost()
+            ending = conn.ending
+        if ending is not None:
+            kind, detail, code, cause = ending
+        else:
+            code = None
+            kind, detail, cause = describeFailure(
+                reason, closedHere=bool(getattr(self.transport, "disconnecting", False))
+            )
         unconfirmed = len(conn.session.outbox) if conn is not None else 0
         loss = Loss(
-            reason=cause[0],
-            detail=cause[1],
+            reason=kind,
+            detail=detail,
             failure=reason,
-            goodbye=cause[2],
+            goodbye=code,
             peer=self._peer,
-            connectedFor=now - self._connectedAt,
+            connectedFor=self._clock().seconds() - self._connectedAt,
             unconfirmed=unconfirmed,
-            cause=cause[3],
+            cause=cause,
         )
         self.loss = loss
         log.info(
@@ -746,17 +623,19 @@ class HeartbeatMixin(TimeoutMixin):
             unconfirmed=unconfirmed,
             event="lost",
         )
+        binding = self._binding
+        if binding is not None and binding.carrier is self:
+            binding.carrier = None
         if conn is not None:
-            session = conn.session
-            if session.current is self:
-                session.current = None
             host = self._host()
             if host is not None:
                 host.sessionLost(self, loss)
             else:
-                session.pacer = None
-                for entry in session.outbox.drain():
-                    failDelivery(entry, f"connection lost before confirmation ({loss})", loss)
+                failUndelivered(
+                    conn.session.outbox.drain(),
+                    f"connection lost before confirmation ({loss})",
+                    loss,
+                )
         for d in self._openWaiters or ():
             d.errback(DeliveryFailed(f"connection lost before HELLO completed ({loss})", loss))
         self._openWaiters = None
@@ -769,7 +648,7 @@ class HeartbeatMixin(TimeoutMixin):
             super().connectionLost(reason)  # type: ignore[misc]
 
     def timeoutConnection(self) -> None:
-        """``TimeoutMixin``'s timer fired: ask the core what liveness needs."""
+        """``TimeoutMixin``'s timer fired: let the core act on its deadlines."""
         conn = self._alive
         if conn is None or self.loss is not None:
             return
@@ -777,52 +656,266 @@ class HeartbeatMixin(TimeoutMixin):
         now = clock.seconds()
         # Time spent on the timers due with this one is no stall.
         running = wheelFor(clock).runningSince
-        late = now - self._armedFor
-        if late > 0.0 and self._stuckSince is not None:
-            # As for liveness: while this process did not run, the transport
-            # could not write either; that is not the peer's doing. After a
-            # stall, the transport gets a turn to write before it is judged.
-            self._stuckSince += late
-        events = conn.handleTimer(now, self._armedFor, 0.0 if running is None else now - running)
-        if events:
-            self._handleEvents(events)
-            now = self._clock().seconds()
-        if conn.state is _FAILED and self._cause is not None:
+        armed = self._armedFor
+        conn.handleTimer(now, armed, 0.0 if running is None else now - running)
+        self._service(timer=now - armed <= STALL_THRESHOLD)
+
+    # -- acting on the core's events -----------------------------------------
+
+    def _service(self, timer: bool | None = None) -> None:
+        """
+        Act on the core's events: hand received messages to the
+        application, fire Deferreds, call hooks, close when told to; then
+        write what the core has to send, and re-arm the timer if a deadline
+        moved. ``timer``: called from the timer (``True`` if it fired in
+        time: the unread-output check may judge).
+
+        Messages are handed to the application for at most `maxTurnTime`
+        per turn of the reactor (looked at every `TURN_CHECK_EVERY`): past
+        it, reading pauses and the rest follows in the next turn.
+        """
+        conn = self._alive
+        assert conn is not None
+        if conn.reading or self._turnCall is not None:
+            # The loop that runs (or the next turn) will see to it.
+            if timer is not None:
+                conn.wakeMoved = True
             return
+        conn.reading = True
+        nextEvent = conn.nextEvent
+        processed = conn.messageProcessed
+        countdown = TURN_CHECK_EVERY
+        started = self._clock().seconds()
+        try:
+            while True:
+                event = nextEvent()
+                if event is None:
+                    break
+                if type(event) is not MessageReceived:
+                    self._event(conn, event)
+                    continue
+                seq = event[0]
+                try:
+                    result = self.messageReceived(event[1])
+                except Exception:
+                    conn.messageFailed(seq, self._rejected(seq, Failure()))  # type: ignore[no-untyped-call]
+                else:
+                    if result is None:
+                        # The common case, first: isinstance() against
+                        # Deferred (an ABC) costs more than the rest.
+                        processed(seq)
+                    else:
+                        self._awaitResult(conn, seq, result)
+                countdown -= 1
+                if countdown <= 0:
+                    countdown = TURN_CHECK_EVERY
+                    now = self._clock().seconds()
+                    if now - started >= self.maxTurnTime and conn.handingOut:
+                        self._yieldTurn()
+                        break
+        finally:
+            conn.reading = False
+        if self.loss is None:
+            self._flush(timer)
+            if timer is not None or conn.wakeMoved:
+                self._arm(late=timer is not None)
+
+    def _event(self, conn: Connection, event: Event) -> None:
+        """Act on an event other than a received message."""
+        kind = type(event)
+        if kind is Confirmed:
+            confirm(cast(Confirmed, event).entries, self._clock().seconds())
+            self._sendRoom()
+        elif kind is Rejected:
+            rejected = cast(Rejected, event)
+            fail(rejected.handle, DeliveryFailed(rejected.text, rejected=True))
+            self._sendRoom()
+        elif kind is TooLarge:
+            large = cast(TooLarge, event)
+            fail(large.handle, DeliveryFailed(large.text, None, large.maybeProcessed))
+        elif kind is CloseNow:
+            self._flush(None)
+            if cast(CloseNow, event).abort:
+                self._setTimer(None)
+                self.transport.abortConnection()
+            else:
+                self.transport.loseConnection()
+        elif kind is Opened:
+            self._opened(conn, cast(Opened, event).resumed)
+        elif kind is HelloReceived:
+            self._helloReceived(conn, cast(HelloReceived, event))
+        elif kind is PongReceived:
+            if self.logPongs or _pongWatchers[0]:
+                log.debug(
+                    "alive.pong: {peer} rtt {rtt:.6f} s",
+                    peer=self._peer,
+                    rtt=cast(PongReceived, event).rtt,
+                    event="pong",
+                )
+        elif kind is Violation:
+            log.warn(
+                "alive.protocol_error: {peer}: {detail}",
+                peer=self._peer,
+                detail=cast(Violation, event).detail,
+                event="protocol_error",
+            )
+        elif kind is PeerNotReading:
+            log.warn(
+                "alive.not_reading: {peer}: {detail}",
+                peer=self._peer,
+                detail=cast(PeerNotReading, event).detail,
+                event="not_reading",
+            )
+        elif kind is Stalled:
+            self._stalled(cast(Stalled, event).seconds)
+        elif kind is SessionUnknown:
+            host = self._host()
+            if host is not None:
+                host.sessionUnknown(self, cast(SessionUnknown, event).detail)
+
+    def _sendRoom(self) -> None:
+        """Acknowledgements made room in the window and the queue: resume a
+        paused producer if the queue is low enough."""
+        pacer = self._binding.pacer if self._binding is not None else None
+        if pacer is not None:
+            pacer.check()
+
+    def _opened(self, conn: Connection, resumed: bool) -> None:
+        binding = self._binding
+        assert binding is not None
+        binding.carrier = self
+        log.info(
+            "alive.hello: {peer} open, peer interval {interval:g} s, resumed {resumed}",
+            peer=self._peer,
+            interval=conn.liveness.peerInterval,
+            resumed=resumed,
+            event="hello",
+        )
+        self.connectionOpened(resumed)
+        for d in self._openWaiters or ():
+            d.callback(None)
+        self._openWaiters = None
+        host = self._host()
+        if host is not None:
+            host.sessionOpened(self, resumed)
+
+    def _helloReceived(self, conn: Connection, event: HelloReceived) -> None:
+        """(Server.) The client's HELLO names its session: find it, or
+        refuse."""
+        host = self._host()
+        now = self._clock().seconds()
+        found = host.sessionFor(event.hello.session, now) if host is not None else None
+        if found is None:
+            conn.refuseSession(f"session {event.hello.session.hex()[:8]} is unknown or expired")
+            return
+        session, resumed = found
+        binding = host.bindingFor(session)
+        binding.adopt(self._binding)
+        binding.takeOver(self)
+        self._binding = binding
+        conn.acceptSession(session, resumed, now)
+
+    def _awaitResult(self, conn: Connection, seq: int, result: object) -> None:
+        """`messageReceived` returned something: if it is a Deferred (or
+        an awaitable), its outcome answers message ``seq``; the next
+        message waits for it."""
+        if not isinstance(result, Deferred):
+            if not inspect.isawaitable(result):
+                conn.messageProcessed(seq)
+                return
+            # ``async def messageReceived``: wait for it like a Deferred.
+            result = Deferred.fromCoroutine(cast(Any, result))
+        box: list[object] = []
+        result.addBoth(box.append)
+        if box:
+            self._answer(conn, seq, box[0])
+            return
+        binding = self._binding
+        assert binding is not None
+        result.addCallback(lambda _: self._answerLater(binding, seq, box[0]))
+
+    def _answerLater(self, binding: Binding, seq: int, outcome: object) -> None:
+        """The Deferred of message ``seq`` fired with ``outcome``: answer the
+        core of the connection that carries the session now."""
+        carrier = binding.carrier
+        if carrier is not None and carrier._alive is not None and carrier.loss is None:
+            carrier._answer(carrier._alive, seq, outcome)
+            carrier._service()
+            return
+        inbox = binding.session.inbox
+        if isinstance(outcome, Failure):
+            inbox.failed(seq, self._rejected(seq, outcome))
+        else:
+            inbox.processed(seq)
+
+    def _answer(self, conn: Connection, seq: int, outcome: object) -> None:
+        if isinstance(outcome, Failure):
+            conn.messageFailed(seq, self._rejected(seq, outcome))
+        else:
+            conn.messageProcessed(seq)
+
+    def _yieldTurn(self) -> None:
+        """Pause reading from the transport and go on in the next turn of
+        the reactor (`maxTurnTime`)."""
+        pause = getattr(self.transport, "pauseProducing", None)
+        if pause is not None:
+            pause()
+        self._turnCall = self._clock().callLater(0, self._nextTurn)
+
+    def _nextTurn(self) -> None:
+        """Go on handing received messages to the application."""
+        self._turnCall = None
+        if self._alive is None or self.loss is not None:
+            return
+        resume = getattr(self.transport, "resumeProducing", None)
+        if resume is not None:
+            resume()
+        self._service()
+
+    # -- the transport and the timer ----------------------------------------
+
+    def _flush(self, timer: bool | None = None) -> None:
+        """Write what the core has to send; then, if anything went to the
+        transport's buffers or the timer fired, check that the peer reads."""
+        conn = self._alive
+        assert conn is not None
+        now = self._clock().seconds()
         data = conn.dataToSend(now)
-        if data and self.loss is None:
-            self._writeNow(data)
-        self._checkUnsent(fromTimer=late <= STALL_THRESHOLD)
-        if self.loss is None and not self._gaveUp:
-            wake = self._nextWake(conn)
-            self._armedFor = wake
-            self._setTimer(wake - now if wake > now else 0.0)
+        if data and conn.writeThrough:
+            data, error = writeThrough(self.transport, data)
+            if error is not None:
+                why = error.strerror or error
+                conn.writeFailed(f"connection reset or socket error (send: {why})")
+        if data:
+            self.transport.write(data)
+            self._written += len(data)
+        elif timer is None:
+            return
+        unsent = unsentBytes(self.transport)
+        if unsent is not None:
+            conn.checkUnsent(unsent, self._written, now, bool(timer))
+            if conn.events:
+                self._service()
 
-    def _nextWake(self, conn: Connection) -> float:
-        """The core's next wake, or sooner the time at which a transport
-        that takes nothing shows that the peer does not read."""
-        wake = conn.nextWake()
-        stuck = self._stuckSince
-        if stuck is not None:
-            # A hair after the deadline, so that the check finds it passed.
-            notReading = stuck + conn.liveness.deadline + 1e-6
-            if notReading < wake:
-                return notReading
-        return wake
-
-    # -- internals -----------------------------------------------------------
-
-    _goodbye: tuple[GoodbyeCode, str] = (GoodbyeCode.NORMAL, "")
-    _readClosed = False
-
-    def _arm(self) -> None:
+    def _arm(self, late: bool = False) -> None:
+        """Arm ``TimeoutMixin``'s timer for the core's next wake. After the
+        timer fired (``late``), a wake already past is kept as the time the
+        timer was due: the core grants a stall of this process back."""
         conn = self._alive
         if conn is None or self.loss is not None:
             return
+        conn.wakeMoved = False
         now = self._clock().seconds()
-        wake = self._nextWake(conn)
+        wake = conn.nextWake()
+        if wake == float("inf"):
+            self._setTimer(None)
+            return
         if wake < now:
-            wake = now
+            if not late:
+                wake = now
+            self._armedFor = wake
+            self._setTimer(0.0)
+            return
         self._armedFor = wake
         self._setTimer(wake - now)
 
@@ -830,163 +923,7 @@ class HeartbeatMixin(TimeoutMixin):
         """Arm ``TimeoutMixin``'s timer for ``period`` seconds (or disarm it)."""
         self.setTimeout(period)  # type: ignore[no-untyped-call]
 
-    def _flush(self) -> None:
-        conn = self._alive
-        if conn is None:
-            return
-        data = conn.dataToSend(self._clock().seconds())
-        if data and self.loss is None:
-            self._write(data)
-
-    def _writeNow(self, data: bytes) -> None:
-        """
-        Write ``data`` now. On a plain TCP transport with nothing unsent,
-        the bytes go straight into the socket: ``transport.write`` would
-        only buffer them and register for writability, a wakeup and two
-        ``epoll_ctl`` calls more per write, which is most of the cost of a
-        heartbeat or an ACK. What the socket does not take, and every other
-        case (TLS, a transport of another kind, data already waiting), goes
-        through ``transport.write``, in order.
-        """
-        transport = self.transport
-        conn = self._alive
-        if (
-            conn is not None
-            and conn.writeThrough
-            and not transport._tempDataLen
-            and not transport.dataBuffer
-            and transport.connected
-            and not transport.disconnecting
-            and not transport.TLS
-            and not transport._writeDisconnecting
-            and not transport._writeDisconnected
-        ):
-            try:
-                sent = transport.socket.send(data)
-            except BlockingIOError:
-                pass
-            except OSError as e:
-                if e.errno != errno.ENOBUFS:
-                    # The read side may no longer see the error this send
-                    # consumed: record it. Twisted meets it again on write.
-                    self._setCause(
-                        Reason.RESET,
-                        f"connection reset or socket error (send: {e.strerror or e})",
-                    )
-            else:
-                if sent == len(data):
-                    return
-                data = data[sent:]
-        self._write(data)
-
-    def _write(self, data: bytes) -> None:
-        """Hand ``data`` to the transport, then check that the peer reads."""
-        self.transport.write(data)
-        self._written += len(data)
-        self._checkUnsent()
-
-    def _checkUnsent(self, fromTimer: bool = False) -> None:
-        """
-        Abort the connection if the peer does not read what is sent: the
-        transport holds more than `maxUnsentBytes` beyond the DATA frames in
-        flight, or (judged by the timer, which grants back a stall of this
-        process) could not hand anything to the kernel for the peer's
-        deadline. A peer that reads, however slowly, drains something.
-        """
-        if self.loss is not None or self._cause is not None:
-            return
-        unsent = unsentBytes(self.transport)
-        if unsent is None:
-            return
-        conn = self._alive
-        if conn is None:
-            return
-        now = self._clock().seconds()
-        written = self._written
-        if not unsent:
-            self._stuckSince = None
-        elif self._unsentSeen + (written - self._writtenSeen) > unsent:
-            self._stuckSince = now  # some of it went out: the peer reads
-        elif self._stuckSince is None:
-            self._stuckSince = now
-            if not fromTimer:
-                # Have the timer judge it at the deadline.
-                wake = now + conn.liveness.deadline + 1e-6
-                if wake < self._armedFor:
-                    self._armedFor = wake
-                    self._setTimer(wake - now)
-        self._unsentSeen = unsent
-        self._writtenSeen = written
-        if not unsent:
-            return
-        limit = max(self.maxUnsentBytes, 2 * (conn.settings.maxFrameSize + 4))
-        if unsent > limit:
-            outbox = conn.session.outbox
-            frames = sum(len(entry.payload) + DATA_OVERHEAD for entry in outbox.inflight)
-            if unsent - frames > limit:
-                self._notReading(
-                    f"peer stopped reading: {describeSize(unsent)} unsent, over the limit of "
-                    f"{describeSize(limit)} beyond the {len(outbox.inflight)} messages in flight"
-                )
-                return
-        stuck = self._stuckSince
-        deadline = conn.liveness.deadline
-        if fromTimer and stuck is not None and now - stuck >= deadline:
-            self._notReading(
-                f"peer stopped reading: {describeSize(unsent)} unsent, none taken for "
-                f"{now - stuck:.3f} s (deadline {deadline:.3f} s)"
-            )
-
-    def _notReading(self, detail: str) -> None:
-        self._gaveUp = True
-        log.warn(
-            "alive.not_reading: {peer}: {detail}",
-            peer=self._peer,
-            detail=detail,
-            event="not_reading",
-        )
-        self._setCause(Reason.TIMEOUT, detail)
-        self._setTimer(None)
-        self.transport.abortConnection()
-
-    def _setCause(
-        self,
-        reason: Reason,
-        detail: str,
-        code: GoodbyeCode | None = None,
-        cause: Cause | None = None,
-    ) -> None:
-        """Record why the connection is ending; the first cause wins."""
-        if self._cause is None:
-            self._cause = (reason, detail, code, cause)
-
-    def _handleEvents(self, events: list[Event]) -> None:
-        for event in events:
-            kind = type(event)
-            if kind is Confirmed:
-                self._confirmed(cast(Confirmed, event))
-            elif kind is Opened:
-                self._opened(cast(Opened, event))
-            elif kind is HelloReceived:
-                self._helloReceived(cast(HelloReceived, event))
-            elif kind is PongReceived:
-                if self.logPongs or _pongWatchers[0]:
-                    log.debug(
-                        "alive.pong: {peer} rtt {rtt:.6f} s",
-                        peer=self._peer,
-                        rtt=cast(PongReceived, event).rtt,
-                        event="pong",
-                    )
-            elif kind is GoodbyeReceived:
-                self._goodbyeReceived(cast(GoodbyeReceived, event))
-            elif kind is Violation:
-                self._violation(cast(Violation, event))
-            elif kind is Expired:
-                self._expired(cast(Expired, event).detail)
-            elif kind is Stalled:
-                self._stalled(cast(Stalled, event).seconds)
-            elif kind is SessionUnknown:
-                self._sessionUnknown(cast(SessionUnknown, event).detail)
+    # -- logs ------------------------------------------------------------------
 
     def _stalled(self, seconds: float) -> None:
         """
@@ -1012,375 +949,10 @@ class HeartbeatMixin(TimeoutMixin):
         )
         _stallLogs[clock] = [now, 0]
 
-    def _opened(self, event: Opened) -> None:
-        conn = self._alive
-        assert conn is not None
-        session = conn.session
-        session.current = self
-        log.info(
-            "alive.hello: {peer} open, peer interval {interval:g} s, resumed {resumed}",
-            peer=self._peer,
-            interval=conn.liveness.peerInterval,
-            resumed=event.resumed,
-            event="hello",
-        )
-        self._failTooLarge()
-        self._arm()
-        self.connectionOpened(event.resumed)
-        for d in self._openWaiters or ():
-            d.callback(None)
-        self._openWaiters = None
-        host = self._host()
-        if host is not None:
-            host.sessionOpened(self, event.resumed)
-        if session.inbox.pending and not session.busy:
-            self._process()
-
-    def _helloReceived(self, event: HelloReceived) -> None:
-        conn = self._alive
-        assert conn is not None
-        if self._closing is not None or conn.state is not State.HANDSHAKE:
-            return  # closing already: a GOODBYE went instead of HELLO; no session
-        host = self._host()
-        now = self._clock().seconds()
-        found = host.sessionFor(event.hello.session, now) if host is not None else None
-        if found is None:
-            detail = f"session {event.hello.session.hex()[:8]} is unknown or expired"
-            conn.refuseSession(detail)
-            self._setCause(Reason.LOCAL_CLOSE, f"refused: {detail}")
-            self._flush()
-            self._loseSoon()
-            return
-        session, resumed = found
-        previous = session.current
-        if previous is not None and previous is not self:
-            # The client came back while its old connection still looks
-            # alive here (half-open): the new connection takes over.
-            cast(HeartbeatMixin, previous).abort("session taken over by a new connection")
-        before = conn.session
-        events = conn.acceptSession(session, resumed, now)
-        if before.pacer is not None and conn.session is session and session.pacer is None:
-            # A producer registered before HELLO paces the real session.
-            session.pacer, before.pacer = before.pacer, None
-            session.pacer.outbox = session.outbox
-        if events:
-            self._handleEvents(events)
-
-    def _confirmed(self, event: Confirmed) -> None:
-        conn = self._alive
-        assert conn is not None
-        now = self._clock().seconds()
-        rejected = conn.session.outbox.rejected
-        if not rejected:
-            for entry in event.entries:
-                d = entry.handle
-                if d is not None and not d.called:
-                    d.callback(Receipt(entry.seq, entry.sentAt, now))
-            self._failTooLarge()
-            self._sendRoom()
-            return
-        for entry in event.entries:
-            handle = entry.handle
-            seq = entry.seq
-            if handle is None:
-                rejected.pop(seq, None)
-                continue
-            if type(handle) is BatchMember:
-                # One of several sent together: the last one answers for it.
-                continue
-            d = cast("Deferred[Receipt]", handle)
-            if type(d) is BatchDeferred:
-                failed = sorted(
-                    (other, rejected.pop(other))
-                    for other in [s for s in rejected if seq - d.count < s <= seq]
-                )
-                if failed and not d.called:
-                    first, text = failed[0]
-                    d.errback(
-                        DeliveryFailed(
-                            f"peer application failed on message {first} "
-                            f"({len(failed)} of the {d.count} sent together): {text}",
-                            rejected=True,
-                        )
-                    )
-                    continue
-            if d.called:
-                rejected.pop(seq, None)
-                continue
-            if seq in rejected:
-                text = rejected.pop(seq)
-                d.errback(
-                    DeliveryFailed(
-                        f"peer application failed on message {seq}: {text}",
-                        rejected=True,
-                    )
-                )
-            else:
-                d.callback(Receipt(seq, entry.sentAt, now))
-        self._failTooLarge()
-        self._sendRoom()
-
-    def _sendRoom(self) -> None:
-        """Acknowledgements made room in the window and queue."""
-        conn = self._alive
-        if conn is not None and conn.session.pacer is not None:
-            conn.session.pacer.check()
-
-    def registerProducer(self, producer: IPushProducer, streaming: bool = True) -> None:
-        """
-        Have ``producer`` (a push producer: ``streaming`` must be true)
-        paused while the send queue is high (half of
-        ``maxQueued`` messages or ``maxQueuedBytes`` bytes) and resumed once
-        it is down to a quarter, so that a sender that respects the pause
-        never meets `QueueFull`. One producer at a time; it is forgotten when
-        the connection ends.
-
-        :raises RuntimeError: before the connection is made, or if a
-            producer is registered already.
-        :raises ValueError: for a pull producer (``streaming`` false).
-        """
-        if not streaming:
-            raise ValueError("only push producers (streaming=True) can be paced")
-        conn = self._alive
-        if conn is None:
-            raise self._notSetUp("registerProducer()")
-        registerPacer(conn.session, producer)
-
-    def unregisterProducer(self) -> None:
-        """Forget the producer registered with `registerProducer`."""
-        if self._alive is not None:
-            self._alive.session.pacer = None
-
-    def _failTooLarge(self) -> None:
-        conn = self._alive
-        assert conn is not None
-        outbox = conn.session.outbox
-        if outbox.tooLarge:
-            entries, outbox.tooLarge = outbox.tooLarge, []
-            for entry in entries:
-                text = (
-                    f"message of {len(entry.payload)} bytes exceeds the peer's maximum "
-                    f"of {conn.peerMaxPayload} bytes"
-                )
-                handle = entry.handle
-                if type(handle) is BatchMember:
-                    # Sent together with others: all of them fail.
-                    if not handle.batch.called:
-                        handle.batch.errback(DeliveryFailed(text, None, maybeProcessed=True))
-                else:
-                    failDelivery(entry, text, None)
-
-    def _goodbyeReceived(self, event: GoodbyeReceived) -> None:
-        kind = _GOODBYE_REASONS.get(event.code, Reason.CLEAN_CLOSE)
-        detail = f"peer said GOODBYE {event.code.name}"
-        if event.reason:
-            detail += f": {event.reason}"
-        self._setCause(kind, detail, event.code)
-        if self._closing is None:
-            self._closing = "peer"
-        self._startCloseTimer()
-
-    def _violation(self, event: Violation) -> None:
-        detail = event.detail
-        log.warn(
-            "alive.protocol_error: {peer}: {detail}",
-            peer=self._peer,
-            detail=detail,
-            event="protocol_error",
-        )
-        self._setCause(
-            Reason.PROTOCOL_ERROR,
-            detail,
-            cause=Cause.NOT_ALIVE_PEER if event.notAlive else None,
-        )
-        conn = self._alive
-        assert conn is not None
-        # The messages that came before the bad frame are processed and
-        # acknowledged first; the GOODBYE goes out after their ACK.
-        session = conn.session
-        if session.inbox.pending and not session.busy and session.current is self:
-            self._process()
-        else:
-            conn.flushAck()
-        self._flush()
-        self._loseSoon()
-
-    def _expired(self, detail: str) -> None:
-        self._setCause(Reason.TIMEOUT, detail)
-        self._setTimer(None)
-        self.transport.abortConnection()
-
-    def _sessionUnknown(self, detail: str) -> None:
-        self._setCause(Reason.LOCAL_CLOSE, detail)
-        host = self._host()
-        if host is not None:
-            host.sessionUnknown(self, detail)
-        self._loseSoon()
-
-    def _loseSoon(self) -> None:
-        """Close now, and abort if the flush takes longer than a grace
-        period (a peer that stopped reading would hold it open)."""
-        self._setTimer(None)
-        self.transport.loseConnection()
-        if self._abortCall is None and self.loss is None:
-            self._abortCall = self._clock().callLater(ABORT_GRACE, self._abortNow)
-
-    def _abortNow(self) -> None:
-        self._abortCall = None
-        if self.loss is None:
-            self.transport.abortConnection()
-
-    def _closeTimedOut(self) -> None:
-        self._closeCall = None
-        conn = self._alive
-        if conn is not None and conn.state in (State.OPEN, State.HANDSHAKE):
-            conn.close(*self._goodbye)
-            self._flush()
-        self._loseSoon()
-
-    def _checkClose(self) -> None:
-        """Close the connection once closing has nothing left to wait for."""
-        conn = self._alive
-        if conn is None or self.loss is not None or self._closing is None:
-            return
-        if conn.state is State.FAILED:
-            return
-        session = conn.session
-        if session.current is self and (session.busy or session.inbox.pending):
-            return  # finish what the peer sent; its ACK goes out after
-        if (
-            self._closing == "local"
-            and not self._readClosed
-            and conn.state is not State.PEER_CLOSING
-        ):
-            outbox = session.outbox
-            if conn.state in (State.OPEN, State.HANDSHAKE) and outbox.queue:
-                return  # still sending (before HELLO: waiting to send)
-            if conn.state in (State.OPEN, State.HANDSHAKE):
-                conn.close(*self._goodbye)
-                self._flush()
-            if outbox.inflight:
-                return  # waiting for acknowledgements
-        elif (
-            conn.state is State.PEER_CLOSING
-            and not self._readClosed
-            and session.outbox.inflight
-        ):
-            # The peer sent GOODBYE but still processes and acknowledges
-            # the DATA that reached it; wait for that (until its FIN or the
-            # close timer) rather than leave the messages uncertain.
-            return
-        self._flush()
-        self._loseSoon()
-
-    def _startCloseTimer(self) -> None:
-        if self._closeCall is None and self.loss is None:
-            self._closeCall = self._clock().callLater(self.closeTimeout, self._closeTimedOut)
-
-    def _process(self) -> None:
-        """Hand pending messages to the application, one at a time."""
-        conn = self._alive
-        assert conn is not None
-        if self._turnCall is not None:
-            return  # the next turn goes on (fair reading)
-        session = conn.session
-        inbox = session.inbox
-        pending = inbox.pending
-        session.busy = True
-        countdown = TURN_CHECK_EVERY
-        clock = self._clock()
-        started = clock.seconds()
-        while pending:
-            countdown -= 1
-            if countdown < 0:
-                countdown = TURN_CHECK_EVERY - 1
-                if clock.seconds() - started >= self.maxTurnTime:
-                    # Fair reading: the rest waits for the next turn of the
-                    # reactor, and so does reading more from this peer.
-                    session.busy = False
-                    conn.flushAck()
-                    self._yieldTurn()
-                    return
-            seq, payload = pending.popleft()
-            try:
-                result = self.messageReceived(payload)
-            except Exception:
-                self._rejected(session, seq, Failure())  # type: ignore[no-untyped-call]
-                continue
-            if result is None:
-                # The common case, first: isinstance() against Deferred (an
-                # ABC) costs more than the rest of this loop.
-                inbox.processedUpTo = seq
-                continue
-            if not isinstance(result, Deferred):
-                if inspect.isawaitable(result):
-                    # ``async def messageReceived``: wait for it like a Deferred.
-                    result = Deferred.fromCoroutine(cast(Any, result))
-            if isinstance(result, Deferred):
-                box: list[object] = []
-                result.addBoth(box.append)
-                if not box:
-                    result.addCallback(partial(self._asyncDone, session, inbox, seq, box))
-                    # What was processed before this message is confirmed now,
-                    # not when this one completes.
-                    if inbox.processedUpTo:
-                        conn.flushAck()
-                    return  # the next message waits for this one
-                if isinstance(box[0], Failure):
-                    self._rejected(session, seq, box[0])
-                    continue
-            inbox.processedUpTo = seq
-        session.busy = False
-        conn.flushAck()
-        if self._pausedReading:
-            self._pausedReading = False
-            self.transport.resumeProducing()
-        if self._closing is not None:
-            self._checkClose()
-
-    def _yieldTurn(self) -> None:
-        """Pause reading from the transport and go on processing in the
-        next turn of the reactor (`maxTurnTime`)."""
-        if not self._pausedReading:
-            pause = getattr(self.transport, "pauseProducing", None)
-            if pause is not None:
-                self._pausedReading = True
-                pause()
-        if self._turnCall is None:
-            self._turnCall = self._clock().callLater(0, self._nextTurn)
-
-    def _nextTurn(self) -> None:
-        """Go on handing pending messages to the application."""
-        self._turnCall = None
-        conn = self._alive
-        if conn is None or self.loss is not None:
-            return
-        session = conn.session
-        if session.current is self and not session.busy:
-            self._process()
-        self._flush()
-
-    def _asyncDone(
-        self, session: Session, inbox: Inbox, seq: int, box: list[object], _: object
-    ) -> None:
-        """A Deferred returned by `messageReceived` fired; its outcome is in
-        ``box``. If the session was restarted meanwhile, the message belonged
-        to the old one: it is not counted in the new."""
-        outcome = box[0]
-        session.busy = False
-        if session.inbox is inbox:
-            if isinstance(outcome, Failure):
-                self._rejected(session, seq, outcome)
-            else:
-                inbox.processedUpTo = seq
-        current = cast("HeartbeatMixin | None", session.current)
-        if current is not None and current._alive is not None and current.loss is None:
-            current._process()
-            current._flush()
-
-    def _rejected(self, session: Session, seq: int, failure: Failure) -> None:
+    def _rejected(self, seq: int, failure: Failure) -> str:
+        """Log that the application failed on message ``seq`` (a storm of
+        them as one summary line a second); the REJECT text."""
         text = f"{typeName(failure)}: {failure.getErrorMessage()}"
-        session.inbox.reject(seq, text[:1000])
         clock = self._clock()
         rejections = _rejectionLogs.get(clock)
         if rejections is None:
@@ -1409,17 +981,7 @@ class HeartbeatMixin(TimeoutMixin):
                 seconds=now - verdict.since,
                 event="rejected",
             )
-
-
-def registerPacer(session: Session, producer: IPushProducer) -> None:
-    """Pace ``producer`` by ``session``'s send queue.
-
-    :raises RuntimeError: if a producer is registered already.
-    """
-    if session.pacer is not None:
-        raise RuntimeError("a producer is registered already; unregister it first")
-    session.pacer = Pacer(session.outbox, producer)
-    session.pacer.check()
+        return text
 
 
 def checkPayload(payload: bytes, settings: Settings) -> None:
@@ -1434,21 +996,6 @@ def checkPayload(payload: bytes, settings: Settings) -> None:
             f"message of {len(payload)} bytes exceeds the maximum of {settings.maxPayload} "
             f"bytes (maxFrameSize {settings.maxFrameSize} minus 9)"
         )
-
-
-def addressPhase(transport: Any) -> float:
-    """
-    The grid phase (see `Liveness`) of a connection whose roles are not
-    known (no session host): half a step at the end whose own address is
-    the larger, none at the other; none when the transport cannot tell.
-    """
-    try:
-        host, peer = transport.getHost(), transport.getPeer()
-    except Exception:
-        return 0.0
-    ours = (str(getattr(host, "host", "")), getattr(host, "port", 0))
-    theirs = (str(getattr(peer, "host", "")), getattr(peer, "port", 0))
-    return 0.5 if ours > theirs else 0.0
 
 
 def checkPayloads(payloads: Iterable[bytes], settings: Settings) -> Sequence[bytes]:
@@ -1467,27 +1014,6 @@ def checkPayloads(payloads: Iterable[bytes], settings: Settings) -> Sequence[byt
         if type(payload) is not bytes or len(payload) > maxPayload:
             checkPayload(payload, settings)
     return payloads
-
-
-def describeFailure(kind: Reason, failure: Failure) -> str:
-    """A sentence for a loss that this side did not cause."""
-    if kind is Reason.PEER_CLOSED:
-        return "peer closed the connection without GOODBYE"
-    if kind is Reason.RESET:
-        if type(failure.value) in (ConnectionLost, ConnectionDone):
-            return f"connection reset or socket error ({typeName(failure)})"
-        # Anything more specific (a TLS error, an OSError) says what it was.
-        return (
-            f"connection reset or socket error ({typeName(failure)}: {failure.getErrorMessage()})"
-        )
-    if kind is Reason.LOCAL_CLOSE:
-        return "aborted by this side"
-    return f"{typeName(failure)}: {failure.getErrorMessage()}"
-
-
-def typeName(failure: Failure) -> str:
-    """The name of a failure's exception type."""
-    return failure.type.__name__ if failure.type is not None else "Exception"
 
 
 class HeartbeatProtocol(HeartbeatMixin, Protocol):

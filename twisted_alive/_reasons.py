@@ -232,4 +232,45 @@ class ConnectionAbortedWithLoss(error.ConnectionAborted):
         self.loss = loss
 
 
-__all__ = ["Cause", "Loss", "Reason", "causeOf", "classify"]
+
+
+def typeName(failure: Failure) -> str:
+    """The name of a failure's exception type."""
+    return failure.type.__name__ if failure.type is not None else "Exception"
+
+
+def describeFailure(
+    failure: Failure, closedHere: bool = False
+) -> tuple[Reason, str, Cause | None]:
+    """
+    The `Reason`, a sentence and the `Cause` (if any) of a connection that
+    ended with ``failure`` when the protocol recorded no reason of its own.
+
+    :param closedHere: whether this side had asked its transport to close
+        (``transport.disconnecting``): then a clean ``ConnectionDone`` is
+        this side's close, not the peer's.
+    """
+    if closedHere and isinstance(failure.value, error.ConnectionDone):
+        return Reason.LOCAL_CLOSE, "closed by this side", None
+    kind = classify(failure)
+    config = causeOf(failure)  # a failed TLS handshake
+    if config is not None:
+        return kind, config[1], config[0]
+    if kind is Reason.PEER_CLOSED:
+        return kind, "peer closed the connection without GOODBYE", None
+    if kind is Reason.RESET:
+        if type(failure.value) in (error.ConnectionLost, error.ConnectionDone):
+            return kind, f"connection reset or socket error ({typeName(failure)})", None
+        # Anything more specific (a TLS error, an OSError) says what it was.
+        return (
+            kind,
+            f"connection reset or socket error ({typeName(failure)}: "
+            f"{failure.getErrorMessage()})",
+            None,
+        )
+    if kind is Reason.LOCAL_CLOSE:
+        return kind, "aborted by this side", None
+    return kind, f"{typeName(failure)}: {failure.getErrorMessage()}", None
+
+
+__all__ = ["Cause", "Loss", "Reason", "causeOf", "classify", "describeFailure", "typeName"]

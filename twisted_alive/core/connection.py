@@ -1,19 +1,41 @@
 """
 One connection of the twisted_alive protocol, sans-IO.
 
-`Connection` is fed the bytes that arrived and the current time; it returns
-events, and holds the bytes to send until `Connection.dataToSend` takes
+`Connection` is fed the bytes that arrived, the timer's firing and the
+application's calls, each with the current time; it queues events, which
+`Connection.nextEvent` hands out one at a time (in the style of h11 and
+aioquic), and holds the bytes to send until `Connection.dataToSend` takes
 them. It owns the frame decoder and the liveness state of its connection,
-and drives the delivery state of the `Session` it carries. Every rule of
-the HELLO exchange, of liveness and of delivery on one connection is here;
-the Twisted adapter only moves bytes, keeps the timer and calls the
-application.
+and drives the delivery state of the `Session` it carries.
+
+Every rule of the protocol on one connection is here: the HELLO exchange,
+liveness, delivery, the hand-off of received messages to the application
+(one at a time, answered with `Connection.messageProcessed` or
+`Connection.messageFailed`), the outcome of every sent message
+(`Confirmed`, `Rejected`, `TooLarge`), and closing in both directions
+(`CloseNow`, with the `Ending` that says why). The Twisted adapter only
+moves bytes, keeps one timer, calls the application and fires Deferreds.
+
+How each state answers each frame (the rules of `Connection._handleFrame`):
+
+============  =========  ========  =========  ============  ========
+frame         HANDSHAKE  OPEN      CLOSING    PEER_CLOSING  FAILED
+============  =========  ========  =========  ============  ========
+HELLO         checked    error     error      error         ignored
+DATA          error      accepted  accepted   error         ignored
+ACK           error      confirms  confirms   confirms      ignored
+REJECT        error      noted     noted      noted         ignored
+PING          error      PONG      PONG       PONG          ignored
+PONG          error      RTT       RTT        RTT           ignored
+GOODBYE       closes     closes    closes     closes        ignored
+============  =========  ========  =========  ============  ========
 """
 
 from __future__ import annotations
 
 import enum
 import secrets
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -47,9 +69,14 @@ from twisted_alive.core.frames import (
     Reject,
 )
 from twisted_alive.core.liveness import PING_BURST, Liveness, TimerAction
+from twisted_alive.core.reasons import Cause, Reason
 
 _EXPIRED = TimerAction.EXPIRED
 _PING = TimerAction.PING
+
+ABORT_GRACE = 2.0
+"""Seconds a connection closed in order may take to flush its last bytes
+before it is aborted (a peer that stopped reading would hold it open)."""
 
 
 def seconds(value: float) -> str:
@@ -134,6 +161,12 @@ class Settings:
     :ivar maxQueueBytes: payload bytes queued behind the window at most.
     :ivar minPeerInterval: smallest heartbeat interval accepted from a peer.
     :ivar maxPeerInterval: largest heartbeat interval accepted from a peer.
+    :ivar closeTimeout: seconds an orderly close waits for what it waits
+        for (the queue to drain, acknowledgements, the peer's close) before
+        it closes anyway.
+    :ivar maxUnsentBytes: bytes the transport may hold for a peer that does
+        not read, beyond the DATA frames in flight (see
+        `Connection.checkUnsent`); never less than two largest frames.
     """
 
     interval: float = 5.0
@@ -144,6 +177,8 @@ class Settings:
     maxQueueBytes: int = DEFAULT_MAX_QUEUE_BYTES
     minPeerInterval: float = 0.1
     maxPeerInterval: float = 3600.0
+    closeTimeout: float = 10.0
+    maxUnsentBytes: int = 4 * 1048576
 
     def __post_init__(self) -> None:
         if not self.interval > 0:
@@ -210,10 +245,65 @@ class SessionUnknown(NamedTuple):
     detail: str
 
 
+MessageReceived = Data
+"""A message for the application (the `Data` frame that carried it: ``seq``
+and ``payload``), handed out by `Connection.nextEvent` one at a time: the
+next one comes after `Connection.messageProcessed` or
+`Connection.messageFailed` answered this one."""
+
+
 class Confirmed(NamedTuple):
-    """ACKs covered these entries (look rejected ones up in the outbox)."""
+    """The peer's application processed these messages: fire each entry's
+    ``handle`` with a receipt (``seq``, ``sentAt``). Messages sent together
+    appear once, as their last entry."""
 
     entries: list[Entry]
+
+
+class Rejected(NamedTuple):
+    """The peer's application failed on the message(s) of ``handle``; the
+    ``text`` says on which and why."""
+
+    handle: Any
+    text: str
+
+
+class TooLarge(NamedTuple):
+    """The message(s) of ``handle`` are larger than the peer accepts; they
+    were never sent (unless ``maybeProcessed``: others sent together were)."""
+
+    handle: Any
+    text: str
+    maybeProcessed: bool
+
+
+class Ending(NamedTuple):
+    """Why a connection ends, as far as this side knows: the first cause
+    recorded wins (`Connection.ending`)."""
+
+    reason: Reason
+    detail: str
+    goodbye: GoodbyeCode | None = None
+    cause: Cause | None = None
+
+
+class CloseNow(NamedTuple):
+    """
+    Close the transport now: in order (``abort`` false: flush what is
+    written, then FIN; if that takes more than `ABORT_GRACE` seconds, a
+    second `CloseNow` with ``abort`` follows) or at once with an RST
+    (``abort`` true). ``ending`` says why.
+    """
+
+    abort: bool
+    ending: Ending
+
+
+class PeerNotReading(NamedTuple):
+    """The peer does not read what is sent (``detail`` says how it shows);
+    a `CloseNow` (abort) follows."""
+
+    detail: str
 
 
 class PongReceived(NamedTuple):
@@ -231,10 +321,9 @@ class GoodbyeReceived(NamedTuple):
 
 class Violation(NamedTuple):
     """
-    The peer broke the protocol; a GOODBYE is due: hand the messages that
-    arrived before the bad frame to the application, so that their ACK
-    goes out before the GOODBYE (`Connection.dataToSend` adds it last),
-    then close.
+    The peer broke the protocol. The messages that arrived before the bad
+    frame are still handed out; their ACK, then the GOODBYE, go out with
+    the next `Connection.dataToSend`, and a `CloseNow` follows.
     """
 
     detail: str
@@ -244,7 +333,8 @@ class Violation(NamedTuple):
 
 
 class Expired(NamedTuple):
-    """The liveness deadline passed: the peer is presumed dead; abort."""
+    """The liveness deadline passed: the peer is presumed dead; a
+    `CloseNow` (abort) follows."""
 
     detail: str
 
@@ -259,13 +349,29 @@ Event = (
     HelloReceived
     | Opened
     | SessionUnknown
+    | MessageReceived
     | Confirmed
+    | Rejected
+    | TooLarge
     | PongReceived
     | GoodbyeReceived
     | Violation
     | Expired
     | Stalled
+    | PeerNotReading
+    | CloseNow
 )
+
+_LOCAL = 1
+_PEER = 2
+"""Values of ``Connection._closing``: who started the orderly close."""
+
+
+def describeSize(size: int) -> str:
+    """A size in bytes, or in MiB (to a tenth) from 1 MiB up."""
+    if size < 1048576:
+        return f"{size} bytes"
+    return f"{size / 1048576:.1f} MiB"
 
 
 class Connection:
@@ -308,6 +414,23 @@ class Connection:
         "nonce",
         "reading",
         "writeThrough",
+        "ending",
+        "wakeMoved",
+        "bytesOut",
+        "events",
+        "_handOff",
+        "_closing",
+        "_readClosed",
+        "_goodbye",
+        "_closeDue",
+        "_closeAt",
+        "_abortAt",
+        "_closedNow",
+        "_aborted",
+        "_now",
+        "_stuckSince",
+        "_unsentSeen",
+        "_writtenSeen",
     )
 
     def __init__(
@@ -352,15 +475,95 @@ class Connection:
         self.writeThrough = False
         """For the adapter: whether its transport's socket may be written
         directly."""
+        self.ending: Ending | None = None
+        """Why the connection ends, once something ended it (the first cause
+        recorded wins); ``None`` while nothing did."""
+        self.wakeMoved = False
+        """Set when a deadline earlier than the timer's may have appeared:
+        the adapter re-arms its timer for `nextWake` (and clears this)."""
+        self.bytesOut = 0
+        """Bytes `dataToSend` handed out."""
+        self.events: deque[Event] = deque()
+        """The queued events (read it to know whether there are any; take
+        them with `nextEvent`)."""
+        self._handOff = True
+        self._closing = 0
+        self._readClosed = False
+        self._goodbye: tuple[GoodbyeCode, str] = (GoodbyeCode.NORMAL, "")
+        self._closeDue = False
+        self._closeAt: float | None = None
+        self._abortAt: float | None = None
+        self._closedNow = False
+        self._aborted = False
+        self._now = now
+        self._stuckSince: float | None = None
+        self._unsentSeen = 0
+        self._writtenSeen = 0
         if role is not Role.SERVER:
             self._sendHello(0)
+
+    # -- events ------------------------------------------------------------
+
+    def nextEvent(self) -> Event | None:
+        """
+        The next event, or ``None`` when there is none for now.
+
+        Queued events come first, in order; then received messages, one at
+        a time: after a `MessageReceived`, the next one waits until
+        `messageProcessed` or `messageFailed` answered it (other events do
+        not wait). When nothing is left to hand out, an orderly close that
+        has nothing more to wait for yields its `CloseNow`.
+        """
+        events = self.events
+        if events:
+            return events.popleft()
+        inbox = self.session.inbox
+        if inbox.pending and not inbox.handedOut and self._handOff:
+            message = inbox.pending.popleft()
+            inbox.handedOut = message.seq
+            return message
+        if self._closing or self._closeDue:
+            self._checkClose()
+            if events:
+                return events.popleft()
+        return None
+
+    @property
+    def handingOut(self) -> bool:
+        """Whether a received message waits to be handed out now (none is
+        being processed)."""
+        inbox = self.session.inbox
+        return bool(inbox.pending) and not inbox.handedOut and self._handOff
+
+    def takeEvents(self) -> list[Event]:
+        """Take every queued event, without handing out received messages
+        (they stay in ``session.inbox.pending``)."""
+        out = list(self.events)
+        self.events.clear()
+        return out
+
+    def messageProcessed(self, seq: int) -> None:
+        """The application processed message ``seq`` (the `MessageReceived`
+        handed out last): the next ACK covers it; the next message may go."""
+        self.session.inbox.processed(seq)
+
+    def messageFailed(self, seq: int, text: str) -> None:
+        """The application failed on message ``seq``: it counts as
+        processed, and a REJECT carrying ``text`` (at most 1,000 characters)
+        goes to the peer before the ACK that covers it."""
+        self.session.inbox.failed(seq, text[:1000])
 
     # -- output ------------------------------------------------------------
 
     def dataToSend(self, now: float) -> bytes:
-        """Take the bytes queued for the peer (empty if none). A GOODBYE due
-        after a protocol violation goes last, after the ACK of what the
-        application finished meanwhile."""
+        """Take the bytes queued for the peer (empty if none), with the
+        REJECTs and the cumulative ACK of what the application processed
+        since the last ACK. A GOODBYE due after a protocol violation goes
+        last, after that ACK."""
+        inbox = self.session.inbox
+        processed = inbox.processedUpTo
+        if (processed > self._ackSent and processed) or inbox.rejections:
+            self.flushAck()
         out = self._out
         if self._goodbyeDue is not None:
             out.append(self._goodbyeDue)
@@ -370,11 +573,27 @@ class Connection:
         self.liveness.sent(now)
         data = out[0] if len(out) == 1 else b"".join(out)
         self._out = []
+        self.bytesOut += len(data)
         return data
 
     def nextWake(self) -> float:
-        """When the timer should next fire (`handleTimer`)."""
-        return self.liveness.nextWake()
+        """When the timer should next fire (`handleTimer`): the liveness
+        schedule, or sooner a close deadline or the time at which a
+        transport that takes nothing shows that the peer does not read;
+        ``inf`` once the connection was told to close at once."""
+        if self._closedNow:
+            return self._abortAt if self._abortAt is not None else float("inf")
+        wake = self.liveness.nextWake()
+        closeAt = self._closeAt
+        if closeAt is not None and closeAt < wake:
+            wake = closeAt
+        stuck = self._stuckSince
+        if stuck is not None:
+            # A hair after the deadline, so that the check finds it passed.
+            notReading = stuck + self.liveness.deadline + 1e-6
+            if notReading < wake:
+                wake = notReading
+        return wake
 
     @property
     def canSend(self) -> bool:
@@ -383,15 +602,14 @@ class Connection:
 
     # -- input -------------------------------------------------------------
 
-    def receiveData(self, data: bytes, now: float) -> list[Event]:
+    def receiveData(self, data: bytes, now: float) -> None:
         """
-        Feed bytes that arrived from the peer.
-
-        :returns: the events they caused, in order. New messages for the
-            application are in ``session.inbox.pending``, not in events.
+        Feed bytes that arrived from the peer; what they cause comes out of
+        `nextEvent`.
         """
+        self._now = now
         self.liveness.received(now)
-        events: list[Event] = []
+        events = self.events
         error: str | None = None
         if self.peerHello is None and len(self._firstBytes) <= FIRST_BYTES_SHOWN:
             self._firstBytes += data[: FIRST_BYTES_SHOWN + 1 - len(self._firstBytes)]
@@ -407,17 +625,16 @@ class Connection:
             ):
                 # The very first frame is not twisted_alive's.
                 self._violateNotAlive(error, events)
-                return events
+                return
         if self._held is not None:
             # A server still deciding on the session holds what followed
             # the client's HELLO; keep the order.
             heldFrames, heldError = self._held
             self._held = (heldFrames + frames, heldError or error)
-            return events
+            return
         self._run(frames, error, now, events)
         if self._pongDue is not None:
             self._answerPing()
-        return events
 
     def _answerPing(self) -> None:
         """The PONG of the read burst, for its last PING; one that came
@@ -428,7 +645,7 @@ class Connection:
         self._pongDue = None
 
     def _run(
-        self, frames: list[_frames.Frame], error: str | None, now: float, events: list[Event]
+        self, frames: list[_frames.Frame], error: str | None, now: float, events: deque[Event]
     ) -> None:
         """Act on decoded frames, then on a decoding error that followed them."""
         state = self.state
@@ -452,7 +669,7 @@ class Connection:
         if error is not None:
             self._violate(error, events)
 
-    def _violateNotAlive(self, error: str, events: list[Event]) -> None:
+    def _violateNotAlive(self, error: str, events: deque[Event]) -> None:
         """The peer's first bytes are not twisted_alive's (``error`` says
         what the decoder or the HELLO rules found)."""
         if error.startswith("the peer "):
@@ -470,7 +687,7 @@ class Connection:
             detail += f" ({error})"
         self._fail(GoodbyeCode.PROTOCOL_ERROR, detail, events, notAlive=True)
 
-    def _handleFrame(self, frame: _frames.Frame, now: float, events: list[Event]) -> bool:
+    def _handleFrame(self, frame: _frames.Frame, now: float, events: deque[Event]) -> bool:
         """Act on one frame; ``True`` to stop reading further frames."""
         state = self.state
         if state is _FAILED:
@@ -487,8 +704,10 @@ class Connection:
                 raise ProtocolViolation("expected HELLO first, got ACK")
             entries = self.session.outbox.ack(frame.seq)
             if entries:
-                events.append(Confirmed(entries))
+                self._outcomes(entries, events)
                 self.pump(now)
+                if self._closing:
+                    self._checkClose()
             return False
         if type(frame) is Ping:
             if state is _HANDSHAKE:
@@ -523,7 +742,13 @@ class Connection:
             return False
         raise AssertionError(f"unhandled frame {frame!r}")  # pragma: no cover
 
-    def _handleGoodbye(self, frame: Goodbye, events: list[Event]) -> bool:
+    def _handleGoodbye(self, frame: Goodbye, events: deque[Event]) -> bool:
+        detail = f"peer said GOODBYE {frame.code.name}"
+        if frame.reason:
+            detail += f": {frame.reason}"
+        error = frame.code is GoodbyeCode.PROTOCOL_ERROR
+        self._end(Reason.PROTOCOL_ERROR if error else Reason.CLEAN_CLOSE, detail, frame.code)
+        events.append(GoodbyeReceived(frame.code, frame.reason))
         if (
             self.role is Role.CLIENT
             and frame.code is GoodbyeCode.SESSION_UNKNOWN
@@ -531,14 +756,16 @@ class Connection:
         ):
             self.state = State.FAILED
             self.error = f"peer does not know the session: {frame.reason}"
-            events.append(GoodbyeReceived(frame.code, frame.reason))
+            self._closeDue = True
             events.append(SessionUnknown(self.error))
             return True
         self.state = State.PEER_CLOSING
-        events.append(GoodbyeReceived(frame.code, frame.reason))
+        if not self._closing:
+            self._closing = _PEER
+        self._startCloseTimer()
         return False
 
-    def _handleHello(self, hello: Hello, now: float, events: list[Event]) -> None:
+    def _handleHello(self, hello: Hello, now: float, events: deque[Event]) -> None:
         if self.peerHello is not None:
             raise ProtocolViolation("a second HELLO on one connection")
         if hello.nonce == self.nonce and self.role is not Role.SERVER:
@@ -563,7 +790,8 @@ class Connection:
         self.peerHello = hello
         self.liveness.handshake(hello.interval, now)
         if self.role is Role.SERVER:
-            events.append(HelloReceived(hello))
+            if not self._closing:
+                events.append(HelloReceived(hello))
             return
         if self.role is Role.PEER:
             if hello.session != NO_SESSION and not hello.flags & HELLO_ASSIGNED:
@@ -585,6 +813,8 @@ class Connection:
         else:
             self.state = State.FAILED
             self.error = "peer did not resume the session (it keeps no sessions)"
+            self._end(Reason.LOCAL_CLOSE, self.error)
+            self._closeDue = True
             events.append(SessionUnknown(self.error))
 
     def _checkHelloRole(self, hello: Hello) -> None:
@@ -611,16 +841,17 @@ class Connection:
         ):
             raise ProtocolViolation("HELLO sets RESUMED for a session this side did not ask for")
 
-    def acceptSession(self, session: Session, resumed: bool, now: float) -> list[Event]:
+    def acceptSession(self, session: Session, resumed: bool, now: float) -> None:
         """
         (Server role.) Answer the client's HELLO with ``session``, new or
         resumed. Messages queued on this connection before it carried a
         session move to the end of ``session``'s queue.
         """
         assert self.role is Role.SERVER and self.peerHello is not None
-        events: list[Event] = []
+        self._now = now
+        events = self.events
         if self.state is not State.HANDSHAKE:
-            return events  # closed meanwhile: a GOODBYE went instead of HELLO
+            return  # closed meanwhile: a GOODBYE went instead of HELLO
         self.session.outbox.moveQueueTo(session.outbox)
         self.session = session
         self._sendHello(HELLO_ASSIGNED | (HELLO_RESUMED if resumed else 0))
@@ -628,22 +859,23 @@ class Connection:
             self._open(self.peerHello, resumed, now, events)
         except ProtocolViolation as e:
             self._violate(str(e), events)
-            return events
+            return
         held, self._held = self._held, None
         if held is not None:
             self._run(held[0], held[1], now, events)
             if self._pongDue is not None:
                 self._answerPing()
-        return events
 
     def refuseSession(self, detail: str) -> None:
         """(Server role.) The client's token is unknown: say so, then close."""
         self.state = State.FAILED
         self.error = detail
+        self._end(Reason.LOCAL_CLOSE, f"refused: {detail}")
+        self._closeDue = True
         self._held = None
         self._out.append(_frames.encode(Goodbye(GoodbyeCode.SESSION_UNKNOWN, detail)))
 
-    def _open(self, hello: Hello, resumed: bool, now: float, events: list[Event]) -> None:
+    def _open(self, hello: Hello, resumed: bool, now: float, events: deque[Event]) -> None:
         self.peerWindow = hello.window
         self.peerMaxPayload = min(self.settings.maxPayload, hello.maxFrameSize - 9)
         self.resumed = resumed
@@ -658,11 +890,14 @@ class Connection:
             )
         if self.state is State.HANDSHAKE:
             self.state = State.OPEN
+        self.wakeMoved = True  # the peer's interval sets the schedule now
         events.append(Opened(resumed))
         inbox = self.session.inbox
         if inbox.processedUpTo or inbox.rejections or inbox.sentRejections:
             self.flushAck(resend=True)
         self.pump(now)
+        if self._closing:
+            self._checkClose()
 
     def _sendHello(self, flags: int) -> None:
         s = self.settings
@@ -682,6 +917,20 @@ class Connection:
         )
 
     # -- actions -------------------------------------------------------------
+
+    def refusal(self) -> tuple[bool, str] | None:
+        """
+        Why no message may be sent now, or ``None`` if it may: ``(True,
+        text)`` if this side's application called `close` (sending after
+        one's own close is a programming error), ``(False, text)`` if the
+        connection is closing or failed otherwise.
+        """
+        state = self.state
+        if (state is _OPEN or state is _HANDSHAKE) and not self._closing and not self._closedNow:
+            return None
+        if self._closing == _LOCAL:
+            return True, "called after close()"
+        return False, "connection is closing"
 
     def send(self, payload: bytes, handle: Any, now: float) -> Entry:
         """
@@ -704,21 +953,18 @@ class Connection:
         self.pump(now)
         return entry
 
-    def sendMany(self, payloads: Sequence[bytes], handle: Any, member: Any, now: float) -> None:
+    def sendMany(self, payloads: Sequence[bytes], handle: Any, now: float) -> None:
         """
-        Queue several messages at once, all or none (see
-        `Outbox.submitMany`); the DATA frames of those the windows allow are
-        queued for `dataToSend` at once.
+        Queue several messages at once, all or none, with one ``handle`` for
+        their common outcome (see `Outbox.submitMany`); the DATA frames of
+        those the windows allow are queued for `dataToSend` at once.
 
-        :param handle: the caller's object for the last message.
-        :param member: the caller's object for each of the others.
         :raises QueueFull: if they do not all fit; nothing was queued.
         """
         outbox = self.session.outbox
         entries = outbox.submitMany(
             payloads,
             handle,
-            member,
             self.peerWindow if self.state is _OPEN else 0,
             now,
             self.peerMaxPayload,
@@ -730,7 +976,8 @@ class Connection:
 
     def pump(self, now: float) -> int:
         """
-        Write as many queued messages as the windows allow.
+        Write as many queued messages as the windows allow; a message too
+        large for the peer becomes a `TooLarge` event.
 
         :returns: how many DATA frames were queued for sending.
         """
@@ -741,7 +988,67 @@ class Connection:
             return 0
         entries = outbox.takeSendable(self.peerWindow, now, self.peerMaxPayload)
         self._queueData(entries)
+        if outbox.tooLarge:
+            self._tooLarge()
         return len(entries)
+
+    def _tooLarge(self) -> None:
+        """Report the messages `Outbox.takeSendable` found too large for
+        the peer: messages sent together fail as one."""
+        outbox = self.session.outbox
+        entries, outbox.tooLarge = outbox.tooLarge, []
+        for entry in entries:
+            if entry.handle is None:
+                continue
+            text = (
+                f"message of {len(entry.payload)} bytes exceeds the peer's maximum "
+                f"of {self.peerMaxPayload} bytes"
+            )
+            # One of several sent together: the others may have gone out.
+            maybe = entry.batch != 1
+            self.events.append(TooLarge(entry.handle, text, maybe))
+
+    def _outcomes(self, entries: list[Entry], events: deque[Event]) -> None:
+        """The outcomes of the messages an ACK covered: `Confirmed` for those
+        the peer's application processed, `Rejected` for those it failed on
+        (for messages sent together: one outcome, by the last one)."""
+        rejected = self.session.outbox.rejected
+        if not rejected:
+            if entries[-1].batch == 1 and entries[0].batch == 1:
+                events.append(Confirmed(entries))
+            else:
+                events.append(Confirmed([e for e in entries if e.batch]))
+            return
+        confirmed: list[Entry] = []
+        for entry in entries:
+            seq = entry.seq
+            count = entry.batch
+            if not count:
+                continue  # sent together with later ones: the last answers
+            handle = entry.handle
+            if count > 1:
+                failed = sorted(s for s in rejected if seq - count < s <= seq)
+                if failed:
+                    texts = [rejected.pop(s) for s in failed]
+                    if handle is not None:
+                        events.append(
+                            Rejected(
+                                handle,
+                                f"peer application failed on message {failed[0]} "
+                                f"({len(failed)} of the {count} sent together): {texts[0]}",
+                            )
+                        )
+                    continue
+            if seq in rejected:
+                text = rejected.pop(seq)
+                if handle is not None:
+                    events.append(
+                        Rejected(handle, f"peer application failed on message {seq}: {text}")
+                    )
+            else:
+                confirmed.append(entry)
+        if confirmed:
+            events.append(Confirmed(confirmed))
 
     def _queueData(self, entries: list[Entry]) -> None:
         """Queue the DATA frames of ``entries`` for `dataToSend`, in order."""
@@ -771,41 +1078,237 @@ class Connection:
             self.acksSent += 1
             self._out.append(_frames.encodeAck(processed))
 
-    def close(self, code: GoodbyeCode = GoodbyeCode.NORMAL, reason: str = "") -> None:
-        """Announce an orderly close with GOODBYE; no DATA goes out after it."""
+    # -- closing -----------------------------------------------------------
+
+    def close(
+        self, code: GoodbyeCode = GoodbyeCode.NORMAL, reason: str = "", now: float | None = None
+    ) -> None:
+        """
+        This side's application closes in order: what is queued is sent,
+        then GOODBYE; then, once the peer acknowledged every message (or
+        `Settings.closeTimeout` passed), `CloseNow`. The messages the peer
+        sent before are handed out and acknowledged first. A second call
+        does nothing.
+        """
+        if now is not None:
+            self._now = now
+        if self._closing == _LOCAL or self._closedNow:
+            return
+        self._end(Reason.LOCAL_CLOSE, f"closed by this side (GOODBYE {code.name})")
+        self._closing = _LOCAL
+        self._goodbye = (code, reason)
+        self._startCloseTimer()
+        self._checkClose()
+
+    def sendGoodbye(self, code: GoodbyeCode = GoodbyeCode.NORMAL, reason: str = "") -> None:
+        """Queue a GOODBYE now (no DATA goes out after it); `close` does it
+        when the time comes."""
         if self.state in (State.OPEN, State.HANDSHAKE, State.PEER_CLOSING):
             self._out.append(_frames.encode(Goodbye(code, reason)))
             if self.state is not State.PEER_CLOSING:
                 self.state = State.CLOSING
 
-    def handleTimer(self, now: float, scheduledFor: float, queued: float = 0.0) -> list[Event]:
+    def readClosed(self, now: float) -> None:
+        """The peer shut its write side (a FIN): it will not speak again.
+        What it sent is handed out and acknowledged, then `CloseNow`."""
+        self._now = now
+        if self.state is not _PEER_CLOSING:
+            self._end(Reason.PEER_CLOSED, "peer closed the connection without GOODBYE")
+        if not self._closing:
+            self._closing = _PEER
+        self._readClosed = True
+        self._startCloseTimer()
+        self._checkClose()
+
+    def abort(self, detail: str, reason: Reason = Reason.LOCAL_CLOSE) -> None:
+        """Close at once (an RST, no GOODBYE): a `CloseNow` with ``abort``.
+        From now on no received message is handed out: this connection no
+        longer carries its session."""
+        self._end(reason, detail)
+        self._handOff = False
+        self._closedNow = True
+        self._closeAt = self._abortAt = None
+        if not self._aborted:
+            self._aborted = True
+            ending = self.ending
+            assert ending is not None
+            self.events.append(CloseNow(True, ending))
+
+    def writeFailed(self, detail: str) -> None:
+        """Writing to the transport failed (the peer reset the connection):
+        recorded as the ending, unless something ended it before."""
+        self._end(Reason.RESET, detail)
+
+    def lost(self) -> None:
+        """The transport is gone: nothing more is handed out or sent."""
+        self._handOff = False
+        self._closedNow = True
+        self._closeAt = self._abortAt = None
+
+    def _end(
+        self,
+        reason: Reason,
+        detail: str,
+        goodbye: GoodbyeCode | None = None,
+        cause: Cause | None = None,
+    ) -> None:
+        """Record why the connection ends; the first cause wins."""
+        if self.ending is None:
+            self.ending = Ending(reason, detail, goodbye, cause)
+
+    def _startCloseTimer(self) -> None:
+        if self._closeAt is None and not self._closedNow:
+            self._closeAt = self._now + self.settings.closeTimeout
+            self.wakeMoved = True
+
+    def _closeInOrder(self) -> None:
+        """`CloseNow` (in order), and the deadline of its flush."""
+        if self._closedNow:
+            return
+        self._closedNow = True
+        self._closeAt = None
+        self._abortAt = self._now + ABORT_GRACE
+        self.wakeMoved = True
+        ending = self.ending
+        assert ending is not None
+        self.events.append(CloseNow(False, ending))
+
+    def _checkClose(self) -> None:
+        """Close once closing has nothing left to wait for."""
+        if self._closedNow:
+            return
+        if self._closeDue:
+            # A violation, a refused or unknown session: what could be
+            # handed out was (`nextEvent` comes here when nothing is left).
+            self._closeInOrder()
+            return
+        state = self.state
+        if not self._closing or state is _FAILED:
+            return
+        session = self.session
+        inbox = session.inbox
+        if self._handOff and (inbox.handedOut or inbox.pending):
+            return  # finish what the peer sent; its ACK goes out after
+        outbox = session.outbox
+        if self._closing == _LOCAL and not self._readClosed and state is not _PEER_CLOSING:
+            if state is _OPEN or state is _HANDSHAKE:
+                if outbox.queue:
+                    return  # still sending (before HELLO: waiting to send)
+                self.sendGoodbye(*self._goodbye)
+            if outbox.inflight:
+                return  # waiting for acknowledgements
+        elif state is _PEER_CLOSING and not self._readClosed and outbox.inflight:
+            # The peer sent GOODBYE but still processes and acknowledges
+            # the DATA that reached it; wait for that (until its FIN or the
+            # close deadline) rather than leave the messages uncertain.
+            return
+        self._closeInOrder()
+
+    # -- time ----------------------------------------------------------------
+
+    def handleTimer(self, now: float, scheduledFor: float, queued: float = 0.0) -> None:
         """
-        The timer armed for ``scheduledFor`` fired at ``now``; act on
-        liveness. ``queued``: see `Liveness.handleTimer`.
+        The timer armed for ``scheduledFor`` (`nextWake`) fired at ``now``:
+        act on liveness and on the close deadlines. ``queued``: see
+        `Liveness.handleTimer`.
         """
+        self._now = now
+        events = self.events
+        if self._closedNow:
+            abortAt = self._abortAt
+            if abortAt is not None and now >= abortAt:
+                assert self.ending is not None
+                self.abort(self.ending.detail)
+            return
+        late = now - scheduledFor
+        if late > 0.0 and self._stuckSince is not None:
+            # As for liveness: while this process did not run, the transport
+            # could not write either; that is not the peer's doing.
+            self._stuckSince += late
         action, stall = self.liveness.handleTimer(now, scheduledFor, queued)
-        events: list[Event] = []
         if stall:
             events.append(Stalled(stall))
         if action is _EXPIRED:
             self.state = _FAILED
-            self.error = self.liveness.silenceDetail(now)
-            events.append(Expired(self.error))
-        elif action is _PING:
+            self.error = detail = self.liveness.silenceDetail(now)
+            events.append(Expired(detail))
+            self.abort(detail, Reason.TIMEOUT)
+            return
+        if action is _PING:
             self._out.append(_frames.encodePing(self.liveness.pingId))
-        return events
+        closeAt = self._closeAt
+        if closeAt is not None and now >= closeAt:
+            if self.state is _OPEN or self.state is _HANDSHAKE:
+                self.sendGoodbye(*self._goodbye)
+            self._closeInOrder()
 
-    def _violate(self, detail: str, events: list[Event]) -> None:
+    def checkUnsent(self, unsent: int, written: int, now: float, fromTimer: bool = False) -> None:
+        """
+        The transport holds ``unsent`` bytes the kernel has not taken, after
+        ``written`` bytes were handed to it in all. Abort (`PeerNotReading`,
+        then `CloseNow`) if the peer does not read: more than
+        `Settings.maxUnsentBytes` beyond the DATA frames in flight, or
+        (judged when the timer fired, ``fromTimer``) nothing taken for the
+        peer's deadline. A peer that reads, however slowly, drains
+        something.
+        """
+        if self.ending is not None or self._closedNow:
+            return
+        stuck = self._stuckSince
+        if not unsent:
+            stuck = None
+        elif self._unsentSeen + (written - self._writtenSeen) > unsent:
+            stuck = now  # some of it went out: the peer reads
+        elif stuck is None:
+            stuck = now
+            if not fromTimer:
+                self.wakeMoved = True  # judge it at the deadline
+        self._stuckSince = stuck
+        self._unsentSeen = unsent
+        self._writtenSeen = written
+        if not unsent:
+            return
+        settings = self.settings
+        limit = max(settings.maxUnsentBytes, 2 * (settings.maxFrameSize + 4))
+        if unsent > limit:
+            inflight = self.session.outbox.inflight
+            frames = sum(len(entry.payload) + DATA_OVERHEAD for entry in inflight)
+            if unsent - frames > limit:
+                self._notReading(
+                    f"peer stopped reading: {describeSize(unsent)} unsent, over the limit of "
+                    f"{describeSize(limit)} beyond the {len(inflight)} messages in flight"
+                )
+                return
+        deadline = self.liveness.deadline
+        if fromTimer and stuck is not None and now - stuck >= deadline:
+            self._notReading(
+                f"peer stopped reading: {describeSize(unsent)} unsent, none taken for "
+                f"{now - stuck:.3f} s (deadline {deadline:.3f} s)"
+            )
+
+    def _notReading(self, detail: str) -> None:
+        self.events.append(PeerNotReading(detail))
+        self.abort(detail, Reason.TIMEOUT)
+
+    def _violate(self, detail: str, events: deque[Event]) -> None:
         self._fail(GoodbyeCode.PROTOCOL_ERROR, detail, events)
 
     def _fail(
-        self, code: GoodbyeCode, detail: str, events: list[Event], notAlive: bool = False
+        self, code: GoodbyeCode, detail: str, events: deque[Event], notAlive: bool = False
     ) -> None:
         """Fail the connection: the GOODBYE goes out with the next
-        `dataToSend`, after the ACK of the messages that came before."""
+        `dataToSend`, after the ACK of the messages that came before (still
+        handed out); then `CloseNow`."""
         if self.state is State.FAILED:
             return
         self.state = State.FAILED
         self.error = detail
         self._goodbyeDue = _frames.encode(Goodbye(code, detail))
+        if code is GoodbyeCode.PROTOCOL_ERROR:
+            self._end(
+                Reason.PROTOCOL_ERROR, detail, cause=Cause.NOT_ALIVE_PEER if notAlive else None
+            )
+        else:
+            self._end(Reason.LOCAL_CLOSE, detail)
+        self._closeDue = True
         events.append(Violation(detail, notAlive))

@@ -43,15 +43,51 @@ class ProtocolViolation(Exception):
 
 
 class Entry:
-    """One message in an `Outbox`."""
+    """
+    One message in an `Outbox`.
 
-    __slots__ = ("seq", "payload", "handle", "sentAt")
+    :ivar handle: the sender's object for the message's outcome (the
+        adapter's Deferred), or ``None``; messages sent together share the
+        last one's handle.
+    :ivar batch: 1 for a message sent alone; for messages sent together,
+        their count on the last one and 0 on the others (whose outcome the
+        last one's handle reports).
+    """
 
-    def __init__(self, payload: bytes, handle: Any) -> None:
+    __slots__ = ("seq", "payload", "handle", "sentAt", "batch")
+
+    def __init__(self, payload: bytes, handle: Any, batch: int = 1) -> None:
         self.seq = 0
         self.payload = payload
         self.handle = handle
         self.sentAt = 0.0
+        self.batch = batch
+
+
+def undelivered(entries: Sequence[Entry]) -> list[tuple[Any, bool]]:
+    """
+    The outcomes of unconfirmed entries that will never be confirmed (their
+    session ended, or was replaced): one ``(handle, maybeProcessed)`` per
+    handle, in order of first appearance, the handle of messages sent
+    together once. ``maybeProcessed`` is true if one of its messages was
+    sent (it has a sequence number), or it is the last of several sent
+    together (the others may have gone out before): the peer may have
+    processed it before the end.
+    """
+    out: list[list[Any]] = []
+    index: dict[int, int] = {}
+    for entry in entries:
+        handle = entry.handle
+        if handle is None:
+            continue
+        maybe = entry.seq != 0 or entry.batch > 1
+        at = index.get(id(handle))
+        if at is None:
+            index[id(handle)] = len(out)
+            out.append([handle, maybe])
+        elif maybe:
+            out[at][1] = True
+    return [(handle, maybe) for handle, maybe in out]
 
 
 class Outbox:
@@ -121,6 +157,20 @@ class Outbox:
         # Like submit(): an empty queue always takes one message.
         return not queue or (len(queue) < self.maxQueue and self.queuedBytes < self.maxQueueBytes)
 
+    def isHigh(self) -> bool:
+        """Whether the queue holds half of either limit (``maxQueue``
+        messages or ``maxQueueBytes`` bytes): time to pause a producer."""
+        return len(self.queue) >= max(1, self.maxQueue // 2) or self.queuedBytes >= max(
+            1, self.maxQueueBytes // 2
+        )
+
+    def isLow(self) -> bool:
+        """Whether the queue is down to a quarter of both limits: time to
+        resume a paused producer."""
+        return (
+            len(self.queue) <= self.maxQueue // 4 and self.queuedBytes <= self.maxQueueBytes // 4
+        )
+
     def submit(self, payload: bytes, handle: Any) -> Entry:
         """
         Queue a message.
@@ -177,14 +227,13 @@ class Outbox:
         self,
         payloads: Sequence[bytes],
         handle: Any,
-        member: Any,
         peerWindow: int,
         now: float,
         maxPayload: int,
     ) -> list[Entry]:
         """
-        Queue ``payloads`` as consecutive messages, all or none; the last
-        one's entry carries ``handle``, the others ``member``. As many as the windows allow go
+        Queue ``payloads`` as consecutive messages, all or none, with one
+        ``handle`` for all (see `Entry.batch`). As many as the windows allow go
         straight into the window, as `sendNow` does; the rest wait in the
         queue.
 
@@ -229,7 +278,7 @@ class Outbox:
             seq = self.nextSeq
             append = sent.append
             for payload in islice(payloads, room) if room < count else payloads:
-                entry = Entry(payload, member)
+                entry = Entry(payload, handle, 0)
                 entry.seq = seq
                 entry.sentAt = now
                 seq += 1
@@ -240,12 +289,12 @@ class Outbox:
                 inflight = self.inflight = deque()
             inflight.extend(sent)
             if not waiting:
-                sent[-1].handle = handle
+                sent[-1].batch = count
                 return sent
         if queue is EMPTY:
             queue = self.queue = deque()
-        queue.extend([Entry(payload, member) for payload in islice(payloads, room, None)])
-        queue[-1].handle = handle
+        queue.extend([Entry(payload, handle, 0) for payload in islice(payloads, room, None)])
+        queue[-1].batch = count
         self.queuedBytes += waitingBytes
         return sent
 
@@ -449,6 +498,7 @@ class Inbox:
         "rejections",
         "sentRejections",
         "duplicates",
+        "handedOut",
     )
 
     def __init__(self, window: int = DEFAULT_WINDOW) -> None:
@@ -458,10 +508,48 @@ class Inbox:
         self.ackedUpTo = 0
         """The highest seq an ACK sent to the peer covered: the peer may
         send up to `window` messages beyond it, no more."""
-        self.pending: deque[tuple[int, bytes]] = EMPTY
+        self.pending: deque[Data] = EMPTY
         self.rejections: list[tuple[int, str]] = []
         self.sentRejections: deque[tuple[int, str]] = EMPTY
         self.duplicates = 0
+        self.handedOut = 0
+        """The message the application is processing (its seq), 0 if none;
+        -1 while it processes one of the session this one replaced (see
+        `Session.restart`). The next message waits until it is answered."""
+
+    def processed(self, seq: int) -> bool:
+        """
+        The application processed message ``seq`` (the one handed out): the
+        next ACK covers it.
+
+        :returns: whether it counted (``False`` for the answer to a message
+            of a replaced session, or to one not handed out).
+        """
+        handedOut = self.handedOut
+        if handedOut == seq:
+            self.handedOut = 0
+            self.processedUpTo = seq
+            return True
+        if handedOut == -1:
+            self.handedOut = 0
+        return False
+
+    def failed(self, seq: int, reason: str) -> bool:
+        """
+        The application failed on message ``seq`` (the one handed out): it
+        counts as processed, and a REJECT with ``reason`` goes to the peer
+        before the ACK that covers it.
+
+        :returns: whether it counted (as for `processed`).
+        """
+        handedOut = self.handedOut
+        if handedOut == seq:
+            self.handedOut = 0
+            self.reject(seq, reason)
+            return True
+        if handedOut == -1:
+            self.handedOut = 0
+        return False
 
     def reject(self, seq: int, reason: str) -> None:
         """
@@ -516,7 +604,7 @@ class Inbox:
         self.receivedUpTo = seq
         if self.pending is EMPTY:
             self.pending = deque()
-        self.pending.append((seq, payload))
+        self.pending.append(Data(seq, payload))
         if self.sentRejections:
             self._forgetRejections(seq)
         return True
@@ -555,50 +643,20 @@ class Inbox:
             sent.popleft()
 
 
-class Pacer:
-    """
-    Pauses a push producer while an `Outbox`'s queue is high, and resumes
-    it once the queue has drained.
-
-    The producer is paused when the queue holds half of either limit
-    (``maxQueue`` messages or ``maxQueueBytes`` bytes) and resumed when it is
-    down to a quarter of both: a sender that respects the pause never meets
-    `QueueFull`.
-
-    :param outbox: the outbox to watch.
-    :param producer: an object with ``pauseProducing()`` and
-        ``resumeProducing()`` (a Twisted ``IPushProducer``).
-    """
-
-    def __init__(self, outbox: Outbox, producer: Any) -> None:
-        self.outbox = outbox
-        self.producer = producer
-        self.paused = False
-
-    def check(self) -> None:
-        """Pause or resume the producer as the queue's level says."""
-        outbox = self.outbox
-        queued, queuedBytes = len(outbox.queue), outbox.queuedBytes
-        if not self.paused:
-            if queued >= max(1, outbox.maxQueue // 2) or queuedBytes >= max(
-                1, outbox.maxQueueBytes // 2
-            ):
-                self.paused = True
-                self.producer.pauseProducing()
-        elif queued <= outbox.maxQueue // 4 and queuedBytes <= outbox.maxQueueBytes // 4:
-            self.paused = False
-            self.producer.resumeProducing()
-
-
 class Session:
     """
     State that outlives a connection: a token, an `Outbox` and an `Inbox`.
+
+    Plain data: nothing in it points at a connection, a producer or a
+    Deferred (the handles in the outbox are the sender's opaque objects).
+    What binds a session to the connection that carries it now belongs to
+    the adapter (``twisted_alive._binding``).
 
     :param token: the 16-byte session token, or `NO_SESSION` for a session
         that lives only as long as one connection.
     """
 
-    __slots__ = ("token", "outbox", "inbox", "lastSeen", "current", "busy", "pacer", "resumes")
+    __slots__ = ("token", "outbox", "inbox", "lastSeen", "resumes")
 
     def __init__(
         self,
@@ -611,12 +669,6 @@ class Session:
         self.outbox = Outbox(window, maxQueue, maxQueueBytes)
         self.inbox = Inbox(window)
         self.lastSeen = 0.0
-        self.current: object | None = None
-        """The adapter object carrying this session now, if any."""
-        self.busy = False
-        """Whether the application is processing a message of this session."""
-        self.pacer: Pacer | None = None
-        """Pauses a registered producer while the send queue is high."""
         self.resumes = 0
         """How many connections resumed this session (after its first)."""
 
@@ -636,6 +688,11 @@ class Session:
         :returns: the sent-but-unconfirmed entries, now uncertain.
         """
         self.token = token
+        busy = self.inbox.handedOut
         self.inbox = Inbox(self.inbox.window)
+        if busy:
+            # The application still processes a message of the old session:
+            # the new one's first message waits for its answer.
+            self.inbox.handedOut = -1
         self.resumes = 0
         return self.outbox.restart()

@@ -111,7 +111,7 @@ class AliveCollector(Collector):
             for reason, count in factory.losses.items():
                 losses[reason] += count
             for session in factory.sessions.values():
-                if session.current is None:
+                if not factory.isCarried(session):
                     detached += 1
                 else:
                     connected += 1

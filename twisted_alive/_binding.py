@@ -1,0 +1,115 @@
+"""
+What ties a session to the live objects of the Twisted adapter: the
+protocol that carries it now and the producer its send queue paces. The
+`Session` itself stays plain data (``twisted_alive.core.delivery``); a
+factory that keeps sessions (`ISessionHost`) keeps their bindings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, cast
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IPushProducer
+
+from twisted_alive.core.delivery import Entry, Outbox, Session, undelivered
+from twisted_alive.core.outcomes import DeliveryFailed, Receipt
+from twisted_alive.core.reasons import Loss
+
+if TYPE_CHECKING:
+    from twisted_alive._mixin import HeartbeatMixin
+
+
+class Pacer:
+    """
+    Pauses a push producer while an `Outbox`'s queue is high, and resumes
+    it once the queue has drained (`Outbox.isHigh`, `Outbox.isLow`): a
+    sender that respects the pause never meets `QueueFull`.
+
+    :param outbox: the outbox to watch.
+    :param producer: the ``IPushProducer`` to pause and resume.
+    """
+
+    __slots__ = ("outbox", "producer", "paused")
+
+    def __init__(self, outbox: Outbox, producer: IPushProducer) -> None:
+        self.outbox = outbox
+        self.producer = producer
+        self.paused = False
+
+    def check(self) -> None:
+        """Pause or resume the producer as the queue's level says."""
+        if not self.paused:
+            if self.outbox.isHigh():
+                self.paused = True
+                self.producer.pauseProducing()
+        elif self.outbox.isLow():
+            self.paused = False
+            self.producer.resumeProducing()
+
+
+class Binding:
+    """
+    A session and the live objects tied to it.
+
+    :ivar session: the session (plain data).
+    :ivar carrier: the protocol that carries the session now (it completed
+        its HELLO exchange and has not ended), or ``None``.
+    :ivar pacer: the `Pacer` of a registered producer, or ``None``.
+    """
+
+    __slots__ = ("session", "carrier", "pacer")
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self.carrier: HeartbeatMixin | None = None
+        self.pacer: Pacer | None = None
+
+    def register(self, producer: IPushProducer) -> None:
+        """Pace ``producer`` by the session's send queue.
+
+        :raises RuntimeError: if a producer is registered already.
+        """
+        if self.pacer is not None:
+            raise RuntimeError("a producer is registered already; unregister it first")
+        self.pacer = Pacer(self.session.outbox, producer)
+        self.pacer.check()
+
+    def adopt(self, other: Binding) -> None:
+        """Take over ``other``'s producer (registered on a connection before
+        it knew its session), unless one is registered here already."""
+        if other.pacer is not None and self.pacer is None:
+            self.pacer, other.pacer = other.pacer, None
+            self.pacer.outbox = self.session.outbox
+
+    def takeOver(self, protocol: HeartbeatMixin) -> None:
+        """Make ``protocol`` the carrier. A previous carrier still open (the
+        client came back while its old connection looked alive here) is
+        aborted: the new connection takes over."""
+        previous = self.carrier
+        if previous is not None and previous is not protocol and previous.loss is None:
+            previous.abort("session taken over by a new connection")
+        self.carrier = protocol
+
+
+def confirm(entries: Sequence[Entry], now: float) -> None:
+    """Fire the Deferreds of confirmed entries with their `Receipt`."""
+    for entry in entries:
+        d = entry.handle
+        if d is not None and not d.called:
+            d.callback(Receipt(entry.seq, entry.sentAt, now))
+
+
+def fail(handle: Any, error: DeliveryFailed) -> None:
+    """Fail a message's Deferred (``handle``) unless it fired already."""
+    d = cast("Deferred[Receipt] | None", handle)
+    if d is not None and not d.called:
+        d.errback(error)
+
+
+def failUndelivered(entries: Sequence[Entry], message: str, loss: Loss | None) -> None:
+    """Fail the Deferreds of entries that will never be confirmed, each
+    once (see `undelivered`), with ``message``."""
+    for handle, maybe in undelivered(entries):
+        fail(handle, DeliveryFailed(message, loss, maybeProcessed=maybe))
