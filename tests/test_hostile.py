@@ -22,9 +22,9 @@ from twisted_alive._mixin import (
     CLIENT_MAX_PEER_INTERVAL,
     SERVER_MAX_PEER_INTERVAL,
     TURN_CHECK_EVERY,
-    unsentBytes,
 )
 from twisted_alive._reasons import Reason
+from twisted_alive._transport import unsentBytes
 from twisted_alive.core.frames import (
     MIN_MAX_FRAME_SIZE,
     NO_SESSION,

@@ -30,8 +30,8 @@ from twisted.logger import capturedLogs
 from twisted.python.failure import Failure
 from twisted.test.iosim import FakeTransport, IOPump, connect
 
-from twisted_alive._mixin import addressPhase
 from twisted_alive._reasons import Reason, classify
+from twisted_alive._transport import addressPhase
 from twisted_alive.core.frames import (
     DEFAULT_MAX_FRAME_SIZE,
     NO_SESSION,

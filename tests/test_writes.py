@@ -34,13 +34,10 @@ from twisted.python.failure import Failure
 from twisted.test import iosim
 from zope.interface import implementer
 
-from twisted_alive._mixin import (
-    HeartbeatProtocol,
-    _pongWatchers,
-    canWriteThrough,
-    watchPongs,
-)
+from twisted_alive._logs import _pongWatchers, watchPongs
+from twisted_alive._mixin import HeartbeatProtocol
 from twisted_alive._reasons import Reason
+from twisted_alive._transport import canWriteThrough
 from twisted_alive.core.frames import (
     DEFAULT_MAX_FRAME_SIZE,
     NO_SESSION,

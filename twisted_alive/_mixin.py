@@ -14,7 +14,6 @@ from __future__ import annotations
 import inspect
 from collections.abc import Iterable, Sequence
 from typing import Any, cast
-from weakref import WeakKeyDictionary
 
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
@@ -25,14 +24,14 @@ from twisted.internet.interfaces import (
     IReactorTime,
 )
 from twisted.internet.protocol import BaseProtocol, Protocol, connectionDone
-from twisted.logger import Logger, LogLevel
 from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from twisted_alive._binding import Binding, confirm, fail, failUndelivered
 from twisted_alive._interfaces import ISessionHost
-from twisted_alive._reasons import describeFailure, typeName
+from twisted_alive._logs import log, logEvent, logRejection, watchPongs
+from twisted_alive._reasons import describeFailure
 from twisted_alive._timers import wheelFor
 from twisted_alive._transport import (
     addressPhase,
@@ -52,16 +51,12 @@ from twisted_alive.core.connection import (
     HelloReceived,
     MessageReceived,
     Opened,
-    PeerNotReading,
-    PongReceived,
     Rejected,
     Role,
     SessionUnknown,
     Settings,
-    Stalled,
     State,
     TooLarge,
-    Violation,
 )
 from twisted_alive.core.delivery import (
     DEFAULT_MAX_QUEUE,
@@ -73,29 +68,8 @@ from twisted_alive.core.frames import DEFAULT_MAX_FRAME_SIZE, GoodbyeCode
 from twisted_alive.core.liveness import STALL_THRESHOLD
 from twisted_alive.core.outcomes import DeliveryFailed, QueueFull, Receipt
 from twisted_alive.core.reasons import Loss
-from twisted_alive.core.rejections import RejectionLog, Report
 
 __all__ = ["ABORT_GRACE", "HeartbeatMixin", "HeartbeatProtocol", "watchPongs"]
-
-log = Logger(namespace="twisted_alive")
-
-STALL_LOG_EVERY = 1.0
-"""Seconds between two stall warnings of one clock (see ``_stalled``)."""
-
-_stallLogs: WeakKeyDictionary[IReactorTime, list[Any]] = WeakKeyDictionary()
-
-_pongWatchers = [0]
-"""How many status sites want ``pong`` events (see `watchPongs`)."""
-
-
-def watchPongs(on: bool) -> None:
-    """
-    Ask for (``True``) or release (``False``) the ``pong`` log event of
-    every connection of the process, whatever their ``logPongs``: a status
-    site feeds its RTT histogram from them while it listens.
-    """
-    _pongWatchers[0] = max(0, _pongWatchers[0] + (1 if on else -1))
-
 
 TURN_CHECK_EVERY = 16
 """Messages handed to the application between two looks at the time spent
@@ -109,9 +83,6 @@ sign of life."""
 CLIENT_MAX_PEER_INTERVAL = 3600.0
 """The default `HeartbeatMixin.maxPeerInterval` of a side that made the
 connection (it chose its server)."""
-
-_rejectionLogs: WeakKeyDictionary[IReactorTime, RejectionLog] = WeakKeyDictionary()
-
 
 @implementer(IHalfCloseableProtocol)
 class HeartbeatMixin(TimeoutMixin):
@@ -211,26 +182,10 @@ class HeartbeatMixin(TimeoutMixin):
         :raises TypeError: naming the fix.
         """
         super().__init_subclass__(**kwargs)
-        for base in cls.__mro__[1:]:
-            if base is HeartbeatMixin:
-                break
-            if issubclass(base, BaseProtocol) and not issubclass(base, HeartbeatMixin):
-                raise TypeError(
-                    f"{cls.__qualname__} lists {base.__name__} before HeartbeatMixin, so "
-                    f"{base.__name__}'s connectionMade/dataReceived/connectionLost hide the "
-                    f"mixin's: list HeartbeatMixin before {base.__name__}: "
-                    f"class {cls.__name__}(HeartbeatMixin, {base.__name__})"
-                )
+        checkBases(cls)
 
     def _notSetUp(self, what: str) -> RuntimeError:
-        """The error of ``what`` called before `connectionMade` set the
-        connection up."""
-        if getattr(self, "transport", None) is None:
-            return RuntimeError(f"{what} called before the connection was made")
-        return RuntimeError(
-            f"{what} called before the connection was set up: did the subclass's "
-            "connectionMade() call super().connectionMade() (before using the connection)?"
-        )
+        return notSetUp(what, getattr(self, "transport", None) is not None)
 
     # -- configuration -----------------------------------------------------
 
@@ -590,38 +545,10 @@ class HeartbeatMixin(TimeoutMixin):
             self._turnCall.cancel()
         self._turnCall = None
         conn = self._alive
-        ending = None
         if conn is not None:
             conn.lost()
-            ending = conn.ending
-        if ending is not None:
-            kind, detail, code, cause = ending
-        else:
-            code = None
-            kind, detail, cause = describeFailure(
-                reason, closedHere=bool(getattr(self.transport, "disconnecting", False))
-            )
-        unconfirmed = len(conn.session.outbox) if conn is not None else 0
-        loss = Loss(
-            reason=kind,
-            detail=detail,
-            failure=reason,
-            goodbye=code,
-            peer=self._peer,
-            connectedFor=self._clock().seconds() - self._connectedAt,
-            unconfirmed=unconfirmed,
-            cause=cause,
-        )
-        self.loss = loss
-        log.info(
-            "alive.lost: {peer} {reason}: {detail} after {duration:.3f} s (rtt {rtt})",
-            peer=self._peer,
-            reason=loss.reason.name,
-            detail=loss.detail,
-            duration=loss.connectedFor,
-            rtt=self.rtt,
-            unconfirmed=unconfirmed,
-            event="lost",
+        self.loss = loss = lossOf(
+            conn, reason, self.transport, self._peer, self._clock().seconds() - self._connectedAt
         )
         binding = self._binding
         if binding is not None and binding.carrier is self:
@@ -698,7 +625,7 @@ class HeartbeatMixin(TimeoutMixin):
                 try:
                     result = self.messageReceived(event[1])
                 except Exception:
-                    conn.messageFailed(seq, self._rejected(seq, Failure()))  # type: ignore[no-untyped-call]
+                    conn.messageFailed(seq, logRejection(self._clock(), self._peer, seq, Failure()))  # type: ignore[no-untyped-call]
                 else:
                     if result is None:
                         # The common case, first: isinstance() against
@@ -744,34 +671,12 @@ class HeartbeatMixin(TimeoutMixin):
             self._opened(conn, cast(Opened, event).resumed)
         elif kind is HelloReceived:
             self._helloReceived(conn, cast(HelloReceived, event))
-        elif kind is PongReceived:
-            if self.logPongs or _pongWatchers[0]:
-                log.debug(
-                    "alive.pong: {peer} rtt {rtt:.6f} s",
-                    peer=self._peer,
-                    rtt=cast(PongReceived, event).rtt,
-                    event="pong",
-                )
-        elif kind is Violation:
-            log.warn(
-                "alive.protocol_error: {peer}: {detail}",
-                peer=self._peer,
-                detail=cast(Violation, event).detail,
-                event="protocol_error",
-            )
-        elif kind is PeerNotReading:
-            log.warn(
-                "alive.not_reading: {peer}: {detail}",
-                peer=self._peer,
-                detail=cast(PeerNotReading, event).detail,
-                event="not_reading",
-            )
-        elif kind is Stalled:
-            self._stalled(cast(Stalled, event).seconds)
         elif kind is SessionUnknown:
             host = self._host()
             if host is not None:
                 host.sessionUnknown(self, cast(SessionUnknown, event).detail)
+        else:
+            logEvent(event, self._peer, self._clock(), self.logPongs)
 
     def _sendRoom(self) -> None:
         """Acknowledgements made room in the window and the queue: resume a
@@ -844,13 +749,13 @@ class HeartbeatMixin(TimeoutMixin):
             return
         inbox = binding.session.inbox
         if isinstance(outcome, Failure):
-            inbox.failed(seq, self._rejected(seq, outcome))
+            inbox.failed(seq, logRejection(self._clock(), self._peer, seq, outcome))
         else:
             inbox.processed(seq)
 
     def _answer(self, conn: Connection, seq: int, outcome: object) -> None:
         if isinstance(outcome, Failure):
-            conn.messageFailed(seq, self._rejected(seq, outcome))
+            conn.messageFailed(seq, logRejection(self._clock(), self._peer, seq, outcome))
         else:
             conn.messageProcessed(seq)
 
@@ -923,65 +828,63 @@ class HeartbeatMixin(TimeoutMixin):
         """Arm ``TimeoutMixin``'s timer for ``period`` seconds (or disarm it)."""
         self.setTimeout(period)  # type: ignore[no-untyped-call]
 
-    # -- logs ------------------------------------------------------------------
 
-    def _stalled(self, seconds: float) -> None:
-        """
-        Log a local stall, once per clock and second: a stall delays the
-        timers of every connection of the process, and thousands of
-        connections whose timers fall due together delay each other, so one
-        line per connection would be a storm. ``suppressed`` counts the
-        reports left out since the last line.
-        """
-        clock = self._clock()
-        now = clock.seconds()
-        last = _stallLogs.get(clock)
-        if last is not None and now - last[0] < STALL_LOG_EVERY:
-            last[1] += 1
+def lossOf(
+    conn: Connection | None, failure: Failure, transport: Any, peer: str | None, lasted: float
+) -> Loss:
+    """
+    The `Loss` of a connection that ended with ``failure`` after ``lasted``
+    seconds: as the core's `Ending` says, else as the failure says (see
+    `describeFailure`); logged.
+    """
+    ending = conn.ending if conn is not None else None
+    if ending is not None:
+        kind, detail, code, cause = ending
+    else:
+        code = None
+        closedHere = bool(getattr(transport, "disconnecting", False))
+        kind, detail, cause = describeFailure(failure, closedHere=closedHere)
+    unconfirmed = len(conn.session.outbox) if conn is not None else 0
+    loss = Loss(kind, detail, failure, code, peer, lasted, unconfirmed, cause)
+    log.info(
+        "alive.lost: {peer} {reason}: {detail} after {duration:.3f} s (rtt {rtt})",
+        peer=peer,
+        reason=kind.name,
+        detail=detail,
+        duration=lasted,
+        rtt=conn.liveness.srtt if conn is not None else None,
+        unconfirmed=unconfirmed,
+        event="lost",
+    )
+    return loss
+
+
+def checkBases(cls: type) -> None:
+    """
+    :raises TypeError: if ``cls`` lists a ``Protocol`` before
+        `HeartbeatMixin` (naming the fix).
+    """
+    for base in cls.__mro__[1:]:
+        if base is HeartbeatMixin:
             return
-        log.warn(
-            "alive.stall: this process did not run for {seconds:.3f} s; "
-            "the time was not counted against {peer}",
-            seconds=seconds,
-            peer=self._peer,
-            suppressed=last[1] if last is not None else 0,
-            event="stall",
-        )
-        _stallLogs[clock] = [now, 0]
+        if issubclass(base, BaseProtocol) and not issubclass(base, HeartbeatMixin):
+            raise TypeError(
+                f"{cls.__qualname__} lists {base.__name__} before HeartbeatMixin, so "
+                f"{base.__name__}'s connectionMade/dataReceived/connectionLost hide the "
+                f"mixin's: list HeartbeatMixin before {base.__name__}: "
+                f"class {cls.__name__}(HeartbeatMixin, {base.__name__})"
+            )
 
-    def _rejected(self, seq: int, failure: Failure) -> str:
-        """Log that the application failed on message ``seq`` (a storm of
-        them as one summary line a second); the REJECT text."""
-        text = f"{typeName(failure)}: {failure.getErrorMessage()}"
-        clock = self._clock()
-        rejections = _rejectionLogs.get(clock)
-        if rejections is None:
-            rejections = _rejectionLogs[clock] = RejectionLog()
-        now = clock.seconds()
-        verdict = rejections.record(text, now)
-        if verdict.report is Report.FIRST:
-            log.failure(
-                "alive.rejected: messageReceived failed on message {seq} from {peer}: {cause}",
-                failure=failure,
-                level=LogLevel.error,
-                seq=seq,
-                peer=self._peer,
-                cause=verdict.cause,
-                count=1,
-                event="rejected",
-            )
-        elif verdict.report is Report.SUMMARY:
-            log.error(
-                "alive.rejected: {count} rejections like {cause!r} in the last "
-                "{seconds:.1f} s (last: message {seq} from {peer})",
-                seq=seq,
-                peer=self._peer,
-                cause=verdict.cause,
-                count=verdict.repeats,
-                seconds=now - verdict.since,
-                event="rejected",
-            )
-        return text
+
+def notSetUp(what: str, made: bool) -> RuntimeError:
+    """The error of ``what`` called before `HeartbeatMixin.connectionMade`
+    set the connection up (``made``: the transport is there already)."""
+    if not made:
+        return RuntimeError(f"{what} called before the connection was made")
+    return RuntimeError(
+        f"{what} called before the connection was set up: did the subclass's "
+        "connectionMade() call super().connectionMade() (before using the connection)?"
+    )
 
 
 def checkPayload(payload: bytes, settings: Settings) -> None:

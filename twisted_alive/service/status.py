@@ -28,7 +28,7 @@ from twisted.web.server import Site
 from zope.interface import implementer
 
 from twisted_alive._factories import AliveServerFactory
-from twisted_alive._mixin import watchPongs
+from twisted_alive._logs import watchPongs
 from twisted_alive._reasons import Reason
 from twisted_alive.core.connection import State
 from twisted_alive.core.rejections import rejectionsTotal
