@@ -12,7 +12,7 @@ armed for the core's next deadline.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, cast
 
 from twisted.internet import defer
@@ -288,16 +288,7 @@ class HeartbeatMixin(TimeoutMixin):
             raise self._notSetUp("sendMessage()")
         if type(payload) is not bytes or len(payload) > conn.settings.maxPayload:
             checkPayload(payload, conn.settings)
-        if conn.refusal() is not None:
-            return self._refused(conn, "message")
-        d: Deferred[Receipt] = Deferred()
-        now = self._clock().seconds()
-        try:
-            conn.send(payload, d, now)
-        except QueueFull as e:
-            return defer.fail(e)
-        self._sent(conn, now)
-        return d
+        return self._submit(conn, "message", conn.send, payload)
 
     def sendMessages(self, payloads: Iterable[bytes]) -> Deferred[Receipt]:
         """
@@ -323,13 +314,19 @@ class HeartbeatMixin(TimeoutMixin):
         conn = self._alive
         if conn is None:
             raise self._notSetUp("sendMessages()")
-        payloads = checkPayloads(payloads, conn.settings)
+        return self._submit(conn, "messages", conn.sendMany, checkPayloads(payloads, conn.settings))
+
+    def _submit(
+        self, conn: Connection, what: str, send: Callable[[Any, Any, float], object], payload: Any
+    ) -> Deferred[Receipt]:
+        """Hand ``payload`` (one message or several) to the core's ``send``
+        with a new Deferred for its outcome, unless the core refuses."""
         if conn.refusal() is not None:
-            return self._refused(conn, "messages")
+            return self._refused(conn, what)
         d: Deferred[Receipt] = Deferred()
         now = self._clock().seconds()
         try:
-            conn.sendMany(payloads, d, now)
+            send(payload, d, now)
         except QueueFull as e:
             return defer.fail(e)
         self._sent(conn, now)
@@ -846,13 +843,10 @@ def lossOf(
         kind, detail, cause = describeFailure(failure, closedHere=closedHere)
     unconfirmed = len(conn.session.outbox) if conn is not None else 0
     loss = Loss(kind, detail, failure, code, peer, lasted, unconfirmed, cause)
+    rtt = conn.liveness.srtt if conn is not None else None
     log.info(
         "alive.lost: {peer} {reason}: {detail} after {duration:.3f} s (rtt {rtt})",
-        peer=peer,
-        reason=kind.name,
-        detail=detail,
-        duration=lasted,
-        rtt=conn.liveness.srtt if conn is not None else None,
+        **dict(peer=peer, reason=kind.name, detail=detail, duration=lasted, rtt=rtt),
         unconfirmed=unconfirmed,
         event="lost",
     )
