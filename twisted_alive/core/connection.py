@@ -21,14 +21,19 @@ How each state answers each frame (the rules of `Connection._handleFrame`):
 ============  =========  ========  =========  ============  ========
 frame         HANDSHAKE  OPEN      CLOSING    PEER_CLOSING  FAILED
 ============  =========  ========  =========  ============  ========
-HELLO         checked    error     error      error         ignored
+HELLO         checked    error     checked*   error         ignored
 DATA          error      accepted  accepted   error         ignored
 ACK           error      confirms  confirms   confirms      ignored
 REJECT        error      noted     noted      noted         ignored
 PING          error      PONG      PONG       PONG          ignored
 PONG          error      RTT       RTT        RTT           ignored
-GOODBYE       closes     closes    closes     closes        ignored
+GOODBYE       closes**   closes    closes     closes        ignored
 ============  =========  ========  =========  ============  ========
+
+\* the peer's first HELLO, when this side said GOODBYE before it came; a
+second HELLO is always an error. \*\* a client's GOODBYE(SESSION_UNKNOWN)
+in answer to its HELLO is `SessionUnknown`. "error" is a protocol
+violation: GOODBYE(PROTOCOL_ERROR), after the ACK of what came before.
 """
 
 from __future__ import annotations
