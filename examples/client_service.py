@@ -7,8 +7,10 @@ Starts, on 127.0.0.1, an ``AliveServerFactory`` server that records every
 message it receives and aborts (an RST) the first connection once five
 messages have arrived. The client is an ``AliveClientFactory`` run by
 ``ClientService``: the service connects through an endpoint, waits for the
-HELLO exchange (``prepareConnection``), reconnects after the abort with its
-own backoff, and ``whenConnected()`` gives the new connection. The
+HELLO exchange (``prepareConnection``), reconnects after the abort with the
+factory's backoff (``factory.clientServicePolicy()``: its ``initialDelay``,
+``factor``, ``maxDelay`` and ``jitter``), and ``whenConnected()`` gives the
+new connection. The
 session lives in the factory, so the COUNT messages given to
 ``factory.sendMessage()`` while all this happens each reach the server's
 application exactly once, in order, and each Deferred fires with a Receipt.
@@ -20,7 +22,7 @@ from __future__ import annotations
 import sys
 from typing import Any, cast
 
-from twisted.application.internet import ClientService, backoffPolicy
+from twisted.application.internet import ClientService
 from twisted.internet import defer, task
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import DeferredList
@@ -74,10 +76,12 @@ async def main(reactor: Any, count: int) -> int:
     port = cast(IPv4Address, listening.getHost()).port
 
     factory = cast(AliveClientFactory, AliveClientFactory.forProtocol(Sender))
+    factory.initialDelay, factory.maxDelay = 0.05, 1.0
     service = ClientService(
         TCP4ClientEndpoint(reactor, HOST, port, timeout=5),
         factory,
-        retryPolicy=backoffPolicy(initialDelay=0.05, maxDelay=1.0),
+        # The factory's own backoff; ClientService does the reconnecting.
+        retryPolicy=factory.clientServicePolicy(),
         prepareConnection=lambda proto: cast(HeartbeatMixin, proto).whenOpened(),
     )
     service.startService()

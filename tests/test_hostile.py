@@ -22,9 +22,11 @@ from twisted_alive._mixin import (
     CLIENT_MAX_PEER_INTERVAL,
     SERVER_MAX_PEER_INTERVAL,
     TURN_CHECK_EVERY,
+    settingsFor,
 )
 from twisted_alive._reasons import Reason
 from twisted_alive._transport import unsentBytes
+from twisted_alive.core.connection import Settings
 from twisted_alive.core.frames import (
     MIN_MAX_FRAME_SIZE,
     NO_SESSION,
@@ -238,6 +240,37 @@ def test_explicitMaxPeerIntervalWins() -> None:
 
     server = AliveServerFactory.forProtocol(Server).buildProtocol(None)
     assert server.aliveSettings().maxPeerInterval == 7200.0
+
+
+def test_factorySettingsCarryPeerIntervals() -> None:
+    """A factory's settings carry the protocol's minPeerInterval and its role's maxPeerInterval,
+    as its protocols' settings do (one settingsFor for both)."""
+
+    class Tight(RecordingPeer):
+        minPeerInterval = 0.5
+
+    class Wide(Tight):
+        maxPeerInterval = 7200.0
+
+    client = AliveClientFactory.forProtocol(Tight)
+    server = AliveServerFactory.forProtocol(Tight)
+    assert client.aliveSettings().minPeerInterval == 0.5
+    assert server.aliveSettings().minPeerInterval == 0.5
+    assert client.aliveSettings().maxPeerInterval == CLIENT_MAX_PEER_INTERVAL
+    assert server.aliveSettings().maxPeerInterval == SERVER_MAX_PEER_INTERVAL
+    assert server.aliveSettings() == server.buildProtocol(None).aliveSettings()
+    assert client.aliveSettings() == settingsFor(Tight, accepting=False)
+    assert server.aliveSettings() == settingsFor(Tight, accepting=True)
+    assert settingsFor(Wide, accepting=True).maxPeerInterval == 7200.0
+    assert AliveServerFactory.forProtocol(Wide).aliveSettings().maxPeerInterval == 7200.0
+
+
+def test_settingsForPlainObject() -> None:
+    """settingsFor takes HeartbeatMixin's defaults for attributes an object lacks."""
+    assert settingsFor(object(), accepting=False) == Settings(
+        maxPeerInterval=CLIENT_MAX_PEER_INTERVAL
+    )
+    assert settingsFor(object(), accepting=True).maxPeerInterval == SERVER_MAX_PEER_INTERVAL
 
 
 # -- a peer that stops reading ---------------------------------------------------------------------

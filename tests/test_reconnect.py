@@ -152,10 +152,13 @@ def test_tlsFailureIsAnAnswer() -> None:
     from twisted_alive._reasons import Cause, Loss
 
     cf = RecordingClientFactory()
-    cf._noAnswer = True
+    state = cf._retry
+    state.noAnswer = True
     cf.retries = 5
-    cf._answered(Loss(Reason.CONNECT_FAILED, cause=Cause.TLS))
-    assert cf.retries == 0 and not cf._noAnswer
+    loss = Loss(Reason.CONNECT_FAILED, cause=Cause.TLS)
+    step = state.afterLoss(loss, cf.retryFor(loss), cf.retrySettings(), cf.random)
+    assert step.answered and not step.retry
+    assert cf.retries == 0 and not state.noAnswer
 
 
 @pytest.mark.parametrize(("outage", "back"), [(30.0, 31.55), (32.0, 63.55)])

@@ -11,6 +11,7 @@ name, a TLS client at a plain port and a plain client at a TLS port.
 
 from __future__ import annotations
 
+import errno
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -26,14 +27,15 @@ from test_tls import LOOPBACK, Certificate, Server, portNumber
 from twisted.internet import ssl
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol, serverFromString
-from twisted.internet.error import ConnectionLost
+from twisted.internet.error import ConnectionAborted, ConnectionDone, ConnectionLost
+from twisted.internet.error import ConnectionRefusedError as Refused
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 
 from twisted_alive._factories import AliveClientFactory
 from twisted_alive._mixin import HeartbeatMixin, HeartbeatProtocol
-from twisted_alive._reasons import Cause, Loss, Reason, causeOf, classify
+from twisted_alive._reasons import Cause, Loss, Reason, causeOf, classify, describeFailure
 from twisted_alive.core.outcomes import DeliveryFailed
 
 _F = TypeVar("_F", bound=Callable[..., Any])
@@ -101,6 +103,61 @@ def test_brokenConnectionUnderTLSIsReset(reasons: tuple[str, ...]) -> None:
     error = sslError(*reasons)
     assert classify(error) is Reason.RESET
     assert causeOf(error) is None
+
+
+def test_describeFailureTLS() -> None:
+    """describeFailure() gives the TLS cause's sentence, from a protocol's view or an attempt's."""
+    error = sslError("certificate verify failed")
+    expected = (Reason.CONNECT_FAILED, NOT_TRUSTED, Cause.TLS)
+    assert describeFailure(Failure(error)) == expected
+    assert describeFailure(error, attempt=True) == expected
+
+
+@pytest.mark.parametrize(
+    ("failure", "lost", "attempt"),
+    [
+        (
+            ConnectionLost(),
+            (Reason.RESET, "connection reset or socket error (ConnectionLost)"),
+            (Reason.RESET, "Connection to the other side was lost in a non-clean fashion."),
+        ),
+        (
+            ConnectionDone(),
+            (Reason.PEER_CLOSED, "peer closed the connection without GOODBYE"),
+            (Reason.PEER_CLOSED, "Connection was closed cleanly."),
+        ),
+        (
+            ConnectionAborted(),
+            (Reason.LOCAL_CLOSE, "aborted by this side"),
+            (
+                Reason.LOCAL_CLOSE,
+                "Connection was aborted locally using ITCPTransport.abortConnection.",
+            ),
+        ),
+        (
+            OSError(errno.EPIPE, "Broken pipe"),
+            (
+                Reason.RESET,
+                "connection reset or socket error (BrokenPipeError: [Errno 32] Broken pipe)",
+            ),
+            (Reason.RESET, "[Errno 32] Broken pipe"),
+        ),
+        (
+            Refused("nothing there"),
+            (
+                Reason.REFUSED,
+                "ConnectionRefusedError: Connection was refused by other side: nothing there.",
+            ),
+            (Reason.REFUSED, "Connection was refused by other side: nothing there."),
+        ),
+    ],
+)
+def test_describeFailureTexts(
+    failure: BaseException, lost: tuple[Reason, str], attempt: tuple[Reason, str]
+) -> None:
+    """describeFailure() describes a protocol's loss, or gives an attempt's own message."""
+    assert describeFailure(Failure(failure)) == (*lost, None)
+    assert describeFailure(failure, attempt=True) == (*attempt, None)
 
 
 def test_otherFailuresHaveNoCause() -> None:

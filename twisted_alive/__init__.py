@@ -8,13 +8,14 @@ long-lived Twisted TCP connections.
 
 from pathlib import Path
 
-from twisted_alive._factories import AliveClientFactory, AliveServerFactory, Retry
+from twisted_alive._factories import AliveClientFactory, AliveServerFactory
 from twisted_alive._kernel import KernelLiveness, PeekState, peek, setKernelLiveness
 from twisted_alive._mixin import HeartbeatMixin, HeartbeatProtocol
 from twisted_alive._reasons import Cause, Loss, Reason, causeOf, classify
 from twisted_alive._wrapping import AliveWrappingFactory, AliveWrappingProtocol
 from twisted_alive.core.frames import FrameError, GoodbyeCode
 from twisted_alive.core.outcomes import DeliveryFailed, QueueFull, Receipt
+from twisted_alive.core.retry import Retry
 
 
 def _version() -> str:

@@ -13,7 +13,6 @@ processes live.
 
 from __future__ import annotations
 
-import enum
 import hashlib
 import random
 from collections import Counter
@@ -42,66 +41,26 @@ from twisted_alive._mixin import (
     HeartbeatProtocol,
     checkPayload,
     checkPayloads,
+    settingsFor,
 )
-from twisted_alive._reasons import Cause, Loss, Reason, causeOf, classify
+from twisted_alive._reasons import Cause, Loss, Reason, describeFailure
 from twisted_alive.core.connection import Role, Settings, State
-from twisted_alive.core.delivery import (
-    DEFAULT_MAX_QUEUE,
-    DEFAULT_MAX_QUEUE_BYTES,
-    DEFAULT_WINDOW,
-    Entry,
-    Session,
-)
-from twisted_alive.core.frames import DEFAULT_MAX_FRAME_SIZE, NO_SESSION, GoodbyeCode
+from twisted_alive.core.delivery import Entry, Session
+from twisted_alive.core.frames import NO_SESSION, GoodbyeCode
 from twisted_alive.core.outcomes import DeliveryFailed, QueueFull, Receipt
+from twisted_alive.core.retry import (
+    DEFAULT_CAUSE_POLICY,
+    DEFAULT_GOODBYE_POLICY,
+    DEFAULT_RETRY_POLICY,
+    Retry,
+    RetrySettings,
+    RetryState,
+    backoffPolicy,
+)
+from twisted_alive.core.retry import retryFor as _retryFor
 from twisted_alive.core.sessions import SessionTable
 
 log = Logger(namespace="twisted_alive")
-
-
-class Retry(enum.Enum):
-    """What `AliveClientFactory` does after a loss."""
-
-    STOP = "stop"
-    """Stop trying; the session ends and pending messages fail."""
-    QUICK = "quick"
-    """Reconnect soon (after ``quickDelay`` plus a random part of
-    ``quickSpread``) if the lost connection was stable, else back off."""
-    BACKOFF = "backoff"
-    """Reconnect after the next backoff delay."""
-
-
-DEFAULT_RETRY_POLICY: Mapping[Reason, Retry] = MappingProxyType(
-    {
-        Reason.RESET: Retry.QUICK,
-        Reason.TIMEOUT: Retry.QUICK,
-        Reason.PEER_CLOSED: Retry.QUICK,
-        Reason.CLEAN_CLOSE: Retry.BACKOFF,
-        Reason.REFUSED: Retry.BACKOFF,
-        Reason.CONNECT_TIMEOUT: Retry.BACKOFF,
-        Reason.CONNECT_FAILED: Retry.BACKOFF,
-        Reason.LOCAL_CLOSE: Retry.BACKOFF,
-        Reason.PROTOCOL_ERROR: Retry.BACKOFF,
-    }
-)
-
-_NO_ANSWER = frozenset({Reason.CONNECT_TIMEOUT, Reason.CONNECT_FAILED})
-"""Connection attempts that got no answer from the host (as opposed to a
-refusal, or a connection made)."""
-
-DEFAULT_CAUSE_POLICY: Mapping[Cause, Retry] = MappingProxyType(
-    {
-        Cause.NOT_ALIVE_PEER: Retry.STOP,
-        Cause.TLS: Retry.STOP,
-    }
-)
-
-DEFAULT_GOODBYE_POLICY: Mapping[GoodbyeCode, Retry] = MappingProxyType(
-    {
-        GoodbyeCode.GO_AWAY: Retry.STOP,
-        GoodbyeCode.SESSION_UNKNOWN: Retry.QUICK,
-    }
-)
 
 
 def tokenPrefix(token: bytes) -> str:
@@ -111,15 +70,8 @@ def tokenPrefix(token: bytes) -> str:
 
 
 def _settingsOf(protocol: Any) -> Settings:
-    """The `Settings` a protocol class's attributes describe."""
-    return Settings(
-        interval=getattr(protocol, "heartbeatInterval", 5.0),
-        misses=getattr(protocol, "heartbeatMisses", 3),
-        maxFrameSize=getattr(protocol, "maxFrameSize", DEFAULT_MAX_FRAME_SIZE),
-        window=getattr(protocol, "maxInFlight", DEFAULT_WINDOW),
-        maxQueue=getattr(protocol, "maxQueued", DEFAULT_MAX_QUEUE),
-        maxQueueBytes=getattr(protocol, "maxQueuedBytes", DEFAULT_MAX_QUEUE_BYTES),
-    )
+    """The `Settings` of a client protocol class (see `settingsFor`)."""
+    return settingsFor(protocol, accepting=False)
 
 
 @implementer(ISessionHost)
@@ -143,6 +95,10 @@ class AliveClientFactory(ReconnectingClientFactory):
     zero; the jitter comes from ``random`` (a callable returning a float in
     [0, 1), replaceable in tests). The first reconnect after a stable
     connection is lost is spread over ``quickSpread`` seconds.
+
+    The decisions themselves are sans-IO, in ``twisted_alive.core.retry``
+    (`RetryState.afterLoss`); this class schedules what they say.
+    `clientServicePolicy` gives the same backoff to ``ClientService``.
 
     :cvar retryPolicy: `Retry` per `Reason` of a loss.
     :cvar goodbyePolicy: `Retry` per GOODBYE code received; it overrides
@@ -188,16 +144,45 @@ class AliveClientFactory(ReconnectingClientFactory):
     _binding: Binding | None = None
     _stableCall: IDelayedCall | None = None
     _connectedAt: float | None = None
-    _stopped = False
-    _reconnectAtOnce = False
     _starting: HeartbeatMixin | None = None
-    _wasStable = False
-    _noAnswer = False
 
     def __init__(self) -> None:
+        self._retry = RetryState()
         self.losses: dict[Reason, int] = {}
         self._waiters: list[Deferred[HeartbeatMixin]] = []
         self.connections = 0
+
+    @property
+    def retries(self) -> int:
+        """Retries in a row since the backoff last reset (the stock
+        attribute, kept in the `RetryState`)."""
+        return self._retry.retries
+
+    @retries.setter
+    def retries(self, value: int) -> None:
+        self._retry.retries = value
+
+    @property
+    def _stopped(self) -> bool:
+        """Reconnecting stopped for good (`stopTrying`, `close`, a `Retry.STOP`)."""
+        return self._retry.stopped
+
+    @_stopped.setter
+    def _stopped(self, value: bool) -> None:
+        self._retry.stopped = value
+
+    @property
+    def _reconnectAtOnce(self) -> bool:
+        """The next attempt comes at once (after an unknown session)."""
+        return self._retry.atOnce
+
+    @_reconnectAtOnce.setter
+    def _reconnectAtOnce(self, value: bool) -> None:
+        self._retry.atOnce = value
+
+    def aliveSettings(self) -> Settings:
+        """The `Settings` of this factory's connections (client role)."""
+        return settingsFor(self.protocol, accepting=False)
 
     # -- the session -----------------------------------------------------------
 
@@ -210,7 +195,7 @@ class AliveClientFactory(ReconnectingClientFactory):
         """The binding of the session the next connection carries
         (`ISessionHost`)."""
         if self._binding is None:
-            self._binding = Binding(_settingsOf(self.protocol).newSession())
+            self._binding = Binding(self.aliveSettings().newSession())
         return self._binding
 
     def bindingFor(self, session: Session) -> Binding:
@@ -397,15 +382,8 @@ class AliveClientFactory(ReconnectingClientFactory):
 
     def clientConnectionFailed(self, connector: IConnector, reason: Failure) -> None:
         """A connection attempt failed: classify it, then retry or stop."""
-        kind = classify(reason)
-        config = causeOf(reason)
-        detail = config[1] if config else reason.getErrorMessage()
-        loss = Loss(
-            kind,
-            f"connection attempt failed: {detail}",
-            reason,
-            cause=config[0] if config else None,
-        )
+        kind, detail, cause = describeFailure(reason, attempt=True)
+        loss = Loss(kind, f"connection attempt failed: {detail}", reason, cause=cause)
         self.lastLoss = loss
         self.losses[kind] = self.losses.get(kind, 0) + 1
         log.info(
@@ -424,9 +402,8 @@ class AliveClientFactory(ReconnectingClientFactory):
         # TCP connection's end.
         loss, self._protocolLoss = self._protocolLoss, None
         if loss is None:
-            config = causeOf(reason)
-            detail = config[1] if config else reason.getErrorMessage()
-            loss = Loss(classify(reason), detail, reason, cause=config[0] if config else None)
+            kind, detail, cause = describeFailure(reason, attempt=True)
+            loss = Loss(kind, detail, reason, cause=cause)
         self.connector = connector
         self._retryAfter(loss, connector)
 
@@ -436,11 +413,19 @@ class AliveClientFactory(ReconnectingClientFactory):
         it names, else ``goodbyePolicy`` for the GOODBYE code it names, else
         ``retryPolicy``. Override for other rules.
         """
-        if loss.cause is not None and loss.cause in self.causePolicy:
-            return self.causePolicy[loss.cause]
-        if loss.goodbye is not None and loss.goodbye in self.goodbyePolicy:
-            return self.goodbyePolicy[loss.goodbye]
-        return self.retryPolicy.get(loss.reason, Retry.BACKOFF)
+        return _retryFor(loss, self.retryPolicy, self.goodbyePolicy, self.causePolicy)
+
+    def retrySettings(self) -> RetrySettings:
+        """This factory's backoff attributes, as `RetrySettings`."""
+        return RetrySettings(
+            initialDelay=self.initialDelay,
+            factor=self.factor,
+            maxDelay=self.maxDelay,
+            jitter=self.jitter,
+            quickDelay=self.quickDelay,
+            quickSpread=self.quickSpread,
+            maxRetries=self.maxRetries,
+        )
 
     def nextDelay(self) -> float:
         """
@@ -448,52 +433,58 @@ class AliveClientFactory(ReconnectingClientFactory):
         at ``maxDelay``, with multiplicative jitter of +/- ``jitter``, and
         never above ``maxDelay`` nor below zero.
         """
-        try:
-            growth = self.factor ** min(self.retries, 1024)
-        except OverflowError:
-            growth = float("inf")
-        base = min(self.maxDelay, self.initialDelay * growth)
-        if self.jitter:
-            base *= 1.0 + self.jitter * (2.0 * self.random() - 1.0)
-        return max(0.0, min(self.maxDelay, base))
+        return self.retrySettings().backoffDelay(self.retries, self.random)
+
+    def clientServicePolicy(self) -> Callable[[int], float]:
+        """
+        This factory's backoff (``initialDelay``, ``factor``, ``maxDelay``,
+        ``jitter``, ``random``) as a ``retryPolicy`` for Twisted's
+        ``ClientService``: failed attempts in a row to seconds, the first
+        retry after ``initialDelay``. Only the backoff carries over:
+        ``ClientService`` cannot stop from a policy, nor reconnect quickly
+        after a stable connection (see ``docs/guide.md``).
+        """
+        return backoffPolicy(
+            initialDelay=self.initialDelay,
+            factor=self.factor,
+            maxDelay=self.maxDelay,
+            jitter=self.jitter,
+            random=self.random,
+        )
 
     def _retryAfter(self, loss: Loss, connector: IConnector) -> None:
         if not self.continueTrying:
             self._endSession(loss)
             return
-        self._answered(loss)
         decision = self.retryFor(loss)
-        if decision is Retry.STOP:
+        step = self._retry.afterLoss(
+            loss, decision, self.retrySettings(), self.random, self.nextDelay
+        )
+        if step.answered:
             log.info(
-                "alive.retry: giving up after {reason}: {detail}",
+                "alive.retry: the host answers again ({reason}): backoff reset",
                 reason=loss.reason.name,
-                detail=loss.detail,
                 event="retry",
             )
+            self.delay = self.initialDelay
+        if step.delay is None:
+            if step.exhausted:
+                log.info(
+                    "alive.retry: giving up after {retries} retries",
+                    retries=self.retries - 1,
+                    event="retry",
+                )
+            else:
+                log.info(
+                    "alive.retry: giving up after {reason}: {detail}",
+                    reason=loss.reason.name,
+                    detail=loss.detail,
+                    event="retry",
+                )
             self._halt()
             self._endSession(loss)
             return
-        if self._reconnectAtOnce:
-            # A new session after an unknown one: nothing to wait for.
-            self._reconnectAtOnce = False
-            delay = 0.0
-        elif decision is Retry.QUICK and self._wasStable:
-            self._wasStable = False
-            delay = self.quickDelay + self.quickSpread * self.random()
-            delay = max(0.0, min(delay, self.maxDelay))
-        else:
-            delay = self.nextDelay()
-        self.retries += 1
-        if self.maxRetries is not None and self.retries > self.maxRetries:
-            log.info(
-                "alive.retry: giving up after {retries} retries",
-                retries=self.retries - 1,
-                event="retry",
-            )
-            self._halt()
-            self._endSession(loss)
-            return
-        self.delay = delay
+        delay = self.delay = step.delay
         log.info(
             "alive.retry: reconnecting in {delay:.3f} s after {reason} (attempt {attempt})",
             delay=delay,
@@ -507,22 +498,6 @@ class AliveClientFactory(ReconnectingClientFactory):
             connector.connect()
 
         self._callID = self._clockNow().callLater(delay, reconnector)
-
-    def _answered(self, loss: Loss) -> None:
-        """Reset the backoff when the host answers again after attempts that
-        got no answer: it is back (its process may still be starting), so
-        the next attempt should come soon, not after a delay grown during
-        the outage. Only an attempt that got no answer re-arms this, so it
-        cannot make a client hammer a host that keeps refusing."""
-        noAnswer = loss.reason in _NO_ANSWER and loss.cause is None
-        if self._noAnswer and not noAnswer and self.retries:
-            log.info(
-                "alive.retry: the host answers again ({reason}): backoff reset",
-                reason=loss.reason.name,
-                event="retry",
-            )
-            self.resetDelay()
-        self._noAnswer = noAnswer
 
     def resetDelay(self) -> None:
         """Reset the backoff (done by itself once a connection is stable).
@@ -579,7 +554,7 @@ class AliveClientFactory(ReconnectingClientFactory):
 
     def _stable(self) -> None:
         self._stableCall = None
-        self._wasStable = True
+        self._retry.connectionStable()
         self.resetDelay()
 
     def _cancelStable(self) -> None:
@@ -651,6 +626,11 @@ class AliveServerFactory(Factory):
             clock = self.clock = cast(IReactorTime, reactor)
         return clock.seconds()
 
+    def aliveSettings(self) -> Settings:
+        """The `Settings` of this factory's connections (server role: the
+        accepting side's ``maxPeerInterval``)."""
+        return settingsFor(self.protocol, accepting=True)
+
     def clientBinding(self) -> Binding:
         """Not used: this factory plays the server role."""
         raise NotImplementedError
@@ -670,7 +650,7 @@ class AliveServerFactory(Factory):
         table = self._table
         if token == NO_SESSION:
             new = Session.newToken()
-            session = _settingsOf(self.protocol).newSession()
+            session = self.aliveSettings().newSession()
             session.token = new
             session.lastSeen = now
             table.add(self._key(new), session, now)

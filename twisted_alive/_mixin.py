@@ -84,6 +84,38 @@ CLIENT_MAX_PEER_INTERVAL = 3600.0
 """The default `HeartbeatMixin.maxPeerInterval` of a side that made the
 connection (it chose its server)."""
 
+
+def settingsFor(protocol: Any, accepting: bool) -> Settings:
+    """
+    The `Settings` that a `HeartbeatMixin` class's (or instance's)
+    attributes describe, for the side that accepted the connection
+    (``accepting``: a server) or made it: ``maxPeerInterval``, when not
+    set, is `SERVER_MAX_PEER_INTERVAL` or `CLIENT_MAX_PEER_INTERVAL`. An
+    attribute the object lacks takes `HeartbeatMixin`'s default.
+
+    Used by `HeartbeatMixin.aliveSettings`, by the factories (for their
+    sessions) and by the twistd plugin (to check options).
+
+    :raises ValueError: for an invalid setting (the message names it).
+    """
+    defaults = HeartbeatMixin
+    maxPeer = getattr(protocol, "maxPeerInterval", None)
+    if maxPeer is None:
+        maxPeer = SERVER_MAX_PEER_INTERVAL if accepting else CLIENT_MAX_PEER_INTERVAL
+    return Settings(
+        interval=getattr(protocol, "heartbeatInterval", defaults.heartbeatInterval),
+        misses=getattr(protocol, "heartbeatMisses", defaults.heartbeatMisses),
+        maxFrameSize=getattr(protocol, "maxFrameSize", defaults.maxFrameSize),
+        window=getattr(protocol, "maxInFlight", defaults.maxInFlight),
+        maxQueue=getattr(protocol, "maxQueued", defaults.maxQueued),
+        maxQueueBytes=getattr(protocol, "maxQueuedBytes", defaults.maxQueuedBytes),
+        minPeerInterval=getattr(protocol, "minPeerInterval", defaults.minPeerInterval),
+        maxPeerInterval=maxPeer,
+        closeTimeout=getattr(protocol, "closeTimeout", defaults.closeTimeout),
+        maxUnsentBytes=getattr(protocol, "maxUnsentBytes", defaults.maxUnsentBytes),
+    )
+
+
 @implementer(IHalfCloseableProtocol)
 class HeartbeatMixin(TimeoutMixin):
     """
@@ -211,26 +243,7 @@ class HeartbeatMixin(TimeoutMixin):
 
         :raises ValueError: for an invalid setting (the message names it).
         """
-        return Settings(
-            interval=self.heartbeatInterval,
-            misses=self.heartbeatMisses,
-            maxFrameSize=self.maxFrameSize,
-            window=self.maxInFlight,
-            maxQueue=self.maxQueued,
-            maxQueueBytes=self.maxQueuedBytes,
-            minPeerInterval=self.minPeerInterval,
-            maxPeerInterval=self._maxPeerInterval(),
-            closeTimeout=self.closeTimeout,
-            maxUnsentBytes=self.maxUnsentBytes,
-        )
-
-    def _maxPeerInterval(self) -> float:
-        """`maxPeerInterval`, or its default for this side's role."""
-        if self.maxPeerInterval is not None:
-            return self.maxPeerInterval
-        if self._accepting():
-            return SERVER_MAX_PEER_INTERVAL
-        return CLIENT_MAX_PEER_INTERVAL
+        return settingsFor(self, self._accepting())
 
     def _accepting(self) -> bool:
         """Whether this side accepted the connection (a server)."""

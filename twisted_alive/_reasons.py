@@ -1,10 +1,14 @@
 """
-Twisted's failures, mapped to a `Reason`: `classify`, `causeOf` and
-`describeFailure`; `Reason`, `Cause` and `Loss` themselves are pure data in
+Twisted's failures, mapped to a `Reason`: `describeFailure` (the reason, a
+sentence and the `Cause` of a failure), built on `classify` and `causeOf`;
+and back, `failureFor` (the failure a wrapped protocol receives for a
+`Loss`). `Reason`, `Cause` and `Loss` themselves are pure data in
 ``twisted_alive.core.reasons``.
 
 This is the only module that maps ``twisted.internet.error`` types (and the
-TLS layer's errors, see `causeOf`) to reasons.
+TLS layer's errors, see `causeOf`) to reasons, and reasons back to them: the
+protocol (`HeartbeatMixin.connectionLost`), the client factory, the probe
+and the wrapper call `describeFailure` or `failureFor`.
 What Twisted reports for each way a TCP connection ends was measured (see
 ``docs/reasons.md``); the mapping below follows those measurements:
 
@@ -240,22 +244,39 @@ def typeName(failure: Failure) -> str:
 
 
 def describeFailure(
-    failure: Failure, closedHere: bool = False
+    failure: Failure | BaseException, closedHere: bool = False, *, attempt: bool = False
 ) -> tuple[Reason, str, Cause | None]:
     """
     The `Reason`, a sentence and the `Cause` (if any) of a connection that
-    ended with ``failure`` when the protocol recorded no reason of its own.
+    ended with ``failure`` when the protocol recorded no reason of its own,
+    or of a failed connection attempt.
 
+    The sentence is the `causeOf` sentence when there is a cause. Otherwise,
+    for the failure a protocol's ``connectionLost`` receives, it describes
+    the loss (``"connection reset or socket error (ConnectionLost)"``,
+    ``"peer closed the connection without GOODBYE"``...); with ``attempt``,
+    for a failed connection attempt or a failure seen from outside the
+    protocol (a factory's ``clientConnectionFailed`` and
+    ``clientConnectionLost``, an endpoint's ``connect()`` errback), it is the
+    failure's own message.
+
+    :param failure: a `Failure` or an exception.
     :param closedHere: whether this side had asked its transport to close
         (``transport.disconnecting``): then a clean ``ConnectionDone`` is
         this side's close, not the peer's.
+    :param attempt: give the failure's own message rather than a
+        description of a lost connection.
     """
+    if not isinstance(failure, Failure):
+        failure = Failure(failure)  # type: ignore[no-untyped-call]
     if closedHere and isinstance(failure.value, error.ConnectionDone):
         return Reason.LOCAL_CLOSE, "closed by this side", None
     kind = classify(failure)
     config = causeOf(failure)  # a failed TLS handshake
     if config is not None:
         return kind, config[1], config[0]
+    if attempt:
+        return kind, failure.getErrorMessage(), None
     if kind is Reason.PEER_CLOSED:
         return kind, "peer closed the connection without GOODBYE", None
     if kind is Reason.RESET:
@@ -273,4 +294,36 @@ def describeFailure(
     return kind, f"{typeName(failure)}: {failure.getErrorMessage()}", None
 
 
-__all__ = ["Cause", "Loss", "Reason", "causeOf", "classify", "describeFailure", "typeName"]
+def failureFor(loss: Loss) -> Failure:
+    """
+    The failure a wrapped protocol's ``connectionLost`` receives: a
+    ``ConnectionDone`` (subclass) for an orderly close by either side, a
+    ``ConnectionAborted`` (subclass) when the application aborted, a
+    ``ConnectionLost`` (subclass) for everything else; all carry ``.loss``.
+    """
+    orderly = loss.reason is Reason.CLEAN_CLOSE or (
+        loss.reason is Reason.LOCAL_CLOSE
+        and loss.failure is not None
+        and isinstance(loss.failure.value, error.ConnectionDone)
+    )
+    if orderly:
+        return Failure(ConnectionDoneWithLoss(loss))  # type: ignore[no-untyped-call]
+    if (
+        loss.reason is Reason.LOCAL_CLOSE
+        and loss.failure is not None
+        and isinstance(loss.failure.value, error.ConnectionAborted)
+    ):
+        return Failure(ConnectionAbortedWithLoss(loss))  # type: ignore[no-untyped-call]
+    return Failure(ConnectionLostWithLoss(loss))  # type: ignore[no-untyped-call]
+
+
+__all__ = [
+    "Cause",
+    "Loss",
+    "Reason",
+    "causeOf",
+    "classify",
+    "describeFailure",
+    "failureFor",
+    "typeName",
+]

@@ -18,7 +18,6 @@ from typing import Any, cast
 from twisted.internet import defer
 from twisted.internet._producer_helpers import _PullToPush
 from twisted.internet.defer import Deferred
-from twisted.internet.error import ConnectionAborted, ConnectionDone
 from twisted.internet.interfaces import (
     IAddress,
     IConnector,
@@ -32,41 +31,12 @@ from twisted.python.failure import Failure
 from zope.interface import directlyProvides, implementer, providedBy
 
 from twisted_alive._mixin import HeartbeatMixin
-from twisted_alive._reasons import (
-    ConnectionAbortedWithLoss,
-    ConnectionDoneWithLoss,
-    ConnectionLostWithLoss,
-    Loss,
-    Reason,
-)
+from twisted_alive._reasons import Loss, failureFor
 from twisted_alive.core.connection import State
 from twisted_alive.core.frames import DEFAULT_MAX_FRAME_SIZE
 from twisted_alive.core.outcomes import QueueFull
 
 log = Logger(namespace="twisted_alive")
-
-
-def failureFor(loss: Loss) -> Failure:
-    """
-    The failure a wrapped protocol's ``connectionLost`` receives: a
-    ``ConnectionDone`` (subclass) for an orderly close by either side, a
-    ``ConnectionAborted`` (subclass) when the application aborted, a
-    ``ConnectionLost`` (subclass) for everything else; all carry ``.loss``.
-    """
-    orderly = loss.reason is Reason.CLEAN_CLOSE or (
-        loss.reason is Reason.LOCAL_CLOSE
-        and loss.failure is not None
-        and isinstance(loss.failure.value, ConnectionDone)
-    )
-    if orderly:
-        return Failure(ConnectionDoneWithLoss(loss))  # type: ignore[no-untyped-call]
-    if (
-        loss.reason is Reason.LOCAL_CLOSE
-        and loss.failure is not None
-        and isinstance(loss.failure.value, ConnectionAborted)
-    ):
-        return Failure(ConnectionAbortedWithLoss(loss))  # type: ignore[no-untyped-call]
-    return Failure(ConnectionLostWithLoss(loss))  # type: ignore[no-untyped-call]
 
 
 @implementer(IPushProducer)
@@ -245,7 +215,9 @@ class AliveWrappingProtocol(HeartbeatMixin, Protocol):
             return
         if not streaming:
             # As Twisted's TLS wrapper does: call a pull producer's
-            # resumeProducing as long as it is not paused.
+            # resumeProducing as long as it is not paused. Twisted has no
+            # public API for this (twisted.protocols.tls uses the same
+            # private _PullToPush); a copy of it here would drift from it.
             pushing: Any = cast(Any, _PullToPush)(producer, self)
             producer = pushing
             pushing.startStreaming()

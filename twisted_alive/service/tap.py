@@ -35,7 +35,7 @@ from twisted.python import usage
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from twisted_alive._factories import AliveServerFactory, _settingsOf
+from twisted_alive._factories import AliveServerFactory
 from twisted_alive._mixin import ABORT_GRACE, HeartbeatMixin, HeartbeatProtocol
 from twisted_alive.core.frames import GoodbyeCode
 from twisted_alive.core.outcomes import DeliveryFailed
@@ -328,7 +328,7 @@ class Options(usage.Options):
         if self["session-ttl"] is not None:
             factory.sessionTTL = self["session-ttl"]
         try:
-            _settingsOf(factory.protocol)
+            factory.aliveSettings()
         except ValueError as e:
             raise usage.UsageError(str(e)) from None
         return factory

@@ -38,7 +38,7 @@ from twisted.internet.error import ConnectingCancelledError
 from twisted.internet.protocol import Factory
 
 from twisted_alive._mixin import HeartbeatProtocol
-from twisted_alive._reasons import Loss, Reason, classify
+from twisted_alive._reasons import Loss, Reason, describeFailure
 from twisted_alive.core.frames import FrameDecoder, FrameError, Hello, Kind
 
 if TYPE_CHECKING:
@@ -405,8 +405,8 @@ async def probeEndpoint(
 
 
 def _connectFailed(name: str, error: Exception) -> ProbeResult:
-    kind = classify(error)
-    detail = str(error) or type(error).__name__
+    kind, detail, _ = describeFailure(error, attempt=True)
+    detail = detail or type(error).__name__
     if getattr(error, "osError", None) == errno.ECONNRESET:
         # The peer reset the connection before the connect completed here.
         return ProbeResult(
