@@ -317,6 +317,11 @@ class AliveWrappingProtocol(HeartbeatMixin, Protocol):
             producer.resumeProducing()
 
 
+# Not a twisted.protocols.policies.WrappingFactory (nor its protocol a
+# ProtocolWrapper): every method of those would be overridden (writes become
+# frames, loseConnection an orderly close), ``protocols`` here is a set where
+# theirs is a dict, and a refused wrapped protocol (None) must stay refused,
+# which WrappingFactory.buildProtocol's type does not allow.
 class AliveWrappingFactory(Factory):
     """
     Wrap any server or client factory so that its protocols, unchanged,
