@@ -1,4 +1,4 @@
-"""
+r"""
 One connection of the twisted_alive protocol, sans-IO.
 
 `Connection` is fed the bytes that arrived, the timer's firing and the
