@@ -1184,7 +1184,12 @@ class Connection:
             return
         if self._closeDue:
             # A violation, a refused or unknown session: what could be
-            # handed out was (`nextEvent` comes here when nothing is left).
+            # handed out was; on a connection that opened, the message
+            # handed out last is answered first (its ACK goes before the
+            # GOODBYE), until the close deadline.
+            if self.peerWindow and self._handOff and self.session.inbox.handedOut:
+                self._startCloseTimer()
+                return
             self._closeInOrder()
             return
         state = self.state
