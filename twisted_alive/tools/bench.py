@@ -848,18 +848,20 @@ def plot(results: dict[str, Any], path: str) -> None:
 
 def addArguments(parser: argparse.ArgumentParser) -> None:
     """
-    The arguments of ``bench``.
+    Add the options of ``bench``: which measurements to run and how often,
+    and the form of the results.
 
     :param parser: the subcommand's parser.
     """
-    parser.description = (
+    from twisted_alive.tools.cli import describe
+
+    describe(
+        parser,
         "Measure twisted_alive against Twisted baselines: client and server in separate\n"
-        "processes over loopback; each figure repeated, reported as median [min-max]."
-    )
-    parser.epilog = (
+        "processes over loopback; each figure repeated, reported as median [min-max].",
         "Measurements: throughput, confirmed, latency, acks (from the throughput and\n"
         "confirmed runs), detection, idle. See docs/performance.md for the targets.\n"
-        "Linux only. The full run takes a few minutes; --quick about half a minute."
+        "Linux only. The full run takes a few minutes; --quick about half a minute.",
     )
     parser.add_argument(
         "--quick", action="store_true", help="tiny sizes, one repetition (checks that it works)"

@@ -24,7 +24,8 @@ import os
 import re
 import sys
 from collections.abc import Callable, Coroutine, Sequence
-from typing import TYPE_CHECKING, Any, Protocol, cast
+from functools import partial
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import (
@@ -162,6 +163,20 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 # -- helpers for subcommands ---------------------------------------------------
+
+
+def describe(parser: argparse.ArgumentParser, description: str, epilog: str) -> None:
+    """
+    Set the text of a subcommand's ``--help`` around its options, shown as
+    written (line breaks kept).
+
+    :param parser: the subcommand's parser.
+    :param description: what the subcommand does, shown before the options.
+    :param epilog: what follows the options: the forms its arguments take,
+        its exit codes.
+    """
+    parser.description = description
+    parser.epilog = epilog
 
 
 def fail(command: str, message: str, code: int = 2) -> int:
@@ -371,6 +386,68 @@ def _reasonOf(error: Exception, example: str, short: bool = True) -> str:
     return text.splitlines()[0] if text else type(error).__name__
 
 
+_Endpoint = TypeVar("_Endpoint")
+
+
+def _readEndpoint(
+    text: str,
+    server: bool,
+    parse: Callable[[str], _Endpoint],
+    example: str,
+    shortForm: Callable[[str], str | None],
+) -> _Endpoint:
+    """
+    Read an endpoint string with ``parse``; if Twisted cannot read it, try
+    it as a short form.
+
+    :param text: the endpoint string.
+    :param server: whether it is a server endpoint string (for the checks of
+        its numbers).
+    :param parse: Twisted's parser of endpoint strings, bound to a reactor.
+    :param example: an endpoint string of the right kind, shown in the
+        reason when ``text`` names no known type.
+    :param shortForm: the endpoint string that ``text`` stands for if it is
+        a short form, else ``None``.
+    :raises EndpointError: if neither reading works; the message says why.
+    """
+    try:
+        _checkNumbers(text, server=server)
+        return parse(text)
+    except EndpointError:
+        raise
+    except Exception as e:
+        unread = e
+    spec = shortForm(text)
+    if spec is None:
+        _checkShortPort(text)
+        raise EndpointError(_reasonOf(unread, example)) from None
+    try:
+        return parse(spec)
+    except Exception as e:
+        raise EndpointError(_reasonOf(e, example)) from None
+
+
+def _clientShortForm(text: str) -> str | None:
+    """The TCP client endpoint string that ``HOST:PORT`` stands for."""
+    match = _CLIENT_SHORT.match(text)
+    if match is None:
+        return None
+    host = match.group("v6") or match.group("host")
+    return f"tcp:host={_escape(host)}:port={_checkPort(match.group('port'))}"
+
+
+def _serverShortForm(text: str) -> str | None:
+    """The TCP server endpoint string that ``PORT`` (on `LOOPBACK`) or
+    ``HOST:PORT`` stands for; ``tcp6`` for a bracketed IPv6 host."""
+    match = _SERVER_SHORT.match(text)
+    if match is None:
+        return None
+    port = _checkPort(match.group("port"))
+    v6 = match.group("v6")
+    host = v6 or match.group("host") or LOOPBACK
+    return f"{'tcp6' if v6 else 'tcp'}:{port}:interface={_escape(host)}"
+
+
 def clientEndpoint(reactor: Any, text: str) -> IStreamClientEndpoint:
     """
     Read a client endpoint string: anything
@@ -378,31 +455,17 @@ def clientEndpoint(reactor: Any, text: str) -> IStreamClientEndpoint:
     ``tcp:host=127.0.0.1:port=9000``), or the short form ``HOST:PORT``
     (``[::1]:9000`` for IPv6), which means TCP.
 
-    :param reactor: the reactor the endpoint uses.
-    :param text: the endpoint string.
-    :returns: the endpoint.
-    :raises EndpointError: if the string cannot be read; the message says why.
+    :param reactor: the reactor the endpoint connects with.
+    :param text: what the user wrote for the endpoint to connect to.
+    :returns: the client endpoint.
+    :raises EndpointError: if ``text`` is neither; the message says why.
     """
     from twisted.internet.endpoints import clientFromString
 
-    _clientFromString = cast("Callable[[Any, str], IStreamClientEndpoint]", clientFromString)
-    example = "tcp:host=HOST:port=PORT"
-    try:
-        _checkNumbers(text, server=False)
-        return _clientFromString(reactor, text)
-    except EndpointError:
-        raise
-    except Exception as e:
-        match = _CLIENT_SHORT.match(text)
-        if match is None:
-            _checkShortPort(text)
-            raise EndpointError(_reasonOf(e, example)) from None
-    host = match.group("v6") or match.group("host")
-    spec = f"tcp:host={_escape(host)}:port={_checkPort(match.group('port'))}"
-    try:
-        return _clientFromString(reactor, spec)
-    except Exception as e:
-        raise EndpointError(_reasonOf(e, example)) from None
+    parse = cast("Callable[[Any, str], IStreamClientEndpoint]", clientFromString)
+    return _readEndpoint(
+        text, False, partial(parse, reactor), "tcp:host=HOST:port=PORT", _clientShortForm
+    )
 
 
 def serverEndpoint(reactor: Any, text: str) -> IStreamServerEndpoint:
@@ -413,33 +476,17 @@ def serverEndpoint(reactor: Any, text: str) -> IStreamServerEndpoint:
     127.0.0.1) or ``HOST:PORT`` (TCP on that interface; ``[::1]:9000`` for
     IPv6).
 
-    :param reactor: the reactor the endpoint uses.
-    :param text: the endpoint string.
-    :returns: the endpoint.
-    :raises EndpointError: if the string cannot be read; the message says why.
+    :param reactor: the reactor the endpoint listens with.
+    :param text: what the user wrote for where to listen.
+    :returns: the server endpoint.
+    :raises EndpointError: if ``text`` is neither; the message says why.
     """
     from twisted.internet.endpoints import serverFromString
 
-    _serverFromString = cast("Callable[[Any, str], IStreamServerEndpoint]", serverFromString)
-    example = "tcp:PORT:interface=HOST"
-    try:
-        _checkNumbers(text, server=True)
-        return _serverFromString(reactor, text)
-    except EndpointError:
-        raise
-    except Exception as e:
-        match = _SERVER_SHORT.match(text)
-        if match is None:
-            _checkShortPort(text)
-            raise EndpointError(_reasonOf(e, example)) from None
-    port = _checkPort(match.group("port"))
-    v6 = match.group("v6")
-    host = v6 or match.group("host") or LOOPBACK
-    spec = f"{'tcp6' if v6 else 'tcp'}:{port}:interface={_escape(host)}"
-    try:
-        return _serverFromString(reactor, spec)
-    except Exception as e:
-        raise EndpointError(_reasonOf(e, example)) from None
+    parse = cast("Callable[[Any, str], IStreamServerEndpoint]", serverFromString)
+    return _readEndpoint(
+        text, True, partial(parse, reactor), "tcp:PORT:interface=HOST", _serverShortForm
+    )
 
 
 def serverEndpointString(reactor: Any, text: str) -> IStreamServerEndpoint:
@@ -594,15 +641,17 @@ class ProxyCommand:
     @staticmethod
     def addArguments(parser: argparse.ArgumentParser) -> None:
         """
-        The arguments of ``proxy``.
+        Add the two endpoints of ``proxy`` (where it listens, where it
+        forwards to) and the faults it injects.
 
         :param parser: the subcommand's parser.
         """
-        parser.description = (
+        describe(
+            parser,
             "Run a ChaosProxy: accept connections on LISTEN and forward each to TARGET,\n"
-            "injecting the faults given with --faults, until interrupted (Ctrl-C)."
+            "injecting the faults given with --faults, until interrupted (Ctrl-C).",
+            _PROXY_EPILOG,
         )
-        parser.epilog = _PROXY_EPILOG
         parser.add_argument("listen", metavar="LISTEN", help="where to accept connections")
         parser.add_argument("target", metavar="TARGET", help="where to forward them")
         parser.add_argument(

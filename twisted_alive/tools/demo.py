@@ -1014,16 +1014,20 @@ exit codes:
 
 def addArguments(parser: argparse.ArgumentParser) -> None:
     """
-    The arguments of ``demo``.
+    Add the options of ``demo``: its output (timeline or JSON), its length,
+    its seed and the status page.
 
     :param parser: the subcommand's parser.
     """
-    parser.description = (
+    from twisted_alive.tools.cli import describe
+
+    describe(
+        parser,
         "Start a server, a fault-injecting proxy and a client on 127.0.0.1, and show\n"
         "each kind of lost connection classified, reconnection, and resumed delivery\n"
-        "with nothing lost or duplicated."
+        "with nothing lost or duplicated.",
+        _EPILOG,
     )
-    parser.epilog = _EPILOG
     parser.add_argument(
         "--json",
         action="store_true",
