@@ -1,6 +1,8 @@
 """
-Helpers shared by the tests: scripts run as subprocesses, trial's Deferred
-assertions, and a recording protocol alone on a ``StringTransport``.
+Helpers shared by the tests: the reactor, typed; bounded waits on it
+(`waitFor`, `within`); scripts and peer processes run as subprocesses
+(`Processes`, `readLine`, `waitForExit`); trial's Deferred assertions; and a
+recording protocol alone on a ``StringTransport``.
 """
 
 from __future__ import annotations
@@ -11,11 +13,26 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from inspect import isawaitable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
+import pytest_twisted
+from twisted.internet import threads
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
-from twisted.internet.task import Clock
+from twisted.internet.endpoints import TCP4ServerEndpoint
+from twisted.internet.interfaces import (
+    IListeningPort,
+    IReactorCore,
+    IReactorProcess,
+    IReactorSSL,
+    IReactorTCP,
+    IReactorThreads,
+    IReactorTime,
+    IStreamServerEndpoint,
+)
+from twisted.internet.task import Clock, deferLater
 from twisted.internet.testing import StringTransport
 from twisted.logger import ILogObserver, LogEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
@@ -29,6 +46,17 @@ ROOT = Path(__file__).resolve().parent.parent
 from the source tree."""
 
 EXAMPLES = ROOT / "examples"
+PEERS = ROOT / "tests" / "peers"
+"""The peer scripts the tests run as processes (`Processes.startPeer`)."""
+
+LOOPBACK = "127.0.0.1"
+
+T = TypeVar("T")
+_F = TypeVar("_F", bound=Callable[..., Any])
+ensureDeferred = cast(Callable[[_F], _F], pytest_twisted.ensureDeferred)
+"""``pytest_twisted.ensureDeferred``, typed: an ``async def`` test runs on the reactor."""
+asyncYieldFixture = cast(Callable[[_F], _F], pytest_twisted.async_yield_fixture)
+"""``pytest_twisted.async_yield_fixture``, typed."""
 
 _case = SynchronousTestCase()
 successResultOf = _case.successResultOf
@@ -39,10 +67,12 @@ assertNoResult = _case.assertNoResult
 """trial's assertion that a Deferred has not fired, for pytest."""
 
 
-def environment() -> dict[str, str]:
-    """This process's environment, with the repository on ``PYTHONPATH``."""
+def environment(*extraPath: Path) -> dict[str, str]:
+    """This process's environment, with the repository first on
+    ``PYTHONPATH``, then ``extraPath``."""
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
+    paths = (str(ROOT), *map(str, extraPath), env.get("PYTHONPATH", ""))
+    env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
     env["PYTHONUNBUFFERED"] = "1"
     return env
 
@@ -105,19 +135,127 @@ class Processes:
         self.processes.append(process)
         return process
 
+    def startPeer(self, script: str, *args: object) -> subprocess.Popen[str]:
+        """Start ``tests/peers/<script>`` with ``args``."""
+        return self.spawn(sys.executable, PEERS / script, *args)
+
+    def kill(self, process: subprocess.Popen[str]) -> None:
+        """SIGCONT, then SIGKILL, ``process``'s group, and reap it."""
+        killGroup(process, (signal.SIGCONT, signal.SIGKILL), timeout=10)
+
     def killAll(self) -> None:
         """SIGCONT, then SIGKILL, every process group; close the pipes."""
         for process in self.processes:
-            killGroup(process, (signal.SIGCONT, signal.SIGKILL), timeout=10)
+            self.kill(process)
             if process.stdout is not None:
                 process.stdout.close()
 
 
-def getReactor() -> Any:
+def readLine(process: subprocess.Popen[str], seconds: float = 15.0) -> Deferred[str]:
+    """
+    The next line ``process`` prints, stripped (read in a thread, so that
+    the reactor goes on); fails if it does not come within ``seconds``, or
+    if the process exits first.
+    """
+    assert process.stdout is not None
+    stdout = process.stdout
+
+    def read() -> str:
+        line = stdout.readline()
+        if not line:
+            raise AssertionError(f"process {process.pid} exited (status {process.poll()})")
+        return line.strip()
+
+    return within(threads.deferToThread(read), seconds)
+
+
+async def readReady(process: subprocess.Popen[str], seconds: float = 15.0) -> int:
+    """Wait for the ``READY <port>`` line of a peer process; return the port."""
+    line = await readLine(process, seconds)
+    assert line.startswith("READY "), line
+    return int(line.split()[1])
+
+
+def waitForExit(process: subprocess.Popen[str], timeout: float = 15.0) -> Deferred[str]:
+    """The rest of ``process``'s output, once it has exited (waited for in a
+    thread, at most ``timeout`` seconds)."""
+
+    def wait() -> str:
+        out, _ = process.communicate(timeout=timeout)
+        return out
+
+    return threads.deferToThread(wait)
+
+
+class Reactor(
+    IReactorCore, IReactorTime, IReactorTCP, IReactorSSL, IReactorThreads, IReactorProcess
+):
+    """The reactor interfaces the tests use."""
+
+
+def getReactor() -> Reactor:
     """The global reactor (installed by pytest-twisted), resolved lazily."""
     from twisted.internet import reactor
 
-    return reactor
+    return cast(Reactor, reactor)
+
+
+def listenEndpoint() -> IStreamServerEndpoint:
+    """A TCP server endpoint on 127.0.0.1, port 0."""
+    endpoint = cast(Callable[..., IStreamServerEndpoint], TCP4ServerEndpoint)
+    return endpoint(getReactor(), 0, interface=LOOPBACK)
+
+
+def portOf(port: IListeningPort) -> int:
+    """The TCP port number ``port`` listens on."""
+    return cast(IPv4Address, port.getHost()).port
+
+
+# -- bounded waits on the reactor -----------------------------------------------------------------
+
+
+def within(d: Deferred[T], seconds: float) -> Deferred[T]:
+    """``d``, failing with ``TimeoutError`` if it has not fired within
+    ``seconds`` of reactor time."""
+    return d.addTimeout(seconds, getReactor())
+
+
+async def waitFor(
+    condition: Callable[[], object],
+    timeout: float = 5.0,
+    what: str = "condition",
+    interval: float = 0.01,
+) -> None:
+    """
+    Return as soon as ``condition()`` is true, checking it now and then
+    every ``interval`` seconds while the reactor runs; fail if it is still
+    false after ``timeout`` seconds. ``condition`` may be a coroutine
+    function (its result is awaited). Not a blind sleep: it waits as long as
+    the event takes, and no longer than ``timeout``. Prefer a Deferred that
+    fires on the event where there is one.
+    """
+    reactor = getReactor()
+    deadline = reactor.seconds() + timeout
+    while True:
+        result = condition()
+        if isawaitable(result):
+            result = await result
+        if result:
+            return
+        if reactor.seconds() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await deferLater(reactor, interval)
+
+
+def elapse(seconds: float) -> Deferred[None]:
+    """
+    Let ``seconds`` of real time pass with the reactor running. Only for
+    what must really last: a test that shows nothing happens (no false
+    timeout, no reconnect) during a stretch of real time, or a load that
+    must run for a while. To wait for something to happen, use `waitFor`
+    or a Deferred.
+    """
+    return deferLater(getReactor(), seconds)
 
 
 @contextmanager

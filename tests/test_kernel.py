@@ -22,6 +22,7 @@ from typing import Any, cast
 import pytest
 import pytest_twisted
 import twisted.test
+from support import getReactor
 from twisted.internet import ssl, task, tcp
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred
@@ -71,15 +72,6 @@ _CHUNK = b"\xa5" * 65536
 _CLOSED = "the connection's socket is already closed"
 
 
-def _reactor() -> Any:
-    """
-    The global reactor, imported only when a test runs.
-    """
-    from twisted.internet import reactor
-
-    return reactor
-
-
 def _readBack(sock: socket.socket) -> tuple[int, int, int, int, int]:
     """
     Read the five liveness options back from the kernel.
@@ -119,6 +111,33 @@ def _waitReadable(sock: socket.socket, timeout: float = 5.0) -> None:
     """
     readable, _, _ = select.select([sock], [], [], timeout)
     assert readable, f"nothing arrived within {timeout} s"
+
+
+_poll = select.poll
+"""``select.poll``, kept for `_waitLanded` where a test removes it from ``select``."""
+
+
+def _waitLanded(sock: socket.socket, size: int, fin: bool = False, timeout: float = 5.0) -> None:
+    """
+    Block until ``size`` bytes wait unread in ``sock``'s receive queue and,
+    with ``fin``, the peer's FIN behind them (``POLLRDHUP``); fail after
+    ``timeout`` seconds. Nothing is read.
+    """
+    poller = _poll()
+    poller.register(sock, select.POLLRDHUP if fin else select.POLLIN)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            queued = len(sock.recv(size, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+        except BlockingIOError:
+            queued = 0
+        if queued >= size and (not fin or poller.poll(0)):
+            return
+        remaining = deadline - time.monotonic()
+        assert remaining > 0, f"{size} bytes{' and a FIN' if fin else ''} not there in {timeout} s"
+        # Wakes on the next segment (or the FIN); the cap covers bytes that
+        # join a queue that was already readable.
+        poller.poll(min(remaining, 0.01) * 1000)
 
 
 @pytest.fixture
@@ -173,7 +192,7 @@ def _tcpEndpoint(port: int) -> TCP4ClientEndpoint:
     """
     A client endpoint for 127.0.0.1:``port``.
     """
-    return TCP4ClientEndpoint(_reactor(), "127.0.0.1", port, timeout=5)
+    return TCP4ClientEndpoint(getReactor(), "127.0.0.1", port, timeout=5)
 
 
 def _portNumber(port: IListeningPort) -> int:
@@ -481,7 +500,7 @@ class _AcceptFactory(ServerFactory):
 def test_twistedTransport() -> Generator[Deferred[Any], Any, None]:
     """A plain Twisted TCP transport is tuned and peeked through getHandle()."""
     factory = _AcceptFactory()
-    port = cast(IReactorTCP, _reactor()).listenTCP(0, factory, interface="127.0.0.1")
+    port = cast(IReactorTCP, getReactor()).listenTCP(0, factory, interface="127.0.0.1")
     try:
         recorder = yield _connect(_tcpEndpoint(_portNumber(port)))
         server = yield factory.accepted
@@ -497,7 +516,7 @@ def test_twistedTransport() -> Generator[Deferred[Any], Any, None]:
         for _ in range(200):
             if peek(transport) is not PeekState.ALIVE:
                 break
-            yield task.deferLater(_reactor(), 0.01, lambda: None)
+            yield task.deferLater(getReactor(), 0.01, lambda: None)
         assert peek(transport) is PeekState.CLOSED
         cast(IPushProducer, transport).resumeProducing()
         yield recorder.lost
@@ -557,7 +576,7 @@ class _AnnouncingFactory(ClientFactory):
 @twistedTest
 def test_tlsTransports() -> Generator[Deferred[Any], Any, None]:
     """TLS transports (TLS endpoint wrapper, connectSSL) are followed to the TCP socket."""
-    reactor = cast(IReactorSSL, _reactor())
+    reactor = cast(IReactorSSL, getReactor())
     factory = _AcceptFactory()
     serverOptions = _serverCertificate().options()  # type: ignore[no-untyped-call]
     port = reactor.listenSSL(0, factory, serverOptions, interface="127.0.0.1")
@@ -612,8 +631,7 @@ def test_peekReadableKeepsData(pair: tuple[socket.socket, socket.socket]) -> Non
     """Unread data peeks READABLE and is all still there afterwards."""
     ours, theirs = pair
     theirs.sendall(b"hello, peer")
-    _waitReadable(ours)
-    time.sleep(0.05)  # let every byte land
+    _waitLanded(ours, len(b"hello, peer"))
     assert peek(ours) is PeekState.READABLE
     assert peek(ours) is PeekState.READABLE
     assert ours.recv(100) == b"hello, peer"
@@ -634,8 +652,7 @@ def test_peekReadableAheadOfClose(pair: tuple[socket.socket, socket.socket]) -> 
     ours, theirs = pair
     theirs.sendall(b"last words")
     theirs.close()
-    _waitReadable(ours)
-    time.sleep(0.05)  # let the FIN land behind the data
+    _waitLanded(ours, len(b"last words"), fin=True)
     assert peek(ours) is PeekState.READABLE
     assert ours.recv(100) == b"last words"
     assert peek(ours) is PeekState.CLOSED
@@ -676,8 +693,7 @@ def test_peekWithoutPoll(
     assert peek(ours) is PeekState.ALIVE
     theirs.sendall(b"x")
     theirs.close()
-    _waitReadable(ours)
-    time.sleep(0.05)
+    _waitLanded(ours, 1, fin=True)
     assert peek(ours) is PeekState.READABLE
     assert ours.recv(1) == b"x"
     assert peek(ours) is PeekState.CLOSED
@@ -718,7 +734,7 @@ server.listen(1)
 print(server.getsockname()[1], flush=True)
 connection, _ = server.accept()
 print("accepted", flush=True)
-time.sleep(300)
+time.sleep(300)  # a peer that really does nothing: the test stops or kills it
 """
 
 
@@ -837,9 +853,9 @@ def test_stoppedPeerWithPendingDataFailsNearDeadline(
 
     silentPeer.signal(signal.SIGSTOP)
     stoppedAt = time.monotonic()
-    flood = _Flood(transport, cast(IReactorTime, _reactor()))
+    flood = _Flood(transport, cast(IReactorTime, getReactor()))
     flood.start()
-    recorder.lost.addTimeout(deadline + 30, _reactor())
+    recorder.lost.addTimeout(deadline + 30, getReactor())
     (reason,) = yield recorder.lost
 
     assert recorder.lostAt is not None
@@ -880,7 +896,7 @@ def test_stoppedPeerOnIdleLinkIsNotDetected(
     assert result.keepaliveDeadline == deadline
 
     silentPeer.signal(signal.SIGSTOP)
-    yield task.deferLater(_reactor(), 2.5 * deadline, lambda: None)
+    yield task.deferLater(getReactor(), 2.5 * deadline, lambda: None)
 
     assert not recorder.lost.called
     assert peek(transport) is PeekState.ALIVE
