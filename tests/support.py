@@ -8,6 +8,7 @@ recording protocol alone on a ``StringTransport``.
 from __future__ import annotations
 
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -50,6 +51,8 @@ PEERS = ROOT / "tests" / "peers"
 """The peer scripts the tests run as processes (`Processes.startPeer`)."""
 
 LOOPBACK = "127.0.0.1"
+TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
+"""``twistd``, run by this interpreter."""
 
 T = TypeVar("T")
 _F = TypeVar("_F", bound=Callable[..., Any])
@@ -209,6 +212,12 @@ def listenEndpoint() -> IStreamServerEndpoint:
 def portOf(port: IListeningPort) -> int:
     """The TCP port number ``port`` listens on."""
     return cast(IPv4Address, port.getHost()).port
+
+
+def chaosSeed() -> int:
+    """A `ChaosProxy` seed: ``ALIVE_CHAOS_SEED`` to replay a run, else random."""
+    value = os.environ.get("ALIVE_CHAOS_SEED")
+    return int(value) if value else random.SystemRandom().randrange(2**32)
 
 
 # -- bounded waits on the reactor -----------------------------------------------------------------

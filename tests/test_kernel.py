@@ -22,16 +22,14 @@ from typing import Any, cast
 import pytest
 import pytest_twisted
 import twisted.test
-from support import getReactor
+from support import getReactor, portOf
 from twisted.internet import ssl, task, tcp
-from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, wrapClientTLS
 from twisted.internet.error import ConnectionLost
 from twisted.internet.interfaces import (
     IAddress,
     IConsumer,
-    IListeningPort,
     IPushProducer,
     IReactorSSL,
     IReactorTCP,
@@ -193,13 +191,6 @@ def _tcpEndpoint(port: int) -> TCP4ClientEndpoint:
     A client endpoint for 127.0.0.1:``port``.
     """
     return TCP4ClientEndpoint(getReactor(), "127.0.0.1", port, timeout=5)
-
-
-def _portNumber(port: IListeningPort) -> int:
-    """
-    The TCP port number a listening port is bound to.
-    """
-    return cast(IPv4Address, port.getHost()).port
 
 
 # --- setKernelLiveness: what is set ------------------------------------------
@@ -502,7 +493,7 @@ def test_twistedTransport() -> Generator[Deferred[Any], Any, None]:
     factory = _AcceptFactory()
     port = cast(IReactorTCP, getReactor()).listenTCP(0, factory, interface="127.0.0.1")
     try:
-        recorder = yield _connect(_tcpEndpoint(_portNumber(port)))
+        recorder = yield _connect(_tcpEndpoint(portOf(port)))
         server = yield factory.accepted
         transport = cast(tcp.Client, recorder.transport)
         result = setKernelLiveness(transport, 5)
@@ -583,7 +574,7 @@ def test_tlsTransports() -> Generator[Deferred[Any], Any, None]:
     try:
         # TLS endpoint: the protocol's transport is a TLSMemoryBIOProtocol
         # whose getHandle() is the OpenSSL connection.
-        endpoint = wrapClientTLS(ssl.CertificateOptions(), _tcpEndpoint(_portNumber(port)))
+        endpoint = wrapClientTLS(ssl.CertificateOptions(), _tcpEndpoint(portOf(port)))
         wrapped = yield _connect(endpoint)
         tlsTransport = wrapped.transport
         assert isinstance(tlsTransport, TLSMemoryBIOProtocol)
@@ -600,7 +591,7 @@ def test_tlsTransports() -> Generator[Deferred[Any], Any, None]:
         clientFactory = _AnnouncingFactory()
         reactor.connectSSL(
             "127.0.0.1",
-            _portNumber(port),
+            portOf(port),
             clientFactory,
             ssl.CertificateOptions(),  # type: ignore[arg-type]
             5,

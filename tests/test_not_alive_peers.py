@@ -8,13 +8,12 @@ client factory does not retry against them.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, TypeVar, cast
+from typing import Any
 
 import pytest
-import pytest_twisted
-from support import getReactor
+from support import ensureDeferred, getReactor
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Factory, Protocol
@@ -30,9 +29,6 @@ from twisted_alive import (
     Loss,
     Reason,
 )
-
-_F = TypeVar("_F", bound=Callable[..., Any])
-ensureDeferred = cast(Callable[[_F], _F], pytest_twisted.ensureDeferred)
 
 HOST = "127.0.0.1"
 BANNER = b"SSH-2.0-OpenSSH_9.2p1 Debian-2\r\n"

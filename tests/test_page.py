@@ -13,16 +13,24 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable, Iterator
-from typing import Any, TypeVar, cast
+from collections.abc import AsyncIterator
+from typing import Any, cast
 
 import pytest
-import pytest_twisted
 import treq
-from support import Processes, getReactor, killGroup, startProcess
+from support import (
+    LOOPBACK,
+    Processes,
+    asyncYieldFixture,
+    ensureDeferred,
+    getReactor,
+    killGroup,
+    startProcess,
+    waitFor,
+)
 from twisted.internet.defer import gatherResults, maybeDeferred
 from twisted.internet.interfaces import IListeningPort
-from twisted.internet.task import Clock, deferLater
+from twisted.internet.task import Clock
 from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 
@@ -33,11 +41,6 @@ from twisted_alive.service.page import _SCRIPT, prefersHtml, renderPage
 from twisted_alive.service.status import AliveCollector, StatusSite, statusSite
 from twisted_alive.service.tap import EchoProtocol
 
-_F = TypeVar("_F", bound=Callable[..., Any])
-ensureDeferred = cast(Callable[[_F], _F], pytest_twisted.ensureDeferred)
-asyncYieldFixture = cast(Callable[[_F], _F], pytest_twisted.async_yield_fixture)
-
-LOOPBACK = "127.0.0.1"
 INTERVAL = 0.2
 BROWSER_ACCEPT = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"
 SECRET_PAYLOAD = b"payload-that-must-never-show"
@@ -126,23 +129,6 @@ async def served() -> AsyncIterator[Served]:
     await s.start()
     yield s
     await s.stop()
-
-
-@pytest.fixture
-def processes() -> Iterator[Processes]:
-    """Processes started by the test, killed (whole groups) at the end."""
-    started = Processes()
-    yield started
-    started.killAll()
-
-
-async def _until(check: Callable[[], Any], seconds: float = 5.0) -> None:
-    """Wait until C{await check()} is true, at most C{seconds}."""
-    reactor = getReactor()
-    deadline = reactor.seconds() + seconds
-    while not await check():
-        assert reactor.seconds() < deadline, "condition not met in time"
-        await deferLater(reactor, 0.02)
 
 
 # -- content negotiation ---------------------------------------------------------------
@@ -236,7 +222,7 @@ async def test_statusJsonHasWhatThePageUses(served: Served) -> None:
     await first.sendMessage(b"hello").addTimeout(5, getReactor())
     second.stopTrying()
     secondProto.abort("the test drops it")
-    await _until(lambda: _settled(served))
+    await waitFor(lambda: _settled(served))
     state = await served.status()
     assert set(state) == TOP_KEYS
     assert set(state["process"]) == {"pid", "hostname", "version", "uptime"}

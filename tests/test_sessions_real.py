@@ -10,16 +10,12 @@ Run with C{-s} to see the figures (messages, connections, seconds, rate).
 
 from __future__ import annotations
 
-import os
-import random
 from collections.abc import AsyncIterator, Callable
-from typing import Any, TypeVar, cast
+from typing import cast
 
 import pytest
-import pytest_twisted
-from support import getReactor
+from support import LOOPBACK, asyncYieldFixture, chaosSeed, ensureDeferred, getReactor, portOf
 from twisted.application.internet import ClientService
-from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, DeferredList, gatherResults, maybeDeferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
 from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
@@ -30,25 +26,8 @@ from twisted_alive._mixin import HeartbeatProtocol
 from twisted_alive.core.outcomes import Receipt
 from twisted_alive.testing.chaos import ChaosProxy, Faults
 
-_F = TypeVar("_F", bound=Callable[..., Any])
-ensureDeferred = cast(Callable[[_F], _F], pytest_twisted.ensureDeferred)
-asyncYieldFixture = cast(Callable[[_F], _F], pytest_twisted.async_yield_fixture)
-
-LOOPBACK = "127.0.0.1"
 MESSAGES = 10_000
 RESET_AFTER = (0.03, 0.2)
-
-
-
-def portOf(port: IListeningPort) -> int:
-    """The TCP port number C{port} listens on."""
-    return cast(IPv4Address, port.getHost()).port
-
-
-def chaosSeed() -> int:
-    """The proxy's seed: C{ALIVE_CHAOS_SEED} to replay a run, else random."""
-    value = os.environ.get("ALIVE_CHAOS_SEED")
-    return int(value) if value else random.SystemRandom().randrange(2**32)
 
 
 class Recorder(HeartbeatProtocol):

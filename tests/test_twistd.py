@@ -10,7 +10,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import textwrap
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -21,6 +20,7 @@ import treq
 from support import (
     LOOPBACK,
     ROOT,
+    TWISTD,
     asyncYieldFixture,
     ensureDeferred,
     environment,
@@ -44,8 +44,6 @@ from twisted_alive.service.tap import (
     SinkProtocol,
     makeService,
 )
-
-TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
 
 
 def _freePort() -> int:

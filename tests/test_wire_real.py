@@ -10,17 +10,14 @@ GOODBYE codes end a session.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from typing import Any, TypeVar, cast
+from typing import Any
 
 import pytest
-import pytest_twisted
-from support import getReactor
+from support import ensureDeferred, getReactor, waitFor
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.protocol import Protocol
-from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
 
 from twisted_alive import AliveServerFactory, HeartbeatProtocol
@@ -40,9 +37,6 @@ from twisted_alive.core.frames import (
     encode,
     encodeData,
 )
-
-_F = TypeVar("_F", bound=Callable[..., Any])
-ensureDeferred = cast(Callable[[_F], _F], pytest_twisted.ensureDeferred)
 
 HOST = "127.0.0.1"
 
@@ -168,18 +162,9 @@ async def rawClient(port: int, data: bytes) -> Raw:
     return raw
 
 
-async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    """Wait (bounded) for ``condition`` to hold."""
-    reactor = getReactor()
-    deadline = reactor.seconds() + timeout
-    while not condition():
-        assert reactor.seconds() < deadline, "condition not met in time"
-        await deferLater(reactor, 0.01, lambda: None)
-
-
 async def assignedToken(raw: Raw) -> bytes:
     """The token of the server's HELLO to ``raw``."""
-    await until(lambda: bool(raw.frames()))
+    await waitFor(lambda: bool(raw.frames()))
     hello = raw.frames()[0]
     assert isinstance(hello, Hello) and hello.flags & HELLO_ASSIGNED
     return hello.session
@@ -218,7 +203,7 @@ async def test_takeoverResetsOldConnection() -> None:
         token = await assignedToken(first)
         second = await rawClient(port.getHost().port, clientHello(token=token))
         await first.closed
-        await until(lambda: bool(second.frames()))
+        await waitFor(lambda: bool(second.frames()))
         resumed = second.frames()[0]
         second.transport.abortConnection()
         await second.closed
@@ -250,7 +235,7 @@ async def test_whichGoodbyeEndsSession(code: GoodbyeCode, ends: bool) -> None:
         first.transport.loseConnection()
         await first.closed
         second = await rawClient(port.getHost().port, clientHello(token=token))
-        await until(lambda: bool(second.frames()))
+        await waitFor(lambda: bool(second.frames()))
         answer = second.frames()[0]
         second.transport.abortConnection()
         await second.closed

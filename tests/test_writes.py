@@ -19,7 +19,7 @@ from typing import Any, cast
 
 import pytest
 import pytest_twisted
-from support import BuiltProtocols, getReactor
+from support import BuiltProtocols, getReactor, portOf
 from twisted.internet import defer, tcp
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
@@ -471,9 +471,8 @@ def loopback(
     """Connect a ``serverClass`` to a ``clientClass`` on 127.0.0.1 and open them."""
     factory = Ends(serverClass)
     port = cast(IListeningPort, getReactor().listenTCP(0, factory, interface=HOST))
-    portNumber = cast(IPv4Address, port.getHost()).port
     client = clientClass()
-    endpoint = TCP4ClientEndpoint(getReactor(), HOST, portNumber, timeout=5)
+    endpoint = TCP4ClientEndpoint(getReactor(), HOST, portOf(port), timeout=5)
     try:
         yield bounded(connectProtocol(endpoint, client))
         server = yield bounded(factory.connection(0))

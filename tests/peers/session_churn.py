@@ -184,12 +184,12 @@ def crowd(sessions: int, seconds: float, churners: int) -> None:
             )
             for _ in range(churners)
         ]
-        time.sleep(0.5)
+        time.sleep(0.5)  # a measurement: let the churners reach full speed first
         cpu0, start = cpuSeconds(server.pid), time.perf_counter()
         busy = []
         while time.perf_counter() - start < seconds - 1.0:
             busy.append(probe(port))
-            time.sleep(0.05)
+            time.sleep(0.05)  # a measurement: one probe every 50 ms of real time
         cpu = cpuSeconds(server.pid) - cpu0
         elapsed = time.perf_counter() - start
         cycles = sum(int(w.communicate()[0]) for w in workers)
