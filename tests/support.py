@@ -24,15 +24,15 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.interfaces import (
+    IAddress,
+    IConsumer,
     IListeningPort,
-    IReactorCore,
-    IReactorProcess,
-    IReactorSSL,
-    IReactorTCP,
-    IReactorThreads,
-    IReactorTime,
+    IProtocol,
+    IPushProducer,
     IStreamServerEndpoint,
+    ITCPTransport,
 )
+from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock, deferLater
 from twisted.internet.testing import StringTransport
 from twisted.logger import ILogObserver, LogEvent, globalLogPublisher
@@ -61,7 +61,7 @@ ensureDeferred = cast(Callable[[_F], _F], pytest_twisted.ensureDeferred)
 asyncYieldFixture = cast(Callable[[_F], _F], pytest_twisted.async_yield_fixture)
 """``pytest_twisted.async_yield_fixture``, typed."""
 
-_case = SynchronousTestCase()
+_case = SynchronousTestCase()  # type: ignore[no-untyped-call]
 successResultOf = _case.successResultOf
 """trial's assertion that a Deferred has fired with a result, for pytest."""
 failureResultOf = _case.failureResultOf
@@ -190,17 +190,27 @@ def waitForExit(process: subprocess.Popen[str], timeout: float = 15.0) -> Deferr
     return threads.deferToThread(wait)
 
 
-class Reactor(
-    IReactorCore, IReactorTime, IReactorTCP, IReactorSSL, IReactorThreads, IReactorProcess
-):
-    """The reactor interfaces the tests use."""
-
-
-def getReactor() -> Reactor:
-    """The global reactor (installed by pytest-twisted), resolved lazily."""
+def getReactor() -> Any:
+    """
+    The global reactor (installed by pytest-twisted), resolved lazily: the
+    one place the tests get it from. Typed ``Any``: the tests use many of its
+    interfaces, whose stubs ask for more precise factory types than tests
+    build.
+    """
     from twisted.internet import reactor
 
-    return cast(Reactor, reactor)
+    return reactor
+
+
+class TCPTransport(ITCPTransport, IPushProducer, IConsumer):
+    """The interfaces of a TCP connection's transport that the tests use."""
+
+
+def tcp(proto: IProtocol | Protocol) -> TCPTransport:
+    """``proto``'s transport, which must be connected: a TCP transport."""
+    transport = getattr(proto, "transport", None)
+    assert transport is not None, f"{proto} is not connected"
+    return cast(TCPTransport, transport)
 
 
 def listenEndpoint() -> IStreamServerEndpoint:
@@ -314,6 +324,25 @@ class BuiltProtocols:
         return d
 
 
+# -- factories and the protocols they build ------------------------------------------------------
+
+F = TypeVar("F", bound=Factory[Any])
+
+
+def forProtocol(factoryClass: type[F], protocol: Callable[[], Any]) -> F:
+    """``factoryClass.forProtocol(protocol)``, typed as a ``factoryClass``
+    (Twisted's stubs say ``Factory``)."""
+    return cast(F, factoryClass.forProtocol(protocol))
+
+
+def built(factory: Factory[Any], address: IAddress | None = None) -> Any:
+    """The protocol ``factory`` builds for ``address``, which it must build.
+    Typed ``Any``: tests use attributes of their own protocol classes."""
+    proto = factory.buildProtocol(cast(IAddress, address))
+    assert proto is not None, f"{factory} built no protocol"
+    return proto
+
+
 # -- a protocol alone on a StringTransport --------------------------------------------------------
 
 
@@ -345,14 +374,14 @@ class TimedStringTransport(StringTransport):
     """A ``StringTransport`` that records when ``abortConnection`` was called."""
 
     def __init__(self, clock: Clock) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]
         self.clock = clock
         self.abortedAt: float | None = None
 
     def abortConnection(self) -> None:
         if self.abortedAt is None:
             self.abortedAt = self.clock.seconds()
-        super().abortConnection()
+        super().abortConnection()  # type: ignore[no-untyped-call]
 
 
 P = TypeVar("P", bound=RecordingPeer)
@@ -369,7 +398,7 @@ def connectAlone(
     for name, value in attributes.items():
         setattr(proto, name, value)
     transport = TimedStringTransport(clock)
-    proto.makeConnection(transport)
+    proto.makeConnection(transport)  # type: ignore[no-untyped-call]
     return proto, transport, clock
 
 

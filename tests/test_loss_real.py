@@ -17,7 +17,15 @@ from typing import Any, cast
 
 import pytest
 import pytest_twisted
-from support import BuiltProtocols, Processes, getReactor, listeningOn, readReady, waitForExit
+from support import (
+    BuiltProtocols,
+    Processes,
+    forProtocol,
+    getReactor,
+    listeningOn,
+    readReady,
+    waitForExit,
+)
 from twisted.internet.defer import Deferred, DeferredList, ensureDeferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Factory
@@ -411,7 +419,7 @@ class AttemptRecorder:
     def __init__(self) -> None:
         from twisted_alive import AliveClientFactory
 
-        self.factory = AliveClientFactory.forProtocol(HeartbeatProtocol)
+        self.factory = forProtocol(AliveClientFactory, HeartbeatProtocol)
         self.failed: Deferred[Loss] = Deferred()
         original = self.factory.clientConnectionFailed
 

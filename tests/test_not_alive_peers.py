@@ -10,14 +10,15 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, cast
 
 import pytest
-from support import ensureDeferred, getReactor
+from support import ensureDeferred, forProtocol, getReactor
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import deferLater
+from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
@@ -38,6 +39,7 @@ class Echo(Protocol):
     """A plain TCP echo server: every byte comes back."""
 
     def dataReceived(self, data: bytes) -> None:
+        assert self.transport is not None
         self.transport.write(data)
 
 
@@ -45,6 +47,7 @@ class Banner(Protocol):
     """A server that greets with a text line first, as SSH, SMTP or FTP do."""
 
     def connectionMade(self) -> None:
+        assert self.transport is not None
         self.transport.write(BANNER)
 
 
@@ -52,6 +55,7 @@ class BadRequest(Protocol):
     """An HTTP server that answers bytes it cannot parse with 400 and closes."""
 
     def dataReceived(self, data: bytes) -> None:
+        assert self.transport is not None
         self.transport.write(
             b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
         )
@@ -65,7 +69,7 @@ class Client(HeartbeatProtocol):
 
 
 @contextmanager
-def serving(factory: Factory) -> Iterator[int]:  # type: ignore[type-arg]
+def serving(factory: Factory) -> Iterator[int]:
     """``factory`` on 127.0.0.1 while the block runs; yields the port."""
     port = getReactor().listenTCP(0, factory, interface=HOST)
     try:
@@ -74,7 +78,7 @@ def serving(factory: Factory) -> Iterator[int]:  # type: ignore[type-arg]
         port.stopListening()
 
 
-def nonSpeakers() -> dict[str, tuple[Factory, str]]:  # type: ignore[type-arg]
+def nonSpeakers() -> dict[str, tuple[Factory, str]]:
     """The servers, each with the start of the loss detail it must give."""
     return {
         "echo": (
@@ -97,7 +101,7 @@ async def _connectPlain(port: int) -> tuple[Client, Deferred[Any]]:
     from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 
     proto = Client()
-    await connectProtocol(TCP4ClientEndpoint(getReactor(), HOST, port), proto)
+    await connectProtocol(TCP4ClientEndpoint(getReactor(), HOST, port), proto)  # type: ignore[no-untyped-call]
     return proto, proto.sendMessage(b"job 1")
 
 
@@ -130,7 +134,7 @@ async def test_clientFactoryStopsAndFails(kind: str) -> None:
     factory, detail = nonSpeakers()[kind]
     reactor = getReactor()
     with serving(factory) as port:
-        client = AliveClientFactory.forProtocol(Client)
+        client = forProtocol(AliveClientFactory, Client)
         client.initialDelay = 0.01
         first = client.sendMessage(b"job 1")
         second = client.sendMessage(b"job 2")
@@ -148,8 +152,8 @@ async def test_clientFactoryStopsAndFails(kind: str) -> None:
         # Long enough for several reconnects, had the factory tried again.
         await deferLater(reactor, 0.3, lambda: None)
     for ok, failure in results:
-        assert not ok
-        assert failure.check(DeliveryFailed)
+        assert not ok and isinstance(failure, Failure)
+        assert failure.check(DeliveryFailed)  # type: ignore[no-untyped-call]
         assert detail in str(failure.value)
     assert client.lastLoss is not None
     assert client.lastLoss.cause is Cause.NOT_ALIVE_PEER
@@ -172,7 +176,7 @@ async def test_retryForNonSpeakerCanBeChanged() -> None:
         maxDelay = 0.05
 
     with serving(Factory.forProtocol(Banner)) as port:
-        client = Stubborn.forProtocol(Client)
+        client = forProtocol(Stubborn, Client)
         built: list[Any] = []
         original = client.buildProtocol
 
@@ -203,7 +207,7 @@ class _Hello(Resource):
 @ensureDeferred
 async def test_silentHttpServerIsNoPeer() -> None:
     """Twisted's HTTP server waits for a request line: no Receipt, TIMEOUT at the HELLO deadline."""
-    with serving(Site(_Hello())) as port:
+    with serving(cast(Factory[Any], Site(_Hello()))) as port:  # type: ignore[no-untyped-call]
         proto, sent = await _connectPlain(port)
         loss: Loss = await proto.whenLost()
         outcome: list[object] = []

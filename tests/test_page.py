@@ -23,6 +23,7 @@ from support import (
     Processes,
     asyncYieldFixture,
     ensureDeferred,
+    forProtocol,
     getReactor,
     killGroup,
     startProcess,
@@ -91,7 +92,7 @@ class Served:
         self.ports.append(reactor.listenTCP(0, self.site, interface=LOOPBACK))
 
     async def client(self) -> tuple[AliveClientFactory, HeartbeatMixin]:
-        factory = AliveClientFactory.forProtocol(Quiet)
+        factory = forProtocol(AliveClientFactory, Quiet)
         self.clients.append(factory)
         getReactor().connectTCP(LOOPBACK, self.ports[0].getHost().port, factory)  # type: ignore[attr-defined]
         proto = await factory.whenConnected().addTimeout(5, getReactor())
@@ -99,7 +100,7 @@ class Served:
 
     async def get(self, path: str, accept: str | None = None) -> Any:
         port = self.ports[1].getHost().port  # type: ignore[attr-defined]
-        headers = {} if accept is None else {"Accept": accept}
+        headers: dict[str | bytes, str | bytes] = {} if accept is None else {"Accept": accept}
         return await treq.get(
             f"http://{LOOPBACK}:{port}{path}", headers=headers, persistent=False, timeout=5
         )
@@ -484,7 +485,7 @@ async def _line(process: subprocess.Popen[str], starting: str) -> str:
     """The next line of ``process``'s output that starts with ``starting``
     (after the timeline's time column)."""
     assert process.stdout is not None
-    seen = []
+    seen: list[str] = []
     while True:
         line: str = await deferToThread(process.stdout.readline)
         assert line, f"the demo ended before printing {starting!r}:\n{''.join(seen)}"
@@ -510,7 +511,8 @@ async def test_demoServesThePage(processes: Processes) -> None:
     assert match is not None, announced
     url = match.group(1)
     await _line(demo, "The status page stays up; press Ctrl-C to end.")
-    response = await treq.get(url, headers={"Accept": BROWSER_ACCEPT}, persistent=False, timeout=5)
+    accept: dict[str | bytes, str | bytes] = {"Accept": BROWSER_ACCEPT}
+    response = await treq.get(url, headers=accept, persistent=False, timeout=5)
     assert response.code == 200
     page = (await response.content()).decode("utf-8")
     for reason in ("CLEAN_CLOSE", "RESET", "TIMEOUT", "PEER_CLOSED"):

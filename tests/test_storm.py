@@ -74,8 +74,8 @@ def storm(port: int, count: int, deadline: float) -> list[float]:
             selector.register(sock, selectors.EVENT_WRITE)
         while decoders and time.monotonic() - started < deadline:
             for key, mask in selector.select(timeout=0.1):
+                assert isinstance(key.fileobj, socket.socket)
                 sock = key.fileobj
-                assert isinstance(sock, socket.socket)
                 if mask & selectors.EVENT_WRITE:
                     if sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
                         raise AssertionError("a connect failed")

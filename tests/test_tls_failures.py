@@ -19,7 +19,8 @@ from typing import cast
 import pytest
 from OpenSSL import SSL
 from service_identity import VerificationError
-from service_identity.hazmat import DNS_ID, DNSMismatch
+from service_identity.exceptions import DNSMismatch
+from service_identity.hazmat import DNS_ID
 from support import LOOPBACK, ensureDeferred, getReactor, portOf
 from test_tls import Certificate, Server
 from twisted.internet import ssl

@@ -106,7 +106,7 @@ def events() -> Iterator[Events]:
 
 def _parse(*args: str) -> Options:
     options = Options()
-    options.parseOptions(list(args))  # type: ignore[no-untyped-call]
+    options.parseOptions(list(args))
     return options
 
 

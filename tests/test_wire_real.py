@@ -13,7 +13,7 @@ import time
 from typing import Any
 
 import pytest
-from support import ensureDeferred, getReactor, waitFor
+from support import ensureDeferred, getReactor, tcp, waitFor
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.error import ConnectionDone, ConnectionLost
@@ -67,7 +67,7 @@ class Raw(Protocol):
 
     def connectionMade(self) -> None:
         self.sentAt = time.monotonic()
-        self.transport.write(self.data)
+        tcp(self).write(self.data)
 
     def dataReceived(self, data: bytes) -> None:
         self.received += data
@@ -106,7 +106,7 @@ async def exchange(data: bytes) -> tuple[Raw, list[Any], list[Sink]]:
     port = reactor.listenTCP(0, Factory(), interface=HOST)
     try:
         raw = Raw(data)
-        await connectProtocol(TCP4ClientEndpoint(reactor, HOST, port.getHost().port), raw)
+        await connectProtocol(TCP4ClientEndpoint(reactor, HOST, port.getHost().port), raw)  # type: ignore[no-untyped-call]
         await raw.closed
     finally:
         await port.stopListening()
@@ -158,7 +158,7 @@ class Short(Sink):
 async def rawClient(port: int, data: bytes) -> Raw:
     """A connected `Raw` client that sent ``data``."""
     raw = Raw(data)
-    await connectProtocol(TCP4ClientEndpoint(getReactor(), HOST, port), raw)
+    await connectProtocol(TCP4ClientEndpoint(getReactor(), HOST, port), raw)  # type: ignore[no-untyped-call]
     return raw
 
 
@@ -187,7 +187,7 @@ async def test_deadlineAbortIsReset() -> None:
         await raw.closed
     finally:
         await port.stopListening()
-    assert raw.reason.check(ConnectionLost) and not raw.reason.check(ConnectionDone)
+    assert raw.reason.check(ConnectionLost) and not raw.reason.check(ConnectionDone)  # type: ignore[no-untyped-call]
     frames = raw.frames()
     assert isinstance(frames[0], Hello)
     assert not [f for f in frames if isinstance(f, Goodbye)]
@@ -205,11 +205,11 @@ async def test_takeoverResetsOldConnection() -> None:
         await first.closed
         await waitFor(lambda: bool(second.frames()))
         resumed = second.frames()[0]
-        second.transport.abortConnection()
+        tcp(second).abortConnection()
         await second.closed
     finally:
         await port.stopListening()
-    assert first.reason.check(ConnectionLost) and not first.reason.check(ConnectionDone)
+    assert first.reason.check(ConnectionLost) and not first.reason.check(ConnectionDone)  # type: ignore[no-untyped-call]
     assert [type(f) for f in first.frames()] == [Hello]
     assert isinstance(resumed, Hello) and resumed.flags & HELLO_RESUMED
 
@@ -231,13 +231,13 @@ async def test_whichGoodbyeEndsSession(code: GoodbyeCode, ends: bool) -> None:
     try:
         first = await rawClient(port.getHost().port, clientHello())
         token = await assignedToken(first)
-        first.transport.write(encode(Goodbye(code, "bye")))
-        first.transport.loseConnection()
+        tcp(first).write(encode(Goodbye(code, "bye")))
+        tcp(first).loseConnection()
         await first.closed
         second = await rawClient(port.getHost().port, clientHello(token=token))
         await waitFor(lambda: bool(second.frames()))
         answer = second.frames()[0]
-        second.transport.abortConnection()
+        tcp(second).abortConnection()
         await second.closed
     finally:
         await port.stopListening()

@@ -176,6 +176,7 @@ def direct() -> tuple[Replier, DirectTransport]:
     """A `Replier` on a `DirectTransport` that it writes through, past the HELLO exchange."""
     transport = DirectTransport()
     proto = opened(transport)
+    assert proto._alive is not None
     proto._alive.writeThrough = True  # connectionMade decides on the transport's class
     return proto, transport
 
@@ -206,11 +207,8 @@ def test_canWriteThroughOnlyReactorTCP() -> None:
     ]
     for transport in candidates:
         assert not canWriteThrough(transport), transport
-    assert not (
-        onString._alive.writeThrough
-        or server._alive.writeThrough
-        or link.server._alive.writeThrough
-    )
+    for alive in (onString._alive, server._alive, link.server._alive):
+        assert alive is not None and not alive.writeThrough
 
 
 def test_canWriteThroughWantsEveryAttribute() -> None:

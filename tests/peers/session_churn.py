@@ -97,13 +97,14 @@ def table(sessions: int, cycles: int) -> None:
 
 def serve(sessions: int) -> None:
     """A server holding ``sessions`` sessions, on a free loopback port."""
-    from twisted.internet import reactor
+    from twisted.internet import reactor as installed
 
+    reactor: Any = installed
     factory = AliveServerFactory()
-    fill(factory, sessions, reactor.seconds())  # type: ignore[attr-defined]
-    port = reactor.listenTCP(0, factory, backlog=1024, interface="127.0.0.1")  # type: ignore[attr-defined]
+    fill(factory, sessions, reactor.seconds())
+    port = reactor.listenTCP(0, factory, backlog=1024, interface="127.0.0.1")
     print("READY", port.getHost().port, flush=True)
-    reactor.run()  # type: ignore[attr-defined]
+    reactor.run()
 
 
 def cpuSeconds(pid: int) -> float:
