@@ -13,11 +13,11 @@ from collections.abc import Callable, Generator
 from typing import Any, cast
 
 import pytest_twisted
-from support import BuiltProtocols, LogEvents, getReactor, listeningOn, tcp
+from support import BuiltProtocols, LogEvents, elapse, getReactor, listeningOn, tcp
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Factory, Protocol
-from twisted.internet.task import LoopingCall, deferLater
+from twisted.internet.task import LoopingCall
 from twisted.logger import LogLevel
 
 from twisted_alive._mixin import HeartbeatProtocol
@@ -164,7 +164,7 @@ def test_rejectedFloodLogsBoundedLines() -> Generator[Any, Any, None]:
             d = client.sendMessages([b"m"] * 500)
             d.addErrback(lambda _: None)
             yield d
-        yield deferLater(getReactor(), 0.05, lambda: None)
+        yield elapse(0.05)  # real time in which no further line may be logged
         yield client.close()
     events = rejected.events
     assert rejectionsTotal() - before == 3000

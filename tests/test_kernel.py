@@ -22,9 +22,9 @@ from typing import Any, cast
 import pytest
 import pytest_twisted
 import twisted.test
-from support import getReactor, portOf
+from support import elapse, getReactor, portOf, waitFor
 from twisted.internet import ssl, task, tcp
-from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred
+from twisted.internet.defer import Deferred, ensureDeferred, inlineCallbacks, maybeDeferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, wrapClientTLS
 from twisted.internet.error import ConnectionLost
 from twisted.internet.interfaces import (
@@ -504,10 +504,9 @@ def test_twistedTransport() -> Generator[Deferred[Any], Any, None]:
         # A paused transport leaves the peer's FIN unread: peek sees it.
         cast(IPushProducer, transport).pauseProducing()
         server.transport.loseConnection()
-        for _ in range(200):
-            if peek(transport) is not PeekState.ALIVE:
-                break
-            yield task.deferLater(getReactor(), 0.01, lambda: None)
+        yield ensureDeferred(
+            waitFor(lambda: peek(transport) is not PeekState.ALIVE, 2, "the FIN")
+        )
         assert peek(transport) is PeekState.CLOSED
         cast(IPushProducer, transport).resumeProducing()
         yield recorder.lost
@@ -887,7 +886,7 @@ def test_stoppedPeerOnIdleLinkIsNotDetected(
     assert result.keepaliveDeadline == deadline
 
     silentPeer.signal(signal.SIGSTOP)
-    yield task.deferLater(getReactor(), 2.5 * deadline, lambda: None)
+    yield elapse(2.5 * deadline)  # real time in which the stopped peer must not be noticed
 
     assert not recorder.lost.called
     assert peek(transport) is PeekState.ALIVE

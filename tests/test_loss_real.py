@@ -20,16 +20,18 @@ import pytest_twisted
 from support import (
     BuiltProtocols,
     Processes,
+    elapse,
     forProtocol,
     getReactor,
     listeningOn,
     readReady,
+    waitFor,
     waitForExit,
+    within,
 )
 from twisted.internet.defer import Deferred, DeferredList, ensureDeferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Factory
-from twisted.internet.task import deferLater
 from twisted.logger import ILogObserver, globalLogPublisher
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -200,8 +202,7 @@ def test_stoppedPeerIsTimeout(
     proto = yield factory.connection()
     yield proto.whenOpened()
     yield proto.sendMessage(b"ping me back")
-    yield deferLater(getReactor(), 0.3, lambda: None)
-    assert proto.received == [b"ping me back"]
+    yield ensureDeferred(waitFor(lambda: proto.received == [b"ping me back"], 5, "the echo"))
     proto.stopGroup = process.pid  # at the next bytes from the peer
     loss = yield proto.whenLost()
     assert loss.reason is Reason.TIMEOUT
@@ -225,8 +226,7 @@ def test_stoppedPeerTimeoutWithFullSendBuffer(
     proto = yield factory.connection()
     yield proto.whenOpened()
     proto.stopGroup = process.pid
-    yield deferLater(getReactor(), 0.3, lambda: None)
-    assert proto.stoppedAt
+    yield ensureDeferred(waitFor(lambda: proto.stoppedAt, 5, "the peer to be stopped"))
     chunk = b"x" * 65536
     sent = [proto.sendMessage(chunk) for _ in range(300)]  # about 20 MB
     results = DeferredList(sent, consumeErrors=True)
@@ -259,7 +259,7 @@ def test_blockedReactorIsNotTimeout(
     proto.blockOn = b"block"
     proto.blockFor = 3 * DEADLINE
     yield proto.sendMessage(b"block")
-    yield deferLater(getReactor(), 3 * DEADLINE + 2 * DEADLINE, lambda: None)
+    yield elapse(3 * DEADLINE + 2 * DEADLINE)  # real time: the block, then two deadlines
     assert proto.received == [b"block"]
     assert proto.loss is None
     receipt = yield proto.sendMessage(b"still here")
@@ -278,8 +278,7 @@ def test_killedPeerIsNotCleanClose(processes: Processes) -> Generator[Any, Any, 
     yield connectProtocol(endpoint, proto)
     yield proto.whenOpened()
     yield proto.sendMessage(b"echo")
-    yield deferLater(getReactor(), 0.1, lambda: None)
-    assert proto.received == [b"echo"]
+    yield ensureDeferred(waitFor(lambda: proto.received == [b"echo"], 5, "the echo"))
     killedAt = getReactor().seconds()
     os.killpg(process.pid, signal.SIGKILL)
     loss = yield proto.whenLost()
@@ -395,7 +394,7 @@ def test_garbageClientDoesNotDisturbOthers(
         )
         for i in range(3)
     ]
-    yield deferLater(getReactor(), 0.1, lambda: None)
+    yield within(factory.connection(2), 10)  # the three senders are connected
     garbage = processes.startPeer("raw_peer.py", HOST, port, "garbage")
     outputs = yield DeferredList(
         [waitForExit(p) for p in [*senders, garbage]], fireOnOneErrback=True

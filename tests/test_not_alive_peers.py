@@ -13,11 +13,10 @@ from contextlib import contextmanager
 from typing import Any, cast
 
 import pytest
-from support import ensureDeferred, forProtocol, getReactor
+from support import elapse, ensureDeferred, forProtocol, getReactor, waitFor
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Factory, Protocol
-from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import Site
@@ -149,8 +148,8 @@ async def test_clientFactoryStopsAndFails(kind: str) -> None:
         client.buildProtocol = counting  # type: ignore[method-assign]
         reactor.connectTCP(HOST, port, client)
         results = await defer.DeferredList([first, second], consumeErrors=True)
-        # Long enough for several reconnects, had the factory tried again.
-        await deferLater(reactor, 0.3, lambda: None)
+        # Real time for several reconnects, had the factory tried again.
+        await elapse(0.3)
     for ok, failure in results:
         assert not ok and isinstance(failure, Failure)
         assert failure.check(DeliveryFailed)  # type: ignore[no-untyped-call]
@@ -187,8 +186,7 @@ async def test_retryForNonSpeakerCanBeChanged() -> None:
 
         client.buildProtocol = counting  # type: ignore[method-assign]
         reactor.connectTCP(HOST, port, client)
-        while len(built) < 3:
-            await deferLater(reactor, 0.02, lambda: None)
+        await waitFor(lambda: len(built) >= 3, 10, "three connections")
         client.stopTrying()
         for proto in built:
             if proto.loss is None:

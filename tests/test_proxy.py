@@ -194,11 +194,16 @@ class Harness:
         return proxy, server
 
     async def connect(
-        self, proxy: ChaosProxy, peerClass: type[Peer] = Peer, accepted: bool = True
+        self,
+        proxy: ChaosProxy,
+        peerClass: type[Peer] = Peer,
+        accepted: bool = True,
+        reaching: PeerFactory | None = None,
     ) -> Peer:
         """
         Connect a client to the proxy; unless told it will not be C{accepted},
-        wait until the proxy accepted it, and set the client's C{pair}.
+        wait until the proxy accepted it, and set the client's C{pair}; given
+        the server it is C{reaching}, wait until the proxy connected it there.
         """
         endpoint = TCP4ClientEndpoint(getReactor(), LOOPBACK, self.proxyPorts[proxy])
         client = cast(Peer, await endpoint.connect(PeerFactory(peerClass)))
@@ -214,6 +219,8 @@ class Harness:
 
         if accepted:
             await waitFor(paired, 5, "the proxy to accept the client", interval=0.001)
+        if reaching is not None:
+            await _connected(proxy, reaching, proxy.connectionsAccepted)
         return client
 
     async def stop(self) -> None:
@@ -293,8 +300,7 @@ async def test_fragmentWritesSmallPieces(harness: Harness) -> None:
     """With fragment=1 each byte is its own write: the server reads many small chunks."""
     proxy, server = await harness.proxy(echo=False)
     proxy.setFragment(1)
-    client = await harness.connect(proxy)
-    await _connected(proxy, server)
+    client = await harness.connect(proxy, reaching=server)
     client.tcp.write(b"x" * 2000)
     received = await server.peers[0].waitFor(2000)
     assert received == b"x" * 2000
@@ -392,8 +398,7 @@ async def test_halfCloseShutsTheClientWriteSide(harness: Harness) -> None:
 async def test_halfCloseFromThePeerIsForwarded(harness: Harness) -> None:
     """A client's half-close reaches the server, whose reply and FIN reach the client."""
     proxy, server = await harness.proxy(peerClass=HalfClosingPeer, echo=False)
-    client = await harness.connect(proxy)
-    await _connected(proxy, server)
+    client = await harness.connect(proxy, reaching=server)
     target = cast(HalfClosingPeer, server.peers[0])
     client.tcp.write(b"question")
     client.tcp.loseWriteConnection()
@@ -481,8 +486,7 @@ async def test_stallCoversNewConnections(harness: Harness) -> None:
     """A connection accepted while the proxy is stalled passes nothing until resumed."""
     proxy, server = await harness.proxy()
     proxy.stall(True)
-    client = await harness.connect(proxy)
-    await _connected(proxy, server)
+    client = await harness.connect(proxy, reaching=server)
     client.tcp.write(b"hello")
     await elapse(0.2)  # real time in which nothing may pass: the stall is the point
     assert server.peers[0].received == b""
@@ -592,8 +596,7 @@ async def test_resetAfterBytes(harness: Harness) -> None:
 async def test_stallAfterBytes(harness: Harness) -> None:
     """stall-after-bytes forwards exactly that many bytes, then nothing, and closes nothing."""
     proxy, server = await harness.proxy(parseFaults("stall-after-bytes=5000"), echo=False)
-    client = await harness.connect(proxy)
-    await _connected(proxy, server)
+    client = await harness.connect(proxy, reaching=server)
     data = os.urandom(20_000)
     client.tcp.write(data)
     assert await server.peers[0].waitFor(5000) == data[:5000]
@@ -681,8 +684,7 @@ async def test_slowReaderPausesFastWriter(harness: Harness) -> None:
     """A target that does not read pauses the client through the proxy: nothing piles up."""
     proxy, server = await harness.proxy(peerClass=StubbornPeer, echo=False)
     proxy.setDelay(0.001)
-    client = await harness.connect(proxy)
-    await _connected(proxy, server)
+    client = await harness.connect(proxy, reaching=server)
     connection: ProxiedConnection = proxy.connections[0]
     limit = 512 * MiB
     flood = Flood(client, limit)
@@ -722,8 +724,7 @@ async def test_delayQueueIsBounded(harness: Harness) -> None:
     """Bytes held for a delay never exceed the queue limit: the sender is paused instead."""
     proxy, server = await harness.proxy(echo=False)
     proxy.setDelay(0.05)
-    client = await harness.connect(proxy)
-    await _connected(proxy, server)
+    client = await harness.connect(proxy, reaching=server)
     assert client.pair is not None
     flood = Flood(client, 2 * MiB)
     done = server.peers[0].waitFor(flood.limit, seconds=20)

@@ -14,12 +14,20 @@ from collections.abc import AsyncIterator, Callable
 from typing import cast
 
 import pytest
-from support import LOOPBACK, asyncYieldFixture, chaosSeed, ensureDeferred, getReactor, portOf
+from support import (
+    LOOPBACK,
+    asyncYieldFixture,
+    chaosSeed,
+    elapse,
+    ensureDeferred,
+    getReactor,
+    portOf,
+    waitFor,
+)
 from twisted.application.internet import ClientService
 from twisted.internet.defer import Deferred, DeferredList, gatherResults, maybeDeferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
 from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
-from twisted.internet.task import deferLater
 
 from twisted_alive._factories import AliveClientFactory, AliveServerFactory
 from twisted_alive._mixin import HeartbeatProtocol
@@ -45,7 +53,7 @@ class Recorder(HeartbeatProtocol):
         factory.received.append(number)
         every = factory.pauseEvery
         if every and number % every == every - 1:
-            return deferLater(getReactor(), 0.004, lambda: None)
+            return elapse(0.004)  # a handler that really takes time now and then
         return None
 
 
@@ -119,7 +127,12 @@ class Rig:
             self.proxy.resetAll()
         for port in self.ports:
             await maybeDeferred(port.stopListening)
-        await deferLater(self.reactor, 0.05, lambda: None)
+        proxy = self.proxy
+        await waitFor(
+            lambda: not self.server.connections and (proxy is None or not proxy.connections),
+            5,
+            "every connection to end",
+        )
 
     def report(self, direction: str, seconds: float) -> None:
         """Print the figures of a run."""
@@ -172,7 +185,7 @@ async def test_clientToServerThroughResets(rig: Rig) -> None:
     # Paced over about two seconds, so that many connections carry them.
     for batch in range(0, MESSAGES, 100):
         ds.extend(rig.client.sendMessage(b"%d" % i) for i in range(batch, batch + 100))
-        await deferLater(reactor, 0.02, lambda: None)
+        await elapse(0.02)  # pacing in real time: the point is to span many connections
     receipts = await confirmedOnce(ds, 60)
     seconds = reactor.seconds() - started
     assert rig.server.received == list(range(MESSAGES))

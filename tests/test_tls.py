@@ -20,12 +20,11 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from support import LOOPBACK, ensureDeferred, getReactor, portOf
+from support import LOOPBACK, elapse, ensureDeferred, getReactor, portOf
 from twisted.application.internet import ClientService
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.endpoints import clientFromString, connectProtocol, serverFromString
 from twisted.internet.interfaces import IListeningPort
-from twisted.internet.task import deferLater
 
 from twisted_alive._factories import AliveClientFactory, AliveServerFactory
 from twisted_alive._mixin import HeartbeatMixin, HeartbeatProtocol
@@ -248,7 +247,7 @@ async def test_sessionResumesOverTLS(
     try:
         first = await factory.whenConnected()
         ds = [factory.sendMessage(b"%d" % i) for i in range(200)]
-        await deferLater(reactor, 0.01, lambda: None)
+        await elapse(0.01)  # real time for some messages to be in flight when the abort comes
         for proto in list(server.connections):
             proto.abort("an abort in the middle")
         ds += [factory.sendMessage(b"%d" % i) for i in range(200, 400)]
