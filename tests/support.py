@@ -39,7 +39,8 @@ from twisted.logger import ILogObserver, LogEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
-from twisted_alive._mixin import HeartbeatProtocol
+from twisted_alive._factories import AliveClientFactory
+from twisted_alive._mixin import HeartbeatMixin, HeartbeatProtocol
 from twisted_alive._reasons import Loss
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -80,14 +81,17 @@ def environment(*extraPath: Path) -> dict[str, str]:
     return env
 
 
-def startProcess(*argv: object, cwd: Path | None = None) -> subprocess.Popen[str]:
+def startProcess(
+    *argv: object, cwd: Path | None = None, separateErrors: bool = False
+) -> subprocess.Popen[str]:
     """Start ``argv`` in its own session (so its group can be killed), with
-    the repository on ``PYTHONPATH``; output and errors on one pipe."""
+    the repository on ``PYTHONPATH``; output and errors on one pipe, or on
+    two with ``separateErrors``."""
     return subprocess.Popen(
         [str(arg) for arg in argv],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
+        stderr=subprocess.PIPE if separateErrors else subprocess.STDOUT,
         text=True,
         env=environment(),
         start_new_session=True,
@@ -341,6 +345,36 @@ def built(factory: Factory[Any], address: IAddress | None = None) -> Any:
     proto = factory.buildProtocol(cast(IAddress, address))
     assert proto is not None, f"{factory} built no protocol"
     return proto
+
+
+class Collecting(HeartbeatProtocol):
+    """A client that records, in its factory, what the server sends it."""
+
+    heartbeatInterval = 0.2
+
+    def messageReceived(self, payload: bytes) -> None:
+        self.factory.received.append(payload)
+
+
+class CollectingFactory(AliveClientFactory):
+    """Builds `Collecting` clients; keeps what they receive in ``received``."""
+
+    protocol = Collecting
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.received: list[bytes] = []
+
+
+async def connectCollecting(
+    port: int, factory: CollectingFactory | None = None, timeout: float = 10.0
+) -> tuple[CollectingFactory, HeartbeatMixin]:
+    """Connect a `CollectingFactory` (a new one by default) to 127.0.0.1:``port``;
+    return it and its protocol once connected."""
+    factory = CollectingFactory() if factory is None else factory
+    getReactor().connectTCP(LOOPBACK, port, factory)
+    proto = await within(factory.whenConnected(), timeout)
+    return factory, proto
 
 
 # -- a protocol alone on a StringTransport --------------------------------------------------------

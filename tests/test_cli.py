@@ -7,7 +7,6 @@ subprocess (``python -m twisted_alive``) against real servers on 127.0.0.1.
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import socket
@@ -26,10 +25,11 @@ from support import (
     ROOT,
     asyncYieldFixture,
     ensureDeferred,
-    environment,
     getReactor,
+    killGroup,
     listenEndpoint,
     portOf,
+    startProcess,
 )
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import (
@@ -75,21 +75,13 @@ def runCli(*args: str, timeout: float = 30.0) -> Ran:
 def startCli(*args: str) -> subprocess.Popen[str]:
     """Start ``python -m twisted_alive ARGS`` in its own session (so that
     `reap` can kill its group), output and errors on two pipes."""
-    return subprocess.Popen(
-        [sys.executable, "-m", "twisted_alive", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=environment(),
-        cwd=ROOT,
-        start_new_session=True,
-    )
+    return startProcess(sys.executable, "-m", "twisted_alive", *args, cwd=ROOT, separateErrors=True)
 
 
 def reap(proc: subprocess.Popen[str]) -> None:
     """Kill the process group of ``proc`` if it still runs, and wait for it."""
     if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGKILL)
+        killGroup(proc)
         proc.communicate()
 
 

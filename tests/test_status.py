@@ -15,9 +15,11 @@ import treq
 from prometheus_client.parser import text_string_to_metric_families
 from support import (
     LOOPBACK,
+    Collecting,
+    CollectingFactory,
     asyncYieldFixture,
+    connectCollecting,
     ensureDeferred,
-    getReactor,
     listenEndpoint,
     portOf,
     waitFor,
@@ -28,8 +30,8 @@ from twisted.internet.interfaces import (
 )
 from twisted.logger import Logger
 
-from twisted_alive._factories import AliveClientFactory, AliveServerFactory, tokenPrefix
-from twisted_alive._mixin import HeartbeatMixin, HeartbeatProtocol
+from twisted_alive._factories import AliveServerFactory, tokenPrefix
+from twisted_alive._mixin import HeartbeatMixin
 from twisted_alive._reasons import Loss, Reason
 from twisted_alive.service.status import StatusSite, statusSite
 from twisted_alive.service.tap import EchoProtocol
@@ -43,21 +45,14 @@ class FastEcho(EchoProtocol):
     heartbeatInterval = INTERVAL
 
 
-class Collecting(HeartbeatProtocol):
-    """A client that records what the server sends it."""
+class FastCollecting(Collecting):
+    """The recording client with a short heartbeat interval."""
 
     heartbeatInterval = INTERVAL
 
-    def messageReceived(self, payload: bytes) -> None:
-        self.factory.received.append(payload)
 
-
-class CollectingFactory(AliveClientFactory):
-    protocol = Collecting
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.received: list[bytes] = []
+class FastCollectingFactory(CollectingFactory):
+    protocol = FastCollecting
 
 
 class Harness:
@@ -82,11 +77,9 @@ class Harness:
         self.statusPort = portOf(port)
 
     async def client(self) -> tuple[CollectingFactory, HeartbeatMixin]:
-        factory = CollectingFactory()
+        factory = FastCollectingFactory()
         self.clients.append(factory)
-        getReactor().connectTCP(LOOPBACK, self.serverPort, factory)
-        proto = await factory.whenConnected().addTimeout(5, getReactor())
-        return factory, proto
+        return await connectCollecting(self.serverPort, factory, timeout=5)
 
     def url(self, path: str) -> str:
         return f"http://{LOOPBACK}:{self.statusPort}{path}"

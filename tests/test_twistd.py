@@ -21,7 +21,9 @@ from support import (
     LOOPBACK,
     ROOT,
     TWISTD,
+    CollectingFactory,
     asyncYieldFixture,
+    connectCollecting,
     ensureDeferred,
     environment,
     getReactor,
@@ -33,7 +35,7 @@ from twisted.logger import ILogObserver, LogEvent, formatEvent, globalLogPublish
 from twisted.python import usage
 from zope.interface import implementer
 
-from twisted_alive._factories import AliveClientFactory, AliveServerFactory
+from twisted_alive._factories import AliveServerFactory
 from twisted_alive._mixin import ABORT_GRACE, HeartbeatMixin, HeartbeatProtocol
 from twisted_alive._reasons import Loss, Reason
 from twisted_alive.core.frames import GoodbyeCode
@@ -51,30 +53,6 @@ def _freePort() -> int:
     with socket.socket() as s:
         s.bind((LOOPBACK, 0))
         return cast(int, s.getsockname()[1])
-
-
-class Collecting(HeartbeatProtocol):
-    """A client that records what the server sends it."""
-
-    heartbeatInterval = 0.2
-
-    def messageReceived(self, payload: bytes) -> None:
-        self.factory.received.append(payload)
-
-
-class CollectingFactory(AliveClientFactory):
-    protocol = Collecting
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.received: list[bytes] = []
-
-
-async def _connect(port: int) -> tuple[CollectingFactory, HeartbeatMixin]:
-    factory = CollectingFactory()
-    getReactor().connectTCP(LOOPBACK, port, factory)
-    proto = await factory.whenConnected().addTimeout(10, getReactor())
-    return factory, proto
 
 
 @implementer(ILogObserver)
@@ -304,7 +282,7 @@ class Service:
         self.stopped = False
 
     async def client(self) -> tuple[CollectingFactory, HeartbeatMixin]:
-        factory, proto = await _connect(self.serverPort)
+        factory, proto = await connectCollecting(self.serverPort)
         self.clients.append(factory)
         return factory, proto
 
@@ -586,7 +564,7 @@ async def test_echoThenSigterm(twistd: Twistd) -> None:
         "--close-timeout=5",
     )
     await twistd.waitForHealth(statusPort)
-    client, proto = await _connect(port)
+    client, proto = await connectCollecting(port)
     try:
         receipts = await gatherResults([client.sendMessage(b"m%d" % i) for i in range(20)])
         assert [r.seq for r in receipts] == list(range(1, 21))
@@ -639,7 +617,7 @@ async def test_userAppUnderTwistd(twistd: Twistd, tmp_path: Path, events: Events
         pythonPath=(tmp_path,),
     )
     await twistd.waitForHealth(statusPort)
-    client, proto = await _connect(port)
+    client, proto = await connectCollecting(port)
     try:
         await client.sendMessage(b"hello")
         await waitFor(lambda: client.received == [b"HELLO"], 10, "the reply")
