@@ -104,6 +104,20 @@ async def _connectPlain(port: int) -> tuple[Client, Deferred[Any]]:
     return proto, proto.sendMessage(b"job 1")
 
 
+def recordBuilt(factory: AliveClientFactory) -> list[Any]:
+    """A list to which every protocol ``factory`` builds from now on is added."""
+    built: list[Any] = []
+    original = factory.buildProtocol
+
+    def recording(addr: Any) -> Any:
+        proto = original(addr)
+        built.append(proto)
+        return proto
+
+    factory.buildProtocol = recording  # type: ignore[method-assign]
+    return built
+
+
 @pytest.mark.timeout(20)
 @pytest.mark.parametrize("kind", sorted(nonSpeakers()))
 @ensureDeferred
@@ -137,15 +151,7 @@ async def test_clientFactoryStopsAndFails(kind: str) -> None:
         client.initialDelay = 0.01
         first = client.sendMessage(b"job 1")
         second = client.sendMessage(b"job 2")
-        connections = []
-        original = client.buildProtocol
-
-        def counting(addr: Any) -> Any:
-            proto = original(addr)
-            connections.append(proto)
-            return proto
-
-        client.buildProtocol = counting  # type: ignore[method-assign]
+        connections = recordBuilt(client)
         reactor.connectTCP(HOST, port, client)
         results = await defer.DeferredList([first, second], consumeErrors=True)
         # Real time for several reconnects, had the factory tried again.
@@ -176,15 +182,7 @@ async def test_retryForNonSpeakerCanBeChanged() -> None:
 
     with serving(Factory.forProtocol(Banner)) as port:
         client = forProtocol(Stubborn, Client)
-        built: list[Any] = []
-        original = client.buildProtocol
-
-        def counting(addr: Any) -> Any:
-            proto = original(addr)
-            built.append(proto)
-            return proto
-
-        client.buildProtocol = counting  # type: ignore[method-assign]
+        built = recordBuilt(client)
         reactor.connectTCP(HOST, port, client)
         await waitFor(lambda: len(built) >= 3, 10, "three connections")
         client.stopTrying()
