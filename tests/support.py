@@ -366,6 +366,20 @@ class CollectingFactory(AliveClientFactory):
         self.received: list[bytes] = []
 
 
+class QuickReconnecting(AliveClientFactory):
+    """A client factory that reconnects at once (10 ms, then at most 100 ms
+    apart), for tests whose connections are broken on purpose; keeps the
+    numbered messages its protocols receive in ``received``."""
+
+    initialDelay = 0.01
+    maxDelay = 0.1
+    quickDelay = 0.01
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.received: list[int] = []
+
+
 async def connectCollecting(
     port: int, factory: CollectingFactory | None = None, timeout: float = 10.0
 ) -> tuple[CollectingFactory, HeartbeatMixin]:

@@ -47,6 +47,7 @@ from support import (
     LOOPBACK,
     LogEvents,
     Processes,
+    QuickReconnecting,
     chaosSeed,
     elapse,
     ensureDeferred,
@@ -369,17 +370,10 @@ class ChaosServer(AliveServerFactory):
             self.sent.append(proto.sendMessage(b"%d" % len(self.sent)))
 
 
-class ChaosClient(AliveClientFactory):
+class ChaosClient(QuickReconnecting):
     """Records what the server sends; reconnects at once."""
 
     protocol = ChaosPeer
-    initialDelay = 0.01
-    maxDelay = 0.1
-    quickDelay = 0.01
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.received: list[int] = []
 
     def opened(self, proto: HeartbeatMixin) -> None:
         """Nothing to do on the client side."""

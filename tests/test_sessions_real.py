@@ -16,6 +16,7 @@ from typing import cast
 import pytest
 from support import (
     LOOPBACK,
+    QuickReconnecting,
     asyncYieldFixture,
     chaosSeed,
     elapse,
@@ -75,17 +76,13 @@ class ServerFactory(AliveServerFactory):
         self.started.callback(None)
 
 
-class ClientFactory(AliveClientFactory):
+class ClientFactory(QuickReconnecting):
     """Records what the server sends."""
 
     protocol = Recorder
-    initialDelay = 0.01
-    maxDelay = 0.1
-    quickDelay = 0.01
 
     def __init__(self) -> None:
         super().__init__()
-        self.received: list[int] = []
         self.pauseEvery = 0
 
     def start(self, proto: HeartbeatProtocol) -> None:
