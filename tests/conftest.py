@@ -1,5 +1,6 @@
 """
-Shared test configuration: the Hypothesis profiles.
+Shared test configuration: the Hypothesis profiles, the time limits of
+reactor tests, and fixtures (`blackhole`, `processes`).
 
 ``HYPOTHESIS_PROFILE`` selects one (``ci`` by default):
 
@@ -25,6 +26,7 @@ from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, settings
+from support import Processes
 
 LONG_EXAMPLES = 20_000
 
@@ -129,3 +131,14 @@ def blackhole() -> Iterator[int]:
         for s in filling:
             s.close()
         listener.close()
+
+
+@pytest.fixture
+def processes() -> Iterator[Processes]:
+    """Processes started by the test (`Processes.spawn`, `Processes.startPeer`),
+    each in its own session; every group is killed when the test ends."""
+    started = Processes()
+    try:
+        yield started
+    finally:
+        started.killAll()

@@ -1,38 +1,69 @@
 """
-Helpers shared by the tests: scripts run as subprocesses, trial's Deferred
-assertions, and a recording protocol alone on a ``StringTransport``.
+Helpers shared by the tests: the reactor, typed; bounded waits on it
+(`waitFor`, `within`); scripts and peer processes run as subprocesses
+(`Processes`, `readLine`, `waitForExit`); trial's Deferred assertions; and a
+recording protocol alone on a ``StringTransport``.
 """
 
 from __future__ import annotations
 
 import os
+import random
 import signal
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from inspect import isawaitable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
+import pytest_twisted
+from twisted.internet import threads
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
-from twisted.internet.task import Clock
+from twisted.internet.endpoints import TCP4ServerEndpoint
+from twisted.internet.interfaces import (
+    IAddress,
+    IConsumer,
+    IListeningPort,
+    IProtocol,
+    IPushProducer,
+    IStreamServerEndpoint,
+    ITCPTransport,
+)
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import Clock, deferLater
 from twisted.internet.testing import StringTransport
 from twisted.logger import ILogObserver, LogEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
-from twisted_alive._mixin import HeartbeatProtocol
+from twisted_alive._factories import AliveClientFactory
+from twisted_alive._mixin import HeartbeatMixin, HeartbeatProtocol
 from twisted_alive._reasons import Loss
-from twisted_alive.core.connection import Connection, Event
-from twisted_alive.core.delivery import Session
+from coresupport import accepted, fed, timed  # noqa: F401  (re-exported for the adapter's tests)
 
 ROOT = Path(__file__).resolve().parent.parent
 """The repository: put on ``PYTHONPATH`` so that scripts import the package
 from the source tree."""
 
 EXAMPLES = ROOT / "examples"
+PEERS = ROOT / "tests" / "peers"
+"""The peer scripts the tests run as processes (`Processes.startPeer`)."""
 
-_case = SynchronousTestCase()
+LOOPBACK = "127.0.0.1"
+TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
+"""``twistd``, run by this interpreter."""
+
+T = TypeVar("T")
+_F = TypeVar("_F", bound=Callable[..., Any])
+ensureDeferred = cast(Callable[[_F], _F], pytest_twisted.ensureDeferred)
+"""``pytest_twisted.ensureDeferred``, typed: an ``async def`` test runs on the reactor."""
+asyncYieldFixture = cast(Callable[[_F], _F], pytest_twisted.async_yield_fixture)
+"""``pytest_twisted.async_yield_fixture``, typed."""
+
+_case = SynchronousTestCase()  # type: ignore[no-untyped-call]
 successResultOf = _case.successResultOf
 """trial's assertion that a Deferred has fired with a result, for pytest."""
 failureResultOf = _case.failureResultOf
@@ -41,22 +72,27 @@ assertNoResult = _case.assertNoResult
 """trial's assertion that a Deferred has not fired, for pytest."""
 
 
-def environment() -> dict[str, str]:
-    """This process's environment, with the repository on ``PYTHONPATH``."""
+def environment(*extraPath: Path) -> dict[str, str]:
+    """This process's environment, with the repository first on
+    ``PYTHONPATH``, then ``extraPath``."""
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
+    paths = (str(ROOT), *map(str, extraPath), env.get("PYTHONPATH", ""))
+    env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
     env["PYTHONUNBUFFERED"] = "1"
     return env
 
 
-def startProcess(*argv: object, cwd: Path | None = None) -> subprocess.Popen[str]:
+def startProcess(
+    *argv: object, cwd: Path | None = None, separateErrors: bool = False
+) -> subprocess.Popen[str]:
     """Start ``argv`` in its own session (so its group can be killed), with
-    the repository on ``PYTHONPATH``; output and errors on one pipe."""
+    the repository on ``PYTHONPATH``; output and errors on one pipe, or on
+    two with ``separateErrors``."""
     return subprocess.Popen(
         [str(arg) for arg in argv],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
+        stderr=subprocess.PIPE if separateErrors else subprocess.STDOUT,
         text=True,
         env=environment(),
         start_new_session=True,
@@ -107,19 +143,143 @@ class Processes:
         self.processes.append(process)
         return process
 
+    def startPeer(self, script: str, *args: object) -> subprocess.Popen[str]:
+        """Start ``tests/peers/<script>`` with ``args``."""
+        return self.spawn(sys.executable, PEERS / script, *args)
+
+    def kill(self, process: subprocess.Popen[str]) -> None:
+        """SIGCONT, then SIGKILL, ``process``'s group, and reap it."""
+        killGroup(process, (signal.SIGCONT, signal.SIGKILL), timeout=10)
+
     def killAll(self) -> None:
         """SIGCONT, then SIGKILL, every process group; close the pipes."""
         for process in self.processes:
-            killGroup(process, (signal.SIGCONT, signal.SIGKILL), timeout=10)
+            self.kill(process)
             if process.stdout is not None:
                 process.stdout.close()
 
 
+def readLine(process: subprocess.Popen[str], seconds: float = 15.0) -> Deferred[str]:
+    """
+    The next line ``process`` prints, stripped (read in a thread, so that
+    the reactor goes on); fails if it does not come within ``seconds``, or
+    if the process exits first.
+    """
+    assert process.stdout is not None
+    stdout = process.stdout
+
+    def read() -> str:
+        line = stdout.readline()
+        if not line:
+            raise AssertionError(f"process {process.pid} exited (status {process.poll()})")
+        return line.strip()
+
+    return within(threads.deferToThread(read), seconds)
+
+
+async def readReady(process: subprocess.Popen[str], seconds: float = 15.0) -> int:
+    """Wait for the ``READY <port>`` line of a peer process; return the port."""
+    line = await readLine(process, seconds)
+    assert line.startswith("READY "), line
+    return int(line.split()[1])
+
+
+def waitForExit(process: subprocess.Popen[str], timeout: float = 15.0) -> Deferred[str]:
+    """The rest of ``process``'s output, once it has exited (waited for in a
+    thread, at most ``timeout`` seconds)."""
+
+    def wait() -> str:
+        out, _ = process.communicate(timeout=timeout)
+        return out
+
+    return threads.deferToThread(wait)
+
+
 def getReactor() -> Any:
-    """The global reactor (installed by pytest-twisted), resolved lazily."""
+    """
+    The global reactor (installed by pytest-twisted), resolved lazily: the
+    one place the tests get it from. Typed ``Any``: the tests use many of its
+    interfaces, whose stubs ask for more precise factory types than tests
+    build.
+    """
     from twisted.internet import reactor
 
     return reactor
+
+
+class TCPTransport(ITCPTransport, IPushProducer, IConsumer):
+    """The interfaces of a TCP connection's transport that the tests use."""
+
+
+def tcp(proto: IProtocol | Protocol) -> TCPTransport:
+    """``proto``'s transport, which must be connected: a TCP transport."""
+    transport = getattr(proto, "transport", None)
+    assert transport is not None, f"{proto} is not connected"
+    return cast(TCPTransport, transport)
+
+
+def listenEndpoint() -> IStreamServerEndpoint:
+    """A TCP server endpoint on 127.0.0.1, port 0."""
+    endpoint = cast(Callable[..., IStreamServerEndpoint], TCP4ServerEndpoint)
+    return endpoint(getReactor(), 0, interface=LOOPBACK)
+
+
+def portOf(port: IListeningPort) -> int:
+    """The TCP port number ``port`` listens on."""
+    return cast(IPv4Address, port.getHost()).port
+
+
+def chaosSeed() -> int:
+    """A `ChaosProxy` seed: ``ALIVE_CHAOS_SEED`` to replay a run, else random."""
+    value = os.environ.get("ALIVE_CHAOS_SEED")
+    return int(value) if value else random.SystemRandom().randrange(2**32)
+
+
+# -- bounded waits on the reactor -----------------------------------------------------------------
+
+
+def within(d: Deferred[T], seconds: float) -> Deferred[T]:
+    """``d``, failing with ``TimeoutError`` if it has not fired within
+    ``seconds`` of reactor time."""
+    return d.addTimeout(seconds, getReactor())
+
+
+async def waitFor(
+    condition: Callable[[], object],
+    timeout: float = 5.0,
+    what: str = "condition",
+    interval: float = 0.01,
+) -> None:
+    """
+    Return as soon as ``condition()`` is true, checking it now and then
+    every ``interval`` seconds while the reactor runs; fail if it is still
+    false after ``timeout`` seconds. ``condition`` may be a coroutine
+    function (its result is awaited). Not a blind sleep: it waits as long as
+    the event takes, and no longer than ``timeout``. Prefer a Deferred that
+    fires on the event where there is one.
+    """
+    reactor = getReactor()
+    deadline = reactor.seconds() + timeout
+    while True:
+        result = condition()
+        if isawaitable(result):
+            result = await result
+        if result:
+            return
+        if reactor.seconds() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await deferLater(reactor, interval)
+
+
+def elapse(seconds: float) -> Deferred[None]:
+    """
+    Let ``seconds`` of real time pass with the reactor running. Only for
+    what must really last: a test that shows nothing happens (no false
+    timeout, no reconnect) during a stretch of real time, or a load that
+    must run for a while. To wait for something to happen, use `waitFor`
+    or a Deferred.
+    """
+    return deferLater(getReactor(), seconds)
 
 
 @contextmanager
@@ -169,6 +329,69 @@ class BuiltProtocols:
         return d
 
 
+# -- factories and the protocols they build ------------------------------------------------------
+
+F = TypeVar("F", bound=Factory[Any])
+
+
+def forProtocol(factoryClass: type[F], protocol: Callable[[], Any]) -> F:
+    """``factoryClass.forProtocol(protocol)``, typed as a ``factoryClass``
+    (Twisted's stubs say ``Factory``)."""
+    return cast(F, factoryClass.forProtocol(protocol))
+
+
+def built(factory: Factory[Any], address: IAddress | None = None) -> Any:
+    """The protocol ``factory`` builds for ``address``, which it must build.
+    Typed ``Any``: tests use attributes of their own protocol classes."""
+    proto = factory.buildProtocol(cast(IAddress, address))
+    assert proto is not None, f"{factory} built no protocol"
+    return proto
+
+
+class Collecting(HeartbeatProtocol):
+    """A client that records, in its factory, what the server sends it."""
+
+    heartbeatInterval = 0.2
+
+    def messageReceived(self, payload: bytes) -> None:
+        self.factory.received.append(payload)
+
+
+class CollectingFactory(AliveClientFactory):
+    """Builds `Collecting` clients; keeps what they receive in ``received``."""
+
+    protocol = Collecting
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.received: list[bytes] = []
+
+
+class QuickReconnecting(AliveClientFactory):
+    """A client factory that reconnects at once (10 ms, then at most 100 ms
+    apart), for tests whose connections are broken on purpose; keeps the
+    numbered messages its protocols receive in ``received``."""
+
+    initialDelay = 0.01
+    maxDelay = 0.1
+    quickDelay = 0.01
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.received: list[int] = []
+
+
+async def connectCollecting(
+    port: int, factory: CollectingFactory | None = None, timeout: float = 10.0
+) -> tuple[CollectingFactory, HeartbeatMixin]:
+    """Connect a `CollectingFactory` (a new one by default) to 127.0.0.1:``port``;
+    return it and its protocol once connected."""
+    factory = CollectingFactory() if factory is None else factory
+    getReactor().connectTCP(LOOPBACK, port, factory)
+    proto = await within(factory.whenConnected(), timeout)
+    return factory, proto
+
+
 # -- a protocol alone on a StringTransport --------------------------------------------------------
 
 
@@ -200,14 +423,14 @@ class TimedStringTransport(StringTransport):
     """A ``StringTransport`` that records when ``abortConnection`` was called."""
 
     def __init__(self, clock: Clock) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]
         self.clock = clock
         self.abortedAt: float | None = None
 
     def abortConnection(self) -> None:
         if self.abortedAt is None:
             self.abortedAt = self.clock.seconds()
-        super().abortConnection()
+        super().abortConnection()  # type: ignore[no-untyped-call]
 
 
 P = TypeVar("P", bound=RecordingPeer)
@@ -224,7 +447,7 @@ def connectAlone(
     for name, value in attributes.items():
         setattr(proto, name, value)
     transport = TimedStringTransport(clock)
-    proto.makeConnection(transport)
+    proto.makeConnection(transport)  # type: ignore[no-untyped-call]
     return proto, transport, clock
 
 
@@ -267,24 +490,3 @@ class LogEvents:
 
     def __exit__(self, *exc: object) -> None:
         globalLogPublisher.removeObserver(self)
-
-
-def fed(conn: Connection, data: bytes, now: float) -> list[Event]:
-    """Feed ``data`` to a sans-IO ``conn``; the events it queued (received
-    messages stay in the session's inbox)."""
-    conn.receiveData(data, now)
-    return conn.takeEvents()
-
-
-def timed(conn: Connection, now: float, scheduledFor: float, queued: float = 0.0) -> list[Event]:
-    """Fire ``conn``'s timer (armed for ``scheduledFor``) at ``now``; the
-    events it queued."""
-    conn.handleTimer(now, scheduledFor, queued)
-    return conn.takeEvents()
-
-
-def accepted(conn: Connection, session: Session, resumed: bool, now: float) -> list[Event]:
-    """(Server.) Answer ``conn``'s client HELLO with ``session``; the events
-    that queued."""
-    conn.acceptSession(session, resumed, now)
-    return conn.takeEvents()

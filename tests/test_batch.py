@@ -17,9 +17,11 @@ from support import (
     BuiltProtocols,
     RecordingPeer,
     assertNoResult,
+    built,
     connectAlone,
     deferring,
     failureResultOf,
+    forProtocol,
     getReactor,
     listeningOn,
     successResultOf,
@@ -88,7 +90,7 @@ def helloFrom(window: int = 1024, maxFrameSize: int = DEFAULT_MAX_FRAME_SIZE) ->
 def lone(**attributes: object) -> tuple[Peer, StringTransport, Clock]:
     """One ``Peer`` on a ``StringTransport`` (the test plays the other side),
     before the peer's HELLO."""
-    return connectAlone(Peer, **attributes)
+    return connectAlone(Peer, None, **attributes)
 
 
 def opened(**attributes: object) -> tuple[Peer, StringTransport, Clock]:
@@ -710,8 +712,8 @@ def connectFactories(
     server: Factory[Any], client: AliveClientFactory, clock: Clock
 ) -> FakeLink[Peer, Peer]:
     """A new connection between the factories' protocols, HELLOs exchanged."""
-    serverProto = server.buildProtocol(ADDRESS)
-    clientProto = client.buildProtocol(ADDRESS)
+    serverProto = built(server, ADDRESS)
+    clientProto = built(client, ADDRESS)
     assert isinstance(serverProto, Peer) and isinstance(clientProto, Peer)
     link = FakeLink(serverProto, clientProto, clock)
     link.flush()
@@ -844,7 +846,7 @@ def test_factoryBatchAllOrNothing() -> None:
     """A factory batch that does not fit in the queue fails at once with
     QueueFull and queues nothing; bad payloads raise at once."""
     client = RecordingClientFactory()
-    client.protocol = type("Small", (SessionPeer,), {"maxQueued": 5})
+    client.protocol = cast("type[SessionPeer]", type("Small", (SessionPeer,), {"maxQueued": 5}))
     client.sendMessages(payloads(3))
     failureResultOf(client.sendMessages(payloads(3)), QueueFull)
     assert len(client.session.outbox) == 3
@@ -909,7 +911,7 @@ def test_loopbackFactoryBatchBeforeConnecting(
     """Over a real socket, a batch given to the client factory before it
     connects arrives in order, with one Receipt."""
     factory, port = listening
-    client = AliveClientFactory.forProtocol(Sink)
+    client = forProtocol(AliveClientFactory, Sink)
     sent = [b"%050d" % i for i in range(2000)]
     d = client.sendMessages(sent)
     getReactor().connectTCP(HOST, port, client, timeout=5)

@@ -7,7 +7,6 @@ subprocess (``python -m twisted_alive``) against real servers on 127.0.0.1.
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import socket
@@ -16,21 +15,25 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any, cast
 
 import pytest
-import pytest_twisted
-from twisted.internet.address import IPv4Address
+from support import (
+    LOOPBACK,
+    ROOT,
+    asyncYieldFixture,
+    ensureDeferred,
+    getReactor,
+    killGroup,
+    listenEndpoint,
+    portOf,
+    startProcess,
+)
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.interfaces import (
     IListeningPort,
-    IReactorTCP,
-    IReactorTime,
-    IStreamServerEndpoint,
     ISystemHandle,
     ITCPTransport,
 )
@@ -40,17 +43,6 @@ from twisted.internet.threads import deferToThread
 from twisted_alive._factories import AliveServerFactory
 from twisted_alive._mixin import HeartbeatProtocol
 from twisted_alive.tools import cli as _cli
-
-_F = TypeVar("_F", bound=Callable[..., Any])
-ensureDeferred = cast(Callable[[_F], _F], pytest_twisted.ensureDeferred)
-asyncYieldFixture = cast(Callable[[_F], _F], pytest_twisted.async_yield_fixture)
-
-REPO = Path(__file__).resolve().parent.parent
-LOOPBACK = "127.0.0.1"
-ENV = {
-    **os.environ,
-    "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p),
-}
 
 
 @dataclass(frozen=True)
@@ -83,46 +75,19 @@ def runCli(*args: str, timeout: float = 30.0) -> Ran:
 def startCli(*args: str) -> subprocess.Popen[str]:
     """Start ``python -m twisted_alive ARGS`` in its own session (so that
     `reap` can kill its group), output and errors on two pipes."""
-    return subprocess.Popen(
-        [sys.executable, "-m", "twisted_alive", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=ENV,
-        cwd=REPO,
-        start_new_session=True,
-    )
+    return startProcess(sys.executable, "-m", "twisted_alive", *args, cwd=ROOT, separateErrors=True)
 
 
 def reap(proc: subprocess.Popen[str]) -> None:
     """Kill the process group of ``proc`` if it still runs, and wait for it."""
     if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGKILL)
+        killGroup(proc)
         proc.communicate()
 
 
 def runCliInThread(*args: str, timeout: float = 30.0) -> Deferred[Ran]:
     """L{runCli} in a thread, so that the test's reactor keeps serving."""
     return deferToThread(runCli, *args, timeout=timeout)
-
-
-class _Reactor(IReactorTCP, IReactorTime):
-    """The reactor interfaces these tests use."""
-
-
-def _reactor() -> _Reactor:
-    from twisted.internet import reactor
-
-    return cast(_Reactor, reactor)
-
-
-def _listenEndpoint() -> IStreamServerEndpoint:
-    endpoint = cast(Callable[..., IStreamServerEndpoint], TCP4ServerEndpoint)
-    return endpoint(_reactor(), 0, interface=LOOPBACK)
-
-
-def _portOf(port: IListeningPort) -> int:
-    return cast(IPv4Address, port.getHost()).port
 
 
 def _closedPort() -> int:
@@ -186,9 +151,9 @@ class Servers:
 
     async def start(self, factory: Factory[Any]) -> int:
         factory.noisy = False
-        port = await _listenEndpoint().listen(factory)
+        port = await listenEndpoint().listen(factory)
         self.ports.append(port)
-        return _portOf(port)
+        return portOf(port)
 
     async def stop(self) -> None:
         for port in self.ports:
@@ -603,7 +568,7 @@ def test_clientShortForms(text: str, spec: tuple[str, int]) -> None:
     full ``tcp:`` string."""
     from twisted.internet.endpoints import TCP4ClientEndpoint
 
-    endpoint = _cli.clientEndpoint(_reactor(), text)
+    endpoint = _cli.clientEndpoint(getReactor(), text)
     assert isinstance(endpoint, TCP4ClientEndpoint)
     assert (endpoint._host, endpoint._port) == spec
 
@@ -619,7 +584,7 @@ def test_clientShortForms(text: str, spec: tuple[str, int]) -> None:
 )
 def test_serverShortForms(text: str, interface: str, port: int) -> None:
     """A bare port listens on 127.0.0.1; ``HOST:PORT`` on that interface."""
-    endpoint = _cli.serverEndpoint(_reactor(), text)
+    endpoint = _cli.serverEndpoint(getReactor(), text)
     assert (endpoint._interface, endpoint._port) == (interface, port)  # type: ignore[attr-defined]
 
 

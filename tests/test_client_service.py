@@ -1,3 +1,4 @@
+# mypy: disable-error-code="no-untyped-call"
 """
 `AliveClientFactory` under Twisted's ``ClientService``, on a `Clock` and a
 fake endpoint: ``factory.clientServicePolicy()`` makes the service wait the
@@ -7,12 +8,13 @@ application's to do.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
+from support import forProtocol
 from twisted.application.internet import ClientService
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import ConnectionDone, ConnectionLost, ConnectionRefusedError
-from twisted.internet.interfaces import IProtocol, IProtocolFactory, IStreamClientEndpoint
+from twisted.internet.interfaces import IAddress, IProtocol, IProtocolFactory, IStreamClientEndpoint
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
@@ -39,7 +41,7 @@ class FakeEndpoint:
         self.attempts += 1
         if not self.accept:
             return fail(ConnectionRefusedError())
-        proto = protocolFactory.buildProtocol(None)
+        proto = protocolFactory.buildProtocol(cast(IAddress, None))
         assert proto is not None
         proto.makeConnection(StringTransport())
         self.protocols.append(proto)
@@ -59,8 +61,8 @@ def waits(clock: Clock, count: int) -> list[float]:
 
 def factoryOn(clock: Clock, draw: float = 0.5) -> AliveClientFactory:
     """A factory with round backoff numbers, C{clock}, and C{draw} as every random draw."""
-    factory = AliveClientFactory.forProtocol(HeartbeatProtocol)
-    factory.clock = clock
+    factory = forProtocol(AliveClientFactory, HeartbeatProtocol)
+    cast(Any, factory).clock = clock  # Twisted types it as a full reactor
     factory.initialDelay, factory.factor, factory.maxDelay = 1.0, 2.0, 10.0
     factory.random = lambda: draw
     return factory
@@ -147,8 +149,8 @@ def test_stopRecipe() -> None:
     """The guide's recipe stops the service when the peer does not speak twisted_alive (a
     NOT_ALIVE_PEER cause, which the factory's policy stops on), not after a reset."""
     clock = Clock()
-    factory = StoppingFactory.forProtocol(HeartbeatProtocol)
-    factory.clock = clock
+    factory = forProtocol(StoppingFactory, HeartbeatProtocol)
+    cast(Any, factory).clock = clock  # Twisted types it as a full reactor
     factory.random = lambda: 0.5
     endpoint = FakeEndpoint()
     endpoint.accept = True

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from support import accepted, fed, timed
+from coresupport import accepted, fed, timed
 
 from twisted_alive.core.connection import (
     CloseNow,

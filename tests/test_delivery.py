@@ -704,4 +704,4 @@ class OutboxMachine(RuleBasedStateMachine):
 
 OutboxMachine.TestCase.settings = settings(max_examples=300, stateful_step_count=40, deadline=None)
 TestOutboxInterleavings = OutboxMachine.TestCase
-TestOutboxInterleavings.pytestmark = [pytest.mark.slow]
+TestOutboxInterleavings.pytestmark = [pytest.mark.slow]  # type: ignore[attr-defined]

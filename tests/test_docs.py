@@ -207,13 +207,32 @@ def test_everyPageInTheIndex() -> None:
     assert missing == []
 
 
+CI_CHECKS = (
+    ".venv/bin/ruff check twisted_alive tests examples twisted",
+    ".venv/bin/mypy twisted_alive tests",
+    ".venv/bin/sphinx-build -q -W --keep-going -b html docs ",
+)
+"""The commands `.ci/run` runs after the tests, in order: lint, typing, docs."""
+
+
 def test_ciRunsTheReadmeTestCommand() -> None:
     """CI runs exactly the test command the README gives, and that command
-    installs the services the tests need before anything else."""
+    installs the services the tests need before anything else; then lint,
+    typing and the docs build, with the tools the ``lint`` and ``typing``
+    extras pin, any failure failing the script."""
     readme = (ROOT / "README.md").read_text()
     match = re.search(r"Run the whole test suite.*?```sh\n(.+?)\n```", readme, re.S)
     assert match, "the README gives no test command"
     command = match.group(1)
     assert command.startswith("bash .ci/services && ")
     ci = (ROOT / ".ci" / "run").read_text().splitlines()
-    assert ci[-1] == command
+    assert "set -euo pipefail" in ci
+    commands = [line for line in ci if line and not line.startswith(("#", " ", "step", "}"))]
+    tests = commands.index(command)
+    checks = [
+        next(i for i, line in enumerate(commands) if line.startswith(check)) for check in CI_CHECKS
+    ]
+    assert tests < checks[0] < checks[1] < checks[2]
+    setup = (ROOT / "setup.cfg").read_text()
+    assert re.search(r"^lint =\n    ruff==[\d.]+$", setup, re.M)
+    assert re.search(r"^typing =\n    mypy==[\d.]+\n    mypy-zope==[\d.]+$", setup, re.M)

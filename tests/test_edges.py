@@ -7,8 +7,9 @@ closing during HELLO, and a server factory stopped before its connections.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
+from support import built, forProtocol
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Factory
 from twisted.internet.task import Clock
@@ -46,21 +47,21 @@ def test_slowHandlerAcrossRestartConfirmsNothingNew() -> None:
             self.sendMessage(b"job-%d" % self.factory.n).addBoth(outcomes.append)
 
     clock = Clock()
-    client = AliveClientFactory.forProtocol(Client)
-    client.clock = clock
+    client = forProtocol(AliveClientFactory, Client)
+    cast(Any, client).clock = clock  # Twisted types it as a full reactor
     server = Factory.forProtocol(Server)
     server.n = 1  # type: ignore[attr-defined]
-    link = FakeLink(server.buildProtocol(None), client.buildProtocol(None), clock)
+    link = FakeLink(built(server), built(client), clock)
     link.flush()
     link.reset()
     held[0].callback(None)  # job-1 finishes during the outage
     server.n = 2  # type: ignore[attr-defined]
-    link = FakeLink(server.buildProtocol(None), client.buildProtocol(None), clock)
+    link = FakeLink(built(server), built(client), clock)
     link.advance(1)
     assert processed == [b"job-1"]
     # job-1's connection was lost before its ACK; job-2 is still pending.
     assert len(outcomes) == 1
-    assert isinstance(outcomes[0], Failure) and outcomes[0].check(DeliveryFailed)
+    assert isinstance(outcomes[0], Failure) and outcomes[0].check(DeliveryFailed)  # type: ignore[no-untyped-call]
     held[1].callback(None)
     link.flush()
     assert isinstance(outcomes[-1], Receipt) and outcomes[-1].seq == 1
@@ -73,7 +74,7 @@ def test_asyncDefHandlerIsAwaited() -> None:
     got: list[bytes] = []
 
     class Server(HeartbeatProtocol):
-        async def messageReceived(self, payload: bytes) -> None:  # type: ignore[override]
+        async def messageReceived(self, payload: bytes) -> None:
             await gate
             got.append(payload)
 
@@ -92,7 +93,7 @@ def test_asyncDefHandlerFailureIsRejected() -> None:
     """An ``async def`` handler that raises rejects the message."""
 
     class Server(HeartbeatProtocol):
-        async def messageReceived(self, payload: bytes) -> None:  # type: ignore[override]
+        async def messageReceived(self, payload: bytes) -> None:
             raise ValueError("cannot handle " + payload.decode())
 
     link = FakeLink(Server(), HeartbeatProtocol())
@@ -148,13 +149,12 @@ def test_serverWithoutSessionsGetsBackoffNotAStorm() -> None:
             self.close(GoodbyeCode.SHUTTING_DOWN, "overloaded")
 
     clock = Clock()
-    client = AliveClientFactory.forProtocol(HeartbeatProtocol)
-    client.clock = clock
+    client = forProtocol(AliveClientFactory, HeartbeatProtocol)
+    cast(Any, client).clock = clock  # Twisted types it as a full reactor
     client.initialDelay = 1.0
     client.jitter = 0.0
     connector = FakeConnector()
-    link = FakeLink(Factory.forProtocol(Server).buildProtocol(None),
-                    client.buildProtocol(None), clock)
+    link = FakeLink(built(Factory.forProtocol(Server)), built(client), clock)
     link.flush()
     assert client.lastLoss is not None and client.lastLoss.reason is Reason.CLEAN_CLOSE
     client.clientConnectionLost(connector, client.lastLoss.failure)  # type: ignore[arg-type]
@@ -169,15 +169,15 @@ def test_quickRetryOnlyAfterStableConnection() -> None:
     """RESET retries after ``quickDelay`` only if the connection had been
     stable; a connection that never was gets the backoff delay."""
     clock = Clock()
-    client = AliveClientFactory.forProtocol(HeartbeatProtocol)
-    client.clock = clock
+    client = forProtocol(AliveClientFactory, HeartbeatProtocol)
+    cast(Any, client).clock = clock  # Twisted types it as a full reactor
     client.initialDelay = 1.0
     client.jitter = 0.0
     client.quickSpread = 0.0
-    server = AliveServerFactory.forProtocol(HeartbeatProtocol)
+    server = forProtocol(AliveServerFactory, HeartbeatProtocol)
     server.clock = clock
     connector = FakeConnector()
-    link = FakeLink(server.buildProtocol(None), client.buildProtocol(None), clock)
+    link = FakeLink(built(server), built(client), clock)
     link.flush()
     link.reset()
     assert client.lastLoss is not None and client.lastLoss.reason is Reason.RESET
@@ -186,7 +186,7 @@ def test_quickRetryOnlyAfterStableConnection() -> None:
     assert connector.attempts == 0  # not stable yet: backoff (1 s)
     clock.advance(0.6)
     assert connector.attempts == 1
-    link = FakeLink(server.buildProtocol(None), client.buildProtocol(None), clock)
+    link = FakeLink(built(server), built(client), clock)
     link.advance(client.stableAfter + 0.1, step=0.5)
     link.reset()
     client.clientConnectionLost(connector, client.lastLoss.failure)  # type: ignore[arg-type]
@@ -199,13 +199,13 @@ def test_factoryCloseDuringHelloSendsQueuedFirst() -> None:
     """AliveClientFactory.close() while the HELLO exchange is under way
     sends the queued message, gets it confirmed, then closes in order."""
     clock = Clock()
-    client = AliveClientFactory.forProtocol(HeartbeatProtocol)
-    client.clock = clock
-    server = AliveServerFactory.forProtocol(HeartbeatProtocol)
+    client = forProtocol(AliveClientFactory, HeartbeatProtocol)
+    cast(Any, client).clock = clock  # Twisted types it as a full reactor
+    server = forProtocol(AliveServerFactory, HeartbeatProtocol)
     server.clock = clock
     result: list[object] = []
     client.sendMessage(b"queued before connect").addBoth(result.append)
-    link = FakeLink(server.buildProtocol(None), client.buildProtocol(None), clock)
+    link = FakeLink(built(server), built(client), clock)
     closed: list[object] = []
     client.close().addBoth(closed.append)
     assert closed == []
@@ -220,17 +220,17 @@ def test_stopFactoryKeepsLiveSessionsUntilTheirConnectionEnds() -> None:
     """stopFactory (port.stopListening) before closeAll does not fail the
     messages of connections still up: they are confirmed while closing."""
     clock = Clock()
-    client = AliveClientFactory.forProtocol(HeartbeatProtocol)
-    client.clock = clock
-    server = AliveServerFactory.forProtocol(HeartbeatProtocol)
+    client = forProtocol(AliveClientFactory, HeartbeatProtocol)
+    cast(Any, client).clock = clock  # Twisted types it as a full reactor
+    server = forProtocol(AliveServerFactory, HeartbeatProtocol)
     server.clock = clock
-    server.doStart()
-    link = FakeLink(server.buildProtocol(None), client.buildProtocol(None), clock)
+    server.doStart()  # type: ignore[no-untyped-call]
+    link = FakeLink(built(server), built(client), clock)
     link.flush()
     link.stall(toServer=False, toClient=True)
     result: list[object] = []
     link.server.sendMessage(b"in flight").addBoth(result.append)
-    server.doStop()
+    server.doStop()  # type: ignore[no-untyped-call]
     assert result == []
     server.closeAll()
     link.unstall()

@@ -10,7 +10,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 from support import ROOT, environment, killGroup, startProcess
@@ -42,9 +41,6 @@ def test_echoServerAndConfirmedClient() -> None:
         gone = server.stdout.readline()
         assert "CLEAN_CLOSE: peer said GOODBYE NORMAL" in gone
         server.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 10
-        while server.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert server.poll() is not None
+        server.wait(timeout=10)
     finally:
         killGroup(server)

@@ -11,7 +11,7 @@ from collections import deque
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from support import fed, timed
+from coresupport import fed, timed
 
 from twisted_alive.core.connection import Connection, Role, Settings, State
 from twisted_alive.core.delivery import EMPTY, Inbox, Outbox, ProtocolViolation

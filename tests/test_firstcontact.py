@@ -13,6 +13,7 @@ from support import (
     assertNoResult,
     connectAlone,
     failureResultOf,
+    forProtocol,
     successResultOf,
 )
 from twisted.internet.error import ConnectionDone
@@ -82,7 +83,7 @@ def test_rightOrdersAccepted() -> None:
         pass
 
     for cls in (A, B, C, D):
-        assert isinstance(AliveServerFactory.forProtocol(cls).buildProtocol(None), cls)
+        assert isinstance(forProtocol(AliveServerFactory, cls).buildProtocol(None), cls)
         assert isinstance(Factory.forProtocol(cls).buildProtocol(None), cls)
 
 
@@ -106,14 +107,14 @@ def test_forgottenSuperNamed() -> None:
     """On a connected protocol whose connectionMade skipped super(), sendMessage,
     sendMessages and close say to call super().connectionMade()."""
     proto = Forgetful(Clock())
-    proto.makeConnection(TimedStringTransport(Clock()))
+    proto.makeConnection(TimedStringTransport(Clock()))  # type: ignore[no-untyped-call]
     with pytest.raises(RuntimeError) as info:
         proto.sendMessage(b"hello")
     assert str(info.value) == FORGOT.format("sendMessage()")
     with pytest.raises(RuntimeError) as info:
         proto.sendMessages([b"hello"])
     assert str(info.value) == FORGOT.format("sendMessages()")
-    f = failureResultOf(proto.close(), RuntimeError)
+    f = failureResultOf(proto.close(), RuntimeError)  # type: ignore[no-untyped-call]
     assert str(f.value) == FORGOT.format("close()")
 
 
@@ -125,15 +126,15 @@ def test_closeBeforeConnectionFailsAtOnce() -> None:
     can still be connected and closed afterwards."""
     clock = Clock()
     proto = Peer(clock)
-    f = failureResultOf(proto.close(), RuntimeError)
+    f = failureResultOf(proto.close(), RuntimeError)  # type: ignore[no-untyped-call]
     assert str(f.value) == "close() called before the connection was made"
     transport = TimedStringTransport(clock)
-    proto.makeConnection(transport)
+    proto.makeConnection(transport)  # type: ignore[no-untyped-call]
     assert proto.loss is None
     d = proto.close()
-    assertNoResult(d)
+    assertNoResult(d)  # type: ignore[no-untyped-call]
     assert transport.disconnecting
-    proto.connectionLost(Failure(ConnectionDone()))
+    proto.connectionLost(Failure(ConnectionDone()))  # type: ignore[no-untyped-call]
     assert successResultOf(d).reason is Reason.LOCAL_CLOSE
 
 
@@ -145,16 +146,16 @@ def test_sendAfterCloseRaises() -> None:
     Deferred left behind), while closing and once closed; nothing more is written."""
     proto, transport, clock = connectAlone(Peer)
     proto.close()
-    written = transport.value()
+    written = transport.value()  # type: ignore[no-untyped-call]
     with pytest.raises(RuntimeError) as info:
         proto.sendMessage(b"late")
     assert str(info.value) == "sendMessage() called after close()"
     with pytest.raises(RuntimeError) as info:
         proto.sendMessages([b"late", b"later"])
     assert str(info.value) == "sendMessages() called after close()"
-    assert transport.value() == written
+    assert transport.value() == written  # type: ignore[no-untyped-call]
     assert transport.disconnecting
-    proto.connectionLost(Failure(ConnectionDone()))
+    proto.connectionLost(Failure(ConnectionDone()))  # type: ignore[no-untyped-call]
     assert proto.loss is not None and proto.loss.reason is Reason.LOCAL_CLOSE
     with pytest.raises(RuntimeError, match=r"^sendMessage\(\) called after close\(\)$"):
         proto.sendMessage(b"much later")
@@ -165,5 +166,5 @@ def test_sendAfterPeersGoodbyeFails() -> None:
     mistake: it fails at once with DeliveryFailed, as before."""
     proto, transport, clock = connectAlone(Peer)
     proto.dataReceived(encode(Goodbye(GoodbyeCode.NORMAL, "bye")))
-    f = failureResultOf(proto.sendMessage(b"late"), DeliveryFailed)
+    f = failureResultOf(proto.sendMessage(b"late"), DeliveryFailed)  # type: ignore[no-untyped-call]
     assert str(f.value) == "connection is closing; message not sent"

@@ -7,12 +7,20 @@ AliveClientFactory (connected or not).
 from __future__ import annotations
 
 import pytest
+from support import built, forProtocol
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from twisted_alive import AliveClientFactory, AliveServerFactory, HeartbeatProtocol, QueueFull
+from twisted_alive import (
+    AliveClientFactory,
+    AliveServerFactory,
+    HeartbeatProtocol,
+    QueueFull,
+    Receipt,
+)
 from twisted_alive._binding import Pacer
 from twisted_alive.core.delivery import Outbox
 from twisted_alive.testing import FakeLink
@@ -116,21 +124,21 @@ def test_protocolRefusesPullProducerAndSecondProducer() -> None:
 def test_factoryProducerWhileDisconnected() -> None:
     """An AliveClientFactory pauses its producer while disconnected once
     the queue is half full, long before QueueFull."""
-    factory = AliveClientFactory.forProtocol(Small)
+    factory = forProtocol(AliveClientFactory, Small)
     producer = Producer()
     factory.registerProducer(producer)
-    sent: list[Deferred[object]] = []
+    sent: list[Deferred[Receipt]] = []
     for i in range(4):
         sent.append(factory.sendMessage(b"%d" % i))
     assert producer.calls == ["pause"]
     for i in range(4, 8):
         sent.append(factory.sendMessage(b"%d" % i))
-    failure = []
+    failure: list[Failure] = []
     factory.sendMessage(b"overflow").addErrback(failure.append)
-    assert failure and failure[0].check(QueueFull)
+    assert failure and failure[0].check(QueueFull)  # type: ignore[no-untyped-call]
     addr = IPv4Address("TCP", "127.0.0.1", 9000)
-    server = AliveServerFactory.forProtocol(HeartbeatProtocol).buildProtocol(addr)
-    client = factory.buildProtocol(addr)
+    server = forProtocol(AliveServerFactory, HeartbeatProtocol).buildProtocol(addr)
+    client = built(factory, addr)
     link = FakeLink(server, client)
     link.flush()
     assert producer.calls == ["pause", "resume"]
@@ -144,9 +152,9 @@ def test_serverProducerRegisteredBeforeHelloPacesTheSession() -> None:
     """A producer registered on a server protocol before the client's HELLO
     paces the session the HELLO attaches."""
     addr = IPv4Address("TCP", "127.0.0.1", 9000)
-    serverFactory = AliveServerFactory.forProtocol(Small)
-    server = serverFactory.buildProtocol(addr)
-    client = AliveClientFactory.forProtocol(HeartbeatProtocol).buildProtocol(addr)
+    serverFactory = forProtocol(AliveServerFactory, Small)
+    server = built(serverFactory, addr)
+    client = forProtocol(AliveClientFactory, HeartbeatProtocol).buildProtocol(addr)
     link = FakeLink(server, client)
     producer = Producer()
     server.registerProducer(producer)

@@ -408,7 +408,7 @@ class PeerPairMachine(LinkedMachine):
 
 
 TestPeerPair = PeerPairMachine.TestCase
-TestPeerPair.pytestmark = [pytest.mark.slow]
+TestPeerPair.pytestmark = [pytest.mark.slow]  # type: ignore[attr-defined]
 
 
 # -- a session over many connections --------------------------------------------------------
@@ -606,7 +606,7 @@ class SessionMachine(LinkedMachine):
 
 
 TestSession = SessionMachine.TestCase
-TestSession.pytestmark = [pytest.mark.slow]
+TestSession.pytestmark = [pytest.mark.slow]  # type: ignore[attr-defined]
 
 
 class ExpiryMachine(SessionMachine):
@@ -709,7 +709,7 @@ class ExpiryMachine(SessionMachine):
 
 
 TestExpiry = ExpiryMachine.TestCase
-TestExpiry.pytestmark = [pytest.mark.slow]
+TestExpiry.pytestmark = [pytest.mark.slow]  # type: ignore[attr-defined]
 
 
 # -- regressions found by the machines ----------------------------------------------------

@@ -8,10 +8,11 @@ links, the side that never PINGs first). In memory with a ``Clock``.
 from __future__ import annotations
 
 from collections import deque
-from typing import Any
+from typing import Any, cast
 
 import pytest
-from support import LogEvents, RecordingPeer, TimedStringTransport
+from support import LogEvents, RecordingPeer, TimedStringTransport, built, forProtocol
+from twisted.internet.base import DelayedCall
 from twisted.internet.error import ConnectionAborted, ConnectionDone
 from twisted.internet.task import Clock
 from twisted.logger import LogLevel
@@ -76,11 +77,11 @@ class BufferedTransport(TimedStringTransport):
 
     @property
     def _tempDataLen(self) -> int:
-        return len(self.value()) - self.taken
+        return len(self.value()) - self.taken  # type: ignore[no-untyped-call]
 
     def drain(self) -> None:
         """The peer read everything written so far."""
-        self.taken = len(self.value())
+        self.taken = len(self.value())  # type: ignore[no-untyped-call]
 
 
 def frames(data: bytes) -> list[Any]:
@@ -206,8 +207,8 @@ def test_serverRefusesHourLongIntervalByDefault() -> None:
     class Client(RecordingPeer):
         heartbeatInterval = 3600.0
 
-    server = AliveServerFactory.forProtocol(RecordingPeer).buildProtocol(None)
-    client = AliveClientFactory.forProtocol(Client).buildProtocol(None)
+    server = forProtocol(AliveServerFactory, RecordingPeer).buildProtocol(None)
+    client = forProtocol(AliveClientFactory, Client).buildProtocol(None)
     link = FakeLink(server, client)
     link.flush()
     detail = "heartbeat interval 3600 s is outside the accepted range 0.1..60 s"
@@ -222,8 +223,8 @@ def test_clientAcceptsHourLongServerInterval() -> None:
     class Server(RecordingPeer):
         heartbeatInterval = 3600.0
 
-    server = AliveServerFactory.forProtocol(Server).buildProtocol(None)
-    client = AliveClientFactory.forProtocol(RecordingPeer).buildProtocol(None)
+    server = forProtocol(AliveServerFactory, Server).buildProtocol(None)
+    client = forProtocol(AliveClientFactory, RecordingPeer).buildProtocol(None)
     link = FakeLink(server, client)
     link.flush()
     assert client.losses == [] and server.losses == []
@@ -238,7 +239,7 @@ def test_explicitMaxPeerIntervalWins() -> None:
     class Server(RecordingPeer):
         maxPeerInterval = 7200.0
 
-    server = AliveServerFactory.forProtocol(Server).buildProtocol(None)
+    server = forProtocol(AliveServerFactory, Server).buildProtocol(None)
     assert server.aliveSettings().maxPeerInterval == 7200.0
 
 
@@ -252,17 +253,17 @@ def test_factorySettingsCarryPeerIntervals() -> None:
     class Wide(Tight):
         maxPeerInterval = 7200.0
 
-    client = AliveClientFactory.forProtocol(Tight)
-    server = AliveServerFactory.forProtocol(Tight)
+    client = forProtocol(AliveClientFactory, Tight)
+    server = forProtocol(AliveServerFactory, Tight)
     assert client.aliveSettings().minPeerInterval == 0.5
     assert server.aliveSettings().minPeerInterval == 0.5
     assert client.aliveSettings().maxPeerInterval == CLIENT_MAX_PEER_INTERVAL
     assert server.aliveSettings().maxPeerInterval == SERVER_MAX_PEER_INTERVAL
-    assert server.aliveSettings() == server.buildProtocol(None).aliveSettings()
+    assert server.aliveSettings() == built(server).aliveSettings()
     assert client.aliveSettings() == settingsFor(Tight, accepting=False)
     assert server.aliveSettings() == settingsFor(Tight, accepting=True)
     assert settingsFor(Wide, accepting=True).maxPeerInterval == 7200.0
-    assert AliveServerFactory.forProtocol(Wide).aliveSettings().maxPeerInterval == 7200.0
+    assert forProtocol(AliveServerFactory, Wide).aliveSettings().maxPeerInterval == 7200.0
 
 
 def test_settingsForPlainObject() -> None:
@@ -284,7 +285,7 @@ def connectBuffered(**attributes: object) -> tuple[RecordingPeer, BufferedTransp
     for name, value in attributes.items():
         setattr(proto, name, value)
     transport = BufferedTransport(clock)
-    proto.makeConnection(transport)
+    proto.makeConnection(transport)  # type: ignore[no-untyped-call]
     proto.dataReceived(hello(0.5))
     transport.drain()
     return proto, transport, clock
@@ -294,7 +295,7 @@ def test_unsentBytesOfTcpLikeTransports() -> None:
     """unsentBytes reads the TCP transport's buffers; a transport of another kind is unknown."""
     clock = Clock()
     transport = BufferedTransport(clock)
-    transport.write(b"x" * 10)
+    transport.write(b"x" * 10)  # type: ignore[no-untyped-call]
     assert unsentBytes(transport) == 10
     transport.drain()
     assert unsentBytes(transport) == 0
@@ -310,7 +311,7 @@ def test_nonReaderAbortedAfterItsDeadline() -> None:
         pingId += 1
         proto.dataReceived(encode(Ping(pingId)))
         clock.advance(0.25)
-    proto.connectionLost(Failure(ConnectionAborted()))
+    proto.connectionLost(Failure(ConnectionAborted()))  # type: ignore[no-untyped-call]
     assert proto.losses[0].reason is Reason.TIMEOUT
     assert proto.losses[0].detail.startswith("peer stopped reading: ")
     assert "none taken for 1.5" in proto.losses[0].detail
@@ -340,7 +341,7 @@ def test_nonReaderAbortedPastMaxUnsentBytes() -> None:
     )
     proto.dataReceived(b"".join(encode(Data(i, b"m")) for i in range(1, 11)))
     assert transport.abortedAt == 0.0
-    proto.connectionLost(Failure(ConnectionAborted()))
+    proto.connectionLost(Failure(ConnectionAborted()))  # type: ignore[no-untyped-call]
     (loss,) = proto.losses
     assert loss.reason is Reason.TIMEOUT
     assert loss.detail.startswith("peer stopped reading: ")
@@ -364,7 +365,11 @@ def test_dataInFlightDoesNotCountAgainstMaxUnsentBytes() -> None:
 def oneTurn(clock: Clock) -> None:
     """Run the calls due now that were scheduled before this turn, as a reactor's turn
     does (``Clock.advance`` would also run the ones they schedule)."""
-    due = [call for call in clock.getDelayedCalls() if call.getTime() <= clock.seconds()]
+    due = [
+        cast(DelayedCall, call)
+        for call in clock.getDelayedCalls()
+        if call.getTime() <= clock.seconds()
+    ]
     for call in due:
         clock.calls.remove(call)
         call.called = 1
@@ -387,7 +392,7 @@ def test_fairReadingPausesAfterMaxTurnTime() -> None:
     clock = Clock()
     proto = RecordingPeer(clock, slowly(clock))
     transport = TimedStringTransport(clock)
-    proto.makeConnection(transport)
+    proto.makeConnection(transport)  # type: ignore[no-untyped-call]
     proto.dataReceived(hello(1.0) + b"".join(encode(Data(i, b"m%d" % i)) for i in range(1, 201)))
     turns = [len(proto.received)]
     states = [transport.producerState]
@@ -399,7 +404,7 @@ def test_fairReadingPausesAfterMaxTurnTime() -> None:
     expected = list(range(step, 200, step)) + [200]
     assert turns == expected
     assert states == ["paused"] * (len(expected) - 1) + ["producing"]
-    acks = [f.seq for f in frames(transport.value()) if isinstance(f, Ack)]
+    acks = [f.seq for f in frames(transport.value()) if isinstance(f, Ack)]  # type: ignore[no-untyped-call]
     assert acks == expected
     assert proto.received == [b"m%d" % i for i in range(1, 201)]
 
@@ -410,7 +415,7 @@ def test_fairReadingKeepsOtherConnectionsServed() -> None:
     clock = Clock()
     flooded, quiet = RecordingPeer(clock, slowly(clock)), RecordingPeer(clock)
     for proto in (flooded, quiet):
-        proto.makeConnection(TimedStringTransport(clock))
+        proto.makeConnection(TimedStringTransport(clock))  # type: ignore[no-untyped-call]
     flooded.dataReceived(hello(1.0) + b"".join(encode(Data(i, b"f")) for i in range(1, 1001)))
     quiet.dataReceived(hello(1.0) + encode(Data(1, b"q")))
     assert quiet.received == [b"q"]
@@ -460,7 +465,7 @@ def test_rejectedFloodLogsBoundedLines() -> None:
         clock = Clock()
         proto = RecordingPeer(clock, fail)
         transport = TimedStringTransport(clock)
-        proto.makeConnection(transport)
+        proto.makeConnection(transport)  # type: ignore[no-untyped-call]
         proto.dataReceived(hello(1.0))
         for start in range(1, 1001, 100):
             proto.dataReceived(b"".join(encode(Data(i, b"m")) for i in range(start, start + 100)))
@@ -472,7 +477,7 @@ def test_rejectedFloodLogsBoundedLines() -> None:
     assert [e["log_level"] for e in events] == [LogLevel.error, LogLevel.error]
     assert "log_failure" in events[0] and "log_failure" not in events[1]
     assert events[1]["count"] == 1000
-    rejects = [f for f in frames(transport.value()) if isinstance(f, Reject)]
+    rejects = [f for f in frames(transport.value()) if isinstance(f, Reject)]  # type: ignore[no-untyped-call]
     assert len(rejects) == 1001
     assert rejects[0].reason == "RuntimeError: not today"
 
@@ -482,13 +487,13 @@ def test_pingFloodDropsPeer() -> None:
     clock = Clock()
     proto = RecordingPeer(clock)
     transport = TimedStringTransport(clock)
-    proto.makeConnection(transport)
+    proto.makeConnection(transport)  # type: ignore[no-untyped-call]
     proto.dataReceived(hello(0.5) + b"".join(encode(Ping(i)) for i in range(1, 1000)))
     detail = "too many PINGs: at most 16 per heartbeat interval (0.5 s) are allowed"
-    assert frames(transport.value())[-1] == Goodbye(GoodbyeCode.PROTOCOL_ERROR, detail)
-    assert Pong(999) not in frames(transport.value())
+    assert frames(transport.value())[-1] == Goodbye(GoodbyeCode.PROTOCOL_ERROR, detail)  # type: ignore[no-untyped-call]
+    assert Pong(999) not in frames(transport.value())  # type: ignore[no-untyped-call]
     assert transport.disconnecting
-    proto.connectionLost(Failure(ConnectionDone()))
+    proto.connectionLost(Failure(ConnectionDone()))  # type: ignore[no-untyped-call]
     assert proto.losses[0].reason is Reason.PROTOCOL_ERROR
     assert proto.losses[0].detail == detail
 

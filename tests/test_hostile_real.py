@@ -10,14 +10,14 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Generator
-from typing import Any
+from typing import Any, cast
 
 import pytest_twisted
-from support import BuiltProtocols, LogEvents, getReactor, listeningOn
+from support import BuiltProtocols, LogEvents, elapse, getReactor, listeningOn, tcp
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Factory, Protocol
-from twisted.internet.task import LoopingCall, deferLater
+from twisted.internet.task import LoopingCall
 from twisted.logger import LogLevel
 
 from twisted_alive._mixin import HeartbeatProtocol
@@ -88,11 +88,11 @@ class NonReader(Protocol):
         self.loop: LoopingCall | None = None
 
     def connectionMade(self) -> None:
-        self.transport.pauseProducing()
+        tcp(self).pauseProducing()
         hello = Hello(PROTOCOL_VERSION, 0, CLIENT_INTERVAL, 1_048_576, 1024, 1, NO_SESSION)
-        self.transport.write(encode(hello) + self.burst)
+        tcp(self).write(encode(hello) + self.burst)
         if self.repeat:
-            self.loop = LoopingCall(self.transport.write, self.repeat)
+            self.loop = LoopingCall(tcp(self).write, self.repeat)
             self.loop.clock = getReactor()
             self.loop.start(self.every, now=False)
 
@@ -103,7 +103,8 @@ class NonReader(Protocol):
 
 def connectTo(port: int, proto: Protocol) -> Deferred[Protocol]:
     """Connect ``proto`` to 127.0.0.1:``port``."""
-    return connectProtocol(TCP4ClientEndpoint(getReactor(), "127.0.0.1", port), proto)
+    endpoint = TCP4ClientEndpoint(getReactor(), "127.0.0.1", port)
+    return cast(Deferred[Protocol], connectProtocol(endpoint, proto))  # type: ignore[no-untyped-call]
 
 
 @twistedTest
@@ -124,7 +125,7 @@ def test_pingFloodingNonReaderDroppedAndRssFlat() -> Generator[Any, Any, None]:
     assert loss.detail == "too many PINGs: at most 16 per heartbeat interval (0.2 s) are allowed"
     assert elapsed < DEADLINE
     assert rss() - before < 2 * 1048576
-    client.transport.abortConnection()
+    tcp(client).abortConnection()
 
 
 @twistedTest
@@ -142,7 +143,7 @@ def test_nonReaderOfEchoesAborted() -> Generator[Any, Any, None]:
         timeout = getReactor().callLater(20, server.lost.cancel)
         loss = yield server.lost
         timeout.cancel()
-    client.transport.abortConnection()
+    tcp(client).abortConnection()
     assert loss.reason is Reason.TIMEOUT, loss
     assert loss.detail.startswith("peer stopped reading: "), loss.detail
     taken = float(loss.detail.split("none taken for ")[1].split(" s")[0])
@@ -163,7 +164,7 @@ def test_rejectedFloodLogsBoundedLines() -> Generator[Any, Any, None]:
             d = client.sendMessages([b"m"] * 500)
             d.addErrback(lambda _: None)
             yield d
-        yield deferLater(getReactor(), 0.05, lambda: None)
+        yield elapse(0.05)  # real time in which no further line may be logged
         yield client.close()
     events = rejected.events
     assert rejectionsTotal() - before == 3000

@@ -22,15 +22,14 @@ from typing import Any, cast
 import pytest
 import pytest_twisted
 import twisted.test
+from support import elapse, getReactor, portOf, waitFor
 from twisted.internet import ssl, task, tcp
-from twisted.internet.address import IPv4Address
-from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred
+from twisted.internet.defer import Deferred, ensureDeferred, inlineCallbacks, maybeDeferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, wrapClientTLS
 from twisted.internet.error import ConnectionLost
 from twisted.internet.interfaces import (
     IAddress,
     IConsumer,
-    IListeningPort,
     IPushProducer,
     IReactorSSL,
     IReactorTCP,
@@ -69,15 +68,6 @@ twistedTest: _TwistedTest = pytest_twisted.inlineCallbacks
 _TCP = socket.IPPROTO_TCP
 _CHUNK = b"\xa5" * 65536
 _CLOSED = "the connection's socket is already closed"
-
-
-def _reactor() -> Any:
-    """
-    The global reactor, imported only when a test runs.
-    """
-    from twisted.internet import reactor
-
-    return reactor
 
 
 def _readBack(sock: socket.socket) -> tuple[int, int, int, int, int]:
@@ -119,6 +109,33 @@ def _waitReadable(sock: socket.socket, timeout: float = 5.0) -> None:
     """
     readable, _, _ = select.select([sock], [], [], timeout)
     assert readable, f"nothing arrived within {timeout} s"
+
+
+_poll = select.poll
+"""``select.poll``, kept for `_waitLanded` where a test removes it from ``select``."""
+
+
+def _waitLanded(sock: socket.socket, size: int, fin: bool = False, timeout: float = 5.0) -> None:
+    """
+    Block until ``size`` bytes wait unread in ``sock``'s receive queue and,
+    with ``fin``, the peer's FIN behind them (``POLLRDHUP``); fail after
+    ``timeout`` seconds. Nothing is read.
+    """
+    poller = _poll()
+    poller.register(sock, select.POLLRDHUP if fin else select.POLLIN)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            queued = len(sock.recv(size, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+        except BlockingIOError:
+            queued = 0
+        if queued >= size and (not fin or poller.poll(0)):
+            return
+        remaining = deadline - time.monotonic()
+        assert remaining > 0, f"{size} bytes{' and a FIN' if fin else ''} not there in {timeout} s"
+        # Wakes on the next segment (or the FIN); the cap covers bytes that
+        # join a queue that was already readable.
+        poller.poll(min(remaining, 0.01) * 1000)
 
 
 @pytest.fixture
@@ -173,14 +190,7 @@ def _tcpEndpoint(port: int) -> TCP4ClientEndpoint:
     """
     A client endpoint for 127.0.0.1:``port``.
     """
-    return TCP4ClientEndpoint(_reactor(), "127.0.0.1", port, timeout=5)
-
-
-def _portNumber(port: IListeningPort) -> int:
-    """
-    The TCP port number a listening port is bound to.
-    """
-    return cast(IPv4Address, port.getHost()).port
+    return TCP4ClientEndpoint(getReactor(), "127.0.0.1", port, timeout=5)
 
 
 # --- setKernelLiveness: what is set ------------------------------------------
@@ -481,9 +491,9 @@ class _AcceptFactory(ServerFactory):
 def test_twistedTransport() -> Generator[Deferred[Any], Any, None]:
     """A plain Twisted TCP transport is tuned and peeked through getHandle()."""
     factory = _AcceptFactory()
-    port = cast(IReactorTCP, _reactor()).listenTCP(0, factory, interface="127.0.0.1")
+    port = cast(IReactorTCP, getReactor()).listenTCP(0, factory, interface="127.0.0.1")
     try:
-        recorder = yield _connect(_tcpEndpoint(_portNumber(port)))
+        recorder = yield _connect(_tcpEndpoint(portOf(port)))
         server = yield factory.accepted
         transport = cast(tcp.Client, recorder.transport)
         result = setKernelLiveness(transport, 5)
@@ -494,10 +504,9 @@ def test_twistedTransport() -> Generator[Deferred[Any], Any, None]:
         # A paused transport leaves the peer's FIN unread: peek sees it.
         cast(IPushProducer, transport).pauseProducing()
         server.transport.loseConnection()
-        for _ in range(200):
-            if peek(transport) is not PeekState.ALIVE:
-                break
-            yield task.deferLater(_reactor(), 0.01, lambda: None)
+        yield ensureDeferred(
+            waitFor(lambda: peek(transport) is not PeekState.ALIVE, 2, "the FIN")
+        )
         assert peek(transport) is PeekState.CLOSED
         cast(IPushProducer, transport).resumeProducing()
         yield recorder.lost
@@ -557,14 +566,14 @@ class _AnnouncingFactory(ClientFactory):
 @twistedTest
 def test_tlsTransports() -> Generator[Deferred[Any], Any, None]:
     """TLS transports (TLS endpoint wrapper, connectSSL) are followed to the TCP socket."""
-    reactor = cast(IReactorSSL, _reactor())
+    reactor = cast(IReactorSSL, getReactor())
     factory = _AcceptFactory()
     serverOptions = _serverCertificate().options()  # type: ignore[no-untyped-call]
     port = reactor.listenSSL(0, factory, serverOptions, interface="127.0.0.1")
     try:
         # TLS endpoint: the protocol's transport is a TLSMemoryBIOProtocol
         # whose getHandle() is the OpenSSL connection.
-        endpoint = wrapClientTLS(ssl.CertificateOptions(), _tcpEndpoint(_portNumber(port)))
+        endpoint = wrapClientTLS(ssl.CertificateOptions(), _tcpEndpoint(portOf(port)))
         wrapped = yield _connect(endpoint)
         tlsTransport = wrapped.transport
         assert isinstance(tlsTransport, TLSMemoryBIOProtocol)
@@ -581,7 +590,7 @@ def test_tlsTransports() -> Generator[Deferred[Any], Any, None]:
         clientFactory = _AnnouncingFactory()
         reactor.connectSSL(
             "127.0.0.1",
-            _portNumber(port),
+            portOf(port),
             clientFactory,
             ssl.CertificateOptions(),  # type: ignore[arg-type]
             5,
@@ -612,8 +621,7 @@ def test_peekReadableKeepsData(pair: tuple[socket.socket, socket.socket]) -> Non
     """Unread data peeks READABLE and is all still there afterwards."""
     ours, theirs = pair
     theirs.sendall(b"hello, peer")
-    _waitReadable(ours)
-    time.sleep(0.05)  # let every byte land
+    _waitLanded(ours, len(b"hello, peer"))
     assert peek(ours) is PeekState.READABLE
     assert peek(ours) is PeekState.READABLE
     assert ours.recv(100) == b"hello, peer"
@@ -634,8 +642,7 @@ def test_peekReadableAheadOfClose(pair: tuple[socket.socket, socket.socket]) -> 
     ours, theirs = pair
     theirs.sendall(b"last words")
     theirs.close()
-    _waitReadable(ours)
-    time.sleep(0.05)  # let the FIN land behind the data
+    _waitLanded(ours, len(b"last words"), fin=True)
     assert peek(ours) is PeekState.READABLE
     assert ours.recv(100) == b"last words"
     assert peek(ours) is PeekState.CLOSED
@@ -676,8 +683,7 @@ def test_peekWithoutPoll(
     assert peek(ours) is PeekState.ALIVE
     theirs.sendall(b"x")
     theirs.close()
-    _waitReadable(ours)
-    time.sleep(0.05)
+    _waitLanded(ours, 1, fin=True)
     assert peek(ours) is PeekState.READABLE
     assert ours.recv(1) == b"x"
     assert peek(ours) is PeekState.CLOSED
@@ -718,7 +724,7 @@ server.listen(1)
 print(server.getsockname()[1], flush=True)
 connection, _ = server.accept()
 print("accepted", flush=True)
-time.sleep(300)
+time.sleep(300)  # a peer that really does nothing: the test stops or kills it
 """
 
 
@@ -837,9 +843,9 @@ def test_stoppedPeerWithPendingDataFailsNearDeadline(
 
     silentPeer.signal(signal.SIGSTOP)
     stoppedAt = time.monotonic()
-    flood = _Flood(transport, cast(IReactorTime, _reactor()))
+    flood = _Flood(transport, cast(IReactorTime, getReactor()))
     flood.start()
-    recorder.lost.addTimeout(deadline + 30, _reactor())
+    recorder.lost.addTimeout(deadline + 30, getReactor())
     (reason,) = yield recorder.lost
 
     assert recorder.lostAt is not None
@@ -880,7 +886,7 @@ def test_stoppedPeerOnIdleLinkIsNotDetected(
     assert result.keepaliveDeadline == deadline
 
     silentPeer.signal(signal.SIGSTOP)
-    yield task.deferLater(_reactor(), 2.5 * deadline, lambda: None)
+    yield elapse(2.5 * deadline)  # real time in which the stopped peer must not be noticed
 
     assert not recorder.lost.called
     assert peek(transport) is PeekState.ALIVE

@@ -6,27 +6,16 @@ The layers of the package: the sans-IO core imports no Twisted, and
 
 from __future__ import annotations
 
-import ast
 import json
 import subprocess
 import sys
 from pathlib import Path
 
+from coretests import coreTests, importedBy
+
 import twisted_alive
 
 PACKAGE = Path(twisted_alive.__file__).resolve().parent
-
-
-def importedBy(path: Path) -> set[str]:
-    """Every module an ``import`` statement of ``path`` names, at any depth
-    (inside functions and ``TYPE_CHECKING`` blocks too)."""
-    names: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
-        if isinstance(node, ast.Import):
-            names.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module is not None and not node.level:
-            names.add(node.module)
-    return names
 
 
 def loadedAfter(statement: str) -> list[str]:
@@ -85,3 +74,11 @@ def test_importingThePackageLoadsNoToolsNorMetrics() -> None:
         or m == "twisted_alive.testing.chaos"
     ]
     assert unwanted == []
+
+
+def test_coreTestsAreTheCoresOwn() -> None:
+    """The tests that ``tox -e coverage-core`` runs include the core's own
+    test modules, and none of them loads the adapter."""
+    names = {path.name for path in coreTests()}
+    assert {"test_frames.py", "test_liveness.py", "test_protocol_vectors.py"} <= names
+    assert "test_mixin.py" not in names and "test_storm.py" not in names

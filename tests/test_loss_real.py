@@ -11,21 +11,27 @@ import json
 import os
 import signal
 import socket
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Generator, Iterator
-from pathlib import Path
 from typing import Any, cast
 
 import pytest
 import pytest_twisted
-from support import BuiltProtocols, Processes, getReactor, listeningOn
-from twisted.internet import threads
-from twisted.internet.defer import Deferred, DeferredList
+from support import (
+    BuiltProtocols,
+    Processes,
+    elapse,
+    forProtocol,
+    getReactor,
+    listeningOn,
+    readReady,
+    waitFor,
+    waitForExit,
+    within,
+)
+from twisted.internet.defer import Deferred, DeferredList, ensureDeferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Factory
-from twisted.internet.task import deferLater
 from twisted.logger import ILogObserver, globalLogPublisher
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -35,8 +41,6 @@ from twisted_alive._reasons import Cause, Loss, Reason, classify
 from twisted_alive.core.frames import GoodbyeCode
 from twisted_alive.core.outcomes import DeliveryFailed
 
-ROOT = Path(__file__).resolve().parent.parent
-PEERS = Path(__file__).resolve().parent / "peers"
 HOST = "127.0.0.1"
 INTERVAL = 0.2
 MISSES = 3
@@ -46,44 +50,6 @@ DEADLINE = INTERVAL * MISSES
 _TwistedTest = Callable[[Callable[..., Generator[Any, Any, None]]], Callable[..., Any]]
 twistedTest: _TwistedTest = pytest_twisted.inlineCallbacks
 """``pytest_twisted.inlineCallbacks``, typed."""
-
-
-
-# -- peer processes -------------------------------------------------------------------
-
-
-class Peers(Processes):
-    """Peer processes started by one test; all killed by process group at its end."""
-
-    def start(self, script: str, *args: object) -> subprocess.Popen[str]:
-        """Start ``tests/peers/<script>`` with ``args``, in its own session."""
-        return self.spawn(sys.executable, PEERS / script, *args)
-
-
-@pytest.fixture
-def peers() -> Iterator[Peers]:
-    """Peer processes, killed by process group when the test ends."""
-    started = Peers()
-    try:
-        yield started
-    finally:
-        started.killAll()
-
-
-def readLine(process: subprocess.Popen[str]) -> Deferred[str]:
-    """The next line the peer prints (read in a thread)."""
-    assert process.stdout is not None
-    return threads.deferToThread(process.stdout.readline)
-
-
-def waitForExit(process: subprocess.Popen[str], timeout: float = 15.0) -> Deferred[str]:
-    """The rest of the peer's output, once it has exited."""
-
-    def wait() -> str:
-        out, _ = process.communicate(timeout=timeout)
-        return out
-
-    return threads.deferToThread(wait)
 
 
 # -- this side ---------------------------------------------------------------------
@@ -184,11 +150,13 @@ def frames(output: str) -> list[dict[str, Any]]:
 @pytest.mark.timeout(20)
 @twistedTest
 def test_goodbyeIsCleanClose(
-    peers: Peers, server: tuple[Collecting, int]
+    processes: Processes, server: tuple[Collecting, int]
 ) -> Generator[Any, Any, None]:
     """A peer that closes with GOODBYE is CLEAN_CLOSE here (and LOCAL_CLOSE there)."""
     factory, port = server
-    process = peers.start("alive_peer.py", "client", HOST, port, INTERVAL, "goodbye-after-first")
+    process = processes.startPeer(
+        "alive_peer.py", "client", HOST, port, INTERVAL, "goodbye-after-first"
+    )
     proto = yield factory.connection()
     yield proto.whenOpened()
     receipt = yield proto.sendMessage(b"first")
@@ -203,10 +171,14 @@ def test_goodbyeIsCleanClose(
 
 @pytest.mark.timeout(20)
 @twistedTest
-def test_resetIsReset(peers: Peers, server: tuple[Collecting, int]) -> Generator[Any, Any, None]:
+def test_resetIsReset(
+    processes: Processes, server: tuple[Collecting, int]
+) -> Generator[Any, Any, None]:
     """A peer that aborts with an RST (SO_LINGER 0) is RESET."""
     factory, port = server
-    process = peers.start("alive_peer.py", "client", HOST, port, INTERVAL, "rst-after-first")
+    process = processes.startPeer(
+        "alive_peer.py", "client", HOST, port, INTERVAL, "rst-after-first"
+    )
     proto = yield factory.connection()
     yield proto.whenOpened()
     receipt = yield proto.sendMessage(b"first")
@@ -222,16 +194,15 @@ def test_resetIsReset(peers: Peers, server: tuple[Collecting, int]) -> Generator
 @pytest.mark.parametrize("run", range(3))
 @twistedTest
 def test_stoppedPeerIsTimeout(
-    peers: Peers, server: tuple[Collecting, int], stalls: Stalls, run: int
+    processes: Processes, server: tuple[Collecting, int], stalls: Stalls, run: int
 ) -> Generator[Any, Any, None]:
     """A SIGSTOPped peer is TIMEOUT within interval x misses (+ one interval and slack)."""
     factory, port = server
-    process = peers.start("alive_peer.py", "client", HOST, port, INTERVAL, "echo")
+    process = processes.startPeer("alive_peer.py", "client", HOST, port, INTERVAL, "echo")
     proto = yield factory.connection()
     yield proto.whenOpened()
     yield proto.sendMessage(b"ping me back")
-    yield deferLater(getReactor(), 0.3, lambda: None)
-    assert proto.received == [b"ping me back"]
+    yield ensureDeferred(waitFor(lambda: proto.received == [b"ping me back"], 5, "the echo"))
     proto.stopGroup = process.pid  # at the next bytes from the peer
     loss = yield proto.whenLost()
     assert loss.reason is Reason.TIMEOUT
@@ -247,16 +218,15 @@ def test_stoppedPeerIsTimeout(
 @pytest.mark.timeout(20)
 @twistedTest
 def test_stoppedPeerTimeoutWithFullSendBuffer(
-    peers: Peers, server: tuple[Collecting, int], stalls: Stalls
+    processes: Processes, server: tuple[Collecting, int], stalls: Stalls
 ) -> Generator[Any, Any, None]:
     """The timeout aborts even when megabytes wait unsent for a stopped peer, and fails them all."""
     factory, port = server
-    process = peers.start("alive_peer.py", "client", HOST, port, INTERVAL, "echo")
+    process = processes.startPeer("alive_peer.py", "client", HOST, port, INTERVAL, "echo")
     proto = yield factory.connection()
     yield proto.whenOpened()
     proto.stopGroup = process.pid
-    yield deferLater(getReactor(), 0.3, lambda: None)
-    assert proto.stoppedAt
+    yield ensureDeferred(waitFor(lambda: proto.stoppedAt, 5, "the peer to be stopped"))
     chunk = b"x" * 65536
     sent = [proto.sendMessage(chunk) for _ in range(300)]  # about 20 MB
     results = DeferredList(sent, consumeErrors=True)
@@ -274,12 +244,14 @@ def test_stoppedPeerTimeoutWithFullSendBuffer(
 @pytest.mark.timeout(20)
 @twistedTest
 def test_blockedReactorIsNotTimeout(
-    peers: Peers, server: tuple[Collecting, int]
+    processes: Processes, server: tuple[Collecting, int]
 ) -> Generator[Any, Any, None]:
     """This process blocked past the deadline does not blame the (live) peer: no TIMEOUT."""
     factory, port = server
     # The peer tolerates our silence (20 misses); we allow it 3.
-    process = peers.start("alive_peer.py", "client", HOST, port, INTERVAL, "echo", "--misses", 20)
+    process = processes.startPeer(
+        "alive_peer.py", "client", HOST, port, INTERVAL, "echo", "--misses", 20
+    )
     proto = yield factory.connection()
     yield proto.whenOpened()
     # The echo of this message blocks this process inside dataReceived, so
@@ -287,7 +259,7 @@ def test_blockedReactorIsNotTimeout(
     proto.blockOn = b"block"
     proto.blockFor = 3 * DEADLINE
     yield proto.sendMessage(b"block")
-    yield deferLater(getReactor(), 3 * DEADLINE + 2 * DEADLINE, lambda: None)
+    yield elapse(3 * DEADLINE + 2 * DEADLINE)  # real time: the block, then two deadlines
     assert proto.received == [b"block"]
     assert proto.loss is None
     receipt = yield proto.sendMessage(b"still here")
@@ -297,19 +269,16 @@ def test_blockedReactorIsNotTimeout(
 
 @pytest.mark.timeout(20)
 @twistedTest
-def test_killedPeerIsNotCleanClose(peers: Peers) -> Generator[Any, Any, None]:
+def test_killedPeerIsNotCleanClose(processes: Processes) -> Generator[Any, Any, None]:
     """A SIGKILLed peer (its kernel sends FIN) is PEER_CLOSED or RESET, never CLEAN_CLOSE."""
-    process = peers.start("alive_peer.py", "server", HOST, 0, INTERVAL, "echo")
-    line = yield readLine(process)
-    assert line.startswith("READY "), line
-    port = int(line.split()[1])
+    process = processes.startPeer("alive_peer.py", "server", HOST, 0, INTERVAL, "echo")
+    port = yield ensureDeferred(readReady(process))
     proto = Local()
     endpoint = TCP4ClientEndpoint(getReactor(), HOST, port, timeout=5)
     yield connectProtocol(endpoint, proto)
     yield proto.whenOpened()
     yield proto.sendMessage(b"echo")
-    yield deferLater(getReactor(), 0.1, lambda: None)
-    assert proto.received == [b"echo"]
+    yield ensureDeferred(waitFor(lambda: proto.received == [b"echo"], 5, "the echo"))
     killedAt = getReactor().seconds()
     os.killpg(process.pid, signal.SIGKILL)
     loss = yield proto.whenLost()
@@ -319,12 +288,12 @@ def test_killedPeerIsNotCleanClose(peers: Peers) -> Generator[Any, Any, None]:
 
 @pytest.mark.timeout(20)
 @twistedTest
-def test_garbageIsProtocolError(peers: Peers) -> Generator[Any, Any, None]:
+def test_garbageIsProtocolError(processes: Processes) -> Generator[Any, Any, None]:
     """Garbage is PROTOCOL_ERROR at once; the peer gets GOODBYE(PROTOCOL_ERROR) before the FIN."""
     factory = Collecting(heartbeatInterval=5.0)
     port = getReactor().listenTCP(0, factory, interface=HOST)
     try:
-        process = peers.start("raw_peer.py", HOST, port.getHost().port, "garbage")
+        process = processes.startPeer("raw_peer.py", HOST, port.getHost().port, "garbage")
         proto = yield factory.connection()
         loss = yield proto.whenLost()
         assert loss.reason is Reason.PROTOCOL_ERROR
@@ -348,11 +317,11 @@ def test_garbageIsProtocolError(peers: Peers) -> Generator[Any, Any, None]:
 @pytest.mark.timeout(20)
 @twistedTest
 def test_silentPeerIsTimeout(
-    peers: Peers, server: tuple[Collecting, int]
+    processes: Processes, server: tuple[Collecting, int]
 ) -> Generator[Any, Any, None]:
     """A peer that connects but never sends HELLO is TIMEOUT at the deadline."""
     factory, port = server
-    process = peers.start("raw_peer.py", HOST, port, "silent")
+    process = processes.startPeer("raw_peer.py", HOST, port, "silent")
     proto = yield factory.connection()
     loss = yield proto.whenLost()
     assert loss.reason is Reason.TIMEOUT
@@ -383,11 +352,11 @@ def test_refusedIsRefused() -> Generator[Any, Any, None]:
 @pytest.mark.timeout(20)
 @twistedTest
 def test_halfClosedPeerGetsAcks(
-    peers: Peers, server: tuple[Collecting, int]
+    processes: Processes, server: tuple[Collecting, int]
 ) -> Generator[Any, Any, None]:
     """A peer that shuts its write side after DATA still gets the ACKs; the loss is PEER_CLOSED."""
     factory, port = server
-    process = peers.start("raw_peer.py", HOST, port, "halfclose", "--count", 3)
+    process = processes.startPeer("raw_peer.py", HOST, port, "halfclose", "--count", 3)
     proto = yield factory.connection()
     loss = yield proto.whenLost()
     assert loss.reason is Reason.PEER_CLOSED
@@ -403,13 +372,13 @@ def test_halfClosedPeerGetsAcks(
 @pytest.mark.timeout(30)
 @twistedTest
 def test_garbageClientDoesNotDisturbOthers(
-    peers: Peers, server: tuple[Collecting, int]
+    processes: Processes, server: tuple[Collecting, int]
 ) -> Generator[Any, Any, None]:
     """A client sending garbage does not affect the server's other clients: all confirmed."""
     factory, port = server
     count = 40
     senders = [
-        peers.start(
+        processes.startPeer(
             "alive_peer.py",
             "client",
             HOST,
@@ -425,8 +394,8 @@ def test_garbageClientDoesNotDisturbOthers(
         )
         for i in range(3)
     ]
-    yield deferLater(getReactor(), 0.1, lambda: None)
-    garbage = peers.start("raw_peer.py", HOST, port, "garbage")
+    yield within(factory.connection(2), 10)  # the three senders are connected
+    garbage = processes.startPeer("raw_peer.py", HOST, port, "garbage")
     outputs = yield DeferredList(
         [waitForExit(p) for p in [*senders, garbage]], fireOnOneErrback=True
     )
@@ -449,7 +418,7 @@ class AttemptRecorder:
     def __init__(self) -> None:
         from twisted_alive import AliveClientFactory
 
-        self.factory = AliveClientFactory.forProtocol(HeartbeatProtocol)
+        self.factory = forProtocol(AliveClientFactory, HeartbeatProtocol)
         self.failed: Deferred[Loss] = Deferred()
         original = self.factory.clientConnectionFailed
 
@@ -505,7 +474,10 @@ def test_unusableLocalAddressIsConnectFailed() -> Generator[Any, Any, None]:
     try:
         recorder = AttemptRecorder()
         getReactor().connectTCP(
-            HOST, taken.getsockname()[1], recorder.factory, timeout=5,
+            HOST,
+            taken.getsockname()[1],
+            recorder.factory,
+            timeout=5,
             bindAddress=(HOST, taken.getsockname()[1]),
         )
         loss = yield recorder.failed

@@ -351,7 +351,7 @@ class SoonerRecordingClock(Clock):
 
     def callLater(self, delay: float, callable: Any, *args: object, **kw: object) -> Any:
         call = super().callLater(delay, callable, *args, **kw)
-        call.resetter = self._movedSooner
+        call.resetter = self._movedSooner  # type: ignore[attr-defined]
         return call
 
     def _movedSooner(self, call: object) -> None:

@@ -8,17 +8,16 @@ client factory does not retry against them.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, TypeVar, cast
+from typing import Any, cast
 
 import pytest
-import pytest_twisted
-from support import getReactor
+from support import elapse, ensureDeferred, forProtocol, getReactor, waitFor
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Factory, Protocol
-from twisted.internet.task import deferLater
+from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
@@ -31,9 +30,6 @@ from twisted_alive import (
     Reason,
 )
 
-_F = TypeVar("_F", bound=Callable[..., Any])
-ensureDeferred = cast(Callable[[_F], _F], pytest_twisted.ensureDeferred)
-
 HOST = "127.0.0.1"
 BANNER = b"SSH-2.0-OpenSSH_9.2p1 Debian-2\r\n"
 
@@ -42,6 +38,7 @@ class Echo(Protocol):
     """A plain TCP echo server: every byte comes back."""
 
     def dataReceived(self, data: bytes) -> None:
+        assert self.transport is not None
         self.transport.write(data)
 
 
@@ -49,6 +46,7 @@ class Banner(Protocol):
     """A server that greets with a text line first, as SSH, SMTP or FTP do."""
 
     def connectionMade(self) -> None:
+        assert self.transport is not None
         self.transport.write(BANNER)
 
 
@@ -56,6 +54,7 @@ class BadRequest(Protocol):
     """An HTTP server that answers bytes it cannot parse with 400 and closes."""
 
     def dataReceived(self, data: bytes) -> None:
+        assert self.transport is not None
         self.transport.write(
             b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
         )
@@ -69,7 +68,7 @@ class Client(HeartbeatProtocol):
 
 
 @contextmanager
-def serving(factory: Factory) -> Iterator[int]:  # type: ignore[type-arg]
+def serving(factory: Factory) -> Iterator[int]:
     """``factory`` on 127.0.0.1 while the block runs; yields the port."""
     port = getReactor().listenTCP(0, factory, interface=HOST)
     try:
@@ -78,7 +77,7 @@ def serving(factory: Factory) -> Iterator[int]:  # type: ignore[type-arg]
         port.stopListening()
 
 
-def nonSpeakers() -> dict[str, tuple[Factory, str]]:  # type: ignore[type-arg]
+def nonSpeakers() -> dict[str, tuple[Factory, str]]:
     """The servers, each with the start of the loss detail it must give."""
     return {
         "echo": (
@@ -101,8 +100,22 @@ async def _connectPlain(port: int) -> tuple[Client, Deferred[Any]]:
     from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 
     proto = Client()
-    await connectProtocol(TCP4ClientEndpoint(getReactor(), HOST, port), proto)
+    await connectProtocol(TCP4ClientEndpoint(getReactor(), HOST, port), proto)  # type: ignore[no-untyped-call]
     return proto, proto.sendMessage(b"job 1")
+
+
+def recordBuilt(factory: AliveClientFactory) -> list[Any]:
+    """A list to which every protocol ``factory`` builds from now on is added."""
+    built: list[Any] = []
+    original = factory.buildProtocol
+
+    def recording(addr: Any) -> Any:
+        proto = original(addr)
+        built.append(proto)
+        return proto
+
+    factory.buildProtocol = recording  # type: ignore[method-assign]
+    return built
 
 
 @pytest.mark.timeout(20)
@@ -134,26 +147,18 @@ async def test_clientFactoryStopsAndFails(kind: str) -> None:
     factory, detail = nonSpeakers()[kind]
     reactor = getReactor()
     with serving(factory) as port:
-        client = AliveClientFactory.forProtocol(Client)
+        client = forProtocol(AliveClientFactory, Client)
         client.initialDelay = 0.01
         first = client.sendMessage(b"job 1")
         second = client.sendMessage(b"job 2")
-        connections = []
-        original = client.buildProtocol
-
-        def counting(addr: Any) -> Any:
-            proto = original(addr)
-            connections.append(proto)
-            return proto
-
-        client.buildProtocol = counting  # type: ignore[method-assign]
+        connections = recordBuilt(client)
         reactor.connectTCP(HOST, port, client)
         results = await defer.DeferredList([first, second], consumeErrors=True)
-        # Long enough for several reconnects, had the factory tried again.
-        await deferLater(reactor, 0.3, lambda: None)
+        # Real time for several reconnects, had the factory tried again.
+        await elapse(0.3)
     for ok, failure in results:
-        assert not ok
-        assert failure.check(DeliveryFailed)
+        assert not ok and isinstance(failure, Failure)
+        assert failure.check(DeliveryFailed)  # type: ignore[no-untyped-call]
         assert detail in str(failure.value)
     assert client.lastLoss is not None
     assert client.lastLoss.cause is Cause.NOT_ALIVE_PEER
@@ -176,19 +181,10 @@ async def test_retryForNonSpeakerCanBeChanged() -> None:
         maxDelay = 0.05
 
     with serving(Factory.forProtocol(Banner)) as port:
-        client = Stubborn.forProtocol(Client)
-        built: list[Any] = []
-        original = client.buildProtocol
-
-        def counting(addr: Any) -> Any:
-            proto = original(addr)
-            built.append(proto)
-            return proto
-
-        client.buildProtocol = counting  # type: ignore[method-assign]
+        client = forProtocol(Stubborn, Client)
+        built = recordBuilt(client)
         reactor.connectTCP(HOST, port, client)
-        while len(built) < 3:
-            await deferLater(reactor, 0.02, lambda: None)
+        await waitFor(lambda: len(built) >= 3, 10, "three connections")
         client.stopTrying()
         for proto in built:
             if proto.loss is None:
@@ -207,7 +203,7 @@ class _Hello(Resource):
 @ensureDeferred
 async def test_silentHttpServerIsNoPeer() -> None:
     """Twisted's HTTP server waits for a request line: no Receipt, TIMEOUT at the HELLO deadline."""
-    with serving(Site(_Hello())) as port:
+    with serving(cast(Factory[Any], Site(_Hello()))) as port:  # type: ignore[no-untyped-call]
         proto, sent = await _connectPlain(port)
         loss: Loss = await proto.whenLost()
         outcome: list[object] = []

@@ -13,16 +13,25 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable, Iterator
-from typing import Any, TypeVar, cast
+from collections.abc import AsyncIterator
+from typing import Any, cast
 
 import pytest
-import pytest_twisted
 import treq
-from support import Processes, getReactor, killGroup, startProcess
+from support import (
+    LOOPBACK,
+    Processes,
+    asyncYieldFixture,
+    ensureDeferred,
+    forProtocol,
+    getReactor,
+    killGroup,
+    startProcess,
+    waitFor,
+)
 from twisted.internet.defer import gatherResults, maybeDeferred
 from twisted.internet.interfaces import IListeningPort
-from twisted.internet.task import Clock, deferLater
+from twisted.internet.task import Clock
 from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 
@@ -33,11 +42,6 @@ from twisted_alive.service.page import _SCRIPT, prefersHtml, renderPage
 from twisted_alive.service.status import AliveCollector, StatusSite, statusSite
 from twisted_alive.service.tap import EchoProtocol
 
-_F = TypeVar("_F", bound=Callable[..., Any])
-ensureDeferred = cast(Callable[[_F], _F], pytest_twisted.ensureDeferred)
-asyncYieldFixture = cast(Callable[[_F], _F], pytest_twisted.async_yield_fixture)
-
-LOOPBACK = "127.0.0.1"
 INTERVAL = 0.2
 BROWSER_ACCEPT = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"
 SECRET_PAYLOAD = b"payload-that-must-never-show"
@@ -88,7 +92,7 @@ class Served:
         self.ports.append(reactor.listenTCP(0, self.site, interface=LOOPBACK))
 
     async def client(self) -> tuple[AliveClientFactory, HeartbeatMixin]:
-        factory = AliveClientFactory.forProtocol(Quiet)
+        factory = forProtocol(AliveClientFactory, Quiet)
         self.clients.append(factory)
         getReactor().connectTCP(LOOPBACK, self.ports[0].getHost().port, factory)  # type: ignore[attr-defined]
         proto = await factory.whenConnected().addTimeout(5, getReactor())
@@ -96,7 +100,7 @@ class Served:
 
     async def get(self, path: str, accept: str | None = None) -> Any:
         port = self.ports[1].getHost().port  # type: ignore[attr-defined]
-        headers = {} if accept is None else {"Accept": accept}
+        headers: dict[str | bytes, str | bytes] = {} if accept is None else {"Accept": accept}
         return await treq.get(
             f"http://{LOOPBACK}:{port}{path}", headers=headers, persistent=False, timeout=5
         )
@@ -126,23 +130,6 @@ async def served() -> AsyncIterator[Served]:
     await s.start()
     yield s
     await s.stop()
-
-
-@pytest.fixture
-def processes() -> Iterator[Processes]:
-    """Processes started by the test, killed (whole groups) at the end."""
-    started = Processes()
-    yield started
-    started.killAll()
-
-
-async def _until(check: Callable[[], Any], seconds: float = 5.0) -> None:
-    """Wait until C{await check()} is true, at most C{seconds}."""
-    reactor = getReactor()
-    deadline = reactor.seconds() + seconds
-    while not await check():
-        assert reactor.seconds() < deadline, "condition not met in time"
-        await deferLater(reactor, 0.02)
 
 
 # -- content negotiation ---------------------------------------------------------------
@@ -236,7 +223,7 @@ async def test_statusJsonHasWhatThePageUses(served: Served) -> None:
     await first.sendMessage(b"hello").addTimeout(5, getReactor())
     second.stopTrying()
     secondProto.abort("the test drops it")
-    await _until(lambda: _settled(served))
+    await waitFor(lambda: _settled(served))
     state = await served.status()
     assert set(state) == TOP_KEYS
     assert set(state["process"]) == {"pid", "hostname", "version", "uptime"}
@@ -498,7 +485,7 @@ async def _line(process: subprocess.Popen[str], starting: str) -> str:
     """The next line of ``process``'s output that starts with ``starting``
     (after the timeline's time column)."""
     assert process.stdout is not None
-    seen = []
+    seen: list[str] = []
     while True:
         line: str = await deferToThread(process.stdout.readline)
         assert line, f"the demo ended before printing {starting!r}:\n{''.join(seen)}"
@@ -524,7 +511,8 @@ async def test_demoServesThePage(processes: Processes) -> None:
     assert match is not None, announced
     url = match.group(1)
     await _line(demo, "The status page stays up; press Ctrl-C to end.")
-    response = await treq.get(url, headers={"Accept": BROWSER_ACCEPT}, persistent=False, timeout=5)
+    accept: dict[str | bytes, str | bytes] = {"Accept": BROWSER_ACCEPT}
+    response = await treq.get(url, headers=accept, persistent=False, timeout=5)
     assert response.code == 200
     page = (await response.content()).decode("utf-8")
     for reason in ("CLEAN_CLOSE", "RESET", "TIMEOUT", "PEER_CLOSED"):

@@ -15,24 +15,19 @@ import os
 import shutil
 import signal
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any, cast
 
 import pytest
-import pytest_twisted
-from support import ROOT, Processes, getReactor
+from support import LOOPBACK, ROOT, Processes, ensureDeferred, getReactor, waitFor
 from twisted.internet.defer import Deferred
-from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 
 from twisted_alive._factories import AliveServerFactory
 from twisted_alive.core.connection import State
 from twisted_alive.service.status import statusSite
 from twisted_alive.service.tap import EchoProtocol
-
-_F = TypeVar("_F", bound=Callable[..., Any])
-ensureDeferred = cast(Callable[[_F], _F], pytest_twisted.ensureDeferred)
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -52,7 +47,6 @@ CHROMIUM_FLAGS = (
     "--window-size=1280,1000",
 )
 PEER = ROOT / "tests" / "peers" / "alive_peer.py"
-LOOPBACK = "127.0.0.1"
 INTERVAL = 30.0
 """The heartbeat interval of both ends: long enough that no PING crosses
 the links during the test. A process killed with unread bytes in its
@@ -173,22 +167,6 @@ def _screenshots(tmp_path: Path) -> list[Path]:
     return paths
 
 
-@pytest.fixture
-def processes() -> Iterator[Processes]:
-    """Client processes, killed (whole groups) at the end."""
-    started = Processes()
-    yield started
-    started.killAll()
-
-
-async def _eventually(test: Callable[[], bool], what: str, seconds: float = WAIT) -> None:
-    reactor = getReactor()
-    deadline = reactor.seconds() + seconds
-    while not test():
-        assert reactor.seconds() < deadline, f"no {what} in {seconds:g} s"
-        await deferLater(reactor, 0.05)
-
-
 async def _inThread(call: Callable[[], Any]) -> Any:
     d: Deferred[Any] = deferToThread(call)
     return await d
@@ -220,8 +198,9 @@ async def test_pageShowsClientsAndTheLossOfOne(
             processes.spawn(sys.executable, PEER, "client", LOOPBACK, serverPort, INTERVAL, "echo")
             for _ in range(2)
         ]
-        await _eventually(
+        await waitFor(
             lambda: [p.state for p in factory.connections] == [State.OPEN] * 2,
+            WAIT,
             "two open connections",
         )
         live = {str(p._peer) for p in factory.connections}
@@ -234,7 +213,7 @@ async def test_pageShowsClientsAndTheLossOfOne(
         assert ascending == sorted(shown)
 
         clients[0].send_signal(signal.SIGKILL)
-        await _eventually(lambda: len(factory.connections) == 1, "loss of the killed client")
+        await waitFor(lambda: len(factory.connections) == 1, WAIT, "loss of the killed client")
         [gone] = live - {str(p._peer) for p in factory.connections}
         await _inThread(lambda: page.watchLoss(gone, "PEER_CLOSED", _screenshots(tmp_path)))
         remaining = await _inThread(page.peers)
@@ -248,7 +227,6 @@ async def test_pageShowsClientsAndTheLossOfOne(
         await server.stopListening()
         for proto in list(factory.connections):
             proto.abort("the test is over")
-
 
 
 def test_missingBrowserFails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 
 import pytest
-from support import fed
+from coresupport import fed
 
 from twisted_alive.core.connection import (
     Connection,
@@ -234,7 +234,8 @@ def test_handshakeVector(name: str) -> None:
     if outcome.startswith("goodbye "):
         code, text = outcome[len("goodbye ") :].split(": ", 1)
         assert sent == [Goodbye(GoodbyeCode[code], text)]
-        assert events[-1] == Violation(text, notAlive=events[-1].notAlive)
+        last = events[-1]
+        assert isinstance(last, Violation) and last == Violation(text, notAlive=last.notAlive)
         assert conn.state.name == "FAILED"
     elif outcome == "accept":
         assert [type(e) for e in events] == [HelloReceived]

@@ -8,14 +8,23 @@ from __future__ import annotations
 import hashlib
 import os
 import random
-from collections.abc import AsyncIterator, Callable
-from typing import Any, TypeVar, cast
+from collections.abc import AsyncIterator
+from typing import Any, cast
 
 import pytest
-import pytest_twisted
-from twisted.internet.address import IPv4Address
+from support import (
+    LOOPBACK,
+    asyncYieldFixture,
+    elapse,
+    ensureDeferred,
+    getReactor,
+    listenEndpoint,
+    portOf,
+    waitFor,
+    within,
+)
 from twisted.internet.defer import Deferred, maybeDeferred
-from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
+from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import (
     IAddress,
@@ -23,14 +32,9 @@ from twisted.internet.interfaces import (
     IHalfCloseableProtocol,
     IListeningPort,
     IPushProducer,
-    IReactorCore,
-    IReactorTCP,
-    IReactorTime,
-    IStreamServerEndpoint,
     ITCPTransport,
 )
 from twisted.internet.protocol import Factory, Protocol, connectionDone
-from twisted.internet.task import deferLater
 from twisted.logger import ILogObserver, LogEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -44,43 +48,11 @@ from twisted_alive.testing.chaos import (
     parseFaults,
 )
 
-_F = TypeVar("_F", bound=Callable[..., Any])
-ensureDeferred = cast(Callable[[_F], _F], pytest_twisted.ensureDeferred)
-asyncYieldFixture = cast(Callable[[_F], _F], pytest_twisted.async_yield_fixture)
-
-LOOPBACK = "127.0.0.1"
 MiB = 1024 * 1024
-
-
-class _Reactor(IReactorTCP, IReactorTime, IReactorCore):
-    """The reactor interfaces these tests use."""
 
 
 class _Transport(ITCPTransport, IPushProducer, IConsumer):
     """The transport interfaces these tests use."""
-
-
-def _reactor() -> _Reactor:
-    from twisted.internet import reactor
-
-    return cast(_Reactor, reactor)
-
-
-def _listenEndpoint() -> IStreamServerEndpoint:
-    endpoint = cast(Callable[..., IStreamServerEndpoint], TCP4ServerEndpoint)
-    return endpoint(_reactor(), 0, interface=LOOPBACK)
-
-
-def _portOf(port: IListeningPort) -> int:
-    return cast(IPv4Address, port.getHost()).port
-
-
-def _within(d: Deferred[Any], seconds: float) -> Deferred[Any]:
-    return d.addTimeout(seconds, _reactor())
-
-
-async def _sleep(seconds: float) -> None:
-    await deferLater(_reactor(), seconds)
 
 
 class Peer(Protocol):
@@ -117,7 +89,7 @@ class Peer(Protocol):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.reason = reason
-        self.lostAt = _reactor().seconds()
+        self.lostAt = getReactor().seconds()
         self.lost.callback(cast("type[BaseException]", reason.type))
 
     def waitFor(self, count: int, seconds: float = 5.0) -> Deferred[bytes]:
@@ -127,7 +99,7 @@ class Peer(Protocol):
             d.callback(bytes(self.received))
         else:
             self._waiting.append((count, d))
-        return _within(d, seconds)
+        return within(d, seconds)
 
 
 @implementer(IHalfCloseableProtocol)
@@ -192,9 +164,9 @@ class Harness:
 
     async def server(self, peerClass: type[Peer] = Peer, echo: bool = True) -> PeerFactory:
         factory = PeerFactory(peerClass, echo)
-        port = await _listenEndpoint().listen(factory)
+        port = await listenEndpoint().listen(factory)
         self.ports.append(port)
-        factory.port = _portOf(port)
+        factory.port = portOf(port)
         self.factories.append(factory)
         return factory
 
@@ -211,35 +183,44 @@ class Harness:
         if targetPort is None:
             targetPort = server.port
         proxy = ChaosProxy(
-            TCP4ClientEndpoint(_reactor(), LOOPBACK, targetPort),
+            TCP4ClientEndpoint(getReactor(), LOOPBACK, targetPort),
             faults,
-            reactor=_reactor(),
+            reactor=getReactor(),
             seed=seed,
         )
         proxy.connections = Recording()
-        self.proxyPorts[proxy] = _portOf(await proxy.listen(_listenEndpoint()))
+        self.proxyPorts[proxy] = portOf(await proxy.listen(listenEndpoint()))
         self.proxies.append(proxy)
         return proxy, server
 
     async def connect(
-        self, proxy: ChaosProxy, peerClass: type[Peer] = Peer, accepted: bool = True
+        self,
+        proxy: ChaosProxy,
+        peerClass: type[Peer] = Peer,
+        accepted: bool = True,
+        reaching: PeerFactory | None = None,
     ) -> Peer:
         """
         Connect a client to the proxy; unless told it will not be C{accepted},
-        wait until the proxy accepted it, and set the client's C{pair}.
+        wait until the proxy accepted it, and set the client's C{pair}; given
+        the server it is C{reaching}, wait until the proxy connected it there.
         """
-        endpoint = TCP4ClientEndpoint(_reactor(), LOOPBACK, self.proxyPorts[proxy])
+        endpoint = TCP4ClientEndpoint(getReactor(), LOOPBACK, self.proxyPorts[proxy])
         client = cast(Peer, await endpoint.connect(PeerFactory(peerClass)))
         self.clients.append(client)
         address = client.tcp.getHost()
-        for _ in range(2000 if accepted else 0):
+
+        def paired() -> bool:
             for pair in cast(Recording, proxy.connections).seen:
                 if pair.clientAddress == address:
                     client.pair = pair
-                    return client
-            await _sleep(0.001)
+                    return True
+            return False
+
         if accepted:
-            raise AssertionError("the proxy did not accept the client")
+            await waitFor(paired, 5, "the proxy to accept the client", interval=0.001)
+        if reaching is not None:
+            await _connected(proxy, reaching, proxy.connectionsAccepted)
         return client
 
     async def stop(self) -> None:
@@ -253,12 +234,12 @@ class Harness:
                 peer.tcp.abortConnection()
         for peer in peers:
             if peer.reason is None:
-                await _within(peer.lost, 5)
+                await within(peer.lost, 5)
         for port in self.ports:
             await maybeDeferred(port.stopListening)
         for proxy in self.proxies:
             for connection in list(proxy.connections):
-                await _within(connection.whenEnded(), 5)
+                await within(connection.whenEnded(), 5)
 
 
 @asyncYieldFixture
@@ -271,11 +252,11 @@ async def harness() -> AsyncIterator[Harness]:
 
 async def _connected(proxy: ChaosProxy, server: PeerFactory, count: int = 1) -> None:
     """Wait until the proxy has reached the server C{count} times."""
-    for _ in range(500):
-        if proxy.connectionsProxied >= count and len(server.peers) >= count:
-            return
-        await _sleep(0.01)
-    raise AssertionError(f"{count} connections were not proxied")
+    await waitFor(
+        lambda: proxy.connectionsProxied >= count and len(server.peers) >= count,
+        5,
+        f"{count} connections to be proxied",
+    )
 
 
 async def _roundTrip(client: Peer, data: bytes = b"ping") -> None:
@@ -319,8 +300,7 @@ async def test_fragmentWritesSmallPieces(harness: Harness) -> None:
     """With fragment=1 each byte is its own write: the server reads many small chunks."""
     proxy, server = await harness.proxy(echo=False)
     proxy.setFragment(1)
-    client = await harness.connect(proxy)
-    await _connected(proxy, server)
+    client = await harness.connect(proxy, reaching=server)
     client.tcp.write(b"x" * 2000)
     received = await server.peers[0].waitFor(2000)
     assert received == b"x" * 2000
@@ -335,13 +315,13 @@ async def test_delayHoldsBytes(harness: Harness) -> None:
     client = await harness.connect(proxy)
     await _roundTrip(client)
     proxy.setDelay(0.2)
-    start = _reactor().seconds()
+    start = getReactor().seconds()
     await _roundTrip(client)
-    assert _reactor().seconds() - start >= 0.39
+    assert getReactor().seconds() - start >= 0.39
     proxy.setDelay(0)
-    start = _reactor().seconds()
+    start = getReactor().seconds()
     await _roundTrip(client)
-    assert _reactor().seconds() - start < 0.2
+    assert getReactor().seconds() - start < 0.2
 
 
 # -- resets, closes, half-closes ------------------------------------------------
@@ -357,12 +337,12 @@ async def test_resetAllGivesConnectionLost(harness: Harness) -> None:
     assert client.pair is not None
     ended = client.pair.whenEnded()
     proxy.resetAll()
-    clientReason = await _within(client.lost, 5)
-    serverReason = await _within(server.peers[0].lost, 5)
+    clientReason = await within(client.lost, 5)
+    serverReason = await within(server.peers[0].lost, 5)
     assert clientReason is ConnectionLost
     assert serverReason is ConnectionLost
     assert proxy.faultsInjected["reset"] == 1
-    await _within(ended, 5)
+    await within(ended, 5)
     assert proxy.connections == []
 
 
@@ -374,8 +354,8 @@ async def test_closeAllGivesConnectionDone(harness: Harness) -> None:
     client = await harness.connect(proxy)
     await _roundTrip(client)
     proxy.closeAll()
-    clientReason = await _within(client.lost, 5)
-    serverReason = await _within(server.peers[0].lost, 5)
+    clientReason = await within(client.lost, 5)
+    serverReason = await within(server.peers[0].lost, 5)
     assert clientReason is ConnectionDone
     assert serverReason is ConnectionDone
     assert proxy.faultsInjected["close"] == 1
@@ -391,7 +371,7 @@ async def test_resetOneConnection(harness: Harness) -> None:
     await _connected(proxy, server, 2)
     assert [c.number for c in proxy.connections] == [1, 2]
     proxy.connections[0].reset()
-    assert await _within(first.lost, 5) is ConnectionLost
+    assert await within(first.lost, 5) is ConnectionLost
     await _roundTrip(second)
     assert second.reason is None
     assert [c.number for c in proxy.connections] == [2]
@@ -405,7 +385,7 @@ async def test_halfCloseShutsTheClientWriteSide(harness: Harness) -> None:
     client = cast(HalfClosingPeer, await harness.connect(proxy, HalfClosingPeer))
     await _connected(proxy, server)
     proxy.halfClose()
-    await _within(client.readEnded, 5)
+    await within(client.readEnded, 5)
     client.tcp.write(b"still here")
     assert await server.peers[0].waitFor(10) == b"still here"
     assert client.reason is None
@@ -418,16 +398,15 @@ async def test_halfCloseShutsTheClientWriteSide(harness: Harness) -> None:
 async def test_halfCloseFromThePeerIsForwarded(harness: Harness) -> None:
     """A client's half-close reaches the server, whose reply and FIN reach the client."""
     proxy, server = await harness.proxy(peerClass=HalfClosingPeer, echo=False)
-    client = await harness.connect(proxy)
-    await _connected(proxy, server)
+    client = await harness.connect(proxy, reaching=server)
     target = cast(HalfClosingPeer, server.peers[0])
     client.tcp.write(b"question")
     client.tcp.loseWriteConnection()
-    await _within(target.readEnded, 5)
+    await within(target.readEnded, 5)
     assert target.received == b"question"
     target.tcp.write(b"answer")
     target.tcp.loseConnection()
-    reason = await _within(client.lost, 5)
+    reason = await within(client.lost, 5)
     assert client.received == b"answer"
     assert reason is ConnectionDone
     assert proxy.faultsInjected == dict.fromkeys(FAULT_KINDS, 0)
@@ -458,8 +437,8 @@ async def test_peerEndIsForwarded(
         first.tcp.abortConnection()
     else:
         first.tcp.loseConnection()
-    assert await _within(other.lost, 5) is expected
-    await _within(ended, 5)
+    assert await within(other.lost, 5) is expected
+    await within(ended, 5)
     assert proxy.connections == []
     assert proxy.faultsInjected == dict.fromkeys(FAULT_KINDS, 0)
 
@@ -472,7 +451,7 @@ async def test_targetRefusedResetsTheClient(harness: Harness) -> None:
     await maybeDeferred(harness.ports.pop().stopListening)
     proxy, _ = await harness.proxy(targetPort=closed.port)
     client = await harness.connect(proxy, accepted=False)
-    assert await _within(client.lost, 5) is ConnectionLost
+    assert await within(client.lost, 5) is ConnectionLost
     assert proxy.connectionsProxied == 0
 
 
@@ -490,7 +469,7 @@ async def test_stallThenResume(harness: Harness) -> None:
     proxy.stall(True)
     client.tcp.write(b"ping")
     target.tcp.write(b"push")
-    await _sleep(0.3)
+    await elapse(0.3)  # real time in which nothing may pass: the stall is the point
     assert client.received == b"ping"
     assert target.received == b"ping"
     assert client.reason is None and target.reason is None
@@ -507,10 +486,9 @@ async def test_stallCoversNewConnections(harness: Harness) -> None:
     """A connection accepted while the proxy is stalled passes nothing until resumed."""
     proxy, server = await harness.proxy()
     proxy.stall(True)
-    client = await harness.connect(proxy)
-    await _connected(proxy, server)
+    client = await harness.connect(proxy, reaching=server)
     client.tcp.write(b"hello")
-    await _sleep(0.2)
+    await elapse(0.2)  # real time in which nothing may pass: the stall is the point
     assert server.peers[0].received == b""
     assert client.received == b""
     proxy.stall(False)
@@ -524,7 +502,7 @@ async def test_acceptNewFalseRefusesConnections(harness: Harness) -> None:
     proxy, server = await harness.proxy()
     proxy.acceptNew(False)
     refused = await harness.connect(proxy, accepted=False)
-    assert await _within(refused.lost, 5) is ConnectionDone
+    assert await within(refused.lost, 5) is ConnectionDone
     assert refused.received == b""
     assert server.peers == []
     assert proxy.faultsInjected["refuse"] == 1
@@ -545,7 +523,7 @@ async def test_resetAfterWindow(harness: Harness) -> None:
     clients = [await harness.connect(proxy) for _ in range(5)]
     drawn = [c.pair.resetAfter for c in clients if c.pair is not None]
     for client, after in zip(clients, drawn, strict=True):
-        reason = await _within(client.lost, 5)
+        reason = await within(client.lost, 5)
         assert reason is ConnectionLost
         assert after is not None and 0.03 <= after <= 0.2
         assert client.pair is not None
@@ -566,12 +544,9 @@ async def test_faultBeforeTheTargetAnswers(
     """A fault due at once still ends the client as asked, even before the target connected."""
     proxy, _ = await harness.proxy(parseFaults(spec))
     client = await harness.connect(proxy, accepted=False)
-    assert await _within(client.lost, 5) is expected
+    assert await within(client.lost, 5) is expected
     assert client.received == b""
-    for _ in range(500):
-        if not proxy.connections:
-            break
-        await _sleep(0.01)
+    await waitFor(lambda: not proxy.connections, 5, "the connection to end")
     assert proxy.connections == []
 
 
@@ -581,7 +556,7 @@ async def test_closeAfterWindow(harness: Harness) -> None:
     """close-after closes the connection cleanly after the drawn time."""
     proxy, _ = await harness.proxy(Faults(closeAfter=(0.05, 0.05)))
     client = await harness.connect(proxy)
-    reason = await _within(client.lost, 5)
+    reason = await within(client.lost, 5)
     assert reason is ConnectionDone
     assert client.pair is not None
     assert 0.05 <= client.lostAt - client.pair.acceptedAt <= 0.2
@@ -594,10 +569,9 @@ async def test_stallAfterWindow(harness: Harness) -> None:
     proxy, _ = await harness.proxy(Faults(stallAfter=(0.05, 0.05)))
     client = await harness.connect(proxy)
     await _roundTrip(client)
-    await _sleep(0.15)
-    assert proxy.connections[0].stalled
+    await waitFor(lambda: proxy.connections[0].stalled, 0.15, "the stall")
     client.tcp.write(b"lost?")
-    await _sleep(0.2)
+    await elapse(0.2)  # real time in which nothing may pass: the stall is the point
     assert client.received == b"ping"
     assert client.reason is None
     proxy.connections[0].stall(False)
@@ -611,8 +585,8 @@ async def test_resetAfterBytes(harness: Harness) -> None:
     proxy, server = await harness.proxy(Faults(resetAfterBytes=10_000), echo=False)
     client = await harness.connect(proxy)
     client.tcp.write(os.urandom(100_000))
-    assert await _within(client.lost, 5) is ConnectionLost
-    assert await _within(server.peers[0].lost, 5) is ConnectionLost
+    assert await within(client.lost, 5) is ConnectionLost
+    assert await within(server.peers[0].lost, 5) is ConnectionLost
     assert proxy.bytesForwarded[Direction.TO_TARGET] == 10_000
     assert len(server.peers[0].received) <= 10_000
 
@@ -622,12 +596,11 @@ async def test_resetAfterBytes(harness: Harness) -> None:
 async def test_stallAfterBytes(harness: Harness) -> None:
     """stall-after-bytes forwards exactly that many bytes, then nothing, and closes nothing."""
     proxy, server = await harness.proxy(parseFaults("stall-after-bytes=5000"), echo=False)
-    client = await harness.connect(proxy)
-    await _connected(proxy, server)
+    client = await harness.connect(proxy, reaching=server)
     data = os.urandom(20_000)
     client.tcp.write(data)
     assert await server.peers[0].waitFor(5000) == data[:5000]
-    await _sleep(0.2)
+    await elapse(0.2)  # real time in which no byte more may pass
     assert server.peers[0].received == data[:5000]
     assert client.reason is None and server.peers[0].reason is None
     proxy.stall(False)
@@ -699,7 +672,7 @@ class Flood:
     def resumeProducing(self) -> None:
         self.paused = False
         if not self.stopped:
-            _reactor().callLater(0, self._write)
+            getReactor().callLater(0, self._write)
 
     def stopProducing(self) -> None:
         self.stopped = True
@@ -711,20 +684,26 @@ async def test_slowReaderPausesFastWriter(harness: Harness) -> None:
     """A target that does not read pauses the client through the proxy: nothing piles up."""
     proxy, server = await harness.proxy(peerClass=StubbornPeer, echo=False)
     proxy.setDelay(0.001)
-    client = await harness.connect(proxy)
-    await _connected(proxy, server)
+    client = await harness.connect(proxy, reaching=server)
     connection: ProxiedConnection = proxy.connections[0]
     limit = 512 * MiB
     flood = Flood(client, limit)
     stable = 0
     last = -1
-    for _ in range(300):
-        await _sleep(0.05)
+
+    def steady() -> bool:
+        """Whether the client has been paused, with nothing forwarded, for
+        five samples in a row (one a check, every 50 ms)."""
+        nonlocal stable, last
         forwarded = proxy.bytesForwarded[Direction.TO_TARGET]
         stable = stable + 1 if (flood.paused and forwarded == last) else 0
         last = forwarded
-        if stable >= 5:
-            break
+        return stable >= 5
+
+    try:
+        await waitFor(steady, 15, "the client to stay paused", interval=0.05)
+    except AssertionError:
+        pass  # the assertions below say what went wrong
     assert flood.paused, "the client was never paused"
     assert stable >= 5, "the proxy kept forwarding to a target that does not read"
     assert flood.written < limit
@@ -745,15 +724,20 @@ async def test_delayQueueIsBounded(harness: Harness) -> None:
     """Bytes held for a delay never exceed the queue limit: the sender is paused instead."""
     proxy, server = await harness.proxy(echo=False)
     proxy.setDelay(0.05)
-    client = await harness.connect(proxy)
-    await _connected(proxy, server)
+    client = await harness.connect(proxy, reaching=server)
     assert client.pair is not None
     flood = Flood(client, 2 * MiB)
     done = server.peers[0].waitFor(flood.limit, seconds=20)
     most = 0
-    while not done.called:
+
+    def delivered() -> bool:
+        """Whether everything arrived; samples the bytes held meanwhile."""
+        nonlocal most
+        assert client.pair is not None
         most = max(most, client.pair.bytesHeld[Direction.TO_TARGET])
-        await _sleep(0.005)
+        return done.called
+
+    await waitFor(delivered, 25, "the flood to arrive", interval=0.005)
     received = await done
     assert hashlib.sha256(received).digest() == flood.digest.digest()
     assert 0 < most <= proxy.queueLimit + 65536
@@ -870,7 +854,7 @@ def test_faultsRejectsBadValues(kwargs: dict[str, Any], message: str) -> None:
 
 def test_controlsRejectBadValues() -> None:
     """setDelay and setFragment refuse bad values before changing anything."""
-    proxy = ChaosProxy(TCP4ClientEndpoint(_reactor(), LOOPBACK, 1), reactor=_reactor(), seed=1)
+    proxy = ChaosProxy(TCP4ClientEndpoint(getReactor(), LOOPBACK, 1), reactor=getReactor(), seed=1)
     with pytest.raises(ValueError, match="delay must be a number of seconds >= 0"):
         proxy.setDelay(-0.5)
     with pytest.raises(ValueError, match="fragment must be a size in bytes >= 1"):

@@ -35,23 +35,33 @@ import signal
 import statistics
 import struct
 import subprocess
-import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any, cast
 
 import pytest
-import pytest_twisted
-from support import LogEvents, getReactor
-from twisted.internet import threads
+from support import (
+    LOOPBACK,
+    LogEvents,
+    Processes,
+    QuickReconnecting,
+    chaosSeed,
+    elapse,
+    ensureDeferred,
+    getReactor,
+    portOf,
+    readLine,
+    readReady,
+    waitFor,
+)
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint, connectProtocol
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
+from twisted.internet.interfaces import IConnector, IStreamServerEndpoint
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import Clock, LoopingCall, deferLater
 from twisted.python.failure import Failure
@@ -74,39 +84,6 @@ from twisted_alive.core.frames import (
 from twisted_alive.core.outcomes import DeliveryFailed, Receipt
 from twisted_alive.testing import ChaosProxy, Faults
 
-_F = TypeVar("_F", bound=Callable[..., Any])
-ensureDeferred = cast(Callable[[_F], _F], pytest_twisted.ensureDeferred)
-
-ROOT = Path(__file__).resolve().parent.parent
-PEERS = Path(__file__).resolve().parent / "peers"
-LOOPBACK = "127.0.0.1"
-
-
-
-def sleep(seconds: float) -> Deferred[None]:
-    """A Deferred that fires after C{seconds} of reactor time."""
-    return deferLater(getReactor(), seconds, lambda: None)
-
-
-async def until(check: Callable[[], bool], seconds: float, what: str) -> None:
-    """Wait (polling every 10 ms) until C{check()} is true, at most C{seconds}."""
-    deadline = time.monotonic() + seconds
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {seconds} s waiting for {what}")
-        await sleep(0.01)
-
-
-def portOf(port: IListeningPort) -> int:
-    """The TCP port number C{port} listens on."""
-    return cast(IPv4Address, port.getHost()).port
-
-
-def chaosSeed() -> int:
-    """The proxy's seed: C{ALIVE_CHAOS_SEED} to replay a run, else random."""
-    value = os.environ.get("ALIVE_CHAOS_SEED")
-    return int(value) if value else random.SystemRandom().randrange(2**32)
-
 
 def rssKiB(pid: int) -> int:
     """The resident set size of process C{pid}, in KiB (``VmRSS``)."""
@@ -119,72 +96,12 @@ def rssKiB(pid: int) -> int:
 # -- server processes ------------------------------------------------------------------
 
 
-class Processes:
-    """Peer processes of one test, each in its own session; killed by group at the end."""
-
-    def __init__(self) -> None:
-        self.started: list[subprocess.Popen[str]] = []
-
-    def start(self, script: str, *args: object) -> subprocess.Popen[str]:
-        """Start C{tests/peers/<script>} with C{args}."""
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
-        process = subprocess.Popen(
-            [sys.executable, str(PEERS / script), *map(str, args)],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env=env,
-            start_new_session=True,
-        )
-        self.started.append(process)
-        return process
-
-    def kill(self, process: subprocess.Popen[str]) -> None:
-        """SIGKILL the process group of C{process} and reap it."""
-        try:
-            os.killpg(process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        process.wait(timeout=10)
-
-    def killAll(self) -> None:
-        """SIGKILL every process group; close the pipes."""
-        for process in self.started:
-            self.kill(process)
-            if process.stdout is not None:
-                process.stdout.close()
-
-
-@pytest.fixture
-def processes() -> Iterator[Processes]:
-    """Peer processes, killed by process group when the test ends."""
-    started = Processes()
-    try:
-        yield started
-    finally:
-        started.killAll()
-
-
-async def readLine(process: subprocess.Popen[str], seconds: float = 15.0) -> str:
-    """The next line C{process} prints (read in a thread, bounded in time)."""
-    assert process.stdout is not None
-    d = threads.deferToThread(process.stdout.readline)
-    line = cast(str, await d.addTimeout(seconds, getReactor()))
-    if not line:
-        raise AssertionError(f"process {process.pid} exited (status {process.poll()})")
-    return line.strip()
-
-
 async def startServer(processes: Processes, port: int, interval: float, *args: object) -> tuple[
     subprocess.Popen[str], int
 ]:
     """Start C{session_server.py} on C{port}; return it and the port it listens on."""
-    process = processes.start("session_server.py", LOOPBACK, port, interval, *args)
-    line = await readLine(process)
-    assert line.startswith("READY "), line
-    return process, int(line.split()[1])
+    process = processes.startPeer("session_server.py", LOOPBACK, port, interval, *args)
+    return process, await readReady(process)
 
 
 async def serverStatus(process: subprocess.Popen[str]) -> dict[str, Any]:
@@ -267,6 +184,12 @@ class RestartingClient(AliveClientFactory):
     initialDelay = 0.05
     maxDelay = 0.25
     quickDelay = 0.01
+    refused = 0
+
+    def clientConnectionFailed(self, connector: IConnector, reason: Failure) -> None:
+        """Count the attempts that failed (the server is down), then retry."""
+        self.refused += 1
+        super().clientConnectionFailed(connector, reason)
 
 
 @dataclass
@@ -334,29 +257,33 @@ async def test_serverKilledAndRestarted(processes: Processes, tmp_path: Path) ->
             tokenA = factory.session.token
             started = reactor.seconds()
             numbers = iter(range(count))
+            sent = 0
 
             def sendNext() -> None:
+                nonlocal sent
                 number = next(numbers, None)
                 if number is None:
                     sender.stop()
                 else:
                     app.send(number)
+                    sent += 1
 
             sender = LoopingCall(sendNext)
             sending = sender.start(0.004)
             # Server A records message `hold`, then hangs on it; more messages
             # pile up behind it. Then it is killed: `hold` was acted upon but
             # never confirmed, the others were sent but not processed.
-            await until(lambda: hold in readNumbers(first), 20, f"message {hold} on disk")
-            await sleep(0.2)
+            await waitFor(lambda: hold in readNumbers(first), 20, f"message {hold} on disk")
+            await waitFor(lambda: sent >= hold + 50, 5, "messages sent behind the held one")
             processes.kill(serverA)
             killedAt = reactor.seconds()
-            await until(lambda: factory.connected is None, 5, "the client to notice the kill")
-            await sleep(0.2)  # a few refused connection attempts
+            await waitFor(lambda: factory.connected is None, 5, "the client to notice the kill")
+            refused = factory.refused
+            await waitFor(lambda: factory.refused >= refused + 3, 5, "refused connection attempts")
             serverB, portB = await startServer(processes, port, 0.25, "--received", second)
             assert portB == port
             restartedAt = reactor.seconds()
-            await until(lambda: len(app.confirmedIn) == count, 30, "every confirmation")
+            await waitFor(lambda: len(app.confirmedIn) == count, 30, "every confirmation")
             await sending
             seconds = reactor.seconds() - started
             tokenB = factory.session.token
@@ -443,17 +370,10 @@ class ChaosServer(AliveServerFactory):
             self.sent.append(proto.sendMessage(b"%d" % len(self.sent)))
 
 
-class ChaosClient(AliveClientFactory):
+class ChaosClient(QuickReconnecting):
     """Records what the server sends; reconnects at once."""
 
     protocol = ChaosPeer
-    initialDelay = 0.01
-    maxDelay = 0.1
-    quickDelay = 0.01
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.received: list[int] = []
 
     def opened(self, proto: HeartbeatMixin) -> None:
         """Nothing to do on the client side."""
@@ -471,26 +391,28 @@ class Monkey:
         """Resets (with fragmentation and delay throughout), short stalls, one
         long stall, then resets again until C{finished()}."""
         proxy = self.proxy
-        await sleep(2.0)  # phase 1: every connection reset after 30-300 ms
+        # The phases last given stretches of real time, with traffic going
+        # on: the schedule of faults is what the test runs the client through.
+        await elapse(2.0)  # phase 1: every connection reset after 30-300 ms
         proxy.faults = Faults()
-        await sleep(0.5)
+        await elapse(0.5)
         for _ in range(3):  # phase 2: stalls shorter than the deadline
             proxy.stall(True)
             self.injected["short stall"] += 1
-            await sleep(CHAOS_DEADLINE / 4)
+            await elapse(CHAOS_DEADLINE / 4)
             proxy.stall(False)
-            await sleep(0.3)
+            await elapse(0.3)
         timeouts = self.client.losses.get(Reason.TIMEOUT, 0)
         proxy.stall(True)  # phase 3: a stall longer than the deadline
         self.injected["long stall"] += 1
-        await until(
+        await waitFor(
             lambda: self.client.losses.get(Reason.TIMEOUT, 0) > timeouts,
             CHAOS_DEADLINE + 3,
             "the client to declare TIMEOUT",
         )
         proxy.stall(False)
         proxy.faults = CHAOS_RESETS  # phase 4: resets again
-        await until(finished, 60, "every message each way")
+        await waitFor(finished, 60, "every message each way")
 
 
 @pytest.mark.slow
@@ -547,7 +469,9 @@ async def test_chaosBothWays() -> None:
         await proxy.stopListening()
         proxy.resetAll()
         await maybeDeferred(port.stopListening)
-        await sleep(0.05)
+        await waitFor(
+            lambda: not proxy.connections and not server.connections, 5, "every connection to end"
+        )
     await sending
     assert server.received == list(range(CHAOS_MESSAGES))
     assert client.received == list(range(CHAOS_MESSAGES))
@@ -664,25 +588,23 @@ async def test_blockingCallIsNotTimeout(processes: Processes) -> None:
     peer declared dead, and the local stall is logged as such."""
     reactor = getReactor()
     # The peer tolerates 20 of our 0.2 s intervals of silence; we allow it 3.
-    peer = processes.start("alive_peer.py", "server", LOOPBACK, 0, 0.2, "echo", "--misses", 20)
-    line = await readLine(peer)
-    assert line.startswith("READY "), line
+    peer = processes.startPeer("alive_peer.py", "server", LOOPBACK, 0, 0.2, "echo", "--misses", 20)
     proto = Echoed()
-    endpoint = TCP4ClientEndpoint(reactor, LOOPBACK, int(line.split()[1]), timeout=5)
+    endpoint = TCP4ClientEndpoint(reactor, LOOPBACK, await readReady(peer), timeout=5)
     await connectProtocol(endpoint, proto)
     await proto.whenOpened()
     await proto.sendMessage(b"before")
     with LogEvents("stall") as stalls:
-        blocked = deferLater(reactor, 0.05, time.sleep, 1.0)
+        blocked = deferLater(reactor, 0.05, time.sleep, 1.0)  # the reactor really blocks
         await blocked
-        await sleep(1.0)  # several deadlines after the block
+        await elapse(1.0)  # real time: several deadlines after the block, and no TIMEOUT
     assert proto.loss is None
     assert stalls.events, "no stall was logged"
     longest = max(cast(float, e["seconds"]) for e in stalls.events)
     assert 0.7 < longest < 1.5
     receipt = await proto.sendMessage(b"after")
     assert receipt.seq == 2
-    await until(lambda: proto.received == [b"before", b"after"], 5, "the echoes")
+    await waitFor(lambda: proto.received == [b"before", b"after"], 5, "the echoes")
     loss = await proto.close()
     assert loss.reason is Reason.LOCAL_CLOSE
     print(f"\nblocked 1.0 s with a 0.6 s deadline: no TIMEOUT; stall logged {longest:.3f} s")
@@ -873,7 +795,9 @@ async def test_abuse(processes: Processes, tmp_path: Path) -> None:
     try:
         await good.whenConnected()
         sending = sender.start(0.01)
-        await sleep(0.5)  # warm up: the good client is served
+        await waitFor(  # warm up: the good client is served
+            lambda: sum(d.called for d in goodSent) >= 20, 5, "the good client to be served"
+        )
         before = rssKiB(server.pid)
         rounds: list[tuple[int, dict[str, float], float]] = []
         expected: Counter[str] = Counter()
@@ -886,7 +810,7 @@ async def test_abuse(processes: Processes, tmp_path: Path) -> None:
             def recorded(peers: set[str] = peers) -> bool:
                 return peers <= {r["peer"] for r in readJSONLines(lossesFile)}
 
-            await until(recorded, 5, "the server's records of every abuser")
+            await waitFor(recorded, 5, "the server's records of every abuser")
             records = {r["peer"]: r for r in readJSONLines(lossesFile)}
             longest = checkRound(crowd, records)
             rounds.append((rssKiB(server.pid), longest, reactor.seconds() - started))
@@ -918,7 +842,6 @@ async def test_abuse(processes: Processes, tmp_path: Path) -> None:
         f"before {before} KiB, after round 1 {after1} KiB, after round 2 {after2} KiB; good "
         f"client: {len(goodSent)} messages, all confirmed, 1 connection (seed {seed})"
     )
-
 
 
 # -- session churn: the cost of a new session does not grow with the table -----------
@@ -1017,14 +940,15 @@ async def test_wrongCAFailsPendingAtOnce(tmp_path: Path) -> None:
         reactor.connectSSL(LOOPBACK, portOf(port), factory, options, timeout=5)
         results = await DeferredList(pending, consumeErrors=True).addTimeout(10, reactor)
         took = reactor.seconds() - started
-        await sleep(1.0)
+        await elapse(1.0)  # real time in which the factory must not try again
     finally:
         factory.stopTrying()
         await port.stopListening()
-    failures = [r.value for ok, r in results if not ok]
-    assert len(failures) == 1000
-    assert all(isinstance(f, DeliveryFailed) for f in failures)
-    losses = {(f.loss.reason, f.loss.cause, f.loss.detail) for f in failures}
+    errors = [cast(Failure, r).value for ok, r in results if not ok]
+    assert len(errors) == 1000
+    lost = [f.loss for f in errors if isinstance(f, DeliveryFailed) and f.loss is not None]
+    assert len(lost) == 1000
+    losses = {(loss.reason, loss.cause, loss.detail) for loss in lost}
     assert losses == {
         (
             Reason.CONNECT_FAILED,

@@ -233,4 +233,4 @@ class TableMachine(RuleBasedStateMachine):
 
 
 TestTableAgainstModel = TableMachine.TestCase
-TestTableAgainstModel.pytestmark = [pytest.mark.slow]
+TestTableAgainstModel.pytestmark = [pytest.mark.slow]  # type: ignore[attr-defined]

@@ -10,45 +10,33 @@ Run with C{-s} to see the figures (messages, connections, seconds, rate).
 
 from __future__ import annotations
 
-import os
-import random
 from collections.abc import AsyncIterator, Callable
-from typing import Any, TypeVar, cast
+from typing import cast
 
 import pytest
-import pytest_twisted
-from support import getReactor
+from support import (
+    LOOPBACK,
+    QuickReconnecting,
+    asyncYieldFixture,
+    chaosSeed,
+    elapse,
+    ensureDeferred,
+    getReactor,
+    portOf,
+    waitFor,
+)
 from twisted.application.internet import ClientService
-from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, DeferredList, gatherResults, maybeDeferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
 from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
-from twisted.internet.task import deferLater
 
 from twisted_alive._factories import AliveClientFactory, AliveServerFactory
 from twisted_alive._mixin import HeartbeatProtocol
 from twisted_alive.core.outcomes import Receipt
 from twisted_alive.testing.chaos import ChaosProxy, Faults
 
-_F = TypeVar("_F", bound=Callable[..., Any])
-ensureDeferred = cast(Callable[[_F], _F], pytest_twisted.ensureDeferred)
-asyncYieldFixture = cast(Callable[[_F], _F], pytest_twisted.async_yield_fixture)
-
-LOOPBACK = "127.0.0.1"
 MESSAGES = 10_000
 RESET_AFTER = (0.03, 0.2)
-
-
-
-def portOf(port: IListeningPort) -> int:
-    """The TCP port number C{port} listens on."""
-    return cast(IPv4Address, port.getHost()).port
-
-
-def chaosSeed() -> int:
-    """The proxy's seed: C{ALIVE_CHAOS_SEED} to replay a run, else random."""
-    value = os.environ.get("ALIVE_CHAOS_SEED")
-    return int(value) if value else random.SystemRandom().randrange(2**32)
 
 
 class Recorder(HeartbeatProtocol):
@@ -66,7 +54,7 @@ class Recorder(HeartbeatProtocol):
         factory.received.append(number)
         every = factory.pauseEvery
         if every and number % every == every - 1:
-            return deferLater(getReactor(), 0.004, lambda: None)
+            return elapse(0.004)  # a handler that really takes time now and then
         return None
 
 
@@ -88,17 +76,13 @@ class ServerFactory(AliveServerFactory):
         self.started.callback(None)
 
 
-class ClientFactory(AliveClientFactory):
+class ClientFactory(QuickReconnecting):
     """Records what the server sends."""
 
     protocol = Recorder
-    initialDelay = 0.01
-    maxDelay = 0.1
-    quickDelay = 0.01
 
     def __init__(self) -> None:
         super().__init__()
-        self.received: list[int] = []
         self.pauseEvery = 0
 
     def start(self, proto: HeartbeatProtocol) -> None:
@@ -140,7 +124,12 @@ class Rig:
             self.proxy.resetAll()
         for port in self.ports:
             await maybeDeferred(port.stopListening)
-        await deferLater(self.reactor, 0.05, lambda: None)
+        proxy = self.proxy
+        await waitFor(
+            lambda: not self.server.connections and (proxy is None or not proxy.connections),
+            5,
+            "every connection to end",
+        )
 
     def report(self, direction: str, seconds: float) -> None:
         """Print the figures of a run."""
@@ -193,7 +182,7 @@ async def test_clientToServerThroughResets(rig: Rig) -> None:
     # Paced over about two seconds, so that many connections carry them.
     for batch in range(0, MESSAGES, 100):
         ds.extend(rig.client.sendMessage(b"%d" % i) for i in range(batch, batch + 100))
-        await deferLater(reactor, 0.02, lambda: None)
+        await elapse(0.02)  # pacing in real time: the point is to span many connections
     receipts = await confirmedOnce(ds, 60)
     seconds = reactor.seconds() - started
     assert rig.server.received == list(range(MESSAGES))

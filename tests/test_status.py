@@ -6,58 +6,37 @@ real client connections.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
-from typing import Any, TypeVar, cast
+from collections.abc import AsyncIterator
+from typing import Any
 
 import prometheus_client
 import pytest
-import pytest_twisted
 import treq
 from prometheus_client.parser import text_string_to_metric_families
-from twisted.internet.address import IPv4Address
+from support import (
+    LOOPBACK,
+    Collecting,
+    CollectingFactory,
+    asyncYieldFixture,
+    connectCollecting,
+    ensureDeferred,
+    listenEndpoint,
+    portOf,
+    waitFor,
+)
 from twisted.internet.defer import gatherResults, maybeDeferred
-from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.interfaces import (
     IListeningPort,
-    IReactorCore,
-    IReactorTCP,
-    IReactorTime,
-    IStreamServerEndpoint,
 )
-from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
-from twisted_alive._factories import AliveClientFactory, AliveServerFactory, tokenPrefix
-from twisted_alive._mixin import HeartbeatMixin, HeartbeatProtocol
+from twisted_alive._factories import AliveServerFactory, tokenPrefix
+from twisted_alive._mixin import HeartbeatMixin
 from twisted_alive._reasons import Loss, Reason
 from twisted_alive.service.status import StatusSite, statusSite
 from twisted_alive.service.tap import EchoProtocol
 
-_F = TypeVar("_F", bound=Callable[..., Any])
-ensureDeferred = cast(Callable[[_F], _F], pytest_twisted.ensureDeferred)
-asyncYieldFixture = cast(Callable[[_F], _F], pytest_twisted.async_yield_fixture)
-
-LOOPBACK = "127.0.0.1"
 INTERVAL = 0.1
-
-
-class _Reactor(IReactorTCP, IReactorTime, IReactorCore):
-    """The reactor interfaces these tests use."""
-
-
-def _reactor() -> _Reactor:
-    from twisted.internet import reactor
-
-    return cast(_Reactor, reactor)
-
-
-def _listenEndpoint() -> IStreamServerEndpoint:
-    endpoint = cast(Callable[..., IStreamServerEndpoint], TCP4ServerEndpoint)
-    return endpoint(_reactor(), 0, interface=LOOPBACK)
-
-
-def _portOf(port: IListeningPort) -> int:
-    return cast(IPv4Address, port.getHost()).port
 
 
 class FastEcho(EchoProtocol):
@@ -66,21 +45,14 @@ class FastEcho(EchoProtocol):
     heartbeatInterval = INTERVAL
 
 
-class Collecting(HeartbeatProtocol):
-    """A client that records what the server sends it."""
+class FastCollecting(Collecting):
+    """The recording client with a short heartbeat interval."""
 
     heartbeatInterval = INTERVAL
 
-    def messageReceived(self, payload: bytes) -> None:
-        self.factory.received.append(payload)
 
-
-class CollectingFactory(AliveClientFactory):
-    protocol = Collecting
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.received: list[bytes] = []
+class FastCollectingFactory(CollectingFactory):
+    protocol = FastCollecting
 
 
 class Harness:
@@ -97,19 +69,17 @@ class Harness:
         self.statusPort = 0
 
     async def start(self) -> None:
-        port = await _listenEndpoint().listen(self.factory)
+        port = await listenEndpoint().listen(self.factory)
         self.ports.append(port)
-        self.serverPort = _portOf(port)
-        port = await _listenEndpoint().listen(self.site)
+        self.serverPort = portOf(port)
+        port = await listenEndpoint().listen(self.site)
         self.ports.append(port)
-        self.statusPort = _portOf(port)
+        self.statusPort = portOf(port)
 
     async def client(self) -> tuple[CollectingFactory, HeartbeatMixin]:
-        factory = CollectingFactory()
+        factory = FastCollectingFactory()
         self.clients.append(factory)
-        _reactor().connectTCP(LOOPBACK, self.serverPort, factory)
-        proto = await factory.whenConnected().addTimeout(5, _reactor())
-        return factory, proto
+        return await connectCollecting(self.serverPort, factory, timeout=5)
 
     def url(self, path: str) -> str:
         return f"http://{LOOPBACK}:{self.statusPort}{path}"
@@ -144,15 +114,6 @@ async def harness() -> AsyncIterator[Harness]:
     await h.start()
     yield h
     await h.stop()
-
-
-async def _eventually(check: Callable[[], Any], seconds: float = 5.0) -> None:
-    """Wait until C{check()} (a coroutine function) returns true."""
-    reactor = _reactor()
-    deadline = reactor.seconds() + seconds
-    while not await check():
-        assert reactor.seconds() < deadline, "condition not met in time"
-        await deferLater(reactor, 0.02)
 
 
 @pytest.mark.timeout(20)
@@ -219,7 +180,7 @@ async def test_metricsCountMessagesAndConnections(harness: Harness) -> None:
         metrics = await harness.metrics()
         return metrics[("twisted_alive_messages_confirmed_total", ())] == 5
 
-    await _eventually(echoed)
+    await waitFor(echoed)
     assert sorted(client.received) == [b"m%d" % i for i in range(5)]
     metrics = await harness.metrics()
     assert metrics[("twisted_alive_connections", (("state", "open"),))] == 1
@@ -248,7 +209,7 @@ async def test_lossesAndTotalsSurviveEndedSessions(harness: Harness) -> None:
         metrics = await harness.metrics()
         return metrics[("twisted_alive_messages_confirmed_total", ())] == 3
 
-    await _eventually(confirmed)
+    await waitFor(confirmed)
     before = await harness.metrics()
     await client.close()
     loss: Loss = await server.whenLost()
@@ -276,7 +237,7 @@ async def test_heartbeatRoundTripHistogram(harness: Harness) -> None:
         metrics = await harness.metrics()
         return metrics[("twisted_alive_heartbeat_rtt_seconds_count", ())] >= 2
 
-    await _eventually(sampled)
+    await waitFor(sampled)
     metrics = await harness.metrics()
     assert 0 < metrics[("twisted_alive_heartbeat_rtt_seconds_sum", ())] < 1
     assert metrics[("twisted_alive_heartbeat_rtt_seconds_bucket", (("le", "+Inf"),))] >= 2
@@ -298,7 +259,7 @@ async def test_observerOnlyWhileListening() -> None:
 
     log.debug("pong", rtt=0.5, event="pong")
     assert count() == 0
-    port = await _listenEndpoint().listen(site)
+    port = await listenEndpoint().listen(site)
     try:
         log.debug("pong", rtt=0.5, event="pong")
         other.debug("pong", rtt=0.5, event="pong")
@@ -367,7 +328,6 @@ async def test_metricsContentType(harness: Harness) -> None:
     (contentType,) = response.headers.getRawHeaders(b"content-type")
     assert contentType.startswith(b"application/openmetrics-text")
     assert (await response.content()).endswith(b"# EOF\n")
-
 
 
 @pytest.mark.timeout(20)

@@ -17,12 +17,12 @@ import resource
 import selectors
 import socket
 import subprocess
-import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
-from support import environment, killGroup
+from support import LOOPBACK, TWISTD, killGroup, startProcess
 
 from twisted_alive.core.frames import (
     DEFAULT_MAX_FRAME_SIZE,
@@ -33,10 +33,8 @@ from twisted_alive.core.frames import (
     encode,
 )
 
-LOOPBACK = "127.0.0.1"
 CLIENTS = 2000
 BOUND = 5.0
-TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
 
 
 def clientHello() -> bytes:
@@ -76,8 +74,8 @@ def storm(port: int, count: int, deadline: float) -> list[float]:
             selector.register(sock, selectors.EVENT_WRITE)
         while decoders and time.monotonic() - started < deadline:
             for key, mask in selector.select(timeout=0.1):
+                assert isinstance(key.fileobj, socket.socket)
                 sock = key.fileobj
-                assert isinstance(sock, socket.socket)
                 if mask & selectors.EVENT_WRITE:
                     if sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
                         raise AssertionError("a connect failed")
@@ -98,28 +96,42 @@ def storm(port: int, count: int, deadline: float) -> list[float]:
     return answered
 
 
-def startTwistd(tmp: Path, *args: str) -> tuple[subprocess.Popen[bytes], int]:
-    """Start ``twistd -n alive ARGS`` (its log in ``tmp``); return it and its port once
-    it listens."""
-    log = tmp / "twistd.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [*TWISTD, "-n", "--pidfile=", "alive", *args],
-            cwd=tmp,
-            env=environment(),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    limit = time.monotonic() + 30
-    while time.monotonic() < limit:
-        match = re.search(r"--listen listening on [\d.]+:(\d+)", log.read_text(errors="replace"))
-        if match:
-            return process, int(match.group(1))
-        assert process.poll() is None, log.read_text(errors="replace")
-        time.sleep(0.05)
-    killGroup(process)
-    raise AssertionError("twistd did not start listening:\n" + log.read_text(errors="replace"))
+class Log(threading.Thread):
+    """Copies a process's output to a file, line by line, and tells when the
+    line giving the port it listens on went by."""
+
+    def __init__(self, process: subprocess.Popen[str], path: Path) -> None:
+        super().__init__(daemon=True)
+        self.process = process
+        self.path = path
+        self.port: int | None = None
+        self.listening = threading.Event()
+        """Set once the port is known, or the output ended."""
+
+    def run(self) -> None:
+        assert self.process.stdout is not None
+        with self.path.open("w") as out:
+            for line in self.process.stdout:
+                out.write(line)
+                out.flush()
+                match = re.search(r"--listen listening on [\d.]+:(\d+)", line)
+                if match and self.port is None:
+                    self.port = int(match.group(1))
+                    self.listening.set()
+        self.listening.set()
+
+
+def startTwistd(tmp: Path, *args: str) -> tuple[subprocess.Popen[str], int, Log]:
+    """Start ``twistd -n alive ARGS`` (its output copied to ``tmp/twistd.log``);
+    return it, its port once it listens, and the copier."""
+    process = startProcess(*TWISTD, "-n", "--pidfile=", "alive", *args, cwd=tmp)
+    log = Log(process, tmp / "twistd.log")
+    log.start()
+    if not log.listening.wait(30) or log.port is None:
+        killGroup(process)
+        log.join(10)
+        raise AssertionError("twistd did not start listening:\n" + log.path.read_text())
+    return process, log.port, log
 
 
 @pytest.mark.slow
@@ -128,11 +140,12 @@ def test_reconnectStormServed(tmp_path: Path) -> None:
     """2,000 simultaneous connects against twistd -n alive (default options) all get their
     HELLO answered within 5 s."""
     raiseFileLimit(2 * CLIENTS + 256)
-    process, port = startTwistd(tmp_path, "--listen", f"tcp:0:interface={LOOPBACK}")
+    process, port, output = startTwistd(tmp_path, "--listen", f"tcp:0:interface={LOOPBACK}")
     try:
         answered = storm(port, CLIENTS, deadline=BOUND + 10)
     finally:
         killGroup(process)
+        output.join(10)
     log = (tmp_path / "twistd.log").read_text(errors="replace")
     assert "Traceback" not in log
     assert len(answered) == CLIENTS, f"{len(answered)}/{CLIENTS} answered in {BOUND + 10} s"

@@ -5,13 +5,14 @@ connection's ``TimeoutMixin`` timer.
 
 from __future__ import annotations
 
-from typing import Any
+from functools import partial
+from typing import Any, cast
 
 import pytest
 from twisted.internet.error import AlreadyCalled, AlreadyCancelled
 from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.task import Clock
-from twisted.logger import LogLevel, globalLogPublisher
+from twisted.logger import ILogObserver, LogLevel, globalLogPublisher
 from zope.interface.verify import verifyObject
 
 from twisted_alive._timers import RESOLUTION, TimerWheel, wheelFor
@@ -36,7 +37,7 @@ def test_callsDueTogetherShareOneClockCall() -> None:
     run in the order they were scheduled."""
     timers, clock, ran = wheel()
     for i in range(1000):
-        timers.callLater(2.0, lambda i=i: ran.append(str(i)))
+        timers.callLater(2.0, partial(ran.append, str(i)))
     assert len(clock.getDelayedCalls()) == 1
     assert timers.pending() == 1000
     clock.advance(1.999)
@@ -125,14 +126,15 @@ def test_raisingCallIsLoggedAndOthersRun() -> None:
     """A call that raises is logged; the others due with it still run."""
     timers, clock, ran = wheel()
     events: list[dict[str, Any]] = []
-    globalLogPublisher.addObserver(events.append)
+    observer = cast(ILogObserver, events.append)
+    globalLogPublisher.addObserver(observer)
     try:
         timers.callLater(1.0, lambda: ran.append("before"))
         timers.callLater(1.0, lambda: 1 / 0)
         timers.callLater(1.0, lambda: ran.append("after"))
         clock.advance(1.0)
     finally:
-        globalLogPublisher.removeObserver(events.append)
+        globalLogPublisher.removeObserver(observer)
     assert ran == ["before", "after"]
     [failure] = [e for e in events if e.get("log_level") is LogLevel.critical]
     assert failure["log_failure"].check(ZeroDivisionError)
@@ -175,11 +177,12 @@ def test_cancelWhileItsTimeRunsBesideANewCallOfThatTime() -> None:
     timers.callLater(1.0, first)
     calls["second"] = timers.callLater(1.0, lambda: ran.append("second"))
     events: list[dict[str, Any]] = []
-    globalLogPublisher.addObserver(events.append)
+    observer = cast(ILogObserver, events.append)
+    globalLogPublisher.addObserver(observer)
     try:
         clock.advance(1.0)
     finally:
-        globalLogPublisher.removeObserver(events.append)
+        globalLogPublisher.removeObserver(observer)
     assert ran == ["first", "new"]
     assert [e for e in events if e.get("log_level") is LogLevel.critical] == []
 

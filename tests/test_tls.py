@@ -11,23 +11,20 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import cast
 
 import pytest
-import pytest_twisted
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from support import getReactor
+from support import LOOPBACK, elapse, ensureDeferred, getReactor, portOf
 from twisted.application.internet import ClientService
-from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.endpoints import clientFromString, connectProtocol, serverFromString
 from twisted.internet.interfaces import IListeningPort
-from twisted.internet.task import deferLater
 
 from twisted_alive._factories import AliveClientFactory, AliveServerFactory
 from twisted_alive._mixin import HeartbeatMixin, HeartbeatProtocol
@@ -35,14 +32,8 @@ from twisted_alive._reasons import Loss, Reason
 from twisted_alive.core.frames import GoodbyeCode
 from twisted_alive.core.outcomes import DeliveryFailed
 
-_F = TypeVar("_F", bound=Callable[..., Any])
-ensureDeferred = cast(Callable[[_F], _F], pytest_twisted.ensureDeferred)
-
-LOOPBACK = "127.0.0.1"
-
 # Twisted's ssl:/tls: endpoints still hand pyOpenSSL objects to pyOpenSSL.
 pytestmark = pytest.mark.filterwarnings("ignore:Passing pyOpenSSL:DeprecationWarning")
-
 
 
 class Certificate:
@@ -151,11 +142,6 @@ def listening(certificate: Certificate) -> Iterator[tuple[Server, Deferred[IList
     port.addCallback(lambda p: p.stopListening())
 
 
-def portNumber(port: IListeningPort) -> int:
-    """The TCP port number C{port} listens on."""
-    return cast(IPv4Address, port.getHost()).port
-
-
 @pytest.mark.timeout(20)
 @ensureDeferred
 async def test_tlsClientMessagesAndGoodbye(
@@ -164,7 +150,7 @@ async def test_tlsClientMessagesAndGoodbye(
     """Over tls: (host name and trust roots checked), messages are confirmed and a
     GOODBYE is CLEAN_CLOSE at the server, LOCAL_CLOSE at the client."""
     server, listened = listening
-    port = portNumber(await listened)
+    port = portOf(await listened)
     reactor = getReactor()
     endpoint = clientFromString(
         reactor, f"tls:{LOOPBACK}:{port}:trustRoots={certificate.directory}:timeout=5"
@@ -193,7 +179,7 @@ async def test_sslClient(
 ) -> None:
     """The older ssl: client endpoint string works too (certificate checked against caCertsDir)."""
     server, listened = listening
-    port = portNumber(await listened)
+    port = portOf(await listened)
     endpoint = clientFromString(
         getReactor(),
         f"ssl:host={LOOPBACK}:port={port}:caCertsDir={certificate.directory}:timeout=5",
@@ -215,7 +201,7 @@ async def test_peerAbortOverTLSIsNotClean(
     """A TLS peer that aborts (no GOODBYE, no TLS close) is RESET or PEER_CLOSED, never
     CLEAN_CLOSE, and the messages in flight fail."""
     server, listened = listening
-    port = portNumber(await listened)
+    port = portOf(await listened)
     endpoint = clientFromString(
         getReactor(), f"tls:{LOOPBACK}:{port}:trustRoots={certificate.directory}:timeout=5"
     )
@@ -250,7 +236,7 @@ async def test_sessionResumesOverTLS(
     """Under ClientService with a tls: endpoint, a session survives a server-side abort:
     the client resumes it, and every message reaches the server once, in order."""
     server, listened = listening
-    port = portNumber(await listened)
+    port = portOf(await listened)
     reactor = getReactor()
     endpoint = clientFromString(
         reactor, f"tls:{LOOPBACK}:{port}:trustRoots={certificate.directory}:timeout=5"
@@ -261,7 +247,7 @@ async def test_sessionResumesOverTLS(
     try:
         first = await factory.whenConnected()
         ds = [factory.sendMessage(b"%d" % i) for i in range(200)]
-        await deferLater(reactor, 0.01, lambda: None)
+        await elapse(0.01)  # real time for some messages to be in flight when the abort comes
         for proto in list(server.connections):
             proto.abort("an abort in the middle")
         ds += [factory.sendMessage(b"%d" % i) for i in range(200, 400)]
@@ -306,7 +292,7 @@ async def test_untrustedCertificateRefused(
     """A client that trusts another certificate never completes HELLO: its message fails,
     the server's application sees nothing, and neither side calls it a clean close."""
     server, listened = listening
-    loss, serverLoss = await untrustedLosses(server, portNumber(await listened), tmp_path)
+    loss, serverLoss = await untrustedLosses(server, portOf(await listened), tmp_path)
     assert loss.reason is not Reason.CLEAN_CLOSE
     assert serverLoss.reason is not Reason.CLEAN_CLOSE
     assert server.received == []
@@ -321,6 +307,6 @@ async def test_untrustedCertificateNamed(
     """A failed certificate check is named in the loss detail on both sides, so that an
     operator looks at certificates, not at the network."""
     server, listened = listening
-    loss, serverLoss = await untrustedLosses(server, portNumber(await listened), tmp_path)
+    loss, serverLoss = await untrustedLosses(server, portOf(await listened), tmp_path)
     assert "certificate verify failed" in loss.detail
     assert "unknown ca" in serverLoss.detail

@@ -13,17 +13,17 @@ from __future__ import annotations
 
 import errno
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import cast
 
 import pytest
-import pytest_twisted
 from OpenSSL import SSL
 from service_identity import VerificationError
-from service_identity.hazmat import DNS_ID, DNSMismatch
-from support import getReactor
-from test_tls import LOOPBACK, Certificate, Server, portNumber
+from service_identity.exceptions import DNSMismatch
+from service_identity.hazmat import DNS_ID
+from support import LOOPBACK, ensureDeferred, getReactor, portOf
+from test_tls import Certificate, Server
 from twisted.internet import ssl
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol, serverFromString
@@ -37,9 +37,6 @@ from twisted_alive._factories import AliveClientFactory
 from twisted_alive._mixin import HeartbeatMixin, HeartbeatProtocol
 from twisted_alive._reasons import Cause, Loss, Reason, causeOf, classify, describeFailure
 from twisted_alive.core.outcomes import DeliveryFailed
-
-_F = TypeVar("_F", bound=Callable[..., Any])
-ensureDeferred = cast(Callable[[_F], _F], pytest_twisted.ensureDeferred)
 
 pytestmark = pytest.mark.filterwarnings("ignore:Passing pyOpenSSL:DeprecationWarning")
 
@@ -210,7 +207,7 @@ def plainServer() -> Iterator[Server]:
     """A session server on a plain loopback port (C{server.port})."""
     server = Server()
     port = getReactor().listenTCP(0, server, interface=LOOPBACK)
-    server.port = portNumber(port)  # type: ignore[attr-defined]
+    server.port = portOf(port)  # type: ignore[attr-defined]
     yield server
     for proto in server.built:
         if proto.loss is None:
@@ -260,7 +257,7 @@ async def test_untrustedCertificateStopsAndFails(
     """A certificate from an untrusted authority: CONNECT_FAILED/TLS on both sides, the pending
     message fails at once with DeliveryFailed, and the client does not retry."""
     server, _, listened = tlsServer
-    port = portNumber(await listened)
+    port = portOf(await listened)
     serverSide = server.nextProtocol()
     factory, failed, seconds = await failFast(port, "localhost", Certificate(tmp_path / "other"))
     loss = failed.loss
@@ -287,7 +284,7 @@ async def test_wrongHostNameStopsAndFails(
     """A trusted certificate for another host name: CONNECT_FAILED/TLS naming the host, the
     pending message fails at once, and the client does not retry."""
     server, certificate, listened = tlsServer
-    port = portNumber(await listened)
+    port = portOf(await listened)
     factory, failed, seconds = await failFast(port, "wrong.example", certificate)
     loss = failed.loss
     assert loss is not None
@@ -340,7 +337,7 @@ async def test_plainClientAtTLSPortServerSide(
     """A plain client at a TLS port: the server's loss is CONNECT_FAILED/TLS 'TLS mismatch'
     (the client side is left to the first-bytes check)."""
     server, _, listened = tlsServer
-    port = portNumber(await listened)
+    port = portOf(await listened)
     serverSide = server.nextProtocol()
     client = Plain()
     await connectProtocol(TCP4ClientEndpoint(getReactor(), LOOPBACK, port, timeout=5), client)

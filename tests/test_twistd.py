@@ -10,23 +10,32 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import textwrap
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any, cast
 
 import pytest
-import pytest_twisted
 import treq
+from support import (
+    LOOPBACK,
+    ROOT,
+    TWISTD,
+    CollectingFactory,
+    asyncYieldFixture,
+    connectCollecting,
+    ensureDeferred,
+    environment,
+    getReactor,
+    waitFor,
+)
 from twisted.internet.defer import Deferred, gatherResults, maybeDeferred
-from twisted.internet.interfaces import IReactorCore, IReactorTCP, IReactorTime
-from twisted.internet.task import Clock, deferLater
+from twisted.internet.task import Clock
 from twisted.logger import ILogObserver, LogEvent, formatEvent, globalLogPublisher
 from twisted.python import usage
 from zope.interface import implementer
 
-from twisted_alive._factories import AliveClientFactory, AliveServerFactory
+from twisted_alive._factories import AliveServerFactory
 from twisted_alive._mixin import ABORT_GRACE, HeartbeatMixin, HeartbeatProtocol
 from twisted_alive._reasons import Loss, Reason
 from twisted_alive.core.frames import GoodbyeCode
@@ -38,71 +47,12 @@ from twisted_alive.service.tap import (
     makeService,
 )
 
-_F = TypeVar("_F", bound=Callable[..., Any])
-ensureDeferred = cast(Callable[[_F], _F], pytest_twisted.ensureDeferred)
-asyncYieldFixture = cast(Callable[[_F], _F], pytest_twisted.async_yield_fixture)
-
-LOOPBACK = "127.0.0.1"
-ROOT = Path(__file__).resolve().parent.parent
-TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
-
-
-class _Reactor(IReactorTCP, IReactorTime, IReactorCore):
-    """The reactor interfaces these tests use."""
-
-
-def _reactor() -> _Reactor:
-    from twisted.internet import reactor
-
-    return cast(_Reactor, reactor)
-
 
 def _freePort() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket() as s:
         s.bind((LOOPBACK, 0))
         return cast(int, s.getsockname()[1])
-
-
-def _env(*extra: Path) -> dict[str, str]:
-    """The environment of a twistd subprocess: the source tree first on the
-    path, so that twistd finds twisted/plugins/ there."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *map(str, extra)])
-    return env
-
-
-class Collecting(HeartbeatProtocol):
-    """A client that records what the server sends it."""
-
-    heartbeatInterval = 0.2
-
-    def messageReceived(self, payload: bytes) -> None:
-        self.factory.received.append(payload)
-
-
-class CollectingFactory(AliveClientFactory):
-    protocol = Collecting
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.received: list[bytes] = []
-
-
-async def _connect(port: int) -> tuple[CollectingFactory, HeartbeatMixin]:
-    factory = CollectingFactory()
-    _reactor().connectTCP(LOOPBACK, port, factory)
-    proto = await factory.whenConnected().addTimeout(10, _reactor())
-    return factory, proto
-
-
-async def _until(check: Callable[[], bool], seconds: float, what: str) -> None:
-    """Poll C{check} (every 50 ms) until it is true; fail after C{seconds}."""
-    reactor = _reactor()
-    deadline = reactor.seconds() + seconds
-    while not check():
-        assert reactor.seconds() < deadline, f"{what}: not within {seconds} s"
-        await deferLater(reactor, 0.05)
 
 
 @implementer(ILogObserver)
@@ -134,7 +84,7 @@ def events() -> Iterator[Events]:
 
 def _parse(*args: str) -> Options:
     options = Options()
-    options.parseOptions(list(args))  # type: ignore[no-untyped-call]
+    options.parseOptions(list(args))
     return options
 
 
@@ -332,7 +282,7 @@ class Service:
         self.stopped = False
 
     async def client(self) -> tuple[CollectingFactory, HeartbeatMixin]:
-        factory, proto = await _connect(self.serverPort)
+        factory, proto = await connectCollecting(self.serverPort)
         self.clients.append(factory)
         return factory, proto
 
@@ -369,7 +319,7 @@ async def test_stopSaysGoodbye(service: Service) -> None:
     second, two = await service.client()
     receipt = await first.sendMessage(b"ping")
     assert receipt.seq == 1
-    await _until(lambda: first.received == [b"ping"], 5, "the echo")
+    await waitFor(lambda: first.received == [b"ping"], 5, "the echo")
     assert await service.health() == 200
     site = service.service.status
     assert site is not None
@@ -475,7 +425,7 @@ class Twistd:
             self.process = subprocess.Popen(
                 [*TWISTD, "-n", "--pidfile=", "alive", *args],
                 cwd=self.tmp,
-                env=_env(*pythonPath),
+                env=environment(*pythonPath),
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
@@ -486,9 +436,8 @@ class Twistd:
 
     async def waitForHealth(self, port: int) -> None:
         """Wait until /health answers 200 (fail if twistd exits)."""
-        reactor = _reactor()
-        deadline = reactor.seconds() + 20
-        while True:
+
+        async def healthy() -> bool:
             assert self.process is not None
             assert self.process.poll() is None, f"twistd exited:\n{self.output()}"
             try:
@@ -496,18 +445,22 @@ class Twistd:
                     f"http://{LOOPBACK}:{port}/health", persistent=False, timeout=2
                 )
                 body = await response.content()
-                if response.code == 200:
-                    assert body == b"ok\n"
-                    return
             except Exception:
-                pass
-            assert reactor.seconds() < deadline, f"twistd did not start:\n{self.output()}"
-            await deferLater(reactor, 0.1)
+                return False
+            if response.code == 200:
+                assert body == b"ok\n"
+                return True
+            return False
+
+        try:
+            await waitFor(healthy, 20, "/health", interval=0.1)
+        except AssertionError as e:
+            raise AssertionError(f"{e}; twistd did not start:\n{self.output()}") from None
 
     async def waitForExit(self, seconds: float) -> int:
         process = self.process
         assert process is not None
-        await _until(lambda: process.poll() is not None, seconds, "twistd exit")
+        await waitFor(lambda: process.poll() is not None, seconds, "twistd exit")
         return cast(int, process.returncode)
 
     def kill(self) -> None:
@@ -531,7 +484,7 @@ def _run(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [*TWISTD, "-n", "--pidfile=", "alive", *args],
         cwd=ROOT,
-        env=_env(),
+        env=environment(),
         capture_output=True,
         text=True,
         timeout=30,
@@ -611,16 +564,16 @@ async def test_echoThenSigterm(twistd: Twistd) -> None:
         "--close-timeout=5",
     )
     await twistd.waitForHealth(statusPort)
-    client, proto = await _connect(port)
+    client, proto = await connectCollecting(port)
     try:
         receipts = await gatherResults([client.sendMessage(b"m%d" % i) for i in range(20)])
         assert [r.seq for r in receipts] == list(range(1, 21))
-        await _until(lambda: len(client.received) == 20, 10, "the echoes")
+        await waitFor(lambda: len(client.received) == 20, 10, "the echoes")
         assert client.received == [b"m%d" % i for i in range(20)]
 
         assert twistd.process is not None
         twistd.process.send_signal(signal.SIGTERM)
-        loss = await proto.whenLost().addTimeout(15, _reactor())
+        loss = await proto.whenLost().addTimeout(15, getReactor())
         assert loss.reason is Reason.CLEAN_CLOSE
         assert loss.goodbye is GoodbyeCode.SHUTTING_DOWN
         code = await twistd.waitForExit(15)
@@ -664,20 +617,19 @@ async def test_userAppUnderTwistd(twistd: Twistd, tmp_path: Path, events: Events
         pythonPath=(tmp_path,),
     )
     await twistd.waitForHealth(statusPort)
-    client, proto = await _connect(port)
+    client, proto = await connectCollecting(port)
     try:
         await client.sendMessage(b"hello")
-        await _until(lambda: client.received == [b"HELLO"], 10, "the reply")
+        await waitFor(lambda: client.received == [b"HELLO"], 10, "the reply")
         (hello,) = [e for e in events.named("hello") if e.get("peer") == f"{LOOPBACK}:{port}"]
         assert hello["interval"] == 0.3
         assert twistd.process is not None
         twistd.process.send_signal(signal.SIGTERM)
-        loss = await proto.whenLost().addTimeout(15, _reactor())
+        loss = await proto.whenLost().addTimeout(15, getReactor())
         assert loss.goodbye is GoodbyeCode.SHUTTING_DOWN
         assert await twistd.waitForExit(15) == 0
     finally:
         await client.close()
-
 
 
 # -- listeners: backlog, status interface, listen errors ----------------------------------

@@ -10,17 +10,14 @@ GOODBYE codes end a session.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from typing import Any, TypeVar, cast
+from typing import Any
 
 import pytest
-import pytest_twisted
-from support import getReactor
+from support import ensureDeferred, getReactor, tcp, waitFor
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.protocol import Protocol
-from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
 
 from twisted_alive import AliveServerFactory, HeartbeatProtocol
@@ -40,9 +37,6 @@ from twisted_alive.core.frames import (
     encode,
     encodeData,
 )
-
-_F = TypeVar("_F", bound=Callable[..., Any])
-ensureDeferred = cast(Callable[[_F], _F], pytest_twisted.ensureDeferred)
 
 HOST = "127.0.0.1"
 
@@ -73,7 +67,7 @@ class Raw(Protocol):
 
     def connectionMade(self) -> None:
         self.sentAt = time.monotonic()
-        self.transport.write(self.data)
+        tcp(self).write(self.data)
 
     def dataReceived(self, data: bytes) -> None:
         self.received += data
@@ -112,7 +106,7 @@ async def exchange(data: bytes) -> tuple[Raw, list[Any], list[Sink]]:
     port = reactor.listenTCP(0, Factory(), interface=HOST)
     try:
         raw = Raw(data)
-        await connectProtocol(TCP4ClientEndpoint(reactor, HOST, port.getHost().port), raw)
+        await connectProtocol(TCP4ClientEndpoint(reactor, HOST, port.getHost().port), raw)  # type: ignore[no-untyped-call]
         await raw.closed
     finally:
         await port.stopListening()
@@ -164,22 +158,13 @@ class Short(Sink):
 async def rawClient(port: int, data: bytes) -> Raw:
     """A connected `Raw` client that sent ``data``."""
     raw = Raw(data)
-    await connectProtocol(TCP4ClientEndpoint(getReactor(), HOST, port), raw)
+    await connectProtocol(TCP4ClientEndpoint(getReactor(), HOST, port), raw)  # type: ignore[no-untyped-call]
     return raw
-
-
-async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    """Wait (bounded) for ``condition`` to hold."""
-    reactor = getReactor()
-    deadline = reactor.seconds() + timeout
-    while not condition():
-        assert reactor.seconds() < deadline, "condition not met in time"
-        await deferLater(reactor, 0.01, lambda: None)
 
 
 async def assignedToken(raw: Raw) -> bytes:
     """The token of the server's HELLO to ``raw``."""
-    await until(lambda: bool(raw.frames()))
+    await waitFor(lambda: bool(raw.frames()))
     hello = raw.frames()[0]
     assert isinstance(hello, Hello) and hello.flags & HELLO_ASSIGNED
     return hello.session
@@ -202,7 +187,7 @@ async def test_deadlineAbortIsReset() -> None:
         await raw.closed
     finally:
         await port.stopListening()
-    assert raw.reason.check(ConnectionLost) and not raw.reason.check(ConnectionDone)
+    assert raw.reason.check(ConnectionLost) and not raw.reason.check(ConnectionDone)  # type: ignore[no-untyped-call]
     frames = raw.frames()
     assert isinstance(frames[0], Hello)
     assert not [f for f in frames if isinstance(f, Goodbye)]
@@ -218,13 +203,13 @@ async def test_takeoverResetsOldConnection() -> None:
         token = await assignedToken(first)
         second = await rawClient(port.getHost().port, clientHello(token=token))
         await first.closed
-        await until(lambda: bool(second.frames()))
+        await waitFor(lambda: bool(second.frames()))
         resumed = second.frames()[0]
-        second.transport.abortConnection()
+        tcp(second).abortConnection()
         await second.closed
     finally:
         await port.stopListening()
-    assert first.reason.check(ConnectionLost) and not first.reason.check(ConnectionDone)
+    assert first.reason.check(ConnectionLost) and not first.reason.check(ConnectionDone)  # type: ignore[no-untyped-call]
     assert [type(f) for f in first.frames()] == [Hello]
     assert isinstance(resumed, Hello) and resumed.flags & HELLO_RESUMED
 
@@ -246,13 +231,13 @@ async def test_whichGoodbyeEndsSession(code: GoodbyeCode, ends: bool) -> None:
     try:
         first = await rawClient(port.getHost().port, clientHello())
         token = await assignedToken(first)
-        first.transport.write(encode(Goodbye(code, "bye")))
-        first.transport.loseConnection()
+        tcp(first).write(encode(Goodbye(code, "bye")))
+        tcp(first).loseConnection()
         await first.closed
         second = await rawClient(port.getHost().port, clientHello(token=token))
-        await until(lambda: bool(second.frames()))
+        await waitFor(lambda: bool(second.frames()))
         answer = second.frames()[0]
-        second.transport.abortConnection()
+        tcp(second).abortConnection()
         await second.closed
     finally:
         await port.stopListening()

@@ -328,7 +328,7 @@ class Net:
         for factory in self.factories:
             for proto in list(factory.protocols):
                 if proto.loss is None:
-                    proto.transport.abortConnection()  # type: ignore[attr-defined]
+                    proto.transport.abortConnection()
         for port in self.ports:
             port.stopListening()
 

@@ -19,7 +19,7 @@ from typing import Any, cast
 
 import pytest
 import pytest_twisted
-from support import BuiltProtocols, getReactor
+from support import BuiltProtocols, getReactor, portOf
 from twisted.internet import defer, tcp
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
@@ -173,6 +173,7 @@ def direct() -> tuple[Replier, DirectTransport]:
     """A `Replier` on a `DirectTransport` that it writes through, past the HELLO exchange."""
     transport = DirectTransport()
     proto = opened(transport)
+    assert proto._alive is not None
     proto._alive.writeThrough = True  # connectionMade decides on the transport's class
     return proto, transport
 
@@ -203,11 +204,8 @@ def test_canWriteThroughOnlyReactorTCP() -> None:
     ]
     for transport in candidates:
         assert not canWriteThrough(transport), transport
-    assert not (
-        onString._alive.writeThrough
-        or server._alive.writeThrough
-        or link.server._alive.writeThrough
-    )
+    for alive in (onString._alive, server._alive, link.server._alive):
+        assert alive is not None and not alive.writeThrough
 
 
 def test_canWriteThroughWantsEveryAttribute() -> None:
@@ -468,9 +466,8 @@ def loopback(
     """Connect a ``serverClass`` to a ``clientClass`` on 127.0.0.1 and open them."""
     factory = Ends(serverClass)
     port = cast(IListeningPort, getReactor().listenTCP(0, factory, interface=HOST))
-    portNumber = cast(IPv4Address, port.getHost()).port
     client = clientClass()
-    endpoint = TCP4ClientEndpoint(getReactor(), HOST, portNumber, timeout=5)
+    endpoint = TCP4ClientEndpoint(getReactor(), HOST, portOf(port), timeout=5)
     try:
         yield bounded(connectProtocol(endpoint, client))
         server = yield bounded(factory.connection(0))

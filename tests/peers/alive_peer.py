@@ -92,7 +92,7 @@ class ScriptedPeer(HeartbeatProtocol):
             self.reactor.callLater(0.1, self._reset)
 
     def _reset(self) -> None:
-        handle = self.transport.getHandle()  # type: ignore[attr-defined]
+        handle = self.transport.getHandle()
         handle.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         self.abort("reset on purpose")
 
