@@ -69,11 +69,6 @@ def tokenPrefix(token: bytes) -> str:
     return token.hex()[:8] if token != NO_SESSION else "-"
 
 
-def _settingsOf(protocol: Any) -> Settings:
-    """The `Settings` of a client protocol class (see `settingsFor`)."""
-    return settingsFor(protocol, accepting=False)
-
-
 @implementer(ISessionHost)
 class AliveClientFactory(ReconnectingClientFactory):
     """
@@ -217,7 +212,7 @@ class AliveClientFactory(ReconnectingClientFactory):
             an unknown session, or the peer's application failed on it) or
             `QueueFull` (at once; nothing was queued).
         """
-        checkPayload(payload, _settingsOf(self.protocol))
+        checkPayload(payload, self.aliveSettings())
         if self._stopped:
             return defer.fail(DeliveryFailed("the factory stopped trying; message not sent"))
         d: Deferred[Receipt] = Deferred()
@@ -245,7 +240,7 @@ class AliveClientFactory(ReconnectingClientFactory):
         :raises ValueError: if there is no payload, or one is larger than a
             frame allows.
         """
-        payloads = checkPayloads(payloads, _settingsOf(self.protocol))
+        payloads = checkPayloads(payloads, self.aliveSettings())
         if self._stopped:
             return defer.fail(DeliveryFailed("the factory stopped trying; messages not sent"))
         d: Deferred[Receipt] = Deferred()
