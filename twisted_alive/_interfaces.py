@@ -1,18 +1,22 @@
 """
-The interface between `HeartbeatMixin` protocols and the factories that
-keep sessions for them.
+The interfaces of the adapter: between `HeartbeatMixin` protocols and the
+factories that keep sessions for them (`ISessionHost`), and between the
+factories and the stores that keep sessions (`ISessionStore`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from twisted.internet.defer import Deferred
 from zope.interface import Attribute, Interface
 
 if TYPE_CHECKING:
     from twisted_alive._binding import Binding
     from twisted_alive._reasons import Loss
     from twisted_alive.core.delivery import Session
+    from twisted_alive.core.stored import StoredSession
 
 
 class ISessionHost(Interface):
@@ -50,3 +54,92 @@ class ISessionHost(Interface):
 
     def sessionLost(protocol: object, loss: Loss) -> None:
         """A connection that carried a session ended."""
+
+
+class ISessionStore(Interface):
+    """
+    Where sessions live: what a session needs to survive the loss of its
+    connections (every store) or of its process (a durable store).
+
+    A store keeps `StoredSession` records by token: the epoch, the
+    positions, and the outbound messages not yet confirmed. Every method
+    that reads or writes returns a Deferred; a durable store fires it once
+    the change is durable (committed), and applies the operations in the
+    order they were called. The records it gives back are snapshots.
+
+    Limits are the store's (`StoreLimits`): appending beyond them fails
+    with `QueueFull` and changes nothing. An operation on a token the store
+    does not hold fails with `StoreError`, as does any operation after
+    `close`.
+    """
+
+    limits = Attribute("The `StoreLimits` the store applies to each session.")
+
+    def open() -> Deferred[None]:
+        """
+        Make the store ready (idempotent; other methods call it
+        themselves).
+
+        :returns: a Deferred that fires once the store is usable, or fails
+            with `CorruptStore` (a file that cannot be read, or that is not
+            a twisted_alive session store) or `StoreError`.
+        """
+
+    def createSession(record: StoredSession) -> Deferred[None]:
+        """
+        Store a new session, with the messages of ``record`` if any.
+
+        :returns: a Deferred that fails with `StoreError` if the token is
+            held already or the record is inconsistent (`checkRecord`), and
+            with `QueueFull` if its messages exceed the limits.
+        """
+
+    def loadSession(token: bytes) -> Deferred[StoredSession | None]:
+        """The record of session ``token``, with its messages; ``None`` if
+        the store does not hold it."""
+
+    def deleteSession(token: bytes) -> Deferred[bool]:
+        """Forget session ``token`` and its messages; fires with whether
+        the store held it."""
+
+    def listSessions() -> Deferred[list[bytes]]:
+        """The tokens of every session held, least recently seen first."""
+
+    def appendMessages(token: bytes, messages: Sequence[tuple[int, bytes]]) -> Deferred[None]:
+        """
+        Store outbound messages ``(seq, payload)``: all or none. Their
+        sequence numbers must continue the session's (its ``nextSeq`` on);
+        the session's ``nextSeq`` moves past them.
+
+        :returns: a Deferred that fails with `QueueFull` beyond the limits,
+            with `StoreError` for numbers that do not follow on.
+        """
+
+    def confirmMessages(token: bytes, upTo: int) -> Deferred[None]:
+        """
+        The peer confirmed every message up to ``upTo``: drop them. Going
+        backwards changes nothing.
+
+        :returns: a Deferred that fails with `StoreError` if ``upTo`` was
+            never appended.
+        """
+
+    def recordProcessed(token: bytes, upTo: int) -> Deferred[None]:
+        """This side's application processed every inbound message up to
+        ``upTo`` (the position never goes backwards)."""
+
+    def touchSession(token: bytes, lastSeen: float) -> Deferred[None]:
+        """Session ``token`` was seen at ``lastSeen`` (seconds since the
+        epoch); it never goes backwards."""
+
+    def expireSessions(now: float, ttl: float) -> Deferred[list[bytes]]:
+        """Forget the sessions last seen more than ``ttl`` seconds before
+        ``now``, with their messages; fires with their tokens, least
+        recently seen first."""
+
+    def close() -> Deferred[None]:
+        """
+        Finish every operation called before, make it durable, and release
+        the store (idempotent). Operations called after fail with
+        `StoreError`.
+        """

@@ -1,0 +1,800 @@
+"""
+Session stores (`ISessionStore`): `MemorySessionStore`, the default, and
+`SqliteSessionStore`, durable on one machine; `sessionStoreFromString`
+makes one from a description such as ``sqlite:/var/lib/alive/sessions.db``.
+
+The SQLite store never runs SQLite in the reactor's thread: one thread of
+its own owns the connection, takes every operation waiting in its queue,
+runs them in one transaction and commits them together (a *group commit*:
+one ``fsync`` for many messages), then fires their Deferreds in the
+reactor's thread (``callFromThread``). The records and the rules they obey
+are sans-IO, in ``twisted_alive.core.stored``.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import sqlite3
+import threading
+from collections import deque
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Literal, TypeVar, cast
+
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorCore, IReactorFromThreads
+from zope.interface import implementer
+
+from twisted_alive._interfaces import ISessionStore
+from twisted_alive.core.outcomes import QueueFull
+from twisted_alive.core.stored import (
+    CorruptStore,
+    StoredSession,
+    StoreError,
+    StoreLimits,
+    checkAppend,
+    checkConfirm,
+    checkRecord,
+    unknownSession,
+)
+
+T = TypeVar("T")
+
+CLOSED = "the session store is closed"
+"""The text of the `StoreError` of an operation called after ``close``."""
+
+
+class _Held:
+    """One session of a `MemorySessionStore` (mutable)."""
+
+    __slots__ = (
+        "epoch",
+        "nextSeq",
+        "confirmedUpTo",
+        "processedUpTo",
+        "lastSeen",
+        "messages",
+        "bytes",
+    )
+
+    def __init__(self, record: StoredSession) -> None:
+        self.epoch = record.epoch
+        self.nextSeq = record.nextSeq
+        self.confirmedUpTo = record.confirmedUpTo
+        self.processedUpTo = record.processedUpTo
+        self.lastSeen = record.lastSeen
+        self.messages: deque[tuple[int, bytes]] = deque(record.messages)
+        self.bytes = record.storedBytes
+
+
+@implementer(ISessionStore)
+class MemorySessionStore:
+    """
+    Sessions in this process's memory: they survive lost connections, not
+    the end of the process. Every Deferred it returns has fired already.
+
+    :param limits: what it keeps per session (`StoreLimits`).
+    """
+
+    def __init__(self, limits: StoreLimits | None = None) -> None:
+        self.limits = limits if limits is not None else StoreLimits()
+        self._sessions: dict[bytes, _Held] = {}
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"<MemorySessionStore: {len(self._sessions)} sessions>"
+
+    def _do(self, function: Callable[[], T]) -> Deferred[T]:
+        if self._closed:
+            return defer.fail(StoreError(CLOSED))
+        try:
+            return defer.succeed(function())
+        except (StoreError, QueueFull) as error:
+            return defer.fail(error)
+
+    def _held(self, token: bytes) -> _Held:
+        held = self._sessions.get(token)
+        if held is None:
+            raise unknownSession(token)
+        return held
+
+    def open(self) -> Deferred[None]:
+        """Nothing to open: fires at once (`ISessionStore`)."""
+        return self._do(lambda: None)
+
+    def createSession(self, record: StoredSession) -> Deferred[None]:
+        """Store a new session (`ISessionStore.createSession`)."""
+
+        def create() -> None:
+            if record.token in self._sessions:
+                raise StoreError(f"the store holds session {record.token.hex()[:8]} already")
+            checkRecord(record)
+            self.limits.check(0, 0, [payload for _, payload in record.messages])
+            self._sessions[record.token] = _Held(record)
+
+        return self._do(create)
+
+    def loadSession(self, token: bytes) -> Deferred[StoredSession | None]:
+        """The record of a session (`ISessionStore.loadSession`)."""
+
+        def load() -> StoredSession | None:
+            held = self._sessions.get(token)
+            if held is None:
+                return None
+            return StoredSession(
+                token,
+                held.epoch,
+                held.nextSeq,
+                held.confirmedUpTo,
+                held.processedUpTo,
+                held.lastSeen,
+                tuple(held.messages),
+            )
+
+        return self._do(load)
+
+    def deleteSession(self, token: bytes) -> Deferred[bool]:
+        """Forget a session (`ISessionStore.deleteSession`)."""
+        return self._do(lambda: self._sessions.pop(token, None) is not None)
+
+    def listSessions(self) -> Deferred[list[bytes]]:
+        """Every session's token, least recently seen first
+        (`ISessionStore.listSessions`)."""
+        return self._do(self._byAge)
+
+    def _byAge(self) -> list[bytes]:
+        return sorted(self._sessions, key=lambda token: (self._sessions[token].lastSeen, token))
+
+    def appendMessages(self, token: bytes, messages: Sequence[tuple[int, bytes]]) -> Deferred[None]:
+        """Store outbound messages (`ISessionStore.appendMessages`)."""
+
+        def append() -> None:
+            held = self._held(token)
+            checkAppend(held.nextSeq, [seq for seq, _ in messages])
+            payloads = [payload for _, payload in messages]
+            self.limits.check(len(held.messages), held.bytes, payloads)
+            held.messages.extend(messages)
+            held.bytes += sum(map(len, payloads))
+            held.nextSeq += len(messages)
+
+        return self._do(append)
+
+    def confirmMessages(self, token: bytes, upTo: int) -> Deferred[None]:
+        """Drop confirmed messages (`ISessionStore.confirmMessages`)."""
+
+        def confirm() -> None:
+            held = self._held(token)
+            checkConfirm(held.nextSeq, upTo)
+            if upTo <= held.confirmedUpTo:
+                return
+            messages = held.messages
+            while messages and messages[0][0] <= upTo:
+                held.bytes -= len(messages.popleft()[1])
+            held.confirmedUpTo = upTo
+
+        return self._do(confirm)
+
+    def recordProcessed(self, token: bytes, upTo: int) -> Deferred[None]:
+        """Move the inbound position (`ISessionStore.recordProcessed`)."""
+
+        def record() -> None:
+            held = self._held(token)
+            held.processedUpTo = max(held.processedUpTo, upTo)
+
+        return self._do(record)
+
+    def touchSession(self, token: bytes, lastSeen: float) -> Deferred[None]:
+        """Note when a session was seen (`ISessionStore.touchSession`)."""
+
+        def touch() -> None:
+            held = self._held(token)
+            held.lastSeen = max(held.lastSeen, lastSeen)
+
+        return self._do(touch)
+
+    def expireSessions(self, now: float, ttl: float) -> Deferred[list[bytes]]:
+        """Forget sessions unseen for ``ttl`` seconds
+        (`ISessionStore.expireSessions`)."""
+
+        def expire() -> list[bytes]:
+            cutoff = now - ttl
+            gone = [t for t in self._byAge() if self._sessions[t].lastSeen < cutoff]
+            for token in gone:
+                del self._sessions[token]
+            return gone
+
+        return self._do(expire)
+
+    def close(self) -> Deferred[None]:
+        """Release the store (`ISessionStore.close`); the sessions are
+        gone with it."""
+        self._closed = True
+        self._sessions.clear()
+        return defer.succeed(None)
+
+
+# -- SQLite ---------------------------------------------------------------------------------------
+
+APPLICATION_ID = 0x54416C76
+"""``PRAGMA application_id`` of a twisted_alive session store (``"TAlv"``):
+it tells our file from any other SQLite database."""
+
+SCHEMA_VERSION = 1
+"""``PRAGMA user_version`` of the schema this module reads and writes."""
+
+SYNCHRONOUS = ("NORMAL", "FULL")
+"""The ``synchronous`` settings a `SqliteSessionStore` takes."""
+
+_SCHEMA = (
+    """CREATE TABLE alive_sessions (
+        token BLOB PRIMARY KEY,
+        epoch INTEGER NOT NULL,
+        next_seq INTEGER NOT NULL,
+        confirmed_up_to INTEGER NOT NULL,
+        processed_up_to INTEGER NOT NULL,
+        last_seen REAL NOT NULL,
+        message_count INTEGER NOT NULL,
+        message_bytes INTEGER NOT NULL
+    ) WITHOUT ROWID""",
+    "CREATE INDEX alive_sessions_by_age ON alive_sessions (last_seen, token)",
+    """CREATE TABLE alive_messages (
+        token BLOB NOT NULL,
+        seq INTEGER NOT NULL,
+        payload BLOB NOT NULL,
+        PRIMARY KEY (token, seq)
+    ) WITHOUT ROWID""",
+    f"PRAGMA application_id = {APPLICATION_ID}",
+    f"PRAGMA user_version = {SCHEMA_VERSION}",
+)
+
+_Operation = tuple[Callable[[sqlite3.Connection], Any], Deferred[Any]]
+_STOP = None
+
+
+def _row(connection: sqlite3.Connection, token: bytes) -> tuple[int, int, int, int]:
+    """``(next_seq, confirmed_up_to, message_count, message_bytes)`` of a
+    session; `StoreError` if there is none."""
+    row = connection.execute(
+        "SELECT next_seq, confirmed_up_to, message_count, message_bytes "
+        "FROM alive_sessions WHERE token = ?",
+        (token,),
+    ).fetchone()
+    if row is None:
+        raise unknownSession(token)
+    return cast(tuple[int, int, int, int], row)
+
+
+@implementer(ISessionStore)
+class SqliteSessionStore:
+    """
+    Sessions in a SQLite file, durable across a crash of this process
+    (``synchronous="NORMAL"``, the default) or a power loss
+    (``synchronous="FULL"``).
+
+    The file is in WAL mode and locked for this store alone
+    (``locking_mode=EXCLUSIVE``): a second process, or a second store in
+    this one, cannot open it while this store has it open. Its schema is
+    versioned (``PRAGMA user_version``) and marked as ours (``PRAGMA
+    application_id``); a file that cannot be read, is damaged (``PRAGMA
+    quick_check``) or holds another schema makes `open` fail with
+    `CorruptStore`, and is left as it is. A file that does not exist yet,
+    or is empty, becomes a new store.
+
+    One thread of its own, started by the first operation, owns the
+    connection: it takes every operation waiting (at most ``maxBatch``),
+    runs them in one transaction, commits once, and fires their Deferreds
+    in the reactor's thread. An operation refused (`QueueFull`,
+    `StoreError`) changes nothing and fails alone; if the transaction
+    itself fails, every operation in it fails with `StoreError`.
+
+    :param path: the database file.
+    :param synchronous: ``"NORMAL"`` or ``"FULL"`` (SQLite's ``PRAGMA
+        synchronous`` in WAL mode): NORMAL survives a crash of the process,
+        FULL also a crash of the machine.
+    :param limits: what it keeps per session (`StoreLimits`).
+    :param reactor: the reactor whose thread gets the results; the global
+        one if not given. The store closes itself before it shuts down.
+    :param maxBatch: operations per transaction at most.
+    :ivar commits: transactions committed so far.
+    :ivar operations: operations done so far.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        synchronous: Literal["NORMAL", "FULL"] | str = "NORMAL",
+        limits: StoreLimits | None = None,
+        reactor: IReactorFromThreads | None = None,
+        maxBatch: int = 4096,
+    ) -> None:
+        level = synchronous.upper()
+        if level not in SYNCHRONOUS:
+            raise ValueError(f"synchronous must be NORMAL or FULL, got {synchronous!r}")
+        if maxBatch < 1:
+            raise ValueError(f"maxBatch must be at least 1, got {maxBatch!r}")
+        self.path = Path(path)
+        self.synchronous = level
+        self.limits = limits if limits is not None else StoreLimits()
+        self.maxBatch = maxBatch
+        self.commits = 0
+        self.operations = 0
+        self._reactor = reactor
+        self._queue: queue.SimpleQueue[_Operation | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._closing = False
+        self._stopped = False
+        self._whenClosed: list[Deferred[None]] = []
+        self._shutdownTrigger: Any = None
+
+    def __repr__(self) -> str:
+        return f"<SqliteSessionStore {str(self.path)!r} synchronous={self.synchronous}>"
+
+    # -- the writer thread, seen from the reactor ----------------------------------------------
+
+    def _getReactor(self) -> IReactorFromThreads:
+        if self._reactor is None:
+            from twisted.internet import reactor
+
+            self._reactor = cast(IReactorFromThreads, reactor)
+        return self._reactor
+
+    def _submit(self, function: Callable[[sqlite3.Connection], T]) -> Deferred[T]:
+        """Run ``function(connection)`` in the writer thread, in the next
+        transaction; its result or error fires the Deferred once committed."""
+        if self._closing:
+            return defer.fail(StoreError(CLOSED))
+        if self._thread is None:
+            self._start()
+        d: Deferred[T] = Deferred()
+        self._queue.put((function, d))
+        return d
+
+    def _start(self) -> None:
+        reactor = self._getReactor()
+        self._thread = threading.Thread(
+            target=self._run,
+            args=(reactor,),
+            name=f"twisted_alive store {self.path.name}",
+            daemon=True,
+        )
+        self._thread.start()
+        if IReactorCore.providedBy(reactor):
+            self._shutdownTrigger = cast(IReactorCore, reactor).addSystemEventTrigger(
+                "before", "shutdown", self.close
+            )
+
+    def close(self) -> Deferred[None]:
+        """
+        Commit every operation called before, close the file and end the
+        thread (`ISessionStore.close`). Idempotent: every call's Deferred
+        fires once the thread is done.
+        """
+        if not self._closing:
+            self._closing = True
+            if self._thread is None:
+                self._stopped = True
+            else:
+                trigger, self._shutdownTrigger = self._shutdownTrigger, None
+                if trigger is not None:
+                    cast(IReactorCore, self._getReactor()).removeSystemEventTrigger(trigger)
+                self._queue.put(_STOP)
+        if self._stopped:
+            return defer.succeed(None)
+        d: Deferred[None] = Deferred()
+        self._whenClosed.append(d)
+        return d
+
+    def _deliver(self, results: list[tuple[Deferred[Any], bool, Any]], stopped: bool) -> None:
+        """(Reactor thread.) Fire the Deferreds of a committed batch."""
+        for d, ok, value in results:
+            if ok:
+                d.callback(value)
+            else:
+                d.errback(value)
+        if stopped:
+            self._stopped = True
+            waiting, self._whenClosed = self._whenClosed, []
+            for d in waiting:
+                d.callback(None)
+
+    # -- the writer thread ---------------------------------------------------------------------
+
+    def _run(self, reactor: IReactorFromThreads) -> None:
+        """(Writer thread.) Open the file, then run batches until stopped."""
+        connection: sqlite3.Connection | None = None
+        broken: StoreError | None = None
+        try:
+            connection = self._connect()
+        except StoreError as error:
+            broken = error
+        stopped = False
+        while not stopped:
+            batch: list[_Operation] = []
+            item = self._queue.get()
+            while item is not _STOP:
+                batch.append(item)
+                if len(batch) >= self.maxBatch:
+                    break
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+            else:
+                stopped = True
+            if connection is None:
+                assert broken is not None
+                results = [(d, False, broken) for _, d in batch]
+            else:
+                results = self._transact(connection, batch) if batch else []
+            if stopped and connection is not None:
+                connection.close()
+            reactor.callFromThread(self._deliver, results, stopped)
+
+    def _transact(
+        self, connection: sqlite3.Connection, batch: list[_Operation]
+    ) -> list[tuple[Deferred[Any], bool, Any]]:
+        """(Writer thread.) Run ``batch`` in one transaction; the outcome of
+        each operation."""
+        results: list[tuple[Deferred[Any], bool, Any]] = []
+        try:
+            connection.execute("BEGIN IMMEDIATE")
+            for function, d in batch:
+                try:
+                    results.append((d, True, function(connection)))
+                except (StoreError, QueueFull) as refused:
+                    # Refused before it wrote anything: it fails alone.
+                    results.append((d, False, refused))
+            connection.execute("COMMIT")
+        except Exception as error:
+            # Not a refusal: what the batch wrote so far is undone, and
+            # every operation in it fails.
+            try:
+                if connection.in_transaction:
+                    connection.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+            failed = StoreError(f"session store {self.path}: the transaction failed: {error!r}")
+            failed.__cause__ = error
+            return [(d, False, failed) for _, d in batch]
+        self.commits += 1
+        self.operations += len(batch)
+        return results
+
+    def _connect(self) -> sqlite3.Connection:
+        """(Writer thread.) Open the file and check it is ours, or make it
+        ours if it is new.
+
+        :raises StoreError: if it cannot be opened or is in use.
+        :raises CorruptStore: if it is damaged or not a session store.
+        """
+        path = self.path
+        try:
+            connection = sqlite3.connect(path, isolation_level=None, timeout=0.0)
+        except sqlite3.Error as error:
+            raise StoreError(f"cannot open session store {path}: {error}") from None
+        try:
+            self._prepare(connection)
+        except BaseException:
+            connection.close()
+            raise
+        return connection
+
+    def _prepare(self, connection: sqlite3.Connection) -> None:
+        path = self.path
+        try:
+            connection.execute("PRAGMA locking_mode = EXCLUSIVE")
+            applicationId = connection.execute("PRAGMA application_id").fetchone()[0]
+            version = connection.execute("PRAGMA user_version").fetchone()[0]
+            tables = [
+                name
+                for (name,) in connection.execute(
+                    "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name"
+                )
+            ]
+            if applicationId == 0 and version == 0 and not tables:
+                connection.execute("BEGIN IMMEDIATE")
+                for statement in _SCHEMA:
+                    connection.execute(statement)
+                connection.execute("COMMIT")
+            elif applicationId != APPLICATION_ID:
+                raise CorruptStore(
+                    f"{path} is not a twisted_alive session store: its application_id is "
+                    f"{applicationId:#x}, not {APPLICATION_ID:#x}, and it holds the tables "
+                    f"{', '.join(tables) or '(none)'}; it was left as it is"
+                )
+            elif version != SCHEMA_VERSION:
+                raise StoreError(
+                    f"{path} is a twisted_alive session store of schema version {version}; "
+                    f"this twisted_alive reads version {SCHEMA_VERSION}"
+                )
+            problems = [row[0] for row in connection.execute("PRAGMA quick_check(5)")]
+            if problems != ["ok"]:
+                raise CorruptStore(
+                    f"{path} is a damaged twisted_alive session store "
+                    f"(quick_check: {'; '.join(problems)}); it was left as it is"
+                )
+            mode = connection.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if mode.lower() != "wal":
+                raise StoreError(f"session store {path} cannot use WAL mode (journal_mode {mode})")
+            connection.execute(f"PRAGMA synchronous = {self.synchronous}")
+            # Take the file's lock now: another opener fails at once.
+            connection.execute("BEGIN IMMEDIATE")
+            connection.execute("COMMIT")
+        except sqlite3.Error as error:
+            name = getattr(error, "sqlite_errorname", "")
+            if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
+                raise StoreError(
+                    f"session store {path} is in use by another process or store ({error})"
+                ) from None
+            if name.startswith(("SQLITE_NOTADB", "SQLITE_CORRUPT")):
+                raise CorruptStore(
+                    f"{path} is not a twisted_alive session store: it cannot be read as "
+                    f"a SQLite database ({error}); it was left as it is"
+                ) from None
+            raise StoreError(f"cannot open session store {path}: {error}") from None
+
+    # -- ISessionStore -----------------------------------------------------------------------
+
+    def open(self) -> Deferred[None]:
+        """Open the file in the writer thread (`ISessionStore.open`)."""
+        return self._submit(lambda connection: None)
+
+    def createSession(self, record: StoredSession) -> Deferred[None]:
+        """Store a new session (`ISessionStore.createSession`)."""
+        limits = self.limits
+
+        def create(connection: sqlite3.Connection) -> None:
+            exists = connection.execute(
+                "SELECT 1 FROM alive_sessions WHERE token = ?", (record.token,)
+            ).fetchone()
+            if exists:
+                raise StoreError(f"the store holds session {record.token.hex()[:8]} already")
+            checkRecord(record)
+            limits.check(0, 0, [payload for _, payload in record.messages])
+            connection.execute(
+                "INSERT INTO alive_sessions VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    record.token,
+                    record.epoch,
+                    record.nextSeq,
+                    record.confirmedUpTo,
+                    record.processedUpTo,
+                    record.lastSeen,
+                    len(record.messages),
+                    record.storedBytes,
+                ),
+            )
+            connection.executemany(
+                "INSERT INTO alive_messages VALUES (?, ?, ?)",
+                [(record.token, seq, payload) for seq, payload in record.messages],
+            )
+
+        return self._submit(create)
+
+    def loadSession(self, token: bytes) -> Deferred[StoredSession | None]:
+        """The record of a session (`ISessionStore.loadSession`)."""
+
+        def load(connection: sqlite3.Connection) -> StoredSession | None:
+            row = connection.execute(
+                "SELECT epoch, next_seq, confirmed_up_to, processed_up_to, last_seen "
+                "FROM alive_sessions WHERE token = ?",
+                (token,),
+            ).fetchone()
+            if row is None:
+                return None
+            messages = connection.execute(
+                "SELECT seq, payload FROM alive_messages WHERE token = ? ORDER BY seq", (token,)
+            ).fetchall()
+            epoch, nextSeq, confirmedUpTo, processedUpTo, lastSeen = row
+            return StoredSession(
+                token, epoch, nextSeq, confirmedUpTo, processedUpTo, lastSeen, tuple(messages)
+            )
+
+        return self._submit(load)
+
+    def deleteSession(self, token: bytes) -> Deferred[bool]:
+        """Forget a session (`ISessionStore.deleteSession`)."""
+
+        def delete(connection: sqlite3.Connection) -> bool:
+            connection.execute("DELETE FROM alive_messages WHERE token = ?", (token,))
+            cursor = connection.execute("DELETE FROM alive_sessions WHERE token = ?", (token,))
+            return cursor.rowcount > 0
+
+        return self._submit(delete)
+
+    def listSessions(self) -> Deferred[list[bytes]]:
+        """Every session's token, least recently seen first
+        (`ISessionStore.listSessions`)."""
+
+        def tokens(connection: sqlite3.Connection) -> list[bytes]:
+            rows = connection.execute("SELECT token FROM alive_sessions ORDER BY last_seen, token")
+            return [token for (token,) in rows]
+
+        return self._submit(tokens)
+
+    def appendMessages(self, token: bytes, messages: Sequence[tuple[int, bytes]]) -> Deferred[None]:
+        """Store outbound messages (`ISessionStore.appendMessages`)."""
+        limits = self.limits
+        messages = list(messages)
+
+        def append(connection: sqlite3.Connection) -> None:
+            nextSeq, _, count, size = _row(connection, token)
+            checkAppend(nextSeq, [seq for seq, _ in messages])
+            payloads = [payload for _, payload in messages]
+            limits.check(count, size, payloads)
+            connection.executemany(
+                "INSERT INTO alive_messages VALUES (?, ?, ?)",
+                [(token, seq, payload) for seq, payload in messages],
+            )
+            connection.execute(
+                "UPDATE alive_sessions SET next_seq = ?, message_count = ?, message_bytes = ? "
+                "WHERE token = ?",
+                (
+                    nextSeq + len(messages),
+                    count + len(messages),
+                    size + sum(map(len, payloads)),
+                    token,
+                ),
+            )
+
+        return self._submit(append)
+
+    def confirmMessages(self, token: bytes, upTo: int) -> Deferred[None]:
+        """Drop confirmed messages (`ISessionStore.confirmMessages`)."""
+
+        def confirm(connection: sqlite3.Connection) -> None:
+            nextSeq, confirmedUpTo, count, size = _row(connection, token)
+            checkConfirm(nextSeq, upTo)
+            if upTo <= confirmedUpTo:
+                return
+            dropped, droppedBytes = connection.execute(
+                "SELECT count(*), total(length(payload)) FROM alive_messages "
+                "WHERE token = ? AND seq <= ?",
+                (token, upTo),
+            ).fetchone()
+            connection.execute(
+                "DELETE FROM alive_messages WHERE token = ? AND seq <= ?", (token, upTo)
+            )
+            connection.execute(
+                "UPDATE alive_sessions SET confirmed_up_to = ?, message_count = ?, "
+                "message_bytes = ? WHERE token = ?",
+                (upTo, count - dropped, size - int(droppedBytes), token),
+            )
+
+        return self._submit(confirm)
+
+    def _raise(self, column: str, token: bytes, value: float) -> Deferred[None]:
+        """Raise ``column`` of a session to ``value`` (never lower it)."""
+
+        def update(connection: sqlite3.Connection) -> None:
+            cursor = connection.execute(
+                f"UPDATE alive_sessions SET {column} = max({column}, ?) WHERE token = ?",
+                (value, token),
+            )
+            if cursor.rowcount == 0:
+                raise unknownSession(token)
+
+        return self._submit(update)
+
+    def recordProcessed(self, token: bytes, upTo: int) -> Deferred[None]:
+        """Move the inbound position (`ISessionStore.recordProcessed`)."""
+        return self._raise("processed_up_to", token, upTo)
+
+    def touchSession(self, token: bytes, lastSeen: float) -> Deferred[None]:
+        """Note when a session was seen (`ISessionStore.touchSession`)."""
+        return self._raise("last_seen", token, lastSeen)
+
+    def expireSessions(self, now: float, ttl: float) -> Deferred[list[bytes]]:
+        """Forget sessions unseen for ``ttl`` seconds
+        (`ISessionStore.expireSessions`)."""
+        cutoff = now - ttl
+
+        def expire(connection: sqlite3.Connection) -> list[bytes]:
+            gone = [
+                token
+                for (token,) in connection.execute(
+                    "SELECT token FROM alive_sessions WHERE last_seen < ? "
+                    "ORDER BY last_seen, token",
+                    (cutoff,),
+                )
+            ]
+            for token in gone:
+                connection.execute("DELETE FROM alive_messages WHERE token = ?", (token,))
+                connection.execute("DELETE FROM alive_sessions WHERE token = ?", (token,))
+            return gone
+
+        return self._submit(expire)
+
+
+# -- descriptions ---------------------------------------------------------------------------------
+
+DESCRIPTIONS = "memory, sqlite:PATH[:synchronous=NORMAL|FULL] or redis://HOST:PORT/DB"
+"""The description strings `sessionStoreFromString` reads, for messages."""
+
+
+def _split(description: str) -> list[str]:
+    """Split at the colons not escaped by a backslash (``\\:`` is a colon
+    in a path, ``\\\\`` a backslash), as Twisted's endpoint strings do."""
+    parts = [""]
+    escaped = False
+    for char in description:
+        if escaped:
+            parts[-1] += char
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        elif char == ":":
+            parts.append("")
+        else:
+            parts[-1] += char
+    if escaped:
+        parts[-1] += "\\"
+    return parts
+
+
+def sessionStoreFromString(reactor: Any, description: str) -> ISessionStore:
+    """
+    A session store from a description, as ``serverFromString`` makes an
+    endpoint:
+
+    - ``memory``: a `MemorySessionStore`;
+    - ``sqlite:PATH``: a `SqliteSessionStore` on the file ``PATH``
+      (relative paths are taken from the current directory now, so a later
+      ``chdir`` does not move the store); a colon in ``PATH`` is written
+      ``\\:``. Options follow as ``:NAME=VALUE``: ``synchronous=NORMAL``
+      (the default) or ``synchronous=FULL``, as in
+      ``sqlite:/var/lib/alive/sessions.db:synchronous=FULL``;
+    - ``redis://HOST:PORT/DB``: the Redis store, not available yet (issue
+      17): `NotImplementedError`.
+
+    Nothing is opened yet: the store opens on its first operation (or
+    `ISessionStore.open`).
+
+    :param reactor: the reactor the store reports to.
+    :raises ValueError: for a description that is none of these, with the
+        reason.
+    :raises NotImplementedError: for a Redis description.
+    """
+    text = description.strip()
+    if not text:
+        raise ValueError(f"empty session store description: use {DESCRIPTIONS}")
+    if text.startswith("redis://") or text.startswith("redis:"):
+        raise NotImplementedError(
+            f"the Redis session store ({text}) is not available yet: it is issue 17; "
+            "use memory or sqlite:PATH"
+        )
+    kind, _, rest = text.partition(":")
+    if kind == "memory":
+        if rest:
+            raise ValueError(f"the memory session store takes no options, got {text!r}")
+        return MemorySessionStore()
+    if kind != "sqlite":
+        raise ValueError(f"unknown session store {text!r}: use {DESCRIPTIONS}")
+    path, *options = _split(rest)
+    if not path:
+        raise ValueError(f"{text!r} names no file: use sqlite:PATH[:synchronous=NORMAL|FULL]")
+    synchronous = "NORMAL"
+    for option in options:
+        name, equals, value = option.partition("=")
+        if not equals:
+            raise ValueError(f"sqlite option {option!r} in {text!r} is not NAME=VALUE")
+        if name != "synchronous":
+            raise ValueError(
+                f"unknown sqlite option {name!r} in {text!r}: the option is "
+                "synchronous=NORMAL|FULL"
+            )
+        if value.upper() not in SYNCHRONOUS:
+            raise ValueError(f"synchronous must be NORMAL or FULL, got {value!r} in {text!r}")
+        synchronous = value.upper()
+    return SqliteSessionStore(os.path.abspath(path), synchronous, reactor=reactor)
+
+
+__all__ = [
+    "APPLICATION_ID",
+    "SCHEMA_VERSION",
+    "MemorySessionStore",
+    "SqliteSessionStore",
+    "sessionStoreFromString",
+]

@@ -1,0 +1,287 @@
+"""
+What a session store keeps of a session, sans-IO: the `StoredSession`
+record, the rules every store applies to it, and the conversions between a
+live `Session` and its record.
+
+A store (``twisted_alive._stores``: memory, SQLite) keeps, per session, the
+token, an epoch, the outbound positions (the next sequence number, what the
+peer confirmed), the messages not yet confirmed, the inbound position (what
+this side's application processed) and when the session was last seen.
+Everything else in a `Session` (counters, the REJECTs to resend, a message
+being processed) is rebuilt or lost when a session is loaded again.
+
+Nothing here imports Twisted or does I/O: the stores call these functions,
+and so do the tests, with plain values.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+
+from twisted_alive.core.delivery import (
+    DEFAULT_MAX_QUEUE,
+    DEFAULT_MAX_QUEUE_BYTES,
+    DEFAULT_WINDOW,
+    Entry,
+    Session,
+)
+from twisted_alive.core.frames import DEFAULT_MAX_FRAME_SIZE
+from twisted_alive.core.outcomes import QueueFull
+
+DEFAULT_MAX_STORED = DEFAULT_WINDOW + DEFAULT_MAX_QUEUE
+"""Unconfirmed messages a store keeps per session by default: what a
+default `Outbox` holds at most (its window plus its queue)."""
+
+DEFAULT_MAX_STORED_BYTES = DEFAULT_MAX_QUEUE_BYTES + DEFAULT_WINDOW * DEFAULT_MAX_FRAME_SIZE
+"""Payload bytes a store keeps per session by default: what a default
+`Outbox` holds at most (its queue's bytes plus a window of the largest
+frames)."""
+
+
+class StoreError(Exception):
+    """A session store refused an operation, or cannot be used; the text
+    says which and why."""
+
+
+class CorruptStore(StoreError):
+    """
+    A store's file cannot be read, or is not a twisted_alive session store:
+    it is left as it is (never started afresh over), and the store does not
+    open.
+    """
+
+
+@dataclass(frozen=True)
+class StoreLimits:
+    """
+    How much a store keeps per session: beyond it, appending fails with
+    `QueueFull`, as a full `Outbox` does.
+
+    As with `Outbox.submit`, a session that holds no message always takes
+    one, however large, so that a byte limit below one message's size
+    cannot block a sender forever.
+
+    :ivar maxMessages: unconfirmed messages per session at most.
+    :ivar maxBytes: payload bytes of unconfirmed messages per session at
+        most.
+    """
+
+    maxMessages: int = DEFAULT_MAX_STORED
+    maxBytes: int = DEFAULT_MAX_STORED_BYTES
+
+    def __post_init__(self) -> None:
+        if self.maxMessages < 1:
+            raise ValueError(f"maxMessages must be at least 1, got {self.maxMessages!r}")
+        if self.maxBytes < 0:
+            raise ValueError(f"maxBytes must not be negative, got {self.maxBytes!r}")
+
+    @classmethod
+    def forOutbox(
+        cls,
+        window: int = DEFAULT_WINDOW,
+        maxQueue: int = DEFAULT_MAX_QUEUE,
+        maxQueueBytes: int = DEFAULT_MAX_QUEUE_BYTES,
+        maxPayload: int = DEFAULT_MAX_FRAME_SIZE,
+    ) -> StoreLimits:
+        """The limits matching an `Outbox` with these limits, whose peer
+        accepts payloads of ``maxPayload`` bytes at most: a store that
+        refuses only what that outbox would refuse."""
+        return cls(window + max(maxQueue, 1), maxQueueBytes + window * maxPayload)
+
+    def check(self, held: int, heldBytes: int, payloads: Sequence[bytes]) -> None:
+        """
+        Whether a session holding ``held`` messages of ``heldBytes`` bytes
+        may take ``payloads`` too.
+
+        :raises QueueFull: if not, saying which limit.
+        """
+        count = len(payloads)
+        size = sum(map(len, payloads))
+        if held + count > self.maxMessages or (
+            (held or count > 1) and heldBytes + size > self.maxBytes
+        ):
+            raise QueueFull(
+                f"session store full: the session holds {held} messages ({heldBytes} bytes), "
+                f"{count} more ({size} bytes) would exceed maxMessages={self.maxMessages} "
+                f"or maxBytes={self.maxBytes}"
+            )
+
+
+@dataclass(frozen=True)
+class StoredSession:
+    """
+    A session as a store keeps it.
+
+    The messages are those appended and not yet confirmed, in order, with
+    consecutive sequence numbers: the first is ``confirmedUpTo + 1`` (or
+    later, if confirmed ones were not all appended), the last
+    ``nextSeq - 1``.
+
+    :ivar token: the 16-byte session token.
+    :ivar epoch: the session's epoch, as the caller gave it (the store
+        keeps it and never changes it): it tells a session from another
+        that reused nothing of it.
+    :ivar nextSeq: the sequence number the next appended message takes.
+    :ivar confirmedUpTo: the peer confirmed every message up to this one.
+    :ivar processedUpTo: this side's application processed every inbound
+        message up to this one.
+    :ivar lastSeen: when the session was last seen (seconds since the
+        epoch: wall-clock time, meaningful across restarts).
+    :ivar messages: ``(seq, payload)`` of each unconfirmed message, in order.
+    """
+
+    token: bytes
+    epoch: int = 0
+    nextSeq: int = 1
+    confirmedUpTo: int = 0
+    processedUpTo: int = 0
+    lastSeen: float = 0.0
+    messages: tuple[tuple[int, bytes], ...] = field(default=(), repr=False)
+
+    @property
+    def storedBytes(self) -> int:
+        """The payload bytes of the stored messages."""
+        return sum(len(payload) for _, payload in self.messages)
+
+    def withMessages(self, messages: Sequence[tuple[int, bytes]]) -> StoredSession:
+        """This record with ``messages`` instead of its own."""
+        return replace(self, messages=tuple(messages))
+
+
+def checkRecord(record: StoredSession) -> None:
+    """
+    Whether ``record`` is one a store may hold.
+
+    :raises StoreError: if its token is not 16 bytes, its positions are
+        negative or out of order, or its messages are not consecutive
+        sequence numbers after ``confirmedUpTo`` and before ``nextSeq``.
+    """
+    if len(record.token) != 16:
+        raise StoreError(f"a session token is 16 bytes, got {len(record.token)}")
+    if record.confirmedUpTo < 0 or record.processedUpTo < 0 or record.epoch < 0:
+        raise StoreError("epoch and positions must not be negative")
+    if record.nextSeq <= record.confirmedUpTo:
+        raise StoreError(
+            f"nextSeq {record.nextSeq} must be beyond confirmedUpTo {record.confirmedUpTo}"
+        )
+    if record.messages:
+        first = record.messages[0][0]
+        seqs = [seq for seq, _ in record.messages]
+        if first <= record.confirmedUpTo or seqs != list(range(first, record.nextSeq)):
+            raise StoreError(
+                f"stored messages must be numbered consecutively from after confirmedUpTo "
+                f"{record.confirmedUpTo} up to nextSeq {record.nextSeq} - 1, got {seqs[0]}.."
+                f"{seqs[-1]} ({len(seqs)} messages)"
+            )
+
+
+def checkAppend(nextSeq: int, seqs: Sequence[int]) -> None:
+    """
+    Whether messages numbered ``seqs`` may be appended to a session whose
+    next sequence number is ``nextSeq``: they must continue its numbering.
+
+    :raises StoreError: if not.
+    """
+    if list(seqs) != list(range(nextSeq, nextSeq + len(seqs))):
+        shown = ", ".join(map(str, seqs[:3])) + (", ..." if len(seqs) > 3 else "")
+        raise StoreError(f"appended messages must be numbered from {nextSeq} on, got {shown}")
+
+
+def checkConfirm(nextSeq: int, upTo: int) -> None:
+    """
+    Whether the peer may confirm messages up to ``upTo`` in a session whose
+    next sequence number is ``nextSeq``.
+
+    :raises StoreError: for a message never appended.
+    """
+    if upTo >= nextSeq:
+        raise StoreError(
+            f"cannot confirm up to {upTo}: only {nextSeq - 1} messages were appended"
+        )
+
+
+def unknownSession(token: bytes) -> StoreError:
+    """The error of an operation on a session the store does not hold."""
+    return StoreError(f"the store holds no session {token.hex()[:8]}")
+
+
+def recordOf(session: Session, epoch: int = 0) -> StoredSession:
+    """
+    The record of a live `Session`.
+
+    Messages queued and never sent have no sequence number yet: they get
+    the numbers they will be sent with, in queue order, after the last one
+    the outbox gave (as `Outbox.takeSendable` numbers them).
+
+    :param epoch: the session's epoch (a `Session` does not hold one).
+    """
+    outbox = session.outbox
+    messages: list[tuple[int, bytes]] = [(entry.seq, entry.payload) for entry in outbox.inflight]
+    nextSeq = outbox.nextSeq
+    for entry in outbox.queue:
+        if entry.seq:
+            messages.append((entry.seq, entry.payload))
+        else:
+            messages.append((nextSeq, entry.payload))
+            nextSeq += 1
+    messages.sort(key=lambda message: message[0])
+    return StoredSession(
+        token=session.token,
+        epoch=epoch,
+        nextSeq=nextSeq,
+        confirmedUpTo=outbox.ackedUpTo,
+        processedUpTo=session.inbox.processedUpTo,
+        lastSeen=session.lastSeen,
+        messages=tuple(messages),
+    )
+
+
+def sessionOf(
+    record: StoredSession,
+    window: int = DEFAULT_WINDOW,
+    maxQueue: int = DEFAULT_MAX_QUEUE,
+    maxQueueBytes: int = DEFAULT_MAX_QUEUE_BYTES,
+) -> Session:
+    """
+    A live `Session` from its record, as after a reconnect: every stored
+    message waits at the head of the queue with its sequence number, to be
+    sent (again) once the peer's HELLO says what it holds; the inbound side
+    resumes after the last message processed, so the peer sends again what
+    was received but not processed.
+
+    The entries' handles are ``None``: the caller gives them its own.
+    """
+    session = Session(record.token, window, maxQueue, maxQueueBytes)
+    outbox = session.outbox
+    outbox.nextSeq = record.nextSeq
+    outbox.ackedUpTo = record.confirmedUpTo
+    if record.messages:
+        queue: deque[Entry] = deque()
+        for seq, payload in record.messages:
+            entry = Entry(payload, None)
+            entry.seq = seq
+            queue.append(entry)
+        outbox.queue = queue
+        outbox.queuedBytes = record.storedBytes
+    inbox = session.inbox
+    inbox.receivedUpTo = inbox.processedUpTo = inbox.ackedUpTo = record.processedUpTo
+    session.lastSeen = record.lastSeen
+    return session
+
+
+__all__ = [
+    "DEFAULT_MAX_STORED",
+    "DEFAULT_MAX_STORED_BYTES",
+    "CorruptStore",
+    "StoreError",
+    "StoreLimits",
+    "StoredSession",
+    "checkAppend",
+    "checkConfirm",
+    "checkRecord",
+    "recordOf",
+    "unknownSession",
+    "sessionOf",
+]
