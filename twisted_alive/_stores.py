@@ -253,17 +253,59 @@ _Operation = tuple[Callable[[sqlite3.Connection], Any], Deferred[Any]]
 _STOP = None
 
 
-def _row(connection: sqlite3.Connection, token: bytes) -> tuple[int, int, int, int]:
-    """``(next_seq, confirmed_up_to, message_count, message_bytes)`` of a
-    session; `StoreError` if there is none."""
-    row = connection.execute(
-        "SELECT next_seq, confirmed_up_to, message_count, message_bytes "
-        "FROM alive_sessions WHERE token = ?",
-        (token,),
-    ).fetchone()
-    if row is None:
-        raise unknownSession(token)
-    return cast(tuple[int, int, int, int], row)
+class _Positions:
+    """
+    (Writer thread.) The outbound positions of the sessions the writer has
+    touched: ``[nextSeq, confirmedUpTo, messageCount, messageBytes]`` by
+    token, read once from the file, then kept here, and written back once
+    per transaction for the sessions that changed (`write`). The writer is
+    the file's only user (it holds an exclusive lock), so they stay true;
+    a transaction that fails forgets them all (`clear`).
+    """
+
+    def __init__(self) -> None:
+        self.rows: dict[bytes, list[int]] = {}
+        self.dirty: set[bytes] = set()
+
+    def get(self, connection: sqlite3.Connection, token: bytes) -> list[int]:
+        """The positions of session ``token`` (change them in place, then
+        call `changed`); `StoreError` if there is no such session."""
+        row = self.rows.get(token)
+        if row is None:
+            fetched = connection.execute(
+                "SELECT next_seq, confirmed_up_to, message_count, message_bytes "
+                "FROM alive_sessions WHERE token = ?",
+                (token,),
+            ).fetchone()
+            if fetched is None:
+                raise unknownSession(token)
+            row = self.rows[token] = list(fetched)
+        return row
+
+    def changed(self, token: bytes) -> None:
+        """The positions of ``token`` changed: write them back."""
+        self.dirty.add(token)
+
+    def forget(self, token: bytes) -> None:
+        """Session ``token`` is gone."""
+        self.rows.pop(token, None)
+        self.dirty.discard(token)
+
+    def write(self, connection: sqlite3.Connection) -> None:
+        """Write the changed positions to the file."""
+        if self.dirty:
+            rows = self.rows
+            connection.executemany(
+                "UPDATE alive_sessions SET next_seq = ?, confirmed_up_to = ?, "
+                "message_count = ?, message_bytes = ? WHERE token = ?",
+                [(*rows[token], token) for token in self.dirty],
+            )
+            self.dirty.clear()
+
+    def clear(self) -> None:
+        """Forget everything (the transaction that changed them failed)."""
+        self.rows.clear()
+        self.dirty.clear()
 
 
 @implementer(ISessionStore)
@@ -327,6 +369,7 @@ class SqliteSessionStore:
         self._stopped = False
         self._whenClosed: list[Deferred[None]] = []
         self._shutdownTrigger: Any = None
+        self._positions = _Positions()
 
     def __repr__(self) -> str:
         return f"<SqliteSessionStore {str(self.path)!r} synchronous={self.synchronous}>"
@@ -446,10 +489,12 @@ class SqliteSessionStore:
                 except (StoreError, QueueFull) as refused:
                     # Refused before it wrote anything: it fails alone.
                     results.append((d, False, refused))
+            self._positions.write(connection)
             connection.execute("COMMIT")
         except Exception as error:
             # Not a refusal: what the batch wrote so far is undone, and
             # every operation in it fails.
+            self._positions.clear()
             try:
                 if connection.in_transaction:
                     connection.execute("ROLLBACK")
@@ -544,6 +589,7 @@ class SqliteSessionStore:
     def createSession(self, record: StoredSession) -> Deferred[None]:
         """Store a new session (`ISessionStore.createSession`)."""
         limits = self.limits
+        positions = self._positions
 
         def create(connection: sqlite3.Connection) -> None:
             exists = connection.execute(
@@ -570,6 +616,12 @@ class SqliteSessionStore:
                 "INSERT INTO alive_messages VALUES (?, ?, ?)",
                 [(record.token, seq, payload) for seq, payload in record.messages],
             )
+            positions.rows[record.token] = [
+                record.nextSeq,
+                record.confirmedUpTo,
+                len(record.messages),
+                record.storedBytes,
+            ]
 
         return self._submit(create)
 
@@ -577,6 +629,7 @@ class SqliteSessionStore:
         """The record of a session (`ISessionStore.loadSession`)."""
 
         def load(connection: sqlite3.Connection) -> StoredSession | None:
+            self._positions.write(connection)
             row = connection.execute(
                 "SELECT epoch, next_seq, confirmed_up_to, processed_up_to, last_seen "
                 "FROM alive_sessions WHERE token = ?",
@@ -598,6 +651,7 @@ class SqliteSessionStore:
         """Forget a session (`ISessionStore.deleteSession`)."""
 
         def delete(connection: sqlite3.Connection) -> bool:
+            self._positions.forget(token)
             connection.execute("DELETE FROM alive_messages WHERE token = ?", (token,))
             cursor = connection.execute("DELETE FROM alive_sessions WHERE token = ?", (token,))
             return cursor.rowcount > 0
@@ -617,10 +671,12 @@ class SqliteSessionStore:
     def appendMessages(self, token: bytes, messages: Sequence[tuple[int, bytes]]) -> Deferred[None]:
         """Store outbound messages (`ISessionStore.appendMessages`)."""
         limits = self.limits
+        positions = self._positions
         messages = list(messages)
 
         def append(connection: sqlite3.Connection) -> None:
-            nextSeq, _, count, size = _row(connection, token)
+            row = positions.get(connection, token)
+            nextSeq, _, count, size = row
             checkAppend(nextSeq, [seq for seq, _ in messages])
             payloads = [payload for _, payload in messages]
             limits.check(count, size, payloads)
@@ -628,40 +684,31 @@ class SqliteSessionStore:
                 "INSERT INTO alive_messages VALUES (?, ?, ?)",
                 [(token, seq, payload) for seq, payload in messages],
             )
-            connection.execute(
-                "UPDATE alive_sessions SET next_seq = ?, message_count = ?, message_bytes = ? "
-                "WHERE token = ?",
-                (
-                    nextSeq + len(messages),
-                    count + len(messages),
-                    size + sum(map(len, payloads)),
-                    token,
-                ),
-            )
+            row[0] = nextSeq + len(messages)
+            row[2] = count + len(messages)
+            row[3] = size + sum(map(len, payloads))
+            positions.changed(token)
 
         return self._submit(append)
 
     def confirmMessages(self, token: bytes, upTo: int) -> Deferred[None]:
         """Drop confirmed messages (`ISessionStore.confirmMessages`)."""
+        positions = self._positions
 
         def confirm(connection: sqlite3.Connection) -> None:
-            nextSeq, confirmedUpTo, count, size = _row(connection, token)
+            row = positions.get(connection, token)
+            nextSeq, confirmedUpTo, count, size = row
             checkConfirm(nextSeq, upTo)
             if upTo <= confirmedUpTo:
                 return
-            dropped, droppedBytes = connection.execute(
-                "SELECT count(*), total(length(payload)) FROM alive_messages "
-                "WHERE token = ? AND seq <= ?",
+            dropped = connection.execute(
+                "DELETE FROM alive_messages WHERE token = ? AND seq <= ? RETURNING length(payload)",
                 (token, upTo),
-            ).fetchone()
-            connection.execute(
-                "DELETE FROM alive_messages WHERE token = ? AND seq <= ?", (token, upTo)
-            )
-            connection.execute(
-                "UPDATE alive_sessions SET confirmed_up_to = ?, message_count = ?, "
-                "message_bytes = ? WHERE token = ?",
-                (upTo, count - dropped, size - int(droppedBytes), token),
-            )
+            ).fetchall()
+            row[1] = upTo
+            row[2] = count - len(dropped)
+            row[3] = size - sum(length for (length,) in dropped)
+            positions.changed(token)
 
         return self._submit(confirm)
 
@@ -701,6 +748,7 @@ class SqliteSessionStore:
                 )
             ]
             for token in gone:
+                self._positions.forget(token)
                 connection.execute("DELETE FROM alive_messages WHERE token = ?", (token,))
                 connection.execute("DELETE FROM alive_sessions WHERE token = ?", (token,))
             return gone
