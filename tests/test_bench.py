@@ -17,6 +17,7 @@ import pytest
 from twisted_alive.tools.bench import (
     SECTIONS,
     SIZES,
+    STORES,
     Plan,
     ackSection,
     formatTable,
@@ -129,11 +130,55 @@ def test_quickRunIdleScaleIsSane(quickRun: dict[str, Any]) -> None:
 def test_quickRunTargetsAreJudged(quickRun: dict[str, Any]) -> None:
     """Each target carries a figure (or n/a), its goal and a verdict."""
     names = [target["name"] for target in quickRun["targets"]]
-    for prefix in ("(1)", "(2)", "(3)", "(4)", "(5)"):
+    for prefix in ("(1)", "(2)", "(3)", "(4)", "(5)", "(6)"):
         assert any(name.startswith(prefix) for name in names), prefix
     for target in quickRun["targets"]:
         assert isinstance(target["met"], bool)
         assert target["goal"]
+
+
+@pytest.mark.timeout(120)
+def test_quickRunStoresAreSane(quickRun: dict[str, Any]) -> None:
+    """Every store run reports a positive rate and p99 latency, and the
+    memory store is the fastest (it does no I/O)."""
+    store = quickRun["store"]
+    assert set(store) == set(STORES)
+    for entry in store.values():
+        positiveSummary(entry["messagesPerSecond"])
+        positiveSummary(entry["p99"])
+        assert entry["window"] == 64
+    rates = {impl: entry["messagesPerSecond"]["median"] for impl, entry in store.items()}
+    assert max(rates, key=lambda impl: rates[impl]) == "memory"
+
+
+def test_storeRunsJudgedAndShown() -> None:
+    """The store rows print with their rate and p99, and the targets compare
+    the SQLite store with its floor and with the adbapi baseline."""
+    rates = {
+        "memory": 100_000.0,
+        "sqlite-normal": 20_000.0,
+        "sqlite-full": 4_000.0,
+        "adbapi-normal": 2_000.0,
+        "adbapi-full": 1_000.0,
+    }
+    results: dict[str, Any] = {
+        "machine": MACHINE,
+        "plan": {"repeat": 1, "idleInterval": 1.0},
+        "store": {
+            impl: {"messagesPerSecond": summary([rate]), "p99": summary([1234.0]), "window": 64}
+            for impl, rate in rates.items()
+        },
+    }
+    targets = {t.name: (t.value, t.met) for t in judge(results)}
+    assert targets == {
+        "(6) SqliteSessionStore NORMAL: stored+confirmed/s": (20_000.0, True),
+        "(6) SqliteSessionStore NORMAL / adbapi, a transaction per operation": (10.0, True),
+        "(6) SqliteSessionStore FULL: stored+confirmed/s": (4_000.0, False),
+        "(6) SqliteSessionStore FULL / adbapi, a transaction per operation": (4.0, False),
+    }
+    lines = formatTable(results).splitlines()
+    full = next(line for line in lines if "SqliteSessionStore, synchronous=FULL" in line)
+    assert full.split()[-2:] == ["4.0k", "1,234"]
 
 
 def args(*argv: str) -> Any:

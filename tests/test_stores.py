@@ -658,6 +658,20 @@ def test_unopenablePathRefused(opened: Callable[..., SqliteSessionStore], calls:
     assert str(error) == f"cannot open session store {path}: unable to open database file"
 
 
+def test_oldSqliteRefused(opened: Callable[..., SqliteSessionStore], calls: ThreadCalls,
+                          tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A SQLite library older than 3.35 is refused at open, saying both
+    versions."""
+    monkeypatch.setattr(sqlite3, "sqlite_version_info", (3, 31, 1))
+    monkeypatch.setattr(sqlite3, "sqlite_version", "3.31.1")
+    error = calls.failure(opened().open())
+    assert type(error) is StoreError
+    assert str(error) == (
+        f"session store {tmp_path / 's.db'} needs SQLite 3.35.0 or later; "
+        "this Python has SQLite 3.31.1"
+    )
+
+
 def test_fileInUseRefused(opened: Callable[..., SqliteSessionStore], calls: ThreadCalls,
                           tmp_path: Path) -> None:
     """While a store has its file open, a second store on it is refused at

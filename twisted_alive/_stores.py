@@ -224,6 +224,9 @@ it tells our file from any other SQLite database."""
 SCHEMA_VERSION = 1
 """``PRAGMA user_version`` of the schema this module reads and writes."""
 
+MIN_SQLITE = (3, 35, 0)
+"""The oldest SQLite the store works with (``DELETE ... RETURNING``)."""
+
 SYNCHRONOUS = ("NORMAL", "FULL")
 """The ``synchronous`` settings a `SqliteSessionStore` takes."""
 
@@ -515,6 +518,11 @@ class SqliteSessionStore:
         :raises CorruptStore: if it is damaged or not a session store.
         """
         path = self.path
+        if sqlite3.sqlite_version_info < MIN_SQLITE:
+            raise StoreError(
+                f"session store {path} needs SQLite {'.'.join(map(str, MIN_SQLITE))} or "
+                f"later; this Python has SQLite {sqlite3.sqlite_version}"
+            )
         try:
             connection = sqlite3.connect(path, isolation_level=None, timeout=0.0)
         except sqlite3.Error as error:

@@ -18,7 +18,11 @@ and measures, in one run:
    connections with a 1 s heartbeat, against bare Twisted connections, a
    naive heartbeat (a timer per connection), a single shared timer, and
    the floor: a shared timer writing an unframed ping straight to each
-   socket, the least a heartbeat can cost through Twisted's reactor.
+   socket, the least a heartbeat can cost through Twisted's reactor;
+6. the session stores alone: messages stored then confirmed per second,
+   a window of 64 at a time, through ``SqliteSessionStore`` (NORMAL and
+   FULL) beside the memory store and a plain ``adbapi`` pool doing one
+   transaction per operation.
 
 Each figure is repeated and reported as the median with its range; the
 ratios against the targets of ``docs/performance.md`` come from the same
@@ -52,10 +56,16 @@ SIZES = (16, 256, 4096)
 TARGET_SIZE = 256
 """The payload size the targets are stated for."""
 
-SECTIONS = ("throughput", "confirmed", "latency", "acks", "detection", "idle")
+SECTIONS = ("throughput", "confirmed", "latency", "acks", "detection", "idle", "store")
 """The measurements, in the order they run and print."""
 
 WORKER = "twisted_alive.tools.bench_worker"
+
+STORES = ("memory", "sqlite-normal", "sqlite-full", "adbapi-normal", "adbapi-full")
+"""The store runs (``bench_worker store --impl``), in the order they print."""
+
+STORE_WINDOW = 64
+"""Messages stored and awaiting confirmation at a time in the store runs."""
 
 BATCH = 256
 """Messages per ``sendMessages`` call in the ``alive-batch`` runs (the
@@ -86,6 +96,8 @@ class Plan:
     :ivar interval: heartbeat interval of the detection trials.
     :ivar misses: heartbeat misses of the detection trials.
     :ivar idleInterval: heartbeat interval of the idle-scale runs.
+    :ivar storeMessages: messages per store run (memory, SQLite).
+    :ivar adbapiMessages: messages per ``adbapi`` baseline run (it is slow).
     """
 
     repeat: int = 5
@@ -103,6 +115,8 @@ class Plan:
     interval: float = 0.2
     misses: int = 3
     idleInterval: float = 1.0
+    storeMessages: int = 50_000
+    adbapiMessages: int = 3_000
 
     @classmethod
     def quick(cls) -> Plan:
@@ -118,6 +132,8 @@ class Plan:
             idleSeconds=1.0,
             settle=1.5,
             trials=3,
+            storeMessages=2_000,
+            adbapiMessages=300,
         )
 
 
@@ -473,6 +489,35 @@ def measureIdle(plan: Plan, progress: Callable[[str], None]) -> list[dict[str, A
 # -- targets and report -----------------------------------------------------------------
 
 
+def measureStores(plan: Plan, progress: Callable[[str], None]) -> dict[str, Any]:
+    """The session stores alone: messages stored then confirmed per second."""
+    runs: dict[str, list[dict[str, Any]]] = {impl: [] for impl in STORES}
+    for rep in range(plan.repeat):
+        for impl in STORES:
+            progress(f"store {impl} ({rep + 1}/{plan.repeat})")
+            count = plan.adbapiMessages if impl.startswith("adbapi") else plan.storeMessages
+            worker = Worker(
+                "store",
+                "--impl", impl,
+                "--count", count,
+                "--size", TARGET_SIZE,
+                "--outstanding", STORE_WINDOW,
+            )  # fmt: skip
+            try:
+                runs[impl].append(worker.read(300)["result"])
+            finally:
+                worker.stop()
+    return {
+        impl: {
+            "size": TARGET_SIZE,
+            "window": STORE_WINDOW,
+            "messagesPerSecond": summary([r["count"] / r["seconds"] for r in results]),
+            "p99": summary([r["p99"] for r in results]),
+        }
+        for impl, results in runs.items()
+    }
+
+
 @dataclass
 class Target:
     """
@@ -585,6 +630,17 @@ def judge(results: dict[str, Any]) -> list[Target]:
                 ours["rssPerConnection"] - bare["rssPerConnection"],
                 3072,
                 " B",
+            )
+    store = results.get("store")
+    if store:
+        for level, minimum in (("normal", 10_000), ("full", 5_000)):
+            ours = median(store, f"sqlite-{level}", "messagesPerSecond")
+            name = f"(6) SqliteSessionStore {level.upper()}"
+            atLeast(f"{name}: stored+confirmed/s", ours, minimum, "")
+            atLeast(
+                f"{name} / adbapi, a transaction per operation",
+                ours / median(store, f"adbapi-{level}", "messagesPerSecond"),
+                5.0,
             )
     return targets
 
@@ -775,6 +831,30 @@ def formatTable(results: dict[str, Any]) -> str:
             ["connections", "", "CPU % of a core", "CPU / naive", "RSS bytes/conn"],
             rows,
         )
+    store = results.get("store")
+    if store:
+        labels = {
+            "memory": "MemorySessionStore",
+            "sqlite-normal": "SqliteSessionStore, synchronous=NORMAL",
+            "sqlite-full": "SqliteSessionStore, synchronous=FULL",
+            "adbapi-normal": "adbapi pool, a transaction each, NORMAL",
+            "adbapi-full": "adbapi pool, a transaction each, FULL",
+        }
+        rows = [
+            [
+                labels[impl],
+                _spread(store[impl]["messagesPerSecond"], _rate),
+                _spread(store[impl]["p99"], lambda v: f"{v:,.0f}"),
+            ]
+            for impl in STORES
+            if impl in store
+        ]
+        table(
+            f"6. session stores alone: each message stored, then confirmed, "
+            f"{STORE_WINDOW} at a time, {TARGET_SIZE} B",
+            ["", "messages/s", "p99 us"],
+            rows,
+        )
     targets = results.get("targets", [])
     if targets:
         rows = [
@@ -860,7 +940,7 @@ def addArguments(parser: argparse.ArgumentParser) -> None:
         "Measure twisted_alive against Twisted baselines: client and server in separate\n"
         "processes over loopback; each figure repeated, reported as median [min-max].",
         "Measurements: throughput, confirmed, latency, acks (from the throughput and\n"
-        "confirmed runs), detection, idle. See docs/performance.md for the targets.\n"
+        "confirmed runs), detection, idle, store. See docs/performance.md for the targets.\n"
         "Linux only. The full run takes a few minutes; --quick about half a minute.",
     )
     parser.add_argument(
@@ -969,6 +1049,8 @@ def run(args: argparse.Namespace) -> int:
             "idleSeconds": plan.idleSeconds,
             "idleInterval": plan.idleInterval,
             "trials": plan.trials,
+            "storeMessages": plan.storeMessages,
+            "adbapiMessages": plan.adbapiMessages,
         },
     }
     measurements: dict[str, Callable[[Plan, Callable[[str], None]], Any]] = {
@@ -977,6 +1059,7 @@ def run(args: argparse.Namespace) -> int:
         "latency": measureLatency,
         "detection": measureDetection,
         "idle": measureIdle,
+        "store": measureStores,
     }
     try:
         for name in sections:

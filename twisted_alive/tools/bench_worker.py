@@ -28,6 +28,14 @@ Roles (``--impl`` says which implementation is measured):
   its heartbeat as cheaply as possible (``alive``: `PongPeer`), except with
   ``alive-peers``, where they are twisted_alive protocols with heartbeats of
   their own.
+- ``store --impl memory|sqlite-normal|sqlite-full|adbapi-normal|adbapi-full``:
+  the session store alone, no network: ``--count`` messages, each appended
+  then, once stored, confirmed (dropped), ``--outstanding`` at a time;
+  prints the rate and the percentiles of each message's time from append
+  to confirmed. ``sqlite-*`` is `SqliteSessionStore` (group commit);
+  ``adbapi-*`` is the baseline, a plain ``adbapi.ConnectionPool`` (one
+  connection) doing one transaction per append and one per confirmation,
+  with the same WAL and ``synchronous`` settings.
 - ``detect-server`` and ``detect-peer``: a heartbeat server that prints
   ``{"opened": PORT}`` and ``{"lost": PORT, "at": T, ...}`` (``T`` from
   ``time.monotonic``), and the peer the bench stops with SIGSTOP.
@@ -909,6 +917,165 @@ def detectPeer(args: argparse.Namespace) -> None:
     reactor.run()
 
 
+# -- session stores ---------------------------------------------------------------
+
+
+class AdbapiBaseline:
+    """
+    The baseline of the store runs: what an application would write first
+    with Twisted's own tools, an ``adbapi.ConnectionPool`` over ``sqlite3``
+    with one transaction per operation.
+    """
+
+    def __init__(self, path: str, synchronous: str) -> None:
+        from twisted.enterprise import adbapi
+
+        def prepare(connection: Any) -> None:
+            connection.execute("PRAGMA journal_mode = WAL")
+            connection.execute(f"PRAGMA synchronous = {synchronous}")
+
+        self.pool: Any = cast(Any, adbapi).ConnectionPool(
+            "sqlite3",
+            path,
+            check_same_thread=False,
+            cp_min=1,
+            cp_max=1,
+            cp_openfun=prepare,
+        )
+
+    def open(self) -> Any:
+        """Create the table."""
+        return self.pool.runOperation(
+            "CREATE TABLE messages (token BLOB, seq INTEGER, payload BLOB, "
+            "PRIMARY KEY (token, seq)) WITHOUT ROWID"
+        )
+
+    def createSession(self, record: Any) -> Any:
+        """Nothing to create: the baseline keeps messages only."""
+        return self.pool.runOperation("SELECT 1")
+
+    def appendMessages(self, token: bytes, messages: Sequence[tuple[int, bytes]]) -> Any:
+        """One transaction: insert the messages."""
+        return self.pool.runOperation(
+            "INSERT INTO messages VALUES (?, ?, ?)", (token, *messages[0])
+        )
+
+    def confirmMessages(self, token: bytes, upTo: int) -> Any:
+        """One transaction: delete up to ``upTo``."""
+        return self.pool.runOperation(
+            "DELETE FROM messages WHERE token = ? AND seq <= ?", (token, upTo)
+        )
+
+    def close(self) -> Deferred[None]:
+        """Close the pool."""
+        from twisted.internet.defer import succeed
+
+        self.pool.close()
+        return succeed(None)
+
+
+async def _storeRun(reactor: Any, args: argparse.Namespace) -> dict[str, Any]:
+    import os
+    import shutil
+    import tempfile
+
+    from twisted_alive import MemorySessionStore, SqliteSessionStore, StoredSession
+
+    directory = tempfile.mkdtemp(prefix="alive-bench-store-")
+    path = os.path.join(directory, "store.db")
+    kind, _, synchronous = args.impl.partition("-")
+    store: Any
+    if kind == "memory":
+        store = MemorySessionStore()
+    elif kind == "sqlite":
+        store = SqliteSessionStore(path, synchronous.upper(), reactor=reactor)
+    else:
+        store = AdbapiBaseline(path, synchronous.upper())
+    token = bytes(16)
+    payload = b"x" * args.size
+    count = args.count
+    latencies: list[float] = []
+    finished: Deferred[None] = Deferred()
+    state = {"issued": 0, "done": 0, "wanted": 0, "pumping": 0}
+    try:
+        await store.open()
+        await store.createSession(StoredSession(token))
+
+        def one() -> None:
+            seq = state["issued"] = state["issued"] + 1
+            started = time.perf_counter()
+            d = store.appendMessages(token, [(seq, payload)])
+            d.addCallback(lambda _: store.confirmMessages(token, seq))
+            d.addCallbacks(lambda _: done(started), failed)
+
+        def done(started: float) -> None:
+            latencies.append(time.perf_counter() - started)
+            state["done"] += 1
+            if state["done"] == count:
+                finished.callback(None)
+            else:
+                state["wanted"] += 1
+                pump()
+
+        def pump() -> None:
+            # A store whose Deferreds fire at once (memory) would recurse
+            # one() -> done() -> one()...: issue from a loop instead.
+            if state["pumping"]:
+                return
+            state["pumping"] = 1
+            while state["wanted"] and state["issued"] < count:
+                state["wanted"] -= 1
+                one()
+            state["pumping"] = 0
+
+        def failed(failure: Failure) -> None:
+            if not finished.called:
+                finished.errback(failure)
+
+        began = time.perf_counter()
+        state["wanted"] = min(args.outstanding, count)
+        pump()
+        await finished
+        seconds = time.perf_counter() - began
+        await store.close()
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+    result = {
+        "count": count,
+        "seconds": seconds,
+        "p50": percentile(latencies, 0.5) * 1e6,
+        "p99": percentile(latencies, 0.99) * 1e6,
+    }
+    if kind == "sqlite":
+        result["commits"] = store.commits
+    return result
+
+
+def storeClient(args: argparse.Namespace) -> None:
+    """A store run: print its result."""
+    from twisted.internet.defer import ensureDeferred
+
+    reactor = _reactor()
+    outcome: list[int] = []
+
+    def report(result: dict[str, Any]) -> None:
+        emit({"result": result})
+        outcome.append(0)
+
+    def failed(failure: Failure) -> None:
+        emit({"error": failure.getErrorMessage()})
+        outcome.append(1)
+
+    def start() -> None:
+        d = ensureDeferred(_storeRun(reactor, args))
+        d.addCallbacks(report, failed)
+        d.addBoth(lambda _: reactor.stop())
+
+    reactor.callWhenRunning(start)
+    reactor.run()
+    raise SystemExit(outcome[0] if outcome else 1)
+
+
 # -- command line -----------------------------------------------------------------------
 
 
@@ -921,6 +1088,7 @@ ROLES: dict[str, Callable[[argparse.Namespace], None]] = {
     "idle-client": idleClient,
     "detect-server": detectServer,
     "detect-peer": detectPeer,
+    "store": storeClient,
 }
 
 
