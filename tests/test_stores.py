@@ -10,6 +10,7 @@ checking every store against a plain model, across reopenings.
 from __future__ import annotations
 
 import queue
+import random
 import shutil
 import sqlite3
 import tempfile
@@ -25,7 +26,14 @@ import pytest_twisted
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
-from support import ensureDeferred, failureResultOf, getReactor, successResultOf
+from support import (
+    Processes,
+    chaosSeed,
+    ensureDeferred,
+    failureResultOf,
+    getReactor,
+    successResultOf,
+)
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.interfaces import IReactorFromThreads
 from zope.interface import implementer
@@ -46,6 +54,8 @@ T = TypeVar("T")
 A = bytes([0xAA] * 16)
 B = bytes([0xBB] * 16)
 C = bytes([0xCC] * 16)
+APPENDER_TOKEN = bytes([0x11] * 16)
+"""The session of ``tests/peers/store_appender.py``."""
 LIMITS = StoreLimits(maxMessages=5, maxBytes=50)
 """Small limits, so that the tests reach them."""
 
@@ -981,3 +991,46 @@ TestMemoryStoreMachine = StoreMachine.TestCase
 TestMemoryStoreMachine.settings = settings(max_examples=50, stateful_step_count=30)
 TestSqliteStoreMachine = SqliteMachine.TestCase
 TestSqliteStoreMachine.settings = settings(max_examples=50, stateful_step_count=30)
+
+
+# -- a writer killed ------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("synchronous", ["NORMAL", "FULL"])
+def test_killedWriterLosesNothingStored(
+    tmp_path: Path, processes: Processes, synchronous: str
+) -> None:
+    """A process appending and confirming, SIGKILLed at random points and
+    started again five times: every append and confirmation it saw fire
+    is in the file, the messages stored are exactly those not confirmed,
+    whole, and each restart carries on from where the file says."""
+    path = tmp_path / "crash.db"
+    calls = ThreadCalls()
+    seed = chaosSeed()
+    rng = random.Random(seed)
+    stored = confirmed = 0
+    nextSeq = 1
+    for _ in range(5):
+        process = processes.startPeer("store_appender.py", path, synchronous)
+        assert process.stdout is not None
+        assert process.stdout.readline().split() == ["READY", str(nextSeq)], seed
+        for _ in range(rng.randint(1, 1500)):
+            kind, number = process.stdout.readline().split()
+            if kind == "STORED":
+                assert int(number) > stored, seed
+                stored = int(number)
+            else:
+                confirmed = max(confirmed, int(number))
+        processes.kill(process)
+        store = SqliteSessionStore(path, reactor=calls)
+        record = calls.result(store.loadSession(APPENDER_TOKEN))
+        calls.result(store.close())
+        assert record is not None, seed
+        assert record.nextSeq > stored and record.confirmedUpTo >= confirmed, seed
+        assert record.messages == tuple(
+            (n, b"message %d" % n) for n in range(record.confirmedUpTo + 1, record.nextSeq)
+        ), seed
+        nextSeq = record.nextSeq
+    assert stored > 0
