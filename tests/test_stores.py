@@ -439,6 +439,31 @@ def test_batchesAreBounded(
     assert max(sizes) == 100 and sum(sizes) == 250
 
 
+def test_pendingOperationsBounded(
+    opened: Callable[..., SqliteSessionStore], calls: ThreadCalls
+) -> None:
+    """While ``maxPending`` operations wait for the thread, appending and
+    creating fail at once with `QueueFull`; confirmations and reads are
+    still taken; once the thread catches up, appending works again."""
+    s = opened(maxPending=5)
+    calls.result(s.createSession(record()))
+    release = hold(s)
+    appends = [s.appendMessages(A, [(n, b"m")]) for n in range(1, 5)]
+    assert s.pending == 5
+    for refused in (s.appendMessages(A, [(5, b"m")]), s.createSession(record(B))):
+        error = failureResultOf(refused, QueueFull).value  # type: ignore[no-untyped-call]
+        assert str(error) == (
+            "session store busy: 5 operations wait for its thread (maxPending=5)"
+        )
+    confirm = s.confirmMessages(A, 2)
+    load = s.loadSession(A)
+    release.set()
+    calls.result(gatherResults([*appends, confirm]))
+    assert calls.result(load) == record(nextSeq=5, confirmedUpTo=2, messages=((3, b"m"), (4, b"m")))
+    assert s.pending == 0
+    calls.result(s.appendMessages(A, [(5, b"m")]))
+
+
 def test_refusalFailsAlone(opened: Callable[..., SqliteSessionStore], calls: ThreadCalls) -> None:
     """In a transaction shared with others, a refused operation fails alone;
     the others are committed."""
@@ -496,11 +521,15 @@ def test_walAndSynchronous(opened: Callable[..., SqliteSessionStore], calls: Thr
     assert s.synchronous == synchronous.upper()
 
 
-def test_badSynchronousRefused(tmp_path: Path) -> None:
-    """Only NORMAL and FULL are offered."""
+def test_badSettingsRefused(tmp_path: Path) -> None:
+    """Only NORMAL and FULL are offered; batches and the queue hold one
+    operation at least."""
     with pytest.raises(ValueError) as caught:
         SqliteSessionStore(tmp_path / "s.db", "OFF")
     assert str(caught.value) == "synchronous must be NORMAL or FULL, got 'OFF'"
+    with pytest.raises(ValueError) as caught:
+        SqliteSessionStore(tmp_path / "s.db", maxPending=0)
+    assert str(caught.value) == "maxBatch and maxPending must be at least 1, got 4096, 0"
 
 
 def test_schemaMarked(opened: Callable[..., SqliteSessionStore], calls: ThreadCalls,

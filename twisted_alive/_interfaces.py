@@ -68,7 +68,8 @@ class ISessionStore(Interface):
     order they were called. The records it gives back are snapshots.
 
     Limits are the store's (`StoreLimits`): appending beyond them fails
-    with `QueueFull` and changes nothing. An operation on a token the store
+    with `QueueFull` and changes nothing; so does appending to a store
+    whose own queue is full (a durable store whose writes fall behind). An operation on a token the store
     does not hold fails with `StoreError`, as does any operation after
     `close`.
     """

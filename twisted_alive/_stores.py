@@ -30,6 +30,7 @@ from zope.interface import implementer
 from twisted_alive._interfaces import ISessionStore
 from twisted_alive.core.outcomes import QueueFull
 from twisted_alive.core.stored import (
+    DEFAULT_MAX_STORED,
     CorruptStore,
     StoredSession,
     StoreError,
@@ -342,6 +343,11 @@ class SqliteSessionStore:
     :param reactor: the reactor whose thread gets the results; the global
         one if not given. The store closes itself before it shuts down.
     :param maxBatch: operations per transaction at most.
+    :param maxPending: operations waiting for the thread at most: beyond,
+        `createSession` and `appendMessages` fail at once with `QueueFull`
+        (a writer that falls behind does not let its queue grow without
+        limit); the other operations, which free room or read, are always
+        taken.
     :ivar commits: transactions committed so far.
     :ivar operations: operations done so far.
     """
@@ -353,16 +359,22 @@ class SqliteSessionStore:
         limits: StoreLimits | None = None,
         reactor: IReactorFromThreads | None = None,
         maxBatch: int = 4096,
+        maxPending: int = DEFAULT_MAX_STORED,
     ) -> None:
         level = synchronous.upper()
         if level not in SYNCHRONOUS:
             raise ValueError(f"synchronous must be NORMAL or FULL, got {synchronous!r}")
-        if maxBatch < 1:
-            raise ValueError(f"maxBatch must be at least 1, got {maxBatch!r}")
+        if maxBatch < 1 or maxPending < 1:
+            raise ValueError(
+                f"maxBatch and maxPending must be at least 1, got {maxBatch!r}, {maxPending!r}"
+            )
         self.path = Path(path)
         self.synchronous = level
         self.limits = limits if limits is not None else StoreLimits()
         self.maxBatch = maxBatch
+        self.maxPending = maxPending
+        self.pending = 0
+        """Operations called and not yet answered."""
         self.commits = 0
         self.operations = 0
         self._reactor = reactor
@@ -386,13 +398,25 @@ class SqliteSessionStore:
             self._reactor = cast(IReactorFromThreads, reactor)
         return self._reactor
 
-    def _submit(self, function: Callable[[sqlite3.Connection], T]) -> Deferred[T]:
+    def _submit(
+        self, function: Callable[[sqlite3.Connection], T], grows: bool = False
+    ) -> Deferred[T]:
         """Run ``function(connection)`` in the writer thread, in the next
-        transaction; its result or error fires the Deferred once committed."""
+        transaction; its result or error fires the Deferred once committed.
+        An operation that ``grows`` the store is refused once `maxPending`
+        operations wait."""
         if self._closing:
             return defer.fail(StoreError(CLOSED))
+        if grows and self.pending >= self.maxPending:
+            return defer.fail(
+                QueueFull(
+                    f"session store busy: {self.pending} operations wait for its thread "
+                    f"(maxPending={self.maxPending})"
+                )
+            )
         if self._thread is None:
             self._start()
+        self.pending += 1
         d: Deferred[T] = Deferred()
         self._queue.put((function, d))
         return d
@@ -434,6 +458,7 @@ class SqliteSessionStore:
 
     def _deliver(self, results: list[tuple[Deferred[Any], bool, Any]], stopped: bool) -> None:
         """(Reactor thread.) Fire the Deferreds of a committed batch."""
+        self.pending -= len(results)
         for d, ok, value in results:
             if ok:
                 d.callback(value)
@@ -631,7 +656,7 @@ class SqliteSessionStore:
                 record.storedBytes,
             ]
 
-        return self._submit(create)
+        return self._submit(create, grows=True)
 
     def loadSession(self, token: bytes) -> Deferred[StoredSession | None]:
         """The record of a session (`ISessionStore.loadSession`)."""
@@ -697,7 +722,7 @@ class SqliteSessionStore:
             row[3] = size + sum(map(len, payloads))
             positions.changed(token)
 
-        return self._submit(append)
+        return self._submit(append, grows=True)
 
     def confirmMessages(self, token: bytes, upTo: int) -> Deferred[None]:
         """Drop confirmed messages (`ISessionStore.confirmMessages`)."""
