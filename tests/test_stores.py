@@ -775,6 +775,8 @@ def test_describeMemory() -> None:
         ("sqlite:/tmp/s.db:synchronous=normal", "/tmp/s.db", "NORMAL"),
         ("sqlite:/tmp/a\\:b.db", "/tmp/a:b.db", "NORMAL"),
         ("  sqlite:/tmp/s.db  ", "/tmp/s.db", "NORMAL"),
+        ("sqlite:/tmp/a\\\\b.db", "/tmp/a\\b.db", "NORMAL"),
+        ("sqlite:/tmp/a\\", "/tmp/a\\", "NORMAL"),
     ],
 )
 def test_describeSqlite(description: str, path: str, synchronous: str) -> None:
@@ -783,6 +785,23 @@ def test_describeSqlite(description: str, path: str, synchronous: str) -> None:
     s = sessionStoreFromString(getReactor(), description)
     assert isinstance(s, SqliteSessionStore)
     assert (str(s.path), s.synchronous, s._thread) == (path, synchronous, None)
+
+
+@ensureDeferred
+async def test_globalReactorByDefault(tmp_path: Path) -> None:
+    """Without a reactor given, the store reports to the global one."""
+    s = SqliteSessionStore(tmp_path / "s.db")
+    await s.createSession(record())
+    assert await s.listSessions() == [A]
+    await s.close()
+
+
+def test_reprs(tmp_path: Path) -> None:
+    """A store's repr says what it is: its file, or its session count."""
+    assert repr(MemorySessionStore()) == "<MemorySessionStore: 0 sessions>"
+    assert repr(SqliteSessionStore(tmp_path / "s.db", "full")) == (
+        f"<SqliteSessionStore {str(tmp_path / 's.db')!r} synchronous=FULL>"
+    )
 
 
 def test_describeSqliteRelative(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

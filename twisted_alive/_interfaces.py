@@ -69,9 +69,9 @@ class ISessionStore(Interface):
 
     Limits are the store's (`StoreLimits`): appending beyond them fails
     with `QueueFull` and changes nothing; so does appending to a store
-    whose own queue is full (a durable store whose writes fall behind). An operation on a token the store
-    does not hold fails with `StoreError`, as does any operation after
-    `close`.
+    whose own queue is full (a durable store whose writes fall behind). An
+    operation on a token the store does not hold fails with `StoreError`,
+    as does any operation after `close`.
     """
 
     limits = Attribute("The `StoreLimits` the store applies to each session.")

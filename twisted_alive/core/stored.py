@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from twisted_alive.core.delivery import (
     DEFAULT_MAX_QUEUE,
@@ -144,10 +144,6 @@ class StoredSession:
     def storedBytes(self) -> int:
         """The payload bytes of the stored messages."""
         return sum(len(payload) for _, payload in self.messages)
-
-    def withMessages(self, messages: Sequence[tuple[int, bytes]]) -> StoredSession:
-        """This record with ``messages`` instead of its own."""
-        return replace(self, messages=tuple(messages))
 
 
 def checkRecord(record: StoredSession) -> None:
