@@ -281,13 +281,27 @@ class TestSessionStore:
         assert results[-1] == record(nextSeq=5, confirmedUpTo=2, messages=((3, b"3"), (4, b"4")))
 
     @ensureDeferred
+    async def test_flushFiresAfterWhatCameBefore(self, store: ISessionStore) -> None:
+        """``flush`` fires after every operation called before it."""
+        fired: list[str] = []
+        store.createSession(record()).addCallback(lambda _: fired.append("create"))
+        store.appendMessages(A, [(1, b"a")]).addCallback(lambda _: fired.append("append"))
+        await store.flush()
+        assert fired == ["create", "append"]
+
+    @ensureDeferred
     async def test_closed(self, store: ISessionStore) -> None:
         """After close, every operation fails with `StoreError`; closing
         again is harmless."""
         await store.createSession(record())
         await store.close()
         await store.close()
-        for call in (store.open, store.listSessions, lambda: store.loadSession(A)):
+        for call in (
+            store.open,
+            store.flush,
+            store.listSessions,
+            lambda: store.loadSession(A),
+        ):
             with pytest.raises(StoreError) as caught:
                 await call()
             assert str(caught.value) == "the session store is closed"

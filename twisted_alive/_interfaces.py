@@ -138,6 +138,10 @@ class ISessionStore(Interface):
         ``now``, with their messages; fires with their tokens, least
         recently seen first."""
 
+    def flush() -> Deferred[None]:
+        """Fires once every operation called before it is done (durable, for
+        a durable store): what a sender's ``whenStored()`` waits for."""
+
     def close() -> Deferred[None]:
         """
         Finish every operation called before, make it durable, and release

@@ -208,6 +208,10 @@ class MemorySessionStore:
 
         return self._do(expire)
 
+    def flush(self) -> Deferred[None]:
+        """Everything is done already: fires at once (`ISessionStore.flush`)."""
+        return self._do(lambda: None)
+
     def close(self) -> Deferred[None]:
         """Release the store (`ISessionStore.close`); the sessions are
         gone with it."""
@@ -617,6 +621,11 @@ class SqliteSessionStore:
 
     def open(self) -> Deferred[None]:
         """Open the file in the writer thread (`ISessionStore.open`)."""
+        return self._submit(lambda connection: None)
+
+    def flush(self) -> Deferred[None]:
+        """Fires once every operation called before is committed
+        (`ISessionStore.flush`)."""
         return self._submit(lambda connection: None)
 
     def createSession(self, record: StoredSession) -> Deferred[None]:
