@@ -341,9 +341,7 @@ def encodePing(id: int) -> bytes:
     :returns: the encoded frame.
     :raises ValueError: if ``id`` does not fit 64 bits.
     """
-    if not 0 <= id <= _MAX_U64:
-        _checkRange("PING id", id, _MAX_U64)
-    return _packHeaderU64(9, 4, id)
+    return _encodeId("PING", 4, id)
 
 
 def encodePong(id: int) -> bytes:
@@ -354,9 +352,14 @@ def encodePong(id: int) -> bytes:
     :returns: the encoded frame.
     :raises ValueError: if ``id`` does not fit 64 bits.
     """
+    return _encodeId("PONG", 5, id)
+
+
+def _encodeId(name: str, type: int, id: int) -> bytes:
+    """A PING (type 4) or PONG (type 5) frame: an 8-byte id."""
     if not 0 <= id <= _MAX_U64:
-        _checkRange("PONG id", id, _MAX_U64)
-    return _packHeaderU64(9, 5, id)
+        _checkRange(f"{name} id", id, _MAX_U64)
+    return _packHeaderU64(9, type, id)
 
 
 def _encodeHello(frame: Hello) -> bytes:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, cast
 
 from twisted.internet.interfaces import IReactorTime
@@ -74,13 +74,7 @@ class LossRecord:
 
     def toJSON(self) -> dict[str, object]:
         """This record as a JSON-ready dict."""
-        return {
-            "at": self.at,
-            "peer": self.peer,
-            "reason": self.reason,
-            "detail": self.detail,
-            "duration": self.duration,
-        }
+        return asdict(self)
 
 
 @implementer(ILogObserver)
