@@ -1092,8 +1092,9 @@ class Connection:
         This side's application closes in order: what is queued is sent,
         then GOODBYE; then, once the peer acknowledged every message (or
         `Settings.closeTimeout` passed), `CloseNow`. The messages the peer
-        sent before are handed out and acknowledged first. A second call
-        does nothing.
+        sent before are still handed out and acknowledged before `CloseNow`
+        (their ACK may follow the GOODBYE, as the spec allows). A second
+        call does nothing.
         """
         if now is not None:
             self._now = now
