@@ -46,6 +46,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from twisted_alive.core import frames as _frames
+from twisted_alive.core.checks import atLeast, positive
 from twisted_alive.core.delivery import (
     DEFAULT_MAX_QUEUE,
     DEFAULT_MAX_QUEUE_BYTES,
@@ -186,22 +187,19 @@ class Settings:
     maxUnsentBytes: int = 4 * 1048576
 
     def __post_init__(self) -> None:
-        if not self.interval > 0:
-            raise ValueError(f"heartbeatInterval must be positive, got {self.interval!r}")
+        positive("heartbeatInterval", self.interval)
         if self.interval < 0.001 or self.interval > 4_000_000:
             raise ValueError(
                 "heartbeatInterval must be between 0.001 and 4000000 seconds, "
                 f"got {self.interval!r}"
             )
-        if self.misses < 1:
-            raise ValueError(f"heartbeatMisses must be at least 1, got {self.misses!r}")
+        atLeast("heartbeatMisses", self.misses, 1)
         if self.maxFrameSize < MIN_MAX_FRAME_SIZE or self.maxFrameSize > 2**32 - 1:
             raise ValueError(
                 f"maxFrameSize must be between {MIN_MAX_FRAME_SIZE} and {2**32 - 1}, "
                 f"got {self.maxFrameSize!r}"
             )
-        if self.window < 1:
-            raise ValueError(f"window must be at least 1, got {self.window!r}")
+        atLeast("window", self.window, 1)
 
     @property
     def maxPayload(self) -> int:

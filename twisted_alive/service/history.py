@@ -24,6 +24,7 @@ from zope.interface import implementer
 
 from twisted_alive._factories import AliveServerFactory, tokenPrefix
 from twisted_alive._reasons import Reason
+from twisted_alive.core.checks import atLeast
 
 LOG_NAMESPACE = "twisted_alive"
 """The namespace of the log events this package emits."""
@@ -114,10 +115,8 @@ class History:
         points: int = POINTS,
         maxLosses: int = MAX_LOSSES,
     ) -> None:
-        if points < 2:
-            raise ValueError(f"points must be at least 2, got {points!r}")
-        if maxLosses < 1:
-            raise ValueError(f"maxLosses must be at least 1, got {maxLosses!r}")
+        atLeast("points", points, 2)
+        atLeast("maxLosses", maxLosses, 1)
         self.factories = factories
         self.totals = totals
         self.clock = clock
