@@ -741,7 +741,10 @@ class AliveServerFactory(Factory):
         session.lastSeen = now
         key = self._key(session.token)
         table = self._table
-        if table.get(key) is session:
+        binding = self._bindings.get(key)
+        if table.get(key) is session and (binding is None or binding.carrier is None):
+            # Not taken over by a newer connection (that one decides when
+            # it ends).
             if self._stoppedFactory:
                 table.remove(key)
                 self._failSession(session, "the server stopped")
@@ -749,11 +752,9 @@ class AliveServerFactory(Factory):
                 table.remove(key)
                 self._failSession(session, "the client closed the session")
             else:
-                binding = self._bindings.get(key)
-                if binding is None or binding.carrier is None:
-                    # Not taken over by a newer connection: it waits, the
-                    # most recently seen (the least recently seen go first).
-                    table.detach(key, now)
+                # It waits, the most recently seen (the least recently seen
+                # go first).
+                table.detach(key, now)
         self.expireSessions(now)
         self._armExpiry(now)
 
