@@ -7,12 +7,16 @@ factory that keeps sessions (`ISessionHost`) keeps their bindings.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IPushProducer, IReactorTime
+from twisted.python.failure import Failure
 
+from twisted_alive._logs import logRejection
+from twisted_alive.core.connection import Connection
 from twisted_alive.core.delivery import Entry, Outbox, Session, undelivered
 from twisted_alive.core.outcomes import DeliveryFailed, Receipt
 from twisted_alive.core.reasons import Loss
@@ -91,6 +95,65 @@ class Binding:
         if previous is not None and previous is not protocol and previous.loss is None:
             previous.abort("session taken over by a new connection")
         self.carrier = protocol
+
+    def awaitResult(
+        self, conn: Connection, seq: int, result: object, clock: IReactorTime, peer: str | None
+    ) -> None:
+        """
+        `HeartbeatMixin.messageReceived` returned ``result`` (not ``None``)
+        for message ``seq``, which ``conn`` handed out: if it is a Deferred
+        (or an awaitable, such as the coroutine of ``async def
+        messageReceived``), its outcome answers the message, and the next
+        message waits for it; anything else answers it at once (processed).
+        An outcome that comes after this turn answers the connection that
+        carries the session by then (`answerLater`).
+        """
+        if not isinstance(result, Deferred):
+            if not inspect.isawaitable(result):
+                conn.messageProcessed(seq)
+                return
+            result = Deferred.fromCoroutine(cast(Any, result))
+        box: list[object] = []
+        result.addBoth(box.append)
+        if box:
+            answer(conn, seq, box[0], clock, peer)
+            return
+        result.addCallback(lambda _: self.answerLater(seq, box[0], clock, peer))
+
+    def answerLater(self, seq: int, outcome: object, clock: IReactorTime, peer: str | None) -> None:
+        """
+        The Deferred of message ``seq`` fired with ``outcome`` (a
+        ``Failure`` if the application failed on it): answer the core of the
+        connection that carries the session now, and have that connection
+        act on the answer; with no such connection, record the answer in
+        the session's inbox (``clock`` and ``peer``, those of the connection
+        that handed the message out, are for the log of a failure).
+        """
+        carrier = self.carrier
+        if carrier is not None and carrier._alive is not None and carrier.loss is None:
+            answer(carrier._alive, seq, outcome, carrier._clock(), carrier._peer)
+            carrier._service()
+            return
+        inbox = self.session.inbox
+        if isinstance(outcome, Failure):
+            inbox.failed(seq, logRejection(clock, peer, seq, outcome))
+        else:
+            inbox.processed(seq)
+
+
+def answer(
+    conn: Connection, seq: int, outcome: object, clock: IReactorTime, peer: str | None
+) -> None:
+    """
+    Answer the core ``conn`` for message ``seq``: processed, or, if
+    ``outcome`` is a ``Failure`` (the application failed on the message),
+    failed with the text of its REJECT (`logRejection` logs the failure of
+    ``peer`` on ``clock``).
+    """
+    if isinstance(outcome, Failure):
+        conn.messageFailed(seq, logRejection(clock, peer, seq, outcome))
+    else:
+        conn.messageProcessed(seq)
 
 
 def confirm(entries: Sequence[Entry], now: float) -> None:

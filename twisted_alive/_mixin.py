@@ -11,7 +11,6 @@ armed for the core's next deadline.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, cast
 
@@ -28,9 +27,9 @@ from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from twisted_alive._binding import Binding, confirm, fail, failUndelivered
+from twisted_alive._binding import Binding, answer, confirm, fail, failUndelivered
 from twisted_alive._interfaces import ISessionHost
-from twisted_alive._logs import log, logEvent, logRejection, watchPongs
+from twisted_alive._logs import log, logEvent, watchPongs
 from twisted_alive._reasons import describeFailure
 from twisted_alive._timers import wheelFor
 from twisted_alive._transport import (
@@ -635,14 +634,16 @@ class HeartbeatMixin(TimeoutMixin):
                 try:
                     result = self.messageReceived(event[1])
                 except Exception:
-                    conn.messageFailed(seq, logRejection(self._clock(), self._peer, seq, Failure()))  # type: ignore[no-untyped-call]
+                    answer(conn, seq, Failure(), self._clock(), self._peer)  # type: ignore[no-untyped-call]
                 else:
                     if result is None:
                         # The common case, first: isinstance() against
                         # Deferred (an ABC) costs more than the rest.
                         processed(seq)
                     else:
-                        self._awaitResult(conn, seq, result)
+                        binding = self._binding
+                        assert binding is not None
+                        binding.awaitResult(conn, seq, result, self._clock(), self._peer)
                 countdown -= 1
                 if countdown <= 0:
                     countdown = TURN_CHECK_EVERY
@@ -729,45 +730,6 @@ class HeartbeatMixin(TimeoutMixin):
         binding.takeOver(self)
         self._binding = binding
         conn.acceptSession(session, resumed, now)
-
-    def _awaitResult(self, conn: Connection, seq: int, result: object) -> None:
-        """`messageReceived` returned something: if it is a Deferred (or
-        an awaitable), its outcome answers message ``seq``; the next
-        message waits for it."""
-        if not isinstance(result, Deferred):
-            if not inspect.isawaitable(result):
-                conn.messageProcessed(seq)
-                return
-            # ``async def messageReceived``: wait for it like a Deferred.
-            result = Deferred.fromCoroutine(cast(Any, result))
-        box: list[object] = []
-        result.addBoth(box.append)
-        if box:
-            self._answer(conn, seq, box[0])
-            return
-        binding = self._binding
-        assert binding is not None
-        result.addCallback(lambda _: self._answerLater(binding, seq, box[0]))
-
-    def _answerLater(self, binding: Binding, seq: int, outcome: object) -> None:
-        """The Deferred of message ``seq`` fired with ``outcome``: answer the
-        core of the connection that carries the session now."""
-        carrier = binding.carrier
-        if carrier is not None and carrier._alive is not None and carrier.loss is None:
-            carrier._answer(carrier._alive, seq, outcome)
-            carrier._service()
-            return
-        inbox = binding.session.inbox
-        if isinstance(outcome, Failure):
-            inbox.failed(seq, logRejection(self._clock(), self._peer, seq, outcome))
-        else:
-            inbox.processed(seq)
-
-    def _answer(self, conn: Connection, seq: int, outcome: object) -> None:
-        if isinstance(outcome, Failure):
-            conn.messageFailed(seq, logRejection(self._clock(), self._peer, seq, outcome))
-        else:
-            conn.messageProcessed(seq)
 
     def _yieldTurn(self) -> None:
         """Pause reading from the transport and go on in the next turn of
