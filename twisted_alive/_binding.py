@@ -16,7 +16,8 @@ from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.python.failure import Failure
 
 from twisted_alive._logs import logRejection
-from twisted_alive.core.connection import Connection
+from twisted_alive._transport import addressPhase, canWriteThrough
+from twisted_alive.core.connection import Connection, Role, Settings
 from twisted_alive.core.delivery import Entry, Outbox, Session, undelivered
 from twisted_alive.core.outcomes import DeliveryFailed, Receipt
 from twisted_alive.core.reasons import Loss
@@ -80,6 +81,12 @@ class Binding:
         self.pacer = Pacer(self.session.outbox, producer)
         self.pacer.check()
 
+    def pace(self) -> None:
+        """Pause or resume the registered producer, if any, as the level of
+        the session's send queue says (`Pacer.check`)."""
+        if self.pacer is not None:
+            self.pacer.check()
+
     def adopt(self, other: Binding) -> None:
         """Take over ``other``'s producer (registered on a connection before
         it knew its session), unless one is registered here already."""
@@ -139,6 +146,86 @@ class Binding:
             inbox.failed(seq, logRejection(clock, peer, seq, outcome))
         else:
             inbox.processed(seq)
+
+
+def bind(host: Any, settings: Settings, transport: Any, now: float) -> tuple[Connection, Binding]:
+    """
+    The core of a new connection on ``transport`` and the `Binding` of the
+    session it carries. With a session ``host`` (an `ISessionHost`
+    factory), the connection plays the host's role: a client carries the
+    host's session; a server learns its session from the client's HELLO
+    (`answerHello`) and, until then, binds the connection's own. Without
+    one, the connection is a peer that carries its own session for good.
+    """
+    if host is None:
+        conn = Connection(settings, Role.PEER, now, phase=addressPhase(transport))
+        binding = Binding(conn.session)
+    elif host.role is Role.CLIENT:
+        binding = host.clientBinding()
+        conn = Connection(settings, Role.CLIENT, now, binding.session)
+    else:
+        conn = Connection(settings, Role.SERVER, now, phase=0.5)
+        binding = Binding(conn.session)
+    conn.writeThrough = canWriteThrough(transport)
+    return conn, binding
+
+
+def answerHello(
+    host: Any,
+    protocol: HeartbeatMixin,
+    binding: Binding | None,
+    conn: Connection,
+    token: bytes,
+    now: float,
+) -> Binding | None:
+    """
+    (Server.) The client's HELLO on ``protocol`` (its core: ``conn``, its
+    binding until now: ``binding``) names session ``token``: find it
+    through ``host``; the session's binding adopts the producer of
+    ``binding``, ``protocol`` takes the session over (`Binding.takeOver`)
+    and ``conn`` accepts it. A session that ``host`` does not know
+    (unknown or expired) is refused.
+
+    :returns: the binding of ``protocol`` from now on: the session's, or
+        ``binding`` if the session was refused.
+    """
+    found = host.sessionFor(token, now) if host is not None else None
+    if found is None:
+        conn.refuseSession(f"session {token.hex()[:8]} is unknown or expired")
+        return binding
+    session, resumed = found
+    taken: Binding = host.bindingFor(session)
+    if binding is not None:
+        taken.adopt(binding)
+    taken.takeOver(protocol)
+    conn.acceptSession(session, resumed, now)
+    return taken
+
+
+def unbind(
+    protocol: HeartbeatMixin,
+    binding: Binding | None,
+    conn: Connection | None,
+    host: Any,
+    loss: Loss,
+) -> None:
+    """
+    ``protocol`` (its binding: ``binding``; its core: ``conn``, if it was
+    set up) ended with ``loss``: it no longer carries its session. The
+    session's ``host`` hears of it (`ISessionHost.sessionLost`); without a
+    host, the session ends with the connection, and its messages that will
+    never be confirmed fail.
+    """
+    if binding is not None and binding.carrier is protocol:
+        binding.carrier = None
+    if conn is None:
+        return
+    if host is not None:
+        host.sessionLost(protocol, loss)
+    else:
+        failUndelivered(
+            conn.session.outbox.drain(), f"connection lost before confirmation ({loss})", loss
+        )
 
 
 def answer(

@@ -27,14 +27,12 @@ from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from twisted_alive._binding import Binding, answer, confirm, fail, failUndelivered
+from twisted_alive._binding import Binding, answer, answerHello, bind, confirm, fail, unbind
 from twisted_alive._interfaces import ISessionHost
 from twisted_alive._logs import log, logEvent, watchPongs
 from twisted_alive._reasons import describeFailure
 from twisted_alive._timers import wheelFor
 from twisted_alive._transport import (
-    addressPhase,
-    canWriteThrough,
     describeAddress,
     isAccepted,
     setNoDelay,
@@ -375,9 +373,8 @@ class HeartbeatMixin(TimeoutMixin):
                 self._written += len(data)
             if conn.events:
                 self._service()
-        binding = self._binding
-        if binding is not None and binding.pacer is not None:
-            binding.pacer.check()
+        if self._binding is not None:
+            self._binding.pace()
 
     def _pump(self) -> None:
         """Write what the windows allow of the queued messages (the session
@@ -499,20 +496,8 @@ class HeartbeatMixin(TimeoutMixin):
         transport = self.transport
         self._peer = describeAddress(transport.getPeer())
         host = self._host()
-        settings = self.aliveSettings()
-        if host is None:
-            conn = Connection(settings, Role.PEER, now, phase=addressPhase(transport))
-        elif host.role is Role.CLIENT:
-            binding = host.clientBinding()
-            conn = Connection(settings, Role.CLIENT, now, binding.session)
-        else:
-            conn = Connection(settings, Role.SERVER, now, phase=0.5)
+        conn, self._binding = bind(host, self.aliveSettings(), transport, now)
         self._alive = conn
-        self._binding = binding if host is not None and host.role is Role.CLIENT else None
-        if self._binding is None:
-            # Until HELLO names the session (server), or for good (a peer).
-            self._binding = Binding(conn.session)
-        conn.writeThrough = canWriteThrough(transport)
         if self.tcpNoDelay:
             setNoDelay(transport)
         if host is not None:
@@ -559,19 +544,7 @@ class HeartbeatMixin(TimeoutMixin):
         self.loss = loss = lossOf(
             conn, reason, self.transport, self._peer, self._clock().seconds() - self._connectedAt
         )
-        binding = self._binding
-        if binding is not None and binding.carrier is self:
-            binding.carrier = None
-        if conn is not None:
-            host = self._host()
-            if host is not None:
-                host.sessionLost(self, loss)
-            else:
-                failUndelivered(
-                    conn.session.outbox.drain(),
-                    f"connection lost before confirmation ({loss})",
-                    loss,
-                )
+        unbind(self, self._binding, conn, self._host(), loss)
         for d in self._openWaiters or ():
             d.errback(DeliveryFailed(f"connection lost before HELLO completed ({loss})", loss))
         self._openWaiters = None
@@ -681,7 +654,9 @@ class HeartbeatMixin(TimeoutMixin):
         elif kind is Opened:
             self._opened(conn, cast(Opened, event).resumed)
         elif kind is HelloReceived:
-            self._helloReceived(conn, cast(HelloReceived, event))
+            token = cast(HelloReceived, event).hello.session
+            now = self._clock().seconds()
+            self._binding = answerHello(self._host(), self, self._binding, conn, token, now)
         elif kind is SessionUnknown:
             host = self._host()
             if host is not None:
@@ -692,9 +667,8 @@ class HeartbeatMixin(TimeoutMixin):
     def _sendRoom(self) -> None:
         """Acknowledgements made room in the window and the queue: resume a
         paused producer if the queue is low enough."""
-        pacer = self._binding.pacer if self._binding is not None else None
-        if pacer is not None:
-            pacer.check()
+        if self._binding is not None:
+            self._binding.pace()
 
     def _opened(self, conn: Connection, resumed: bool) -> None:
         binding = self._binding
@@ -714,22 +688,6 @@ class HeartbeatMixin(TimeoutMixin):
         host = self._host()
         if host is not None:
             host.sessionOpened(self, resumed)
-
-    def _helloReceived(self, conn: Connection, event: HelloReceived) -> None:
-        """(Server.) The client's HELLO names its session: find it, or
-        refuse."""
-        host = self._host()
-        now = self._clock().seconds()
-        found = host.sessionFor(event.hello.session, now) if host is not None else None
-        if found is None:
-            conn.refuseSession(f"session {event.hello.session.hex()[:8]} is unknown or expired")
-            return
-        session, resumed = found
-        binding = host.bindingFor(session)
-        binding.adopt(self._binding)
-        binding.takeOver(self)
-        self._binding = binding
-        conn.acceptSession(session, resumed, now)
 
     def _yieldTurn(self) -> None:
         """Pause reading from the transport and go on in the next turn of
