@@ -11,6 +11,7 @@ import inspect
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, cast
 
+from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.python.failure import Failure
@@ -241,6 +242,26 @@ def answer(
         conn.messageFailed(seq, logRejection(clock, peer, seq, outcome))
     else:
         conn.messageProcessed(seq)
+
+
+def refused(conn: Connection, what: str, loss: Loss | None) -> Deferred[Receipt]:
+    """
+    The failure of a send that ``conn`` refuses (`Connection.refusal`;
+    ``what`` names the message or messages; ``loss``: the connection's,
+    if it ended).
+
+    :raises RuntimeError: if this side called `HeartbeatMixin.close`:
+        sending after one's own close is a programming error, reported at
+        once rather than as a failed Deferred that nobody may be watching.
+    """
+    refusal = conn.refusal()
+    assert refusal is not None
+    if refusal[0]:
+        api = "sendMessage()" if what == "message" else "sendMessages()"
+        raise RuntimeError(f"{api} {refusal[1]}")
+    if loss is not None:
+        return defer.fail(DeliveryFailed(f"connection already lost ({loss})", loss))
+    return defer.fail(DeliveryFailed(f"{refusal[1]}; {what} not sent"))
 
 
 def confirm(entries: Sequence[Entry], now: float) -> None:

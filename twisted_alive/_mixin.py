@@ -27,9 +27,18 @@ from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from twisted_alive._binding import Binding, answer, answerHello, bind, confirm, fail, unbind
+from twisted_alive._binding import (
+    Binding,
+    answer,
+    answerHello,
+    bind,
+    confirm,
+    fail,
+    refused,
+    unbind,
+)
 from twisted_alive._interfaces import ISessionHost
-from twisted_alive._logs import log, logEvent, watchPongs
+from twisted_alive._logs import log, logConnected, logEvent, logOpened, watchPongs
 from twisted_alive._reasons import describeFailure
 from twisted_alive._timers import wheelFor
 from twisted_alive._transport import (
@@ -330,40 +339,17 @@ class HeartbeatMixin(TimeoutMixin):
         self, conn: Connection, what: str, send: Callable[[Any, Any, float], object], payload: Any
     ) -> Deferred[Receipt]:
         """Hand ``payload`` (one message or several) to the core's ``send``
-        with a new Deferred for its outcome, unless the core refuses."""
+        with a new Deferred for its outcome, unless the core refuses (see
+        `refused`). Then write its frames (unless a read burst will), act
+        on what the send caused, and tell a registered producer."""
         if conn.refusal() is not None:
-            return self._refused(conn, what)
+            return refused(conn, what, self.loss)
         d: Deferred[Receipt] = Deferred()
         now = self._clock().seconds()
         try:
             send(payload, d, now)
         except QueueFull as e:
             return defer.fail(e)
-        self._sent(conn, now)
-        return d
-
-    def _refused(self, conn: Connection, what: str) -> Deferred[Receipt]:
-        """The failure of a send that the core refuses (``what`` names the
-        message or messages).
-
-        :raises RuntimeError: if this side called `close`: sending after
-            one's own close is a programming error, reported at once rather
-            than as a failed Deferred that nobody may be watching.
-        """
-        refusal = conn.refusal()
-        assert refusal is not None
-        if refusal[0]:
-            api = "sendMessage()" if what == "message" else "sendMessages()"
-            raise RuntimeError(f"{api} {refusal[1]}")
-        if self.loss is not None:
-            return defer.fail(
-                DeliveryFailed(f"connection already lost ({self.loss})", self.loss)
-            )
-        return defer.fail(DeliveryFailed(f"{refusal[1]}; {what} not sent"))
-
-    def _sent(self, conn: Connection, now: float) -> None:
-        """After a send: write its frames (unless a read burst will), act on
-        what the send caused, and tell a registered producer."""
         if not conn.reading:
             data = conn.dataToSend(now)
             if data:
@@ -375,6 +361,7 @@ class HeartbeatMixin(TimeoutMixin):
                 self._service()
         if self._binding is not None:
             self._binding.pace()
+        return d
 
     def _pump(self) -> None:
         """Write what the windows allow of the queued messages (the session
@@ -502,12 +489,7 @@ class HeartbeatMixin(TimeoutMixin):
             setNoDelay(transport)
         if host is not None:
             host.connectionStarted(self)
-        log.debug(
-            "alive.connected: {peer} as {role}",
-            peer=self._peer,
-            role=conn.role.value,
-            event="connected",
-        )
+        logConnected(self._peer, conn.role.value)
         self._service()
         self._arm()
         super().connectionMade()  # type: ignore[misc]
@@ -674,13 +656,7 @@ class HeartbeatMixin(TimeoutMixin):
         binding = self._binding
         assert binding is not None
         binding.carrier = self
-        log.info(
-            "alive.hello: {peer} open, peer interval {interval:g} s, resumed {resumed}",
-            peer=self._peer,
-            interval=conn.liveness.peerInterval,
-            resumed=resumed,
-            event="hello",
-        )
+        logOpened(self._peer, conn.liveness.peerInterval, resumed)
         self.connectionOpened(resumed)
         for d in self._openWaiters or ():
             d.callback(None)
