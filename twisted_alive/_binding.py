@@ -17,7 +17,7 @@ from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.python.failure import Failure
 
 from twisted_alive._logs import logRejection
-from twisted_alive._transport import addressPhase, canWriteThrough
+from twisted_alive._transport import addressPhase, canWriteThrough, isAccepted
 from twisted_alive.core.connection import Connection, Role, Settings
 from twisted_alive.core.delivery import Entry, Outbox, Session, undelivered
 from twisted_alive.core.outcomes import DeliveryFailed, Receipt
@@ -147,6 +147,15 @@ class Binding:
             inbox.failed(seq, logRejection(clock, peer, seq, outcome))
         else:
             inbox.processed(seq)
+
+
+def accepting(host: Any, transport: Any) -> bool:
+    """Whether this side accepted the connection on ``transport`` (a
+    server): as the role of the session ``host`` says, if there is one,
+    else as the kind of ``transport`` says (`isAccepted`)."""
+    if host is not None:
+        return bool(host.role is Role.SERVER)
+    return isAccepted(transport)
 
 
 def bind(host: Any, settings: Settings, transport: Any, now: float) -> tuple[Connection, Binding]:

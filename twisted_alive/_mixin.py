@@ -29,6 +29,7 @@ from zope.interface import implementer
 
 from twisted_alive._binding import (
     Binding,
+    accepting,
     answer,
     answerHello,
     bind,
@@ -43,7 +44,8 @@ from twisted_alive._reasons import describeFailure
 from twisted_alive._timers import wheelFor
 from twisted_alive._transport import (
     describeAddress,
-    isAccepted,
+    pauseReading,
+    resumeReading,
     setNoDelay,
     unsentBytes,
     writeThrough,
@@ -58,7 +60,6 @@ from twisted_alive.core.connection import (
     MessageReceived,
     Opened,
     Rejected,
-    Role,
     SessionUnknown,
     Settings,
     State,
@@ -249,14 +250,7 @@ class HeartbeatMixin(TimeoutMixin):
 
         :raises ValueError: for an invalid setting (the message names it).
         """
-        return settingsFor(self, self._accepting())
-
-    def _accepting(self) -> bool:
-        """Whether this side accepted the connection (a server)."""
-        host = self._host()
-        if host is not None:
-            return bool(host.role is Role.SERVER)
-        return isAccepted(getattr(self, "transport", None))
+        return settingsFor(self, accepting(self._host(), getattr(self, "transport", None)))
 
     def _host(self) -> Any:
         factory = getattr(self, "factory", None)
@@ -545,10 +539,8 @@ class HeartbeatMixin(TimeoutMixin):
             return
         clock = self._clock()
         now = clock.seconds()
-        # Time spent on the timers due with this one is no stall.
-        running = wheelFor(clock).runningSince
         armed = self._armedFor
-        conn.handleTimer(now, armed, 0.0 if running is None else now - running)
+        conn.handleTimer(now, armed, wheelFor(clock).runningFor(now))
         self._service(timer=now - armed <= STALL_THRESHOLD)
 
     # -- acting on the core's events -----------------------------------------
@@ -668,9 +660,7 @@ class HeartbeatMixin(TimeoutMixin):
     def _yieldTurn(self) -> None:
         """Pause reading from the transport and go on in the next turn of
         the reactor (`maxTurnTime`)."""
-        pause = getattr(self.transport, "pauseProducing", None)
-        if pause is not None:
-            pause()
+        pauseReading(self.transport)
         self._turnCall = self._clock().callLater(0, self._nextTurn)
 
     def _nextTurn(self) -> None:
@@ -678,9 +668,7 @@ class HeartbeatMixin(TimeoutMixin):
         self._turnCall = None
         if self._alive is None or self.loss is not None:
             return
-        resume = getattr(self.transport, "resumeProducing", None)
-        if resume is not None:
-            resume()
+        resumeReading(self.transport)
         self._service()
 
     # -- the transport and the timer ----------------------------------------
@@ -721,14 +709,10 @@ class HeartbeatMixin(TimeoutMixin):
         if wake == float("inf"):
             self._setTimer(None)
             return
-        if wake < now:
-            if not late:
-                wake = now
-            self._armedFor = wake
-            self._setTimer(0.0)
-            return
+        if wake < now and not late:
+            wake = now
         self._armedFor = wake
-        self._setTimer(wake - now)
+        self._setTimer(wake - now if wake > now else 0.0)
 
     def _setTimer(self, period: float | None) -> None:
         """Arm ``TimeoutMixin``'s timer for ``period`` seconds (or disarm it)."""
