@@ -18,7 +18,15 @@ from twisted.python.failure import Failure
 
 from twisted_alive._logs import logRejection
 from twisted_alive._transport import addressPhase, canWriteThrough, isAccepted
-from twisted_alive.core.connection import Connection, Role, Settings
+from twisted_alive.core.connection import (
+    Confirmed,
+    Connection,
+    Event,
+    Rejected,
+    Role,
+    Settings,
+    TooLarge,
+)
 from twisted_alive.core.delivery import Entry, Outbox, Session, undelivered
 from twisted_alive.core.outcomes import DeliveryFailed, Receipt
 from twisted_alive.core.reasons import Loss
@@ -183,11 +191,11 @@ def bind(host: Any, settings: Settings, transport: Any, now: float) -> tuple[Con
 def answerHello(
     host: Any,
     protocol: HeartbeatMixin,
-    binding: Binding | None,
+    binding: Binding,
     conn: Connection,
     token: bytes,
     now: float,
-) -> Binding | None:
+) -> Binding:
     """
     (Server.) The client's HELLO on ``protocol`` (its core: ``conn``, its
     binding until now: ``binding``) names session ``token``: find it
@@ -205,31 +213,24 @@ def answerHello(
         return binding
     session, resumed = found
     taken: Binding = host.bindingFor(session)
-    if binding is not None:
-        taken.adopt(binding)
+    taken.adopt(binding)
     taken.takeOver(protocol)
     conn.acceptSession(session, resumed, now)
     return taken
 
 
 def unbind(
-    protocol: HeartbeatMixin,
-    binding: Binding | None,
-    conn: Connection | None,
-    host: Any,
-    loss: Loss,
+    protocol: HeartbeatMixin, binding: Binding, conn: Connection, host: Any, loss: Loss
 ) -> None:
     """
-    ``protocol`` (its binding: ``binding``; its core: ``conn``, if it was
-    set up) ended with ``loss``: it no longer carries its session. The
-    session's ``host`` hears of it (`ISessionHost.sessionLost`); without a
-    host, the session ends with the connection, and its messages that will
-    never be confirmed fail.
+    ``protocol`` (its binding: ``binding``; its core: ``conn``) ended with
+    ``loss``: it no longer carries its session. The session's ``host``
+    hears of it (`ISessionHost.sessionLost`); without a host, the session
+    ends with the connection, and its messages that will never be
+    confirmed fail.
     """
-    if binding is not None and binding.carrier is protocol:
+    if binding.carrier is protocol:
         binding.carrier = None
-    if conn is None:
-        return
     if host is not None:
         host.sessionLost(protocol, loss)
     else:
@@ -271,6 +272,29 @@ def refused(conn: Connection, what: str, loss: Loss | None) -> Deferred[Receipt]
     if loss is not None:
         return defer.fail(DeliveryFailed(f"connection already lost ({loss})", loss))
     return defer.fail(DeliveryFailed(f"{refusal[1]}; {what} not sent"))
+
+
+def settle(event: Event, now: float) -> bool:
+    """
+    Fire or fail the Deferreds (the handles) of the messages whose outcome
+    ``event`` reports: `Confirmed` (each fires with its `Receipt`),
+    `Rejected` (the peer's application failed on it) or `TooLarge` (larger
+    than the peer accepts): both fail with `DeliveryFailed`.
+
+    :returns: whether the outcome made room in the window (a confirmation
+        or a rejection).
+    """
+    kind = type(event)
+    if kind is Confirmed:
+        confirm(cast(Confirmed, event).entries, now)
+        return True
+    if kind is Rejected:
+        rejected = cast(Rejected, event)
+        fail(rejected.handle, DeliveryFailed(rejected.text, rejected=True))
+        return True
+    large = cast(TooLarge, event)
+    fail(large.handle, DeliveryFailed(large.text, None, large.maybeProcessed))
+    return False
 
 
 def confirm(entries: Sequence[Entry], now: float) -> None:

@@ -33,9 +33,8 @@ from twisted_alive._binding import (
     answer,
     answerHello,
     bind,
-    confirm,
-    fail,
     refused,
+    settle,
     unbind,
 )
 from twisted_alive._interfaces import ISessionHost
@@ -204,7 +203,7 @@ class HeartbeatMixin(TimeoutMixin):
     factory: Any
 
     _alive: Connection | None = None
-    _binding: Binding | None = None
+    _binding: Binding  # set with _alive, by connectionMade
     _connectedAt = 0.0
     _armedFor = 0.0
     _lostWaiters: list[Deferred[Loss]] | None = None
@@ -353,8 +352,7 @@ class HeartbeatMixin(TimeoutMixin):
                 self._written += len(data)
             if conn.events:
                 self._service()
-        if self._binding is not None:
-            self._binding.pace()
+        self._binding.pace()
         return d
 
     def _pump(self) -> None:
@@ -459,13 +457,13 @@ class HeartbeatMixin(TimeoutMixin):
         """
         if not streaming:
             raise ValueError("only push producers (streaming=True) can be paced")
-        if self._binding is None:
+        if self._alive is None:
             raise self._notSetUp("registerProducer()")
         self._binding.register(producer)
 
     def unregisterProducer(self) -> None:
         """Forget the producer registered with `registerProducer`."""
-        if self._binding is not None:
+        if self._alive is not None:
             self._binding.pacer = None
 
     # -- Twisted protocol --------------------------------------------------
@@ -520,7 +518,8 @@ class HeartbeatMixin(TimeoutMixin):
         self.loss = loss = lossOf(
             conn, reason, self.transport, self._peer, self._clock().seconds() - self._connectedAt
         )
-        unbind(self, self._binding, conn, self._host(), loss)
+        if conn is not None:
+            unbind(self, self._binding, conn, self._host(), loss)
         for d in self._openWaiters or ():
             d.errback(DeliveryFailed(f"connection lost before HELLO completed ({loss})", loss))
         self._openWaiters = None
@@ -570,10 +569,7 @@ class HeartbeatMixin(TimeoutMixin):
         countdown = TURN_CHECK_EVERY
         started = self._clock().seconds()
         try:
-            while True:
-                event = nextEvent()
-                if event is None:
-                    break
+            while (event := nextEvent()) is not None:
                 if type(event) is not MessageReceived:
                     self._event(conn, event)
                     continue
@@ -588,15 +584,15 @@ class HeartbeatMixin(TimeoutMixin):
                         # Deferred (an ABC) costs more than the rest.
                         processed(seq)
                     else:
-                        binding = self._binding
-                        assert binding is not None
-                        binding.awaitResult(conn, seq, result, self._clock(), self._peer)
+                        self._binding.awaitResult(conn, seq, result, self._clock(), self._peer)
                 countdown -= 1
                 if countdown <= 0:
                     countdown = TURN_CHECK_EVERY
                     now = self._clock().seconds()
                     if now - started >= self.maxTurnTime and conn.handingOut:
-                        self._yieldTurn()
+                        # Pause reading; go on in the next turn of the reactor.
+                        pauseReading(self.transport)
+                        self._turnCall = self._clock().callLater(0, self._nextTurn)
                         break
         finally:
             conn.reading = False
@@ -608,16 +604,9 @@ class HeartbeatMixin(TimeoutMixin):
     def _event(self, conn: Connection, event: Event) -> None:
         """Act on an event other than a received message."""
         kind = type(event)
-        if kind is Confirmed:
-            confirm(cast(Confirmed, event).entries, self._clock().seconds())
-            self._sendRoom()
-        elif kind is Rejected:
-            rejected = cast(Rejected, event)
-            fail(rejected.handle, DeliveryFailed(rejected.text, rejected=True))
-            self._sendRoom()
-        elif kind is TooLarge:
-            large = cast(TooLarge, event)
-            fail(large.handle, DeliveryFailed(large.text, None, large.maybeProcessed))
+        if kind is Confirmed or kind is Rejected or kind is TooLarge:
+            if settle(event, self._clock().seconds()):
+                self._sendRoom()
         elif kind is CloseNow:
             self._flush(None)
             if cast(CloseNow, event).abort:
@@ -641,13 +630,10 @@ class HeartbeatMixin(TimeoutMixin):
     def _sendRoom(self) -> None:
         """Acknowledgements made room in the window and the queue: resume a
         paused producer if the queue is low enough."""
-        if self._binding is not None:
-            self._binding.pace()
+        self._binding.pace()
 
     def _opened(self, conn: Connection, resumed: bool) -> None:
-        binding = self._binding
-        assert binding is not None
-        binding.carrier = self
+        self._binding.carrier = self
         logOpened(self._peer, conn.liveness.peerInterval, resumed)
         self.connectionOpened(resumed)
         for d in self._openWaiters or ():
@@ -656,12 +642,6 @@ class HeartbeatMixin(TimeoutMixin):
         host = self._host()
         if host is not None:
             host.sessionOpened(self, resumed)
-
-    def _yieldTurn(self) -> None:
-        """Pause reading from the transport and go on in the next turn of
-        the reactor (`maxTurnTime`)."""
-        pauseReading(self.transport)
-        self._turnCall = self._clock().callLater(0, self._nextTurn)
 
     def _nextTurn(self) -> None:
         """Go on handing received messages to the application."""
