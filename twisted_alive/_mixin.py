@@ -37,9 +37,9 @@ from twisted_alive._binding import (
     settle,
     unbind,
 )
-from twisted_alive._interfaces import ISessionHost
+from twisted_alive._interfaces import hostOf
 from twisted_alive._logs import log, logConnected, logEvent, logOpened, watchPongs
-from twisted_alive._reasons import describeFailure
+from twisted_alive._reasons import describeFailure, describeSendError
 from twisted_alive._timers import wheelFor
 from twisted_alive._transport import (
     describeAddress,
@@ -222,9 +222,6 @@ class HeartbeatMixin(TimeoutMixin):
         super().__init_subclass__(**kwargs)
         checkBases(cls)
 
-    def _notSetUp(self, what: str) -> RuntimeError:
-        return notSetUp(what, getattr(self, "transport", None) is not None)
-
     # -- configuration -----------------------------------------------------
 
     def _clock(self) -> IReactorTime:
@@ -249,11 +246,7 @@ class HeartbeatMixin(TimeoutMixin):
 
         :raises ValueError: for an invalid setting (the message names it).
         """
-        return settingsFor(self, accepting(self._host(), getattr(self, "transport", None)))
-
-    def _host(self) -> Any:
-        factory = getattr(self, "factory", None)
-        return factory if ISessionHost.providedBy(factory) else None
+        return settingsFor(self, accepting(hostOf(self), getattr(self, "transport", None)))
 
     # -- public API ----------------------------------------------------------
 
@@ -297,7 +290,7 @@ class HeartbeatMixin(TimeoutMixin):
         """
         conn = self._alive
         if conn is None:
-            raise self._notSetUp("sendMessage()")
+            raise notSetUp(self, "sendMessage()")
         if type(payload) is not bytes or len(payload) > conn.settings.maxPayload:
             checkPayload(payload, conn.settings)
         return self._submit(conn, "message", conn.send, payload)
@@ -325,7 +318,7 @@ class HeartbeatMixin(TimeoutMixin):
         """
         conn = self._alive
         if conn is None:
-            raise self._notSetUp("sendMessages()")
+            raise notSetUp(self, "sendMessages()")
         return self._submit(conn, "messages", conn.sendMany, checkPayloads(payloads, conn.settings))
 
     def _submit(
@@ -428,7 +421,7 @@ class HeartbeatMixin(TimeoutMixin):
         """
         conn = self._alive
         if conn is None and self.loss is None:
-            return defer.fail(self._notSetUp("close()"))
+            return defer.fail(notSetUp(self, "close()"))
         d = self.whenLost()
         if conn is not None and self.loss is None:
             conn.close(code, reason, self._clock().seconds())
@@ -458,7 +451,7 @@ class HeartbeatMixin(TimeoutMixin):
         if not streaming:
             raise ValueError("only push producers (streaming=True) can be paced")
         if self._alive is None:
-            raise self._notSetUp("registerProducer()")
+            raise notSetUp(self, "registerProducer()")
         self._binding.register(producer)
 
     def unregisterProducer(self) -> None:
@@ -474,7 +467,7 @@ class HeartbeatMixin(TimeoutMixin):
         self._connectedAt = now
         transport = self.transport
         self._peer = describeAddress(transport.getPeer())
-        host = self._host()
+        host = hostOf(self)
         conn, self._binding = bind(host, self.aliveSettings(), transport, now)
         self._alive = conn
         if self.tcpNoDelay:
@@ -519,7 +512,7 @@ class HeartbeatMixin(TimeoutMixin):
             conn, reason, self.transport, self._peer, self._clock().seconds() - self._connectedAt
         )
         if conn is not None:
-            unbind(self, self._binding, conn, self._host(), loss)
+            unbind(self, self._binding, conn, hostOf(self), loss)
         for d in self._openWaiters or ():
             d.errback(DeliveryFailed(f"connection lost before HELLO completed ({loss})", loss))
         self._openWaiters = None
@@ -619,9 +612,9 @@ class HeartbeatMixin(TimeoutMixin):
         elif kind is HelloReceived:
             token = cast(HelloReceived, event).hello.session
             now = self._clock().seconds()
-            self._binding = answerHello(self._host(), self, self._binding, conn, token, now)
+            self._binding = answerHello(hostOf(self), self, self._binding, conn, token, now)
         elif kind is SessionUnknown:
-            host = self._host()
+            host = hostOf(self)
             if host is not None:
                 host.sessionUnknown(self, cast(SessionUnknown, event).detail)
         else:
@@ -639,7 +632,7 @@ class HeartbeatMixin(TimeoutMixin):
         for d in self._openWaiters or ():
             d.callback(None)
         self._openWaiters = None
-        host = self._host()
+        host = hostOf(self)
         if host is not None:
             host.sessionOpened(self, resumed)
 
@@ -663,8 +656,7 @@ class HeartbeatMixin(TimeoutMixin):
         if data and conn.writeThrough:
             data, error = writeThrough(self.transport, data)
             if error is not None:
-                why = error.strerror or error
-                conn.writeFailed(f"connection reset or socket error (send: {why})")
+                conn.writeFailed(describeSendError(error))
         if data:
             self.transport.write(data)
             self._written += len(data)
@@ -743,10 +735,12 @@ def checkBases(cls: type) -> None:
             )
 
 
-def notSetUp(what: str, made: bool) -> RuntimeError:
-    """The error of ``what`` called before `HeartbeatMixin.connectionMade`
-    set the connection up (``made``: the transport is there already)."""
-    if not made:
+def notSetUp(protocol: HeartbeatMixin, what: str) -> RuntimeError:
+    """The error of ``what`` called on ``protocol`` before
+    `HeartbeatMixin.connectionMade` set the connection up: before the
+    transport is there, or after (a subclass's ``connectionMade`` that did
+    not call the base method first)."""
+    if getattr(protocol, "transport", None) is None:
         return RuntimeError(f"{what} called before the connection was made")
     return RuntimeError(
         f"{what} called before the connection was set up: did the subclass's "
