@@ -1,8 +1,17 @@
 """
 What ties a session to the live objects of the Twisted adapter: the
-protocol that carries it now and the producer its send queue paces. The
-`Session` itself stays plain data (``twisted_alive.core.delivery``); a
-factory that keeps sessions (`ISessionHost`) keeps their bindings.
+protocol that carries it now and the producer its send queue paces (a
+`Binding`). The `Session` itself stays plain data
+(``twisted_alive.core.delivery``); a factory that keeps sessions
+(`ISessionHost`) keeps their bindings.
+
+Here too is what `HeartbeatMixin` does for a session rather than for its
+one connection: make a new connection's core in the role of its host
+(`bind`), find the session a client's HELLO names (`answerHello`), answer
+a message once the application's Deferred fires, to whichever connection
+carries the session by then (`Binding.awaitResult`), settle the Deferreds
+of sent messages (`settle`, `refused`, `failUndelivered`), and let the
+session go when its connection ends (`unbind`).
 """
 
 from __future__ import annotations
@@ -121,8 +130,8 @@ class Binding:
         (or an awaitable, such as the coroutine of ``async def
         messageReceived``), its outcome answers the message, and the next
         message waits for it; anything else answers it at once (processed).
-        An outcome that comes after this turn answers the connection that
-        carries the session by then (`answerLater`).
+        An outcome that was not there at once answers, when it comes, the
+        connection that carries the session by then (`answerLater`).
         """
         if not isinstance(result, Deferred):
             if not inspect.isawaitable(result):
@@ -276,10 +285,10 @@ def refused(conn: Connection, what: str, loss: Loss | None) -> Deferred[Receipt]
 
 def settle(event: Event, now: float) -> bool:
     """
-    Fire or fail the Deferreds (the handles) of the messages whose outcome
-    ``event`` reports: `Confirmed` (each fires with its `Receipt`),
+    Settle the Deferreds (the handles) of the messages whose outcome
+    ``event`` reports: on `Confirmed`, each fires with its `Receipt`; on
     `Rejected` (the peer's application failed on it) or `TooLarge` (larger
-    than the peer accepts): both fail with `DeliveryFailed`.
+    than the peer accepts), it fails with `DeliveryFailed`.
 
     :returns: whether the outcome made room in the window (a confirmation
         or a rejection).

@@ -463,8 +463,7 @@ class HeartbeatMixin(TimeoutMixin):
 
     def connectionMade(self) -> None:
         """Start the HELLO exchange and the heartbeat timer."""
-        now = self._clock().seconds()
-        self._connectedAt = now
+        self._connectedAt = now = self._clock().seconds()
         transport = self.transport
         self._peer = describeAddress(transport.getPeer())
         host = hostOf(self)
