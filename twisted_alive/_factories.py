@@ -241,9 +241,7 @@ class AliveClientFactory(ReconnectingClientFactory):
         current = self.connected
         if current is not None:
             current._pump()
-        pacer = self.clientBinding().pacer
-        if pacer is not None:
-            pacer.check()
+        self.clientBinding().pace()
 
     def registerProducer(self, producer: IPushProducer) -> None:
         """

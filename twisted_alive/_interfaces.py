@@ -5,7 +5,7 @@ keep sessions for them.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from zope.interface import Attribute, Interface
 
@@ -50,3 +50,10 @@ class ISessionHost(Interface):
 
     def sessionLost(protocol: object, loss: Loss) -> None:
         """A connection that carried a session ended."""
+
+
+def hostOf(protocol: object) -> Any:
+    """The `ISessionHost` that keeps the sessions of ``protocol``: its
+    ``factory``, if that provides the interface; else ``None``."""
+    factory = getattr(protocol, "factory", None)
+    return factory if ISessionHost.providedBy(factory) else None
