@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, TypeVar, cast
 
 import pytest_twisted
+from coresupport import accepted, fed, timed  # noqa: F401  (re-exported for the adapter's tests)
 from twisted.internet import threads
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
@@ -42,7 +43,6 @@ from zope.interface import implementer
 from twisted_alive._factories import AliveClientFactory
 from twisted_alive._mixin import HeartbeatMixin, HeartbeatProtocol
 from twisted_alive._reasons import Loss
-from coresupport import accepted, fed, timed  # noqa: F401  (re-exported for the adapter's tests)
 
 ROOT = Path(__file__).resolve().parent.parent
 """The repository: put on ``PYTHONPATH`` so that scripts import the package

@@ -290,7 +290,6 @@ def test_idleTableComparesEachHeartbeatWithNaive() -> None:
 
 def test_plotDrawsThroughputAndDetection(tmp_path: Path) -> None:
     """--plot writes a PNG with the throughput and detection-latency figures."""
-    pytest.importorskip("matplotlib")
     from twisted_alive.tools.bench import plot
 
     rate = summary([1000.0, 1200.0])

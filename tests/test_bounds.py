@@ -36,7 +36,8 @@ def test_hung():
 def test_hungReactorTestEndsTheRun(tmp_path: Path, ini: str, mark: str) -> None:
     """A pytest-twisted test waiting forever ends the run at its timeout
     (the ini's, or its own mark's), with the reactor's stack printed."""
-    for name in ("conftest.py", "support.py"):  # the conftest uses the shared support
+    # The conftest uses the shared support, which uses coresupport.
+    for name in ("conftest.py", "support.py", "coresupport.py"):
         shutil.copy(ROOT / "tests" / name, tmp_path)
     (tmp_path / "pytest.ini").write_text(f"[pytest]\n{ini}\n")
     (tmp_path / "test_hung.py").write_text(HUNG.format(mark=mark))

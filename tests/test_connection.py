@@ -10,9 +10,9 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import pytest
+from coresupport import accepted, fed, timed
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from coresupport import accepted, fed, timed
 
 from twisted_alive.core.connection import (
     CloseNow,

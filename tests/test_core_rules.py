@@ -667,18 +667,16 @@ def test_clientGoodbyeSessionUnknown() -> None:
 
 
 def test_violationHandsOutEarlierMessagesThenAckGoodbyeClose() -> None:
-    """Messages before a bad frame are handed out (one at a time, CloseNow
-    waiting for their answers); then the ACK, then the GOODBYE; then
-    CloseNow."""
+    """Messages before a bad frame are handed out while each is answered at
+    once (as the adapter does for a synchronous messageReceived); then
+    CloseNow; the ACK, then the GOODBYE, go out."""
     a, b = pair()
     detail = "DATA sequence number 5 arrived, expected 3"
     b.receiveData(encodeData(1, b"m1") + encodeData(2, b"m2") + encodeData(5, b"bad"), 0.0)
     assert b.nextEvent() == Violation(detail)
     assert b.nextEvent() == Data(1, b"m1")
-    assert b.nextEvent() is None
     b.messageProcessed(1)
     assert b.nextEvent() == Data(2, b"m2")
-    assert b.nextEvent() is None
     b.messageProcessed(2)
     ending = Ending(Reason.PROTOCOL_ERROR, detail)
     assert b.nextEvent() == CloseNow(False, ending)
@@ -686,16 +684,33 @@ def test_violationHandsOutEarlierMessagesThenAckGoodbyeClose() -> None:
     assert b.dataToSend(0.0) == b""
 
 
-def test_violationWaitBoundedByCloseTimeout() -> None:
-    """A violation whose earlier message is never answered still closes at
-    the close deadline."""
-    a, b = pair(SETTINGS, Settings(interval=1.0, misses=3, closeTimeout=0.5))
+def test_violationLeavesMessageInProcessingUnacknowledged() -> None:
+    """A violation while a message is being processed closes at once: the
+    GOODBYE goes out, the message stays unacknowledged (its late answer
+    sends nothing), the messages after it are not handed out, and no PING
+    follows the GOODBYE."""
+    a, b = pair()
+    detail = "DATA sequence number 5 arrived, expected 3"
+    b.receiveData(encodeData(1, b"m1") + encodeData(2, b"m2") + encodeData(5, b"bad"), 0.0)
+    assert b.nextEvent() == Violation(detail)
+    assert b.nextEvent() == Data(1, b"m1")
+    assert b.nextEvent() == CloseNow(False, Ending(Reason.PROTOCOL_ERROR, detail))
+    assert b.nextEvent() is None
+    assert decode(b.dataToSend(0.0)) == [Goodbye(GoodbyeCode.PROTOCOL_ERROR, detail)]
+    b.messageProcessed(1)
+    assert b.nextEvent() is None
+    b.handleTimer(1.0, 1.0)
+    assert b.dataToSend(1.0) == b""
+
+
+def test_violationFailedStateSendsNoPing() -> None:
+    """In the FAILED state the heartbeat sends no PING after the GOODBYE."""
+    a, b = pair()
     b.receiveData(encodeData(1, b"m1") + encodeData(3, b"bad"), 0.0)
-    assert [type(e) for e in drain(b)] == [Violation, Data]
-    assert b.nextWake() == 0.5
-    b.handleTimer(0.5, 0.5)
-    detail = "DATA sequence number 3 arrived, expected 2"
-    assert b.takeEvents() == [CloseNow(False, Ending(Reason.PROTOCOL_ERROR, detail))]
+    drain(b)
+    b.dataToSend(0.0)
+    b.handleTimer(b.nextWake(), b.nextWake())
+    assert b.dataToSend(b.nextWake()) == b""
 
 
 def test_violationIgnoresLaterFrames() -> None:
@@ -833,3 +848,75 @@ def test_entryBatchMarks() -> None:
     a.sendMany([b"1", b"2", b"3"], "h", 0.0)
     assert [e.batch for e in a.session.outbox.inflight] == [0, 0, 3]
     assert isinstance(a.session.outbox.inflight[0], Entry)
+
+
+# -- outcomes of messages sent together -----------------------------------------------------------
+
+
+def answerAll(conn: Connection) -> None:
+    """Hand out every received message and answer each as processed."""
+    while (event := conn.nextEvent()) is not None:
+        if isinstance(event, Data):
+            conn.messageProcessed(event.seq)
+
+
+def test_batchBetweenSinglesConfirmedByItsLast() -> None:
+    """One ACK covering a message alone, three sent together and another
+    alone: `Confirmed` holds the two alone and the batch's last entry (whose
+    seq the batch's Receipt carries), never a member before it."""
+    a, b = pair()
+    a.send(b"s1", "s1", 0.0)
+    a.sendMany([b"b1", b"b2", b"b3"], "batch", 0.0)
+    a.send(b"s2", "s2", 0.0)
+    move(a, b)
+    answerAll(b)
+    move(b, a)
+    (confirmed,) = a.takeEvents()
+    assert isinstance(confirmed, Confirmed)
+    assert [(e.handle, e.seq) for e in confirmed.entries] == [("s1", 1), ("batch", 4), ("s2", 5)]
+
+
+def test_batchPartlyAcknowledgedConfirmsNothing() -> None:
+    """An ACK that covers only the first members of a batch yields no
+    `Confirmed`: the batch is answered once, by its last message."""
+    a, b = pair()
+    a.sendMany([b"b1", b"b2", b"b3"], "batch", 0.0)
+    move(a, b)
+    event = b.nextEvent()
+    assert isinstance(event, Data) and event.seq == 1
+    b.messageProcessed(1)
+    move(b, a)
+    assert a.takeEvents() == []
+    answerAll(b)
+    move(b, a)
+    (confirmed,) = a.takeEvents()
+    assert isinstance(confirmed, Confirmed)
+    assert [(e.handle, e.seq) for e in confirmed.entries] == [("batch", 3)]
+
+
+def test_violationWhileClosingSaysNoSecondGoodbye() -> None:
+    """A violation after this side's GOODBYE sends the ACK of what was
+    processed, but no second GOODBYE."""
+    a, b = pair()
+    b.send(b"x", "hx", 0.0)
+    b.close(now=0.0)  # waits for the ACK of x
+    assert decode(b.dataToSend(0.0)) == [Data(1, b"x"), Goodbye(GoodbyeCode.NORMAL, "")]
+    b.receiveData(encodeData(1, b"m1") + encodeData(5, b"bad"), 0.1)
+    answerAll(b)
+    assert decode(b.dataToSend(0.1)) == [Ack(1)]
+    assert b.dataToSend(0.2) == b""
+
+
+def test_closeDeadlineAfterFinSaysNoGoodbye() -> None:
+    """After the peer's FIN, a message still being processed at the close
+    deadline: `CloseNow`, and no GOODBYE this side's application never
+    asked for."""
+    a, b = pair(SETTINGS, Settings(interval=1.0, misses=3, closeTimeout=0.5))
+    a.send(b"m1", "h1", 0.0)
+    move(a, b)
+    assert b.nextEvent() == Data(1, b"m1")
+    b.readClosed(0.1)
+    assert b.nextEvent() is None
+    b.handleTimer(0.6, 0.6)
+    assert b.takeEvents() == [CloseNow(False, FIN)]
+    assert Goodbye not in {type(frame) for frame in decode(b.dataToSend(0.6))}

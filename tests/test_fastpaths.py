@@ -9,9 +9,9 @@ from __future__ import annotations
 from collections import deque
 
 import pytest
+from coresupport import fed, timed
 from hypothesis import given
 from hypothesis import strategies as st
-from coresupport import fed, timed
 
 from twisted_alive.core.connection import Connection, Role, Settings, State
 from twisted_alive.core.delivery import EMPTY, Inbox, Outbox, ProtocolViolation

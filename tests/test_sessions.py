@@ -29,7 +29,7 @@ from zope.interface import implementer
 
 from twisted_alive._factories import AliveClientFactory, AliveServerFactory, Retry
 from twisted_alive._mixin import HeartbeatProtocol
-from twisted_alive._reasons import Reason
+from twisted_alive._reasons import Loss, Reason
 from twisted_alive.core.frames import GoodbyeCode
 from twisted_alive.core.outcomes import DeliveryFailed, QueueFull, Receipt
 
@@ -1020,6 +1020,24 @@ def test_takenOverSessionDoesNotExpire() -> None:
     network.wires[-1].cut()  # now it has no connection: the TTL runs
     network.advance(sf.sessionTTL + 1)
     assert sf.sessions == {} and sf.sessionsExpired == 1
+
+
+def test_cleanCloseOfTakenOverConnectionKeepsSession() -> None:
+    """A connection that ends cleanly after a newer one took its session
+    over does not end the session: the newer connection carries it on."""
+    network, cf, sf, wire = connected()
+    wire.cut("client-only")
+    network.run(lambda: wire.server.loss is not None and cf.connected is not None)
+    (session,) = sf.sessions.values()
+    late = Loss(Reason.CLEAN_CLOSE, "peer said GOODBYE NORMAL", goodbye=GoodbyeCode.NORMAL)
+    sf.sessionLost(wire.server, late)
+    assert list(sf.sessions.values()) == [session]
+    outcomes = Outcomes()
+    outcomes.watch(cf.sendMessage(b"after"))
+    network.run(lambda: outcomes.done)
+    (receipt,) = outcomes.single()
+    assert isinstance(receipt, Receipt)
+    assert sf.received[-1] == b"after"
 
 
 # -- backoff and retry policy --------------------------------------------------------

@@ -235,6 +235,23 @@ def test_runningSince() -> None:
     assert timers.runningSince is None
 
 
+def test_runningFor() -> None:
+    """``runningFor`` is the time the calls due before one took, 0.0 outside a run."""
+    timers, clock, _ = wheel()
+    seen: list[float] = []
+
+    def slow() -> None:
+        seen.append(timers.runningFor(clock.seconds()))
+        clock.rightNow += 0.25
+
+    timers.callLater(1.0, slow)
+    timers.callLater(1.0, slow)
+    assert timers.runningFor(clock.seconds()) == 0.0
+    clock.advance(1.0)
+    assert seen == [0.0, 0.25]
+    assert timers.runningFor(clock.seconds()) == 0.0
+
+
 def test_wheelForIsOnePerClock() -> None:
     """Every connection on one clock shares its wheel."""
     a, b = Clock(), Clock()

@@ -257,7 +257,7 @@ class LimitedWrappingFactory(AliveWrappingFactory):
         super().__init__(wrappedFactory, **kw)
         self.limits = limits
 
-    def buildProtocol(self, addr: IAddress | None) -> AliveWrappingProtocol | None:
+    def buildProtocol(self, addr: IAddress | None) -> AliveWrappingProtocol | None:  # type: ignore[override]
         proto = super().buildProtocol(addr)
         if proto is not None:
             for name, value in self.limits.items():

@@ -1,18 +1,41 @@
 """
 What ties a session to the live objects of the Twisted adapter: the
-protocol that carries it now and the producer its send queue paces. The
-`Session` itself stays plain data (``twisted_alive.core.delivery``); a
-factory that keeps sessions (`ISessionHost`) keeps their bindings.
+protocol that carries it now and the producer its send queue paces (a
+`Binding`). The `Session` itself stays plain data
+(``twisted_alive.core.delivery``); a factory that keeps sessions
+(`ISessionHost`) keeps their bindings.
+
+Here too is what `HeartbeatMixin` does for a session rather than for its
+one connection: make a new connection's core in the role of its host
+(`bind`), find the session a client's HELLO names (`answerHello`), answer
+a message once the application's Deferred fires, to whichever connection
+carries the session by then (`Binding.awaitResult`), settle the Deferreds
+of sent messages (`settle`, `refused`, `failUndelivered`), and let the
+session go when its connection ends (`unbind`).
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, cast
 
+from twisted.internet import defer
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IPushProducer, IReactorTime
+from twisted.python.failure import Failure
 
+from twisted_alive._logs import logRejection
+from twisted_alive._transport import addressPhase, canWriteThrough, isAccepted
+from twisted_alive.core.connection import (
+    Confirmed,
+    Connection,
+    Event,
+    Rejected,
+    Role,
+    Settings,
+    TooLarge,
+)
 from twisted_alive.core.delivery import Entry, Outbox, Session, undelivered
 from twisted_alive.core.outcomes import DeliveryFailed, Receipt
 from twisted_alive.core.reasons import Loss
@@ -76,6 +99,12 @@ class Binding:
         self.pacer = Pacer(self.session.outbox, producer)
         self.pacer.check()
 
+    def pace(self) -> None:
+        """Pause or resume the registered producer, if any, as the level of
+        the session's send queue says (`Pacer.check`)."""
+        if self.pacer is not None:
+            self.pacer.check()
+
     def adopt(self, other: Binding) -> None:
         """Take over ``other``'s producer (registered on a connection before
         it knew its session), unless one is registered here already."""
@@ -91,6 +120,190 @@ class Binding:
         if previous is not None and previous is not protocol and previous.loss is None:
             previous.abort("session taken over by a new connection")
         self.carrier = protocol
+
+    def awaitResult(
+        self, conn: Connection, seq: int, result: object, clock: IReactorTime, peer: str | None
+    ) -> None:
+        """
+        `HeartbeatMixin.messageReceived` returned ``result`` (not ``None``)
+        for message ``seq``, which ``conn`` handed out: if it is a Deferred
+        (or an awaitable, such as the coroutine of ``async def
+        messageReceived``), its outcome answers the message, and the next
+        message waits for it; anything else answers it at once (processed).
+        An outcome that was not there at once answers, when it comes, the
+        connection that carries the session by then (`answerLater`).
+        """
+        if not isinstance(result, Deferred):
+            if not inspect.isawaitable(result):
+                conn.messageProcessed(seq)
+                return
+            result = Deferred.fromCoroutine(cast(Any, result))
+        box: list[object] = []
+        result.addBoth(box.append)
+        if box:
+            answer(conn, seq, box[0], clock, peer)
+            return
+        result.addCallback(lambda _: self.answerLater(seq, box[0], clock, peer))
+
+    def answerLater(self, seq: int, outcome: object, clock: IReactorTime, peer: str | None) -> None:
+        """
+        The Deferred of message ``seq`` fired with ``outcome`` (a
+        ``Failure`` if the application failed on it): answer the core of the
+        connection that carries the session now, and have that connection
+        act on the answer; with no such connection, record the answer in
+        the session's inbox (``clock`` and ``peer``, those of the connection
+        that handed the message out, are for the log of a failure).
+        """
+        carrier = self.carrier
+        if carrier is not None and carrier._alive is not None and carrier.loss is None:
+            answer(carrier._alive, seq, outcome, carrier._clock(), carrier._peer)
+            carrier._service()
+            return
+        inbox = self.session.inbox
+        if isinstance(outcome, Failure):
+            inbox.failed(seq, logRejection(clock, peer, seq, outcome))
+        else:
+            inbox.processed(seq)
+
+
+def accepting(host: Any, transport: Any) -> bool:
+    """Whether this side accepted the connection on ``transport`` (a
+    server): as the role of the session ``host`` says, if there is one,
+    else as the kind of ``transport`` says (`isAccepted`)."""
+    if host is not None:
+        return bool(host.role is Role.SERVER)
+    return isAccepted(transport)
+
+
+def bind(host: Any, settings: Settings, transport: Any, now: float) -> tuple[Connection, Binding]:
+    """
+    The core of a new connection on ``transport`` and the `Binding` of the
+    session it carries. With a session ``host`` (an `ISessionHost`
+    factory), the connection plays the host's role: a client carries the
+    host's session; a server learns its session from the client's HELLO
+    (`answerHello`) and, until then, binds the connection's own. Without
+    one, the connection is a peer that carries its own session for good.
+    """
+    if host is None:
+        conn = Connection(settings, Role.PEER, now, phase=addressPhase(transport))
+        binding = Binding(conn.session)
+    elif host.role is Role.CLIENT:
+        binding = host.clientBinding()
+        conn = Connection(settings, Role.CLIENT, now, binding.session)
+    else:
+        conn = Connection(settings, Role.SERVER, now, phase=0.5)
+        binding = Binding(conn.session)
+    conn.writeThrough = canWriteThrough(transport)
+    return conn, binding
+
+
+def answerHello(
+    host: Any,
+    protocol: HeartbeatMixin,
+    binding: Binding,
+    conn: Connection,
+    token: bytes,
+    now: float,
+) -> Binding:
+    """
+    (Server.) The client's HELLO on ``protocol`` (its core: ``conn``, its
+    binding until now: ``binding``) names session ``token``: find it
+    through ``host``; the session's binding adopts the producer of
+    ``binding``, ``protocol`` takes the session over (`Binding.takeOver`)
+    and ``conn`` accepts it. A session that ``host`` does not know
+    (unknown or expired) is refused.
+
+    :returns: the binding of ``protocol`` from now on: the session's, or
+        ``binding`` if the session was refused.
+    """
+    found = host.sessionFor(token, now) if host is not None else None
+    if found is None:
+        conn.refuseSession(f"session {token.hex()[:8]} is unknown or expired")
+        return binding
+    session, resumed = found
+    taken: Binding = host.bindingFor(session)
+    taken.adopt(binding)
+    taken.takeOver(protocol)
+    conn.acceptSession(session, resumed, now)
+    return taken
+
+
+def unbind(
+    protocol: HeartbeatMixin, binding: Binding, conn: Connection, host: Any, loss: Loss
+) -> None:
+    """
+    ``protocol`` (its binding: ``binding``; its core: ``conn``) ended with
+    ``loss``: it no longer carries its session. The session's ``host``
+    hears of it (`ISessionHost.sessionLost`); without a host, the session
+    ends with the connection, and its messages that will never be
+    confirmed fail.
+    """
+    if binding.carrier is protocol:
+        binding.carrier = None
+    if host is not None:
+        host.sessionLost(protocol, loss)
+    else:
+        failUndelivered(
+            conn.session.outbox.drain(), f"connection lost before confirmation ({loss})", loss
+        )
+
+
+def answer(
+    conn: Connection, seq: int, outcome: object, clock: IReactorTime, peer: str | None
+) -> None:
+    """
+    Answer the core ``conn`` for message ``seq``: processed, or, if
+    ``outcome`` is a ``Failure`` (the application failed on the message),
+    failed with the text of its REJECT (`logRejection` logs the failure of
+    ``peer`` on ``clock``).
+    """
+    if isinstance(outcome, Failure):
+        conn.messageFailed(seq, logRejection(clock, peer, seq, outcome))
+    else:
+        conn.messageProcessed(seq)
+
+
+def refused(conn: Connection, what: str, loss: Loss | None) -> Deferred[Receipt]:
+    """
+    The failure of a send that ``conn`` refuses (`Connection.refusal`;
+    ``what`` names the message or messages; ``loss``: the connection's,
+    if it ended).
+
+    :raises RuntimeError: if this side called `HeartbeatMixin.close`:
+        sending after one's own close is a programming error, reported at
+        once rather than as a failed Deferred that nobody may be watching.
+    """
+    refusal = conn.refusal()
+    assert refusal is not None
+    if refusal[0]:
+        api = "sendMessage()" if what == "message" else "sendMessages()"
+        raise RuntimeError(f"{api} {refusal[1]}")
+    if loss is not None:
+        return defer.fail(DeliveryFailed(f"connection already lost ({loss})", loss))
+    return defer.fail(DeliveryFailed(f"{refusal[1]}; {what} not sent"))
+
+
+def settle(event: Event, now: float) -> bool:
+    """
+    Settle the Deferreds (the handles) of the messages whose outcome
+    ``event`` reports: on `Confirmed`, each fires with its `Receipt`; on
+    `Rejected` (the peer's application failed on it) or `TooLarge` (larger
+    than the peer accepts), it fails with `DeliveryFailed`.
+
+    :returns: whether the outcome made room in the window (a confirmation
+        or a rejection).
+    """
+    kind = type(event)
+    if kind is Confirmed:
+        confirm(cast(Confirmed, event).entries, now)
+        return True
+    if kind is Rejected:
+        rejected = cast(Rejected, event)
+        fail(rejected.handle, DeliveryFailed(rejected.text, rejected=True))
+        return True
+    large = cast(TooLarge, event)
+    fail(large.handle, DeliveryFailed(large.text, None, large.maybeProcessed))
+    return False
 
 
 def confirm(entries: Sequence[Entry], now: float) -> None:

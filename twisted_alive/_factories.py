@@ -157,24 +157,6 @@ class AliveClientFactory(ReconnectingClientFactory):
     def retries(self, value: int) -> None:
         self._retry.retries = value
 
-    @property
-    def _stopped(self) -> bool:
-        """Reconnecting stopped for good (`stopTrying`, `close`, a `Retry.STOP`)."""
-        return self._retry.stopped
-
-    @_stopped.setter
-    def _stopped(self, value: bool) -> None:
-        self._retry.stopped = value
-
-    @property
-    def _reconnectAtOnce(self) -> bool:
-        """The next attempt comes at once (after an unknown session)."""
-        return self._retry.atOnce
-
-    @_reconnectAtOnce.setter
-    def _reconnectAtOnce(self, value: bool) -> None:
-        self._retry.atOnce = value
-
     def aliveSettings(self) -> Settings:
         """The `Settings` of this factory's connections (client role)."""
         return settingsFor(self.protocol, accepting=False)
@@ -213,7 +195,7 @@ class AliveClientFactory(ReconnectingClientFactory):
             `QueueFull` (at once; nothing was queued).
         """
         checkPayload(payload, self.aliveSettings())
-        if self._stopped:
+        if self._retry.stopped:
             return defer.fail(DeliveryFailed("the factory stopped trying; message not sent"))
         d: Deferred[Receipt] = Deferred()
         try:
@@ -241,7 +223,7 @@ class AliveClientFactory(ReconnectingClientFactory):
             frame allows.
         """
         payloads = checkPayloads(payloads, self.aliveSettings())
-        if self._stopped:
+        if self._retry.stopped:
             return defer.fail(DeliveryFailed("the factory stopped trying; messages not sent"))
         d: Deferred[Receipt] = Deferred()
         try:
@@ -259,9 +241,7 @@ class AliveClientFactory(ReconnectingClientFactory):
         current = self.connected
         if current is not None:
             current._pump()
-        pacer = self.clientBinding().pacer
-        if pacer is not None:
-            pacer.check()
+        self.clientBinding().pace()
 
     def registerProducer(self, producer: IPushProducer) -> None:
         """
@@ -323,7 +303,7 @@ class AliveClientFactory(ReconnectingClientFactory):
         """The server did not resume the session: start a new one at once;
         what was sent and unconfirmed may or may not have been processed."""
         self._restartSession(detail)
-        self._reconnectAtOnce = True
+        self._retry.atOnce = True
 
     def _restartSession(self, detail: str) -> None:
         session = self.session
@@ -362,7 +342,7 @@ class AliveClientFactory(ReconnectingClientFactory):
             # one (after the usual delay), and what was in flight is
             # uncertain.
             self._restartSession("the server keeps no sessions")
-        if self._stopped:
+        if self._retry.stopped:
             self._endSession(loss)
 
     # -- reconnecting --------------------------------------------------------------
@@ -513,7 +493,7 @@ class AliveClientFactory(ReconnectingClientFactory):
     def _halt(self) -> None:
         """Stop reconnecting, without ending the session yet."""
         ReconnectingClientFactory.stopTrying(self)  # type: ignore[no-untyped-call]
-        self._stopped = True
+        self._retry.stopped = True
 
     def close(self, code: GoodbyeCode = GoodbyeCode.NORMAL, reason: str = "") -> Deferred[None]:
         """
@@ -525,7 +505,7 @@ class AliveClientFactory(ReconnectingClientFactory):
         """
         current = self.connected or self._starting
         ReconnectingClientFactory.stopTrying(self)  # type: ignore[no-untyped-call]
-        self._stopped = True
+        self._retry.stopped = True
         if current is None or current.loss is not None:
             self._endSession(None)
             return defer.succeed(None)
@@ -759,7 +739,10 @@ class AliveServerFactory(Factory):
         session.lastSeen = now
         key = self._key(session.token)
         table = self._table
-        if table.get(key) is session:
+        binding = self._bindings.get(key)
+        if table.get(key) is session and (binding is None or binding.carrier is None):
+            # Not taken over by a newer connection (that one decides when
+            # it ends).
             if self._stoppedFactory:
                 table.remove(key)
                 self._failSession(session, "the server stopped")
@@ -767,11 +750,9 @@ class AliveServerFactory(Factory):
                 table.remove(key)
                 self._failSession(session, "the client closed the session")
             else:
-                binding = self._bindings.get(key)
-                if binding is None or binding.carrier is None:
-                    # Not taken over by a newer connection: it waits, the
-                    # most recently seen (the least recently seen go first).
-                    table.detach(key, now)
+                # It waits, the most recently seen (the least recently seen
+                # go first).
+                table.detach(key, now)
         self.expireSessions(now)
         self._armExpiry(now)
 

@@ -7,7 +7,7 @@ factories and the stores that keep sessions (`ISessionStore`).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred
 from zope.interface import Attribute, Interface
@@ -54,6 +54,13 @@ class ISessionHost(Interface):
 
     def sessionLost(protocol: object, loss: Loss) -> None:
         """A connection that carried a session ended."""
+
+
+def hostOf(protocol: object) -> Any:
+    """The `ISessionHost` that keeps the sessions of ``protocol``: its
+    ``factory``, if that provides the interface; else ``None``."""
+    factory = getattr(protocol, "factory", None)
+    return factory if ISessionHost.providedBy(factory) else None
 
 
 class ISessionStore(Interface):

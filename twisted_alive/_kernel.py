@@ -71,31 +71,24 @@ The largest number of keepalive probes accepted: Linux's limit for
 _MAX_WRAPPERS = 16
 _CLOSED_MESSAGE = "the connection's socket is already closed"
 
-_UNSUPPORTED_ERRNOS = frozenset(
-    code
-    for code in (
-        getattr(errno, "ENOPROTOOPT", None),
-        getattr(errno, "EOPNOTSUPP", None),
-        getattr(errno, "ENOTSUP", None),
-        getattr(errno, "WSAENOPROTOOPT", None),
-        getattr(errno, "WSAEOPNOTSUPP", None),
-    )
-    if code is not None
+def _errnos(*names: str) -> frozenset[int]:
+    """The codes of those errno ``names`` this platform has."""
+    return frozenset(getattr(errno, name) for name in names if hasattr(errno, name))
+
+
+_UNSUPPORTED_ERRNOS = _errnos(
+    "ENOPROTOOPT", "EOPNOTSUPP", "ENOTSUP", "WSAENOPROTOOPT", "WSAEOPNOTSUPP"
 )
 
-_RESET_ERRNOS = frozenset(
-    code
-    for code in (
-        getattr(errno, "ECONNRESET", None),
-        getattr(errno, "EPIPE", None),
-        getattr(errno, "ETIMEDOUT", None),
-        getattr(errno, "ECONNABORTED", None),
-        getattr(errno, "EHOSTUNREACH", None),
-        getattr(errno, "ENETUNREACH", None),
-        getattr(errno, "EHOSTDOWN", None),
-        getattr(errno, "ENETDOWN", None),
-    )
-    if code is not None
+_RESET_ERRNOS = _errnos(
+    "ECONNRESET",
+    "EPIPE",
+    "ETIMEDOUT",
+    "ECONNABORTED",
+    "EHOSTUNREACH",
+    "ENETUNREACH",
+    "EHOSTDOWN",
+    "ENETDOWN",
 )
 
 

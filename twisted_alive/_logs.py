@@ -38,6 +38,23 @@ def watchPongs(on: bool) -> None:
     _pongWatchers[0] = max(0, _pongWatchers[0] + (1 if on else -1))
 
 
+def logConnected(peer: str | None, role: str) -> None:
+    """Log (debug) that a connection with ``peer`` was made, in ``role``."""
+    log.debug("alive.connected: {peer} as {role}", peer=peer, role=role, event="connected")
+
+
+def logOpened(peer: str | None, interval: float, resumed: bool) -> None:
+    """Log that the HELLO exchange with ``peer`` completed: the heartbeat
+    interval it promised, and whether a session was resumed."""
+    log.info(
+        "alive.hello: {peer} open, peer interval {interval:g} s, resumed {resumed}",
+        peer=peer,
+        interval=interval,
+        resumed=resumed,
+        event="hello",
+    )
+
+
 def logEvent(event: Event, peer: str | None, clock: IReactorTime, logPongs: bool) -> None:
     """Log what a core event says, if it says something worth a line."""
     kind = type(event)

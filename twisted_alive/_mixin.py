@@ -11,7 +11,6 @@ armed for the core's next deadline.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, cast
 
@@ -28,16 +27,24 @@ from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from twisted_alive._binding import Binding, confirm, fail, failUndelivered
-from twisted_alive._interfaces import ISessionHost
-from twisted_alive._logs import log, logEvent, logRejection, watchPongs
-from twisted_alive._reasons import describeFailure
+from twisted_alive._binding import (
+    Binding,
+    accepting,
+    answer,
+    answerHello,
+    bind,
+    refused,
+    settle,
+    unbind,
+)
+from twisted_alive._interfaces import hostOf
+from twisted_alive._logs import log, logConnected, logEvent, logOpened, watchPongs
+from twisted_alive._reasons import describeFailure, describeSendError
 from twisted_alive._timers import wheelFor
 from twisted_alive._transport import (
-    addressPhase,
-    canWriteThrough,
     describeAddress,
-    isAccepted,
+    pauseReading,
+    resumeReading,
     setNoDelay,
     unsentBytes,
     writeThrough,
@@ -52,7 +59,6 @@ from twisted_alive.core.connection import (
     MessageReceived,
     Opened,
     Rejected,
-    Role,
     SessionUnknown,
     Settings,
     State,
@@ -197,7 +203,7 @@ class HeartbeatMixin(TimeoutMixin):
     factory: Any
 
     _alive: Connection | None = None
-    _binding: Binding | None = None
+    _binding: Binding  # set with _alive, by connectionMade
     _connectedAt = 0.0
     _armedFor = 0.0
     _lostWaiters: list[Deferred[Loss]] | None = None
@@ -215,9 +221,6 @@ class HeartbeatMixin(TimeoutMixin):
         """
         super().__init_subclass__(**kwargs)
         checkBases(cls)
-
-    def _notSetUp(self, what: str) -> RuntimeError:
-        return notSetUp(what, getattr(self, "transport", None) is not None)
 
     # -- configuration -----------------------------------------------------
 
@@ -243,18 +246,7 @@ class HeartbeatMixin(TimeoutMixin):
 
         :raises ValueError: for an invalid setting (the message names it).
         """
-        return settingsFor(self, self._accepting())
-
-    def _accepting(self) -> bool:
-        """Whether this side accepted the connection (a server)."""
-        host = self._host()
-        if host is not None:
-            return bool(host.role is Role.SERVER)
-        return isAccepted(getattr(self, "transport", None))
-
-    def _host(self) -> Any:
-        factory = getattr(self, "factory", None)
-        return factory if ISessionHost.providedBy(factory) else None
+        return settingsFor(self, accepting(hostOf(self), getattr(self, "transport", None)))
 
     # -- public API ----------------------------------------------------------
 
@@ -298,7 +290,7 @@ class HeartbeatMixin(TimeoutMixin):
         """
         conn = self._alive
         if conn is None:
-            raise self._notSetUp("sendMessage()")
+            raise notSetUp(self, "sendMessage()")
         if type(payload) is not bytes or len(payload) > conn.settings.maxPayload:
             checkPayload(payload, conn.settings)
         return self._submit(conn, "message", conn.send, payload)
@@ -326,47 +318,24 @@ class HeartbeatMixin(TimeoutMixin):
         """
         conn = self._alive
         if conn is None:
-            raise self._notSetUp("sendMessages()")
+            raise notSetUp(self, "sendMessages()")
         return self._submit(conn, "messages", conn.sendMany, checkPayloads(payloads, conn.settings))
 
     def _submit(
         self, conn: Connection, what: str, send: Callable[[Any, Any, float], object], payload: Any
     ) -> Deferred[Receipt]:
         """Hand ``payload`` (one message or several) to the core's ``send``
-        with a new Deferred for its outcome, unless the core refuses."""
+        with a new Deferred for its outcome, unless the core refuses (see
+        `refused`). Then write its frames (unless a read burst will), act
+        on what the send caused, and tell a registered producer."""
         if conn.refusal() is not None:
-            return self._refused(conn, what)
+            return refused(conn, what, self.loss)
         d: Deferred[Receipt] = Deferred()
         now = self._clock().seconds()
         try:
             send(payload, d, now)
         except QueueFull as e:
             return defer.fail(e)
-        self._sent(conn, now)
-        return d
-
-    def _refused(self, conn: Connection, what: str) -> Deferred[Receipt]:
-        """The failure of a send that the core refuses (``what`` names the
-        message or messages).
-
-        :raises RuntimeError: if this side called `close`: sending after
-            one's own close is a programming error, reported at once rather
-            than as a failed Deferred that nobody may be watching.
-        """
-        refusal = conn.refusal()
-        assert refusal is not None
-        if refusal[0]:
-            api = "sendMessage()" if what == "message" else "sendMessages()"
-            raise RuntimeError(f"{api} {refusal[1]}")
-        if self.loss is not None:
-            return defer.fail(
-                DeliveryFailed(f"connection already lost ({self.loss})", self.loss)
-            )
-        return defer.fail(DeliveryFailed(f"{refusal[1]}; {what} not sent"))
-
-    def _sent(self, conn: Connection, now: float) -> None:
-        """After a send: write its frames (unless a read burst will), act on
-        what the send caused, and tell a registered producer."""
         if not conn.reading:
             data = conn.dataToSend(now)
             if data:
@@ -376,9 +345,8 @@ class HeartbeatMixin(TimeoutMixin):
                 self._written += len(data)
             if conn.events:
                 self._service()
-        binding = self._binding
-        if binding is not None and binding.pacer is not None:
-            binding.pacer.check()
+        self._binding.pace()
+        return d
 
     def _pump(self) -> None:
         """Write what the windows allow of the queued messages (the session
@@ -453,7 +421,7 @@ class HeartbeatMixin(TimeoutMixin):
         """
         conn = self._alive
         if conn is None and self.loss is None:
-            return defer.fail(self._notSetUp("close()"))
+            return defer.fail(notSetUp(self, "close()"))
         d = self.whenLost()
         if conn is not None and self.loss is None:
             conn.close(code, reason, self._clock().seconds())
@@ -482,48 +450,30 @@ class HeartbeatMixin(TimeoutMixin):
         """
         if not streaming:
             raise ValueError("only push producers (streaming=True) can be paced")
-        if self._binding is None:
-            raise self._notSetUp("registerProducer()")
+        if self._alive is None:
+            raise notSetUp(self, "registerProducer()")
         self._binding.register(producer)
 
     def unregisterProducer(self) -> None:
         """Forget the producer registered with `registerProducer`."""
-        if self._binding is not None:
+        if self._alive is not None:
             self._binding.pacer = None
 
     # -- Twisted protocol --------------------------------------------------
 
     def connectionMade(self) -> None:
         """Start the HELLO exchange and the heartbeat timer."""
-        now = self._clock().seconds()
-        self._connectedAt = now
+        self._connectedAt = now = self._clock().seconds()
         transport = self.transport
         self._peer = describeAddress(transport.getPeer())
-        host = self._host()
-        settings = self.aliveSettings()
-        if host is None:
-            conn = Connection(settings, Role.PEER, now, phase=addressPhase(transport))
-        elif host.role is Role.CLIENT:
-            binding = host.clientBinding()
-            conn = Connection(settings, Role.CLIENT, now, binding.session)
-        else:
-            conn = Connection(settings, Role.SERVER, now, phase=0.5)
+        host = hostOf(self)
+        conn, self._binding = bind(host, self.aliveSettings(), transport, now)
         self._alive = conn
-        self._binding = binding if host is not None and host.role is Role.CLIENT else None
-        if self._binding is None:
-            # Until HELLO names the session (server), or for good (a peer).
-            self._binding = Binding(conn.session)
-        conn.writeThrough = canWriteThrough(transport)
         if self.tcpNoDelay:
             setNoDelay(transport)
         if host is not None:
             host.connectionStarted(self)
-        log.debug(
-            "alive.connected: {peer} as {role}",
-            peer=self._peer,
-            role=conn.role.value,
-            event="connected",
-        )
+        logConnected(self._peer, conn.role.value)
         self._service()
         self._arm()
         super().connectionMade()  # type: ignore[misc]
@@ -560,19 +510,8 @@ class HeartbeatMixin(TimeoutMixin):
         self.loss = loss = lossOf(
             conn, reason, self.transport, self._peer, self._clock().seconds() - self._connectedAt
         )
-        binding = self._binding
-        if binding is not None and binding.carrier is self:
-            binding.carrier = None
         if conn is not None:
-            host = self._host()
-            if host is not None:
-                host.sessionLost(self, loss)
-            else:
-                failUndelivered(
-                    conn.session.outbox.drain(),
-                    f"connection lost before confirmation ({loss})",
-                    loss,
-                )
+            unbind(self, self._binding, conn, hostOf(self), loss)
         for d in self._openWaiters or ():
             d.errback(DeliveryFailed(f"connection lost before HELLO completed ({loss})", loss))
         self._openWaiters = None
@@ -591,10 +530,8 @@ class HeartbeatMixin(TimeoutMixin):
             return
         clock = self._clock()
         now = clock.seconds()
-        # Time spent on the timers due with this one is no stall.
-        running = wheelFor(clock).runningSince
         armed = self._armedFor
-        conn.handleTimer(now, armed, 0.0 if running is None else now - running)
+        conn.handleTimer(now, armed, wheelFor(clock).runningFor(now))
         self._service(timer=now - armed <= STALL_THRESHOLD)
 
     # -- acting on the core's events -----------------------------------------
@@ -624,10 +561,7 @@ class HeartbeatMixin(TimeoutMixin):
         countdown = TURN_CHECK_EVERY
         started = self._clock().seconds()
         try:
-            while True:
-                event = nextEvent()
-                if event is None:
-                    break
+            while (event := nextEvent()) is not None:
                 if type(event) is not MessageReceived:
                     self._event(conn, event)
                     continue
@@ -635,20 +569,22 @@ class HeartbeatMixin(TimeoutMixin):
                 try:
                     result = self.messageReceived(event[1])
                 except Exception:
-                    conn.messageFailed(seq, logRejection(self._clock(), self._peer, seq, Failure()))  # type: ignore[no-untyped-call]
+                    answer(conn, seq, Failure(), self._clock(), self._peer)  # type: ignore[no-untyped-call]
                 else:
                     if result is None:
                         # The common case, first: isinstance() against
                         # Deferred (an ABC) costs more than the rest.
                         processed(seq)
                     else:
-                        self._awaitResult(conn, seq, result)
+                        self._binding.awaitResult(conn, seq, result, self._clock(), self._peer)
                 countdown -= 1
                 if countdown <= 0:
                     countdown = TURN_CHECK_EVERY
                     now = self._clock().seconds()
                     if now - started >= self.maxTurnTime and conn.handingOut:
-                        self._yieldTurn()
+                        # Pause reading; go on in the next turn of the reactor.
+                        pauseReading(self.transport)
+                        self._turnCall = self._clock().callLater(0, self._nextTurn)
                         break
         finally:
             conn.reading = False
@@ -660,16 +596,9 @@ class HeartbeatMixin(TimeoutMixin):
     def _event(self, conn: Connection, event: Event) -> None:
         """Act on an event other than a received message."""
         kind = type(event)
-        if kind is Confirmed:
-            confirm(cast(Confirmed, event).entries, self._clock().seconds())
-            self._sendRoom()
-        elif kind is Rejected:
-            rejected = cast(Rejected, event)
-            fail(rejected.handle, DeliveryFailed(rejected.text, rejected=True))
-            self._sendRoom()
-        elif kind is TooLarge:
-            large = cast(TooLarge, event)
-            fail(large.handle, DeliveryFailed(large.text, None, large.maybeProcessed))
+        if kind is Confirmed or kind is Rejected or kind is TooLarge:
+            if settle(event, self._clock().seconds()):
+                self._sendRoom()
         elif kind is CloseNow:
             self._flush(None)
             if cast(CloseNow, event).abort:
@@ -680,9 +609,11 @@ class HeartbeatMixin(TimeoutMixin):
         elif kind is Opened:
             self._opened(conn, cast(Opened, event).resumed)
         elif kind is HelloReceived:
-            self._helloReceived(conn, cast(HelloReceived, event))
+            token = cast(HelloReceived, event).hello.session
+            now = self._clock().seconds()
+            self._binding = answerHello(hostOf(self), self, self._binding, conn, token, now)
         elif kind is SessionUnknown:
-            host = self._host()
+            host = hostOf(self)
             if host is not None:
                 host.sessionUnknown(self, cast(SessionUnknown, event).detail)
         else:
@@ -691,100 +622,25 @@ class HeartbeatMixin(TimeoutMixin):
     def _sendRoom(self) -> None:
         """Acknowledgements made room in the window and the queue: resume a
         paused producer if the queue is low enough."""
-        pacer = self._binding.pacer if self._binding is not None else None
-        if pacer is not None:
-            pacer.check()
+        self._binding.pace()
 
     def _opened(self, conn: Connection, resumed: bool) -> None:
-        binding = self._binding
-        assert binding is not None
-        binding.carrier = self
-        log.info(
-            "alive.hello: {peer} open, peer interval {interval:g} s, resumed {resumed}",
-            peer=self._peer,
-            interval=conn.liveness.peerInterval,
-            resumed=resumed,
-            event="hello",
-        )
+        self._binding.carrier = self
+        logOpened(self._peer, conn.liveness.peerInterval, resumed)
         self.connectionOpened(resumed)
         for d in self._openWaiters or ():
             d.callback(None)
         self._openWaiters = None
-        host = self._host()
+        host = hostOf(self)
         if host is not None:
             host.sessionOpened(self, resumed)
-
-    def _helloReceived(self, conn: Connection, event: HelloReceived) -> None:
-        """(Server.) The client's HELLO names its session: find it, or
-        refuse."""
-        host = self._host()
-        now = self._clock().seconds()
-        found = host.sessionFor(event.hello.session, now) if host is not None else None
-        if found is None:
-            conn.refuseSession(f"session {event.hello.session.hex()[:8]} is unknown or expired")
-            return
-        session, resumed = found
-        binding = host.bindingFor(session)
-        binding.adopt(self._binding)
-        binding.takeOver(self)
-        self._binding = binding
-        conn.acceptSession(session, resumed, now)
-
-    def _awaitResult(self, conn: Connection, seq: int, result: object) -> None:
-        """`messageReceived` returned something: if it is a Deferred (or
-        an awaitable), its outcome answers message ``seq``; the next
-        message waits for it."""
-        if not isinstance(result, Deferred):
-            if not inspect.isawaitable(result):
-                conn.messageProcessed(seq)
-                return
-            # ``async def messageReceived``: wait for it like a Deferred.
-            result = Deferred.fromCoroutine(cast(Any, result))
-        box: list[object] = []
-        result.addBoth(box.append)
-        if box:
-            self._answer(conn, seq, box[0])
-            return
-        binding = self._binding
-        assert binding is not None
-        result.addCallback(lambda _: self._answerLater(binding, seq, box[0]))
-
-    def _answerLater(self, binding: Binding, seq: int, outcome: object) -> None:
-        """The Deferred of message ``seq`` fired with ``outcome``: answer the
-        core of the connection that carries the session now."""
-        carrier = binding.carrier
-        if carrier is not None and carrier._alive is not None and carrier.loss is None:
-            carrier._answer(carrier._alive, seq, outcome)
-            carrier._service()
-            return
-        inbox = binding.session.inbox
-        if isinstance(outcome, Failure):
-            inbox.failed(seq, logRejection(self._clock(), self._peer, seq, outcome))
-        else:
-            inbox.processed(seq)
-
-    def _answer(self, conn: Connection, seq: int, outcome: object) -> None:
-        if isinstance(outcome, Failure):
-            conn.messageFailed(seq, logRejection(self._clock(), self._peer, seq, outcome))
-        else:
-            conn.messageProcessed(seq)
-
-    def _yieldTurn(self) -> None:
-        """Pause reading from the transport and go on in the next turn of
-        the reactor (`maxTurnTime`)."""
-        pause = getattr(self.transport, "pauseProducing", None)
-        if pause is not None:
-            pause()
-        self._turnCall = self._clock().callLater(0, self._nextTurn)
 
     def _nextTurn(self) -> None:
         """Go on handing received messages to the application."""
         self._turnCall = None
         if self._alive is None or self.loss is not None:
             return
-        resume = getattr(self.transport, "resumeProducing", None)
-        if resume is not None:
-            resume()
+        resumeReading(self.transport)
         self._service()
 
     # -- the transport and the timer ----------------------------------------
@@ -799,8 +655,7 @@ class HeartbeatMixin(TimeoutMixin):
         if data and conn.writeThrough:
             data, error = writeThrough(self.transport, data)
             if error is not None:
-                why = error.strerror or error
-                conn.writeFailed(f"connection reset or socket error (send: {why})")
+                conn.writeFailed(describeSendError(error))
         if data:
             self.transport.write(data)
             self._written += len(data)
@@ -825,14 +680,10 @@ class HeartbeatMixin(TimeoutMixin):
         if wake == float("inf"):
             self._setTimer(None)
             return
-        if wake < now:
-            if not late:
-                wake = now
-            self._armedFor = wake
-            self._setTimer(0.0)
-            return
+        if wake < now and not late:
+            wake = now
         self._armedFor = wake
-        self._setTimer(wake - now)
+        self._setTimer(wake - now if wake > now else 0.0)
 
     def _setTimer(self, period: float | None) -> None:
         """Arm ``TimeoutMixin``'s timer for ``period`` seconds (or disarm it)."""
@@ -883,10 +734,12 @@ def checkBases(cls: type) -> None:
             )
 
 
-def notSetUp(what: str, made: bool) -> RuntimeError:
-    """The error of ``what`` called before `HeartbeatMixin.connectionMade`
-    set the connection up (``made``: the transport is there already)."""
-    if not made:
+def notSetUp(protocol: HeartbeatMixin, what: str) -> RuntimeError:
+    """The error of ``what`` called on ``protocol`` before
+    `HeartbeatMixin.connectionMade` set the connection up: before the
+    transport is there, or after (a subclass's ``connectionMade`` that did
+    not call the base method first)."""
+    if getattr(protocol, "transport", None) is None:
         return RuntimeError(f"{what} called before the connection was made")
     return RuntimeError(
         f"{what} called before the connection was set up: did the subclass's "

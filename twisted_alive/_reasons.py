@@ -1,7 +1,8 @@
 """
 Twisted's failures, mapped to a `Reason`: `describeFailure` (the reason, a
 sentence and the `Cause` of a failure), built on `classify` and `causeOf`;
-and back, `failureFor` (the failure a wrapped protocol receives for a
+`describeSendError` (the sentence of a socket that refused a write); and
+back, `failureFor` (the failure a wrapped protocol receives for a
 `Loss`). `Reason`, `Cause` and `Loss` themselves are pure data in
 ``twisted_alive.core.reasons``.
 
@@ -292,6 +293,12 @@ def describeFailure(
     if kind is Reason.LOCAL_CLOSE:
         return kind, "aborted by this side", None
     return kind, f"{typeName(failure)}: {failure.getErrorMessage()}", None
+
+
+def describeSendError(error: OSError) -> str:
+    """The sentence of a connection whose socket refused a write with
+    ``error`` (the peer reset it, or the socket failed)."""
+    return f"connection reset or socket error (send: {error.strerror or error})"
 
 
 def failureFor(loss: Loss) -> Failure:

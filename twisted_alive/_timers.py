@@ -130,6 +130,13 @@ class TimerWheel:
         self._add(call, self.clock.seconds() + delay)
         return call
 
+    def runningFor(self, now: float) -> float:
+        """Seconds spent so far on the calls due at the time whose calls run
+        now (``0.0`` when none run): for one of them, the time the calls
+        before it took, which is no stall of the process."""
+        since = self.runningSince
+        return 0.0 if since is None else now - since
+
     def pending(self) -> int:
         """How many calls wait to run."""
         return sum(len(slot.calls) for slot in self._slots.values())

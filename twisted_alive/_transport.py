@@ -84,6 +84,20 @@ def setNoDelay(transport: Any) -> None:
             pass
 
 
+def pauseReading(transport: Any) -> None:
+    """Stop reading from ``transport``, where it can (``pauseProducing``)."""
+    pause = getattr(transport, "pauseProducing", None)
+    if pause is not None:
+        pause()
+
+
+def resumeReading(transport: Any) -> None:
+    """Read from ``transport`` again, where it can (``resumeProducing``)."""
+    resume = getattr(transport, "resumeProducing", None)
+    if resume is not None:
+        resume()
+
+
 def canWriteThrough(transport: object) -> bool:
     """
     Whether ``transport`` is a reactor's TCP connection, whose socket

@@ -1,7 +1,9 @@
 """
 Heartbeats, loss reasons and delivery for protocols that don't know about
 them: `AliveWrappingFactory` wraps any factory, the way Twisted's TLS
-wrapper does.
+wrapper does. The classes are Twisted's `policies.ProtocolWrapper` and
+`policies.WrappingFactory`, with the writes, the close and the flow control
+replaced by the framed ones.
 
 The wrapped protocol keeps its code. Its writes travel as DATA frames, it
 receives the peer's bytes as before (one ``dataReceived`` per DATA frame),
@@ -23,12 +25,12 @@ from twisted.internet.interfaces import (
     IConnector,
     IProtocol,
     IPushProducer,
-    ITransport,
 )
-from twisted.internet.protocol import ClientFactory, Factory, Protocol
+from twisted.internet.protocol import ClientFactory, Factory, connectionDone
 from twisted.logger import Logger
+from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python.failure import Failure
-from zope.interface import directlyProvides, implementer, providedBy
+from zope.interface import implementer
 
 from twisted_alive._mixin import HeartbeatMixin
 from twisted_alive._reasons import Loss, failureFor
@@ -69,8 +71,26 @@ class _SocketRoom:
             producer.stopProducing()
 
 
+class _Relay(ProtocolWrapper):
+    """
+    ``ProtocolWrapper`` whose ``connectionLost`` (reached last, from
+    `HeartbeatMixin.connectionLost`) gives the wrapped protocol the failure
+    that carries the classified `Loss` rather than the transport's own.
+    """
+
+    lostWith: Failure | None = None
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        """Unregister, and tell the wrapped protocol (once) why it ended.
+        ``wrappedProtocol`` stays set (``ProtocolWrapper`` clears it), so an
+        application can still reach the protocol that ended."""
+        wrapped = self.wrappedProtocol
+        ProtocolWrapper.connectionLost(self, self.lostWith or reason)  # type: ignore[no-untyped-call]
+        self.wrappedProtocol = wrapped
+
+
 @implementer(IPushProducer)
-class AliveWrappingProtocol(HeartbeatMixin, Protocol):
+class AliveWrappingProtocol(HeartbeatMixin, _Relay):
     """
     The protocol `AliveWrappingFactory` builds: the framing on the
     outside, a transport for the wrapped protocol on the inside.
@@ -96,9 +116,10 @@ class AliveWrappingProtocol(HeartbeatMixin, Protocol):
     :ivar wrappedProtocol: the protocol of the wrapped factory.
     """
 
+    factory: AliveWrappingFactory
+
     def __init__(self, factory: AliveWrappingFactory, wrappedProtocol: IProtocol) -> None:
-        self.factory = factory
-        self.wrappedProtocol = wrappedProtocol
+        ProtocolWrapper.__init__(self, factory, wrappedProtocol)
         self.disconnecting = False
         self._producer: IPushProducer | None = None
         self._producerPaused = False
@@ -112,13 +133,12 @@ class AliveWrappingProtocol(HeartbeatMixin, Protocol):
 
     # -- protocol side -----------------------------------------------------
 
-    def makeConnection(self, transport: ITransport) -> None:
-        """Connect, then give the wrapped protocol this object as transport."""
-        directlyProvides(self, providedBy(transport))
-        Protocol.makeConnection(self, transport)  # type: ignore[no-untyped-call]
-        transport.registerProducer(_SocketRoom(self), True)  # type: ignore[attr-defined]
-        self.factory.registerProtocol(self)
-        self.wrappedProtocol.makeConnection(cast(ITransport, self))
+    def connectionMade(self) -> None:
+        """Say HELLO, and learn from the real transport when its send buffer
+        fills (``ProtocolWrapper.makeConnection`` then connects the wrapped
+        protocol, with this object as its transport)."""
+        super().connectionMade()
+        self.transport.registerProducer(_SocketRoom(self), True)
 
     def connectionOpened(self, resumed: bool) -> None:
         """The peer's frame limit is known: send what was written."""
@@ -135,13 +155,11 @@ class AliveWrappingProtocol(HeartbeatMixin, Protocol):
         return None
 
     def disconnected(self, loss: Loss) -> None:
-        """Tell the wrapped protocol, with a failure that carries `loss`."""
-        self.factory.unregisterProtocol(self)
+        """Drop what was not sent; the wrapped protocol hears of `loss` (a
+        failure that carries it) from ``ProtocolWrapper.connectionLost``."""
         self._held.clear()
         self._heldOffset = self._heldBytes = 0
-        failure = failureFor(loss)
-        self.factory._lastFailure = failure
-        self.wrappedProtocol.connectionLost(failure)
+        self.lostWith = self.factory._lastFailure = failureFor(loss)
         self._producer = None
 
     def _sendRoom(self) -> None:
@@ -190,14 +208,6 @@ class AliveWrappingProtocol(HeartbeatMixin, Protocol):
         """Abort at once (an RST; unsent data is dropped)."""
         self.disconnecting = True
         self.abort()
-
-    def getPeer(self) -> IAddress:
-        """The real transport's peer address."""
-        return cast(IAddress, self.transport.getPeer())
-
-    def getHost(self) -> IAddress:
-        """The real transport's host address."""
-        return cast(IAddress, self.transport.getHost())
 
     def registerProducer(self, producer: IPushProducer, streaming: bool = True) -> None:
         """Register the wrapped protocol's producer (see the class doc); a
@@ -255,7 +265,9 @@ class AliveWrappingProtocol(HeartbeatMixin, Protocol):
         self.loseConnection()
 
     def __getattr__(self, name: str) -> Any:
-        # Anything else a transport offers (getHandle, setTcpNoDelay...).
+        # Anything else a transport offers (getHandle, setTcpNoDelay...), as
+        # ProtocolWrapper does; but no private names, and none before the
+        # transport is there.
         if name.startswith("_") or "transport" not in self.__dict__:
             raise AttributeError(name)
         return getattr(self.__dict__["transport"], name)
@@ -317,12 +329,7 @@ class AliveWrappingProtocol(HeartbeatMixin, Protocol):
             producer.resumeProducing()
 
 
-# Not a twisted.protocols.policies.WrappingFactory (nor its protocol a
-# ProtocolWrapper): every method of those would be overridden (writes become
-# frames, loseConnection an orderly close), ``protocols`` here is a set where
-# theirs is a dict, and a refused wrapped protocol (None) must stay refused,
-# which WrappingFactory.buildProtocol's type does not allow.
-class AliveWrappingFactory(Factory):
+class AliveWrappingFactory(WrappingFactory[AliveWrappingProtocol]):
     """
     Wrap any server or client factory so that its protocols, unchanged,
     get heartbeats, loss classification and acknowledged delivery.
@@ -343,7 +350,8 @@ class AliveWrappingFactory(Factory):
     :param heartbeatInterval: seconds of outbound silence before a PING.
     :param heartbeatMisses: peer intervals of silence before it is dead.
     :param maxFrameSize: the largest frame accepted; longer writes are split.
-    :ivar protocols: the live wrapping protocols.
+    :ivar protocols: the live wrapping protocols (the keys; Twisted's
+        ``WrappingFactory`` keeps a dict).
     """
 
     protocol = AliveWrappingProtocol
@@ -355,32 +363,17 @@ class AliveWrappingFactory(Factory):
         heartbeatMisses: int = HeartbeatMixin.heartbeatMisses,
         maxFrameSize: int = DEFAULT_MAX_FRAME_SIZE,
     ) -> None:
-        self.wrappedFactory = wrappedFactory
+        super().__init__(wrappedFactory)  # type: ignore[no-untyped-call]
         self.heartbeatInterval = heartbeatInterval
         self.heartbeatMisses = heartbeatMisses
         self.maxFrameSize = maxFrameSize
-        self.protocols: set[AliveWrappingProtocol] = set()
         self._lastFailure: Failure | None = None
 
-    def logPrefix(self) -> str:
-        """The wrapped factory's log prefix, marked as wrapped."""
-        prefix = getattr(self.wrappedFactory, "logPrefix", None)
-        name = prefix() if callable(prefix) else self.wrappedFactory.__class__.__name__
-        return f"{name} (alive)"
-
-    def doStart(self) -> None:
-        """Start the wrapped factory too."""
-        self.wrappedFactory.doStart()  # type: ignore[no-untyped-call]
-        super().doStart()  # type: ignore[no-untyped-call]
-
-    def doStop(self) -> None:
-        """Stop the wrapped factory too."""
-        self.wrappedFactory.doStop()  # type: ignore[no-untyped-call]
-        super().doStop()  # type: ignore[no-untyped-call]
-
-    def buildProtocol(self, addr: IAddress | None) -> AliveWrappingProtocol | None:
-        """Wrap the protocol the wrapped factory builds (or refuse if it
-        refuses)."""
+    def buildProtocol(  # type: ignore[override]
+        self, addr: IAddress | None
+    ) -> AliveWrappingProtocol | None:
+        """Wrap the protocol the wrapped factory builds, or refuse if it
+        refuses (``WrappingFactory`` would wrap ``None``)."""
         wrapped = self.wrappedFactory.buildProtocol(addr)
         if wrapped is None:
             return None
@@ -390,15 +383,8 @@ class AliveWrappingFactory(Factory):
         proto.maxFrameSize = self.maxFrameSize
         return proto
 
-    def registerProtocol(self, proto: AliveWrappingProtocol) -> None:
-        """Track a live protocol."""
-        self.protocols.add(proto)
-
-    def unregisterProtocol(self, proto: AliveWrappingProtocol) -> None:
-        """Forget a protocol that ended."""
-        self.protocols.discard(proto)
-
-    # Client factory pass-through (for connectTCP and friends).
+    # Client factory pass-through (for connectTCP and friends), as
+    # WrappingFactory's but for a wrapped factory that is no ClientFactory.
 
     def startedConnecting(self, connector: IConnector) -> None:
         """Forwarded to the wrapped client factory."""

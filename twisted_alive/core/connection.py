@@ -30,10 +30,12 @@ PONG          error      RTT       RTT        RTT           ignored
 GOODBYE       closes**   closes    closes     closes        ignored
 ============  =========  ========  =========  ============  ========
 
-\* the peer's first HELLO, when this side said GOODBYE before it came; a
-second HELLO is always an error. \*\* a client's GOODBYE(SESSION_UNKNOWN)
-in answer to its HELLO is `SessionUnknown`. "error" is a protocol
-violation: GOODBYE(PROTOCOL_ERROR), after the ACK of what came before.
+\* the peer's first HELLO, when this side said GOODBYE before it came;
+until that HELLO, CLOSING answers every other frame but GOODBYE as
+HANDSHAKE does (an error). A second HELLO is always an error.
+\*\* a client's GOODBYE(SESSION_UNKNOWN) in answer to its HELLO is
+`SessionUnknown`. "error" is a protocol violation: GOODBYE(PROTOCOL_ERROR),
+after the ACK of what came before and was processed.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from twisted_alive.core import frames as _frames
+from twisted_alive.core.checks import atLeast, positive
 from twisted_alive.core.delivery import (
     DEFAULT_MAX_QUEUE,
     DEFAULT_MAX_QUEUE_BYTES,
@@ -186,22 +189,19 @@ class Settings:
     maxUnsentBytes: int = 4 * 1048576
 
     def __post_init__(self) -> None:
-        if not self.interval > 0:
-            raise ValueError(f"heartbeatInterval must be positive, got {self.interval!r}")
+        positive("heartbeatInterval", self.interval)
         if self.interval < 0.001 or self.interval > 4_000_000:
             raise ValueError(
                 "heartbeatInterval must be between 0.001 and 4000000 seconds, "
                 f"got {self.interval!r}"
             )
-        if self.misses < 1:
-            raise ValueError(f"heartbeatMisses must be at least 1, got {self.misses!r}")
+        atLeast("heartbeatMisses", self.misses, 1)
         if self.maxFrameSize < MIN_MAX_FRAME_SIZE or self.maxFrameSize > 2**32 - 1:
             raise ValueError(
                 f"maxFrameSize must be between {MIN_MAX_FRAME_SIZE} and {2**32 - 1}, "
                 f"got {self.maxFrameSize!r}"
             )
-        if self.window < 1:
-            raise ValueError(f"window must be at least 1, got {self.window!r}")
+        atLeast("window", self.window, 1)
 
     @property
     def maxPayload(self) -> int:
@@ -327,8 +327,10 @@ class GoodbyeReceived(NamedTuple):
 class Violation(NamedTuple):
     """
     The peer broke the protocol. The messages that arrived before the bad
-    frame are still handed out; their ACK, then the GOODBYE, go out with
-    the next `Connection.dataToSend`, and a `CloseNow` follows.
+    frame are still handed out while the application answers each at once;
+    one still being processed when the next is due stays unacknowledged. A
+    `CloseNow` follows; the ACK of what was processed, then the GOODBYE, go
+    out with the next `Connection.dataToSend`.
     """
 
     detail: str
@@ -517,13 +519,15 @@ class Connection:
         a time: after a `MessageReceived`, the next one waits until
         `messageProcessed` or `messageFailed` answered it (other events do
         not wait). When nothing is left to hand out, an orderly close that
-        has nothing more to wait for yields its `CloseNow`.
+        has nothing more to wait for yields its `CloseNow`. After a
+        `CloseNow` nothing more is handed out: what was received stays in
+        the session's inbox.
         """
         events = self.events
         if events:
             return events.popleft()
         inbox = self.session.inbox
-        if inbox.pending and not inbox.handedOut and self._handOff:
+        if inbox.pending and not inbox.handedOut and self._handOff and not self._closedNow:
             message = inbox.pending.popleft()
             inbox.handedOut = message.seq
             return message
@@ -538,7 +542,9 @@ class Connection:
         """Whether a received message waits to be handed out now (none is
         being processed)."""
         inbox = self.session.inbox
-        return bool(inbox.pending) and not inbox.handedOut and self._handOff
+        return (
+            bool(inbox.pending) and not inbox.handedOut and self._handOff and not self._closedNow
+        )
 
     def takeEvents(self) -> list[Event]:
         """Take every queued event, without handing out received messages
@@ -571,7 +577,8 @@ class Connection:
             self.flushAck()
         out = self._out
         if self._goodbyeDue is not None:
-            out.append(self._goodbyeDue)
+            if self._goodbyeDue:
+                out.append(self._goodbyeDue)
             self._goodbyeDue = None
         if not out:
             return b""
@@ -654,7 +661,11 @@ class Connection:
     ) -> None:
         """Act on decoded frames, then on a decoding error that followed them."""
         state = self.state
-        if frames and (state is _OPEN or state is _CLOSING) and type(frames[0]) is Data:
+        if (
+            frames
+            and (state is _OPEN or (state is _CLOSING and self.peerHello is not None))
+            and type(frames[0]) is Data
+        ):
             # The common case: a run of DATA in sequence, accepted in one step.
             accepted = self.session.inbox.acceptInOrder(frames)
             if accepted:
@@ -697,6 +708,10 @@ class Connection:
         state = self.state
         if state is _FAILED:
             return True
+        if self.peerHello is None and state is _CLOSING:
+            # This side said GOODBYE before the peer's HELLO came: nothing
+            # but HELLO or GOODBYE may come first, as in HANDSHAKE.
+            state = _HANDSHAKE
         if type(frame) is Data:
             if state is _HANDSHAKE:
                 raise ProtocolViolation("expected HELLO first, got DATA")
@@ -741,7 +756,7 @@ class Connection:
         if type(frame) is Goodbye:
             return self._handleGoodbye(frame, events)
         if type(frame) is Reject:
-            if state is State.HANDSHAKE:
+            if state is _HANDSHAKE:
                 raise ProtocolViolation("expected HELLO first, got REJECT")
             self.session.outbox.reject(frame.seq, frame.reason)
             return False
@@ -773,6 +788,8 @@ class Connection:
     def _handleHello(self, hello: Hello, now: float, events: deque[Event]) -> None:
         if self.peerHello is not None:
             raise ProtocolViolation("a second HELLO on one connection")
+        if self.state is _PEER_CLOSING:
+            raise ProtocolViolation("HELLO after GOODBYE")
         if hello.nonce == self.nonce and self.role is not Role.SERVER:
             # Our own HELLO came back: an echo server, or a connection to
             # itself. Nothing on the other end would ever process a message.
@@ -1019,10 +1036,13 @@ class Connection:
         (for messages sent together: one outcome, by the last one)."""
         rejected = self.session.outbox.rejected
         if not rejected:
-            if entries[-1].batch == 1 and entries[0].batch == 1:
-                events.append(Confirmed(entries))
-            else:
-                events.append(Confirmed([e for e in entries if e.batch]))
+            if len(entries) == 1 and entries[0].batch:
+                events.append(Confirmed(entries))  # one alone, or a batch's last
+                return
+            # A batch's members but its last (batch 0) are answered by it.
+            answered = [e for e in entries if e.batch]
+            if answered:
+                events.append(Confirmed(answered))
             return
         confirmed: list[Entry] = []
         for entry in entries:
@@ -1092,8 +1112,9 @@ class Connection:
         This side's application closes in order: what is queued is sent,
         then GOODBYE; then, once the peer acknowledged every message (or
         `Settings.closeTimeout` passed), `CloseNow`. The messages the peer
-        sent before are handed out and acknowledged first. A second call
-        does nothing.
+        sent before are still handed out and acknowledged before `CloseNow`
+        (their ACK may follow the GOODBYE, as the spec allows). A second
+        call does nothing.
         """
         if now is not None:
             self._now = now
@@ -1183,13 +1204,11 @@ class Connection:
         if self._closedNow:
             return
         if self._closeDue:
-            # A violation, a refused or unknown session: what could be
-            # handed out was; on a connection that opened, the message
-            # handed out last is answered first (its ACK goes before the
-            # GOODBYE), until the close deadline.
-            if self.peerWindow and self._handOff and self.session.inbox.handedOut:
-                self._startCloseTimer()
-                return
+            # A violation, a refused or unknown session: the messages that
+            # came before were handed out while each was answered at once;
+            # one still being processed stays unacknowledged (the spec's
+            # "Error handling"). Close now: the ACK of what was processed,
+            # then the GOODBYE, go out with the next dataToSend.
             self._closeInOrder()
             return
         state = self.state
@@ -1244,11 +1263,13 @@ class Connection:
             events.append(Expired(detail))
             self.abort(detail, Reason.TIMEOUT)
             return
-        if action is _PING:
+        if action is _PING and self.state is not _FAILED:
             self._out.append(_frames.encodePing(self.liveness.pingId))
         closeAt = self._closeAt
         if closeAt is not None and now >= closeAt:
-            if self.state is _OPEN or self.state is _HANDSHAKE:
+            if self._closing == _LOCAL and (self.state is _OPEN or self.state is _HANDSHAKE):
+                # Only this side's close() says GOODBYE; after the peer's
+                # FIN the deadline just closes.
                 self.sendGoodbye(*self._goodbye)
             self._closeInOrder()
 
@@ -1307,13 +1328,17 @@ class Connection:
         self, code: GoodbyeCode, detail: str, events: deque[Event], notAlive: bool = False
     ) -> None:
         """Fail the connection: the GOODBYE goes out with the next
-        `dataToSend`, after the ACK of the messages that came before (still
-        handed out); then `CloseNow`."""
+        `dataToSend`, after the ACK of the messages that came before and
+        were processed (those still received are handed out first, while
+        the application answers each at once); then `CloseNow`."""
         if self.state is State.FAILED:
             return
+        # A side says GOODBYE once: one that said it already (CLOSING) has
+        # only the last ACK and PONG to send (an empty GOODBYE due).
+        saidGoodbye = self.state is _CLOSING
         self.state = State.FAILED
         self.error = detail
-        self._goodbyeDue = _frames.encode(Goodbye(code, detail))
+        self._goodbyeDue = b"" if saidGoodbye else _frames.encode(Goodbye(code, detail))
         if code is GoodbyeCode.PROTOCOL_ERROR:
             self._end(
                 Reason.PROTOCOL_ERROR, detail, cause=Cause.NOT_ALIVE_PEER if notAlive else None

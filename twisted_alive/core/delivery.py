@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from itertools import islice
 from typing import Any
 
+from twisted_alive.core.checks import atLeast
 from twisted_alive.core.frames import NO_SESSION, Data
 from twisted_alive.core.outcomes import QueueFull
 
@@ -126,8 +127,7 @@ class Outbox:
         maxQueue: int = DEFAULT_MAX_QUEUE,
         maxQueueBytes: int = DEFAULT_MAX_QUEUE_BYTES,
     ) -> None:
-        if window < 1:
-            raise ValueError(f"window must be at least 1, got {window!r}")
+        atLeast("window", window, 1)
         if maxQueue < 0 or maxQueueBytes < 0:
             raise ValueError("queue limits must not be negative")
         self.window = window

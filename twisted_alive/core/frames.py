@@ -341,9 +341,7 @@ def encodePing(id: int) -> bytes:
     :returns: the encoded frame.
     :raises ValueError: if ``id`` does not fit 64 bits.
     """
-    if not 0 <= id <= _MAX_U64:
-        _checkRange("PING id", id, _MAX_U64)
-    return _packHeaderU64(9, 4, id)
+    return _encodeId("PING", 4, id)
 
 
 def encodePong(id: int) -> bytes:
@@ -354,9 +352,14 @@ def encodePong(id: int) -> bytes:
     :returns: the encoded frame.
     :raises ValueError: if ``id`` does not fit 64 bits.
     """
+    return _encodeId("PONG", 5, id)
+
+
+def _encodeId(name: str, type: int, id: int) -> bytes:
+    """A PING (type 4) or PONG (type 5) frame: an 8-byte id."""
     if not 0 <= id <= _MAX_U64:
-        _checkRange("PONG id", id, _MAX_U64)
-    return _packHeaderU64(9, 5, id)
+        _checkRange(f"{name} id", id, _MAX_U64)
+    return _packHeaderU64(9, type, id)
 
 
 def _encodeHello(frame: Hello) -> bytes:
@@ -407,19 +410,24 @@ def _encodePong(frame: Pong) -> bytes:
 def _encodeGoodbye(frame: Goodbye) -> bytes:
     code, reason = frame
     _checkRange("GOODBYE code", code, _MAX_U16)
-    text = _encodeText("GOODBYE", reason)
-    length = 3 + len(text)
-    _checkLength("GOODBYE", length)
+    length, text = _withText("GOODBYE", 3, reason)
     return _HEADER_U16.pack(length, Kind.GOODBYE, code) + text
 
 
 def _encodeReject(frame: Reject) -> bytes:
     seq, reason = frame
     _checkRange("REJECT sequence number", seq, _MAX_U64)
-    text = _encodeText("REJECT", reason)
-    length = 9 + len(text)
-    _checkLength("REJECT", length)
+    length, text = _withText("REJECT", 9, reason)
     return _packHeaderU64(length, Kind.REJECT, seq) + text
+
+
+def _withText(name: str, fixed: int, reason: str) -> tuple[int, bytes]:
+    """The length of a GOODBYE or REJECT frame whose fields before the
+    text take ``fixed`` bytes (the type byte included), and the text."""
+    text = _encodeText(name, reason)
+    length = fixed + len(text)
+    _checkLength(name, length)
+    return length, text
 
 
 def encode(frame: Frame) -> bytes:

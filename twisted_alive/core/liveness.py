@@ -51,6 +51,8 @@ import enum
 from math import ceil, floor
 from typing import NamedTuple
 
+from twisted_alive.core.checks import atLeast, positive
+
 
 class TimerAction(enum.Enum):
     """What the owner of a `Liveness` must do when its timer fires."""
@@ -158,10 +160,8 @@ class Liveness:
         phase: float = 0.0,
         maxDeadline: float | None = None,
     ) -> None:
-        if not interval > 0:
-            raise ValueError(f"heartbeat interval must be positive, got {interval!r}")
-        if misses < 1:
-            raise ValueError(f"heartbeat misses must be at least 1, got {misses!r}")
+        positive("heartbeat interval", interval)
+        atLeast("heartbeat misses", misses, 1)
         self.interval = interval
         self.misses = misses
         self.peerInterval = interval

@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, cast
 
 from twisted.internet.interfaces import IReactorTime
@@ -24,6 +24,7 @@ from zope.interface import implementer
 
 from twisted_alive._factories import AliveServerFactory, tokenPrefix
 from twisted_alive._reasons import Reason
+from twisted_alive.core.checks import atLeast
 
 LOG_NAMESPACE = "twisted_alive"
 """The namespace of the log events this package emits."""
@@ -74,13 +75,7 @@ class LossRecord:
 
     def toJSON(self) -> dict[str, object]:
         """This record as a JSON-ready dict."""
-        return {
-            "at": self.at,
-            "peer": self.peer,
-            "reason": self.reason,
-            "detail": self.detail,
-            "duration": self.duration,
-        }
+        return asdict(self)
 
 
 @implementer(ILogObserver)
@@ -120,10 +115,8 @@ class History:
         points: int = POINTS,
         maxLosses: int = MAX_LOSSES,
     ) -> None:
-        if points < 2:
-            raise ValueError(f"points must be at least 2, got {points!r}")
-        if maxLosses < 1:
-            raise ValueError(f"maxLosses must be at least 1, got {maxLosses!r}")
+        atLeast("points", points, 2)
+        atLeast("maxLosses", maxLosses, 1)
         self.factories = factories
         self.totals = totals
         self.clock = clock

@@ -50,6 +50,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any
 
+from twisted_alive.core.checks import atLeast
+
 SIZES = (16, 256, 4096)
 """Payload sizes of the one-way throughput runs, in bytes."""
 
@@ -970,12 +972,10 @@ def planFor(args: argparse.Namespace) -> Plan:
     """
     plan = Plan.quick() if args.quick else Plan()
     if args.repeat is not None:
-        if args.repeat < 1:
-            raise ValueError(f"--repeat must be at least 1, got {args.repeat}")
+        atLeast("--repeat", args.repeat, 1)
         plan.repeat = args.repeat
     if args.trials is not None:
-        if args.trials < 1:
-            raise ValueError(f"--trials must be at least 1, got {args.trials}")
+        atLeast("--trials", args.trials, 1)
         plan.trials = args.trials
     if args.connections is not None:
         try:

@@ -25,7 +25,7 @@ import re
 import sys
 from collections.abc import Callable, Coroutine, Sequence
 from functools import partial
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import (
@@ -386,30 +386,24 @@ def _reasonOf(error: Exception, example: str, short: bool = True) -> str:
     return text.splitlines()[0] if text else type(error).__name__
 
 
-_Endpoint = TypeVar("_Endpoint")
-
-
-def _readEndpoint(
-    text: str,
-    server: bool,
-    parse: Callable[[str], _Endpoint],
-    example: str,
-    shortForm: Callable[[str], str | None],
-) -> _Endpoint:
+def _readEndpoint(reactor: Any, text: str, server: bool) -> object:
     """
-    Read an endpoint string with ``parse``; if Twisted cannot read it, try
-    it as a short form.
+    Read an endpoint string with Twisted's ``serverFromString`` (``server``)
+    or ``clientFromString``; if Twisted cannot read it, try it as a short
+    form (`_serverShortForm`, `_clientShortForm`).
 
-    :param text: the endpoint string.
-    :param server: whether it is a server endpoint string (for the checks of
-        its numbers).
-    :param parse: Twisted's parser of endpoint strings, bound to a reactor.
-    :param example: an endpoint string of the right kind, shown in the
-        reason when ``text`` names no known type.
-    :param shortForm: the endpoint string that ``text`` stands for if it is
-        a short form, else ``None``.
-    :raises EndpointError: if neither reading works; the message says why.
+    :raises EndpointError: if neither reading works; the message says why
+        (with an endpoint string of the right kind as example).
     """
+    from twisted.internet import endpoints
+
+    if server:
+        read, example = endpoints.serverFromString, "tcp:PORT:interface=HOST"
+        shortForm = _serverShortForm
+    else:
+        read, example = endpoints.clientFromString, "tcp:host=HOST:port=PORT"
+        shortForm = _clientShortForm
+    parse = partial(cast("Callable[[Any, str], object]", read), reactor)
     try:
         _checkNumbers(text, server=server)
         return parse(text)
@@ -460,12 +454,7 @@ def clientEndpoint(reactor: Any, text: str) -> IStreamClientEndpoint:
     :returns: the client endpoint.
     :raises EndpointError: if ``text`` is neither; the message says why.
     """
-    from twisted.internet.endpoints import clientFromString
-
-    parse = cast("Callable[[Any, str], IStreamClientEndpoint]", clientFromString)
-    return _readEndpoint(
-        text, False, partial(parse, reactor), "tcp:host=HOST:port=PORT", _clientShortForm
-    )
+    return cast("IStreamClientEndpoint", _readEndpoint(reactor, text, server=False))
 
 
 def serverEndpoint(reactor: Any, text: str) -> IStreamServerEndpoint:
@@ -481,12 +470,7 @@ def serverEndpoint(reactor: Any, text: str) -> IStreamServerEndpoint:
     :returns: the server endpoint.
     :raises EndpointError: if ``text`` is neither; the message says why.
     """
-    from twisted.internet.endpoints import serverFromString
-
-    parse = cast("Callable[[Any, str], IStreamServerEndpoint]", serverFromString)
-    return _readEndpoint(
-        text, True, partial(parse, reactor), "tcp:PORT:interface=HOST", _serverShortForm
-    )
+    return cast("IStreamServerEndpoint", _readEndpoint(reactor, text, server=True))
 
 
 def serverEndpointString(reactor: Any, text: str) -> IStreamServerEndpoint:
