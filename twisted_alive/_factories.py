@@ -34,7 +34,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from twisted_alive._binding import Binding, failUndelivered
+from twisted_alive._binding import Binding
 from twisted_alive._interfaces import ISessionHost
 from twisted_alive._mixin import (
     HeartbeatMixin,
@@ -198,9 +198,12 @@ class AliveClientFactory(ReconnectingClientFactory):
         if self._retry.stopped:
             return defer.fail(DeliveryFailed("the factory stopped trying; message not sent"))
         d: Deferred[Receipt] = Deferred()
+        binding = self.clientBinding()
+        handle = binding.hold(d)
         try:
-            self.session.outbox.submit(payload, d)
+            binding.session.outbox.submit(payload, handle)
         except QueueFull as e:
+            binding.release(handle)
             return defer.fail(e)
         self._queued()
         return d
@@ -226,11 +229,14 @@ class AliveClientFactory(ReconnectingClientFactory):
         if self._retry.stopped:
             return defer.fail(DeliveryFailed("the factory stopped trying; messages not sent"))
         d: Deferred[Receipt] = Deferred()
+        binding = self.clientBinding()
+        handle = binding.hold(d)
         try:
             # With no peer window given, all of them are queued: the
             # connection's pump sends them as its windows allow.
-            self.session.outbox.submitMany(payloads, d, 0, 0.0, 0)
+            binding.session.outbox.submitMany(payloads, handle, 0, 0.0, 0)
         except QueueFull as e:
+            binding.release(handle)
             return defer.fail(e)
         self._queued()
         return d
@@ -317,7 +323,7 @@ class AliveClientFactory(ReconnectingClientFactory):
             count=len(uncertain),
             event="session_unknown",
         )
-        failUndelivered(
+        self.clientBinding().failUndelivered(
             uncertain,
             f"the server no longer knows session {old}: the message may or may not "
             "have been processed",
@@ -516,7 +522,7 @@ class AliveClientFactory(ReconnectingClientFactory):
         if not entries:
             return
         why = f"the session ended ({loss})" if loss is not None else "the session ended"
-        failUndelivered(entries, f"{why} before confirmation", loss)
+        self.clientBinding().failUndelivered(entries, f"{why} before confirmation", loss)
 
     # -- time ----------------------------------------------------------------------
 
@@ -685,7 +691,7 @@ class AliveServerFactory(Factory):
         self.expireSessions(now)
         self._armExpiry(now)
 
-    def _failSession(self, session: Session, why: str) -> None:
+    def _failSession(self, session: Session, why: str, binding: Binding | None = None) -> None:
         outbox = session.outbox
         self.endedCounts.update(
             sent=outbox.sentCount,
@@ -693,10 +699,13 @@ class AliveServerFactory(Factory):
             redelivered=outbox.redelivered,
             processed=session.inbox.processedUpTo,
         )
-        binding = self._bindings.get(self._key(session.token))
-        if binding is not None and binding.session is session:
+        kept = self._bindings.get(self._key(session.token))
+        if kept is not None and kept.session is session:
             del self._bindings[self._key(session.token)]
-        failUndelivered(session.outbox.drain(), f"{why} before confirmation", None)
+            binding = kept
+        entries = session.outbox.drain()
+        if binding is not None:
+            binding.failUndelivered(entries, f"{why} before confirmation", None)
 
     def connectionStarted(self, protocol: object) -> None:
         """A connection was made (before HELLO)."""
@@ -733,7 +742,7 @@ class AliveServerFactory(Factory):
         if session is None or session.token == NO_SESSION:
             # No session was attached (HELLO never completed).
             if session is not None:
-                self._failSession(session, f"the connection ended ({loss})")
+                self._failSession(session, f"the connection ended ({loss})", proto._binding)
             return
         now = self._now()
         session.lastSeen = now

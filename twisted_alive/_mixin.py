@@ -34,7 +34,6 @@ from twisted_alive._binding import (
     answerHello,
     bind,
     refused,
-    settle,
     unbind,
 )
 from twisted_alive._interfaces import hostOf
@@ -332,9 +331,12 @@ class HeartbeatMixin(TimeoutMixin):
             return refused(conn, what, self.loss)
         d: Deferred[Receipt] = Deferred()
         now = self._clock().seconds()
+        binding = self._binding
+        handle = binding.hold(d)
         try:
-            send(payload, d, now)
+            send(payload, handle, now)
         except QueueFull as e:
+            binding.release(handle)
             return defer.fail(e)
         if not conn.reading:
             data = conn.dataToSend(now)
@@ -597,7 +599,7 @@ class HeartbeatMixin(TimeoutMixin):
         """Act on an event other than a received message."""
         kind = type(event)
         if kind is Confirmed or kind is Rejected or kind is TooLarge:
-            if settle(event, self._clock().seconds()):
+            if self._binding.settle(event, self._clock().seconds()):
                 self._sendRoom()
         elif kind is CloseNow:
             self._flush(None)

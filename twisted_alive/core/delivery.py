@@ -648,7 +648,8 @@ class Session:
     State that outlives a connection: a token, an `Outbox` and an `Inbox`.
 
     Plain data: nothing in it points at a connection, a producer or a
-    Deferred (the handles in the outbox are the sender's opaque objects).
+    Deferred (the handles in the outbox are the sender's opaque values; the
+    Twisted adapter gives numbers and keeps the Deferreds itself).
     What binds a session to the connection that carries it now belongs to
     the adapter (``twisted_alive._binding``).
 
