@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import inspect
 import itertools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 from twisted.internet import defer
@@ -38,7 +38,7 @@ from twisted_alive.core.connection import (
     TooLarge,
 )
 from twisted_alive.core.delivery import Entry, Outbox, Session, undelivered
-from twisted_alive.core.outcomes import DeliveryFailed, Receipt
+from twisted_alive.core.outcomes import DeliveryFailed, QueueFull, Receipt
 from twisted_alive.core.reasons import Loss
 
 if TYPE_CHECKING:
@@ -107,9 +107,22 @@ class Binding:
         self.waiting[handle] = d
         return handle
 
-    def release(self, handle: int) -> None:
-        """Forget ``handle`` (its message was not queued after all)."""
-        self.waiting.pop(handle, None)
+    def submit(self, send: Callable[[int], object]) -> Deferred[Receipt]:
+        """
+        A new Deferred for the outcome of what ``send`` queues under the
+        handle it is given (`hold`).
+
+        :returns: the Deferred; failed already with `QueueFull` if ``send``
+            raised it (nothing was queued, nothing is held).
+        """
+        d: Deferred[Receipt] = Deferred()
+        handle = self.hold(d)
+        try:
+            send(handle)
+        except QueueFull as e:
+            del self.waiting[handle]
+            return defer.fail(e)
+        return d
 
     def settle(self, event: Event, now: float) -> bool:
         """

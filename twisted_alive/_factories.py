@@ -17,6 +17,7 @@ import hashlib
 import random
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
+from functools import partial
 from types import MappingProxyType
 from typing import Any, cast
 
@@ -47,7 +48,7 @@ from twisted_alive._reasons import Cause, Loss, Reason, describeFailure
 from twisted_alive.core.connection import Role, Settings, State
 from twisted_alive.core.delivery import Entry, Session
 from twisted_alive.core.frames import NO_SESSION, GoodbyeCode
-from twisted_alive.core.outcomes import DeliveryFailed, QueueFull, Receipt
+from twisted_alive.core.outcomes import DeliveryFailed, Receipt
 from twisted_alive.core.retry import (
     DEFAULT_CAUSE_POLICY,
     DEFAULT_GOODBYE_POLICY,
@@ -197,16 +198,8 @@ class AliveClientFactory(ReconnectingClientFactory):
         checkPayload(payload, self.aliveSettings())
         if self._retry.stopped:
             return defer.fail(DeliveryFailed("the factory stopped trying; message not sent"))
-        d: Deferred[Receipt] = Deferred()
         binding = self.clientBinding()
-        handle = binding.hold(d)
-        try:
-            binding.session.outbox.submit(payload, handle)
-        except QueueFull as e:
-            binding.release(handle)
-            return defer.fail(e)
-        self._queued()
-        return d
+        return self._queued(binding.submit(partial(binding.session.outbox.submit, payload)))
 
     def sendMessages(self, payloads: Iterable[bytes]) -> Deferred[Receipt]:
         """
@@ -228,26 +221,24 @@ class AliveClientFactory(ReconnectingClientFactory):
         payloads = checkPayloads(payloads, self.aliveSettings())
         if self._retry.stopped:
             return defer.fail(DeliveryFailed("the factory stopped trying; messages not sent"))
-        d: Deferred[Receipt] = Deferred()
         binding = self.clientBinding()
-        handle = binding.hold(d)
-        try:
-            # With no peer window given, all of them are queued: the
-            # connection's pump sends them as its windows allow.
-            binding.session.outbox.submitMany(payloads, handle, 0, 0.0, 0)
-        except QueueFull as e:
-            binding.release(handle)
-            return defer.fail(e)
-        self._queued()
-        return d
+        outbox = binding.session.outbox
+        # With no peer window given, all of them are queued: the
+        # connection's pump sends them as its windows allow.
+        return self._queued(
+            binding.submit(lambda handle: outbox.submitMany(payloads, handle, 0, 0.0, 0))
+        )
 
-    def _queued(self) -> None:
-        """After messages were queued: send what the connection allows, and
-        tell a registered producer."""
+    def _queued(self, d: Deferred[Receipt]) -> Deferred[Receipt]:
+        """After messages were queued (unless ``d`` failed already): send
+        what the connection allows, and tell a registered producer."""
+        if d.called:
+            return d  # QueueFull
         current = self.connected
         if current is not None:
             current._pump()
         self.clientBinding().pace()
+        return d
 
     def registerProducer(self, producer: IPushProducer) -> None:
         """

@@ -71,7 +71,7 @@ from twisted_alive.core.delivery import (
 )
 from twisted_alive.core.frames import DEFAULT_MAX_FRAME_SIZE, GoodbyeCode
 from twisted_alive.core.liveness import STALL_THRESHOLD
-from twisted_alive.core.outcomes import DeliveryFailed, QueueFull, Receipt
+from twisted_alive.core.outcomes import DeliveryFailed, Receipt
 from twisted_alive.core.reasons import Loss
 
 __all__ = ["ABORT_GRACE", "HeartbeatMixin", "HeartbeatProtocol", "watchPongs"]
@@ -329,15 +329,10 @@ class HeartbeatMixin(TimeoutMixin):
         on what the send caused, and tell a registered producer."""
         if conn.refusal() is not None:
             return refused(conn, what, self.loss)
-        d: Deferred[Receipt] = Deferred()
         now = self._clock().seconds()
-        binding = self._binding
-        handle = binding.hold(d)
-        try:
-            send(payload, handle, now)
-        except QueueFull as e:
-            binding.release(handle)
-            return defer.fail(e)
+        d = self._binding.submit(lambda handle: send(payload, handle, now))
+        if d.called:
+            return d  # QueueFull
         if not conn.reading:
             data = conn.dataToSend(now)
             if data:
