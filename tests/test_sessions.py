@@ -8,6 +8,7 @@ directions; session expiry; backoff and retry policy; flow-control limits.
 from __future__ import annotations
 
 import random
+from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any, cast
 
@@ -1020,6 +1021,51 @@ def test_takenOverSessionDoesNotExpire() -> None:
     network.wires[-1].cut()  # now it has no connection: the TTL runs
     network.advance(sf.sessionTTL + 1)
     assert sf.sessions == {} and sf.sessionsExpired == 1
+
+
+PLAIN = (int, float, str, bytes, bool, type(None), list, tuple, dict, set, frozenset, deque)
+
+
+def plainParts(root: object) -> list[str]:
+    """What is reachable from ``root`` that is neither a builtin value or
+    container nor an object of ``twisted_alive.core`` (named by type)."""
+    seen: set[int] = set()
+    live: list[str] = []
+    todo = [root]
+    while todo:
+        obj = todo.pop()
+        if id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, dict):
+            todo.extend(obj.keys())
+            todo.extend(obj.values())
+        elif isinstance(obj, (list, tuple, set, frozenset, deque)):
+            todo.extend(obj)
+        elif not isinstance(obj, PLAIN):
+            module = type(obj).__module__
+            if not module.startswith("twisted_alive.core"):
+                live.append(f"{module}.{type(obj).__qualname__}")
+                continue
+            slots = [s for k in type(obj).__mro__ for s in getattr(k, "__slots__", ())]
+            todo.extend(getattr(obj, name) for name in slots if hasattr(obj, name))
+            todo.extend(getattr(obj, "__dict__", {}).values())
+    return live
+
+
+def test_sessionHoldsNoLiveObject() -> None:
+    """A session with messages in flight, queued, sent together and being
+    received holds plain data only: no protocol, producer or Deferred (its
+    entries hold a number that the factory's binding maps to the Deferred)."""
+    network, cf, sf, wire = connected()
+    pending = [cf.sendMessage(b"one"), cf.sendMessages([b"two", b"three"])]
+    pending.append(wire.client.sendMessage(b"four"))
+    pending.append(wire.server.sendMessage(b"to the client"))
+    for session in (cf.session, wire.server.session):
+        assert session.outbox.inflight or session.outbox.queue
+        assert plainParts(session) == []
+    network.run(lambda: all(d.called for d in pending))
+    assert cf.clientBinding().waiting == {}
 
 
 def test_cleanCloseOfTakenOverConnectionKeepsSession() -> None:

@@ -17,7 +17,8 @@ session go when its connection ends (`unbind`).
 from __future__ import annotations
 
 import inspect
-from collections.abc import Sequence
+import itertools
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 from twisted.internet import defer
@@ -37,11 +38,16 @@ from twisted_alive.core.connection import (
     TooLarge,
 )
 from twisted_alive.core.delivery import Entry, Outbox, Session, undelivered
-from twisted_alive.core.outcomes import DeliveryFailed, Receipt
+from twisted_alive.core.outcomes import DeliveryFailed, QueueFull, Receipt
 from twisted_alive.core.reasons import Loss
 
 if TYPE_CHECKING:
     from twisted_alive._mixin import HeartbeatMixin
+
+
+_handles = itertools.count(1)
+"""The handles `Binding.hold` gives out: unique in the process, so that a
+binding can adopt another's."""
 
 
 class Pacer:
@@ -80,14 +86,85 @@ class Binding:
     :ivar carrier: the protocol that carries the session now (it completed
         its HELLO exchange and has not ended), or ``None``.
     :ivar pacer: the `Pacer` of a registered producer, or ``None``.
+    :ivar waiting: the Deferred of each message of the session whose
+        outcome is not known yet, by its handle: the session's entries hold
+        only the handle (a number), so that the session stays plain data.
     """
 
-    __slots__ = ("session", "carrier", "pacer")
+    __slots__ = ("session", "carrier", "pacer", "waiting")
 
     def __init__(self, session: Session) -> None:
         self.session = session
         self.carrier: HeartbeatMixin | None = None
         self.pacer: Pacer | None = None
+        self.waiting: dict[int, Deferred[Receipt]] = {}
+
+    def hold(self, d: Deferred[Receipt]) -> int:
+        """The handle under which the session's entries stand for ``d``
+        (unique in this process); `settle`, `fail` and `failUndelivered`
+        fire ``d`` when the outcome is known."""
+        handle = next(_handles)
+        self.waiting[handle] = d
+        return handle
+
+    def submit(self, send: Callable[[int], object]) -> Deferred[Receipt]:
+        """
+        A new Deferred for the outcome of what ``send`` queues under the
+        handle it is given (`hold`).
+
+        :returns: the Deferred; failed already with `QueueFull` if ``send``
+            raised it (nothing was queued, nothing is held).
+        """
+        d: Deferred[Receipt] = Deferred()
+        handle = self.hold(d)
+        try:
+            send(handle)
+        except QueueFull as e:
+            del self.waiting[handle]
+            return defer.fail(e)
+        return d
+
+    def settle(self, event: Event, now: float) -> bool:
+        """
+        Settle the Deferreds of the messages whose outcome ``event``
+        reports: on `Confirmed`, each fires with its `Receipt`; on
+        `Rejected` (the peer's application failed on it) or `TooLarge`
+        (larger than the peer accepts), it fails with `DeliveryFailed`.
+
+        :returns: whether the outcome made room in the window (a
+            confirmation or a rejection).
+        """
+        kind = type(event)
+        if kind is Confirmed:
+            self.confirm(cast(Confirmed, event).entries, now)
+            return True
+        if kind is Rejected:
+            rejected = cast(Rejected, event)
+            self.fail(rejected.handle, DeliveryFailed(rejected.text, rejected=True))
+            return True
+        large = cast(TooLarge, event)
+        self.fail(large.handle, DeliveryFailed(large.text, None, large.maybeProcessed))
+        return False
+
+    def confirm(self, entries: Sequence[Entry], now: float) -> None:
+        """Fire the Deferreds of confirmed entries with their `Receipt`."""
+        waiting = self.waiting
+        for entry in entries:
+            d = waiting.pop(entry.handle, None)
+            if d is not None and not d.called:
+                d.callback(Receipt(entry.seq, entry.sentAt, now))
+
+    def fail(self, handle: Any, error: DeliveryFailed) -> None:
+        """Fail the Deferred of ``handle`` unless it fired already."""
+        d = self.waiting.pop(handle, None)
+        if d is not None and not d.called:
+            d.errback(error)
+
+    def failUndelivered(self, entries: Sequence[Entry], message: str, loss: Loss | None) -> None:
+        """Fail the Deferreds of entries that will never be confirmed, each
+        once (see `undelivered`), with ``message``."""
+        for handle, maybe in undelivered(entries):
+            self.fail(handle, DeliveryFailed(message, loss, maybeProcessed=maybe))
 
     def register(self, producer: IPushProducer) -> None:
         """Pace ``producer`` by the session's send queue.
@@ -107,7 +184,10 @@ class Binding:
 
     def adopt(self, other: Binding) -> None:
         """Take over ``other``'s producer (registered on a connection before
-        it knew its session), unless one is registered here already."""
+        it knew its session), unless one is registered here already, and
+        the Deferreds it holds."""
+        self.waiting.update(other.waiting)
+        other.waiting.clear()
         if other.pacer is not None and self.pacer is None:
             self.pacer, other.pacer = other.pacer, None
             self.pacer.outbox = self.session.outbox
@@ -243,7 +323,7 @@ def unbind(
     if host is not None:
         host.sessionLost(protocol, loss)
     else:
-        failUndelivered(
+        binding.failUndelivered(
             conn.session.outbox.drain(), f"connection lost before confirmation ({loss})", loss
         )
 
@@ -281,48 +361,3 @@ def refused(conn: Connection, what: str, loss: Loss | None) -> Deferred[Receipt]
     if loss is not None:
         return defer.fail(DeliveryFailed(f"connection already lost ({loss})", loss))
     return defer.fail(DeliveryFailed(f"{refusal[1]}; {what} not sent"))
-
-
-def settle(event: Event, now: float) -> bool:
-    """
-    Settle the Deferreds (the handles) of the messages whose outcome
-    ``event`` reports: on `Confirmed`, each fires with its `Receipt`; on
-    `Rejected` (the peer's application failed on it) or `TooLarge` (larger
-    than the peer accepts), it fails with `DeliveryFailed`.
-
-    :returns: whether the outcome made room in the window (a confirmation
-        or a rejection).
-    """
-    kind = type(event)
-    if kind is Confirmed:
-        confirm(cast(Confirmed, event).entries, now)
-        return True
-    if kind is Rejected:
-        rejected = cast(Rejected, event)
-        fail(rejected.handle, DeliveryFailed(rejected.text, rejected=True))
-        return True
-    large = cast(TooLarge, event)
-    fail(large.handle, DeliveryFailed(large.text, None, large.maybeProcessed))
-    return False
-
-
-def confirm(entries: Sequence[Entry], now: float) -> None:
-    """Fire the Deferreds of confirmed entries with their `Receipt`."""
-    for entry in entries:
-        d = entry.handle
-        if d is not None and not d.called:
-            d.callback(Receipt(entry.seq, entry.sentAt, now))
-
-
-def fail(handle: Any, error: DeliveryFailed) -> None:
-    """Fail a message's Deferred (``handle``) unless it fired already."""
-    d = cast("Deferred[Receipt] | None", handle)
-    if d is not None and not d.called:
-        d.errback(error)
-
-
-def failUndelivered(entries: Sequence[Entry], message: str, loss: Loss | None) -> None:
-    """Fail the Deferreds of entries that will never be confirmed, each
-    once (see `undelivered`), with ``message``."""
-    for handle, maybe in undelivered(entries):
-        fail(handle, DeliveryFailed(message, loss, maybeProcessed=maybe))

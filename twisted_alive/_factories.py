@@ -17,6 +17,7 @@ import hashlib
 import random
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
+from functools import partial
 from types import MappingProxyType
 from typing import Any, cast
 
@@ -34,7 +35,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from twisted_alive._binding import Binding, failUndelivered
+from twisted_alive._binding import Binding
 from twisted_alive._interfaces import ISessionHost
 from twisted_alive._mixin import (
     HeartbeatMixin,
@@ -47,7 +48,7 @@ from twisted_alive._reasons import Cause, Loss, Reason, describeFailure
 from twisted_alive.core.connection import Role, Settings, State
 from twisted_alive.core.delivery import Entry, Session
 from twisted_alive.core.frames import NO_SESSION, GoodbyeCode
-from twisted_alive.core.outcomes import DeliveryFailed, QueueFull, Receipt
+from twisted_alive.core.outcomes import DeliveryFailed, Receipt
 from twisted_alive.core.retry import (
     DEFAULT_CAUSE_POLICY,
     DEFAULT_GOODBYE_POLICY,
@@ -197,13 +198,8 @@ class AliveClientFactory(ReconnectingClientFactory):
         checkPayload(payload, self.aliveSettings())
         if self._retry.stopped:
             return defer.fail(DeliveryFailed("the factory stopped trying; message not sent"))
-        d: Deferred[Receipt] = Deferred()
-        try:
-            self.session.outbox.submit(payload, d)
-        except QueueFull as e:
-            return defer.fail(e)
-        self._queued()
-        return d
+        binding = self.clientBinding()
+        return self._queued(binding.submit(partial(binding.session.outbox.submit, payload)))
 
     def sendMessages(self, payloads: Iterable[bytes]) -> Deferred[Receipt]:
         """
@@ -225,23 +221,24 @@ class AliveClientFactory(ReconnectingClientFactory):
         payloads = checkPayloads(payloads, self.aliveSettings())
         if self._retry.stopped:
             return defer.fail(DeliveryFailed("the factory stopped trying; messages not sent"))
-        d: Deferred[Receipt] = Deferred()
-        try:
-            # With no peer window given, all of them are queued: the
-            # connection's pump sends them as its windows allow.
-            self.session.outbox.submitMany(payloads, d, 0, 0.0, 0)
-        except QueueFull as e:
-            return defer.fail(e)
-        self._queued()
-        return d
+        binding = self.clientBinding()
+        outbox = binding.session.outbox
+        # With no peer window given, all of them are queued: the
+        # connection's pump sends them as its windows allow.
+        return self._queued(
+            binding.submit(lambda handle: outbox.submitMany(payloads, handle, 0, 0.0, 0))
+        )
 
-    def _queued(self) -> None:
-        """After messages were queued: send what the connection allows, and
-        tell a registered producer."""
+    def _queued(self, d: Deferred[Receipt]) -> Deferred[Receipt]:
+        """After messages were queued (unless ``d`` failed already): send
+        what the connection allows, and tell a registered producer."""
+        if d.called:
+            return d  # QueueFull
         current = self.connected
         if current is not None:
             current._pump()
         self.clientBinding().pace()
+        return d
 
     def registerProducer(self, producer: IPushProducer) -> None:
         """
@@ -317,7 +314,7 @@ class AliveClientFactory(ReconnectingClientFactory):
             count=len(uncertain),
             event="session_unknown",
         )
-        failUndelivered(
+        self.clientBinding().failUndelivered(
             uncertain,
             f"the server no longer knows session {old}: the message may or may not "
             "have been processed",
@@ -516,7 +513,7 @@ class AliveClientFactory(ReconnectingClientFactory):
         if not entries:
             return
         why = f"the session ended ({loss})" if loss is not None else "the session ended"
-        failUndelivered(entries, f"{why} before confirmation", loss)
+        self.clientBinding().failUndelivered(entries, f"{why} before confirmation", loss)
 
     # -- time ----------------------------------------------------------------------
 
@@ -685,7 +682,7 @@ class AliveServerFactory(Factory):
         self.expireSessions(now)
         self._armExpiry(now)
 
-    def _failSession(self, session: Session, why: str) -> None:
+    def _failSession(self, session: Session, why: str, binding: Binding | None = None) -> None:
         outbox = session.outbox
         self.endedCounts.update(
             sent=outbox.sentCount,
@@ -693,10 +690,13 @@ class AliveServerFactory(Factory):
             redelivered=outbox.redelivered,
             processed=session.inbox.processedUpTo,
         )
-        binding = self._bindings.get(self._key(session.token))
-        if binding is not None and binding.session is session:
+        kept = self._bindings.get(self._key(session.token))
+        if kept is not None and kept.session is session:
             del self._bindings[self._key(session.token)]
-        failUndelivered(session.outbox.drain(), f"{why} before confirmation", None)
+            binding = kept
+        entries = session.outbox.drain()
+        if binding is not None:
+            binding.failUndelivered(entries, f"{why} before confirmation", None)
 
     def connectionStarted(self, protocol: object) -> None:
         """A connection was made (before HELLO)."""
@@ -733,7 +733,7 @@ class AliveServerFactory(Factory):
         if session is None or session.token == NO_SESSION:
             # No session was attached (HELLO never completed).
             if session is not None:
-                self._failSession(session, f"the connection ended ({loss})")
+                self._failSession(session, f"the connection ended ({loss})", proto._binding)
             return
         now = self._now()
         session.lastSeen = now

@@ -34,7 +34,6 @@ from twisted_alive._binding import (
     answerHello,
     bind,
     refused,
-    settle,
     unbind,
 )
 from twisted_alive._interfaces import hostOf
@@ -72,7 +71,7 @@ from twisted_alive.core.delivery import (
 )
 from twisted_alive.core.frames import DEFAULT_MAX_FRAME_SIZE, GoodbyeCode
 from twisted_alive.core.liveness import STALL_THRESHOLD
-from twisted_alive.core.outcomes import DeliveryFailed, QueueFull, Receipt
+from twisted_alive.core.outcomes import DeliveryFailed, Receipt
 from twisted_alive.core.reasons import Loss
 
 __all__ = ["ABORT_GRACE", "HeartbeatMixin", "HeartbeatProtocol", "watchPongs"]
@@ -330,12 +329,10 @@ class HeartbeatMixin(TimeoutMixin):
         on what the send caused, and tell a registered producer."""
         if conn.refusal() is not None:
             return refused(conn, what, self.loss)
-        d: Deferred[Receipt] = Deferred()
         now = self._clock().seconds()
-        try:
-            send(payload, d, now)
-        except QueueFull as e:
-            return defer.fail(e)
+        d = self._binding.submit(lambda handle: send(payload, handle, now))
+        if d.called:
+            return d  # QueueFull
         if not conn.reading:
             data = conn.dataToSend(now)
             if data:
@@ -597,7 +594,7 @@ class HeartbeatMixin(TimeoutMixin):
         """Act on an event other than a received message."""
         kind = type(event)
         if kind is Confirmed or kind is Rejected or kind is TooLarge:
-            if settle(event, self._clock().seconds()):
+            if self._binding.settle(event, self._clock().seconds()):
                 self._sendRoom()
         elif kind is CloseNow:
             self._flush(None)

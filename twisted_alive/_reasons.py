@@ -301,6 +301,14 @@ def describeSendError(error: OSError) -> str:
     return f"connection reset or socket error (send: {error.strerror or error})"
 
 
+def resetWhileConnecting(failure: Failure | BaseException) -> bool:
+    """Whether a connection attempt failed because the peer reset the
+    connection as soon as it was made (an ``ECONNRESET`` before the connect
+    completed here): something listens, but drops every connection."""
+    exc = failure.value if isinstance(failure, Failure) else failure
+    return getattr(exc, "osError", None) == errno.ECONNRESET
+
+
 def failureFor(loss: Loss) -> Failure:
     """
     The failure a wrapped protocol's ``connectionLost`` receives: a
@@ -332,5 +340,6 @@ __all__ = [
     "classify",
     "describeFailure",
     "failureFor",
+    "resetWhileConnecting",
     "typeName",
 ]

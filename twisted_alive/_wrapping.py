@@ -106,7 +106,8 @@ class AliveWrappingProtocol(HeartbeatMixin, _Relay):
     Flow control: a producer the wrapped protocol registers (streaming or
     not) is paused when the writes waiting to be sent reach half of
     ``maxQueued`` or half of ``maxQueuedBytes``, or the socket's buffer is
-    full, and resumed when there is room again; a write that would take the
+    full, and resumed once they are down to a quarter of both and the socket
+    has room (`Outbox.isHigh`, `Outbox.isLow`); a write that would take the
     waiting bytes beyond ``maxQueuedBytes`` raises `QueueFull` and nothing of
     it is sent. When the wrapped protocol pauses reading (``pauseProducing``
     on its transport), the next DATA frame waits unacknowledged until it
@@ -314,17 +315,16 @@ class AliveWrappingProtocol(HeartbeatMixin, _Relay):
         producer = self._producer
         if producer is None:
             return
-        high = self._socketPaused
+        # The session's queue levels (Outbox.isHigh, isLow), with the
+        # writes held here in front of it, and the socket's own buffer.
         conn = self._alive
-        if conn is not None and not high:
-            outbox = conn.session.outbox
-            high = len(outbox.queue) + len(self._held) >= max(1, outbox.maxQueue // 2) or (
-                outbox.queuedBytes + self._heldBytes >= outbox.maxQueueBytes // 2
-            )
-        if high and not self._producerPaused:
-            self._producerPaused = True
-            producer.pauseProducing()
-        elif not high and self._producerPaused:
+        outbox = conn.session.outbox if conn is not None else None
+        held, heldBytes = len(self._held), self._heldBytes
+        if not self._producerPaused:
+            if self._socketPaused or (outbox is not None and outbox.isHigh(held, heldBytes)):
+                self._producerPaused = True
+                producer.pauseProducing()
+        elif not self._socketPaused and (outbox is None or outbox.isLow(held, heldBytes)):
             self._producerPaused = False
             producer.resumeProducing()
 

@@ -157,18 +157,22 @@ class Outbox:
         # Like submit(): an empty queue always takes one message.
         return not queue or (len(queue) < self.maxQueue and self.queuedBytes < self.maxQueueBytes)
 
-    def isHigh(self) -> bool:
+    def isHigh(self, extra: int = 0, extraBytes: int = 0) -> bool:
         """Whether the queue holds half of either limit (``maxQueue``
-        messages or ``maxQueueBytes`` bytes): time to pause a producer."""
-        return len(self.queue) >= max(1, self.maxQueue // 2) or self.queuedBytes >= max(
-            1, self.maxQueueBytes // 2
-        )
+        messages or ``maxQueueBytes`` bytes): time to pause a producer.
+        ``extra`` messages of ``extraBytes`` bytes waiting in front of the
+        queue (a sender's own buffer) count too."""
+        return len(self.queue) + extra >= max(
+            1, self.maxQueue // 2
+        ) or self.queuedBytes + extraBytes >= max(1, self.maxQueueBytes // 2)
 
-    def isLow(self) -> bool:
-        """Whether the queue is down to a quarter of both limits: time to
-        resume a paused producer."""
+    def isLow(self, extra: int = 0, extraBytes: int = 0) -> bool:
+        """Whether the queue (with ``extra`` messages of ``extraBytes``
+        bytes in front of it, as for `isHigh`) is down to a quarter of both
+        limits: time to resume a paused producer."""
         return (
-            len(self.queue) <= self.maxQueue // 4 and self.queuedBytes <= self.maxQueueBytes // 4
+            len(self.queue) + extra <= self.maxQueue // 4
+            and self.queuedBytes + extraBytes <= self.maxQueueBytes // 4
         )
 
     def submit(self, payload: bytes, handle: Any) -> Entry:
@@ -648,7 +652,8 @@ class Session:
     State that outlives a connection: a token, an `Outbox` and an `Inbox`.
 
     Plain data: nothing in it points at a connection, a producer or a
-    Deferred (the handles in the outbox are the sender's opaque objects).
+    Deferred (the handles in the outbox are the sender's opaque values; the
+    Twisted adapter gives numbers and keeps the Deferreds itself).
     What binds a session to the connection that carries it now belongs to
     the adapter (``twisted_alive._binding``).
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import enum
-import errno
 import json
 import math
 import struct
@@ -38,7 +37,7 @@ from twisted.internet.error import ConnectingCancelledError
 from twisted.internet.protocol import Factory
 
 from twisted_alive._mixin import HeartbeatProtocol
-from twisted_alive._reasons import Loss, Reason, describeFailure
+from twisted_alive._reasons import Loss, Reason, describeFailure, resetWhileConnecting
 from twisted_alive.core.frames import FrameDecoder, FrameError, Hello, Kind
 
 if TYPE_CHECKING:
@@ -407,8 +406,7 @@ async def probeEndpoint(
 def _connectFailed(name: str, error: Exception) -> ProbeResult:
     kind, detail, _ = describeFailure(error, attempt=True)
     detail = detail or type(error).__name__
-    if getattr(error, "osError", None) == errno.ECONNRESET:
-        # The peer reset the connection before the connect completed here.
+    if resetWhileConnecting(error):
         return ProbeResult(
             name, ProbeState.RESET, reason="the peer reset the connection as soon as it was made"
         )
