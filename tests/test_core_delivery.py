@@ -271,3 +271,103 @@ def test_sessionRestartIdle() -> None:
     assert session.restart() == []
     assert session.inbox.handedOut == 0 and session.inbox.window == 4
     assert session.resumes == 0 and session.token == bytes(16)
+
+
+# -- numbered at submission (a session kept in a store) ------------------------------------------
+
+
+def numbered() -> Outbox:
+    """An outbox that numbers messages when they are submitted, none
+    stored yet."""
+    outbox = Outbox(window=4)
+    outbox.storedUpTo = 0
+    return outbox
+
+
+def test_numberedAtSubmission() -> None:
+    """With ``storedUpTo`` set, a message gets its sequence number when
+    submitted, alone or with others; none goes straight into the window."""
+    outbox = numbered()
+    assert outbox.nextNumber() == 1
+    assert outbox.submit(b"a", "a").seq == 1
+    assert outbox.sendNow(b"b", "b", BIG, 0.0, BIG) is None
+    assert outbox.submitMany([b"b", b"c"], "bc", BIG, 0.0, BIG) == []
+    assert [e.seq for e in outbox.queue] == [1, 2, 3]
+    assert outbox.nextNumber() == 4
+    assert outbox.nextSeq == 1  # nothing sent
+
+
+def test_numberedSentOnlyOnceStored() -> None:
+    """Nothing numbered above ``storedUpTo`` is sent; raising it sends the
+    rest, as first sends (sent time, count), within the window."""
+    outbox = numbered()
+    for payload in (b"a", b"b", b"c", b"d", b"e", b"f"):
+        outbox.submit(payload, payload)
+    assert outbox.takeSendable(BIG, 1.0, BIG) == []
+    outbox.storedUpTo = 2
+    sent = outbox.takeSendable(BIG, 2.0, BIG)
+    assert [(e.seq, e.sentAt) for e in sent] == [(1, 2.0), (2, 2.0)]
+    assert outbox.nextSeq == 3 and outbox.sentCount == 2 and outbox.redelivered == 0
+    outbox.storedUpTo = 6
+    assert [e.seq for e in outbox.takeSendable(BIG, 3.0, BIG)] == [3, 4]  # the window
+    assert outbox.queuedBytes == 2
+    assert outbox.nextNumber() == 7
+    assert [e.seq for e in outbox.ack(4)] == [1, 2, 3, 4]
+    assert [e.seq for e in outbox.takeSendable(BIG, 4.0, BIG)] == [5, 6]
+
+
+def test_numberedTooLargeStops() -> None:
+    """A stored message larger than the peer accepts is not skipped (that
+    would leave a gap in the stored numbering): sending stops at it."""
+    outbox = numbered()
+    outbox.submit(b"a", "a")
+    outbox.submit(b"large", "large")
+    outbox.submit(b"c", "c")
+    outbox.storedUpTo = 3
+    assert [e.seq for e in outbox.takeSendable(BIG, 0.0, 2)] == [1]
+    assert outbox.tooLarge == []
+    assert outbox.firstTooLargeResend(2) is not None
+
+
+def test_numberedResumeAndNextNumber() -> None:
+    """After a resume puts sent messages back, the next number still
+    follows the last one submitted; with only resends queued, it is the
+    next one to send."""
+    outbox = numbered()
+    outbox.submit(b"a", "a")
+    outbox.storedUpTo = 1
+    outbox.takeSendable(BIG, 0.0, BIG)
+    outbox.resume(1)
+    assert [e.seq for e in outbox.queue] == [1]
+    assert outbox.nextNumber() == 2
+    outbox.submit(b"b", "b")
+    assert [e.seq for e in outbox.queue] == [1, 2]
+    sent = outbox.takeSendable(BIG, 1.0, BIG)
+    assert [e.seq for e in sent] == [1]  # 2 is not stored yet
+    assert outbox.redelivered == 1
+
+
+def test_numberedRestartNumbersAgain() -> None:
+    """A restart fails what was sent, and numbers what was never sent
+    again from 1, to be stored again before it is sent."""
+    outbox = numbered()
+    for payload in (b"a", b"b", b"c"):
+        outbox.submit(payload, payload)
+    outbox.storedUpTo = 1
+    outbox.takeSendable(BIG, 0.0, BIG)
+    uncertain = outbox.restart()
+    assert [e.handle for e in uncertain] == [b"a"]
+    assert [(e.seq, e.handle) for e in outbox.queue] == [(1, b"b"), (2, b"c")]
+    assert outbox.storedUpTo == 0 and outbox.nextSeq == 1
+    assert outbox.takeSendable(BIG, 0.0, BIG) == []
+
+
+def test_withdraw() -> None:
+    """The messages submitted last can be taken back (a store refused
+    them), with their bytes."""
+    outbox = numbered()
+    outbox.submit(b"a", "a")
+    outbox.submitMany([b"bb", b"cc"], "bc", BIG, 0.0, BIG)
+    assert [e.payload for e in outbox.withdraw(2)] == [b"bb", b"cc"]
+    assert [e.payload for e in outbox.queue] == [b"a"] and outbox.queuedBytes == 1
+    assert outbox.nextNumber() == 2

@@ -289,3 +289,19 @@ def toSend(session: Session) -> list[tuple[int, bytes]]:
         if not sent:
             return out
         out += [(e.seq, e.payload) for e in sent]
+
+
+def test_recordOfNumberedOutbox() -> None:
+    """The record of a session whose messages are numbered when submitted
+    (``Outbox.storedUpTo``) holds them with their numbers, sent or not."""
+    session = Session(bytes(range(16)))
+    outbox = session.outbox
+    outbox.storedUpTo = 0
+    for payload in (b"a", b"b", b"c"):
+        outbox.submit(payload, None)
+    outbox.storedUpTo = 1
+    outbox.takeSendable(8, 0.0, 100)
+    record = recordOf(session, epoch=3)
+    checkRecord(record)
+    assert record.nextSeq == 4 and record.epoch == 3
+    assert record.messages == ((1, b"a"), (2, b"b"), (3, b"c"))

@@ -119,6 +119,7 @@ class Outbox:
         "sentCount",
         "confirmedCount",
         "redelivered",
+        "storedUpTo",
     )
 
     def __init__(
@@ -146,6 +147,12 @@ class Outbox:
         """Messages covered by an ACK (rejected ones included)."""
         self.redelivered = 0
         """Messages written again after a reconnect."""
+        self.storedUpTo: int | None = None
+        """``None`` (no store): a message gets its sequence number when it
+        is first sent. A number (the session is kept in a store): a message
+        gets its sequence number when it is submitted (`nextNumber`), so
+        that it can be stored before it is sent, and no message numbered
+        above ``storedUpTo`` is sent (the store has not committed it yet)."""
 
     def __len__(self) -> int:
         """Messages not yet confirmed: in flight plus queued."""
@@ -156,6 +163,24 @@ class Outbox:
         queue = self.queue
         # Like submit(): an empty queue always takes one message.
         return not queue or (len(queue) < self.maxQueue and self.queuedBytes < self.maxQueueBytes)
+
+    def nextNumber(self) -> int:
+        """The sequence number the next submitted message gets when
+        messages are numbered at submission (`storedUpTo` is not ``None``):
+        after the last one queued, or the next one to send."""
+        queue = self.queue
+        if queue and queue[-1].seq >= self.nextSeq:
+            return queue[-1].seq + 1
+        return self.nextSeq
+
+    def withdraw(self, count: int) -> list[Entry]:
+        """Take back the ``count`` messages submitted last (they are still
+        queued, never sent): a store refused them."""
+        queue = self.queue
+        taken = [queue.pop() for _ in range(count)]
+        taken.reverse()
+        self.queuedBytes -= sum(len(entry.payload) for entry in taken)
+        return taken
 
     def isHigh(self, extra: int = 0, extraBytes: int = 0) -> bool:
         """Whether the queue holds half of either limit (``maxQueue``
@@ -193,6 +218,8 @@ class Outbox:
                 f"(maxQueue={self.maxQueue}, maxQueueBytes={self.maxQueueBytes})"
             )
         entry = Entry(payload, handle)
+        if self.storedUpTo is not None:
+            entry.seq = self.nextNumber()
         if queue is EMPTY:
             queue = self.queue = deque()
         queue.append(entry)
@@ -213,6 +240,7 @@ class Outbox:
         inflight = self.inflight
         if (
             self.queue
+            or self.storedUpTo is not None
             or len(inflight) >= (self.window if self.window < peerWindow else peerWindow)
             or len(payload) > maxPayload
         ):
@@ -253,7 +281,7 @@ class Outbox:
         queue = self.queue
         inflight = self.inflight
         room = 0
-        if not queue and peerWindow:
+        if not queue and peerWindow and self.storedUpTo is None:
             window = self.window if self.window < peerWindow else peerWindow
             room = window - len(inflight)
             if room > count:
@@ -295,9 +323,14 @@ class Outbox:
             if not waiting:
                 sent[-1].batch = count
                 return sent
+        first = self.nextNumber() if self.storedUpTo is not None else 0
         if queue is EMPTY:
             queue = self.queue = deque()
-        queue.extend([Entry(payload, handle, 0) for payload in islice(payloads, room, None)])
+        entries = [Entry(payload, handle, 0) for payload in islice(payloads, room, None)]
+        if first:
+            for seq, entry in enumerate(entries, first):
+                entry.seq = seq
+        queue.extend(entries)
         queue[-1].batch = count
         self.queuedBytes += waitingBytes
         return sent
@@ -310,6 +343,12 @@ class Outbox:
         A new message larger than ``maxPayload`` (the peer accepts smaller
         frames than this side) is moved to `tooLarge` instead, without a
         sequence number: the caller fails it.
+
+        Messages numbered at submission (see `storedUpTo`) go out in order
+        up to ``storedUpTo``; the first beyond it, or too large for the
+        peer, stops the others (skipping it would leave a gap in the
+        numbering the store holds; a session resumed with such a message
+        fails at the HELLO, see `firstTooLargeResend`).
 
         :returns: the entries to write now, in order.
         """
@@ -325,19 +364,30 @@ class Outbox:
         append = out.append
         popleft = queue.popleft
         nextSeq = self.nextSeq
+        stored = self.storedUpTo
         sentBytes = 0
         while limit and queue:
             entry = popleft()
             size = len(entry.payload)
-            sentBytes += size
-            if not entry.seq:
+            seq = entry.seq
+            if not seq:
+                sentBytes += size
                 if size > maxPayload:
                     self.tooLarge.append(entry)
                     continue
                 entry.seq = nextSeq
                 nextSeq += 1
                 entry.sentAt = now
+            elif seq >= nextSeq:
+                # Numbered at submission, never sent: once stored.
+                if stored is None or seq > stored or size > maxPayload:
+                    queue.appendleft(entry)
+                    break
+                sentBytes += size
+                nextSeq = seq + 1
+                entry.sentAt = now
             else:
+                sentBytes += size
                 self.redelivered += 1
             append(entry)
             limit -= 1
@@ -446,12 +496,19 @@ class Outbox:
         uncertain = list(self.inflight)
         self.inflight.clear()
         kept: deque[Entry] = deque()
+        sent = self.nextSeq
         for entry in self.queue:
-            if entry.seq:
+            if entry.seq and entry.seq < sent:
                 uncertain.append(entry)
                 self.queuedBytes -= len(entry.payload)
             else:
                 kept.append(entry)
+        if self.storedUpTo is not None:
+            # Numbered at submission: the kept messages are numbered again
+            # from 1, and none goes out before the store holds them so.
+            for seq, entry in enumerate(kept, 1):
+                entry.seq = seq
+            self.storedUpTo = 0
         self.queue = kept if kept else EMPTY
         self.ackedUpTo = 0
         self.nextSeq = 1

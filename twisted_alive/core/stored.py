@@ -223,6 +223,10 @@ def recordOf(session: Session, epoch: int = 0) -> StoredSession:
             messages.append((nextSeq, entry.payload))
             nextSeq += 1
     messages.sort(key=lambda message: message[0])
+    if messages:
+        # Messages numbered when submitted (`Outbox.storedUpTo`) may be
+        # numbered beyond the next one to send.
+        nextSeq = max(nextSeq, messages[-1][0] + 1)
     return StoredSession(
         token=session.token,
         epoch=epoch,
