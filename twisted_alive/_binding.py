@@ -42,6 +42,7 @@ from twisted_alive.core.outcomes import DeliveryFailed, QueueFull, Receipt
 from twisted_alive.core.reasons import Loss
 
 if TYPE_CHECKING:
+    from twisted_alive._journal import Journal
     from twisted_alive._mixin import HeartbeatMixin
 
 
@@ -89,15 +90,20 @@ class Binding:
     :ivar waiting: the Deferred of each message of the session whose
         outcome is not known yet, by its handle: the session's entries hold
         only the handle (a number), so that the session stays plain data.
+    :ivar journal: the `Journal` that keeps the session in a store (a
+        client factory's ``store``), or ``None``: it stores what is
+        submitted (``HeartbeatMixin.sendMessage`` goes through it) and
+        drops what the peer confirmed.
     """
 
-    __slots__ = ("session", "carrier", "pacer", "waiting")
+    __slots__ = ("session", "carrier", "pacer", "waiting", "journal")
 
     def __init__(self, session: Session) -> None:
         self.session = session
         self.carrier: HeartbeatMixin | None = None
         self.pacer: Pacer | None = None
         self.waiting: dict[int, Deferred[Receipt]] = {}
+        self.journal: Journal | None = None
 
     def hold(self, d: Deferred[Receipt]) -> int:
         """The handle under which the session's entries stand for ``d``
@@ -137,10 +143,14 @@ class Binding:
         kind = type(event)
         if kind is Confirmed:
             self.confirm(cast(Confirmed, event).entries, now)
+            if self.journal is not None:
+                self.journal.confirmed()
             return True
         if kind is Rejected:
             rejected = cast(Rejected, event)
             self.fail(rejected.handle, DeliveryFailed(rejected.text, rejected=True))
+            if self.journal is not None:
+                self.journal.confirmed()
             return True
         large = cast(TooLarge, event)
         self.fail(large.handle, DeliveryFailed(large.text, None, large.maybeProcessed))

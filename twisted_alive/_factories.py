@@ -36,7 +36,8 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from twisted_alive._binding import Binding
-from twisted_alive._interfaces import ISessionHost
+from twisted_alive._interfaces import ISessionHost, ISessionStore
+from twisted_alive._journal import Journal, Recovered
 from twisted_alive._mixin import (
     HeartbeatMixin,
     HeartbeatProtocol,
@@ -46,7 +47,7 @@ from twisted_alive._mixin import (
 )
 from twisted_alive._reasons import Cause, Loss, Reason, describeFailure
 from twisted_alive.core.connection import Role, Settings, State
-from twisted_alive.core.delivery import Entry, Session
+from twisted_alive.core.delivery import Entry, Session, undelivered
 from twisted_alive.core.frames import NO_SESSION, GoodbyeCode
 from twisted_alive.core.outcomes import DeliveryFailed, Receipt
 from twisted_alive.core.retry import (
@@ -60,6 +61,7 @@ from twisted_alive.core.retry import (
 )
 from twisted_alive.core.retry import retryFor as _retryFor
 from twisted_alive.core.sessions import SessionTable
+from twisted_alive.core.stored import StoreLimits
 
 log = Logger(namespace="twisted_alive")
 
@@ -118,6 +120,12 @@ class AliveClientFactory(ReconnectingClientFactory):
         attempt.
     :ivar losses: how many losses each `Reason` had.
     :ivar connected: the protocol carrying the session now, or ``None``.
+    :ivar store: the `ISessionStore` that keeps the session across a
+        restart of the process, or ``None`` (the session lives in memory).
+        With a store, each message is stored before it is sent, and the
+        application must wait for `recovered` before the first connection.
+    :ivar epoch: the session's epoch: it changes whenever the session is
+        replaced by a new one (`sessionReset`); kept in the store, if any.
     """
 
     protocol: Any = HeartbeatProtocol
@@ -141,12 +149,18 @@ class AliveClientFactory(ReconnectingClientFactory):
     _stableCall: IDelayedCall | None = None
     _connectedAt: float | None = None
     _starting: HeartbeatMixin | None = None
+    store: ISessionStore | None = None
+    _journal: Journal | None = None
+    _recovered: Deferred[Recovered] | None = None
 
-    def __init__(self) -> None:
+    def __init__(self, store: ISessionStore | None = None) -> None:
         self._retry = RetryState()
         self.losses: dict[Reason, int] = {}
         self._waiters: list[Deferred[HeartbeatMixin]] = []
         self.connections = 0
+        self.epoch = 1
+        if store is not None:
+            self.store = store
 
     @property
     def retries(self) -> int:
@@ -171,10 +185,121 @@ class AliveClientFactory(ReconnectingClientFactory):
 
     def clientBinding(self) -> Binding:
         """The binding of the session the next connection carries
-        (`ISessionHost`)."""
+        (`ISessionHost`).
+
+        :raises RuntimeError: with a ``store``, before `recovered` fired.
+        """
         if self._binding is None:
+            if self.store is not None:
+                raise RuntimeError(
+                    "the session is in a store: wait for factory.recovered() before "
+                    "sending or connecting"
+                )
             self._binding = Binding(self.aliveSettings().newSession())
         return self._binding
+
+    def recovered(self) -> Deferred[Recovered]:
+        """
+        With a ``store``: load the session (the one a previous process left
+        in it, or a new one), once; to be awaited before the first
+        connection and the first message.
+
+        :returns: a Deferred that fires with what a previous process
+            submitted and the server has not confirmed: ``(payload,
+            Deferred[Receipt])`` per message, in order. Each is sent again
+            (with its sequence number, in the same session if the server
+            still knows it) and each Deferred fires exactly once, as
+            `sendMessage`'s would: with a `Receipt`, or with
+            `DeliveryFailed` (``maybeProcessed=True`` if the server no
+            longer knows the session: the previous process may have sent
+            it). Without a store: an empty list.
+        """
+        if self._recovered is None:
+            store = self.store
+            if store is None:
+                self._recovered = defer.succeed([])
+            else:
+                journal = self._journal = Journal(store, self._storeFailed, self._release)
+                settings = self.aliveSettings()
+                limits = StoreLimits.forOutbox(
+                    settings.window,
+                    settings.maxQueue,
+                    settings.maxQueueBytes,
+                    settings.maxPayload,
+                )
+                self._recovered = Deferred.fromCoroutine(
+                    journal.load(settings.newSession, limits)
+                ).addCallback(self._loaded)
+        d: Deferred[Recovered] = Deferred()
+
+        def fire(result: Recovered | Failure) -> Recovered | None:
+            if isinstance(result, Failure):
+                d.errback(result)
+                return None
+            d.callback(result)
+            return result
+
+        self._recovered.addBoth(fire)
+        return d
+
+    def _loaded(self, loaded: tuple[Binding, Recovered]) -> Recovered:
+        binding, recovered = loaded
+        assert self._journal is not None
+        self._binding = binding
+        self.epoch = self._journal.epoch
+        log.info(
+            "alive.store: session {token} loaded from {store} (epoch {epoch}): "
+            "{count} messages not confirmed",
+            token=tokenPrefix(binding.session.token),
+            store=self.store,
+            epoch=self.epoch,
+            count=len(recovered),
+            event="store_loaded",
+        )
+        return recovered
+
+    def whenStored(self) -> Deferred[None]:
+        """A Deferred that fires once every message submitted so far is
+        durable in the ``store`` (at once without a store)."""
+        if self._journal is None:
+            return defer.succeed(None)
+        return self._journal.flush()
+
+    def _release(self) -> None:
+        """The store committed more messages: send what the window allows."""
+        current = self.connected
+        if current is not None:
+            current._pump()
+
+    def _storeFailed(self, failure: Failure) -> None:
+        """A store operation the session needs failed: end the session."""
+        if not self._retry.stopped:
+            self._halt()
+            self._endSession(
+                Loss(Reason.LOCAL_CLOSE, f"session store failed: {failure.getErrorMessage()}")
+            )
+            if self.connected is not None:
+                self.connected.abort(f"session store failed: {failure.getErrorMessage()}")
+
+    def sessionResumed(self) -> None:
+        """
+        Override: a connection resumed the session (gap-free: every message
+        sent in it is delivered exactly once, in order). Called after
+        `whenConnected`'s Deferreds fire.
+        """
+
+    def sessionReset(self, reason: str, maybeProcessed: int) -> None:
+        """
+        Override: the session was replaced by a new one (the server no
+        longer knew it), with a new ``epoch``.
+
+        :param reason: why.
+        :param maybeProcessed: how many outcomes (Deferreds) failed with
+            ``DeliveryFailed(maybeProcessed=True)``: sent in the old session
+            and not confirmed, they may or may not have been processed (a
+            possible gap). The messages never sent carry over into the new
+            session.
+        """
 
     def bindingFor(self, session: Session) -> Binding:
         """Not used: this factory plays the client role."""
@@ -199,6 +324,8 @@ class AliveClientFactory(ReconnectingClientFactory):
         if self._retry.stopped:
             return defer.fail(DeliveryFailed("the factory stopped trying; message not sent"))
         binding = self.clientBinding()
+        if binding.journal is not None:
+            return self._queued(binding.journal.submit([payload], False))
         return self._queued(binding.submit(partial(binding.session.outbox.submit, payload)))
 
     def sendMessages(self, payloads: Iterable[bytes]) -> Deferred[Receipt]:
@@ -222,6 +349,8 @@ class AliveClientFactory(ReconnectingClientFactory):
         if self._retry.stopped:
             return defer.fail(DeliveryFailed("the factory stopped trying; messages not sent"))
         binding = self.clientBinding()
+        if binding.journal is not None:
+            return self._queued(binding.journal.submit(payloads, True))
         outbox = binding.session.outbox
         # With no peer window given, all of them are queued: the
         # connection's pump sends them as its windows allow.
@@ -265,6 +394,20 @@ class AliveClientFactory(ReconnectingClientFactory):
         return d
 
     @property
+    def lastSubmitted(self) -> int:
+        """
+        The sequence number of the last message submitted in the session
+        (0 if none). With a ``store`` it is stored with the message, so that
+        after a restart (`recovered`) it says, with the ``epoch``, how far a
+        previous process got: every message up to it was stored, those the
+        server did not confirm are recovered, and nothing after it was.
+        """
+        outbox = self.session.outbox
+        if outbox.storedUpTo is not None:
+            return outbox.nextNumber() - 1
+        return outbox.nextSeq - 1 + sum(1 for entry in outbox.queue if not entry.seq)
+
+    @property
     def pending(self) -> int:
         """Messages sent or queued but not yet confirmed."""
         return len(self.session.outbox)
@@ -292,9 +435,13 @@ class AliveClientFactory(ReconnectingClientFactory):
             resumed=resumed,
             event="session",
         )
+        if self._journal is not None:
+            self._journal.opened()
         waiters, self._waiters = self._waiters, []
         for d in waiters:
             d.callback(proto)
+        if resumed:
+            self.sessionResumed()
 
     def sessionUnknown(self, protocol: object, detail: str) -> None:
         """The server did not resume the session: start a new one at once;
@@ -314,12 +461,19 @@ class AliveClientFactory(ReconnectingClientFactory):
             count=len(uncertain),
             event="session_unknown",
         )
-        self.clientBinding().failUndelivered(
+        binding = self.clientBinding()
+        failed = [handle for handle, maybe in _maybe(binding, uncertain) if maybe]
+        binding.failUndelivered(
             uncertain,
             f"the server no longer knows session {old}: the message may or may not "
             "have been processed",
             None,
         )
+        self.epoch += 1
+        if self._journal is not None:
+            self._journal.reset()
+            self.epoch = self._journal.epoch
+        self.sessionReset(detail, len(failed))
 
     def sessionLost(self, protocol: object, loss: Loss) -> None:
         """A connection ended; the session stays for the next one."""
@@ -346,7 +500,15 @@ class AliveClientFactory(ReconnectingClientFactory):
 
     def buildProtocol(self, addr: IAddress | None) -> Any:
         """Build a protocol carrying this factory's session (the backoff is
-        not reset here, only once a connection proved stable)."""
+        not reset here, only once a connection proved stable). With a
+        ``store``, none before `recovered` fired (the connection is
+        refused, and retried)."""
+        if self.store is not None and self._binding is None:
+            log.error(
+                "alive.store: connecting before factory.recovered() fired: connection refused",
+                event="store_not_loaded",
+            )
+            return None
         proto: Any = ClientFactory.buildProtocol(self, addr)
         if proto is not None and self.clock is not None:
             proto.clock = self.clock
@@ -509,7 +671,12 @@ class AliveClientFactory(ReconnectingClientFactory):
         return current.close(code, reason).addCallback(lambda _: None)
 
     def _endSession(self, loss: Loss | None) -> None:
+        if self._binding is None:
+            return  # (a store not loaded yet: no session to end)
         entries = self.session.outbox.drain()
+        if self._journal is not None:
+            self._journal.ended()
+            self.epoch = self._journal.epoch
         if not entries:
             return
         why = f"the session ended ({loss})" if loss is not None else "the session ended"
@@ -533,6 +700,15 @@ class AliveClientFactory(ReconnectingClientFactory):
         if self._stableCall is not None and self._stableCall.active():
             self._stableCall.cancel()
         self._stableCall = None
+
+
+def _maybe(binding: Binding, entries: list[Entry]) -> list[tuple[Any, bool]]:
+    """The outcomes among ``entries`` still awaited (see `undelivered`)."""
+    return [
+        (handle, maybe)
+        for handle, maybe in undelivered(entries)
+        if handle in binding.waiting
+    ]
 
 
 @implementer(ISessionHost)

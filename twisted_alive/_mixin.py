@@ -329,6 +329,12 @@ class HeartbeatMixin(TimeoutMixin):
         on what the send caused, and tell a registered producer."""
         if conn.refusal() is not None:
             return refused(conn, what, self.loss)
+        if self._binding.journal is not None:
+            # The session is in a store: stored before sent, by its factory.
+            host = hostOf(self)
+            if what == "message":
+                return cast(Deferred[Receipt], host.sendMessage(payload))
+            return cast(Deferred[Receipt], host.sendMessages(payload))
         now = self._clock().seconds()
         d = self._binding.submit(lambda handle: send(payload, handle, now))
         if d.called:

@@ -1,0 +1,387 @@
+"""
+A client session kept in a session store (``AliveClientFactory(store=...)``),
+over the simulated network of ``test_sessions`` (a L{Clock}, in-memory
+wires): nothing is sent before the store committed it, `whenStored`,
+confirmed messages dropped from the store, a client process that crashed
+and started again on the same store (`recovered`), the continuity hooks
+and the epoch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, cast
+
+import pytest
+from test_sessions import Network, RecordingServerFactory
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from twisted_alive import AliveClientFactory, HeartbeatProtocol, MemorySessionStore
+from twisted_alive._interfaces import ISessionStore
+from twisted_alive.core.frames import NO_SESSION
+from twisted_alive.core.outcomes import DeliveryFailed, QueueFull, Receipt
+from twisted_alive.core.stored import StoredSession, StoreLimits
+
+
+@implementer(ISessionStore)
+class HeldStore:
+    """
+    A `MemorySessionStore` whose Deferreds fire when the test says
+    (`release`): the operations apply at once, but the client hears that
+    they are committed only then, in call order. A ``dead`` store (its
+    process was killed) applies nothing and answers nothing.
+    """
+
+    def __init__(self, inner: MemorySessionStore | None = None) -> None:
+        self.inner = inner if inner is not None else MemorySessionStore()
+        self.limits = self.inner.limits
+        self.holding = False
+        self.dead = False
+        self.held: list[tuple[Deferred[Any], Deferred[Any]]] = []
+        self.refuseAppends = False
+        self.appended: list[tuple[bytes, list[int]]] = []
+
+    def _hold(self, d: Deferred[Any]) -> Deferred[Any]:
+        if not (self.holding or self.held):
+            return d
+        out: Deferred[Any] = Deferred()
+        self.held.append((d, out))
+        return out
+
+    def release(self, count: int | None = None) -> None:
+        """Fire the ``count`` oldest held Deferreds (all by default)."""
+        count = len(self.held) if count is None else count
+        for _ in range(count):
+            d, out = self.held.pop(0)
+            d.chainDeferred(out)
+
+    def open(self) -> Deferred[None]:
+        return self.inner.open()
+
+    def createSession(self, record: StoredSession) -> Deferred[None]:
+        if self.dead:
+            return Deferred()
+        return self._hold(self.inner.createSession(record))
+
+    def loadSession(self, token: bytes) -> Deferred[StoredSession | None]:
+        return self._hold(self.inner.loadSession(token))
+
+    def deleteSession(self, token: bytes) -> Deferred[bool]:
+        if self.dead:
+            return Deferred()
+        return self._hold(self.inner.deleteSession(token))
+
+    def listSessions(self) -> Deferred[list[bytes]]:
+        return self._hold(self.inner.listSessions())
+
+    def appendMessages(self, token: bytes, messages: Sequence[tuple[int, bytes]]) -> Deferred[None]:
+        if self.dead:
+            return Deferred()
+        if self.refuseAppends:
+            from twisted.internet import defer
+
+            return defer.fail(QueueFull("session store busy"))
+        self.appended.append((token, [seq for seq, _ in messages]))
+        return self._hold(self.inner.appendMessages(token, messages))
+
+    def confirmMessages(self, token: bytes, upTo: int) -> Deferred[None]:
+        if self.dead:
+            return Deferred()
+        return self._hold(self.inner.confirmMessages(token, upTo))
+
+    def recordProcessed(self, token: bytes, upTo: int) -> Deferred[None]:
+        return self._hold(self.inner.recordProcessed(token, upTo))
+
+    def touchSession(self, token: bytes, lastSeen: float) -> Deferred[None]:
+        return self._hold(self.inner.touchSession(token, lastSeen))
+
+    def expireSessions(self, now: float, ttl: float) -> Deferred[list[bytes]]:
+        return self._hold(self.inner.expireSessions(now, ttl))
+
+    def flush(self) -> Deferred[None]:
+        if self.dead:
+            return Deferred()
+        return self._hold(self.inner.flush())
+
+    def close(self) -> Deferred[None]:
+        return self.inner.close()
+
+    def records(self) -> list[StoredSession]:
+        """Every record the store holds now."""
+        inner = self.inner
+        out = []
+        for token in result(inner.listSessions()):
+            record = result(inner.loadSession(token))
+            assert record is not None
+            out.append(record)
+        return out
+
+
+def result(d: Deferred[Any]) -> Any:
+    """The result of a Deferred that has fired."""
+    box: list[Any] = []
+    d.addBoth(box.append)
+    assert box, "not fired"
+    if isinstance(box[0], Failure):
+        box[0].raiseException()
+    return box[0]
+
+
+class Client(AliveClientFactory):
+    """Records the continuity hooks."""
+
+    protocol = HeartbeatProtocol
+
+    def __init__(self, store: ISessionStore | None = None) -> None:
+        super().__init__(store)
+        self.hooks: list[tuple[Any, ...]] = []
+
+    def sessionResumed(self) -> None:
+        self.hooks.append(("resumed",))
+
+    def sessionReset(self, reason: str, maybeProcessed: int) -> None:
+        self.hooks.append(("reset", maybeProcessed))
+
+
+def start(
+    store: ISessionStore, server: RecordingServerFactory | None = None, clock: Clock | None = None
+) -> tuple[Network, Client, list[tuple[bytes, Deferred[Receipt]]]]:
+    """A client on ``store``, its session loaded, on a network to ``server``
+    (a new one by default); not connected yet."""
+    client = Client(store)
+    network = Network(
+        client,
+        server if server is not None else RecordingServerFactory(reply=False),
+        clock if clock is not None else Clock(),
+    )
+    return network, client, result(client.recovered())
+
+
+def test_noDataBeforeStored() -> None:
+    """A message is not written to the connection before its append to the
+    store fired; then it goes out and its receipt fires with the ACK."""
+    store = HeldStore()
+    network, client, recovered = start(store)
+    assert recovered == []
+    network.connect()
+    network.flush()
+    store.holding = True
+    d = client.sendMessage(b"one")
+    network.advance(1.0)
+    assert cast(Any, network.serverFactory).received == [] and not d.called
+    store.holding = False
+    store.release()
+    network.run(lambda: d.called)
+    assert cast(Any, network.serverFactory).received == [b"one"]
+    assert result(d).seq == 1
+
+
+def test_protocolSendGoesThroughStore() -> None:
+    """The protocol's own `sendMessage` and `sendMessages` store first too."""
+    store = HeldStore()
+    network, client, _ = start(store)
+    network.connect()
+    network.flush()
+    proto = cast(Any, network.current).client
+    store.holding = True
+    d1 = proto.sendMessage(b"a")
+    d2 = proto.sendMessages([b"b", b"c"])
+    network.advance(1.0)
+    assert cast(Any, network.serverFactory).received == []
+    assert store.appended[-2:] == [(proto.session.token, [1]), (proto.session.token, [2, 3])]
+    store.holding = False
+    store.release()
+    network.run(lambda: d1.called and d2.called)
+    assert cast(Any, network.serverFactory).received == [b"a", b"b", b"c"]
+    assert result(d2).seq == 3
+
+
+def test_newSessionStoredUnderItsTokenFirst() -> None:
+    """Messages submitted before the first connection are stored under the
+    all-zero token; once the server assigns the session its token, the
+    record is written again under it, and nothing is sent until that
+    write fired."""
+    store = HeldStore()
+    network, client, _ = start(store)
+    d = client.sendMessage(b"early")
+    assert store.appended == [(NO_SESSION, [1])]
+    store.holding = True
+    network.connect()
+    network.advance(1.0)
+    assert cast(Any, network.serverFactory).received == []
+    token = client.session.token
+    assert token != NO_SESSION
+    store.holding = False
+    store.release()
+    network.run(lambda: d.called)
+    assert cast(Any, network.serverFactory).received == [b"early"]
+    assert [r.token for r in store.records()] == [token]
+
+
+def test_whenStored() -> None:
+    """`whenStored` fires once what was submitted before it is durable."""
+    store = HeldStore()
+    _, client, _ = start(store)
+    store.holding = True
+    client.sendMessage(b"a")
+    stored = client.whenStored()
+    assert not stored.called
+    store.holding = False
+    store.release()
+    assert stored.called
+    assert result(AliveClientFactory().whenStored()) is None  # no store: at once
+
+
+def test_confirmedDropped() -> None:
+    """What the server confirmed is dropped from the store."""
+    store = HeldStore()
+    network, client, _ = start(store)
+    network.connect()
+    ds = [client.sendMessage(b"%d" % i) for i in range(5)]
+    network.run(lambda: all(d.called for d in ds))
+    (record,) = store.records()
+    assert record.confirmedUpTo == 5 and record.messages == () and record.nextSeq == 6
+    assert client.lastSubmitted == 5
+
+
+def crash(network: Network, store: HeldStore) -> None:
+    """The client's process dies: its store answers nothing more, its
+    connection is cut, and it never reconnects."""
+    store.dead = True
+    cast(Any, network.clientFactory).continueTrying = 0
+    wire = network.current
+    assert wire is not None
+    wire.cut()
+    network.flush()
+
+
+def test_recoveredAfterCrash() -> None:
+    """A client that crashed with messages stored and not confirmed: the
+    next process on the same store gets them from `recovered`, resumes the
+    session (`sessionResumed`), sends them again, and the server's
+    application processes each exactly once; their Deferreds fire."""
+    inner = MemorySessionStore()
+    first = HeldStore(inner)
+    network, client, _ = start(first)
+    network.connect()
+    network.flush()
+    server = cast(Any, network.serverFactory)
+    server.slow = True  # the server's application holds on to each message
+    ds = [client.sendMessage(b"%d" % i) for i in range(3)]
+    network.flush()
+    token = client.session.token
+    assert server.received == [b"0"]
+    crash(network, first)
+    server.processing[0].callback(None)  # finished after the crash
+    server.slow = False
+
+    second = HeldStore(inner)
+    network2, client2, recovered = start(second, server, network.clock)
+    assert [payload for payload, _ in recovered] == [b"0", b"1", b"2"]
+    assert client2.lastSubmitted == 3 and client2.session.token == token
+    network2.connect()
+    network2.run(lambda: all(d.called for _, d in recovered))
+    assert [result(d).seq for _, d in recovered] == [1, 2, 3]
+    assert server.received == [b"0", b"1", b"2"]
+    assert client2.hooks == [("resumed",)] and client2.epoch == 1
+    for d in ds:  # the dead process's (failed as its session ended)
+        d.addErrback(lambda _: None)
+
+
+def test_resetAfterCrashChangesEpoch() -> None:
+    """A restarted client whose server no longer knows the session: the
+    messages the previous process may have sent fail with
+    ``maybeProcessed``, `sessionReset` says how many, and the epoch (in
+    the store too) moves on; what was never sent carries over."""
+    inner = MemorySessionStore()
+    first = HeldStore(inner)
+    network, client, _ = start(first, RecordingServerFactory(reply=False, slow=True))
+    network.connect()
+    network.flush()
+    client.sendMessage(b"sent").addErrback(lambda _: None)
+    network.flush()
+    crash(network, first)
+    second = HeldStore(inner)
+    network2, client2, recovered = start(second, RecordingServerFactory(reply=False))
+    d = client2.sendMessage(b"new")
+    network2.connect()
+    network2.run(lambda: client2.hooks != [])
+    assert client2.hooks == [("reset", 1)]
+    failure = cast(Failure, recovered[0][1].result)
+    recovered[0][1].addErrback(lambda _: None)
+    assert isinstance(failure.value, DeliveryFailed) and failure.value.maybeProcessed
+    network2.run(lambda: d.called)
+    assert result(d).seq == 1 and client2.epoch == 2
+    assert [r.epoch for r in second.records()] == [2]
+
+
+def test_loadKeepsTheNewestRecord() -> None:
+    """A crash between writing a session's new record and deleting the old
+    one leaves both: the one of the highest epoch is kept (at equal epochs
+    the one with a token), the other deleted."""
+    inner = MemorySessionStore()
+    token = bytes(range(16))
+    zero = StoredSession(NO_SESSION, epoch=1, nextSeq=2, messages=((1, b"x"),))
+    result(inner.createSession(zero))
+    result(inner.createSession(StoredSession(token, epoch=1, nextSeq=2, messages=((1, b"x"),))))
+    _, client, recovered = start(HeldStore(inner))
+    assert client.session.token == token and [p for p, _ in recovered] == [b"x"]
+    assert result(inner.listSessions()) == [token]
+
+
+def test_storeRefusesAtOnce() -> None:
+    """A store that refuses an append at once (its queue is full): the
+    send fails with `QueueFull` and nothing was queued."""
+    store = HeldStore()
+    _, client, _ = start(store)
+    store.refuseAppends = True
+    d = client.sendMessage(b"a")
+    assert isinstance(cast(Failure, d.result).value, QueueFull)
+    d.addErrback(lambda _: None)
+    assert client.pending == 0 and client.lastSubmitted == 0
+
+
+def test_storeTooSmallRefused() -> None:
+    """A store that keeps less than the protocol's window and queue may
+    hold is refused at load, saying so."""
+    client = Client(MemorySessionStore(StoreLimits(10, 1000)))
+    d = client.recovered()
+    with pytest.raises(ValueError, match="StoreLimits.forOutbox"):
+        result(d)
+
+
+def test_notLoadedYet() -> None:
+    """With a store, sending before `recovered` fired is an error, and a
+    connection is refused (then retried)."""
+    client = Client(MemorySessionStore())
+    with pytest.raises(RuntimeError, match="recovered"):
+        client.sendMessage(b"a")
+    assert client.buildProtocol(None) is None
+
+
+def test_closeEndsStoredSession() -> None:
+    """`close` ends the session: the store then holds a new, empty one of
+    the next epoch, so that the next process starts afresh."""
+    store = HeldStore()
+    network, client, _ = start(store)
+    network.connect()
+    network.flush()
+    client.sendMessage(b"a")
+    network.flush()
+    d = client.close()
+    network.run(lambda: d.called)
+    (record,) = store.records()
+    assert record.token == NO_SESSION and record.epoch == 2 and record.messages == ()
+    assert client.epoch == 2
+
+
+def test_noStore() -> None:
+    """Without a store, `recovered` is empty and nothing changes."""
+    client = AliveClientFactory()
+    assert result(client.recovered()) == []
+    assert client.store is None
+    client.sendMessage(b"a")
+    assert client.lastSubmitted == 1 and client.session.outbox.storedUpTo is None

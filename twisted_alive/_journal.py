@@ -1,0 +1,304 @@
+"""
+A client session kept in a session store (`ISessionStore`): a `Journal`
+stores each message before it is sent, drops what the server confirmed,
+follows the session's token and epoch, and loads the session again in a
+new process.
+
+The rules, in the order a message meets them:
+
+1. `Journal.submit` queues the message in the session's `Outbox`, which
+   numbers it at once (``Outbox.storedUpTo`` is set), and appends it to the
+   store under the token of the stored record.
+2. The message is sent only once the store committed it **under the
+   session's own token** (the outbox sends nothing numbered above
+   ``storedUpTo``): a new session's messages are stored under the all-zero
+   token until the server assigns one; the record is then written again
+   under that token (`Journal.opened`) before anything is sent.
+3. An ACK drops what it covers from the store (`Journal.confirmed`); the
+   `Receipt` fires with the ACK, never because of a store write.
+4. A session the server no longer knows is stored again as a new record
+   (the messages never sent, numbered again from 1) with the next epoch
+   (`Journal.reset`).
+
+The store holds one client session at a time. A record is always written
+before the one it replaces is deleted, so a crash between the two leaves
+both: `Journal.load` keeps the one of the highest epoch (at equal epochs,
+the one with a token: the server had assigned it) and deletes the others.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from twisted_alive._binding import Binding
+from twisted_alive._interfaces import ISessionStore
+from twisted_alive.core.delivery import Session
+from twisted_alive.core.frames import NO_SESSION
+from twisted_alive.core.outcomes import Receipt
+from twisted_alive.core.stored import StoredSession, StoreLimits, recordOf, sessionOf
+
+log = Logger(namespace="twisted_alive")
+
+Recovered = list[tuple[bytes, "Deferred[Receipt]"]]
+"""What a previous process submitted and the server has not confirmed:
+``(payload, Deferred)`` per message, in order."""
+
+
+def _best(records: Sequence[StoredSession]) -> StoredSession:
+    """The record a restarted client carries on with: the highest epoch;
+    at equal epochs, one with a token (see the module's docstring)."""
+    return max(records, key=lambda record: (record.epoch, record.token != NO_SESSION))
+
+
+class Journal:
+    """
+    The stored side of a client session: what `AliveClientFactory` does
+    with its ``store``.
+
+    :param store: the session store (it holds this client's session only).
+    :param binding: the binding of the session (set by `load`).
+    :param failed: called with the failure of a store operation that the
+        session cannot go on without (the factory ends the session).
+    :param release: called once more messages may be sent (the factory
+        pumps its connection).
+    :ivar epoch: the epoch of the stored session: it changes whenever the
+        session is replaced by a new one.
+    """
+
+    def __init__(
+        self,
+        store: ISessionStore,
+        failed: Callable[[Failure], None],
+        release: Callable[[], None],
+    ) -> None:
+        self.store = store
+        self.binding: Binding | None = None
+        self.epoch = 0
+        self._token = NO_SESSION
+        self._generation = 0
+        self._confirmed = 0
+        self._ended = False
+        self._failed = failed
+        self._release = release
+
+    # -- loading -------------------------------------------------------------
+
+    async def load(
+        self, newSession: Callable[[], Session], limits: StoreLimits
+    ) -> tuple[Binding, Recovered]:
+        """
+        Load the client session from the store, or store a new one (epoch
+        1). Each stored message gets a Deferred for its outcome.
+
+        :param newSession: makes a `Session` with the protocol's limits.
+        :param limits: the store limits the outbox's limits need; a store
+            that keeps less is refused (its refusals would come after the
+            outbox took a message).
+        :raises ValueError: if the store's limits are below ``limits``.
+        """
+        store = self.store
+        kept = store.limits
+        if kept.maxMessages < limits.maxMessages or kept.maxBytes < limits.maxBytes:
+            raise ValueError(
+                f"the store keeps {kept.maxMessages} messages ({kept.maxBytes} bytes) per "
+                f"session, less than the protocol's window and queue may hold "
+                f"({limits.maxMessages} messages, {limits.maxBytes} bytes): use "
+                "StoreLimits.forOutbox(...) with the protocol's limits"
+            )
+        records = []
+        for token in await store.listSessions():
+            record = await store.loadSession(token)
+            if record is not None:
+                records.append(record)
+        template = newSession()
+        outbox = template.outbox
+        if not records:
+            record = StoredSession(NO_SESSION, epoch=1)
+            await store.createSession(record)
+        else:
+            record = _best(records)
+            for other in records:
+                if other is not record:
+                    await store.deleteSession(other.token)
+        session = sessionOf(record, outbox.window, outbox.maxQueue, outbox.maxQueueBytes)
+        outbox = session.outbox
+        if record.token == NO_SESSION:
+            # Never sent: the server never assigned this session a token.
+            outbox.nextSeq = record.confirmedUpTo + 1
+            outbox.storedUpTo = 0
+        else:
+            outbox.storedUpTo = record.nextSeq - 1
+        self.epoch = record.epoch
+        self._token = record.token
+        self._confirmed = record.confirmedUpTo
+        binding = self.binding = Binding(session)
+        binding.journal = self
+        recovered: Recovered = []
+        for entry in outbox.queue:
+            d: Deferred[Receipt] = Deferred()
+            entry.handle = binding.hold(d)
+            recovered.append((entry.payload, d))
+        return binding, recovered
+
+    # -- writing -------------------------------------------------------------
+
+    def submit(self, payloads: Sequence[bytes], together: bool) -> Deferred[Receipt]:
+        """
+        Queue ``payloads`` in the session (numbered at once) and append them
+        to the store; they are sent once the append is committed.
+
+        :param together: one outcome for all (``sendMessages``), else one
+            message alone (``sendMessage``).
+        :returns: the Deferred of their outcome; failed already with
+            `QueueFull` if the outbox or the store refused (then nothing was
+            queued or stored).
+        """
+        binding = self.binding
+        assert binding is not None
+        outbox = binding.session.outbox
+        first = outbox.nextNumber()
+        if together:
+            d = binding.submit(lambda handle: outbox.submitMany(payloads, handle, 0, 0.0, 0))
+        else:
+            d = binding.submit(partialSubmit(outbox, payloads[0]))
+        if d.called:
+            return d  # QueueFull: nothing was queued
+        messages = list(enumerate(payloads, first))
+        stored = self.store.appendMessages(self._token, messages)
+        refused: list[Failure] = []
+        stored.addErrback(refused.append)
+        if refused:
+            # Refused at once (a store whose queue is full): take the
+            # messages back, as if the outbox had refused them.
+            taken = outbox.withdraw(len(payloads))
+            handle = taken[-1].handle
+            binding.waiting.pop(handle, None)
+            return defer.fail(refused[0])
+        self._track(stored, messages[-1][0])
+        return d
+
+    def _track(self, stored: Deferred[None], last: int) -> None:
+        """Once ``stored`` fires, messages up to ``last`` may be sent, if
+        the record they were stored in is still the session's and has its
+        token."""
+        generation = self._generation
+        token = self._token
+
+        def committed(_: object) -> None:
+            if generation != self._generation or token == NO_SESSION:
+                return
+            outbox = self._session().outbox
+            if outbox.storedUpTo is not None and last > outbox.storedUpTo:
+                outbox.storedUpTo = last
+                self._release()
+
+        stored.addCallbacks(committed, self._broken)
+
+    def _session(self) -> Session:
+        assert self.binding is not None
+        return self.binding.session
+
+    def _broken(self, failure: Failure) -> None:
+        log.failure(
+            "alive.store: the session store failed: {error}",
+            failure,
+            error=failure.getErrorMessage(),
+            event="store_failed",
+        )
+        self._failed(failure)
+
+    def confirmed(self) -> None:
+        """The server confirmed messages: drop them from the store."""
+        session = self._session()
+        upTo = session.outbox.ackedUpTo
+        if upTo > self._confirmed and session.token == self._token:
+            self._confirmed = upTo
+            self.store.confirmMessages(self._token, upTo).addErrback(self._broken)
+
+    def opened(self) -> None:
+        """
+        A connection completed its HELLO exchange. If the server assigned
+        the session its token just now, the record is written again under
+        it (then the all-zero one is deleted); messages go out once that
+        is committed.
+        """
+        session = self._session()
+        if self._token != NO_SESSION or session.token == NO_SESSION:
+            return
+        self._replace(session.token, "renamed")
+
+    def reset(self) -> None:
+        """The session was replaced by a new one (`Session.restart`): store
+        the new one, the next epoch, with the messages carried over."""
+        self.epoch += 1
+        self._confirmed = 0
+        self._replace(NO_SESSION, "reset")
+
+    def ended(self) -> None:
+        """The session ended (``stopTrying``, ``close``, ``GO_AWAY``...): its
+        messages failed, so the store keeps none of them; a new, empty
+        session (the next epoch) replaces it, for the next process."""
+        if self._ended:
+            return
+        self._ended = True
+        self.epoch += 1
+        self._confirmed = 0
+        self._generation += 1
+        old, self._token = self._token, NO_SESSION
+        store = self.store
+        if old == NO_SESSION:
+            store.deleteSession(old).addErrback(self._broken)
+            store.createSession(StoredSession(NO_SESSION, self.epoch)).addErrback(self._broken)
+        else:
+            store.createSession(StoredSession(NO_SESSION, self.epoch)).addErrback(self._broken)
+            store.deleteSession(old).addErrback(self._broken)
+
+    def _replace(self, token: bytes, why: str) -> None:
+        session = self._session()
+        old = self._token
+        self._generation += 1
+        generation = self._generation
+        self._token = token
+        record = recordOf(session, self.epoch)
+        store = self.store
+        if old == token:
+            # A session that never had a token, replaced by another: the
+            # same token, so the old record goes first.
+            store.deleteSession(old).addErrback(self._broken)
+            created = store.createSession(record)
+        else:
+            # The new record first: a crash between the two leaves both, and
+            # `load` knows which to keep.
+            created = store.createSession(record)
+            store.deleteSession(old).addErrback(self._broken)
+        log.debug(
+            "alive.store: session {token} stored ({why}, epoch {epoch})",
+            token=token.hex()[:8],
+            why=why,
+            epoch=self.epoch,
+        )
+
+        def committed(_: object) -> None:
+            if generation != self._generation or token == NO_SESSION:
+                return
+            outbox = self._session().outbox
+            if outbox.storedUpTo is not None and record.nextSeq - 1 > outbox.storedUpTo:
+                outbox.storedUpTo = record.nextSeq - 1
+            self._release()
+
+        created.addCallbacks(committed, self._broken)
+
+    def flush(self) -> Deferred[None]:
+        """Fires once everything submitted so far is durable."""
+        return self.store.flush()
+
+
+def partialSubmit(outbox: Any, payload: bytes) -> Callable[[int], object]:
+    """``outbox.submit(payload, handle)`` for `Binding.submit`."""
+    return lambda handle: outbox.submit(payload, handle)
