@@ -1,6 +1,8 @@
 """
 Runs C{examples/flapping_client.py} as a subprocess: confirmed delivery
-through a proxy that resets every connection after 50-300 ms.
+through a proxy that resets every connection after 50-300 ms; and
+C{examples/stored_client.py}: a client killed and started again on its
+session store.
 """
 
 from __future__ import annotations
@@ -33,3 +35,15 @@ def test_flappingClient() -> None:
     assert match is not None, out
     assert int(match.group(1)) >= 2
     assert "(seed 12345)" in out
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(90)
+def test_storedClient() -> None:
+    """The stored-session example: a client SIGKILLed four times and
+    started again on its SQLite file; the server processes its 1,000
+    messages exactly once, in order, and the example exits 0."""
+    result = runScript(EXAMPLES / "stored_client.py", "1000", "4", "12345", timeout=80)
+    assert result.returncode == 0, result.stdout
+    assert "all 1000 processed exactly once, in order, across 4 kills" in result.stdout
+    assert result.stdout.count(": killed") >= 1, result.stdout
