@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import Any, cast
 
 import pytest
-from test_sessions import Network, RecordingServerFactory
+from test_sessions import EchoServer, Network, RecordingServerFactory
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
@@ -23,7 +23,7 @@ from twisted_alive import AliveClientFactory, HeartbeatProtocol, MemorySessionSt
 from twisted_alive._interfaces import ISessionStore
 from twisted_alive.core.frames import NO_SESSION
 from twisted_alive.core.outcomes import DeliveryFailed, QueueFull, Receipt
-from twisted_alive.core.stored import StoredSession, StoreLimits
+from twisted_alive.core.stored import StoredSession, StoreError, StoreLimits
 
 
 @implementer(ISessionStore)
@@ -51,12 +51,18 @@ class HeldStore:
         self.held.append((d, out))
         return out
 
-    def release(self, count: int | None = None) -> None:
-        """Fire the ``count`` oldest held Deferreds (all by default)."""
+    def release(self, count: int | None = None, error: Exception | None = None) -> None:
+        """Fire the ``count`` oldest held Deferreds (all by default); with
+        ``error``, fail them with it instead (the store's transaction
+        failed)."""
         count = len(self.held) if count is None else count
         for _ in range(count):
             d, out = self.held.pop(0)
-            d.chainDeferred(out)
+            if error is None:
+                d.chainDeferred(out)
+            else:
+                d.addErrback(lambda _: None)
+                out.errback(error)
 
     def open(self) -> Deferred[None]:
         return self.inner.open()
@@ -385,3 +391,72 @@ def test_noStore() -> None:
     assert client.store is None
     client.sendMessage(b"a")
     assert client.lastSubmitted == 1 and client.session.outbox.storedUpTo is None
+
+
+def test_storeFailureEndsSession() -> None:
+    """A store write that fails (a full disk) ends the session: what is
+    unconfirmed fails with `DeliveryFailed` saying so, nothing is sent,
+    and the factory stops."""
+    store = HeldStore()
+    network, client, _ = start(store)
+    network.connect()
+    network.flush()
+    store.holding = True
+    d = client.sendMessage(b"a")
+    store.holding = False
+    store.release(error=StoreError("disk I/O error"))
+    network.flush()
+    failure = cast(Failure, d.result)
+    d.addErrback(lambda _: None)
+    assert isinstance(failure.value, DeliveryFailed)
+    assert "session store failed: disk I/O error" in str(failure.value)
+    assert cast(Any, network.serverFactory).received == []
+    assert not client.continueTrying
+
+
+def test_serverWithoutSessions() -> None:
+    """A stored session needs a server that keeps sessions: against one
+    that does not, the session ends at once, saying so, rather than send
+    what could never be resumed."""
+    store = HeldStore()
+    network, client, _ = start(store)
+    network.server = HeartbeatProtocol
+    d = client.sendMessage(b"a")
+    network.connect()
+    network.flush()
+    failure = cast(Failure, d.result)
+    d.addErrback(lambda _: None)
+    assert "the server keeps no sessions" in str(failure.value)
+
+
+class SmallServer(EchoServer):
+    """Accepts frames of 128 bytes at most."""
+
+    maxFrameSize = 128
+
+
+class SmallFrames(RecordingServerFactory):
+    """A server that accepts frames of 128 bytes at most."""
+
+    protocol = SmallServer
+
+    def __init__(self) -> None:
+        super().__init__(reply=False)
+
+
+def test_tooLargeForPeerFailsAtOnce() -> None:
+    """With a store, a message larger than the connected server accepts
+    fails at once and is neither stored nor sent (a stored message cannot
+    be skipped); the next one goes."""
+    store = HeldStore()
+    network, client, _ = start(store, SmallFrames())
+    network.connect()
+    network.flush()
+    large = client.sendMessage(b"x" * 500)
+    failure = cast(Failure, large.result)
+    large.addErrback(lambda _: None)
+    assert isinstance(failure.value, DeliveryFailed) and not failure.value.maybeProcessed
+    assert "exceeds the peer's maximum" in str(failure.value)
+    small = client.sendMessage(b"y")
+    network.run(lambda: small.called)
+    assert result(small).seq == 1

@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import random
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import partial
 from types import MappingProxyType
 from typing import Any, cast
@@ -265,6 +265,24 @@ class AliveClientFactory(ReconnectingClientFactory):
             return defer.succeed(None)
         return self._journal.flush()
 
+    def _tooLargeForPeer(self, payloads: Sequence[bytes]) -> Deferred[Receipt] | None:
+        """With a store, a message larger than the connected server accepts
+        fails at once (without a store it fails when its turn comes): a
+        stored message cannot be skipped, its number is the session's."""
+        current = self.connected
+        conn = current._alive if current is not None else None
+        if conn is None:
+            return None
+        largest = max(map(len, payloads))
+        if largest <= conn.peerMaxPayload:
+            return None
+        return defer.fail(
+            DeliveryFailed(
+                f"message of {largest} bytes exceeds the peer's maximum of "
+                f"{conn.peerMaxPayload} bytes; not stored, not sent"
+            )
+        )
+
     def _release(self) -> None:
         """The store committed more messages: send what the window allows."""
         current = self.connected
@@ -273,13 +291,18 @@ class AliveClientFactory(ReconnectingClientFactory):
 
     def _storeFailed(self, failure: Failure) -> None:
         """A store operation the session needs failed: end the session."""
-        if not self._retry.stopped:
-            self._halt()
-            self._endSession(
-                Loss(Reason.LOCAL_CLOSE, f"session store failed: {failure.getErrorMessage()}")
-            )
-            if self.connected is not None:
-                self.connected.abort(f"session store failed: {failure.getErrorMessage()}")
+        self._abandon(f"session store failed: {failure.getErrorMessage()}")
+
+    def _abandon(self, why: str) -> None:
+        """End a stored session that cannot go on (``why``): stop
+        reconnecting, fail what is unconfirmed, abort the connection."""
+        if self._retry.stopped:
+            return
+        log.error("alive.store: {why}; the session ends", why=why, event="store_failed")
+        self._halt()
+        self._endSession(Loss(Reason.LOCAL_CLOSE, why))
+        if self.connected is not None:
+            self.connected.abort(why)
 
     def sessionResumed(self) -> None:
         """
@@ -325,6 +348,9 @@ class AliveClientFactory(ReconnectingClientFactory):
             return defer.fail(DeliveryFailed("the factory stopped trying; message not sent"))
         binding = self.clientBinding()
         if binding.journal is not None:
+            refusal = self._tooLargeForPeer([payload])
+            if refusal is not None:
+                return refusal
             return self._queued(binding.journal.submit([payload], False))
         return self._queued(binding.submit(partial(binding.session.outbox.submit, payload)))
 
@@ -350,6 +376,9 @@ class AliveClientFactory(ReconnectingClientFactory):
             return defer.fail(DeliveryFailed("the factory stopped trying; messages not sent"))
         binding = self.clientBinding()
         if binding.journal is not None:
+            refusal = self._tooLargeForPeer(payloads)
+            if refusal is not None:
+                return refusal
             return self._queued(binding.journal.submit(payloads, True))
         outbox = binding.session.outbox
         # With no peer window given, all of them are queued: the
@@ -436,6 +465,14 @@ class AliveClientFactory(ReconnectingClientFactory):
             event="session",
         )
         if self._journal is not None:
+            if self.session.token == NO_SESSION:
+                # The server keeps no sessions: nothing stored could be
+                # resumed, and what was sent would be guessed at.
+                self._abandon(
+                    "the server keeps no sessions: a session in a store needs an "
+                    "AliveServerFactory"
+                )
+                return
             self._journal.opened()
         waiters, self._waiters = self._waiters, []
         for d in waiters:

@@ -171,15 +171,14 @@ class Journal:
             return d  # QueueFull: nothing was queued
         messages = list(enumerate(payloads, first))
         stored = self.store.appendMessages(self._token, messages)
-        refused: list[Failure] = []
-        stored.addErrback(refused.append)
-        if refused:
+        if stored.called and isinstance(stored.result, Failure):
             # Refused at once (a store whose queue is full): take the
             # messages back, as if the outbox had refused them.
+            refused: Failure = stored.result
+            stored.addErrback(lambda _: None)
             taken = outbox.withdraw(len(payloads))
-            handle = taken[-1].handle
-            binding.waiting.pop(handle, None)
-            return defer.fail(refused[0])
+            binding.waiting.pop(taken[-1].handle, None)
+            return defer.fail(refused)
         self._track(stored, messages[-1][0])
         return d
 
@@ -205,12 +204,8 @@ class Journal:
         return self.binding.session
 
     def _broken(self, failure: Failure) -> None:
-        log.failure(
-            "alive.store: the session store failed: {error}",
-            failure,
-            error=failure.getErrorMessage(),
-            event="store_failed",
-        )
+        """A store operation failed: the factory ends the session (and
+        logs why)."""
         self._failed(failure)
 
     def confirmed(self) -> None:
