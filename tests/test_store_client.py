@@ -9,12 +9,13 @@ and the epoch.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Sequence
 from typing import Any, cast
 
 import pytest
 from test_sessions import EchoServer, Network, RecordingServerFactory
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -87,9 +88,7 @@ class HeldStore:
         if self.dead:
             return Deferred()
         if self.refuseAppends:
-            from twisted.internet import defer
-
-            return defer.fail(QueueFull("session store busy"))
+            return fail(QueueFull("session store busy"))
         self.appended.append((token, [seq for seq, _ in messages]))
         return self._hold(self.inner.appendMessages(token, messages))
 
@@ -460,3 +459,156 @@ def test_tooLargeForPeerFailsAtOnce() -> None:
     small = client.sendMessage(b"y")
     network.run(lambda: small.called)
     assert result(small).seq == 1
+
+
+# -- crashes at every kind of point -----------------------------------------------------------
+
+
+@implementer(ISessionStore)
+class LazyStore:
+    """
+    A store of one process that applies its operations to a shared
+    `MemorySessionStore` (the file) only when the test commits them, in call
+    order: a crash (`dead`) loses what was not committed, as a killed
+    process loses its writer thread's queue.
+    """
+
+    def __init__(self, inner: MemorySessionStore) -> None:
+        self.inner = inner
+        self.limits = inner.limits
+        self.queue: list[tuple[Any, Deferred[Any]]] = []
+        self.dead = False
+
+    def _later(self, thunk: Any) -> Deferred[Any]:
+        d: Deferred[Any] = Deferred()
+        if not self.dead:
+            self.queue.append((thunk, d))
+        return d
+
+    def commit(self, count: int | None = None) -> None:
+        """Apply the ``count`` oldest operations (all by default); fire
+        their Deferreds."""
+        count = len(self.queue) if count is None else min(count, len(self.queue))
+        batch, self.queue = self.queue[:count], self.queue[count:]
+        for thunk, d in batch:
+            if not self.dead:
+                thunk().chainDeferred(d)
+
+    def open(self) -> Deferred[None]:
+        return self.inner.open()
+
+    def createSession(self, record: StoredSession) -> Deferred[None]:
+        return self._later(lambda: self.inner.createSession(record))
+
+    def loadSession(self, token: bytes) -> Deferred[StoredSession | None]:
+        return self._later(lambda: self.inner.loadSession(token))
+
+    def deleteSession(self, token: bytes) -> Deferred[bool]:
+        return self._later(lambda: self.inner.deleteSession(token))
+
+    def listSessions(self) -> Deferred[list[bytes]]:
+        return self._later(self.inner.listSessions)
+
+    def appendMessages(self, token: bytes, messages: Sequence[tuple[int, bytes]]) -> Deferred[None]:
+        messages = list(messages)
+        return self._later(lambda: self.inner.appendMessages(token, messages))
+
+    def confirmMessages(self, token: bytes, upTo: int) -> Deferred[None]:
+        return self._later(lambda: self.inner.confirmMessages(token, upTo))
+
+    def recordProcessed(self, token: bytes, upTo: int) -> Deferred[None]:
+        return self._later(lambda: self.inner.recordProcessed(token, upTo))
+
+    def touchSession(self, token: bytes, lastSeen: float) -> Deferred[None]:
+        return self._later(lambda: self.inner.touchSession(token, lastSeen))
+
+    def expireSessions(self, now: float, ttl: float) -> Deferred[list[bytes]]:
+        return self._later(lambda: self.inner.expireSessions(now, ttl))
+
+    def flush(self) -> Deferred[None]:
+        return self._later(self.inner.flush)
+
+    def close(self) -> Deferred[None]:
+        return self.inner.close()
+
+
+class Process:
+    """One client process on a `LazyStore`: it sends the messages
+    ``b"0"``, ``b"1"``... carrying on after the stored ``lastSubmitted``."""
+
+    def __init__(
+        self, inner: MemorySessionStore, server: RecordingServerFactory, clock: Clock
+    ) -> None:
+        self.store = LazyStore(inner)
+        self.client = Client(self.store)
+        self.network = Network(self.client, server, clock)
+        loading = self.client.recovered()
+        while not loading.called:
+            self.store.commit()
+        self.recovered = result(loading)
+        self.next = self.client.lastSubmitted
+        self.outcomes: list[Deferred[Receipt]] = [d for _, d in self.recovered]
+        self.network.connect()
+
+    def send(self, count: int, total: int) -> None:
+        """Submit up to ``count`` more messages (of ``total`` in all)."""
+        for _ in range(min(count, total - self.next)):
+            self.outcomes.append(self.client.sendMessage(b"%d" % self.next))
+            self.next += 1
+
+    def crash(self) -> None:
+        """Killed: what the store did not commit is lost; nothing more
+        happens in this process."""
+        self.store.dead = True
+        for d in self.outcomes:
+            d.addErrback(lambda _: None)
+        cast(Any, self.client).continueTrying = 0
+        wire = self.network.current
+        if wire is not None:
+            wire.cut()
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_crashesAnywhereLoseNothing(seed: int) -> None:
+    """A client process crashed again and again at random points (with
+    store operations called and not committed, in the middle of a HELLO,
+    of a resend, of the first session's renaming) and started again on the
+    same store: the server's application processes every message exactly
+    once and in order, and the last process's Deferreds all fire with
+    their receipts."""
+    rng = random.Random(seed)
+    total = 60
+    inner = MemorySessionStore()
+    server = RecordingServerFactory(reply=False)
+    clock = Clock()
+    process = Process(inner, server, clock)
+    for _ in range(80):
+        action = rng.random()
+        if action < 0.3:
+            process.send(rng.randint(1, 5), total)
+        elif action < 0.55:
+            process.store.commit(rng.randint(0, 4))
+        elif action < 0.8:
+            wire = process.network.current
+            if wire is not None:
+                wire.deliver(rng.randint(1, 200), clock)
+            else:
+                process.network.advance(0.2)
+        elif action < 0.85:
+            wire = process.network.current
+            if wire is not None:
+                wire.cut()
+        else:
+            process.crash()
+            process = Process(inner, server, clock)
+            assert process.client.epoch == 1, seed
+    process.send(total, total)
+
+    def finished() -> bool:
+        process.store.commit()
+        return all(d.called for d in process.outcomes)
+
+    process.network.run(finished)
+    received = cast(Any, server).received
+    assert received == [b"%d" % n for n in range(total)], seed
+    assert [result(d).seq for d in process.outcomes][-1:] in ([], [total]), seed
