@@ -24,7 +24,7 @@ from twisted_alive import AliveClientFactory, HeartbeatProtocol, MemorySessionSt
 from twisted_alive._interfaces import ISessionStore
 from twisted_alive.core.frames import NO_SESSION
 from twisted_alive.core.outcomes import DeliveryFailed, QueueFull, Receipt
-from twisted_alive.core.stored import StoredSession, StoreError, StoreLimits
+from twisted_alive.core.stored import CorruptStore, StoredSession, StoreError, StoreLimits
 
 
 @implementer(ISessionStore)
@@ -612,3 +612,22 @@ def test_crashesAnywhereLoseNothing(seed: int) -> None:
     received = cast(Any, server).received
     assert received == [b"%d" % n for n in range(total)], seed
     assert [result(d).seq for d in process.outcomes][-1:] in ([], [total]), seed
+
+
+class Unreadable(MemorySessionStore):
+    """A store whose file cannot be read."""
+
+    def listSessions(self) -> Deferred[list[bytes]]:
+        return fail(CorruptStore("client.db is not a twisted_alive session store"))
+
+
+def test_unreadableStore() -> None:
+    """A store that cannot be read fails `recovered` (every call) with its
+    error, and the factory never starts afresh: sending stays an error."""
+    client = Client(Unreadable())
+    first, second = client.recovered(), client.recovered()
+    for d in (first, second, client.recovered()):
+        with pytest.raises(CorruptStore, match="not a twisted_alive session store"):
+            result(d)
+    with pytest.raises(RuntimeError, match="recovered"):
+        client.sendMessage(b"a")

@@ -151,7 +151,8 @@ class AliveClientFactory(ReconnectingClientFactory):
     _starting: HeartbeatMixin | None = None
     store: ISessionStore | None = None
     _journal: Journal | None = None
-    _recovered: Deferred[Recovered] | None = None
+    _recovered: list[Deferred[Recovered]] | None = None
+    _loadOutcome: Recovered | Failure | None = None
 
     def __init__(self, store: ISessionStore | None = None) -> None:
         self._retry = RetryState()
@@ -215,9 +216,10 @@ class AliveClientFactory(ReconnectingClientFactory):
             it). Without a store: an empty list.
         """
         if self._recovered is None:
+            self._recovered = []
             store = self.store
             if store is None:
-                self._recovered = defer.succeed([])
+                self._loadDone([])
             else:
                 journal = self._journal = Journal(store, self._storeFailed, self._release)
                 settings = self.aliveSettings()
@@ -227,20 +229,28 @@ class AliveClientFactory(ReconnectingClientFactory):
                     settings.maxQueueBytes,
                     settings.maxPayload,
                 )
-                self._recovered = Deferred.fromCoroutine(
-                    journal.load(settings.newSession, limits)
-                ).addCallback(self._loaded)
-        d: Deferred[Recovered] = Deferred()
+                Deferred.fromCoroutine(journal.load(settings.newSession, limits)).addCallback(
+                    self._loaded
+                ).addBoth(self._loadDone)
+        outcome = self._loadOutcome
+        if outcome is None:
+            d: Deferred[Recovered] = Deferred()
+            self._recovered.append(d)
+            return d
+        if isinstance(outcome, Failure):
+            return defer.fail(outcome)
+        return defer.succeed(outcome)
 
-        def fire(result: Recovered | Failure) -> Recovered | None:
-            if isinstance(result, Failure):
-                d.errback(result)
-                return None
-            d.callback(result)
-            return result
-
-        self._recovered.addBoth(fire)
-        return d
+    def _loadDone(self, outcome: Recovered | Failure) -> None:
+        """The session loaded (or the store failed to): tell every caller
+        of `recovered` so far; later ones get the same outcome."""
+        self._loadOutcome = outcome
+        waiting, self._recovered = self._recovered or [], []
+        for d in waiting:
+            if isinstance(outcome, Failure):
+                d.errback(outcome)
+            else:
+                d.callback(outcome)
 
     def _loaded(self, loaded: tuple[Binding, Recovered]) -> Recovered:
         binding, recovered = loaded
