@@ -3,6 +3,8 @@ A client whose session is in a `SqliteSessionStore`, SIGKILLed at random
 points and started again on the same file, against a real server process
 on 127.0.0.1: the server's application processes every message exactly
 once and in order, and the last process sees every Deferred it holds fire.
+And a stored client whose server is killed and started again: its session
+is reset, never silently.
 
 ``ALIVE_STORE_KILL_MESSAGES`` and ``ALIVE_STORE_KILL_RUNS`` change the
 number of messages (2,000) and of killed processes (8); ``ALIVE_CHAOS_SEED``
@@ -17,7 +19,25 @@ import time
 from pathlib import Path
 
 import pytest
-from support import LOOPBACK, Processes, chaosSeed
+from support import (
+    LOOPBACK,
+    Processes,
+    chaosSeed,
+    elapse,
+    ensureDeferred,
+    getReactor,
+    readReady,
+    waitFor,
+)
+from twisted.python.failure import Failure
+
+from twisted_alive import (
+    AliveClientFactory,
+    DeliveryFailed,
+    HeartbeatProtocol,
+    Receipt,
+    SqliteSessionStore,
+)
 
 MESSAGES = int(os.environ.get("ALIVE_STORE_KILL_MESSAGES", "2000"))
 RUNS = int(os.environ.get("ALIVE_STORE_KILL_RUNS", "8"))
@@ -80,3 +100,81 @@ def test_killedClientLosesNothing(tmp_path: Path, processes: Processes) -> None:
     print(f"\n{MESSAGES} messages, {RUNS} kills, {elapsed:.1f} s (seed {seed}):", lines)
     assert lines[-1].startswith("DONE "), (lines, seed)
     assert processed == list(range(MESSAGES)), seed
+
+
+class Resetting(AliveClientFactory):
+    """A stored client that reconnects quickly and records its resets."""
+
+    protocol = HeartbeatProtocol
+    initialDelay = 0.02
+    maxDelay = 0.2
+    quickDelay = 0.01
+    quickSpread = 0.0
+
+    def __init__(self, store: SqliteSessionStore) -> None:
+        super().__init__(store)
+        self.resets: list[int] = []
+
+    def sessionReset(self, reason: str, maybeProcessed: int) -> None:
+        self.resets.append(maybeProcessed)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(60)
+@ensureDeferred
+async def test_serverRestartResetsStoredSession(tmp_path: Path, processes: Processes) -> None:
+    """A stored client whose server is SIGKILLed and started again mid-way:
+    the new server does not know the session, so the client starts a new
+    one (epoch 2, in the store too); the messages it had sent and not seen
+    confirmed fail with maybeProcessed, as many as sessionReset says, the
+    others reach the new server; no message is processed twice, every
+    Deferred fires exactly once, and each Receipt stands for a message a
+    server processed."""
+    reactor = getReactor()
+    first = tmp_path / "first"
+    server = processes.startPeer("session_server.py", LOOPBACK, 0, 0.5, "--received", first)
+    port = await readReady(server)
+    path = tmp_path / "client.db"
+    store = SqliteSessionStore(str(path), reactor=reactor)
+    factory = Resetting(store)
+    assert await factory.recovered() == []
+    reactor.connectTCP(LOOPBACK, port, factory)
+    outcomes: dict[int, list[object]] = {}
+    for number in range(600):
+        outcomes[number] = []
+        factory.sendMessage(b"%d" % number).addBoth(outcomes[number].append)
+        if number % 20 == 19:
+            await elapse(0.01)
+        if number == 300:
+            processes.kill(server)
+            server = processes.startPeer(
+                "session_server.py", LOOPBACK, port, 0.5, "--received", tmp_path / "second"
+            )
+            assert await readReady(server) == port
+    await waitFor(lambda: all(outcomes.values()), timeout=30, what="every outcome")
+    factory.stopTrying()
+    await store.flush()
+    assert all(len(seen) == 1 for seen in outcomes.values())
+    processed = [int(n) for n in first.read_text().split()]
+    processed += [int(n) for n in (tmp_path / "second").read_text().split()]
+    assert len(processed) == len(set(processed)), "a message was processed twice"
+    maybe = 0
+    for number, (outcome,) in outcomes.items():
+        if isinstance(outcome, Receipt):
+            assert number in processed, number
+        else:
+            assert isinstance(outcome, Failure), outcome
+            error = outcome.value
+            assert isinstance(error, DeliveryFailed) and error.maybeProcessed, error
+            maybe += 1
+    assert factory.resets == [maybe] and factory.epoch == 2
+    tokens = await store.listSessions()
+    records = [await store.loadSession(token) for token in tokens]
+    connected = factory.connected
+    if connected is not None:
+        connected.abort("test over")
+    await store.close()
+    # The new session, stored (stopTrying ends it only once its open
+    # connection ends).
+    assert [record.epoch for record in records if record is not None] == [2]
+    print(f"\n{maybe} maybe processed, {len(processed)} processed, reset once")
