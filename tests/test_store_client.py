@@ -631,3 +631,53 @@ def test_unreadableStore() -> None:
             result(d)
     with pytest.raises(RuntimeError, match="recovered"):
         client.sendMessage(b"a")
+
+
+class Tight(HeartbeatProtocol):
+    """A protocol whose send queue takes two messages."""
+
+    maxQueued = 2
+
+
+def test_queueFullWithStore() -> None:
+    """With a store, a full send queue refuses at once with `QueueFull`,
+    nothing stored; messages sent together are all or none, and one too
+    large for the connected server fails them all, none stored."""
+    store = HeldStore()
+    client = Client(store)
+    client.protocol = Tight
+    network = Network(client, SmallFrames(), Clock())
+    result(client.recovered())
+    client.sendMessage(b"a")
+    client.sendMessage(b"b")
+    full = client.sendMessages([b"c", b"d"])
+    assert isinstance(cast(Failure, full.result).value, QueueFull)
+    full.addErrback(lambda _: None)
+    assert store.appended == [(NO_SESSION, [1]), (NO_SESSION, [2])]
+    network.connect()
+    network.flush()
+    large = client.sendMessages([b"e", b"x" * 500])
+    assert "exceeds the peer's maximum" in str(cast(Failure, large.result).value)
+    large.addErrback(lambda _: None)
+    assert client.lastSubmitted == 2
+
+
+def test_recoveredWaitsForTheStore() -> None:
+    """`recovered` called while the store is still reading fires once it
+    is done, for every caller; a failure reaches each of them."""
+    store = HeldStore()
+    store.holding = True
+    client = Client(store)
+    first, second = client.recovered(), client.recovered()
+    assert not first.called
+    store.holding = False
+    while store.held:
+        store.release()
+    assert result(first) == result(second) == []
+    broken = HeldStore()
+    broken.holding = True
+    failing = Client(broken)
+    waiting = failing.recovered()
+    broken.release(error=CorruptStore("not a store"))
+    with pytest.raises(CorruptStore):
+        result(waiting)
