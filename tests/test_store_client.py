@@ -681,3 +681,19 @@ def test_recoveredWaitsForTheStore() -> None:
     broken.release(error=CorruptStore("not a store"))
     with pytest.raises(CorruptStore):
         result(waiting)
+
+
+def test_receiptDoesNotWaitForTheStore() -> None:
+    """The `Receipt` fires when the server's ACK arrives, while the store
+    has not yet dropped the message (its confirmation is still held)."""
+    store = HeldStore()
+    network, client, _ = start(store)
+    network.connect()
+    network.flush()
+    d = client.sendMessage(b"a")
+    store.holding = True  # from here on, nothing the store does is heard of
+    network.run(lambda: d.called)
+    assert result(d).seq == 1
+    assert store.held  # the confirmation, not fired yet
+    (record,) = store.records()
+    assert record.confirmedUpTo == 1  # (the memory store applied it at once)
