@@ -920,3 +920,63 @@ def test_closeDeadlineAfterFinSaysNoGoodbye() -> None:
     b.handleTimer(0.6, 0.6)
     assert b.takeEvents() == [CloseNow(False, FIN)]
     assert Goodbye not in {type(frame) for frame in decode(b.dataToSend(0.6))}
+
+
+# -- acknowledgements that wait for a store's commit -----------------------------------------------
+
+
+def committing() -> tuple[Connection, Connection]:
+    """A pair whose receiving side (``b``) waits for a store's commit
+    before it acknowledges."""
+    a, b = pair()
+    b.session.inbox.waitsForCommit = True
+    return a, b
+
+
+def test_ackWaitsForTheCommit() -> None:
+    """Processed messages are acknowledged only up to the committed
+    position: nothing before the commit, then exactly what was committed."""
+    a, b = committing()
+    for payload in (b"m1", b"m2"):
+        a.send(payload, payload, 0.0)
+    move(a, b)
+    answerAll(b)
+    assert b.session.inbox.toCommit() == (2, [])
+    assert b.dataToSend(0.0) == b""
+    b.positionCommitted(1)
+    assert decode(b.dataToSend(0.0)) == [Ack(1)]
+    b.positionCommitted(2)
+    assert b.session.inbox.toCommit() is None
+    assert decode(b.dataToSend(0.0)) == [Ack(2)]
+
+
+def test_rejectWaitsForTheCommit() -> None:
+    """A REJECT goes only once the store committed the rejection with the
+    position: a crash before the commit can't turn it into an ACK."""
+    a, b = committing()
+    a.send(b"bad", "h", 0.0)
+    move(a, b)
+    assert b.nextEvent() == Data(1, b"bad")
+    b.messageFailed(1, "no such command")
+    assert b.session.inbox.toCommit() == (1, [(1, "no such command")])
+    assert b.dataToSend(0.0) == b""
+    b.positionCommitted(1)
+    assert decode(b.dataToSend(0.0)) == [Reject(1, "no such command"), Ack(1)]
+
+
+def test_closeWaitsForTheCommit() -> None:
+    """After the peer's GOODBYE, `CloseNow` waits until the ACK of what was
+    processed may go (its commit), so the peer is not left uncertain."""
+    a, b = committing()
+    a.send(b"m1", "h", 0.0)
+    a.sendGoodbye(GoodbyeCode.NORMAL, "")
+    move(a, b)
+    events = []
+    while (event := b.nextEvent()) is not None:
+        events.append(event)
+        if isinstance(event, Data):
+            b.messageProcessed(event.seq)
+    assert not any(isinstance(e, CloseNow) for e in events)
+    b.positionCommitted(1)
+    assert [type(e) for e in drain(b)] == [CloseNow]
+    assert decode(b.dataToSend(0.0)) == [Ack(1)]

@@ -217,6 +217,28 @@ def test_sessionOfPutsEverythingBackForResending() -> None:
     assert [e.seq for e in outbox.takeSendable(BIG, 2.0, BIG)] == [4, 5, 6]
 
 
+def test_rejectionsSurviveTheRoundTrip() -> None:
+    """The REJECTs sent (or due) are part of the record, and a session
+    loaded from it sends them again when its next connection opens (so
+    that a REJECT lost in a crash never turns into an ACK); the loaded
+    position counts as committed."""
+    session = Session(TOKEN)
+    inbox = session.inbox
+    for seq in (1, 2, 3):
+        inbox.accept(seq, b"x")
+    inbox.pending.clear()
+    inbox.processedUpTo = 1
+    inbox.reject(2, "second")
+    inbox.takeRejections()
+    inbox.reject(3, "third")
+    record = recordOf(session)
+    assert record.processedUpTo == 3
+    assert record.rejections == ((2, "second"), (3, "third"))
+    loaded = sessionOf(record).inbox
+    assert loaded.committedUpTo == loaded.ackUpTo == 3
+    assert loaded.takeRejections(resend=True) == [(2, "second"), (3, "third")]
+
+
 def test_sessionOfEmptyRecord() -> None:
     """A record without messages gives a session with empty queues."""
     session = sessionOf(StoredSession(TOKEN, nextSeq=4, confirmedUpTo=3))

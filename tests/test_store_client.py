@@ -97,8 +97,10 @@ class HeldStore:
             return Deferred()
         return self._hold(self.inner.confirmMessages(token, upTo))
 
-    def recordProcessed(self, token: bytes, upTo: int) -> Deferred[None]:
-        return self._hold(self.inner.recordProcessed(token, upTo))
+    def recordProcessed(
+        self, token: bytes, upTo: int, rejections: Sequence[tuple[int, str]] | None = None
+    ) -> Deferred[None]:
+        return self._hold(self.inner.recordProcessed(token, upTo, rejections))
 
     def touchSession(self, token: bytes, lastSeen: float) -> Deferred[None]:
         return self._hold(self.inner.touchSession(token, lastSeen))
@@ -516,8 +518,10 @@ class LazyStore:
     def confirmMessages(self, token: bytes, upTo: int) -> Deferred[None]:
         return self._later(lambda: self.inner.confirmMessages(token, upTo))
 
-    def recordProcessed(self, token: bytes, upTo: int) -> Deferred[None]:
-        return self._later(lambda: self.inner.recordProcessed(token, upTo))
+    def recordProcessed(
+        self, token: bytes, upTo: int, rejections: Sequence[tuple[int, str]] | None = None
+    ) -> Deferred[None]:
+        return self._later(lambda: self.inner.recordProcessed(token, upTo, rejections))
 
     def touchSession(self, token: bytes, lastSeen: float) -> Deferred[None]:
         return self._later(lambda: self.inner.touchSession(token, lastSeen))

@@ -236,6 +236,35 @@ class TestSessionStore:
         assert await store.loadSession(A) == record(processedUpTo=9, lastSeen=30.0)
 
     @ensureDeferred
+    async def test_rejectionsKeptWithThePosition(self, store: ISessionStore) -> None:
+        """The REJECTs the peer may not have seen are kept with the
+        processed position: replaced when given, left alone when not,
+        created and deleted with their session."""
+        await store.createSession(record(processedUpTo=1, rejections=((1, "first"),)))
+        assert await store.loadSession(A) == record(processedUpTo=1, rejections=((1, "first"),))
+        await store.recordProcessed(A, 3, [(1, "first"), (3, "third")])
+        await store.recordProcessed(A, 4)
+        assert await store.loadSession(A) == record(
+            processedUpTo=4, rejections=((1, "first"), (3, "third"))
+        )
+        await store.recordProcessed(A, 5, [])
+        assert await store.loadSession(A) == record(processedUpTo=5)
+        await store.recordProcessed(A, 6, [(6, "sixth")])
+        assert await store.deleteSession(A)
+        await store.createSession(record())
+        assert await store.loadSession(A) == record()
+
+    @ensureDeferred
+    async def test_rejectionBeyondPositionRefused(self, store: ISessionStore) -> None:
+        """A record whose REJECTs are out of order or beyond its processed
+        position is refused with the exact text."""
+        with pytest.raises(StoreError) as caught:
+            await store.createSession(record(processedUpTo=2, rejections=((3, "x"),)))
+        assert str(caught.value) == (
+            "stored REJECTs must be in order and at or below processedUpTo 2, got [3]"
+        )
+
+    @ensureDeferred
     async def test_listLeastRecentlySeenFirst(self, store: ISessionStore) -> None:
         """Sessions list least recently seen first (ties by token)."""
         await store.createSession(record(C, lastSeen=5.0))
@@ -567,14 +596,16 @@ def test_reopenReadsEverythingBack(opened: Callable[..., SqliteSessionStore],
     calls.result(first.createSession(record(B, lastSeen=1.0)))
     calls.result(first.appendMessages(A, [(1, b"a"), (2, b"b"), (3, b"c")]))
     calls.result(first.confirmMessages(A, 1))
-    calls.result(first.recordProcessed(B, 42))
+    calls.result(first.recordProcessed(B, 42, [(40, "no")]))
     calls.result(first.close())
     second = opened()
     assert calls.result(second.listSessions()) == [B, A]
     assert calls.result(second.loadSession(A)) == record(
         A, epoch=2, nextSeq=4, confirmedUpTo=1, lastSeen=5.0, messages=((2, b"b"), (3, b"c"))
     )
-    assert calls.result(second.loadSession(B)) == record(B, processedUpTo=42, lastSeen=1.0)
+    assert calls.result(second.loadSession(B)) == record(
+        B, processedUpTo=42, lastSeen=1.0, rejections=((40, "no"),)
+    )
 
 
 def test_closeFlushesAndStopsTheThread(

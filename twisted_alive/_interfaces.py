@@ -132,9 +132,14 @@ class ISessionStore(Interface):
             never appended.
         """
 
-    def recordProcessed(token: bytes, upTo: int) -> Deferred[None]:
+    def recordProcessed(
+        token: bytes, upTo: int, rejections: Sequence[tuple[int, str]] | None = None
+    ) -> Deferred[None]:
         """This side's application processed every inbound message up to
-        ``upTo`` (the position never goes backwards)."""
+        ``upTo`` (the position never goes backwards); ``rejections``, if
+        given, replace the stored REJECTs the peer may not have seen yet
+        (`StoredSession.rejections`). The ACK and REJECTs that report it
+        may go once the Deferred fired."""
 
     def touchSession(token: bytes, lastSeen: float) -> Deferred[None]:
         """Session ``token`` was seen at ``lastSeen`` (seconds since the

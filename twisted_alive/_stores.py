@@ -58,6 +58,7 @@ class _Held:
         "lastSeen",
         "messages",
         "bytes",
+        "rejections",
     )
 
     def __init__(self, record: StoredSession) -> None:
@@ -68,6 +69,7 @@ class _Held:
         self.lastSeen = record.lastSeen
         self.messages: deque[tuple[int, bytes]] = deque(record.messages)
         self.bytes = record.storedBytes
+        self.rejections = record.rejections
 
 
 @implementer(ISessionStore)
@@ -132,6 +134,7 @@ class MemorySessionStore:
                 held.processedUpTo,
                 held.lastSeen,
                 tuple(held.messages),
+                held.rejections,
             )
 
         return self._do(load)
@@ -177,12 +180,16 @@ class MemorySessionStore:
 
         return self._do(confirm)
 
-    def recordProcessed(self, token: bytes, upTo: int) -> Deferred[None]:
+    def recordProcessed(
+        self, token: bytes, upTo: int, rejections: Sequence[tuple[int, str]] | None = None
+    ) -> Deferred[None]:
         """Move the inbound position (`ISessionStore.recordProcessed`)."""
 
         def record() -> None:
             held = self._held(token)
             held.processedUpTo = max(held.processedUpTo, upTo)
+            if rejections is not None:
+                held.rejections = tuple(rejections)
 
         return self._do(record)
 
@@ -251,6 +258,12 @@ _SCHEMA = (
         token BLOB NOT NULL,
         seq INTEGER NOT NULL,
         payload BLOB NOT NULL,
+        PRIMARY KEY (token, seq)
+    ) WITHOUT ROWID""",
+    """CREATE TABLE alive_rejections (
+        token BLOB NOT NULL,
+        seq INTEGER NOT NULL,
+        reason TEXT NOT NULL,
         PRIMARY KEY (token, seq)
     ) WITHOUT ROWID""",
     f"PRAGMA application_id = {APPLICATION_ID}",
@@ -658,6 +671,10 @@ class SqliteSessionStore:
                 "INSERT INTO alive_messages VALUES (?, ?, ?)",
                 [(record.token, seq, payload) for seq, payload in record.messages],
             )
+            connection.executemany(
+                "INSERT INTO alive_rejections VALUES (?, ?, ?)",
+                [(record.token, seq, reason) for seq, reason in record.rejections],
+            )
             positions.rows[record.token] = [
                 record.nextSeq,
                 record.confirmedUpTo,
@@ -682,9 +699,19 @@ class SqliteSessionStore:
             messages = connection.execute(
                 "SELECT seq, payload FROM alive_messages WHERE token = ? ORDER BY seq", (token,)
             ).fetchall()
+            rejections = connection.execute(
+                "SELECT seq, reason FROM alive_rejections WHERE token = ? ORDER BY seq", (token,)
+            ).fetchall()
             epoch, nextSeq, confirmedUpTo, processedUpTo, lastSeen = row
             return StoredSession(
-                token, epoch, nextSeq, confirmedUpTo, processedUpTo, lastSeen, tuple(messages)
+                token,
+                epoch,
+                nextSeq,
+                confirmedUpTo,
+                processedUpTo,
+                lastSeen,
+                tuple(messages),
+                tuple(rejections),
             )
 
         return self._submit(load)
@@ -695,6 +722,7 @@ class SqliteSessionStore:
         def delete(connection: sqlite3.Connection) -> bool:
             self._positions.forget(token)
             connection.execute("DELETE FROM alive_messages WHERE token = ?", (token,))
+            connection.execute("DELETE FROM alive_rejections WHERE token = ?", (token,))
             cursor = connection.execute("DELETE FROM alive_sessions WHERE token = ?", (token,))
             return cursor.rowcount > 0
 
@@ -767,9 +795,26 @@ class SqliteSessionStore:
 
         return self._submit(update)
 
-    def recordProcessed(self, token: bytes, upTo: int) -> Deferred[None]:
+    def recordProcessed(
+        self, token: bytes, upTo: int, rejections: Sequence[tuple[int, str]] | None = None
+    ) -> Deferred[None]:
         """Move the inbound position (`ISessionStore.recordProcessed`)."""
-        return self._raise("processed_up_to", token, upTo)
+        if rejections is None:
+            return self._raise("processed_up_to", token, upTo)
+        kept = [(token, seq, reason) for seq, reason in rejections]
+
+        def record(connection: sqlite3.Connection) -> None:
+            cursor = connection.execute(
+                "UPDATE alive_sessions SET processed_up_to = max(processed_up_to, ?) "
+                "WHERE token = ?",
+                (upTo, token),
+            )
+            if cursor.rowcount == 0:
+                raise unknownSession(token)
+            connection.execute("DELETE FROM alive_rejections WHERE token = ?", (token,))
+            connection.executemany("INSERT INTO alive_rejections VALUES (?, ?, ?)", kept)
+
+        return self._submit(record)
 
     def touchSession(self, token: bytes, lastSeen: float) -> Deferred[None]:
         """Note when a session was seen (`ISessionStore.touchSession`)."""
@@ -792,6 +837,7 @@ class SqliteSessionStore:
             for token in gone:
                 self._positions.forget(token)
                 connection.execute("DELETE FROM alive_messages WHERE token = ?", (token,))
+                connection.execute("DELETE FROM alive_rejections WHERE token = ?", (token,))
                 connection.execute("DELETE FROM alive_sessions WHERE token = ?", (token,))
             return gone
 

@@ -572,7 +572,7 @@ class Connection:
         since the last ACK. A GOODBYE due after a protocol violation goes
         last, after that ACK."""
         inbox = self.session.inbox
-        processed = inbox.processedUpTo
+        processed = inbox.ackUpTo
         if (processed > self._ackSent and processed) or inbox.rejections:
             self.flushAck()
         out = self._out
@@ -1084,6 +1084,17 @@ class Connection:
             append(header(entry.seq, len(payload)))
             append(payload)
 
+    def positionCommitted(self, upTo: int) -> None:
+        """
+        A store committed the processed position ``upTo`` and the
+        rejections up to it (the session's inbox `waitsForCommit`; what to
+        commit is `Inbox.toCommit`): the ACK and REJECTs that report it go
+        with the next `dataToSend`, and a close that waited for them goes on.
+        """
+        self.session.inbox.commit(upTo)
+        if self._closing:
+            self._checkClose()
+
     def flushAck(self, resend: bool = False) -> None:
         """
         Queue the REJECTs of messages the application failed on (with
@@ -1096,8 +1107,8 @@ class Connection:
         if inbox.rejections or (resend and inbox.sentRejections):
             for seq, reason in inbox.takeRejections(resend):
                 self._out.append(_frames.encode(Reject(seq, reason)))
-        processed = inbox.processedUpTo
-        if processed > self._ackSent:
+        processed = inbox.ackUpTo
+        if processed > self._ackSent and processed:
             self._ackSent = processed
             inbox.ackedUpTo = processed
             self.acksSent += 1
@@ -1218,6 +1229,8 @@ class Connection:
         inbox = session.inbox
         if self._handOff and (inbox.handedOut or inbox.pending):
             return  # finish what the peer sent; its ACK goes out after
+        if inbox.waitsForCommit and inbox.committedUpTo < inbox.processedUpTo:
+            return  # its ACK waits for the store's commit
         outbox = session.outbox
         if self._closing == _LOCAL and not self._readClosed and state is not _PEER_CLOSING:
             if state is _OPEN or state is _HANDSHAKE:

@@ -560,6 +560,8 @@ class Inbox:
         "sentRejections",
         "duplicates",
         "handedOut",
+        "waitsForCommit",
+        "committedUpTo",
     )
 
     def __init__(self, window: int = DEFAULT_WINDOW) -> None:
@@ -577,6 +579,38 @@ class Inbox:
         """The message the application is processing (its seq), 0 if none;
         -1 while it processes one of the session this one replaced (see
         `Session.restart`). The next message waits until it is answered."""
+        self.waitsForCommit = False
+        """Whether ACKs and REJECTs wait until a store committed the
+        processed position they report (`commit`): a side whose session a
+        durable store keeps never confirms a message that a crash could
+        make it process again."""
+        self.committedUpTo = 0
+        """The processed position a store committed (with `waitsForCommit`)."""
+
+    @property
+    def ackUpTo(self) -> int:
+        """What the next ACK may cover: `processedUpTo`, or with
+        `waitsForCommit` as much of it as was committed."""
+        processed = self.processedUpTo
+        if self.waitsForCommit and self.committedUpTo < processed:
+            return self.committedUpTo
+        return processed
+
+    def toCommit(self) -> tuple[int, list[tuple[int, str]]] | None:
+        """With `waitsForCommit`: the processed position a store must
+        commit before the ACK that reports it, and the rejections
+        (``(seq, reason)``) not committed yet; ``None`` if all is committed
+        (or nothing waits for a commit)."""
+        if not self.waitsForCommit or self.committedUpTo >= self.processedUpTo:
+            return None
+        upTo = self.committedUpTo
+        return self.processedUpTo, [r for r in self.rejections if r[0] > upTo]
+
+    def commit(self, upTo: int) -> None:
+        """A store committed the processed position ``upTo`` (and the
+        rejections up to it): the ACK and REJECTs up to it may go."""
+        if upTo > self.committedUpTo:
+            self.committedUpTo = upTo
 
     def processed(self, seq: int) -> bool:
         """
@@ -630,12 +664,19 @@ class Inbox:
         into a confirmation.
         """
         out = list(self.sentRejections) if resend else []
-        if self.rejections:
-            out.extend(self.rejections)
-            if self.sentRejections is EMPTY:
-                self.sentRejections = deque()
-            self.sentRejections.extend(self.rejections)
-            self.rejections.clear()
+        due = self.rejections
+        if due:
+            if self.waitsForCommit:
+                upTo = self.committedUpTo
+                due = [r for r in due if r[0] <= upTo]
+                self.rejections = [r for r in self.rejections if r[0] > upTo]
+            else:
+                self.rejections = []
+            out.extend(due)
+            if due:
+                if self.sentRejections is EMPTY:
+                    self.sentRejections = deque()
+                self.sentRejections.extend(due)
         return out
 
     @property
@@ -751,7 +792,9 @@ class Session:
         """
         self.token = token
         busy = self.inbox.handedOut
+        waits = self.inbox.waitsForCommit
         self.inbox = Inbox(self.inbox.window)
+        self.inbox.waitsForCommit = waits
         if busy:
             # The application still processes a message of the old session:
             # the new one's first message waits for its answer.

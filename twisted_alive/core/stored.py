@@ -130,6 +130,10 @@ class StoredSession:
     :ivar lastSeen: when the session was last seen (seconds since the
         epoch: wall-clock time, meaningful across restarts).
     :ivar messages: ``(seq, payload)`` of each unconfirmed message, in order.
+    :ivar rejections: ``(seq, reason)`` of the REJECTs this side sent (or
+        is about to send) that the peer may not have seen yet, in order:
+        after a restart they go again, so that a REJECT lost in a crash
+        never turns into an ACK. All are at or below ``processedUpTo``.
     """
 
     token: bytes
@@ -139,6 +143,7 @@ class StoredSession:
     processedUpTo: int = 0
     lastSeen: float = 0.0
     messages: tuple[tuple[int, bytes], ...] = field(default=(), repr=False)
+    rejections: tuple[tuple[int, str], ...] = field(default=(), repr=False)
 
     @property
     def storedBytes(self) -> int:
@@ -161,6 +166,12 @@ def checkRecord(record: StoredSession) -> None:
     if record.nextSeq <= record.confirmedUpTo:
         raise StoreError(
             f"nextSeq {record.nextSeq} must be beyond confirmedUpTo {record.confirmedUpTo}"
+        )
+    rejected = [seq for seq, _ in record.rejections]
+    if rejected and (rejected != sorted(set(rejected)) or rejected[-1] > record.processedUpTo):
+        raise StoreError(
+            f"stored REJECTs must be in order and at or below processedUpTo "
+            f"{record.processedUpTo}, got {rejected}"
         )
     if record.messages:
         first = record.messages[0][0]
@@ -227,14 +238,16 @@ def recordOf(session: Session, epoch: int = 0) -> StoredSession:
         # Messages numbered when submitted (`Outbox.storedUpTo`) may be
         # numbered beyond the next one to send.
         nextSeq = max(nextSeq, messages[-1][0] + 1)
+    inbox = session.inbox
     return StoredSession(
         token=session.token,
         epoch=epoch,
         nextSeq=nextSeq,
         confirmedUpTo=outbox.ackedUpTo,
-        processedUpTo=session.inbox.processedUpTo,
+        processedUpTo=inbox.processedUpTo,
         lastSeen=session.lastSeen,
         messages=tuple(messages),
+        rejections=tuple(inbox.sentRejections) + tuple(inbox.rejections),
     )
 
 
@@ -267,6 +280,10 @@ def sessionOf(
         outbox.queuedBytes = record.storedBytes
     inbox = session.inbox
     inbox.receivedUpTo = inbox.processedUpTo = inbox.ackedUpTo = record.processedUpTo
+    inbox.committedUpTo = record.processedUpTo
+    if record.rejections:
+        # Sent again when the next connection opens (`Inbox.takeRejections`).
+        inbox.sentRejections = deque(record.rejections)
     session.lastSeen = record.lastSeen
     return session
 
