@@ -7,7 +7,7 @@ And a stored client whose server is killed and started again: its session
 is reset, never silently.
 
 ``ALIVE_STORE_KILL_MESSAGES`` and ``ALIVE_STORE_KILL_RUNS`` change the
-number of messages (2,000) and of killed processes (8); ``ALIVE_CHAOS_SEED``
+number of messages (10,000) and of killed processes (20); ``ALIVE_CHAOS_SEED``
 replays the kill points. Run with ``-s`` to see the figures.
 """
 
@@ -39,8 +39,8 @@ from twisted_alive import (
     SqliteSessionStore,
 )
 
-MESSAGES = int(os.environ.get("ALIVE_STORE_KILL_MESSAGES", "2000"))
-RUNS = int(os.environ.get("ALIVE_STORE_KILL_RUNS", "8"))
+MESSAGES = int(os.environ.get("ALIVE_STORE_KILL_MESSAGES", "10000"))
+RUNS = int(os.environ.get("ALIVE_STORE_KILL_RUNS", "20"))
 RATE = 1000
 """Messages a client sends a second at most: a kill after a random 0 to
 250 ms meets it in the middle, with messages in flight."""
@@ -90,7 +90,7 @@ def runKilled(
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(240)
 def test_killedClientLosesNothing(tmp_path: Path, processes: Processes) -> None:
     """A client SIGKILLed and restarted RUNS times while sending MESSAGES
     with a SQLite store: the server's application processes each exactly
