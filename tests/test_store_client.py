@@ -9,11 +9,13 @@ and the epoch.
 
 from __future__ import annotations
 
-import random
 from collections.abc import Sequence
 from typing import Any, cast
 
 import pytest
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 from test_sessions import EchoServer, Network, RecordingServerFactory
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.task import Clock
@@ -572,50 +574,76 @@ class Process:
             wire.cut()
 
 
-@pytest.mark.parametrize("seed", range(40))
-def test_crashesAnywhereLoseNothing(seed: int) -> None:
-    """A client process crashed again and again at random points (with
-    store operations called and not committed, in the middle of a HELLO,
-    of a resend, of the first session's renaming) and started again on the
-    same store: the server's application processes every message exactly
-    once and in order, and the last process's Deferreds all fire with
-    their receipts."""
-    rng = random.Random(seed)
-    total = 60
-    inner = MemorySessionStore()
-    server = RecordingServerFactory(reply=False)
-    clock = Clock()
-    process = Process(inner, server, clock)
-    for _ in range(80):
-        action = rng.random()
-        if action < 0.3:
-            process.send(rng.randint(1, 5), total)
-        elif action < 0.55:
-            process.store.commit(rng.randint(0, 4))
-        elif action < 0.8:
-            wire = process.network.current
-            if wire is not None:
-                wire.deliver(rng.randint(1, 200), clock)
-            else:
-                process.network.advance(0.2)
-        elif action < 0.85:
-            wire = process.network.current
-            if wire is not None:
-                wire.cut()
+TOTAL = 60
+"""The messages each run of `CrashMachine` sends in all."""
+
+
+class CrashMachine(RuleBasedStateMachine):
+    """
+    A client process that sends, has its store commit some of what it was
+    asked, gets some bytes delivered, loses its connection, and crashes
+    (what its store did not commit is lost; a new process loads the store
+    and resumes) in any order Hypothesis finds: the server's application
+    never processes a message twice nor out of order, and at the end, once
+    everything is sent, it has processed each exactly once and the last
+    process's Deferreds all fired with their receipts.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner = MemorySessionStore()
+        self.server = RecordingServerFactory(reply=False)
+        self.clock = Clock()
+        self.process = Process(self.inner, self.server, self.clock)
+
+    @rule(count=st.integers(1, 5))
+    def send(self, count: int) -> None:
+        self.process.send(count, TOTAL)
+
+    @rule(operations=st.integers(0, 4))
+    def commit(self, operations: int) -> None:
+        self.process.store.commit(operations)
+
+    @rule(size=st.integers(1, 200))
+    def deliver(self, size: int) -> None:
+        wire = self.process.network.current
+        if wire is not None:
+            wire.deliver(size, self.clock)
         else:
-            process.crash()
-            process = Process(inner, server, clock)
-            assert process.client.epoch == 1, seed
-    process.send(total, total)
+            self.process.network.advance(0.2)
 
-    def finished() -> bool:
-        process.store.commit()
-        return all(d.called for d in process.outcomes)
+    @rule()
+    def cut(self) -> None:
+        wire = self.process.network.current
+        if wire is not None:
+            wire.cut()
 
-    process.network.run(finished)
-    received = cast(Any, server).received
-    assert received == [b"%d" % n for n in range(total)], seed
-    assert [result(d).seq for d in process.outcomes][-1:] in ([], [total]), seed
+    @rule()
+    def crash(self) -> None:
+        self.process.crash()
+        self.process = Process(self.inner, self.server, self.clock)
+        assert self.process.client.epoch == 1
+
+    @invariant()
+    def inOrderOnce(self) -> None:
+        received = cast(Any, self.server).received
+        assert received == [b"%d" % n for n in range(len(received))]
+
+    def teardown(self) -> None:
+        process = self.process
+        process.send(TOTAL, TOTAL)
+
+        def finished() -> bool:
+            process.store.commit()
+            return all(d.called for d in process.outcomes)
+
+        process.network.run(finished)
+        assert cast(Any, self.server).received == [b"%d" % n for n in range(TOTAL)]
+        assert [result(d).seq for d in process.outcomes][-1:] in ([], [TOTAL])
+
+
+TestCrashMachine = CrashMachine.TestCase
+TestCrashMachine.settings = settings(max_examples=60, stateful_step_count=60, deadline=None)
 
 
 class Unreadable(MemorySessionStore):
