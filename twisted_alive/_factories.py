@@ -35,7 +35,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from twisted_alive._binding import Binding
+from twisted_alive._binding import Binding, transactionProblem
 from twisted_alive._interfaces import ISessionHost, ISessionStore
 from twisted_alive._journal import Journal, Recovered
 from twisted_alive._mixin import (
@@ -213,12 +213,18 @@ class AliveClientFactory(ReconnectingClientFactory):
             `sendMessage`'s would: with a `Receipt`, or with
             `DeliveryFailed` (``maybeProcessed=True`` if the server no
             longer knows the session: the previous process may have sent
-            it). Without a store: an empty list.
+            it). Without a store: an empty list. Fails with
+            ``TypeError`` if the protocol defines
+            ``messageReceivedInTransaction`` and the store cannot run it
+            (it is not an `ITransactionalStore`).
         """
         if self._recovered is None:
             self._recovered = []
             store = self.store
-            if store is None:
+            problem = transactionProblem(self.protocol, store)
+            if problem is not None:
+                self._loadDone(Failure(TypeError(problem)))  # type: ignore[no-untyped-call]
+            elif store is None:
                 self._loadDone([])
             else:
                 journal = self._journal = Journal(store, self._storeFailed, self._release)

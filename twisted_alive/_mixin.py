@@ -34,6 +34,7 @@ from twisted_alive._binding import (
     answerHello,
     bind,
     refused,
+    transactionProblem,
     unbind,
 )
 from twisted_alive._interfaces import hostOf
@@ -71,7 +72,7 @@ from twisted_alive.core.delivery import (
 )
 from twisted_alive.core.frames import DEFAULT_MAX_FRAME_SIZE, GoodbyeCode
 from twisted_alive.core.liveness import STALL_THRESHOLD
-from twisted_alive.core.outcomes import DeliveryFailed, Receipt
+from twisted_alive.core.outcomes import DeliveryFailed, MessageInfo, Receipt
 from twisted_alive.core.reasons import Loss
 
 __all__ = ["ABORT_GRACE", "HeartbeatMixin", "HeartbeatProtocol", "watchPongs"]
@@ -210,6 +211,8 @@ class HeartbeatMixin(TimeoutMixin):
     _peer: str | None = None
     _written = 0
     _turnCall: IDelayedCall | None = None
+    _transactional = False
+    """Whether the class defines ``messageReceivedInTransaction``."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         """Refuse a class that lists a ``Protocol`` before the mixin: that
@@ -220,6 +223,7 @@ class HeartbeatMixin(TimeoutMixin):
         """
         super().__init_subclass__(**kwargs)
         checkBases(cls)
+        cls._transactional = getattr(cls, "messageReceivedInTransaction", None) is not None
 
     # -- configuration -----------------------------------------------------
 
@@ -260,6 +264,27 @@ class HeartbeatMixin(TimeoutMixin):
         """The delivery session this connection carries (``None`` before the
         connection is made)."""
         return self._alive.session if self._alive is not None else None
+
+    @property
+    def currentMessage(self) -> MessageInfo | None:
+        """
+        The message the application is processing: valid during
+        `messageReceived` (and until the Deferred it returned fires), else
+        ``None``. Its ``(session, seq)`` is the message's idempotency key;
+        ``redelivered`` says that a previous process may have processed it
+        already (see `MessageInfo`). Not for use in
+        ``messageReceivedInTransaction``, which runs in another thread (and
+        needs no key: it runs exactly once).
+        """
+        conn = self._alive
+        if conn is None:
+            return None
+        session = conn.session
+        inbox = session.inbox
+        seq = inbox.handedOut
+        if seq <= 0:
+            return None
+        return MessageInfo(session.token, seq, seq == inbox.mayRepeat)
 
     @property
     def state(self) -> State | None:
@@ -559,6 +584,7 @@ class HeartbeatMixin(TimeoutMixin):
                 conn.wakeMoved = True
             return
         conn.reading = True
+        transactional = self._transactional
         nextEvent = conn.nextEvent
         processed = conn.messageProcessed
         countdown = TURN_CHECK_EVERY
@@ -577,6 +603,11 @@ class HeartbeatMixin(TimeoutMixin):
                     self._event(conn, event)
                     continue
                 seq = event[0]
+                if transactional:
+                    self._binding.processInTransaction(
+                        self, conn, seq, event[1], self._clock(), self._peer
+                    )
+                    continue
                 try:
                     result = self.messageReceived(event[1])
                 except Exception:
@@ -636,6 +667,12 @@ class HeartbeatMixin(TimeoutMixin):
         self._binding.pace()
 
     def _opened(self, conn: Connection, resumed: bool) -> None:
+        if self._transactional:
+            problem = transactionProblem(self, self._binding.store)
+            if problem is not None:
+                log.error("alive.store: {problem}", problem=problem, event="store_refused")
+                self.abort(problem)
+                return
         self._binding.carrier = self
         logOpened(self._peer, conn.liveness.peerInterval, resumed)
         self.connectionOpened(resumed)
