@@ -13,9 +13,11 @@ from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 import pytest
+from support import RecordingPeer, connectAlone
 from test_sessions import Network, RecordingServerFactory
 from test_store_client import HeldStore, LazyStore, result
 from twisted.internet.defer import Deferred, fail
+from twisted.internet.error import ConnectionLost
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -28,7 +30,16 @@ from twisted_alive import (
     MessageInfo,
 )
 from twisted_alive._interfaces import ISessionStore
+from twisted_alive.core.frames import (
+    DEFAULT_MAX_FRAME_SIZE,
+    NO_SESSION,
+    PROTOCOL_VERSION,
+    Hello,
+    encode,
+    encodeData,
+)
 from twisted_alive.core.outcomes import DeliveryFailed, Receipt
+from twisted_alive.core.reasons import Reason
 from twisted_alive.core.stored import StoreError
 
 
@@ -416,23 +427,46 @@ def test_transactionalHandlerNeedsTransactionalStore() -> None:
     )
 
 
-def test_transactionalHandlerWithoutStoreAborts() -> None:
-    """A connection whose session is kept in no store, with a protocol that
-    defines ``messageReceivedInTransaction``: aborted when it opens, with
-    the exact error, and nothing is handed to the application."""
+def test_transactionalHandlerWithoutStoreRefusedAtStart() -> None:
+    """A client factory without a store, whose protocol defines
+    ``messageReceivedInTransaction``: refused when it starts, with the
+    exact error (reconnecting could not fix it)."""
     client = InTransactionFactory()
-    network = Network(client, RecordingServerFactory(reply=False), Clock())
-    network.connect()
-    wire = network.current
-    assert wire is not None
-    proto = wire.client
-    network.flush()
-    assert proto.loss is not None
-    assert proto.loss.detail == (
+    with pytest.raises(TypeError) as raised:
+        client.doStart()  # type: ignore[no-untyped-call]
+    assert str(raised.value) == (
         "InTransaction defines messageReceivedInTransaction(), which needs a session store "
         "that runs it in its own transaction (ITransactionalStore, such as "
         "SqliteSessionStore), but the session is kept in no session store"
     )
+
+
+class PeerInTransaction(RecordingPeer):
+    """A protocol on its own (no factory keeps its session) that defines
+    ``messageReceivedInTransaction``."""
+
+    def messageReceivedInTransaction(self, payload: bytes, cursor: object) -> None:
+        raise AssertionError("never called without a store")
+
+
+def test_transactionalHandlerWithoutStoreAbortsTheConnection() -> None:
+    """A connection whose session is kept in no store, with a protocol
+    that defines ``messageReceivedInTransaction``: aborted when it opens,
+    with the exact error, and nothing is handed to the application."""
+    proto, transport, _ = connectAlone(PeerInTransaction)
+    proto.dataReceived(
+        encode(Hello(PROTOCOL_VERSION, 0, 1.0, DEFAULT_MAX_FRAME_SIZE, 1024, 1, NO_SESSION))
+        + encodeData(1, b"m1")
+    )
+    assert transport.abortedAt is not None
+    proto.connectionLost(Failure(ConnectionLost()))  # type: ignore[no-untyped-call]
+    assert proto.loss is not None and proto.loss.reason is Reason.LOCAL_CLOSE
+    assert proto.loss.detail == (
+        "PeerInTransaction defines messageReceivedInTransaction(), which needs a session "
+        "store that runs it in its own transaction (ITransactionalStore, such as "
+        "SqliteSessionStore), but the session is kept in no session store"
+    )
+    assert proto.received == []
 
 
 def flagged(client: ReceiverFactory) -> list[tuple[bytes, bool]]:

@@ -177,6 +177,21 @@ class AliveClientFactory(ReconnectingClientFactory):
         """The `Settings` of this factory's connections (client role)."""
         return settingsFor(self.protocol, accepting=False)
 
+    def startFactory(self) -> None:
+        """
+        Check, when the factory starts (its first ``connectTCP`` or
+        endpoint connection), that its protocol can receive with its
+        ``store``.
+
+        :raises TypeError: if the protocol defines
+            ``messageReceivedInTransaction`` and the ``store`` (or the lack
+            of one) cannot run it: an error that reconnecting cannot fix.
+        """
+        problem = transactionProblem(self.protocol, self.store)
+        if problem is not None:
+            raise TypeError(problem)
+        super().startFactory()  # type: ignore[no-untyped-call]
+
     # -- the session -----------------------------------------------------------
 
     @property

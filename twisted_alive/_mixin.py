@@ -140,6 +140,19 @@ class HeartbeatMixin(TimeoutMixin):
     call the base method. The mixin owns ``TimeoutMixin``'s timer: do not
     call ``setTimeout`` yourself.
 
+    A protocol whose session is kept in a `SqliteSessionStore` (an
+    `ITransactionalStore`) may define
+    ``messageReceivedInTransaction(payload, cursor)`` instead of
+    `messageReceived`: each message is then processed in the store's
+    transaction, together with the session's processed position, exactly
+    once even across a crash of this process. It runs in the store's
+    thread: it may use ``cursor`` (on the store's database) and must call
+    nothing of Twisted; if it raises, its work is rolled back and the
+    message is rejected as when `messageReceived` raises. With a store that
+    cannot run it, or none, the connection is aborted when it opens (and
+    a client factory refuses to start, or its ``recovered()`` fails, with
+    ``TypeError``). See ``docs/stores.md``.
+
     :cvar heartbeatInterval: seconds of outbound silence before a PING; this
         side promises the peer a frame at least this often (announced in
         HELLO).
@@ -396,6 +409,10 @@ class HeartbeatMixin(TimeoutMixin):
         (``rejected=True``) carrying the error's text: a message that makes
         the application fail is reported, never silently lost, and never
         redelivered in a loop.
+
+        `currentMessage` tells which message this is: its idempotency key,
+        and whether a previous process may have processed it already (a
+        session kept in a store, after a crash).
         """
         return None
 
