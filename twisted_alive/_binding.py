@@ -12,6 +12,12 @@ a message once the application's Deferred fires, to whichever connection
 carries the session by then (`Binding.awaitResult`), settle the Deferreds
 of sent messages (`settle`, `refused`, `failUndelivered`), and let the
 session go when its connection ends (`unbind`).
+
+A session kept in a store (`Binding.keepIn`) has its processed position
+written there after each answer, one write at a time, before the ACK
+that reports it (`Binding.commitProcessed`); a protocol that defines
+``messageReceivedInTransaction`` has each message processed in the
+store's own transaction instead (`Binding.processInTransaction`).
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.python.failure import Failure
 
+from twisted_alive._interfaces import ITransactionalStore
 from twisted_alive._logs import logRejection
 from twisted_alive._transport import addressPhase, canWriteThrough, isAccepted
 from twisted_alive.core.connection import (
@@ -42,6 +49,7 @@ from twisted_alive.core.outcomes import DeliveryFailed, QueueFull, Receipt
 from twisted_alive.core.reasons import Loss
 
 if TYPE_CHECKING:
+    from twisted_alive._interfaces import ISessionStore
     from twisted_alive._journal import Journal
     from twisted_alive._mixin import HeartbeatMixin
 
@@ -94,9 +102,22 @@ class Binding:
         client factory's ``store``), or ``None``: it stores what is
         submitted (``HeartbeatMixin.sendMessage`` goes through it) and
         drops what the peer confirmed.
+    :ivar store: the `ISessionStore` that keeps the session's processed
+        position (`keepIn`), or ``None``: then no ACK or REJECT reports
+        more than the store committed (`commitProcessed`).
     """
 
-    __slots__ = ("session", "carrier", "pacer", "waiting", "journal")
+    __slots__ = (
+        "session",
+        "carrier",
+        "pacer",
+        "waiting",
+        "journal",
+        "store",
+        "_storeFailed",
+        "_committing",
+        "_storedRejections",
+    )
 
     def __init__(self, session: Session) -> None:
         self.session = session
@@ -104,6 +125,150 @@ class Binding:
         self.pacer: Pacer | None = None
         self.waiting: dict[int, Deferred[Receipt]] = {}
         self.journal: Journal | None = None
+        self.store: ISessionStore | None = None
+        self._storeFailed: Callable[[Failure], None] | None = None
+        self._committing = False
+        self._storedRejections: list[tuple[int, str]] = []
+
+    # -- the processed position in a store -----------------------------------
+
+    def keepIn(self, store: ISessionStore, failed: Callable[[Failure], None]) -> None:
+        """
+        Keep the session's processed position in ``store``: from now on
+        the session's inbox `waitsForCommit` (no ACK or REJECT reports more
+        than the store committed, and the next message is handed to the
+        application only once the previous one's position is committed),
+        and `commitProcessed` writes the position after each answer.
+
+        :param failed: called with the failure of a write of the position:
+            the session cannot go on (its host ends it).
+        """
+        self.store = store
+        self._storeFailed = failed
+        self.session.inbox.waitsForCommit = True
+
+    def commitProcessed(self) -> bool:
+        """
+        With a `store`: write the processed position and the REJECTs the
+        peer may not have seen (``Inbox.toCommit``) unless a write is
+        outstanding already; one at a time per session: when it is
+        committed, the connection that carries the session by then learns
+        of it (``Connection.positionCommitted``) and acts on it, and the
+        next write follows if more was processed meanwhile.
+
+        :returns: whether a write was committed at once (a store whose
+            Deferreds have fired already, such as `MemorySessionStore`):
+            the caller may hand out the next message now.
+        """
+        store = self.store
+        if store is None or self._committing:
+            return False
+        session = self.session
+        due = session.inbox.toCommit()
+        if due is None:
+            return False
+        upTo, rejections = due
+        kept: list[tuple[int, str]] | None = rejections
+        if not rejections and not self._storedRejections:
+            kept = None  # nothing to replace: the position alone
+        self._storedRejections = rejections
+        self._committing = True
+        token = session.token
+        done: list[bool] = []
+        d = store.recordProcessed(token, upTo, kept)
+        d.addCallbacks(self._committed, self._commitFailed, (token, upTo, done))
+        return bool(done)
+
+    def processInTransaction(
+        self,
+        protocol: Any,
+        conn: Connection,
+        seq: int,
+        payload: bytes,
+        clock: IReactorTime,
+        peer: str | None,
+    ) -> None:
+        """
+        Hand message ``seq`` (which ``conn`` handed out) to ``protocol``'s
+        ``messageReceivedInTransaction`` in the `store`'s transaction
+        (`ITransactionalStore.processInTransaction`). Once committed, the
+        message is processed and its position committed already: the ACK
+        may go at once. If the application's work raised, it was rolled
+        back and the message is answered as failed (its REJECT is stored
+        by `commitProcessed`, as for ``messageReceived``); if the store
+        failed, the session ends.
+        """
+        store = self.store
+        problem = transactionProblem(protocol, store)
+        if problem is not None:
+            # (The check when the connection opened aborts it first.)
+            conn.messageFailed(seq, problem)
+            return
+        raised: list[Failure] = []
+        handler = protocol.messageReceivedInTransaction
+
+        def work(cursor: object) -> None:
+            # (The store's thread.)
+            try:
+                handler(payload, cursor)
+            except BaseException:
+                raised.append(Failure())  # type: ignore[no-untyped-call]
+                raise
+
+        token = self.session.token
+        d = cast(ITransactionalStore, store).processInTransaction(token, seq, work)
+
+        def done(outcome: object) -> None:
+            if raised:
+                self.answerLater(seq, raised[0], clock, peer)
+            elif isinstance(outcome, Failure):
+                self._commitFailed(outcome)
+            else:
+                self._processedAndCommitted(seq)
+
+        d.addBoth(done)
+
+    def _processedAndCommitted(self, seq: int) -> None:
+        """Message ``seq`` was processed in the store's transaction, its
+        position committed with it: answer it, and let the connection that
+        carries the session acknowledge it."""
+        carrier = self.carrier
+        conn = carrier._alive if carrier is not None else None
+        inbox = self.session.inbox
+        if carrier is not None and conn is not None and carrier.loss is None:
+            if inbox.processed(seq):
+                conn.positionCommitted(seq)
+            carrier._service()
+        elif inbox.processed(seq):
+            inbox.commit(seq)
+
+    def _committed(self, _: object, token: bytes, upTo: int, done: list[bool]) -> None:
+        """The store committed the position ``upTo`` of session ``token``."""
+        self._committing = False
+        session = self.session
+        if session.token != token:
+            # The session was replaced meanwhile: its new inbox starts afresh.
+            self.commitProcessed()
+            return
+        carrier = self.carrier
+        conn = carrier._alive if carrier is not None else None
+        if carrier is not None and conn is not None and carrier.loss is None:
+            conn.positionCommitted(upTo)
+            if conn.reading:
+                done.append(True)  # the loop that runs hands out the next
+                return
+            carrier._service()
+        else:
+            session.inbox.commit(upTo)
+        self.commitProcessed()
+
+    def _commitFailed(self, failure: Failure) -> None:
+        """A write of the processed position failed: the session ends.
+        No write follows (``_committing`` stays set), so nothing is
+        acknowledged beyond what the store committed."""
+        failed = self._storeFailed
+        assert failed is not None
+        failed(failure)
 
     def hold(self, d: Deferred[Receipt]) -> int:
         """The handle under which the session's entries stand for ``d``
@@ -254,6 +419,39 @@ class Binding:
             inbox.failed(seq, logRejection(clock, peer, seq, outcome))
         else:
             inbox.processed(seq)
+        self.commitProcessed()
+
+
+def transactionProblem(protocol: Any, store: object) -> str | None:
+    """
+    Why ``protocol`` (a `HeartbeatMixin` protocol, or its class) cannot
+    receive with a session kept in ``store`` (``None``: in no store): it
+    defines ``messageReceivedInTransaction``, which needs a store that runs
+    it in its transaction (`ITransactionalStore`). ``None`` if it can.
+    """
+    if getattr(protocol, "messageReceivedInTransaction", None) is None:
+        return None
+    if ITransactionalStore.providedBy(store):
+        return None
+    cls = protocol if isinstance(protocol, type) else type(protocol)
+    kept = "is kept in no session store" if store is None else f"is kept in {store!r}"
+    return (
+        f"{cls.__qualname__} defines messageReceivedInTransaction(), which needs a session "
+        f"store that runs it in its own transaction (ITransactionalStore, such as "
+        f"SqliteSessionStore), but the session {kept}"
+    )
+
+
+def checkTransactional(protocol: Any, store: object) -> None:
+    """
+    :raises TypeError: if ``protocol`` (a `HeartbeatMixin` protocol class)
+        defines ``messageReceivedInTransaction`` and ``store`` cannot run
+        it (`transactionProblem`): a factory checks when it starts, rather
+        than at each connection.
+    """
+    problem = transactionProblem(protocol, store)
+    if problem is not None:
+        raise TypeError(problem)
 
 
 def accepting(host: Any, transport: Any) -> bool:
