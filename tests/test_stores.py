@@ -642,6 +642,60 @@ def test_commitTimes(opened: Callable[..., SqliteSessionStore], calls: ThreadCal
     assert bounds[1.0] == 2 and figures.commitBuckets[-1] == 3  # the busy one
 
 
+def test_backupWhileOpen(
+    opened: Callable[..., SqliteSessionStore], calls: ThreadCalls, tmp_path: Path
+) -> None:
+    """``backup`` copies an open store between two transactions: the copy
+    holds what the operations called before it committed, nothing called
+    after; it opens as a store of its own; the backup is no commit, and the
+    store goes on."""
+    s = opened()
+    calls.result(s.createSession(record(A, nextSeq=2, messages=((1, b"a"),))))
+    started, release = threading.Event(), threading.Event()
+
+    def busy(connection: sqlite3.Connection) -> None:
+        started.set()
+        release.wait(10)
+
+    held = s._submit(busy)
+    assert started.wait(10)
+    before = s.appendMessages(A, [(2, b"b")])
+    copied = s.backup(tmp_path / "copy.db")
+    after = s.appendMessages(A, [(3, b"c")])
+    release.set()
+    calls.result(gatherResults([held, before, copied, after]))
+    # The busy transaction, the append before, the backup on its own (no
+    # commit), then the append after: four commits with the create's.
+    assert s.statistics().commits == s.commits == 4
+    copy = opened(path=tmp_path / "copy.db")
+    assert calls.result(copy.loadSession(A)) == record(
+        A, nextSeq=3, messages=((1, b"a"), (2, b"b"))
+    )
+    assert calls.result(s.loadSession(A)) == record(
+        A, nextSeq=4, messages=((1, b"a"), (2, b"b"), (3, b"c"))
+    )
+
+
+def test_backupRefused(
+    opened: Callable[..., SqliteSessionStore], calls: ThreadCalls, tmp_path: Path
+) -> None:
+    """A backup onto the store's own file, or into a file that cannot be
+    written, fails with `StoreError` saying so; the store goes on."""
+    s = opened()
+    calls.result(s.createSession(record()))
+    error = calls.failure(s.backup(tmp_path / "s.db"))
+    assert isinstance(error, StoreError)
+    assert str(error) == f"cannot back up session store {tmp_path / 's.db'} onto itself"
+    nowhere = tmp_path / "missing" / "copy.db"
+    error = calls.failure(s.backup(nowhere))
+    assert isinstance(error, StoreError)
+    assert str(error) == (
+        f"cannot back up session store {tmp_path / 's.db'} to {nowhere}: "
+        "unable to open database file"
+    )
+    calls.result(s.appendMessages(A, [(1, b"a")]))
+
+
 def test_statisticsCountedWhenOpened(
     opened: Callable[..., SqliteSessionStore], calls: ThreadCalls
 ) -> None:

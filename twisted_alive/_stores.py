@@ -302,6 +302,18 @@ clock)."""
 
 _STOP = None
 
+
+class _Alone:
+    """An operation the writer runs on its own, between two transactions,
+    outside any (a backup)."""
+
+    def __init__(self, function: Callable[[sqlite3.Connection], Any]) -> None:
+        self.function = function
+
+    def __call__(self, connection: sqlite3.Connection) -> Any:
+        return self.function(connection)
+
+
 _Figures = tuple[float | None, int, int]
 """What the writer reports with the results of a batch: how long its
 commit took (``None`` if nothing was committed), and the sessions and
@@ -600,10 +612,19 @@ class SqliteSessionStore:
         openedAt = now()
         tally = self._tally
         stopped = False
+        waiting: _Operation | None = None
         while not stopped:
             batch: list[_Operation] = []
-            item = self._queue.get()
+            item = self._queue.get() if waiting is None else waiting
+            waiting = None
             while item is not _STOP:
+                if isinstance(item[0], _Alone):
+                    # On its own: after the batch taken so far, if any.
+                    if batch:
+                        waiting = item
+                    else:
+                        batch.append(item)
+                    break
                 batch.append(item)
                 if len(batch) >= self.maxBatch:
                     break
@@ -619,7 +640,9 @@ class SqliteSessionStore:
                 results = [(d, False, broken) for _, d, _ in batch]
             else:
                 seconds = None
-                if batch:
+                if batch and isinstance(batch[0][0], _Alone):
+                    results = [self._alone(connection, batch[0])]
+                elif batch:
                     results, committed = self._transact(connection, batch)
                     if committed:
                         seconds = now() - max(batch[0][2], openedAt)
@@ -629,6 +652,21 @@ class SqliteSessionStore:
             if stopped and connection is not None:
                 connection.close()
             reactor.callFromThread(self._deliver, results, stopped, figures)
+
+    def _alone(
+        self, connection: sqlite3.Connection, operation: _Operation
+    ) -> tuple[Deferred[Any], bool, Any]:
+        """(Writer thread.) Run an operation outside any transaction; its
+        outcome."""
+        function, d, _ = operation
+        try:
+            return d, True, function(connection)
+        except StoreError as error:
+            return d, False, error
+        except Exception as error:
+            failed = StoreError(f"session store {self.path}: {error!r}")
+            failed.__cause__ = error
+            return d, False, failed
 
     def _transact(
         self, connection: sqlite3.Connection, batch: list[_Operation]
@@ -753,6 +791,41 @@ class SqliteSessionStore:
         """Fires once every operation called before is committed
         (`ISessionStore.flush`)."""
         return self._submit(lambda connection: None)
+
+    def backup(self, path: str | os.PathLike[str]) -> Deferred[None]:
+        """
+        Copy the store, while it is open, into the file ``path`` with
+        SQLite's online backup API: a consistent copy of everything
+        committed by the operations called before, none of those called
+        after. The writer thread makes it between two transactions (the
+        operations called meanwhile wait). The copy is a session store
+        that a `SqliteSessionStore` can open; a file at ``path`` is
+        replaced.
+
+        While a store has its file open, no other process can read it (the
+        file is locked): this is how to back up a store in use.
+
+        :returns: a Deferred that fires once the copy is complete, or fails
+            with `StoreError` (``path`` is the store's own file, or cannot
+            be written).
+        """
+        target = Path(path)
+
+        def copy(connection: sqlite3.Connection) -> None:
+            if target.resolve() == self.path.resolve():
+                raise StoreError(f"cannot back up session store {self.path} onto itself")
+            try:
+                out = sqlite3.connect(target, isolation_level=None)
+                try:
+                    connection.backup(out)
+                finally:
+                    out.close()
+            except sqlite3.Error as error:
+                raise StoreError(
+                    f"cannot back up session store {self.path} to {target}: {error}"
+                ) from None
+
+        return self._submit(_Alone(copy))
 
     def createSession(self, record: StoredSession) -> Deferred[None]:
         """Store a new session (`ISessionStore.createSession`)."""
