@@ -17,6 +17,7 @@ import pytest
 from twisted_alive.tools.bench import (
     SECTIONS,
     SIZES,
+    STORED,
     STORES,
     Plan,
     ackSection,
@@ -130,7 +131,7 @@ def test_quickRunIdleScaleIsSane(quickRun: dict[str, Any]) -> None:
 def test_quickRunTargetsAreJudged(quickRun: dict[str, Any]) -> None:
     """Each target carries a figure (or n/a), its goal and a verdict."""
     names = [target["name"] for target in quickRun["targets"]]
-    for prefix in ("(1)", "(2)", "(3)", "(4)", "(5)", "(6)"):
+    for prefix in ("(1)", "(2)", "(3)", "(4)", "(5)", "(6)", "(7)"):
         assert any(name.startswith(prefix) for name in names), prefix
     for target in quickRun["targets"]:
         assert isinstance(target["met"], bool)
@@ -149,6 +150,69 @@ def test_quickRunStoresAreSane(quickRun: dict[str, Any]) -> None:
         assert entry["window"] == 64
     rates = {impl: entry["messagesPerSecond"]["median"] for impl, entry in store.items()}
     assert max(rates, key=lambda impl: rates[impl]) == "memory"
+
+
+@pytest.mark.timeout(120)
+def test_quickRunStoredClientsAreSane(quickRun: dict[str, Any]) -> None:
+    """Every stored-client run (no store, memory, SQLite NORMAL and FULL,
+    the adbapi baselines) reports a positive confirmed rate and p50 <= p99
+    of sendMessage -> receipt, 64 unconfirmed at a time; the plan says how
+    many messages each run sent."""
+    stored = quickRun["stored"]
+    assert set(stored) == set(STORED)
+    for entry in stored.values():
+        positiveSummary(entry["messagesPerSecond"])
+        positiveSummary(entry["p50"])
+        assert entry["p50"]["median"] <= entry["p99"]["median"]
+        assert entry["window"] == 64
+    plan = quickRun["plan"]
+    quick = Plan.quick()
+    assert (plan["storedMessages"], plan["storedAdbapiMessages"]) == (
+        quick.storedMessages,
+        quick.storedAdbapiMessages,
+    )
+
+
+def test_storedRunsJudgedAndShown() -> None:
+    """The stored-client rows print with their rate, p50 and p99, and the
+    targets compare the SQLite store with its floor and with the client
+    that inserts each message with adbapi first, at the same level."""
+    rates = {
+        "none": 60_000.0,
+        "memory": 40_000.0,
+        "sqlite-normal": 15_000.0,
+        "sqlite-full": 4_500.0,
+        "adbapi-normal": 5_000.0,
+        "adbapi-full": 500.0,
+    }
+    results: dict[str, Any] = {
+        "machine": MACHINE,
+        "plan": {"repeat": 1, "idleInterval": 1.0},
+        "stored": {
+            impl: {
+                "messagesPerSecond": summary([rate]),
+                "p50": summary([321.0]),
+                "p99": summary([4321.0]),
+                "window": 64,
+            }
+            for impl, rate in rates.items()
+        },
+    }
+    targets = {t.name: (t.value, t.met) for t in judge(results)}
+    name = "(7) stored client, SqliteSessionStore"
+    adbapi = "no store, an adbapi transaction per message"
+    assert targets == {
+        f"{name} NORMAL: confirmed/s": (15_000.0, True),
+        f"{name} NORMAL / {adbapi}": (3.0, False),
+        f"{name} FULL: confirmed/s": (4_500.0, False),
+        f"{name} FULL / {adbapi}": (9.0, True),
+    }
+    lines = formatTable(results).splitlines()
+    assert any(line.startswith("7. a client's session in a store, end to end") for line in lines)
+    full = next(line for line in lines if "SqliteSessionStore, synchronous=FULL" in line)
+    assert full.split()[-3:] == ["4.5k", "321", "4,321"]
+    baseline = next(line for line in lines if "adbapi transaction each, NORMAL" in line)
+    assert baseline.split()[-3:] == ["5.0k", "321", "4,321"]
 
 
 def test_storeRunsJudgedAndShown() -> None:

@@ -13,10 +13,13 @@ from hypothesis import strategies as st
 from twisted_alive.core.delivery import DEFAULT_MAX_QUEUE, DEFAULT_WINDOW, Session
 from twisted_alive.core.outcomes import QueueFull
 from twisted_alive.core.stored import (
+    COMMIT_BUCKETS,
     DEFAULT_MAX_STORED,
+    CommitTimes,
     StoredSession,
     StoreError,
     StoreLimits,
+    StoreStatistics,
     checkAppend,
     checkConfirm,
     checkRecord,
@@ -338,3 +341,31 @@ def test_sessionOfMarksTheMessageThatMayRepeat() -> None:
     assert loaded.inbox.mayRepeat == 8
     assert sessionOf(StoredSession(bytes(16), processedUpTo=0)).inbox.mayRepeat == 0
     assert Session(token).inbox.mayRepeat == 0
+
+
+def test_commitTimesBuckets() -> None:
+    """`CommitTimes` counts a commit in the first bucket whose bound it does
+    not exceed (a time equal to a bound counts in it), beyond the last in
+    the unbounded one; its statistics are cumulative, as Prometheus counts."""
+    assert COMMIT_BUCKETS[0] == 0.00005 and COMMIT_BUCKETS[-1] == 1.0
+    times = CommitTimes()
+    assert times.statistics() == StoreStatistics()
+    for seconds in (0.0, 0.00005, 0.00006, 1.0, 1.5):
+        times.observe(seconds)
+    figures = times.statistics(3, 7)
+    assert (figures.sessions, figures.outboxMessages) == (3, 7)
+    assert figures.commits == 5
+    assert figures.commitSeconds == pytest.approx(2.50011)
+    assert figures.commitBuckets == (2, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 4, 5)
+
+
+@given(st.lists(st.floats(0, 10), max_size=50))
+def test_commitTimesCumulative(samples: list[float]) -> None:
+    """Whatever the times, the buckets never decrease and the last holds
+    every commit."""
+    times = CommitTimes()
+    for seconds in samples:
+        times.observe(seconds)
+    buckets = times.statistics().commitBuckets
+    assert list(buckets) == sorted(buckets) and buckets[-1] == len(samples)
+    assert buckets[0] == sum(1 for t in samples if t <= COMMIT_BUCKETS[0])

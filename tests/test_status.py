@@ -7,7 +7,8 @@ real client connections.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any
+from pathlib import Path
+from typing import Any, cast
 
 import prometheus_client
 import pytest
@@ -20,6 +21,7 @@ from support import (
     asyncYieldFixture,
     connectCollecting,
     ensureDeferred,
+    getReactor,
     listenEndpoint,
     portOf,
     waitFor,
@@ -30,6 +32,7 @@ from twisted.internet.interfaces import (
 )
 from twisted.logger import Logger
 
+from twisted_alive import MemorySessionStore, SqliteSessionStore, StoredSession
 from twisted_alive._factories import AliveServerFactory, tokenPrefix
 from twisted_alive._mixin import HeartbeatMixin
 from twisted_alive._reasons import Loss, Reason
@@ -194,6 +197,8 @@ async def test_metricsCountMessagesAndConnections(harness: Harness) -> None:
     assert metrics[("twisted_alive_messages_in_flight", ())] == 0
     for reason in Reason:
         assert metrics[("twisted_alive_losses_total", (("reason", reason.name.lower()),))] == 0
+    # No store, no store metrics.
+    assert not [name for name, _ in metrics if name.startswith("twisted_alive_store")]
 
 
 @pytest.mark.timeout(20)
@@ -348,3 +353,72 @@ async def test_headAnswersWithoutWarning(harness: Harness) -> None:
     loud = [e for e in events if e.get("log_level", LogLevel.debug) >= LogLevel.warn]
     heads = [e for e in events if "HEAD request" in str(e.get("log_format", ""))]
     assert loud == [] and heads == []
+
+
+TOKEN = bytes(16 * [0x5A])
+
+
+@pytest.mark.timeout(20)
+@ensureDeferred
+async def test_storeMetrics(tmp_path: Path) -> None:
+    """With a factory whose sessions are in a SQLite store (a real file),
+    /metrics reports the store's sessions, its outbound messages not yet
+    confirmed and a histogram of its commit times, and each scrape follows
+    what the store holds; nothing about a session but counts."""
+    store = SqliteSessionStore(tmp_path / "sessions.db", reactor=getReactor())
+    harness = Harness()
+    cast(Any, harness.factory).store = store
+    await harness.start()
+    try:
+        metrics = await harness.metrics()
+        # Not opened yet: no commit timed, no count known.
+        assert metrics[("twisted_alive_store_commit_seconds_count", ())] == 0
+        assert ("twisted_alive_store_sessions", ()) not in metrics
+        assert ("twisted_alive_store_outbox_messages", ()) not in metrics
+
+        await store.createSession(StoredSession(TOKEN))
+        await store.appendMessages(TOKEN, [(1, b"a"), (2, b"b"), (3, b"c")])
+        metrics = await harness.metrics()
+        assert metrics[("twisted_alive_store_sessions", ())] == 1
+        assert metrics[("twisted_alive_store_outbox_messages", ())] == 3
+        assert metrics[("twisted_alive_store_commit_seconds_count", ())] == 2
+        assert metrics[("twisted_alive_store_commit_seconds_bucket", (("le", "+Inf"),))] == 2
+        assert 0 < metrics[("twisted_alive_store_commit_seconds_sum", ())] < 2
+        bounds = sorted(
+            float(dict(labels)["le"])
+            for name, labels in metrics
+            if name == "twisted_alive_store_commit_seconds_bucket"
+        )
+        assert bounds[0] == 0.00005 and bounds[-2] == 1.0
+
+        await store.confirmMessages(TOKEN, 2)
+        metrics = await harness.metrics()
+        assert metrics[("twisted_alive_store_outbox_messages", ())] == 1
+        assert metrics[("twisted_alive_store_commit_seconds_count", ())] == 3
+
+        await store.deleteSession(TOKEN)
+        metrics = await harness.metrics()
+        assert metrics[("twisted_alive_store_sessions", ())] == 0
+        assert metrics[("twisted_alive_store_outbox_messages", ())] == 0
+        text = (await (await harness.get("/metrics")).content()).decode()
+        assert TOKEN.hex()[:8] not in text and str(tmp_path) not in text
+    finally:
+        await harness.stop()
+        await store.close()
+
+
+@pytest.mark.timeout(20)
+@ensureDeferred
+async def test_storesCountedOnceAndAddedUp() -> None:
+    """Factories that share a store count it once; different stores add
+    up; a memory store times no commit."""
+    shared, other = MemorySessionStore(), MemorySessionStore()
+    factories = [AliveServerFactory() for _ in range(3)]
+    for factory, store in zip(factories, (shared, shared, other), strict=True):
+        cast(Any, factory).store = store
+    await shared.createSession(StoredSession(TOKEN, nextSeq=3, messages=((1, b"a"), (2, b"b"))))
+    await other.createSession(StoredSession(TOKEN))
+    value = statusSite(factories).registry.get_sample_value
+    assert value("twisted_alive_store_sessions") == 2
+    assert value("twisted_alive_store_outbox_messages") == 2
+    assert value("twisted_alive_store_commit_seconds_count") == 0

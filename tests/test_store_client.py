@@ -26,7 +26,13 @@ from twisted_alive import AliveClientFactory, HeartbeatProtocol, MemorySessionSt
 from twisted_alive._interfaces import ISessionStore
 from twisted_alive.core.frames import NO_SESSION
 from twisted_alive.core.outcomes import DeliveryFailed, QueueFull, Receipt
-from twisted_alive.core.stored import CorruptStore, StoredSession, StoreError, StoreLimits
+from twisted_alive.core.stored import (
+    CorruptStore,
+    StoredSession,
+    StoreError,
+    StoreLimits,
+    StoreStatistics,
+)
 
 
 @implementer(ISessionStore)
@@ -69,6 +75,9 @@ class HeldStore:
 
     def open(self) -> Deferred[None]:
         return self.inner.open()
+
+    def statistics(self) -> StoreStatistics:
+        return self.inner.statistics()
 
     def createSession(self, record: StoredSession) -> Deferred[None]:
         if self.dead:
@@ -500,6 +509,9 @@ class LazyStore:
 
     def open(self) -> Deferred[None]:
         return self.inner.open()
+
+    def statistics(self) -> StoreStatistics:
+        return self.inner.statistics()
 
     def createSession(self, record: StoredSession) -> Deferred[None]:
         return self._later(lambda: self.inner.createSession(record))

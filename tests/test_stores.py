@@ -47,7 +47,13 @@ from twisted_alive import (
 )
 from twisted_alive._stores import APPLICATION_ID, SCHEMA_VERSION
 from twisted_alive.core.outcomes import QueueFull
-from twisted_alive.core.stored import CorruptStore, StoredSession, StoreError, StoreLimits
+from twisted_alive.core.stored import (
+    COMMIT_BUCKETS,
+    CorruptStore,
+    StoredSession,
+    StoreError,
+    StoreLimits,
+)
 
 T = TypeVar("T")
 
@@ -335,6 +341,44 @@ class TestSessionStore:
                 await call()
             assert str(caught.value) == "the session store is closed"
 
+    @ensureDeferred
+    async def test_statisticsCountWhatIsHeld(self, store: ISessionStore) -> None:
+        """`statistics` counts the sessions and the messages not yet
+        confirmed, across sessions, through every operation that changes
+        them; a SQLite store times each commit, the memory store none."""
+
+        def counts() -> tuple[int | None, int | None]:
+            figures = store.statistics()
+            return figures.sessions, figures.outboxMessages
+
+        assert counts() == (0, 0)
+        await store.createSession(record(A, nextSeq=3, messages=((1, b"a"), (2, b"b"))))
+        await store.createSession(record(B, lastSeen=5.0))
+        assert counts() == (2, 2)
+        await store.appendMessages(B, [(1, b"c"), (2, b"d"), (3, b"e")])
+        assert counts() == (2, 5)
+        await store.confirmMessages(A, 1)
+        await store.confirmMessages(A, 1)
+        assert counts() == (2, 4)
+        refused = store.appendMessages(A, [(9, b"f")])
+        with pytest.raises(StoreError):
+            await refused
+        assert counts() == (2, 4)
+        assert await store.deleteSession(B) is True
+        assert counts() == (1, 1)
+        await store.createSession(record(C, lastSeen=1.0, nextSeq=2, messages=((1, b"g"),)))
+        assert await store.expireSessions(10.0, 5.0) == [A, C]
+        assert counts() == (0, 0)
+        figures = store.statistics()
+        assert figures.commitBuckets[-1] == figures.commits
+        assert list(figures.commitBuckets) == sorted(figures.commitBuckets)
+        if isinstance(store, MemorySessionStore):
+            assert (figures.commits, figures.commitSeconds) == (0, 0.0)
+            assert set(figures.commitBuckets) == {0}
+        else:
+            assert figures.commits >= 10
+            assert figures.commitSeconds > 0
+
 
 # -- SQLite: driven without the reactor -----------------------------------------------------------
 
@@ -526,24 +570,146 @@ def test_failedTransactionFailsEveryOperation(
     opened: Callable[..., SqliteSessionStore], calls: ThreadCalls
 ) -> None:
     """An error that is not a refusal undoes the whole transaction: every
-    operation in it fails with `StoreError`, nothing of it is stored, and
-    the store goes on."""
+    operation in it fails with `StoreError`, nothing of it is stored (nor
+    counted, nor timed as a commit), and the store goes on."""
     s = opened()
     calls.result(s.createSession(record()))
     release = hold(s)
     append = s.appendMessages(A, [(1, b"a")])
+    create = s.createSession(record(B))
 
     def broken(connection: sqlite3.Connection) -> None:
         raise RuntimeError("boom")
 
     bad = s._submit(broken)
     release.set()
-    for d in (append, bad):
+    for d in (append, create, bad):
         error = calls.failure(d)
         assert isinstance(error, StoreError)
         assert str(error).endswith("the transaction failed: RuntimeError('boom')")
+    figures = s.statistics()
+    assert (figures.sessions, figures.outboxMessages) == (1, 0)
+    assert figures.commits == s.commits
     assert calls.result(s.loadSession(A)) == record()
     calls.result(s.appendMessages(A, [(1, b"a")]))
+    figures = s.statistics()
+    assert (figures.sessions, figures.outboxMessages) == (1, 1)
+
+
+class SteppedClock:
+    """A clock the test moves by hand (`SqliteSessionStore._now`); both
+    threads read it."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_commitTimes(opened: Callable[..., SqliteSessionStore], calls: ThreadCalls) -> None:
+    """A commit's time runs from the moment the first operation of its
+    group was called to the end of its commit, as the writer thread sees
+    it: a group called while the writer was busy for 0.25 s took 0.25 s,
+    the busy one 1.25 s (beyond the last bound). The figures reach the
+    store with the results."""
+    clock = SteppedClock()
+    s = opened()
+    s._now = clock
+    figures = s.statistics()
+    assert (figures.sessions, figures.outboxMessages, figures.commits) == (None, None, 0)
+    calls.result(s.createSession(record()))
+    assert s.statistics().commits == 1
+    started, release = threading.Event(), threading.Event()
+
+    def busy(connection: sqlite3.Connection) -> None:
+        started.set()
+        release.wait(10)
+
+    held = s._submit(busy)
+    assert started.wait(10)
+    clock.now = 1.0
+    appends = [s.appendMessages(A, [(n, b"m")]) for n in range(1, 4)]
+    clock.now = 1.25
+    release.set()
+    calls.result(gatherResults([held, *appends]))
+    figures = s.statistics()
+    assert (figures.sessions, figures.outboxMessages) == (1, 3)
+    assert (figures.commits, figures.commitSeconds) == (3, 1.5)
+    bounds = dict(zip(COMMIT_BUCKETS, figures.commitBuckets, strict=False))
+    assert bounds[0.00005] == 1  # the create: no time passed
+    assert bounds[0.1] == 1 and bounds[0.25] == 2  # the appends: 0.25 s
+    assert bounds[1.0] == 2 and figures.commitBuckets[-1] == 3  # the busy one
+
+
+def test_backupWhileOpen(
+    opened: Callable[..., SqliteSessionStore], calls: ThreadCalls, tmp_path: Path
+) -> None:
+    """``backup`` copies an open store between two transactions: the copy
+    holds what the operations called before it committed, nothing called
+    after; it opens as a store of its own; the backup is no commit, and the
+    store goes on."""
+    s = opened()
+    calls.result(s.createSession(record(A, nextSeq=2, messages=((1, b"a"),))))
+    started, release = threading.Event(), threading.Event()
+
+    def busy(connection: sqlite3.Connection) -> None:
+        started.set()
+        release.wait(10)
+
+    held = s._submit(busy)
+    assert started.wait(10)
+    before = s.appendMessages(A, [(2, b"b")])
+    copied = s.backup(tmp_path / "copy.db")
+    after = s.appendMessages(A, [(3, b"c")])
+    release.set()
+    calls.result(gatherResults([held, before, copied, after]))
+    # The busy transaction, the append before, the backup on its own (no
+    # commit), then the append after: four commits with the create's.
+    assert s.statistics().commits == s.commits == 4
+    copy = opened(path=tmp_path / "copy.db")
+    assert calls.result(copy.loadSession(A)) == record(
+        A, nextSeq=3, messages=((1, b"a"), (2, b"b"))
+    )
+    assert calls.result(s.loadSession(A)) == record(
+        A, nextSeq=4, messages=((1, b"a"), (2, b"b"), (3, b"c"))
+    )
+
+
+def test_backupRefused(
+    opened: Callable[..., SqliteSessionStore], calls: ThreadCalls, tmp_path: Path
+) -> None:
+    """A backup onto the store's own file, or into a file that cannot be
+    written, fails with `StoreError` saying so; the store goes on."""
+    s = opened()
+    calls.result(s.createSession(record()))
+    error = calls.failure(s.backup(tmp_path / "s.db"))
+    assert isinstance(error, StoreError)
+    assert str(error) == f"cannot back up session store {tmp_path / 's.db'} onto itself"
+    nowhere = tmp_path / "missing" / "copy.db"
+    error = calls.failure(s.backup(nowhere))
+    assert isinstance(error, StoreError)
+    assert str(error) == (
+        f"cannot back up session store {tmp_path / 's.db'} to {nowhere}: "
+        "unable to open database file"
+    )
+    calls.result(s.appendMessages(A, [(1, b"a")]))
+
+
+def test_statisticsCountedWhenOpened(
+    opened: Callable[..., SqliteSessionStore], calls: ThreadCalls
+) -> None:
+    """A store opened on a file counts what the file holds: the sessions
+    and messages a previous store left."""
+    first = opened()
+    calls.result(first.createSession(record(A, nextSeq=3, messages=((1, b"a"), (2, b"b")))))
+    calls.result(first.createSession(record(B, nextSeq=2, messages=((1, b"c"),))))
+    calls.result(first.close())
+    second = opened()
+    assert second.statistics().sessions is None
+    calls.result(second.open())
+    figures = second.statistics()
+    assert (figures.sessions, figures.outboxMessages, figures.commits) == (2, 3, 1)
 
 
 @pytest.mark.parametrize(("synchronous", "level"), [("NORMAL", 1), ("FULL", 2), ("full", 2)])
@@ -1068,6 +1234,9 @@ class StoreMachine(RuleBasedStateMachine):
         """The store holds exactly the model's sessions, in age order."""
         expected = sorted(self.model, key=lambda t: (self.model[t].lastSeen, t))
         assert self.calls.result(self.store.listSessions()) == expected
+        figures = self.store.statistics()
+        assert figures.sessions == len(self.model)
+        assert figures.outboxMessages == sum(len(m.messages) for m in self.model.values())
         for token in (A, B, C):
             known = self.model.get(token)
             loaded = self.calls.result(self.store.loadSession(token))

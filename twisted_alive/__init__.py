@@ -18,7 +18,13 @@ from twisted_alive._wrapping import AliveWrappingFactory, AliveWrappingProtocol
 from twisted_alive.core.frames import FrameError, GoodbyeCode
 from twisted_alive.core.outcomes import DeliveryFailed, MessageInfo, QueueFull, Receipt
 from twisted_alive.core.retry import Retry
-from twisted_alive.core.stored import CorruptStore, StoredSession, StoreError, StoreLimits
+from twisted_alive.core.stored import (
+    CorruptStore,
+    StoredSession,
+    StoreError,
+    StoreLimits,
+    StoreStatistics,
+)
 
 
 def _version() -> str:
@@ -76,6 +82,7 @@ __all__ = [
     "sessionStoreFromString",
     "StoredSession",
     "StoreLimits",
+    "StoreStatistics",
     "StoreError",
     "CorruptStore",
 ]

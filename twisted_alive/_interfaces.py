@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from twisted_alive._binding import Binding
     from twisted_alive._reasons import Loss
     from twisted_alive.core.delivery import Session
-    from twisted_alive.core.stored import StoredSession
+    from twisted_alive.core.stored import StoredSession, StoreStatistics
 
 
 class ISessionHost(Interface):
@@ -161,6 +161,16 @@ class ISessionStore(Interface):
         Finish every operation called before, make it durable, and release
         the store (idempotent). Operations called after fail with
         `StoreError`.
+        """
+
+    def statistics() -> StoreStatistics:
+        """
+        What the store says of itself now, for monitoring: the sessions
+        and the outbound messages it holds, and how long its commits take
+        (`StoreStatistics`). Cheap and synchronous, for the reactor's
+        thread: it blocks on nothing and reads no file (a durable store
+        keeps the figures up to date as its commits complete; they count
+        what is committed).
         """
 
 

@@ -17,6 +17,7 @@ import os
 import queue
 import sqlite3
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -32,10 +33,12 @@ from twisted_alive._interfaces import ISessionStore, ITransactionalStore
 from twisted_alive.core.outcomes import QueueFull
 from twisted_alive.core.stored import (
     DEFAULT_MAX_STORED,
+    CommitTimes,
     CorruptStore,
     StoredSession,
     StoreError,
     StoreLimits,
+    StoreStatistics,
     checkAppend,
     checkConfirm,
     checkRecord,
@@ -85,6 +88,7 @@ class MemorySessionStore:
     def __init__(self, limits: StoreLimits | None = None) -> None:
         self.limits = limits if limits is not None else StoreLimits()
         self._sessions: dict[bytes, _Held] = {}
+        self._outboxMessages = 0
         self._closed = False
 
     def __repr__(self) -> str:
@@ -117,6 +121,7 @@ class MemorySessionStore:
             checkRecord(record)
             self.limits.check(0, 0, [payload for _, payload in record.messages])
             self._sessions[record.token] = _Held(record)
+            self._outboxMessages += len(record.messages)
 
         return self._do(create)
 
@@ -142,7 +147,14 @@ class MemorySessionStore:
 
     def deleteSession(self, token: bytes) -> Deferred[bool]:
         """Forget a session (`ISessionStore.deleteSession`)."""
-        return self._do(lambda: self._sessions.pop(token, None) is not None)
+        return self._do(lambda: self._forget(token))
+
+    def _forget(self, token: bytes) -> bool:
+        held = self._sessions.pop(token, None)
+        if held is None:
+            return False
+        self._outboxMessages -= len(held.messages)
+        return True
 
     def listSessions(self) -> Deferred[list[bytes]]:
         """Every session's token, least recently seen first
@@ -162,6 +174,7 @@ class MemorySessionStore:
             self.limits.check(len(held.messages), held.bytes, payloads)
             held.messages.extend(messages)
             held.bytes += sum(map(len, payloads))
+            self._outboxMessages += len(messages)
             held.nextSeq += len(messages)
 
         return self._do(append)
@@ -175,9 +188,11 @@ class MemorySessionStore:
             if upTo <= held.confirmedUpTo:
                 return
             messages = held.messages
+            before = len(messages)
             while messages and messages[0][0] <= upTo:
                 held.bytes -= len(messages.popleft()[1])
             held.confirmedUpTo = upTo
+            self._outboxMessages -= before - len(messages)
 
         return self._do(confirm)
 
@@ -211,7 +226,7 @@ class MemorySessionStore:
             cutoff = now - ttl
             gone = [t for t in self._byAge() if self._sessions[t].lastSeen < cutoff]
             for token in gone:
-                del self._sessions[token]
+                self._forget(token)
             return gone
 
         return self._do(expire)
@@ -225,7 +240,17 @@ class MemorySessionStore:
         gone with it."""
         self._closed = True
         self._sessions.clear()
+        self._outboxMessages = 0
         return defer.succeed(None)
+
+    def statistics(self) -> StoreStatistics:
+        """
+        The sessions and messages held (`ISessionStore.statistics`). A
+        memory store commits nothing: it times no commit, and its commit
+        histogram stays empty (a dashboard tells a store that makes
+        nothing durable from one whose commits are fast).
+        """
+        return StoreStatistics(len(self._sessions), self._outboxMessages)
 
 
 # -- SQLite ---------------------------------------------------------------------------------------
@@ -271,7 +296,10 @@ _SCHEMA = (
     f"PRAGMA user_version = {SCHEMA_VERSION}",
 )
 
-_Operation = tuple[Callable[[sqlite3.Connection], Any], Deferred[Any]]
+_Operation = tuple[Callable[[sqlite3.Connection], Any], Deferred[Any], float]
+"""An operation waiting for the writer: what to run, the Deferred of its
+outcome, and when it was called (``time.perf_counter()``, the store's
+clock)."""
 
 
 class _FailsAlone(Exception):
@@ -304,6 +332,58 @@ def _savepoint(connection: sqlite3.Connection, function: Callable[[sqlite3.Curso
         cursor.close()
     connection.execute("RELEASE alive_work")
     return result
+
+
+class _Alone:
+    """An operation the writer runs on its own, between two transactions,
+    outside any (a backup)."""
+
+    def __init__(self, function: Callable[[sqlite3.Connection], Any]) -> None:
+        self.function = function
+
+    def __call__(self, connection: sqlite3.Connection) -> Any:
+        return self.function(connection)
+
+
+_Figures = tuple[float | None, int, int]
+"""What the writer reports with the results of a batch: how long its
+commit took (``None`` if nothing was committed), and the sessions and
+messages in the file after it."""
+
+
+class _Tally:
+    """
+    (Writer thread.) How many sessions and stored messages the file holds:
+    counted once when it opens (`count`), then kept up to date by the
+    operations (`add`) as their transaction commits (`commit`); a
+    transaction that fails changes nothing (`drop`).
+    """
+
+    def __init__(self) -> None:
+        self.sessions = 0
+        self.messages = 0
+        self._sessions = 0
+        self._messages = 0
+
+    def count(self, connection: sqlite3.Connection) -> None:
+        """Count what the file holds."""
+        self.sessions = connection.execute("SELECT count(*) FROM alive_sessions").fetchone()[0]
+        self.messages = connection.execute("SELECT count(*) FROM alive_messages").fetchone()[0]
+
+    def add(self, sessions: int, messages: int) -> None:
+        """The transaction under way adds (or removes) this many."""
+        self._sessions += sessions
+        self._messages += messages
+
+    def commit(self) -> None:
+        """The transaction committed: what it added counts."""
+        self.sessions += self._sessions
+        self.messages += self._messages
+        self._sessions = self._messages = 0
+
+    def drop(self) -> None:
+        """The transaction failed: what it added never happened."""
+        self._sessions = self._messages = 0
 
 
 class _Positions:
@@ -399,6 +479,12 @@ class SqliteSessionStore:
         taken.
     :ivar commits: transactions committed so far.
     :ivar operations: operations done so far.
+
+    `statistics` gives the sessions and messages in the file and the time
+    of each commit: from the moment the first operation of its group was
+    called (or the file opened, if later) to the end of the ``COMMIT``,
+    measured by the writer thread; the figures reach the reactor's thread
+    with the results of the group.
     """
 
     def __init__(
@@ -434,6 +520,12 @@ class SqliteSessionStore:
         self._whenClosed: list[Deferred[None]] = []
         self._shutdownTrigger: Any = None
         self._positions = _Positions()
+        self._tally = _Tally()
+        self._commitTimes = CommitTimes()
+        self._now: Callable[[], float] = time.perf_counter
+        """The clock of the commit times (both threads read it)."""
+        self._sessionCount: int | None = None
+        self._outboxMessages: int | None = None
 
     def __repr__(self) -> str:
         return f"<SqliteSessionStore {str(self.path)!r} synchronous={self.synchronous}>"
@@ -467,7 +559,7 @@ class SqliteSessionStore:
             self._start()
         self.pending += 1
         d: Deferred[T] = Deferred()
-        self._queue.put((function, d))
+        self._queue.put((function, d, self._now()))
         return d
 
     def _start(self) -> None:
@@ -505,8 +597,26 @@ class SqliteSessionStore:
         self._whenClosed.append(d)
         return d
 
-    def _deliver(self, results: list[tuple[Deferred[Any], bool, Any]], stopped: bool) -> None:
-        """(Reactor thread.) Fire the Deferreds of a committed batch."""
+    def statistics(self) -> StoreStatistics:
+        """
+        The sessions and messages in the file, and the times of the
+        commits so far (`ISessionStore.statistics`): as of the last group
+        committed; the counts are ``None`` until the file opened.
+        """
+        return self._commitTimes.statistics(self._sessionCount, self._outboxMessages)
+
+    def _deliver(
+        self,
+        results: list[tuple[Deferred[Any], bool, Any]],
+        stopped: bool,
+        figures: _Figures | None = None,
+    ) -> None:
+        """(Reactor thread.) Note the figures of a batch (`statistics`),
+        then fire its Deferreds."""
+        if figures is not None:
+            seconds, self._sessionCount, self._outboxMessages = figures
+            if seconds is not None:
+                self._commitTimes.observe(seconds)
         self.pending -= len(results)
         for d, ok, value in results:
             if ok:
@@ -529,11 +639,23 @@ class SqliteSessionStore:
             connection = self._connect()
         except StoreError as error:
             broken = error
+        now = self._now
+        openedAt = now()
+        tally = self._tally
         stopped = False
+        waiting: _Operation | None = None
         while not stopped:
             batch: list[_Operation] = []
-            item = self._queue.get()
+            item = self._queue.get() if waiting is None else waiting
+            waiting = None
             while item is not _STOP:
+                if isinstance(item[0], _Alone):
+                    # On its own: after the batch taken so far, if any.
+                    if batch:
+                        waiting = item
+                    else:
+                        batch.append(item)
+                    break
                 batch.append(item)
                 if len(batch) >= self.maxBatch:
                     break
@@ -543,24 +665,49 @@ class SqliteSessionStore:
                     break
             else:
                 stopped = True
+            figures: _Figures | None = None
             if connection is None:
                 assert broken is not None
-                results = [(d, False, broken) for _, d in batch]
+                results = [(d, False, broken) for _, d, _ in batch]
             else:
-                results = self._transact(connection, batch) if batch else []
+                seconds = None
+                if batch and isinstance(batch[0][0], _Alone):
+                    results = [self._alone(connection, batch[0])]
+                elif batch:
+                    results, committed = self._transact(connection, batch)
+                    if committed:
+                        seconds = now() - max(batch[0][2], openedAt)
+                else:
+                    results = []
+                figures = (seconds, tally.sessions, tally.messages)
             if stopped and connection is not None:
                 connection.close()
-            reactor.callFromThread(self._deliver, results, stopped)
+            reactor.callFromThread(self._deliver, results, stopped, figures)
+
+    def _alone(
+        self, connection: sqlite3.Connection, operation: _Operation
+    ) -> tuple[Deferred[Any], bool, Any]:
+        """(Writer thread.) Run an operation outside any transaction; its
+        outcome."""
+        function, d, _ = operation
+        try:
+            return d, True, function(connection)
+        except StoreError as error:
+            return d, False, error
+        except Exception as error:
+            failed = StoreError(f"session store {self.path}: {error!r}")
+            failed.__cause__ = error
+            return d, False, failed
 
     def _transact(
         self, connection: sqlite3.Connection, batch: list[_Operation]
-    ) -> list[tuple[Deferred[Any], bool, Any]]:
+    ) -> tuple[list[tuple[Deferred[Any], bool, Any]], bool]:
         """(Writer thread.) Run ``batch`` in one transaction; the outcome of
-        each operation."""
+        each operation, and whether the transaction committed."""
         results: list[tuple[Deferred[Any], bool, Any]] = []
         try:
             connection.execute("BEGIN IMMEDIATE")
-            for function, d in batch:
+            for function, d, _ in batch:
                 try:
                     results.append((d, True, function(connection)))
                 except (StoreError, QueueFull) as refused:
@@ -576,6 +723,7 @@ class SqliteSessionStore:
             # Not a refusal: what the batch wrote so far is undone, and
             # every operation in it fails.
             self._positions.clear()
+            self._tally.drop()
             try:
                 if connection.in_transaction:
                     connection.execute("ROLLBACK")
@@ -583,10 +731,11 @@ class SqliteSessionStore:
                 pass
             failed = StoreError(f"session store {self.path}: the transaction failed: {error!r}")
             failed.__cause__ = error
-            return [(d, False, failed) for _, d in batch]
+            return [(d, False, failed) for _, d, _ in batch], False
+        self._tally.commit()
         self.commits += 1
         self.operations += len(batch)
-        return results
+        return results, True
 
     def _connect(self) -> sqlite3.Connection:
         """(Writer thread.) Open the file and check it is ours, or make it
@@ -653,6 +802,7 @@ class SqliteSessionStore:
             # Take the file's lock now: another opener fails at once.
             connection.execute("BEGIN IMMEDIATE")
             connection.execute("COMMIT")
+            self._tally.count(connection)
         except sqlite3.Error as error:
             name = getattr(error, "sqlite_errorname", "")
             if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
@@ -677,10 +827,46 @@ class SqliteSessionStore:
         (`ISessionStore.flush`)."""
         return self._submit(lambda connection: None)
 
+    def backup(self, path: str | os.PathLike[str]) -> Deferred[None]:
+        """
+        Copy the store, while it is open, into the file ``path`` with
+        SQLite's online backup API: a consistent copy of everything
+        committed by the operations called before, none of those called
+        after. The writer thread makes it between two transactions (the
+        operations called meanwhile wait). The copy is a session store
+        that a `SqliteSessionStore` can open; a file at ``path`` is
+        replaced.
+
+        While a store has its file open, no other process can read it (the
+        file is locked): this is how to back up a store in use.
+
+        :returns: a Deferred that fires once the copy is complete, or fails
+            with `StoreError` (``path`` is the store's own file, or cannot
+            be written).
+        """
+        target = Path(path)
+
+        def copy(connection: sqlite3.Connection) -> None:
+            if target.resolve() == self.path.resolve():
+                raise StoreError(f"cannot back up session store {self.path} onto itself")
+            try:
+                out = sqlite3.connect(target, isolation_level=None)
+                try:
+                    connection.backup(out)
+                finally:
+                    out.close()
+            except sqlite3.Error as error:
+                raise StoreError(
+                    f"cannot back up session store {self.path} to {target}: {error}"
+                ) from None
+
+        return self._submit(_Alone(copy))
+
     def createSession(self, record: StoredSession) -> Deferred[None]:
         """Store a new session (`ISessionStore.createSession`)."""
         limits = self.limits
         positions = self._positions
+        tally = self._tally
 
         def create(connection: sqlite3.Connection) -> None:
             exists = connection.execute(
@@ -717,6 +903,7 @@ class SqliteSessionStore:
                 len(record.messages),
                 record.storedBytes,
             ]
+            tally.add(1, len(record.messages))
 
         return self._submit(create, grows=True)
 
@@ -756,13 +943,20 @@ class SqliteSessionStore:
         """Forget a session (`ISessionStore.deleteSession`)."""
 
         def delete(connection: sqlite3.Connection) -> bool:
-            self._positions.forget(token)
-            connection.execute("DELETE FROM alive_messages WHERE token = ?", (token,))
-            connection.execute("DELETE FROM alive_rejections WHERE token = ?", (token,))
-            cursor = connection.execute("DELETE FROM alive_sessions WHERE token = ?", (token,))
-            return cursor.rowcount > 0
+            return self._delete(connection, token)
 
         return self._submit(delete)
+
+    def _delete(self, connection: sqlite3.Connection, token: bytes) -> bool:
+        """(Writer thread.) Delete session ``token`` and what it holds;
+        whether there was one."""
+        self._positions.forget(token)
+        messages = connection.execute("DELETE FROM alive_messages WHERE token = ?", (token,))
+        dropped = messages.rowcount
+        connection.execute("DELETE FROM alive_rejections WHERE token = ?", (token,))
+        cursor = connection.execute("DELETE FROM alive_sessions WHERE token = ?", (token,))
+        self._tally.add(-cursor.rowcount, -dropped)
+        return cursor.rowcount > 0
 
     def listSessions(self) -> Deferred[list[bytes]]:
         """Every session's token, least recently seen first
@@ -778,6 +972,7 @@ class SqliteSessionStore:
         """Store outbound messages (`ISessionStore.appendMessages`)."""
         limits = self.limits
         positions = self._positions
+        tally = self._tally
         messages = list(messages)
 
         def append(connection: sqlite3.Connection) -> None:
@@ -794,12 +989,14 @@ class SqliteSessionStore:
             row[2] = count + len(messages)
             row[3] = size + sum(map(len, payloads))
             positions.changed(token)
+            tally.add(0, len(messages))
 
         return self._submit(append, grows=True)
 
     def confirmMessages(self, token: bytes, upTo: int) -> Deferred[None]:
         """Drop confirmed messages (`ISessionStore.confirmMessages`)."""
         positions = self._positions
+        tally = self._tally
 
         def confirm(connection: sqlite3.Connection) -> None:
             row = positions.get(connection, token)
@@ -815,6 +1012,7 @@ class SqliteSessionStore:
             row[2] = count - len(dropped)
             row[3] = size - sum(length for (length,) in dropped)
             positions.changed(token)
+            tally.add(0, -len(dropped))
 
         return self._submit(confirm)
 
@@ -911,10 +1109,7 @@ class SqliteSessionStore:
                 )
             ]
             for token in gone:
-                self._positions.forget(token)
-                connection.execute("DELETE FROM alive_messages WHERE token = ?", (token,))
-                connection.execute("DELETE FROM alive_rejections WHERE token = ?", (token,))
-                connection.execute("DELETE FROM alive_sessions WHERE token = ?", (token,))
+                self._delete(connection, token)
             return gone
 
         return self._submit(expire)

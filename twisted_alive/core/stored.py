@@ -16,6 +16,7 @@ and so do the tests, with plain values.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -295,13 +296,94 @@ def sessionOf(
     return session
 
 
+COMMIT_BUCKETS: tuple[float, ...] = (
+    0.00005,
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+)
+"""Upper bounds, in seconds, of the buckets of a store's commit times
+(`CommitTimes`), from 50 µs to 1 s; longer commits count in the last,
+unbounded one."""
+
+
+@dataclass(frozen=True)
+class StoreStatistics:
+    """
+    What a session store says of itself, for monitoring (the status
+    site's ``/metrics``): a snapshot, taken by `ISessionStore.statistics`.
+
+    :ivar sessions: the sessions the store holds; ``None`` while it does
+        not know (a file not opened yet).
+    :ivar outboxMessages: the outbound messages it holds, stored and not
+        yet confirmed, across every session; ``None`` while it does not
+        know.
+    :ivar commits: the commits timed so far (a store that makes nothing
+        durable, `MemorySessionStore`, times none).
+    :ivar commitSeconds: their times added up, in seconds.
+    :ivar commitBuckets: how many took at most each bound of
+        `COMMIT_BUCKETS` (cumulative, as Prometheus counts them), then all
+        of them (the unbounded bucket, equal to ``commits``).
+    """
+
+    sessions: int | None = None
+    outboxMessages: int | None = None
+    commits: int = 0
+    commitSeconds: float = 0.0
+    commitBuckets: tuple[int, ...] = (0,) * (len(COMMIT_BUCKETS) + 1)
+
+
+class CommitTimes:
+    """
+    A histogram of commit times, with the bounds of `COMMIT_BUCKETS`: what
+    a durable store keeps to fill `StoreStatistics`. Not thread-safe: one
+    thread observes and reads it (a store's reactor thread).
+    """
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(COMMIT_BUCKETS) + 1)
+        """Commits per bucket (not cumulative); the last is unbounded."""
+        self.total = 0.0
+        """Their times added up, in seconds."""
+
+    def observe(self, seconds: float) -> None:
+        """Count one commit that took ``seconds``."""
+        self.counts[bisect_left(COMMIT_BUCKETS, seconds)] += 1
+        self.total += seconds
+
+    def statistics(
+        self, sessions: int | None = None, outboxMessages: int | None = None
+    ) -> StoreStatistics:
+        """The `StoreStatistics` of these commits, with ``sessions`` and
+        ``outboxMessages``."""
+        cumulative: list[int] = []
+        running = 0
+        for count in self.counts:
+            running += count
+            cumulative.append(running)
+        return StoreStatistics(sessions, outboxMessages, running, self.total, tuple(cumulative))
+
+
 __all__ = [
+    "COMMIT_BUCKETS",
     "DEFAULT_MAX_STORED",
+    "CommitTimes",
     "DEFAULT_MAX_STORED_BYTES",
     "CorruptStore",
     "StoreError",
     "StoreLimits",
     "StoredSession",
+    "StoreStatistics",
     "checkAppend",
     "checkConfirm",
     "checkRecord",

@@ -15,12 +15,18 @@ import json
 import time
 from collections import Counter as CountTotals
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.exposition import choose_encoder
-from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString as _floatToGoString
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import ILogObserver, LogEvent, globalLogPublisher
 from twisted.web.resource import IResource, Resource
@@ -28,10 +34,12 @@ from twisted.web.server import Site
 from zope.interface import implementer
 
 from twisted_alive._factories import AliveServerFactory
+from twisted_alive._interfaces import ISessionStore
 from twisted_alive._logs import watchPongs
 from twisted_alive._reasons import Reason
 from twisted_alive.core.connection import State
 from twisted_alive.core.rejections import rejectionsTotal
+from twisted_alive.core.stored import COMMIT_BUCKETS
 from twisted_alive.service.history import History
 from twisted_alive.service.page import (
     htmlHeaders,
@@ -40,6 +48,9 @@ from twisted_alive.service.page import (
     renderPage,
     statusSnapshot,
 )
+
+floatToGoString = cast(Callable[[float], str], _floatToGoString)
+"""prometheus_client's spelling of a bucket bound (``le``), typed."""
 
 LOG_NAMESPACE = "twisted_alive"
 """The namespace of the log events this package emits."""
@@ -73,7 +84,9 @@ class AliveCollector(Collector):
     """
     A Prometheus collector that reads `AliveServerFactory` state at scrape
     time: connections by state, losses by reason, sessions, message
-    counters and queue depths.
+    counters and queue depths; and, for the factories that keep their
+    sessions in a store (a ``store`` attribute), the store's sessions,
+    outbound messages and commit times (`ISessionStore.statistics`).
 
     :param factories: the factories to report on; their values are added up.
     """
@@ -179,6 +192,52 @@ class AliveCollector(Collector):
             "Messages sent to clients and not yet confirmed.",
             value=inflight,
         )
+        yield from self.storeMetrics()
+
+    def stores(self) -> list[ISessionStore]:
+        """The session stores of the factories, each once (factories may
+        share one)."""
+        found: dict[int, ISessionStore] = {}
+        for factory in self.factories:
+            store = getattr(factory, "store", None)
+            if store is not None:
+                found.setdefault(id(store), store)
+        return list(found.values())
+
+    def storeMetrics(self) -> Iterable[Metric]:
+        """The metric families of the session stores, added up; none if no
+        factory has a store. A count a store does not know yet (a file not
+        opened) is left out."""
+        stores = self.stores()
+        if not stores:
+            return
+        figures = [store.statistics() for store in stores]
+        buckets = [sum(column) for column in zip(*(f.commitBuckets for f in figures), strict=True)]
+        bounds = [floatToGoString(bound) for bound in COMMIT_BUCKETS] + ["+Inf"]
+        yield HistogramMetricFamily(
+            "twisted_alive_store_commit_seconds",
+            "Time of each commit of the session store, from the first operation of its "
+            "group to the end of the commit (a store that makes nothing durable times none).",
+            buckets=list(zip(bounds, buckets, strict=True)),
+            sum_value=sum(f.commitSeconds for f in figures),
+        )
+        for name, text, values in (
+            (
+                "twisted_alive_store_outbox_messages",
+                "Outbound messages the session store holds, stored and not yet confirmed.",
+                [f.outboxMessages for f in figures],
+            ),
+            (
+                "twisted_alive_store_sessions",
+                "Sessions the session store holds.",
+                [f.sessions for f in figures],
+            ),
+        ):
+            known = [value for value in values if value is not None]
+            gauge = GaugeMetricFamily(name, text)
+            if known:
+                gauge.add_metric([], sum(known))
+            yield gauge
 
 
 @implementer(ILogObserver)

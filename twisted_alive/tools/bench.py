@@ -22,7 +22,14 @@ and measures, in one run:
 6. the session stores alone: messages stored then confirmed per second,
    a window of 64 at a time, through ``SqliteSessionStore`` (NORMAL and
    FULL) beside the memory store and a plain ``adbapi`` pool doing one
-   transaction per operation.
+   transaction per operation;
+7. a client's session in a store, end to end: messages confirmed per
+   second by an ``AliveClientFactory(store=...)`` sending to a server
+   process over loopback, ``sendMessage`` by ``sendMessage``, 64
+   unconfirmed at a time, with ``SqliteSessionStore`` (NORMAL and FULL),
+   beside no store, ``MemorySessionStore``, and a client without a store
+   that first inserts each message with one ``adbapi`` transaction; with
+   the p99 time from ``sendMessage`` to its ``Receipt``.
 
 Each figure is repeated and reported as the median with its range; the
 ratios against the targets of ``docs/performance.md`` come from the same
@@ -58,7 +65,7 @@ SIZES = (16, 256, 4096)
 TARGET_SIZE = 256
 """The payload size the targets are stated for."""
 
-SECTIONS = ("throughput", "confirmed", "latency", "acks", "detection", "idle", "store")
+SECTIONS = ("throughput", "confirmed", "latency", "acks", "detection", "idle", "store", "stored")
 """The measurements, in the order they run and print."""
 
 WORKER = "twisted_alive.tools.bench_worker"
@@ -67,7 +74,12 @@ STORES = ("memory", "sqlite-normal", "sqlite-full", "adbapi-normal", "adbapi-ful
 """The store runs (``bench_worker store --impl``), in the order they print."""
 
 STORE_WINDOW = 64
-"""Messages stored and awaiting confirmation at a time in the store runs."""
+"""Messages stored and awaiting confirmation at a time in the store runs
+(and unconfirmed at a time in the stored-client runs)."""
+
+STORED = ("none", "memory", "sqlite-normal", "sqlite-full", "adbapi-normal", "adbapi-full")
+"""The stored-client runs (``bench_worker stored --impl``), in the order they
+print."""
 
 BATCH = 256
 """Messages per ``sendMessages`` call in the ``alive-batch`` runs (the
@@ -100,6 +112,9 @@ class Plan:
     :ivar idleInterval: heartbeat interval of the idle-scale runs.
     :ivar storeMessages: messages per store run (memory, SQLite).
     :ivar adbapiMessages: messages per ``adbapi`` baseline run (it is slow).
+    :ivar storedMessages: messages per stored-client run.
+    :ivar storedAdbapiMessages: messages per stored-client ``adbapi``
+        baseline run.
     """
 
     repeat: int = 5
@@ -119,6 +134,8 @@ class Plan:
     idleInterval: float = 1.0
     storeMessages: int = 50_000
     adbapiMessages: int = 3_000
+    storedMessages: int = 20_000
+    storedAdbapiMessages: int = 4_000
 
     @classmethod
     def quick(cls) -> Plan:
@@ -136,6 +153,8 @@ class Plan:
             trials=3,
             storeMessages=2_000,
             adbapiMessages=300,
+            storedMessages=2_000,
+            storedAdbapiMessages=500,
         )
 
 
@@ -520,6 +539,43 @@ def measureStores(plan: Plan, progress: Callable[[str], None]) -> dict[str, Any]
     }
 
 
+def measureStored(plan: Plan, progress: Callable[[str], None]) -> dict[str, Any]:
+    """A client's session in a store, end to end: messages confirmed per
+    second and the time from ``sendMessage`` to its receipt, per store."""
+    runs: dict[str, list[dict[str, Any]]] = {impl: [] for impl in STORED}
+    for rep in range(plan.repeat):
+        for impl in STORED:
+            progress(f"stored client {impl} ({rep + 1}/{plan.repeat})")
+            adbapi = impl.startswith("adbapi")
+            server = Worker("server", "--impl", "alive-sessions")
+            client: Worker | None = None
+            try:
+                port = server.read(30)["port"]
+                client = Worker(
+                    "stored",
+                    "--impl", impl,
+                    "--port", port,
+                    "--count", plan.storedAdbapiMessages if adbapi else plan.storedMessages,
+                    "--size", TARGET_SIZE,
+                    "--outstanding", STORE_WINDOW,
+                )  # fmt: skip
+                runs[impl].append(client.read(300)["result"])
+            finally:
+                if client is not None:
+                    client.stop()
+                server.stop()
+    return {
+        impl: {
+            "size": TARGET_SIZE,
+            "window": STORE_WINDOW,
+            "messagesPerSecond": summary([r["count"] / r["seconds"] for r in results]),
+            "p50": summary([r["p50"] for r in results]),
+            "p99": summary([r["p99"] for r in results]),
+        }
+        for impl, results in runs.items()
+    }
+
+
 @dataclass
 class Target:
     """
@@ -642,6 +698,17 @@ def judge(results: dict[str, Any]) -> list[Target]:
             atLeast(
                 f"{name} / adbapi, a transaction per operation",
                 ours / median(store, f"adbapi-{level}", "messagesPerSecond"),
+                5.0,
+            )
+    stored = results.get("stored")
+    if stored:
+        for level, minimum in (("normal", 10_000), ("full", 5_000)):
+            ours = median(stored, f"sqlite-{level}", "messagesPerSecond")
+            name = f"(7) stored client, SqliteSessionStore {level.upper()}"
+            atLeast(f"{name}: confirmed/s", ours, minimum, "")
+            atLeast(
+                f"{name} / no store, an adbapi transaction per message",
+                ours / median(stored, f"adbapi-{level}", "messagesPerSecond"),
                 5.0,
             )
     return targets
@@ -857,6 +924,32 @@ def formatTable(results: dict[str, Any]) -> str:
             ["", "messages/s", "p99 us"],
             rows,
         )
+    stored = results.get("stored")
+    if stored:
+        labels = {
+            "none": "no store",
+            "memory": "MemorySessionStore",
+            "sqlite-normal": "SqliteSessionStore, synchronous=NORMAL",
+            "sqlite-full": "SqliteSessionStore, synchronous=FULL",
+            "adbapi-normal": "no store, an adbapi transaction each, NORMAL",
+            "adbapi-full": "no store, an adbapi transaction each, FULL",
+        }
+        rows = [
+            [
+                labels[impl],
+                _spread(stored[impl]["messagesPerSecond"], _rate),
+                _spread(stored[impl]["p50"], lambda v: f"{v:,.0f}"),
+                _spread(stored[impl]["p99"], lambda v: f"{v:,.0f}"),
+            ]
+            for impl in STORED
+            if impl in stored
+        ]
+        table(
+            f"7. a client's session in a store, end to end: sendMessage -> receipt, "
+            f"{STORE_WINDOW} unconfirmed at a time, {TARGET_SIZE} B (microseconds)",
+            ["", "confirmed/s", "p50", "p99"],
+            rows,
+        )
     targets = results.get("targets", [])
     if targets:
         rows = [
@@ -942,7 +1035,8 @@ def addArguments(parser: argparse.ArgumentParser) -> None:
         "Measure twisted_alive against Twisted baselines: client and server in separate\n"
         "processes over loopback; each figure repeated, reported as median [min-max].",
         "Measurements: throughput, confirmed, latency, acks (from the throughput and\n"
-        "confirmed runs), detection, idle, store. See docs/performance.md for the targets.\n"
+        "confirmed runs), detection, idle, store, stored. See docs/performance.md for the\n"
+        "targets.\n"
         "Linux only. The full run takes a few minutes; --quick about half a minute.",
     )
     parser.add_argument(
@@ -1051,6 +1145,8 @@ def run(args: argparse.Namespace) -> int:
             "trials": plan.trials,
             "storeMessages": plan.storeMessages,
             "adbapiMessages": plan.adbapiMessages,
+            "storedMessages": plan.storedMessages,
+            "storedAdbapiMessages": plan.storedAdbapiMessages,
         },
     }
     measurements: dict[str, Callable[[Plan, Callable[[str], None]], Any]] = {
@@ -1060,6 +1156,7 @@ def run(args: argparse.Namespace) -> int:
         "detection": measureDetection,
         "idle": measureIdle,
         "store": measureStores,
+        "stored": measureStored,
     }
     try:
         for name in sections:

@@ -9,10 +9,12 @@ prints ``{"error": "..."}`` and exits with status 1 when it cannot go on.
 
 Roles (``--impl`` says which implementation is measured):
 
-- ``server --impl alive|int32-sink|int32-ack|amp``: the receiving end of the
-  throughput and latency runs, for one connection; an ``alive`` server
-  prints ``{"stats": ...}`` (ACK frames sent, DATA frames received) when
-  that connection ends.
+- ``server --impl alive|alive-sessions|int32-sink|int32-ack|amp``: the
+  receiving end of the throughput and latency runs, for one connection; an
+  ``alive`` server prints ``{"stats": ...}`` (ACK frames sent, DATA frames
+  received) when that connection ends. ``alive-sessions`` is the same
+  application behind an `AliveServerFactory` (it keeps sessions, as a
+  stored client needs).
 - ``oneway --impl alive|alive-batch|int32``: send ``--count`` messages
   without waiting for confirmation, then an empty message; the run ends
   when the server answers it. ``alive`` sends with ``sendMessage`` (a
@@ -36,6 +38,16 @@ Roles (``--impl`` says which implementation is measured):
   ``adbapi-*`` is the baseline, a plain ``adbapi.ConnectionPool`` (one
   connection) doing one transaction per append and one per confirmation,
   with the same WAL and ``synchronous`` settings.
+- ``stored --impl none|memory|sqlite-normal|sqlite-full|adbapi-normal|adbapi-full``:
+  an `AliveClientFactory` sending ``--count`` messages through
+  ``sendMessage`` to an ``alive-sessions`` server at ``--port``,
+  ``--outstanding`` unconfirmed at a time, each counted when its
+  `Receipt` fires; prints the rate and the percentiles of each message's
+  time from ``sendMessage`` to its `Receipt`. ``none``: no store;
+  ``memory``/``sqlite-*``: the factory's ``store=`` (each message stored
+  before it is sent, dropped once confirmed); ``adbapi-*``: the baseline,
+  no store, but each message first inserted into a SQLite file by an
+  ``adbapi`` ``runInteraction`` (one transaction, committed), then sent.
 - ``detect-server`` and ``detect-peer``: a heartbeat server that prints
   ``{"opened": PORT}`` and ``{"lost": PORT, "at": T, ...}`` (``T`` from
   ``time.monotonic``), and the peer the bench stops with SIGSTOP.
@@ -259,7 +271,13 @@ def serve(args: argparse.Namespace) -> None:
         "amp": AmpSink,
     }
     reactor = _reactor()
-    port = reactor.listenTCP(0, Factory.forProtocol(protocols[args.impl]), interface=HOST)
+    if args.impl == "alive-sessions":
+        from twisted_alive._factories import AliveServerFactory
+
+        factory: Factory = AliveServerFactory.forProtocol(AliveSink)
+    else:
+        factory = Factory.forProtocol(protocols[args.impl])
+    port = reactor.listenTCP(0, factory, interface=HOST)
     emit({"port": port.getHost().port})
     reactor.run()
 
@@ -1076,6 +1094,131 @@ def storeClient(args: argparse.Namespace) -> None:
     raise SystemExit(outcome[0] if outcome else 1)
 
 
+# -- a client's session in a store, end to end -------------------------------------
+
+
+def _adbapiPool(path: str, synchronous: str) -> Any:
+    """The baseline's pool: one ``sqlite3`` connection, WAL, ``synchronous``."""
+    from twisted.enterprise import adbapi
+
+    def prepare(connection: Any) -> None:
+        connection.execute("PRAGMA journal_mode = WAL")
+        connection.execute(f"PRAGMA synchronous = {synchronous}")
+        connection.execute(
+            "CREATE TABLE IF NOT EXISTS messages (seq INTEGER PRIMARY KEY, payload BLOB)"
+        )
+
+    return cast(Any, adbapi).ConnectionPool(
+        "sqlite3", path, check_same_thread=False, cp_min=1, cp_max=1, cp_openfun=prepare
+    )
+
+
+def _insert(cursor: Any, seq: int, payload: bytes) -> None:
+    """(The pool's thread.) The baseline's transaction: one insert."""
+    cursor.execute("INSERT INTO messages VALUES (?, ?)", (seq, payload))
+
+
+async def _storedRun(reactor: Any, args: argparse.Namespace, path: str) -> dict[str, Any]:
+    """Messages confirmed end to end by a client whose session is in a
+    store (or not, or beside an adbapi transaction each)."""
+    from twisted_alive import (
+        AliveClientFactory,
+        ISessionStore,
+        MemorySessionStore,
+        SqliteSessionStore,
+    )
+
+    kind, _, synchronous = args.impl.partition("-")
+    store: ISessionStore | None = None
+    pool: Any = None
+    if kind == "memory":
+        store = MemorySessionStore()
+    elif kind == "sqlite":
+        store = SqliteSessionStore(path, synchronous.upper(), reactor=reactor)
+    elif kind == "adbapi":
+        pool = _adbapiPool(path, synchronous.upper())
+    elif kind != "none":
+        raise ValueError(f"unknown stored-client implementation {args.impl!r}")
+    factory = AliveClientFactory(store=store)
+    factory.protocol = HeartbeatProtocol
+    await factory.recovered()
+    reactor.connectTCP(HOST, args.port, factory)
+    await factory.whenConnected()
+    if pool is not None:
+        await pool.runInteraction(lambda cursor: None)  # open it before the clock starts
+
+    payload = b"x" * args.size
+    count = args.count
+    latencies: list[float] = []
+    finished: Deferred[None] = Deferred()
+    state = {"issued": 0, "done": 0}
+
+    def one() -> None:
+        seq = state["issued"] = state["issued"] + 1
+        started = time.perf_counter()
+        if pool is None:
+            d = factory.sendMessage(payload)
+        else:
+            d = pool.runInteraction(_insert, seq, payload)
+            d.addCallback(lambda _: factory.sendMessage(payload))
+        d.addCallbacks(lambda _: done(started), failed)
+
+    def done(started: float) -> None:
+        latencies.append(time.perf_counter() - started)
+        state["done"] += 1
+        if state["done"] == count:
+            finished.callback(None)
+        elif state["issued"] < count:
+            one()
+
+    def failed(failure: Failure) -> None:
+        if not finished.called:
+            finished.errback(failure)
+
+    began = time.perf_counter()
+    for _ in range(min(args.outstanding, count)):
+        one()
+    await finished
+    seconds = time.perf_counter() - began
+    result = {"count": count, "seconds": seconds} | latencySummary(latencies)
+    if isinstance(store, SqliteSessionStore):
+        result["commits"] = store.commits
+    return result
+
+
+def storedClient(args: argparse.Namespace) -> None:
+    """A stored-client run: print its result. The store closes when the
+    reactor stops; its file is removed after."""
+    import shutil
+    import tempfile
+
+    from twisted.internet.defer import ensureDeferred
+
+    reactor = _reactor()
+    directory = tempfile.mkdtemp(prefix="alive-bench-stored-")
+    outcome: list[int] = []
+
+    def report(result: dict[str, Any]) -> None:
+        emit({"result": result})
+        outcome.append(0)
+
+    def failed(failure: Failure) -> None:
+        emit({"error": failure.getErrorMessage()})
+        outcome.append(1)
+
+    def start() -> None:
+        d = ensureDeferred(_storedRun(reactor, args, f"{directory}/client.db"))
+        d.addCallbacks(report, failed)
+        d.addBoth(lambda _: reactor.stop())
+
+    reactor.callWhenRunning(start)
+    try:
+        reactor.run()
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+    raise SystemExit(outcome[0] if outcome else 1)
+
+
 # -- command line -----------------------------------------------------------------------
 
 
@@ -1089,6 +1232,7 @@ ROLES: dict[str, Callable[[argparse.Namespace], None]] = {
     "detect-server": detectServer,
     "detect-peer": detectPeer,
     "store": storeClient,
+    "stored": storedClient,
 }
 
 
