@@ -313,10 +313,11 @@ class AliveClientFactory(ReconnectingClientFactory):
         )
 
     def _release(self) -> None:
-        """The store committed more messages: send what the window allows."""
+        """The store committed more messages: send what the window allows
+        (buffered: a group commit fires its appends one after the other)."""
         current = self.connected
         if current is not None:
-            current._pump()
+            current._pump(buffered=True)
 
     def _storeFailed(self, failure: Failure) -> None:
         """A store operation the session needs failed: end the session."""

@@ -389,13 +389,23 @@ class HeartbeatMixin(TimeoutMixin):
         self._binding.pace()
         return d
 
-    def _pump(self) -> None:
+    def _pump(self, buffered: bool = False) -> None:
         """Write what the windows allow of the queued messages (the session
-        got new ones while this connection carried it)."""
+        got new ones while this connection carried it). ``buffered``: into
+        the transport's buffer, never straight to the socket, so that the
+        pumps of one turn of the reactor (a store firing the appends of a
+        group commit one by one) leave in one ``send()``."""
         conn = self._alive
         if conn is not None and self.loss is None:
             conn.pump(self._clock().seconds())
-            self._service()
+            if buffered and conn.writeThrough:
+                conn.writeThrough = False
+                try:
+                    self._service()
+                finally:
+                    conn.writeThrough = True
+            else:
+                self._service()
 
     def messageReceived(self, payload: bytes) -> Deferred[object] | object:
         """

@@ -28,7 +28,8 @@ and measures, in one run:
    process over loopback, ``sendMessage`` by ``sendMessage``, 64
    unconfirmed at a time, with ``SqliteSessionStore`` (NORMAL and FULL),
    beside no store, ``MemorySessionStore``, and a client without a store
-   that first inserts each message with one ``adbapi`` transaction; with
+   that inserts each message with one ``adbapi`` transaction before it
+   sends it and deletes it with another once it is confirmed; with
    the p99 time from ``sendMessage`` to its ``Receipt``.
 
 Each figure is repeated and reported as the median with its range; the

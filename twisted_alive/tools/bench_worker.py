@@ -47,7 +47,8 @@ Roles (``--impl`` says which implementation is measured):
   ``memory``/``sqlite-*``: the factory's ``store=`` (each message stored
   before it is sent, dropped once confirmed); ``adbapi-*``: the baseline,
   no store, but each message first inserted into a SQLite file by an
-  ``adbapi`` ``runInteraction`` (one transaction, committed), then sent.
+  ``adbapi`` ``runInteraction`` (one transaction, committed), then sent,
+  and deleted by another once confirmed (what a store does).
 - ``detect-server`` and ``detect-peer``: a heartbeat server that prints
   ``{"opened": PORT}`` and ``{"lost": PORT, "at": T, ...}`` (``T`` from
   ``time.monotonic``), and the peer the bench stops with SIGSTOP.
@@ -1114,8 +1115,16 @@ def _adbapiPool(path: str, synchronous: str) -> Any:
 
 
 def _insert(cursor: Any, seq: int, payload: bytes) -> None:
-    """(The pool's thread.) The baseline's transaction: one insert."""
+    """(The pool's thread.) The baseline's transaction before a message is
+    sent: one insert."""
     cursor.execute("INSERT INTO messages VALUES (?, ?)", (seq, payload))
+
+
+def _delete(cursor: Any, seq: int) -> None:
+    """(The pool's thread.) The baseline's transaction once a message is
+    confirmed: one delete (what a store does, so that a restart does not
+    send it again and the file stays bounded)."""
+    cursor.execute("DELETE FROM messages WHERE seq = ?", (seq,))
 
 
 async def _storedRun(reactor: Any, args: argparse.Namespace, path: str) -> dict[str, Any]:
@@ -1161,7 +1170,14 @@ async def _storedRun(reactor: Any, args: argparse.Namespace, path: str) -> dict[
         else:
             d = pool.runInteraction(_insert, seq, payload)
             d.addCallback(lambda _: factory.sendMessage(payload))
+            d.addCallback(lambda receipt: dropped(seq, receipt))
         d.addCallbacks(lambda _: done(started), failed)
+
+    def dropped(seq: int, receipt: object) -> object:
+        # Confirmed: deleted in a transaction of its own, as a store
+        # drops it; the Receipt does not wait for it (as with a store).
+        pool.runInteraction(_delete, seq).addErrback(failed)
+        return receipt
 
     def done(started: float) -> None:
         latencies.append(time.perf_counter() - started)
