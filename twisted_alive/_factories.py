@@ -381,7 +381,7 @@ class AliveClientFactory(ReconnectingClientFactory):
             refusal = self._tooLargeForPeer([payload])
             if refusal is not None:
                 return refusal
-            return self._queued(binding.journal.submit([payload], False))
+            return self._queued(binding.journal.submit([payload], False), stored=True)
         return self._queued(binding.submit(partial(binding.session.outbox.submit, payload)))
 
     def sendMessages(self, payloads: Iterable[bytes]) -> Deferred[Receipt]:
@@ -409,7 +409,7 @@ class AliveClientFactory(ReconnectingClientFactory):
             refusal = self._tooLargeForPeer(payloads)
             if refusal is not None:
                 return refusal
-            return self._queued(binding.journal.submit(payloads, True))
+            return self._queued(binding.journal.submit(payloads, True), stored=True)
         outbox = binding.session.outbox
         # With no peer window given, all of them are queued: the
         # connection's pump sends them as its windows allow.
@@ -417,13 +417,15 @@ class AliveClientFactory(ReconnectingClientFactory):
             binding.submit(lambda handle: outbox.submitMany(payloads, handle, 0, 0.0, 0))
         )
 
-    def _queued(self, d: Deferred[Receipt]) -> Deferred[Receipt]:
+    def _queued(self, d: Deferred[Receipt], stored: bool = False) -> Deferred[Receipt]:
         """After messages were queued (unless ``d`` failed already): send
-        what the connection allows, and tell a registered producer."""
+        what the connection allows, and tell a registered producer.
+        ``stored``: queued by the journal, which sends them once the store
+        committed them (`_release`): nothing to send now."""
         if d.called:
             return d  # QueueFull
         current = self.connected
-        if current is not None:
+        if current is not None and not stored:
             current._pump()
         self.clientBinding().pace()
         return d
