@@ -941,13 +941,66 @@ def test_ackWaitsForTheCommit() -> None:
         a.send(payload, payload, 0.0)
     move(a, b)
     answerAll(b)
-    assert b.session.inbox.toCommit() == (2, [])
+    assert b.session.inbox.toCommit() == (1, [])
     assert b.dataToSend(0.0) == b""
     b.positionCommitted(1)
     assert decode(b.dataToSend(0.0)) == [Ack(1)]
+    answerAll(b)
+    assert b.session.inbox.toCommit() == (2, [])
+    assert b.dataToSend(0.0) == b""
     b.positionCommitted(2)
     assert b.session.inbox.toCommit() is None
     assert decode(b.dataToSend(0.0)) == [Ack(2)]
+
+
+def test_nextMessageWaitsForTheCommit() -> None:
+    """With a store, the next message is handed out only once the store
+    committed the previous one's position: a crash repeats one at most."""
+    a, b = committing()
+    for payload in (b"m1", b"m2", b"m3"):
+        a.send(payload, payload, 0.0)
+    move(a, b)
+    assert b.nextEvent() == Data(1, b"m1")
+    assert not b.handingOut
+    b.messageProcessed(1)
+    assert b.nextEvent() is None
+    assert not b.handingOut
+    b.positionCommitted(1)
+    assert b.handingOut
+    assert b.nextEvent() == Data(2, b"m2")
+    b.messageFailed(2, "bad")
+    assert b.nextEvent() is None
+    b.positionCommitted(2)
+    assert b.nextEvent() == Data(3, b"m3")
+
+
+def test_withoutAStoreMessagesFollowAtOnce() -> None:
+    """Without a store, the next message is handed out as soon as the
+    previous one is answered (no commit to wait for)."""
+    a, b = pair()
+    for payload in (b"m1", b"m2"):
+        a.send(payload, payload, 0.0)
+    move(a, b)
+    assert b.nextEvent() == Data(1, b"m1")
+    b.messageProcessed(1)
+    assert b.nextEvent() == Data(2, b"m2")
+
+
+def test_toCommitHoldsEveryRejectionThePeerMayNotHaveSeen() -> None:
+    """What a store must keep with the position: the REJECTs sent on (and
+    not yet known to be seen by the peer) as well as the new ones, in
+    order, since the store replaces the ones it held."""
+    a, b = committing()
+    for payload in (b"m1", b"m2"):
+        a.send(payload, payload, 0.0)
+    move(a, b)
+    assert b.nextEvent() == Data(1, b"m1")
+    b.messageFailed(1, "first")
+    b.positionCommitted(1)
+    assert decode(b.dataToSend(0.0)) == [Reject(1, "first"), Ack(1)]
+    assert b.nextEvent() == Data(2, b"m2")
+    b.messageFailed(2, "second")
+    assert b.session.inbox.toCommit() == (2, [(1, "first"), (2, "second")])
 
 
 def test_rejectWaitsForTheCommit() -> None:

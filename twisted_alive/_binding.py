@@ -42,6 +42,7 @@ from twisted_alive.core.outcomes import DeliveryFailed, QueueFull, Receipt
 from twisted_alive.core.reasons import Loss
 
 if TYPE_CHECKING:
+    from twisted_alive._interfaces import ISessionStore
     from twisted_alive._journal import Journal
     from twisted_alive._mixin import HeartbeatMixin
 
@@ -94,9 +95,22 @@ class Binding:
         client factory's ``store``), or ``None``: it stores what is
         submitted (``HeartbeatMixin.sendMessage`` goes through it) and
         drops what the peer confirmed.
+    :ivar store: the `ISessionStore` that keeps the session's processed
+        position (`keepIn`), or ``None``: then no ACK or REJECT reports
+        more than the store committed (`commitProcessed`).
     """
 
-    __slots__ = ("session", "carrier", "pacer", "waiting", "journal")
+    __slots__ = (
+        "session",
+        "carrier",
+        "pacer",
+        "waiting",
+        "journal",
+        "store",
+        "_storeFailed",
+        "_committing",
+        "_storedRejections",
+    )
 
     def __init__(self, session: Session) -> None:
         self.session = session
@@ -104,6 +118,87 @@ class Binding:
         self.pacer: Pacer | None = None
         self.waiting: dict[int, Deferred[Receipt]] = {}
         self.journal: Journal | None = None
+        self.store: ISessionStore | None = None
+        self._storeFailed: Callable[[Failure], None] | None = None
+        self._committing = False
+        self._storedRejections: list[tuple[int, str]] = []
+
+    # -- the processed position in a store -----------------------------------
+
+    def keepIn(self, store: ISessionStore, failed: Callable[[Failure], None]) -> None:
+        """
+        Keep the session's processed position in ``store``: from now on
+        the session's inbox `waitsForCommit` (no ACK or REJECT reports more
+        than the store committed, and the next message is handed to the
+        application only once the previous one's position is committed),
+        and `commitProcessed` writes the position after each answer.
+
+        :param failed: called with the failure of a write of the position:
+            the session cannot go on (its host ends it).
+        """
+        self.store = store
+        self._storeFailed = failed
+        self.session.inbox.waitsForCommit = True
+
+    def commitProcessed(self) -> bool:
+        """
+        With a `store`: write the processed position and the REJECTs the
+        peer may not have seen (``Inbox.toCommit``) unless a write is
+        outstanding already; one at a time per session: when it is
+        committed, the connection that carries the session by then learns
+        of it (``Connection.positionCommitted``) and acts on it, and the
+        next write follows if more was processed meanwhile.
+
+        :returns: whether a write was committed at once (a store whose
+            Deferreds have fired already, such as `MemorySessionStore`):
+            the caller may hand out the next message now.
+        """
+        store = self.store
+        if store is None or self._committing:
+            return False
+        session = self.session
+        due = session.inbox.toCommit()
+        if due is None:
+            return False
+        upTo, rejections = due
+        kept: list[tuple[int, str]] | None = rejections
+        if not rejections and not self._storedRejections:
+            kept = None  # nothing to replace: the position alone
+        self._storedRejections = rejections
+        self._committing = True
+        token = session.token
+        done: list[bool] = []
+        d = store.recordProcessed(token, upTo, kept)
+        d.addCallbacks(self._committed, self._commitFailed, (token, upTo, done))
+        return bool(done)
+
+    def _committed(self, _: object, token: bytes, upTo: int, done: list[bool]) -> None:
+        """The store committed the position ``upTo`` of session ``token``."""
+        self._committing = False
+        session = self.session
+        if session.token != token:
+            # The session was replaced meanwhile: its new inbox starts afresh.
+            self.commitProcessed()
+            return
+        carrier = self.carrier
+        conn = carrier._alive if carrier is not None else None
+        if carrier is not None and conn is not None and carrier.loss is None:
+            conn.positionCommitted(upTo)
+            if conn.reading:
+                done.append(True)  # the loop that runs hands out the next
+                return
+            carrier._service()
+        else:
+            session.inbox.commit(upTo)
+        self.commitProcessed()
+
+    def _commitFailed(self, failure: Failure) -> None:
+        """A write of the processed position failed: the session ends.
+        No write follows (``_committing`` stays set), so nothing is
+        acknowledged beyond what the store committed."""
+        failed = self._storeFailed
+        assert failed is not None
+        failed(failure)
 
     def hold(self, d: Deferred[Receipt]) -> int:
         """The handle under which the session's entries stand for ``d``
@@ -254,6 +349,7 @@ class Binding:
             inbox.failed(seq, logRejection(clock, peer, seq, outcome))
         else:
             inbox.processed(seq)
+        self.commitProcessed()
 
 
 def accepting(host: Any, transport: Any) -> bool:

@@ -20,6 +20,11 @@ The rules, in the order a message meets them:
    (the messages never sent, numbered again from 1) with the next epoch
    (`Journal.reset`).
 
+Inbound, the binding keeps the processed position in the same store
+(`Binding.keepIn`): it is committed before the ACK that covers it, and
+the next message reaches the application only once the previous one's
+position is committed.
+
 A server's sessions (`AliveServerFactory` with a ``store``) each have a
 journal too (`Journal.attach`): the server assigns the token, so a
 session is in the store under it from the start (created before the HELLO
@@ -168,6 +173,7 @@ class Journal:
         self._confirmed = record.confirmedUpTo
         binding = self.binding = Binding(session)
         binding.journal = self
+        binding.keepIn(store, self._broken)
         recovered: Recovered = []
         for entry in outbox.queue:
             d: Deferred[Receipt] = Deferred()

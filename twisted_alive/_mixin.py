@@ -582,7 +582,15 @@ class HeartbeatMixin(TimeoutMixin):
         countdown = TURN_CHECK_EVERY
         started = self._clock().seconds()
         try:
-            while (event := nextEvent()) is not None:
+            while True:
+                event = nextEvent()
+                if event is None:
+                    # With a store, the position of what was processed is
+                    # written now; once committed, the next message may go.
+                    binding = self._binding
+                    if binding.store is None or not binding.commitProcessed():
+                        break
+                    continue
                 if type(event) is not MessageReceived:
                     self._event(conn, event)
                     continue

@@ -518,8 +518,10 @@ class Connection:
         Queued events come first, in order; then received messages, one at
         a time: after a `MessageReceived`, the next one waits until
         `messageProcessed` or `messageFailed` answered it (other events do
-        not wait). When nothing is left to hand out, an orderly close that
-        has nothing more to wait for yields its `CloseNow`. After a
+        not wait) and, if the session's inbox `waitsForCommit`, until the
+        store committed its position (`positionCommitted`). When nothing
+        is left to hand out, an orderly close that has nothing more to
+        wait for yields its `CloseNow`. After a
         `CloseNow` nothing more is handed out: what was received stays in
         the session's inbox.
         """
@@ -527,7 +529,13 @@ class Connection:
         if events:
             return events.popleft()
         inbox = self.session.inbox
-        if inbox.pending and not inbox.handedOut and self._handOff and not self._closedNow:
+        if (
+            inbox.pending
+            and not inbox.handedOut
+            and self._handOff
+            and not self._closedNow
+            and (not inbox.waitsForCommit or inbox.committedUpTo >= inbox.processedUpTo)
+        ):
             message = inbox.pending.popleft()
             inbox.handedOut = message.seq
             return message
@@ -541,10 +549,7 @@ class Connection:
     def handingOut(self) -> bool:
         """Whether a received message waits to be handed out now (none is
         being processed)."""
-        inbox = self.session.inbox
-        return (
-            bool(inbox.pending) and not inbox.handedOut and self._handOff and not self._closedNow
-        )
+        return self._handOff and not self._closedNow and self.session.inbox.mayHandOut
 
     def takeEvents(self) -> list[Event]:
         """Take every queued event, without handing out received messages
@@ -1089,7 +1094,8 @@ class Connection:
         A store committed the processed position ``upTo`` and the
         rejections up to it (the session's inbox `waitsForCommit`; what to
         commit is `Inbox.toCommit`): the ACK and REJECTs that report it go
-        with the next `dataToSend`, and a close that waited for them goes on.
+        with the next `dataToSend`, the next received message may be handed
+        out (`nextEvent`), and a close that waited for them goes on.
         """
         self.session.inbox.commit(upTo)
         if self._closing:

@@ -562,6 +562,7 @@ class Inbox:
         "handedOut",
         "waitsForCommit",
         "committedUpTo",
+        "mayRepeat",
     )
 
     def __init__(self, window: int = DEFAULT_WINDOW) -> None:
@@ -586,6 +587,25 @@ class Inbox:
         make it process again."""
         self.committedUpTo = 0
         """The processed position a store committed (with `waitsForCommit`)."""
+        self.mayRepeat = 0
+        """The message a previous process may have processed already (its
+        seq), 0 if none: the one after the position a store had committed
+        when the session was loaded (`sessionOf`). With `waitsForCommit`
+        the next message is handed out only once the previous one's
+        position is committed (`mayHandOut`), so a crash leaves at most
+        this one processed without its position."""
+
+    @property
+    def mayHandOut(self) -> bool:
+        """Whether a received message may be handed to the application
+        now: one waits, none is being processed, and, with
+        `waitsForCommit`, the store committed the position of the last one
+        processed (a crash can then repeat one message at most)."""
+        return (
+            bool(self.pending)
+            and not self.handedOut
+            and (not self.waitsForCommit or self.committedUpTo >= self.processedUpTo)
+        )
 
     @property
     def ackUpTo(self) -> int:
@@ -599,12 +619,13 @@ class Inbox:
     def toCommit(self) -> tuple[int, list[tuple[int, str]]] | None:
         """With `waitsForCommit`: the processed position a store must
         commit before the ACK that reports it, and the rejections
-        (``(seq, reason)``) not committed yet; ``None`` if all is committed
-        (or nothing waits for a commit)."""
+        (``(seq, reason)``) the store must keep with it: every one the peer
+        may not have seen yet (sent, or about to be), in order, as
+        `ISessionStore.recordProcessed` replaces them. ``None`` if all is
+        committed (or nothing waits for a commit)."""
         if not self.waitsForCommit or self.committedUpTo >= self.processedUpTo:
             return None
-        upTo = self.committedUpTo
-        return self.processedUpTo, [r for r in self.rejections if r[0] > upTo]
+        return self.processedUpTo, [*self.sentRejections, *self.rejections]
 
     def commit(self, upTo: int) -> None:
         """A store committed the processed position ``upTo`` (and the

@@ -27,7 +27,7 @@ from twisted_alive.core.delivery import (
     Entry,
     Session,
 )
-from twisted_alive.core.frames import DEFAULT_MAX_FRAME_SIZE
+from twisted_alive.core.frames import DEFAULT_MAX_FRAME_SIZE, NO_SESSION
 from twisted_alive.core.outcomes import QueueFull
 
 DEFAULT_MAX_STORED = DEFAULT_WINDOW + DEFAULT_MAX_QUEUE
@@ -262,7 +262,9 @@ def sessionOf(
     message waits at the head of the queue with its sequence number, to be
     sent (again) once the peer's HELLO says what it holds; the inbound side
     resumes after the last message processed, so the peer sends again what
-    was received but not processed.
+    was received but not processed; the message after it is the one a
+    previous process may have processed without committing its position
+    (``Inbox.mayRepeat``; not for a session that never had a token).
 
     The entries' handles are ``None``: the caller gives them its own.
     """
@@ -281,6 +283,11 @@ def sessionOf(
     inbox = session.inbox
     inbox.receivedUpTo = inbox.processedUpTo = inbox.ackedUpTo = record.processedUpTo
     inbox.committedUpTo = record.processedUpTo
+    if record.token != NO_SESSION:
+        # A previous process may have processed the next message without
+        # committing its position (it crashed in between): flagged when it
+        # is handed out again.
+        inbox.mayRepeat = record.processedUpTo + 1
     if record.rejections:
         # Sent again when the next connection opens (`Inbox.takeRejections`).
         inbox.sentRejections = deque(record.rejections)
