@@ -11,15 +11,17 @@ gives its application (`recovered`).
 
 from __future__ import annotations
 
+import random
 from collections.abc import Sequence
 from typing import Any, cast
 
+import pytest
 from test_sessions import (
     Network,
     RecordingClientFactory,
     RecordingServerFactory,
 )
-from test_store_client import HeldStore, result
+from test_store_client import HeldStore, LazyStore, result
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.task import Clock
 
@@ -462,3 +464,62 @@ def test_storeFailureEndsSession() -> None:
     store.release()  # (the deletion of the session, held behind the failure)
     network.run(lambda: client.connected is not None)
     assert client.epoch == 2  # the client was told: a new session
+
+
+class ServerProcess:
+    """One server process on a `LazyStore` over the shared ``inner`` store
+    (the file): its operations are applied when the test commits them, and
+    a crash loses the rest."""
+
+    def __init__(self, inner: MemorySessionStore, network: Network, received: list[bytes]):
+        self.store = LazyStore(inner)
+        self.server = Server(cast(ServerStore, self.store))
+        self.server.received = received
+        self.server.clock = network.clock
+        network.serverFactory = self.server
+        self.server.doStart()  # type: ignore[no-untyped-call]
+
+    def crash(self, network: Network) -> None:
+        """The process dies: nothing more is committed, its connection is
+        cut (the client reconnects)."""
+        self.store.dead = True
+        wire = network.current
+        if wire is not None:
+            wire.cut()
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_serverCrashedAtRandomPoints(seed: int) -> None:
+    """A server whose store commits at random points is crashed three
+    times while a client sends 60 messages: the client resumes every time
+    (never a new session), the server's application gets every message in
+    order, each at most once more per crash (the one being processed when
+    it died), and every Deferred of the client fires with its Receipt."""
+    rng = random.Random(seed)
+    inner = MemorySessionStore()
+    received: list[bytes] = []
+    client = RecordingClientFactory()
+    network = Network(client, Server(ServerStore()), Clock())
+    process = ServerProcess(inner, network, received)
+    ds = [client.sendMessage(b"%d" % i) for i in range(60)]
+    network.connect()
+    crashes = 0
+    while not all(d.called for d in ds):
+        if crashes < 3 and rng.random() < 0.03:
+            process.crash(network)
+            crashes += 1
+            process = ServerProcess(inner, network, received)
+        else:
+            process.store.commit(rng.randint(0, 3))
+            wire = network.current
+            if wire is not None:
+                wire.deliver(rng.randint(1, 200), network.clock)
+            if rng.random() < 0.2:
+                network.clock.advance(0.5)
+    assert client.epoch == 1  # never a new session (sessionReset)
+    assert [cast(Receipt, result(d)).seq for d in ds] == list(range(1, 61))
+    seqs = [int(payload) for payload in received]
+    repeats = sum(1 for a, b in zip(seqs, seqs[1:], strict=False) if a == b)
+    assert sorted(set(seqs)) == list(range(60))
+    assert [s for i, s in enumerate(seqs) if i == 0 or seqs[i - 1] != s] == list(range(60))
+    assert repeats <= crashes

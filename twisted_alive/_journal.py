@@ -194,7 +194,8 @@ class Journal:
         The journal of a session that has its token from the start and is
         in the store under it (or is being created there): a server's
         session, new or loaded. From now on its messages are numbered when
-        submitted, after those the store holds.
+        submitted, after those the store holds, and its processed position
+        is kept in the store (`Binding.keepIn`).
 
         :param binding: the binding of the session; its ``journal`` is set.
         :param epoch: the session's epoch, as stored.
@@ -209,6 +210,7 @@ class Journal:
         journal._token = session.token
         journal._confirmed = outbox.ackedUpTo
         binding.journal = journal
+        binding.keepIn(store, journal._broken)
         return journal
 
     # -- writing -------------------------------------------------------------
