@@ -13,19 +13,28 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, cast
 
 import pytest
+from support import ensureDeferred, getReactor
 from test_sessions import (
     Network,
+    RecordingClient,
     RecordingClientFactory,
     RecordingServerFactory,
 )
 from test_store_client import HeldStore, LazyStore, result
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.task import Clock
+from twisted.python.failure import Failure
 
-from twisted_alive import AliveServerFactory, HeartbeatProtocol, MemorySessionStore
+from twisted_alive import (
+    AliveServerFactory,
+    HeartbeatProtocol,
+    MemorySessionStore,
+    SqliteSessionStore,
+)
 from twisted_alive._reasons import Reason
 from twisted_alive.core.frames import NO_SESSION
 from twisted_alive.core.outcomes import DeliveryFailed, Receipt
@@ -523,3 +532,82 @@ def test_serverCrashedAtRandomPoints(seed: int) -> None:
     assert sorted(set(seqs)) == list(range(60))
     assert [s for i, s in enumerate(seqs) if i == 0 or seqs[i - 1] != s] == list(range(60))
     assert repeats <= crashes
+
+
+def test_recoveredFailWhenSessionExpires() -> None:
+    """A message a previous process sent in a session whose client never
+    comes back: its Deferred from `recovered` fails when the session
+    expires, and the session is deleted from the store."""
+    store = storeWith(StoredSession(TOKEN, 1, nextSeq=2, lastSeen=0.0, messages=((1, b"hi"),)))
+    server = Server(store)
+    server.sessionTTL = 60.0
+    clock = Clock()
+    server.clock = clock
+    server.doStart()  # type: ignore[no-untyped-call]
+    ((token, payload, d),) = result(server.recovered())
+    assert (token, payload, d.called) == (TOKEN, b"hi", False)
+    clock.advance(61)
+    assert str(errorOf(d)) == "the session expired before confirmation"
+    assert store.records() == []
+
+
+class SmallFrames(RecordingClient):
+    """A client that accepts frames of 128 bytes at most."""
+
+    maxFrameSize = 128
+
+
+def test_tooLargeForClient() -> None:
+    """A server message larger than the client accepts fails at once in a
+    stored session: neither stored nor sent."""
+    store = ServerStore()
+    client = RecordingClientFactory()
+    client.protocol = SmallFrames
+    network, server, client = serve(store, client=client)
+    network.connect()
+    network.flush()
+    proto = network.current.server  # type: ignore[union-attr]
+    error = errorOf(proto.sendMessage(b"x" * 200))
+    assert str(error) == (
+        "message of 200 bytes exceeds the peer's maximum of 119 bytes; not stored, not sent"
+    )
+    assert store.appended == []
+
+
+@pytest.mark.timeout(20)
+@ensureDeferred
+async def test_corruptSqliteFile(tmp_path: Path) -> None:
+    """A server on a SQLite file that is not a session store: `recovered`
+    fails with `CorruptStore`, saying so, and the file is left as it is."""
+    path = tmp_path / "sessions.db"
+    content = b"not a database, just some bytes " * 8
+    path.write_bytes(content)
+    store = SqliteSessionStore(path, reactor=getReactor())
+    server = AliveServerFactory(store)
+    server.clock = Clock()
+    try:
+        with pytest.raises(CorruptStore) as caught:
+            await server.recovered()
+    finally:
+        await store.close()
+    assert str(caught.value) == (
+        f"{path} is not a twisted_alive session store: it cannot be read as a SQLite "
+        "database (file is not a database); it was left as it is"
+    )
+    assert path.read_bytes() == content
+
+
+def test_failureAfterTheEnd() -> None:
+    """A store write that fails after its session ended (the processed
+    position written after the session was deleted) ends nothing more: the
+    session's next one goes on."""
+    store = ServerStore()
+    network, server, client = serve(store)
+    network.connect()
+    network.flush()
+    proto = network.current.server  # type: ignore[union-attr]
+    binding = proto._binding
+    server._failSession(binding.session, "over")
+    server._table.remove(server._key(binding.session.token))
+    server._storeFailed(binding, Failure(StoreError("the store holds no session")))  # type: ignore[no-untyped-call]
+    assert proto.loss is None

@@ -1249,15 +1249,23 @@ class AliveServerFactory(Factory):
         ends (its connection is aborted, its messages fail)."""
         session = binding.session
         why = f"session store failed: {failure.getErrorMessage()}"
+        key = self._key(session.token)
+        if self._table.get(key) is not session:
+            # Over already (a write that followed its end, such as the
+            # processed position after its deletion): nothing to end.
+            log.info(
+                "alive.store: session {token} (over): {why}",
+                token=tokenPrefix(session.token),
+                why=why,
+                event="store_failed",
+            )
+            return
         log.error(
             "alive.store: session {token}: {why}; the session ends",
             token=tokenPrefix(session.token),
             why=why,
             event="store_failed",
         )
-        key = self._key(session.token)
-        if self._table.get(key) is not session:
-            return  # over already
         self._table.remove(key)
         carrier = binding.carrier
         self._failSession(session, why)
