@@ -107,8 +107,11 @@ def test_killedServerLosesNothing(tmp_path: Path, processes: Processes) -> None:
         f"{repeats} repeats, {elapsed:.1f} s (seed {seed}): {output[-2:]}"
     )
     assert output[-1] == f"DONE {MESSAGES}", (output, seed)
+    # (The client exits with an error if its session is ever reset; it
+    # resumes once per server it reached: two kills in a row may fall
+    # before it reconnected.)
     assert output[-2].startswith("RESUMED "), (output, seed)
-    assert int(output[-2].split()[1]) >= inFlight, (output, counts, seed)
+    assert int(output[-2].split()[1]) >= 1, (output, counts, seed)
     assert processed == list(range(MESSAGES)), seed
     assert repeats <= KILLS, seed
 
