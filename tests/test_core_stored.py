@@ -327,3 +327,14 @@ def test_recordOfNumberedOutbox() -> None:
     checkRecord(record)
     assert record.nextSeq == 4 and record.epoch == 3
     assert record.messages == ((1, b"a"), (2, b"b"), (3, b"c"))
+
+
+def test_sessionOfMarksTheMessageThatMayRepeat() -> None:
+    """A loaded session knows the one message a previous process may have
+    processed without committing its position: the one after it. A record
+    that never had a token (never connected) marks none."""
+    token = bytes(range(16))
+    loaded = sessionOf(StoredSession(token, processedUpTo=7))
+    assert loaded.inbox.mayRepeat == 8
+    assert sessionOf(StoredSession(bytes(16), processedUpTo=0)).inbox.mayRepeat == 0
+    assert Session(token).inbox.mayRepeat == 0

@@ -47,3 +47,17 @@ def test_storedClient() -> None:
     assert result.returncode == 0, result.stdout
     assert "all 1000 processed exactly once, in order, across 4 kills" in result.stdout
     assert result.stdout.count(": killed") >= 1, result.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(90)
+def test_storedReceiver() -> None:
+    """The stored-receiver example: a client that processes in its store's
+    transaction, SIGKILLed four times and started again on its SQLite
+    file; its table holds the server's 1,000 orders exactly once, in
+    order, every receipt comes, and the example exits 0."""
+    result = runScript(EXAMPLES / "stored_receiver.py", "1000", "4", "12345", timeout=80)
+    assert result.returncode == 0, result.stdout
+    assert "all 1000 processed exactly once, in order, across 4 kills" in result.stdout
+    assert "every receipt came" in result.stdout
+    assert result.stdout.count(": killed") == 4, result.stdout

@@ -1127,3 +1127,115 @@ def test_killedWriterLosesNothingStored(
         ), seed
         nextSeq = record.nextSeq
     assert stored > 0
+
+
+# -- an application's work in the store's transaction ----------------------------------------------
+
+
+def appTable(s: SqliteSessionStore, calls: ThreadCalls) -> None:
+    """Give ``s``'s file an application table ``done(n)``."""
+    calls.result(
+        s.runInTransaction(lambda c: c.execute("CREATE TABLE done (n INTEGER PRIMARY KEY)"))
+    )
+
+
+def inserting(n: int) -> Callable[[sqlite3.Cursor], object]:
+    """An application's work: insert ``n`` into its table."""
+    return lambda cursor: cursor.execute("INSERT INTO done VALUES (?)", (n,))
+
+
+def doneRows(s: SqliteSessionStore, calls: ThreadCalls) -> list[int]:
+    """The rows of the application table."""
+    rows = calls.result(
+        s.runInTransaction(lambda c: c.execute("SELECT n FROM done ORDER BY n").fetchall())
+    )
+    return [n for (n,) in rows]
+
+
+def test_processInTransactionCommitsWorkAndPosition(
+    opened: Callable[..., SqliteSessionStore], calls: ThreadCalls, traced: Traced
+) -> None:
+    """The application's work and the processed position are committed
+    together; several messages' work shares one commit (group commit)."""
+    s = opened()
+    calls.result(s.createSession(record()))
+    appTable(s, calls)
+    before = traced.commits()
+    release = hold(s)
+    ds = [s.processInTransaction(A, n, inserting(n)) for n in (1, 2, 3)]
+    release.set()
+    calls.result(gatherResults(ds))
+    assert traced.commits() - before in (1, 2)
+    assert doneRows(s, calls) == [1, 2, 3]
+    loaded = calls.result(s.loadSession(A))
+    assert loaded is not None and loaded.processedUpTo == 3
+
+
+def test_processInTransactionRollsBackAFailure(
+    opened: Callable[..., SqliteSessionStore], calls: ThreadCalls
+) -> None:
+    """Work that raises is rolled back to its savepoint with its position;
+    the Deferred fails with the application's own error; the work of the
+    others in the same transaction is kept."""
+    s = opened()
+    calls.result(s.createSession(record()))
+    appTable(s, calls)
+
+    def failing(cursor: sqlite3.Cursor) -> None:
+        cursor.execute("INSERT INTO done VALUES (2)")
+        raise ValueError("cannot handle 2")
+
+    release = hold(s)
+    first = s.processInTransaction(A, 1, inserting(1))
+    bad = s.processInTransaction(A, 2, failing)
+    release.set()
+    error = calls.failure(bad)
+    assert type(error) is ValueError and str(error) == "cannot handle 2"
+    calls.result(first)
+    assert doneRows(s, calls) == [1]
+    loaded = calls.result(s.loadSession(A))
+    assert loaded is not None and loaded.processedUpTo == 1
+
+
+def test_processInTransactionUnknownSession(
+    opened: Callable[..., SqliteSessionStore], calls: ThreadCalls
+) -> None:
+    """For a session the store does not hold, the work is rolled back and
+    the Deferred fails with `StoreError`."""
+    s = opened()
+    appTable(s, calls)
+    d = s.processInTransaction(B, 1, inserting(1))
+    error = calls.failure(d)
+    assert isinstance(error, StoreError) and str(error) == "the store holds no session bbbbbbbb"
+    assert doneRows(s, calls) == []
+
+
+def test_runInTransactionRollsBackAFailure(
+    opened: Callable[..., SqliteSessionStore], calls: ThreadCalls
+) -> None:
+    """An application's own work in the store's file: what fails is rolled
+    back alone, with its own error; what returns is committed, its value
+    given back."""
+    s = opened()
+    appTable(s, calls)
+
+    def failing(cursor: sqlite3.Cursor) -> None:
+        cursor.execute("INSERT INTO done VALUES (1)")
+        raise KeyError("no")
+
+    release = hold(s)
+    bad = s.runInTransaction(failing)
+    good = s.runInTransaction(lambda c: c.execute("INSERT INTO done VALUES (2)").rowcount)
+    release.set()
+    assert type(calls.failure(bad)) is KeyError
+    assert calls.result(good) == 1
+    assert doneRows(s, calls) == [2]
+
+
+def test_onlySqliteRunsWorkInItsTransaction() -> None:
+    """The SQLite store offers `ITransactionalStore`; the memory store does
+    not (its sessions do not outlive the process anyway)."""
+    from twisted_alive import ITransactionalStore
+
+    assert ITransactionalStore.implementedBy(SqliteSessionStore)
+    assert not ITransactionalStore.implementedBy(MemorySessionStore)

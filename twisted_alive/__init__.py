@@ -9,14 +9,14 @@ long-lived Twisted TCP connections.
 from pathlib import Path
 
 from twisted_alive._factories import AliveClientFactory, AliveServerFactory
-from twisted_alive._interfaces import ISessionStore
+from twisted_alive._interfaces import ISessionStore, ITransactionalStore
 from twisted_alive._kernel import KernelLiveness, PeekState, peek, setKernelLiveness
 from twisted_alive._mixin import HeartbeatMixin, HeartbeatProtocol
 from twisted_alive._reasons import Cause, Loss, Reason, causeOf, classify
 from twisted_alive._stores import MemorySessionStore, SqliteSessionStore, sessionStoreFromString
 from twisted_alive._wrapping import AliveWrappingFactory, AliveWrappingProtocol
 from twisted_alive.core.frames import FrameError, GoodbyeCode
-from twisted_alive.core.outcomes import DeliveryFailed, QueueFull, Receipt
+from twisted_alive.core.outcomes import DeliveryFailed, MessageInfo, QueueFull, Receipt
 from twisted_alive.core.retry import Retry
 from twisted_alive.core.stored import CorruptStore, StoredSession, StoreError, StoreLimits
 
@@ -61,6 +61,7 @@ __all__ = [
     "causeOf",
     "Receipt",
     "DeliveryFailed",
+    "MessageInfo",
     "QueueFull",
     "GoodbyeCode",
     "FrameError",
@@ -69,6 +70,7 @@ __all__ = [
     "peek",
     "PeekState",
     "ISessionStore",
+    "ITransactionalStore",
     "MemorySessionStore",
     "SqliteSessionStore",
     "sessionStoreFromString",

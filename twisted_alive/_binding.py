@@ -26,6 +26,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.python.failure import Failure
 
+from twisted_alive._interfaces import ITransactionalStore
 from twisted_alive._logs import logRejection
 from twisted_alive._transport import addressPhase, canWriteThrough, isAccepted
 from twisted_alive.core.connection import (
@@ -171,6 +172,69 @@ class Binding:
         d = store.recordProcessed(token, upTo, kept)
         d.addCallbacks(self._committed, self._commitFailed, (token, upTo, done))
         return bool(done)
+
+    def processInTransaction(
+        self,
+        protocol: Any,
+        conn: Connection,
+        seq: int,
+        payload: bytes,
+        clock: IReactorTime,
+        peer: str | None,
+    ) -> None:
+        """
+        Hand message ``seq`` (which ``conn`` handed out) to ``protocol``'s
+        ``messageReceivedInTransaction`` in the `store`'s transaction
+        (`ITransactionalStore.processInTransaction`). Once committed, the
+        message is processed and its position committed already: the ACK
+        may go at once. If the application's work raised, it was rolled
+        back and the message is answered as failed (its REJECT is stored
+        by `commitProcessed`, as for ``messageReceived``); if the store
+        failed, the session ends.
+        """
+        store = self.store
+        problem = transactionProblem(protocol, store)
+        if problem is not None:
+            # (The check when the connection opened aborts it first.)
+            conn.messageFailed(seq, problem)
+            return
+        raised: list[Failure] = []
+        handler = protocol.messageReceivedInTransaction
+
+        def work(cursor: object) -> None:
+            # (The store's thread.)
+            try:
+                handler(payload, cursor)
+            except BaseException:
+                raised.append(Failure())  # type: ignore[no-untyped-call]
+                raise
+
+        token = self.session.token
+        d = cast(ITransactionalStore, store).processInTransaction(token, seq, work)
+
+        def done(outcome: object) -> None:
+            if raised:
+                self.answerLater(seq, raised[0], clock, peer)
+            elif isinstance(outcome, Failure):
+                self._commitFailed(outcome)
+            else:
+                self._processedAndCommitted(seq)
+
+        d.addBoth(done)
+
+    def _processedAndCommitted(self, seq: int) -> None:
+        """Message ``seq`` was processed in the store's transaction, its
+        position committed with it: answer it, and let the connection that
+        carries the session acknowledge it."""
+        carrier = self.carrier
+        conn = carrier._alive if carrier is not None else None
+        inbox = self.session.inbox
+        if carrier is not None and conn is not None and carrier.loss is None:
+            if inbox.processed(seq):
+                conn.positionCommitted(seq)
+            carrier._service()
+        elif inbox.processed(seq):
+            inbox.commit(seq)
 
     def _committed(self, _: object, token: bytes, upTo: int, done: list[bool]) -> None:
         """The store committed the position ``upTo`` of session ``token``."""
@@ -350,6 +414,38 @@ class Binding:
         else:
             inbox.processed(seq)
         self.commitProcessed()
+
+
+def transactionProblem(protocol: Any, store: object) -> str | None:
+    """
+    Why ``protocol`` (a `HeartbeatMixin` protocol, or its class) cannot
+    receive with a session kept in ``store`` (``None``: in no store): it
+    defines ``messageReceivedInTransaction``, which needs a store that runs
+    it in its transaction (`ITransactionalStore`). ``None`` if it can.
+    """
+    if getattr(protocol, "messageReceivedInTransaction", None) is None:
+        return None
+    if ITransactionalStore.providedBy(store):
+        return None
+    cls = protocol if isinstance(protocol, type) else type(protocol)
+    kept = "is kept in no session store" if store is None else f"is kept in {store!r}"
+    return (
+        f"{cls.__qualname__} defines messageReceivedInTransaction(), which needs a session "
+        f"store that runs it in its own transaction (ITransactionalStore, such as "
+        f"SqliteSessionStore), but the session {kept}"
+    )
+
+
+def checkTransactional(protocol: Any, store: object) -> None:
+    """
+    :raises TypeError: if ``protocol`` (a `HeartbeatMixin` protocol class)
+        defines ``messageReceivedInTransaction`` and ``store`` cannot run
+        it (`transactionProblem`): a factory checks when it starts, rather
+        than at each connection.
+    """
+    problem = transactionProblem(protocol, store)
+    if problem is not None:
+        raise TypeError(problem)
 
 
 def accepting(host: Any, transport: Any) -> bool:

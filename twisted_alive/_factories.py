@@ -35,7 +35,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from twisted_alive._binding import Binding
+from twisted_alive._binding import Binding, transactionProblem
 from twisted_alive._interfaces import ISessionHost, ISessionStore
 from twisted_alive._journal import Journal, Recovered, ServerRecovered, loadSessions
 from twisted_alive._mixin import (
@@ -177,6 +177,21 @@ class AliveClientFactory(ReconnectingClientFactory):
         """The `Settings` of this factory's connections (client role)."""
         return settingsFor(self.protocol, accepting=False)
 
+    def startFactory(self) -> None:
+        """
+        Check, when the factory starts (its first ``connectTCP`` or
+        endpoint connection), that its protocol can receive with its
+        ``store``.
+
+        :raises TypeError: if the protocol defines
+            ``messageReceivedInTransaction`` and the ``store`` (or the lack
+            of one) cannot run it: an error that reconnecting cannot fix.
+        """
+        problem = transactionProblem(self.protocol, self.store)
+        if problem is not None:
+            raise TypeError(problem)
+        super().startFactory()  # type: ignore[no-untyped-call]
+
     # -- the session -----------------------------------------------------------
 
     @property
@@ -213,12 +228,18 @@ class AliveClientFactory(ReconnectingClientFactory):
             `sendMessage`'s would: with a `Receipt`, or with
             `DeliveryFailed` (``maybeProcessed=True`` if the server no
             longer knows the session: the previous process may have sent
-            it). Without a store: an empty list.
+            it). Without a store: an empty list. Fails with
+            ``TypeError`` if the protocol defines
+            ``messageReceivedInTransaction`` and the store cannot run it
+            (it is not an `ITransactionalStore`).
         """
         if self._recovered is None:
             self._recovered = []
             store = self.store
-            if store is None:
+            problem = transactionProblem(self.protocol, store)
+            if problem is not None:
+                self._loadDone(Failure(TypeError(problem)))  # type: ignore[no-untyped-call]
+            elif store is None:
                 self._loadDone([])
             else:
                 journal = self._journal = Journal(store, self._storeFailed, self._release)

@@ -1,12 +1,14 @@
 """
 The interfaces of the adapter: between `HeartbeatMixin` protocols and the
 factories that keep sessions for them (`ISessionHost`), and between the
-factories and the stores that keep sessions (`ISessionStore`).
+factories and the stores that keep sessions (`ISessionStore`, and
+`ITransactionalStore` for one that runs an application's work in its own
+transactions).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred
@@ -169,4 +171,38 @@ class ISessionStore(Interface):
         Finish every operation called before, make it durable, and release
         the store (idempotent). Operations called after fail with
         `StoreError`.
+        """
+
+
+class ITransactionalStore(ISessionStore):
+    """
+    A session store that can run a receiver's work in the transaction that
+    commits the processed position (`SqliteSessionStore`): the work and
+    the position are durable together or not at all, so a message is
+    processed exactly once even across a crash of the receiver's process.
+
+    A `HeartbeatMixin` protocol that defines
+    ``messageReceivedInTransaction(payload, cursor)`` needs a session kept
+    in such a store; the adapter then calls `processInTransaction` for each
+    message instead of ``messageReceived``.
+    """
+
+    def processInTransaction(
+        token: bytes, seq: int, function: Callable[[Any], object]
+    ) -> Deferred[None]:
+        """
+        Run ``function(cursor)`` in the store's next transaction, inside a
+        savepoint, then raise the processed position of session ``token``
+        to ``seq`` in the same savepoint.
+
+        ``function`` runs in the store's own thread: it must use only the
+        cursor it is given (a DB-API cursor on the store's database) and
+        call nothing of Twisted; it must not commit, roll back or touch
+        the store's own tables (``alive_*``).
+
+        :returns: a Deferred that fires once the work and the position are
+            committed together; or fails with the exception ``function``
+            raised (its work and the position rolled back, the rest of the
+            transaction kept), or with `StoreError` if the session is not
+            held or the transaction itself failed (nothing of it kept).
         """

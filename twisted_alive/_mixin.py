@@ -35,6 +35,7 @@ from twisted_alive._binding import (
     bind,
     refused,
     takeSession,
+    transactionProblem,
     unbind,
 )
 from twisted_alive._interfaces import hostOf
@@ -73,7 +74,7 @@ from twisted_alive.core.delivery import (
 )
 from twisted_alive.core.frames import DEFAULT_MAX_FRAME_SIZE, NO_SESSION, GoodbyeCode
 from twisted_alive.core.liveness import STALL_THRESHOLD
-from twisted_alive.core.outcomes import DeliveryFailed, Receipt
+from twisted_alive.core.outcomes import DeliveryFailed, MessageInfo, Receipt
 from twisted_alive.core.reasons import Loss
 
 __all__ = ["ABORT_GRACE", "HeartbeatMixin", "HeartbeatProtocol", "watchPongs"]
@@ -140,6 +141,19 @@ class HeartbeatMixin(TimeoutMixin):
     override ``connectionMade``, ``dataReceived`` or ``connectionLost`` must
     call the base method. The mixin owns ``TimeoutMixin``'s timer: do not
     call ``setTimeout`` yourself.
+
+    A protocol whose session is kept in a `SqliteSessionStore` (an
+    `ITransactionalStore`) may define
+    ``messageReceivedInTransaction(payload, cursor)`` instead of
+    `messageReceived`: each message is then processed in the store's
+    transaction, together with the session's processed position, exactly
+    once even across a crash of this process. It runs in the store's
+    thread: it may use ``cursor`` (on the store's database) and must call
+    nothing of Twisted; if it raises, its work is rolled back and the
+    message is rejected as when `messageReceived` raises. With a store that
+    cannot run it, or none, the connection is aborted when it opens (and
+    a client factory refuses to start, or its ``recovered()`` fails, with
+    ``TypeError``). See ``docs/stores.md``.
 
     :cvar heartbeatInterval: seconds of outbound silence before a PING; this
         side promises the peer a frame at least this often (announced in
@@ -212,6 +226,8 @@ class HeartbeatMixin(TimeoutMixin):
     _peer: str | None = None
     _written = 0
     _turnCall: IDelayedCall | None = None
+    _transactional = False
+    """Whether the class defines ``messageReceivedInTransaction``."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         """Refuse a class that lists a ``Protocol`` before the mixin: that
@@ -222,6 +238,7 @@ class HeartbeatMixin(TimeoutMixin):
         """
         super().__init_subclass__(**kwargs)
         checkBases(cls)
+        cls._transactional = getattr(cls, "messageReceivedInTransaction", None) is not None
 
     # -- configuration -----------------------------------------------------
 
@@ -262,6 +279,27 @@ class HeartbeatMixin(TimeoutMixin):
         """The delivery session this connection carries (``None`` before the
         connection is made)."""
         return self._alive.session if self._alive is not None else None
+
+    @property
+    def currentMessage(self) -> MessageInfo | None:
+        """
+        The message the application is processing: valid during
+        `messageReceived` (and until the Deferred it returned fires), else
+        ``None``. Its ``(session, seq)`` is the message's idempotency key;
+        ``redelivered`` says that a previous process may have processed it
+        already (see `MessageInfo`). Not for use in
+        ``messageReceivedInTransaction``, which runs in another thread (and
+        needs no key: it runs exactly once).
+        """
+        conn = self._alive
+        if conn is None:
+            return None
+        session = conn.session
+        inbox = session.inbox
+        seq = inbox.handedOut
+        if seq <= 0:
+            return None
+        return MessageInfo(session.token, seq, seq == inbox.mayRepeat)
 
     @property
     def state(self) -> State | None:
@@ -389,6 +427,10 @@ class HeartbeatMixin(TimeoutMixin):
         (``rejected=True``) carrying the error's text: a message that makes
         the application fail is reported, never silently lost, and never
         redelivered in a loop.
+
+        `currentMessage` tells which message this is: its idempotency key,
+        and whether a previous process may have processed it already (a
+        session kept in a store, after a crash).
         """
         return None
 
@@ -577,6 +619,7 @@ class HeartbeatMixin(TimeoutMixin):
                 conn.wakeMoved = True
             return
         conn.reading = True
+        transactional = self._transactional
         nextEvent = conn.nextEvent
         processed = conn.messageProcessed
         countdown = TURN_CHECK_EVERY
@@ -595,6 +638,11 @@ class HeartbeatMixin(TimeoutMixin):
                     self._event(conn, event)
                     continue
                 seq = event[0]
+                if transactional:
+                    self._binding.processInTransaction(
+                        self, conn, seq, event[1], self._clock(), self._peer
+                    )
+                    continue
                 try:
                     result = self.messageReceived(event[1])
                 except Exception:
@@ -672,6 +720,12 @@ class HeartbeatMixin(TimeoutMixin):
         self._binding.pace()
 
     def _opened(self, conn: Connection, resumed: bool) -> None:
+        if self._transactional:
+            problem = transactionProblem(self, self._binding.store)
+            if problem is not None:
+                log.error("alive.store: {problem}", problem=problem, event="store_refused")
+                self.abort(problem)
+                return
         self._binding.carrier = self
         logOpened(self._peer, conn.liveness.peerInterval, resumed)
         self.connectionOpened(resumed)

@@ -25,9 +25,10 @@ from typing import Any, Literal, TypeVar, cast
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorCore, IReactorFromThreads
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from twisted_alive._interfaces import ISessionStore
+from twisted_alive._interfaces import ISessionStore, ITransactionalStore
 from twisted_alive.core.outcomes import QueueFull
 from twisted_alive.core.stored import (
     DEFAULT_MAX_STORED,
@@ -271,7 +272,37 @@ _SCHEMA = (
 )
 
 _Operation = tuple[Callable[[sqlite3.Connection], Any], Deferred[Any]]
+
+
+class _FailsAlone(Exception):
+    """(Writer thread.) An operation failed after undoing what it wrote:
+    it fails alone, with ``failure``, and the transaction goes on."""
+
+    def __init__(self, failure: Failure) -> None:
+        super().__init__(failure.getErrorMessage())
+        self.failure = failure
+
+
 _STOP = None
+
+
+def _savepoint(connection: sqlite3.Connection, function: Callable[[sqlite3.Cursor], T]) -> T:
+    """(Writer thread.) ``function(cursor)`` inside a savepoint of the
+    transaction under way: what it did is rolled back if it raises, and it
+    fails alone (`_FailsAlone`) with its error."""
+    connection.execute("SAVEPOINT alive_work")
+    cursor = connection.cursor()
+    try:
+        result = function(cursor)
+    except Exception:
+        failure = Failure()  # type: ignore[no-untyped-call]
+        connection.execute("ROLLBACK TO alive_work")
+        connection.execute("RELEASE alive_work")
+        raise _FailsAlone(failure) from None
+    finally:
+        cursor.close()
+    connection.execute("RELEASE alive_work")
+    return result
 
 
 class _Positions:
@@ -329,7 +360,7 @@ class _Positions:
         self.dirty.clear()
 
 
-@implementer(ISessionStore)
+@implementer(ITransactionalStore)
 class SqliteSessionStore:
     """
     Sessions in a SQLite file, durable across a crash of this process
@@ -534,6 +565,10 @@ class SqliteSessionStore:
                 except (StoreError, QueueFull) as refused:
                     # Refused before it wrote anything: it fails alone.
                     results.append((d, False, refused))
+                except _FailsAlone as alone:
+                    # Undid what it wrote (an application's work, rolled
+                    # back to its savepoint): it fails alone too.
+                    results.append((d, False, alone.failure))
             self._positions.write(connection)
             connection.execute("COMMIT")
         except Exception as error:
@@ -828,6 +863,46 @@ class SqliteSessionStore:
             connection.executemany("INSERT INTO alive_rejections VALUES (?, ?, ?)", kept)
 
         return self._submit(record)
+
+    def runInTransaction(self, function: Callable[[sqlite3.Cursor], T]) -> Deferred[T]:
+        """
+        Run ``function(cursor)`` in the writer thread, in its next
+        transaction, inside a savepoint: the way for an application to
+        create, read and change its own tables in the store's file (which
+        the store locks for itself). The Deferred fires with what
+        ``function`` returned once committed; if it raises, what it did is
+        rolled back, the rest of the transaction is kept, and the Deferred
+        fails with its error. The rules of
+        `ITransactionalStore.processInTransaction` apply to ``function``.
+        """
+        return self._submit(lambda connection: _savepoint(connection, function))
+
+    def processInTransaction(
+        self, token: bytes, seq: int, function: Callable[[sqlite3.Cursor], object]
+    ) -> Deferred[None]:
+        """
+        Run a receiver's work and raise its processed position in one
+        transaction (`ITransactionalStore.processInTransaction`): in the
+        writer thread, inside a savepoint, ``function(cursor)`` and then the
+        position of session ``token`` up to ``seq``. If ``function`` raises
+        (or the session is not held), the savepoint is rolled back: neither
+        its work nor the position is kept, the other operations of the
+        transaction are, and the Deferred fails with that error. Several
+        messages' work may share one commit (the writer's group commit);
+        each is all or nothing by its savepoint.
+        """
+
+        def work(cursor: sqlite3.Cursor) -> None:
+            function(cursor)
+            updated = cursor.execute(
+                "UPDATE alive_sessions SET processed_up_to = max(processed_up_to, ?) "
+                "WHERE token = ?",
+                (seq, token),
+            )
+            if updated.rowcount == 0:
+                raise unknownSession(token)
+
+        return self._submit(lambda connection: _savepoint(connection, work))
 
     def touchSession(self, token: bytes, lastSeen: float) -> Deferred[None]:
         """Note when a session was seen (`ISessionStore.touchSession`)."""

@@ -1,6 +1,7 @@
 """
-What a sent message becomes: a `Receipt`, or a `DeliveryFailed`; and the
-`QueueFull` error of a sender that outran its limits.
+What a sent message becomes: a `Receipt`, or a `DeliveryFailed`; the
+`QueueFull` error of a sender that outran its limits; and what a receiver
+knows of the message it is processing (`MessageInfo`).
 """
 
 from __future__ import annotations
@@ -32,6 +33,35 @@ class Receipt:
     def latency(self) -> float:
         """Seconds from first write to confirmation."""
         return self.confirmedAt - self.sentAt
+
+
+@dataclass(frozen=True)
+class MessageInfo:
+    """
+    The message a receiver's application is processing
+    (``HeartbeatMixin.currentMessage``).
+
+    ``(session, seq)`` is the message's idempotency key: no other message
+    has it (a session that is replaced gets a new token, and numbers its
+    messages from 1 again), and a message delivered again after a crash has
+    the same one. An application that records the keys it processed, in
+    the same transaction as its work, can tell a repeat for sure.
+
+    :ivar session: the 16-byte token of the session the message came in
+        (all zero on a connection that keeps no session: the key is then
+        unique on that connection only).
+    :ivar seq: its sequence number in the session.
+    :ivar redelivered: ``True`` if a previous process may have processed
+        it already: its session was loaded from a store, and it is the one
+        message after the processed position the store had committed (the
+        previous process may have crashed between its work and that
+        commit). At most one message per load is flagged; a message not
+        flagged was never handed to an application before.
+    """
+
+    session: bytes
+    seq: int
+    redelivered: bool
 
 
 class DeliveryFailed(Exception):
