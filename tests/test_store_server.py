@@ -19,12 +19,14 @@ from typing import Any, cast
 import pytest
 from support import ensureDeferred, getReactor
 from test_sessions import (
+    EchoServer,
     Network,
     RecordingClient,
     RecordingClientFactory,
     RecordingServerFactory,
 )
 from test_store_client import HeldStore, LazyStore, result
+from test_store_receiver import Cursor, LazyTransactionalStore, Table
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
@@ -78,6 +80,7 @@ class Server(RecordingServerFactory):
     def __init__(self, store: ServerStore) -> None:
         super().__init__(reply=False)
         self.store = store
+        self.flags: list[tuple[bytes, bool]] = []
 
 
 def serve(
@@ -475,15 +478,44 @@ def test_storeFailureEndsSession() -> None:
     assert client.epoch == 2  # the client was told: a new session
 
 
+class Flagging(EchoServer):
+    """Records each message with its `currentMessage` flag (whether a
+    previous process may have processed it already)."""
+
+    factory: Server
+
+    def messageReceived(self, payload: bytes) -> Deferred[object] | None:
+        info = self.currentMessage
+        session = self.session
+        assert info is not None and session is not None and info.session == session.token
+        self.factory.flags.append((payload, info.redelivered))
+        return super().messageReceived(payload)
+
+
+class ServerInTransaction(HeartbeatProtocol):
+    """Inserts each message into the table, in the store's transaction."""
+
+    def messageReceivedInTransaction(self, payload: bytes, cursor: Cursor) -> None:
+        cursor.insert(payload)
+
+
 class ServerProcess:
     """One server process on a `LazyStore` over the shared ``inner`` store
     (the file): its operations are applied when the test commits them, and
-    a crash loses the rest."""
+    a crash loses the rest. With a ``table``, its protocol works in the
+    store's transaction (a `LazyTransactionalStore` filling ``table``)."""
 
-    def __init__(self, inner: MemorySessionStore, network: Network, received: list[bytes]):
-        self.store = LazyStore(inner)
+    def __init__(
+        self,
+        inner: MemorySessionStore,
+        network: Network,
+        flags: list[tuple[bytes, bool]],
+        table: Table | None = None,
+    ) -> None:
+        self.store = LazyStore(inner) if table is None else LazyTransactionalStore(inner, table)
         self.server = Server(cast(ServerStore, self.store))
-        self.server.received = received
+        cast(Any, self.server).protocol = Flagging if table is None else ServerInTransaction
+        self.server.flags = flags
         self.server.clock = network.clock
         network.serverFactory = self.server
         self.server.doStart()  # type: ignore[no-untyped-call]
@@ -497,19 +529,23 @@ class ServerProcess:
             wire.cut()
 
 
-@pytest.mark.parametrize("seed", range(30))
-def test_serverCrashedAtRandomPoints(seed: int) -> None:
+@pytest.mark.parametrize("transactional", [False, True])
+@pytest.mark.parametrize("seed", range(25))
+def test_serverCrashedAtRandomPoints(seed: int, transactional: bool) -> None:
     """A server whose store commits at random points is crashed three
     times while a client sends 60 messages: the client resumes every time
-    (never a new session), the server's application gets every message in
-    order, each at most once more per crash (the one being processed when
-    it died), and every Deferred of the client fires with its Receipt."""
+    (never a new session), and every Deferred of the client fires with its
+    Receipt. With ``messageReceived`` the server's application gets every
+    message in order, each at most once more per crash (the one being
+    processed when it died), every repeat flagged ``redelivered``; with
+    ``messageReceivedInTransaction``, every message exactly once."""
     rng = random.Random(seed)
     inner = MemorySessionStore()
-    received: list[bytes] = []
+    flags: list[tuple[bytes, bool]] = []
+    table = Table() if transactional else None
     client = RecordingClientFactory()
     network = Network(client, Server(ServerStore()), Clock())
-    process = ServerProcess(inner, network, received)
+    process = ServerProcess(inner, network, flags, table)
     ds = [client.sendMessage(b"%d" % i) for i in range(60)]
     network.connect()
     crashes = 0
@@ -517,7 +553,7 @@ def test_serverCrashedAtRandomPoints(seed: int) -> None:
         if crashes < 3 and rng.random() < 0.03:
             process.crash(network)
             crashes += 1
-            process = ServerProcess(inner, network, received)
+            process = ServerProcess(inner, network, flags, table)
         else:
             process.store.commit(rng.randint(0, 3))
             wire = network.current
@@ -527,11 +563,20 @@ def test_serverCrashedAtRandomPoints(seed: int) -> None:
                 network.clock.advance(0.5)
     assert client.epoch == 1  # never a new session (sessionReset)
     assert [cast(Receipt, result(d)).seq for d in ds] == list(range(1, 61))
-    seqs = [int(payload) for payload in received]
-    repeats = sum(1 for a, b in zip(seqs, seqs[1:], strict=False) if a == b)
-    assert sorted(set(seqs)) == list(range(60))
-    assert [s for i, s in enumerate(seqs) if i == 0 or seqs[i - 1] != s] == list(range(60))
-    assert repeats <= crashes
+    expected = [b"%d" % i for i in range(60)]
+    if table is not None:
+        assert table.rows == expected, seed
+        return
+    seen: list[bytes] = []
+    repeats = 0
+    for payload, redelivered in flags:
+        if seen and payload == seen[-1]:
+            repeats += 1
+            assert redelivered, seed
+        else:
+            seen.append(payload)
+    assert seen == expected, seed
+    assert repeats <= crashes, seed
 
 
 def test_recoveredFailWhenSessionExpires() -> None:
@@ -611,3 +656,21 @@ def test_failureAfterTheEnd() -> None:
     server._table.remove(server._key(binding.session.token))
     server._storeFailed(binding, Failure(StoreError("the store holds no session")))  # type: ignore[no-untyped-call]
     assert proto.loss is None
+
+
+def test_transactionalNeedsTransactionalStore() -> None:
+    """A server whose protocol works in the store's transaction, on a store
+    that cannot run it: the factory refuses to start, and `recovered`
+    fails, with the exact reason."""
+    store = MemorySessionStore()
+    server = AliveServerFactory.forProtocol(ServerInTransaction, store=store)
+    why = (
+        "ServerInTransaction defines messageReceivedInTransaction(), which needs a session "
+        "store that runs it in its own transaction (ITransactionalStore, such as "
+        f"SqliteSessionStore), but the session is kept in {store!r}"
+    )
+    with pytest.raises(TypeError) as caught:
+        server.doStart()  # type: ignore[no-untyped-call]
+    assert str(caught.value) == why
+    error = errorOf(cast(AliveServerFactory, server).recovered())
+    assert isinstance(error, TypeError) and str(error) == why

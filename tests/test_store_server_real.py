@@ -47,7 +47,8 @@ def startServer(
     processes: Processes, port: int, received: Path, store: Path
 ) -> tuple[subprocess.Popen[str], int]:
     """A session server on ``store``, its application appending (with
-    fsync) each message it processes to ``received``."""
+    fsync) each message it processes to ``received``, and those flagged
+    ``redelivered`` to ``received`` + ``.flagged``."""
     server = processes.startPeer(
         "session_server.py",
         LOOPBACK,
@@ -58,11 +59,18 @@ def startServer(
         "--store",
         store,
         "--fsync",
+        "--redelivered",
+        flaggedFile(received),
     )
     assert server.stdout is not None
     line = server.stdout.readline().split()
     assert line and line[0] == "READY", line
     return server, int(line[1])
+
+
+def flaggedFile(received: Path) -> Path:
+    """Where the server records the messages flagged ``redelivered``."""
+    return received.with_name(received.name + ".flagged")
 
 
 def repeatsOf(processed: list[T]) -> tuple[list[T], int]:
@@ -78,8 +86,8 @@ def test_killedServerLosesNothing(tmp_path: Path, processes: Processes) -> None:
     at random points while a client with its own SQLite store sends
     MESSAGES: the client resumes every time (never a reset), the server's
     application processes every message in order, nothing is lost, each
-    kill repeats at most one message, and every Deferred of the client
-    fires once with the Receipt of its message."""
+    kill repeats at most one message, flagged ``redelivered``, and every
+    Deferred of the client fires once with the Receipt of its message."""
     seed = chaosSeed()
     rng = random.Random(seed)
     received = tmp_path / "received"
@@ -100,11 +108,15 @@ def test_killedServerLosesNothing(tmp_path: Path, processes: Processes) -> None:
         assert again == port
     output = client.communicate(timeout=120)[0].strip().splitlines()
     elapsed = time.monotonic() - started
-    processed, repeats = repeatsOf([int(n) for n in received.read_text().split()])
+    numbers = [int(n) for n in received.read_text().split()]
+    processed, repeats = repeatsOf(numbers)
+    repeated = {b for a, b in zip(numbers, numbers[1:], strict=False) if a == b}
+    flagged = {int(n) for n in flaggedFile(received).read_text().split()}
     inFlight = sum(1 for count in counts if 0 < count < MESSAGES)
     print(
         f"\n{MESSAGES} messages, {KILLS} server kills ({inFlight} while messages flowed), "
-        f"{repeats} repeats, {elapsed:.1f} s (seed {seed}): {output[-2:]}"
+        f"{repeats} repeats, {len(flagged)} flagged, {elapsed:.1f} s (seed {seed}): "
+        f"{output[-2:]}"
     )
     assert output[-1] == f"DONE {MESSAGES}", (output, seed)
     # (The client exits with an error if its session is ever reset; it
@@ -114,6 +126,8 @@ def test_killedServerLosesNothing(tmp_path: Path, processes: Processes) -> None:
     assert int(output[-2].split()[1]) >= 1, (output, counts, seed)
     assert processed == list(range(MESSAGES)), seed
     assert repeats <= KILLS, seed
+    assert repeated <= flagged, (sorted(repeated - flagged), seed)
+    assert len(flagged) <= KILLS, seed
 
 
 class Collecting(HeartbeatProtocol):

@@ -1132,8 +1132,17 @@ class AliveServerFactory(Factory):
         self._loadOutcome = None
 
     def startFactory(self) -> None:
-        """Sessions are kept again (after a `stopFactory`). With a
-        ``store``, loading its sessions begins (see `recovered`)."""
+        """
+        Sessions are kept again (after a `stopFactory`). With a ``store``,
+        loading its sessions begins (see `recovered`).
+
+        :raises TypeError: if the protocol defines
+            ``messageReceivedInTransaction`` and the ``store`` (or the lack
+            of one) cannot run it: the server would abort every connection.
+        """
+        problem = transactionProblem(self.protocol, self.store)
+        if problem is not None:
+            raise TypeError(problem)
         self._stoppedFactory = False
         if self.store is not None:
             self._load()
@@ -1159,9 +1168,10 @@ class AliveServerFactory(Factory):
             once: with a `Receipt`, or with `DeliveryFailed` if the session
             ends first (it expired: its client never came back). Without a
             store: an empty list. It fails if the store cannot be read
-            (`CorruptStore`, `StoreError`: nothing was deleted), or keeps
+            (`CorruptStore`, `StoreError`: nothing was deleted), keeps
             less per session than the protocol's window and queue may hold
-            (``ValueError``).
+            (``ValueError``), or cannot run the protocol's
+            ``messageReceivedInTransaction`` (``TypeError``).
         """
         if self.store is None:
             return defer.succeed([])
@@ -1187,6 +1197,10 @@ class AliveServerFactory(Factory):
         if self._loadStarted or store is None:
             return
         self._loadStarted = True
+        problem = transactionProblem(self.protocol, store)
+        if problem is not None:
+            self._loadDone(Failure(TypeError(problem)))  # type: ignore[no-untyped-call]
+            return
         settings = self.aliveSettings()
         limits = StoreLimits.forOutbox(
             settings.window, settings.maxQueue, settings.maxQueueBytes, settings.maxPayload

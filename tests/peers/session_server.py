@@ -6,6 +6,7 @@ Usage::
 
     session_server.py HOST PORT INTERVAL [--misses M] [--received FILE]
         [--losses FILE] [--hold-on MESSAGE] [--store PATH] [--fsync]
+        [--redelivered FILE]
 
 It listens on HOST:PORT (0 for any free port; the listening socket reuses
 the address, so a restarted server can take the port of a killed one, and
@@ -27,7 +28,9 @@ its backlog is large enough for a flood of connections) and prints
 - with ``--store``, its sessions are kept in a `SqliteSessionStore` at
   PATH: started again on it, the server resumes every session it had;
 - with ``--fsync``, each line of ``--received`` is fsynced before
-  ``messageReceived`` returns (on disk even if the machine fails).
+  ``messageReceived`` returns (on disk even if the machine fails);
+- every message flagged as possibly processed by a previous process
+  (``currentMessage.redelivered``) is appended to ``--redelivered`` too.
 
 It runs until killed.
 """
@@ -70,6 +73,9 @@ class Recording(HeartbeatProtocol):
     factory: Server
 
     def messageReceived(self, payload: bytes) -> Deferred[None] | None:
+        info = self.currentMessage
+        if info is not None and info.redelivered and self.factory.redeliveredFd is not None:
+            os.write(self.factory.redeliveredFd, payload + b"\n")
         fd = self.factory.receivedFd
         if fd is not None:
             os.write(fd, payload + b"\n")
@@ -94,11 +100,14 @@ class Server(AliveServerFactory):
         self.fsync = options.fsync
         self.receivedFd: int | None = None
         self.lossesFd: int | None = None
+        self.redeliveredFd: int | None = None
         flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND
         if options.received:
             self.receivedFd = os.open(options.received, flags, 0o644)
         if options.losses:
             self.lossesFd = os.open(options.losses, flags, 0o644)
+        if options.redelivered:
+            self.redeliveredFd = os.open(options.redelivered, flags, 0o644)
         self.holdOn = options.hold_on.encode() if options.hold_on else None
         self.protocol = cast(
             "type[Recording]",
@@ -148,6 +157,7 @@ def main(reactor: Any, *argv: str) -> Deferred[None]:
     parser.add_argument("--hold-on", default="")
     parser.add_argument("--store", default="")
     parser.add_argument("--fsync", action="store_true")
+    parser.add_argument("--redelivered", default="")
     options = parser.parse_args(argv)
     factory = Server(options, reactor)
     port = reactor.listenTCP(options.port, factory, backlog=1024, interface=options.host)
