@@ -1232,6 +1232,22 @@ def test_runInTransactionRollsBackAFailure(
     assert doneRows(s, calls) == [2]
 
 
+def test_workThatExitsDoesNotEndTheWriter(
+    opened: Callable[..., SqliteSessionStore], calls: ThreadCalls
+) -> None:
+    """Work that raises ``SystemExit`` fails alone like any other error: the
+    writer thread goes on."""
+    s = opened()
+    appTable(s, calls)
+
+    def exiting(cursor: sqlite3.Cursor) -> None:
+        raise SystemExit(3)
+
+    assert type(calls.failure(s.runInTransaction(exiting))) is SystemExit
+    calls.result(s.runInTransaction(inserting(1)))
+    assert doneRows(s, calls) == [1]
+
+
 def test_onlySqliteRunsWorkInItsTransaction() -> None:
     """The SQLite store offers `ITransactionalStore`; the memory store does
     not (its sessions do not outlive the process anyway)."""

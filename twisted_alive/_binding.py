@@ -12,6 +12,12 @@ a message once the application's Deferred fires, to whichever connection
 carries the session by then (`Binding.awaitResult`), settle the Deferreds
 of sent messages (`settle`, `refused`, `failUndelivered`), and let the
 session go when its connection ends (`unbind`).
+
+A session kept in a store (`Binding.keepIn`) has its processed position
+written there after each answer, one write at a time, before the ACK
+that reports it (`Binding.commitProcessed`); a protocol that defines
+``messageReceivedInTransaction`` has each message processed in the
+store's own transaction instead (`Binding.processInTransaction`).
 """
 
 from __future__ import annotations

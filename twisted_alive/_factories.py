@@ -35,7 +35,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from twisted_alive._binding import Binding, transactionProblem
+from twisted_alive._binding import Binding, checkTransactional, transactionProblem
 from twisted_alive._interfaces import ISessionHost, ISessionStore
 from twisted_alive._journal import Journal, Recovered, ServerRecovered, loadSessions
 from twisted_alive._mixin import (
@@ -187,9 +187,7 @@ class AliveClientFactory(ReconnectingClientFactory):
             ``messageReceivedInTransaction`` and the ``store`` (or the lack
             of one) cannot run it: an error that reconnecting cannot fix.
         """
-        problem = transactionProblem(self.protocol, self.store)
-        if problem is not None:
-            raise TypeError(problem)
+        checkTransactional(self.protocol, self.store)
         super().startFactory()  # type: ignore[no-untyped-call]
 
     # -- the session -----------------------------------------------------------

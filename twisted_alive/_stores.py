@@ -294,7 +294,8 @@ def _savepoint(connection: sqlite3.Connection, function: Callable[[sqlite3.Curso
     cursor = connection.cursor()
     try:
         result = function(cursor)
-    except Exception:
+    except BaseException:
+        # (Even SystemExit: the application's, not the writer's, to end.)
         failure = Failure()  # type: ignore[no-untyped-call]
         connection.execute("ROLLBACK TO alive_work")
         connection.execute("RELEASE alive_work")
