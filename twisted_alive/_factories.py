@@ -1138,9 +1138,7 @@ class AliveServerFactory(Factory):
             ``messageReceivedInTransaction`` and the ``store`` (or the lack
             of one) cannot run it: the server would abort every connection.
         """
-        problem = transactionProblem(self.protocol, self.store)
-        if problem is not None:
-            raise TypeError(problem)
+        checkTransactional(self.protocol, self.store)
         self._stoppedFactory = False
         if self.store is not None:
             self._load()
