@@ -29,7 +29,7 @@ from support import (
     getReactor,
     waitFor,
 )
-from twisted.internet.defer import Deferred, gatherResults, maybeDeferred
+from twisted.internet.defer import Deferred, fail, gatherResults, maybeDeferred
 from twisted.internet.task import Clock
 from twisted.logger import ILogObserver, LogEvent, formatEvent, globalLogPublisher
 from twisted.python import usage
@@ -40,7 +40,7 @@ from twisted_alive._factories import AliveServerFactory
 from twisted_alive._mixin import ABORT_GRACE, HeartbeatMixin, HeartbeatProtocol
 from twisted_alive._reasons import Loss, Reason
 from twisted_alive.core.frames import GoodbyeCode
-from twisted_alive.core.stored import StoreError
+from twisted_alive.core.stored import StoredSession, StoreError
 from twisted_alive.service.tap import (
     AliveServerService,
     EchoProtocol,
@@ -499,6 +499,51 @@ def test_closeWithoutConnections() -> None:
     d = service.closeConnections()
     assert d.called
     assert clock.getDelayedCalls() == []
+
+
+@pytest.mark.timeout(20)
+def test_storeThatCannotLoad(events: Events) -> None:
+    """A service whose factory's store cannot be loaded says so in one
+    critical line (under twistd it then stops the server)."""
+    store = MemorySessionStore()
+    store.listSessions = lambda: fail(StoreError("disk gone"))  # type: ignore[method-assign]
+    factory = AliveServerFactory(store)
+    factory.clock = Clock()
+    service = AliveServerService(factory, [], clock=Clock())
+    service.startService()
+    try:
+        (event,) = events.named("store_failed")[-1:]
+        assert event["log_level"].name == "critical"
+        assert formatEvent(event) == (
+            "alive.store: cannot load the sessions of <MemorySessionStore: 0 sessions>: "
+            "disk gone"
+        )
+    finally:
+        service.stopService()
+
+
+@pytest.mark.timeout(20)
+def test_recoveredWatchedForBuiltinApps() -> None:
+    """For a built-in app, the service watches the Deferred of each message
+    a previous process sent: one whose session expires fails without an
+    unhandled error."""
+    store = MemorySessionStore()
+    token = bytes(range(16))
+    store.createSession(StoredSession(token, 1, nextSeq=2, lastSeen=0.0, messages=((1, b"x"),)))
+    factory = AliveServerFactory(store)
+    clock = Clock()
+    factory.clock = clock
+    service = AliveServerService(factory, [], clock=clock)
+    service.handleRecovered = True
+    service.startService()
+    try:
+        recovered: list[tuple[bytes, bytes, Deferred[Any]]] = []
+        factory.recovered().addCallback(recovered.extend)
+        ((_, _, d),) = recovered
+        clock.advance(factory.sessionTTL + 1)
+        assert d.called and d.result is None  # failed, and handled
+    finally:
+        service.stopService()
 
 
 # -- twistd -n alive, as a subprocess ----------------------------------------------
