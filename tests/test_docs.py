@@ -52,7 +52,7 @@ EXPECTED_OUTPUT = {
         "server processed b'message 3'\n",
         "confirmed [1, 2, 3] despite LOCAL_CLOSE",
     ],
-    "docs/stores.md:4": ["still to confirm: ((3, b'three'),)"],
+    "docs/stores.md:5": ["still to confirm: ((3, b'three'),)"],
 }
 """What some blocks must print, besides running cleanly: what their comments
 and the text around them promise (a block is ``page:n``, its n-th Python

@@ -29,16 +29,18 @@ from support import (
     getReactor,
     waitFor,
 )
-from twisted.internet.defer import Deferred, gatherResults, maybeDeferred
+from twisted.internet.defer import Deferred, fail, gatherResults, maybeDeferred
 from twisted.internet.task import Clock
 from twisted.logger import ILogObserver, LogEvent, formatEvent, globalLogPublisher
 from twisted.python import usage
 from zope.interface import implementer
 
+from twisted_alive import MemorySessionStore, SqliteSessionStore
 from twisted_alive._factories import AliveServerFactory
 from twisted_alive._mixin import ABORT_GRACE, HeartbeatMixin, HeartbeatProtocol
 from twisted_alive._reasons import Loss, Reason
 from twisted_alive.core.frames import GoodbyeCode
+from twisted_alive.core.stored import StoredSession, StoreError
 from twisted_alive.service.tap import (
     AliveServerService,
     EchoProtocol,
@@ -147,6 +149,41 @@ def _parse(*args: str) -> Options:
             ["--listen", "tcp:9000:backlog=lots"],
             "invalid --listen endpoint \"tcp:9000:backlog=lots\": backlog 'lots' is not a "
             "whole number of 1 or more",
+        ),
+        (
+            ["--sessions", "nosuch:x"],
+            "invalid --sessions \"nosuch:x\": unknown session store 'nosuch:x': use memory, "
+            "sqlite:PATH[:synchronous=NORMAL|FULL] or redis://HOST:PORT/DB",
+        ),
+        (
+            ["--sessions", ""],
+            "invalid --sessions \"\": empty session store description: use memory, "
+            "sqlite:PATH[:synchronous=NORMAL|FULL] or redis://HOST:PORT/DB",
+        ),
+        (
+            ["--sessions", "sqlite:"],
+            "invalid --sessions \"sqlite:\": 'sqlite:' names no file: use "
+            "sqlite:PATH[:synchronous=NORMAL|FULL]",
+        ),
+        (
+            ["--sessions", "sqlite:x.db:synchronous=HALF"],
+            "invalid --sessions \"sqlite:x.db:synchronous=HALF\": synchronous must be NORMAL "
+            "or FULL, got 'HALF' in 'sqlite:x.db:synchronous=HALF'",
+        ),
+        (
+            ["--sessions", "memory:x"],
+            "invalid --sessions \"memory:x\": the memory session store takes no options, "
+            "got 'memory:x'",
+        ),
+        (
+            ["--sessions", "redis://h:1/0"],
+            "invalid --sessions \"redis://h:1/0\": the Redis session store (redis://h:1/0) is "
+            "not available yet: it is issue 17; use memory or sqlite:PATH",
+        ),
+        (
+            ["--sessions", "sqlite:/nonexistent/dir/x.db"],
+            "--sessions \"sqlite:/nonexistent/dir/x.db\": cannot open session store "
+            "/nonexistent/dir/x.db: unable to open database file",
         ),
     ],
 )
@@ -260,6 +297,61 @@ def test_userAppMistakes() -> None:
     assert str(caught.value) == (
         f'--app "{__name__}:failing": calling it failed: RuntimeError: no database'
     )
+
+
+@pytest.mark.timeout(20)
+def test_sessionsNotAStore(tmp_path: Path) -> None:
+    """A --sessions file that is not a session store is a usage error, and
+    the file is left as it is."""
+    path = tmp_path / "notes.db"
+    content = b"these are my notes, not a database" * 4
+    path.write_bytes(content)
+    with pytest.raises(usage.UsageError) as caught:
+        _parse("--sessions", f"sqlite:{path}")
+    assert str(caught.value) == (
+        f'--sessions "sqlite:{path}": {path} is not a twisted_alive session store: it cannot '
+        "be read as a SQLite database (file is not a database); it was left as it is"
+    )
+    assert path.read_bytes() == content
+
+
+def withStore() -> AliveServerFactory:
+    """An app whose factory keeps its sessions in a store already."""
+    return AliveServerFactory(MemorySessionStore())
+
+
+@pytest.mark.timeout(20)
+def test_sessionsTwice() -> None:
+    """--sessions for an app whose factory has a store already is a usage
+    error (one store or the other, never a silent choice)."""
+    with pytest.raises(usage.UsageError) as caught:
+        _parse("--app", f"{__name__}:withStore", "--sessions", "memory")
+    assert str(caught.value) == (
+        '--sessions "memory": the --app factory keeps its sessions in '
+        "<MemorySessionStore: 0 sessions> already"
+    )
+
+
+@pytest.mark.timeout(20)
+@ensureDeferred
+async def test_sessionsStoreGivenAndClosed(tmp_path: Path) -> None:
+    """--sessions sqlite:PATH gives the factory a SQLite store on PATH (a
+    new file becomes one); the service loads its sessions when it starts
+    and closes the store once it stopped."""
+    path = tmp_path / "sessions.db"
+    options = _parse(
+        f"--listen=tcp:{_freePort()}:interface={LOOPBACK}", "--sessions", f"sqlite:{path}"
+    )
+    factory: AliveServerFactory = options["factory"]
+    store = factory.store
+    assert isinstance(store, SqliteSessionStore) and store is options["store"]
+    assert store.path == path and path.exists()
+    service = makeService(options)
+    service.startService()
+    assert await factory.recovered() == []
+    await maybeDeferred(service.stopService)
+    with pytest.raises(StoreError):
+        await store.flush()
 
 
 # -- the service, in this process ------------------------------------------------
@@ -409,6 +501,51 @@ def test_closeWithoutConnections() -> None:
     assert clock.getDelayedCalls() == []
 
 
+@pytest.mark.timeout(20)
+def test_storeThatCannotLoad(events: Events) -> None:
+    """A service whose factory's store cannot be loaded says so in one
+    critical line (under twistd it then stops the server)."""
+    store = MemorySessionStore()
+    store.listSessions = lambda: fail(StoreError("disk gone"))  # type: ignore[method-assign]
+    factory = AliveServerFactory(store)
+    factory.clock = Clock()
+    service = AliveServerService(factory, [], clock=Clock())
+    service.startService()
+    try:
+        (event,) = events.named("store_failed")[-1:]
+        assert event["log_level"].name == "critical"
+        assert formatEvent(event) == (
+            "alive.store: cannot load the sessions of <MemorySessionStore: 0 sessions>: "
+            "disk gone"
+        )
+    finally:
+        service.stopService()
+
+
+@pytest.mark.timeout(20)
+def test_recoveredWatchedForBuiltinApps() -> None:
+    """For a built-in app, the service watches the Deferred of each message
+    a previous process sent: one whose session expires fails without an
+    unhandled error."""
+    store = MemorySessionStore()
+    token = bytes(range(16))
+    store.createSession(StoredSession(token, 1, nextSeq=2, lastSeen=0.0, messages=((1, b"x"),)))
+    factory = AliveServerFactory(store)
+    clock = Clock()
+    factory.clock = clock
+    service = AliveServerService(factory, [], clock=clock)
+    service.handleRecovered = True
+    service.startService()
+    try:
+        recovered: list[tuple[bytes, bytes, Deferred[Any]]] = []
+        factory.recovered().addCallback(recovered.extend)
+        ((_, _, d),) = recovered
+        clock.advance(factory.sessionTTL + 1)
+        assert d.called and d.result is None  # failed, and handled
+    finally:
+        service.stopService()
+
+
 # -- twistd -n alive, as a subprocess ----------------------------------------------
 
 
@@ -506,6 +643,7 @@ def test_helpListsOptions() -> None:
         "--max-frame-size=",
         "--session-ttl=",
         "--close-timeout=",
+        "--sessions=",
     ):
         assert option in result.stdout
 

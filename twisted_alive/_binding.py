@@ -496,15 +496,46 @@ def answerHello(
     """
     (Server.) The client's HELLO on ``protocol`` (its core: ``conn``, its
     binding until now: ``binding``) names session ``token``: find it
-    through ``host``; the session's binding adopts the producer of
+    through ``host`` and take it (`takeSession`). A host that keeps its
+    sessions in a store may answer later (a Deferred): the connection then
+    holds what follows the HELLO until `HeartbeatMixin` takes the session.
+
+    :returns: the binding of ``protocol`` from now on: the session's, or
+        ``binding`` if the session was refused or the answer comes later.
+    """
+    found = host.sessionForHello(token, now) if host is not None else None
+    if isinstance(found, Deferred):
+        box: list[object] = []
+        found.addBoth(box.append)
+        if not box:
+            found.addCallback(lambda _: protocol._sessionFound(box[0], token))
+            return binding
+        if isinstance(box[0], Failure):
+            conn.abort(f"session store failed: {box[0].getErrorMessage()}")
+            return binding
+        found = cast("tuple[Session, bool] | None", box[0])
+    return takeSession(host, protocol, binding, conn, token, found, now)
+
+
+def takeSession(
+    host: Any,
+    protocol: HeartbeatMixin,
+    binding: Binding,
+    conn: Connection,
+    token: bytes,
+    found: tuple[Session, bool] | None,
+    now: float,
+) -> Binding:
+    """
+    (Server.) ``host`` answered the HELLO of ``protocol`` that named
+    ``token`` with ``found``: the session's binding adopts the producer of
     ``binding``, ``protocol`` takes the session over (`Binding.takeOver`)
-    and ``conn`` accepts it. A session that ``host`` does not know
-    (unknown or expired) is refused.
+    and ``conn`` accepts it. A session that ``host`` does not know (unknown
+    or expired: ``found`` is ``None``) is refused.
 
     :returns: the binding of ``protocol`` from now on: the session's, or
         ``binding`` if the session was refused.
     """
-    found = host.sessionFor(token, now) if host is not None else None
     if found is None:
         conn.refuseSession(f"session {token.hex()[:8]} is unknown or expired")
         return binding

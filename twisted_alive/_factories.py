@@ -37,7 +37,7 @@ from zope.interface import implementer
 
 from twisted_alive._binding import Binding, checkTransactional, transactionProblem
 from twisted_alive._interfaces import ISessionHost, ISessionStore
-from twisted_alive._journal import Journal, Recovered
+from twisted_alive._journal import Journal, Recovered, ServerRecovered, loadSessions
 from twisted_alive._mixin import (
     HeartbeatMixin,
     HeartbeatProtocol,
@@ -61,7 +61,7 @@ from twisted_alive.core.retry import (
 )
 from twisted_alive.core.retry import retryFor as _retryFor
 from twisted_alive.core.sessions import SessionTable
-from twisted_alive.core.stored import StoreLimits
+from twisted_alive.core.stored import StoredSession, StoreLimits, sessionOf
 
 log = Logger(namespace="twisted_alive")
 
@@ -296,21 +296,8 @@ class AliveClientFactory(ReconnectingClientFactory):
 
     def _tooLargeForPeer(self, payloads: Sequence[bytes]) -> Deferred[Receipt] | None:
         """With a store, a message larger than the connected server accepts
-        fails at once (without a store it fails when its turn comes): a
-        stored message cannot be skipped, its number is the session's."""
-        current = self.connected
-        conn = current._alive if current is not None else None
-        if conn is None:
-            return None
-        largest = max(map(len, payloads))
-        if largest <= conn.peerMaxPayload:
-            return None
-        return defer.fail(
-            DeliveryFailed(
-                f"message of {largest} bytes exceeds the peer's maximum of "
-                f"{conn.peerMaxPayload} bytes; not stored, not sent"
-            )
-        )
+        fails at once (`tooLargeFor`)."""
+        return tooLargeFor(self.connected, payloads)
 
     def _release(self) -> None:
         """The store committed more messages: send what the window allows
@@ -359,6 +346,10 @@ class AliveClientFactory(ReconnectingClientFactory):
         raise NotImplementedError
 
     def sessionFor(self, token: bytes, now: float) -> tuple[Session, bool] | None:
+        """Not used: this factory plays the client role."""
+        raise NotImplementedError
+
+    def sessionForHello(self, token: bytes, now: float) -> tuple[Session, bool] | None:
         """Not used: this factory plays the client role."""
         raise NotImplementedError
 
@@ -771,6 +762,30 @@ class AliveClientFactory(ReconnectingClientFactory):
         self._stableCall = None
 
 
+def tooLargeFor(
+    carrier: HeartbeatMixin | None, payloads: Sequence[bytes]
+) -> Deferred[Receipt] | None:
+    """
+    A failed Deferred if one of ``payloads`` is larger than the peer of
+    ``carrier`` (the connection that carries a stored session now)
+    accepts, else ``None``. With a store, such a message fails at once
+    (without a store it fails when its turn comes): a stored message
+    cannot be skipped, its number is the session's.
+    """
+    conn = carrier._alive if carrier is not None else None
+    if conn is None:
+        return None
+    largest = max(map(len, payloads))
+    if largest <= conn.peerMaxPayload:
+        return None
+    return defer.fail(
+        DeliveryFailed(
+            f"message of {largest} bytes exceeds the peer's maximum of "
+            f"{conn.peerMaxPayload} bytes; not stored, not sent"
+        )
+    )
+
+
 def _maybe(binding: Binding, entries: list[Entry]) -> list[tuple[Any, bool]]:
     """The outcomes among ``entries`` still awaited (see `undelivered`)."""
     return [
@@ -794,8 +809,21 @@ class AliveServerFactory(Factory):
     an unknown or expired session gets GOODBYE(SESSION_UNKNOWN) and starts a
     new one.
 
+    With a ``store`` (``AliveServerFactory.forProtocol(P, store=...)``),
+    the sessions also outlive the process: a server started again on the
+    same store accepts the resume of every session it had (see
+    ``docs/stores.md``). The sessions are loaded when the factory starts
+    (`recovered`); a client's HELLO that arrives before is answered once
+    they are. A new session is created in the store before the HELLO that
+    gives the client its token is sent; a session that ends (expired,
+    evicted beyond ``maxSessions``, closed by its client) is deleted from
+    it; each message the server's protocol sends in a session is stored
+    before it is sent and dropped once the client confirmed it.
+
     :cvar sessionTTL: seconds a session without connection is kept.
     :cvar maxSessions: sessions without connection kept at most.
+    :ivar store: the `ISessionStore` that keeps the sessions across a
+        restart of the process, or ``None`` (they live in memory).
     :ivar connections: the live protocols, HELLO done or not.
     :ivar sessions: sessions by token digest (read-only use).
     :ivar losses: how many losses each `Reason` had.
@@ -809,10 +837,14 @@ class AliveServerFactory(Factory):
     sessionTTL = 300.0
     maxSessions = 10_000
     clock: IReactorTime | None = None
+    store: ISessionStore | None = None
     _expiryCall: IDelayedCall | None = None
+    _touchCall: IDelayedCall | None = None
     _stoppedFactory = False
+    _loadStarted = False
+    _loadOutcome: ServerRecovered | Failure | None = None
 
-    def __init__(self) -> None:
+    def __init__(self, store: ISessionStore | None = None) -> None:
         self.connections: set[HeartbeatMixin] = set()
         self._table: SessionTable[bytes, Session] = SessionTable()
         self._bindings: dict[bytes, Binding] = {}
@@ -821,6 +853,9 @@ class AliveServerFactory(Factory):
         self.endedCounts: Counter[str] = Counter()
         self.sessionsExpired = 0
         self.sessionsResumed = 0
+        self._loadWaiters: list[Deferred[None]] = []
+        if store is not None:
+            self.store = store
 
     def buildProtocol(self, addr: IAddress | None) -> Any:
         """Build a protocol; it uses this factory's clock if one is set."""
@@ -862,16 +897,80 @@ class AliveServerFactory(Factory):
         return binding
 
     def sessionFor(self, token: bytes, now: float) -> tuple[Session, bool] | None:
-        """The session for a client's HELLO token (`ISessionHost`)."""
+        """
+        The session for a client's HELLO token (`ISessionHost`).
+
+        :raises RuntimeError: with a ``store``, before its sessions are
+            loaded (`recovered`).
+        """
+        if self.store is not None and not isinstance(self._loadOutcome, list):
+            raise RuntimeError(
+                "the sessions of the store are not loaded yet: wait for factory.recovered()"
+            )
+        found = self._sessionFor(token, now)
+        if found is None:
+            return None
+        session, resumed, created = found
+        if created is not None:
+            created.addErrback(lambda _: None)  # (logged by _sessionFor)
+        return session, resumed
+
+    def sessionForHello(
+        self, token: bytes, now: float
+    ) -> tuple[Session, bool] | None | Deferred[tuple[Session, bool] | None]:
+        """
+        What the server's HELLO answers (`ISessionHost`): `sessionFor`; with
+        a ``store``, a Deferred of it until the stored sessions are loaded,
+        and for a new session (it fires once the session is created in the
+        store: only then may the HELLO that gives its token go).
+        """
+        if self.store is not None and not isinstance(self._loadOutcome, list):
+            return self._afterLoad().addCallback(
+                lambda _: self.sessionForHello(token, self._now())
+            )
+        found = self._sessionFor(token, now)
+        if found is None:
+            return None
+        session, resumed, created = found
+        if created is None:
+            return session, resumed
+        return created.addCallback(lambda _: (session, resumed))
+
+    def _sessionFor(
+        self, token: bytes, now: float
+    ) -> tuple[Session, bool, Deferred[None] | None] | None:
+        """`sessionFor`, with the Deferred of a new session's creation in
+        the ``store`` (``None`` for a session resumed or without a store)."""
         self.expireSessions(now)
         table = self._table
+        store = self.store
         if token == NO_SESSION:
             new = Session.newToken()
             session = self.aliveSettings().newSession()
             session.token = new
             session.lastSeen = now
-            table.add(self._key(new), session, now)
-            return session, False
+            key = self._key(new)
+            table.add(key, session, now)
+            if store is None:
+                return session, False, None
+            binding = self._bindings[key] = Binding(session)
+            self._journalFor(binding, 1)
+            created = store.createSession(StoredSession(new, epoch=1, lastSeen=now))
+
+            def notCreated(failure: Failure) -> Failure:
+                log.error(
+                    "alive.store: cannot create session {token} in {store}: {error}",
+                    token=tokenPrefix(new),
+                    store=store,
+                    error=failure.getErrorMessage(),
+                    event="store_failed",
+                )
+                if table.get(key) is session:
+                    table.remove(key)
+                    self._bindings.pop(key, None)
+                return failure
+
+            return session, False, created.addErrback(notCreated)
         key = self._key(token)
         known = table.get(key)
         if known is None or not known.matches(token):
@@ -881,7 +980,7 @@ class AliveServerFactory(Factory):
         table.touch(key, now)
         self.sessionsResumed += 1
         session.resumes += 1
-        return session, True
+        return session, True, None
 
     def expireSessions(self, now: float | None = None) -> int:
         """
@@ -927,7 +1026,12 @@ class AliveServerFactory(Factory):
         self.expireSessions(now)
         self._armExpiry(now)
 
-    def _failSession(self, session: Session, why: str, binding: Binding | None = None) -> None:
+    def _failSession(
+        self, session: Session, why: str, binding: Binding | None = None, forget: bool = True
+    ) -> None:
+        """The session is over: fail its pending messages with ``why``;
+        delete it from the ``store`` too, unless not to ``forget`` it (the
+        server stops: the next process resumes it)."""
         outbox = session.outbox
         self.endedCounts.update(
             sent=outbox.sentCount,
@@ -939,6 +1043,11 @@ class AliveServerFactory(Factory):
         if kept is not None and kept.session is session:
             del self._bindings[self._key(session.token)]
             binding = kept
+            if kept.journal is not None:
+                if forget:
+                    kept.journal.dropped()
+                else:
+                    why += " (the message stays in the session store, for the next process)"
         entries = session.outbox.drain()
         if binding is not None:
             binding.failUndelivered(entries, f"{why} before confirmation", None)
@@ -956,6 +1065,9 @@ class AliveServerFactory(Factory):
         key = self._key(session.token)
         if self._table.get(key) is session:
             self._table.attach(key)
+            if self.store is not None:
+                self._touch(session, self._now())
+                self._armTouch()
         log.info(
             "alive.session: {token} {how} for {peer}",
             token=tokenPrefix(session.token),
@@ -990,7 +1102,7 @@ class AliveServerFactory(Factory):
             # it ends).
             if self._stoppedFactory:
                 table.remove(key)
-                self._failSession(session, "the server stopped")
+                self._failSession(session, "the server stopped", forget=False)
             elif loss.reason is Reason.CLEAN_CLOSE:
                 table.remove(key)
                 self._failSession(session, "the client closed the session")
@@ -998,6 +1110,8 @@ class AliveServerFactory(Factory):
                 # It waits, the most recently seen (the least recently seen
                 # go first).
                 table.detach(key, now)
+                if self.store is not None:
+                    self._touch(session, now)
         self.expireSessions(now)
         self._armExpiry(now)
 
@@ -1009,15 +1123,265 @@ class AliveServerFactory(Factory):
         that connection ends.
         """
         self._stoppedFactory = True
-        if self._expiryCall is not None and self._expiryCall.active():
-            self._expiryCall.cancel()
-        self._expiryCall = None
+        for call in (self._expiryCall, self._touchCall):
+            if call is not None and call.active():
+                call.cancel()
+        self._expiryCall = self._touchCall = None
         for session in self._table.removeIdle():
-            self._failSession(session, "the server stopped")
+            self._failSession(session, "the server stopped", forget=False)
+        self._loadStarted = False
+        self._loadOutcome = None
 
     def startFactory(self) -> None:
-        """Sessions are kept again (after a `stopFactory`)."""
+        """
+        Sessions are kept again (after a `stopFactory`). With a ``store``,
+        loading its sessions begins (see `recovered`).
+
+        :raises TypeError: if the protocol defines
+            ``messageReceivedInTransaction`` and the ``store`` (or the lack
+            of one) cannot run it: the server would abort every connection.
+        """
+        checkTransactional(self.protocol, self.store)
         self._stoppedFactory = False
+        if self.store is not None:
+            self._load()
+
+    # -- the store -------------------------------------------------------------
+
+    def recovered(self) -> Deferred[ServerRecovered]:
+        """
+        With a ``store``: the sessions it holds, loaded once per start of
+        the factory (`startFactory` begins it; a call before does too).
+
+        Sessions last seen more than ``sessionTTL`` seconds ago are deleted
+        from the store first; beyond ``maxSessions``, the least recently
+        seen are dropped (and deleted). Until the rest are in the session
+        table, clients' HELLOs wait (never answered SESSION_UNKNOWN for a
+        session in the store).
+
+        :returns: a Deferred that fires with what previous processes
+            submitted in those sessions and their clients have not
+            confirmed: ``(token, payload, Deferred[Receipt])`` per message,
+            in order within each session. Each is sent again once its
+            client resumes the session, and each Deferred fires exactly
+            once: with a `Receipt`, or with `DeliveryFailed` if the session
+            ends first (it expired: its client never came back). Without a
+            store: an empty list. It fails if the store cannot be read
+            (`CorruptStore`, `StoreError`: nothing was deleted), keeps
+            less per session than the protocol's window and queue may hold
+            (``ValueError``), or cannot run the protocol's
+            ``messageReceivedInTransaction`` (``TypeError``).
+        """
+        if self.store is None:
+            return defer.succeed([])
+        d = self._afterLoad()
+        return d.addCallback(lambda _: cast(ServerRecovered, self._loadOutcome))
+
+    def _afterLoad(self) -> Deferred[None]:
+        """A Deferred that fires once the store's sessions are loaded (or
+        fails with the reason they could not be)."""
+        self._load()
+        outcome = self._loadOutcome
+        if isinstance(outcome, Failure):
+            return defer.fail(outcome)
+        if outcome is not None:
+            return defer.succeed(None)
+        d: Deferred[None] = Deferred()
+        self._loadWaiters.append(d)
+        return d
+
+    def _load(self) -> None:
+        """Begin loading the store's sessions, unless begun already."""
+        store = self.store
+        if self._loadStarted or store is None:
+            return
+        self._loadStarted = True
+        problem = transactionProblem(self.protocol, store)
+        if problem is not None:
+            self._loadDone(Failure(TypeError(problem)))  # type: ignore[no-untyped-call]
+            return
+        settings = self.aliveSettings()
+        limits = StoreLimits.forOutbox(
+            settings.window, settings.maxQueue, settings.maxQueueBytes, settings.maxPayload
+        )
+        now = self._now()
+        loading = Deferred.fromCoroutine(loadSessions(store, limits, now, self.sessionTTL))
+        loading.addCallback(self._loaded, now).addBoth(self._loadDone)
+
+    def _loaded(
+        self, loaded: tuple[list[StoredSession], list[bytes]], now: float
+    ) -> ServerRecovered:
+        records, expired = loaded
+        settings = self.aliveSettings()
+        table = self._table
+        recovered: ServerRecovered = []
+        for record in records:
+            key = self._key(record.token)
+            if key in table:
+                continue  # still carried (the factory stopped and started again)
+            session = sessionOf(record, settings.window, settings.maxQueue, settings.maxQueueBytes)
+            binding = self._bindings[key] = Binding(session)
+            self._journalFor(binding, record.epoch)
+            for entry in session.outbox.queue:
+                d: Deferred[Receipt] = Deferred()
+                entry.handle = binding.hold(d)
+                recovered.append((record.token, entry.payload, d))
+            table.add(key, session, record.lastSeen)
+        dropped = self.expireSessions(now)
+        self._armExpiry(now)
+        log.info(
+            "alive.store: {count} sessions loaded from {store} ({expired} expired in the "
+            "store, {dropped} dropped beyond maxSessions): {messages} messages not confirmed",
+            count=len(table),
+            store=self.store,
+            expired=len(expired),
+            dropped=dropped,
+            messages=len(recovered),
+            event="store_loaded",
+        )
+        return recovered
+
+    def _loadDone(self, outcome: ServerRecovered | Failure) -> None:
+        """The sessions are loaded (or the store failed): answer the HELLOs
+        and `recovered` calls that waited."""
+        if isinstance(outcome, Failure):
+            log.error(
+                "alive.store: cannot load the sessions of {store}: {error}",
+                store=self.store,
+                error=outcome.getErrorMessage(),
+                event="store_failed",
+            )
+        self._loadOutcome = outcome
+        waiting, self._loadWaiters = self._loadWaiters, []
+        for d in waiting:
+            if isinstance(outcome, Failure):
+                d.errback(outcome)
+            else:
+                d.callback(None)
+
+    def _journalFor(self, binding: Binding, epoch: int) -> Journal:
+        """Keep ``binding``'s session in the store: its messages are stored
+        before they are sent."""
+        assert self.store is not None
+        return Journal.attach(
+            self.store,
+            binding,
+            epoch,
+            partial(self._storeFailed, binding),
+            partial(self._releaseStored, binding),
+        )
+
+    def _releaseStored(self, binding: Binding) -> None:
+        """The store committed more of ``binding``'s messages: send what the
+        window allows."""
+        carrier = binding.carrier
+        if carrier is not None:
+            carrier._pump()
+
+    def _storeFailed(self, binding: Binding, failure: Failure) -> None:
+        """A store operation of ``binding``'s session failed: the session
+        ends (its connection is aborted, its messages fail)."""
+        session = binding.session
+        why = f"session store failed: {failure.getErrorMessage()}"
+        key = self._key(session.token)
+        if self._table.get(key) is not session:
+            # Over already (a write that followed its end, such as the
+            # processed position after its deletion): nothing to end.
+            log.info(
+                "alive.store: session {token} (over): {why}",
+                token=tokenPrefix(session.token),
+                why=why,
+                event="store_failed",
+            )
+            return
+        log.error(
+            "alive.store: session {token}: {why}; the session ends",
+            token=tokenPrefix(session.token),
+            why=why,
+            event="store_failed",
+        )
+        self._table.remove(key)
+        carrier = binding.carrier
+        self._failSession(session, why)
+        if carrier is not None:
+            carrier.abort(why)
+
+    def sendStored(
+        self, binding: Binding, payloads: Sequence[bytes], together: bool
+    ) -> Deferred[Receipt]:
+        """
+        What the server's protocol's ``sendMessage`` (``together``: ``False``,
+        one payload) and ``sendMessages`` do in a stored session: the
+        messages are numbered and appended to the store at once, and sent
+        once the store committed them.
+
+        :returns: the Deferred of their outcome, as `HeartbeatMixin.sendMessage`
+            gives; failed at once with `QueueFull` (the outbox or the store
+            is full: nothing was queued nor stored) or `DeliveryFailed` (a
+            message larger than the client accepts: neither stored nor
+            sent).
+        """
+        journal = binding.journal
+        assert journal is not None
+        refusal = tooLargeFor(binding.carrier, payloads)
+        if refusal is not None:
+            return refusal
+        d = journal.submit(payloads, together)
+        if not d.called:
+            self._releaseStored(binding)
+            binding.pace()
+        return d
+
+    def epochOf(self, session: Session) -> int | None:
+        """The epoch of a stored session (as its store keeps it: 1 for a
+        session this server created, unchanged across restarts), or
+        ``None`` without a store."""
+        binding = self._bindings.get(self._key(session.token))
+        if binding is None or binding.journal is None:
+            return None
+        return binding.journal.epoch
+
+    def _touch(self, session: Session, now: float) -> None:
+        """Tell the store the session was seen ``now`` (when a connection
+        takes it or leaves it, and every `touchInterval` while carried:
+        never per frame)."""
+        assert self.store is not None
+        self.store.touchSession(session.token, now).addErrback(
+            lambda failure: log.warn(
+                "alive.store: cannot record when session {token} was seen: {error}",
+                token=tokenPrefix(session.token),
+                error=failure.getErrorMessage(),
+                event="store_failed",
+            )
+        )
+
+    @property
+    def touchInterval(self) -> float:
+        """Seconds between the store's records of when a carried session
+        was seen: a quarter of ``sessionTTL`` (at least one second), so
+        that a server killed while a connection carried a session finds it
+        unexpired at the next start."""
+        return max(self.sessionTTL / 4, 1.0)
+
+    def _armTouch(self) -> None:
+        if self._stoppedFactory or (self._touchCall is not None and self._touchCall.active()):
+            return
+        self._now()
+        assert self.clock is not None
+        self._touchCall = self.clock.callLater(self.touchInterval, self._touchCarried)
+
+    def _touchCarried(self) -> None:
+        self._touchCall = None
+        now = self._now()
+        carried = [
+            binding.session
+            for binding in self._bindings.values()
+            if binding.carrier is not None and binding.journal is not None
+        ]
+        for session in carried:
+            self._touch(session, now)
+        if carried:
+            self._armTouch()
 
     def closeAll(
         self, code: GoodbyeCode = GoodbyeCode.SHUTTING_DOWN, reason: str = "server shutting down"

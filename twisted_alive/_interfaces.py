@@ -48,6 +48,16 @@ class ISessionHost(Interface):
         expired one.
         """
 
+    def sessionForHello(
+        token: bytes, now: float
+    ) -> tuple[Session, bool] | None | Deferred[tuple[Session, bool] | None]:
+        """
+        (Server role.) What the server answers a client's HELLO with:
+        `sessionFor`'s answer, or a Deferred of it if the answer waits for
+        a store (the server's HELLO goes once it fires; if it fails, the
+        connection is aborted).
+        """
+
     def sessionUnknown(protocol: object, detail: str) -> None:
         """(Client role.) The peer did not resume the session."""
 

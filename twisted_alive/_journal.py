@@ -25,7 +25,14 @@ Inbound, the binding keeps the processed position in the same store
 the next message reaches the application only once the previous one's
 position is committed.
 
-The store holds one client session at a time. A record is always written
+A server's sessions (`AliveServerFactory` with a ``store``) each have a
+journal too (`Journal.attach`): the server assigns the token, so a
+session is in the store under it from the start (created before the HELLO
+that tells the client the token), its messages follow the same rules 1
+and 3, `loadSessions` gives them to the next process, and `Journal.dropped`
+deletes one that ended.
+
+A client's store holds one client session at a time. A record is always written
 before the one it replaces is deleted, so a crash between the two leaves
 both: `Journal.load` keeps the one of the highest epoch (at equal epochs,
 the one with a token: the server had assigned it) and deletes the others.
@@ -46,13 +53,42 @@ from twisted_alive._interfaces import ISessionStore
 from twisted_alive.core.delivery import Session
 from twisted_alive.core.frames import NO_SESSION
 from twisted_alive.core.outcomes import Receipt
-from twisted_alive.core.stored import StoredSession, StoreLimits, recordOf, sessionOf
+from twisted_alive.core.stored import (
+    StoredSession,
+    StoreError,
+    StoreLimits,
+    recordOf,
+    sessionOf,
+)
 
 log = Logger(namespace="twisted_alive")
 
 Recovered = list[tuple[bytes, "Deferred[Receipt]"]]
 """What a previous process submitted and the server has not confirmed:
 ``(payload, Deferred)`` per message, in order."""
+
+ServerRecovered = list[tuple[bytes, bytes, "Deferred[Receipt]"]]
+"""(Server.) What previous processes submitted in the sessions of a store
+and their clients have not confirmed: ``(token, payload, Deferred)`` per
+message, in order within each session."""
+
+
+def checkLimits(store: ISessionStore, limits: StoreLimits) -> None:
+    """
+    Whether ``store`` keeps at least ``limits`` per session (what the
+    protocol's window and queue may hold): a store that keeps less would
+    refuse a message after the outbox took it.
+
+    :raises ValueError: if not.
+    """
+    kept = store.limits
+    if kept.maxMessages < limits.maxMessages or kept.maxBytes < limits.maxBytes:
+        raise ValueError(
+            f"the store keeps {kept.maxMessages} messages ({kept.maxBytes} bytes) per "
+            f"session, less than the protocol's window and queue may hold "
+            f"({limits.maxMessages} messages, {limits.maxBytes} bytes): use "
+            "StoreLimits.forOutbox(...) with the protocol's limits"
+        )
 
 
 def _best(records: Sequence[StoredSession]) -> StoredSession:
@@ -108,14 +144,7 @@ class Journal:
         :raises ValueError: if the store's limits are below ``limits``.
         """
         store = self.store
-        kept = store.limits
-        if kept.maxMessages < limits.maxMessages or kept.maxBytes < limits.maxBytes:
-            raise ValueError(
-                f"the store keeps {kept.maxMessages} messages ({kept.maxBytes} bytes) per "
-                f"session, less than the protocol's window and queue may hold "
-                f"({limits.maxMessages} messages, {limits.maxBytes} bytes): use "
-                "StoreLimits.forOutbox(...) with the protocol's limits"
-            )
+        checkLimits(store, limits)
         records = []
         for token in await store.listSessions():
             record = await store.loadSession(token)
@@ -151,6 +180,38 @@ class Journal:
             entry.handle = binding.hold(d)
             recovered.append((entry.payload, d))
         return binding, recovered
+
+    @classmethod
+    def attach(
+        cls,
+        store: ISessionStore,
+        binding: Binding,
+        epoch: int,
+        failed: Callable[[Failure], None],
+        release: Callable[[], None],
+    ) -> Journal:
+        """
+        The journal of a session that has its token from the start and is
+        in the store under it (or is being created there): a server's
+        session, new or loaded. From now on its messages are numbered when
+        submitted, after those the store holds, and its processed position
+        is kept in the store (`Binding.keepIn`).
+
+        :param binding: the binding of the session; its ``journal`` is set.
+        :param epoch: the session's epoch, as stored.
+        """
+        journal = cls(store, failed, release)
+        session = binding.session
+        outbox = session.outbox
+        if outbox.storedUpTo is None:
+            outbox.storedUpTo = outbox.nextNumber() - 1
+        journal.binding = binding
+        journal.epoch = epoch
+        journal._token = session.token
+        journal._confirmed = outbox.ackedUpTo
+        binding.journal = journal
+        binding.keepIn(store, journal._broken)
+        return journal
 
     # -- writing -------------------------------------------------------------
 
@@ -260,6 +321,16 @@ class Journal:
             store.createSession(StoredSession(NO_SESSION, self.epoch)).addErrback(self._broken)
             store.deleteSession(old).addErrback(self._broken)
 
+    def dropped(self) -> None:
+        """(Server.) The session is over (expired, evicted, or closed by
+        its client): delete it from the store; nothing more is stored for
+        it."""
+        if self._ended:
+            return
+        self._ended = True
+        self._generation += 1
+        self.store.deleteSession(self._token).addErrback(self._broken)
+
     def _replace(self, token: bytes, why: str) -> None:
         session = self._session()
         old = self._token
@@ -298,6 +369,38 @@ class Journal:
     def flush(self) -> Deferred[None]:
         """Fires once everything submitted so far is durable."""
         return self.store.flush()
+
+
+async def loadSessions(
+    store: ISessionStore, limits: StoreLimits, now: float, ttl: float
+) -> tuple[list[StoredSession], list[bytes]]:
+    """
+    (Server.) Every session a store holds, least recently seen first,
+    after the store forgot those last seen more than ``ttl`` seconds before
+    ``now``.
+
+    :param limits: what the protocol's outbox may hold (see `checkLimits`).
+    :returns: the records, and the tokens of the sessions that expired.
+    :raises ValueError: if the store keeps less than ``limits``.
+    :raises StoreError: if the store cannot be read (`CorruptStore` for a
+        file that is not a session store), or holds a client's session:
+        nothing is deleted then.
+    """
+    checkLimits(store, limits)
+    await store.open()
+    records = []
+    for token in await store.listSessions():
+        if token == NO_SESSION:
+            raise StoreError(
+                f"{store!r} holds a client's session (one without a token): a server "
+                "needs a session store of its own"
+            )
+    expired = await store.expireSessions(now, ttl)
+    for token in await store.listSessions():
+        record = await store.loadSession(token)
+        if record is not None:
+            records.append(record)
+    return records, expired
 
 
 def partialSubmit(outbox: Any, payload: bytes) -> Callable[[int], object]:

@@ -34,6 +34,7 @@ from twisted_alive._binding import (
     answerHello,
     bind,
     refused,
+    takeSession,
     transactionProblem,
     unbind,
 )
@@ -59,6 +60,7 @@ from twisted_alive.core.connection import (
     MessageReceived,
     Opened,
     Rejected,
+    Role,
     SessionUnknown,
     Settings,
     State,
@@ -70,7 +72,7 @@ from twisted_alive.core.delivery import (
     DEFAULT_WINDOW,
     Session,
 )
-from twisted_alive.core.frames import DEFAULT_MAX_FRAME_SIZE, GoodbyeCode
+from twisted_alive.core.frames import DEFAULT_MAX_FRAME_SIZE, NO_SESSION, GoodbyeCode
 from twisted_alive.core.liveness import STALL_THRESHOLD
 from twisted_alive.core.outcomes import DeliveryFailed, MessageInfo, Receipt
 from twisted_alive.core.reasons import Loss
@@ -370,9 +372,25 @@ class HeartbeatMixin(TimeoutMixin):
         if self._binding.journal is not None:
             # The session is in a store: stored before sent, by its factory.
             host = hostOf(self)
+            if host.role is Role.SERVER:
+                payloads = [payload] if what == "message" else payload
+                return cast(
+                    Deferred[Receipt],
+                    host.sendStored(self._binding, payloads, what == "messages"),
+                )
             if what == "message":
                 return cast(Deferred[Receipt], host.sendMessage(payload))
             return cast(Deferred[Receipt], host.sendMessages(payload))
+        if conn.role is Role.SERVER and conn.session.token == NO_SESSION:
+            host = hostOf(self)
+            if host is not None and host.store is not None:
+                return defer.fail(
+                    DeliveryFailed(
+                        f"{what} not sent: the sessions are kept in a store, and this "
+                        "connection has no session yet; send once it is open "
+                        "(connectionOpened)"
+                    )
+                )
         now = self._clock().seconds()
         d = self._binding.submit(lambda handle: send(payload, handle, now))
         if d.called:
@@ -687,6 +705,24 @@ class HeartbeatMixin(TimeoutMixin):
                 host.sessionUnknown(self, cast(SessionUnknown, event).detail)
         else:
             logEvent(event, self._peer, self._clock(), self.logPongs)
+
+    def _sessionFound(self, found: object, token: bytes) -> None:
+        """
+        (Server.) The factory's answer to the client's HELLO came later (it
+        waited for a store): take the session or refuse it, unless the
+        connection ended meanwhile. A ``Failure`` (the store failed) aborts
+        the connection: the client comes back.
+        """
+        conn = self._alive
+        if conn is None or self.loss is not None or conn.state is not State.HANDSHAKE:
+            return
+        if isinstance(found, Failure):
+            self.abort(f"session store failed: {found.getErrorMessage()}")
+            return
+        now = self._clock().seconds()
+        answer = cast("tuple[Session, bool] | None", found)
+        self._binding = takeSession(hostOf(self), self, self._binding, conn, token, answer, now)
+        self._service()
 
     def _sendRoom(self) -> None:
         """Acknowledgements made room in the window and the queue: resume a

@@ -816,6 +816,19 @@ class SqliteSessionStore:
                 ) from None
             raise StoreError(f"cannot open session store {path}: {error}") from None
 
+    def check(self) -> None:
+        """
+        Open the file in the calling thread, as the writer thread does, and
+        close it again: blocking, for a tool that must refuse to start on a
+        bad file (the twistd plugin's ``--sessions``) before its reactor
+        runs. A file that does not exist yet becomes a new store.
+
+        :raises StoreError: if it cannot be opened or is in use.
+        :raises CorruptStore: if it is damaged or not a session store (it
+            is left as it is).
+        """
+        self._connect().close()
+
     # -- ISessionStore -----------------------------------------------------------------------
 
     def open(self) -> Deferred[None]:

@@ -5,7 +5,8 @@ L{AliveServerFactory} whose application records what it processes.
 Usage::
 
     session_server.py HOST PORT INTERVAL [--misses M] [--received FILE]
-        [--losses FILE] [--hold-on MESSAGE]
+        [--losses FILE] [--hold-on MESSAGE] [--store PATH] [--fsync]
+        [--redelivered FILE]
 
 It listens on HOST:PORT (0 for any free port; the listening socket reuses
 the address, so a restarted server can take the port of a killed one, and
@@ -23,7 +24,13 @@ its backlog is large enough for a flood of connections) and prints
   reason, the detail, the GOODBYE code, the peer address and how long the
   connection lasted (``connectedFor``, in seconds, by this process's clock);
 - on SIGUSR1 it prints a ``STATUS`` JSON line: live connections, sessions
-  kept, losses by reason, and its resident memory (``VmRSS``, KiB).
+  kept, losses by reason, and its resident memory (``VmRSS``, KiB);
+- with ``--store``, its sessions are kept in a `SqliteSessionStore` at
+  PATH: started again on it, the server resumes every session it had;
+- with ``--fsync``, each line of ``--received`` is fsynced before
+  ``messageReceived`` returns (on disk even if the machine fails);
+- every message flagged as possibly processed by a previous process
+  (``currentMessage.redelivered``) is appended to ``--redelivered`` too.
 
 It runs until killed.
 """
@@ -43,6 +50,7 @@ from twisted.internet.defer import Deferred
 from twisted_alive._factories import AliveServerFactory
 from twisted_alive._mixin import HeartbeatProtocol
 from twisted_alive._reasons import Loss
+from twisted_alive._stores import SqliteSessionStore
 
 
 def say(*words: object) -> None:
@@ -65,8 +73,14 @@ class Recording(HeartbeatProtocol):
     factory: Server
 
     def messageReceived(self, payload: bytes) -> Deferred[None] | None:
-        if self.factory.receivedFd is not None:
-            os.write(self.factory.receivedFd, payload + b"\n")
+        info = self.currentMessage
+        if info is not None and info.redelivered and self.factory.redeliveredFd is not None:
+            os.write(self.factory.redeliveredFd, payload + b"\n")
+        fd = self.factory.receivedFd
+        if fd is not None:
+            os.write(fd, payload + b"\n")
+            if self.factory.fsync:
+                os.fsync(fd)
         if payload == self.factory.holdOn:
             return Deferred()
         return None
@@ -80,15 +94,20 @@ class Server(AliveServerFactory):
 
     protocol = Recording
 
-    def __init__(self, options: argparse.Namespace) -> None:
-        super().__init__()
+    def __init__(self, options: argparse.Namespace, reactor: Any) -> None:
+        store = SqliteSessionStore(options.store, reactor=reactor) if options.store else None
+        super().__init__(store)
+        self.fsync = options.fsync
         self.receivedFd: int | None = None
         self.lossesFd: int | None = None
+        self.redeliveredFd: int | None = None
         flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND
         if options.received:
             self.receivedFd = os.open(options.received, flags, 0o644)
         if options.losses:
             self.lossesFd = os.open(options.losses, flags, 0o644)
+        if options.redelivered:
+            self.redeliveredFd = os.open(options.redelivered, flags, 0o644)
         self.holdOn = options.hold_on.encode() if options.hold_on else None
         self.protocol = cast(
             "type[Recording]",
@@ -136,8 +155,11 @@ def main(reactor: Any, *argv: str) -> Deferred[None]:
     parser.add_argument("--received", default="")
     parser.add_argument("--losses", default="")
     parser.add_argument("--hold-on", default="")
+    parser.add_argument("--store", default="")
+    parser.add_argument("--fsync", action="store_true")
+    parser.add_argument("--redelivered", default="")
     options = parser.parse_args(argv)
-    factory = Server(options)
+    factory = Server(options, reactor)
     port = reactor.listenTCP(options.port, factory, backlog=1024, interface=options.host)
     signal.signal(signal.SIGUSR1, lambda *_: reactor.callFromThread(factory.status))
     say("READY", port.getHost().port)

@@ -16,8 +16,11 @@ random time meets it in the middle. Message ``n`` is the session's sequence numb
 ``lastSubmitted``, so nothing is sent twice and nothing skipped. It prints
 ``CONFIRMED <n>`` every 100 receipts, and ``DONE <count>`` once every
 Deferred it holds (the recovered ones and its own) fired with a `Receipt`
-of the right sequence number; then it exits, keeping its session. Anything else is an error:
-it prints ``ERROR ...`` and exits with status 1.
+of the right sequence number; then it exits, keeping its session. Anything
+else is an error, a reset of the session (``sessionReset``: the server did
+not resume it) included: it prints ``ERROR ...`` and exits with status 1.
+On exit it prints ``RESUMED <count>``, the times the session was resumed,
+before ``DONE``.
 """
 
 from __future__ import annotations
@@ -44,6 +47,17 @@ class Client(AliveClientFactory):
     maxDelay = 0.1
     quickDelay = 0.01
     quickSpread = 0.0
+
+    def __init__(self, store: SqliteSessionStore) -> None:
+        super().__init__(store)
+        self.resets: list[str] = []
+        self.resumed = 0
+
+    def sessionResumed(self) -> None:
+        self.resumed += 1
+
+    def sessionReset(self, reason: str, maybeProcessed: int) -> None:
+        self.resets.append(f"{reason} ({maybeProcessed} maybe processed)")
 
 
 async def main(reactor: Any, *argv: str) -> None:
@@ -111,12 +125,14 @@ async def main(reactor: Any, *argv: str) -> None:
     ticks.start(0.01)
     await done
     ticks.stop()
+    errors.extend(f"the session was reset: {reset}" for reset in factory.resets)
     if errors:
         say("ERROR", "; ".join(errors[:5]))
         sys.exit(1)
     # Exit keeping the session (no close(), which would end it): a process
     # started again carries on with it.
     await store.close()
+    say("RESUMED", factory.resumed)
     say("DONE", state["confirmed"])
 
 

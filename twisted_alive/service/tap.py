@@ -9,6 +9,12 @@ listening, sends GOODBYE(SHUTTING_DOWN) on every connection, waits for the
 clients to confirm what is outstanding (at most ``--close-timeout`` seconds),
 and only then lets the process exit: the clients classify the loss as
 ``CLEAN_CLOSE``.
+
+With ``--sessions sqlite:PATH`` the sessions live in that file: a server
+killed (even with SIGKILL) and started again on it accepts the resume of
+every session it had. The file is checked before the server starts (a file
+that is not a session store is a usage error, left as it is), and closed
+once the last connection is.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import (
     IListeningPort,
     IProtocolFactory,
+    IReactorFromThreads,
     IReactorTime,
     IStreamServerEndpoint,
 )
@@ -36,9 +43,12 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from twisted_alive._factories import AliveServerFactory
+from twisted_alive._interfaces import ISessionStore
 from twisted_alive._mixin import ABORT_GRACE, HeartbeatMixin, HeartbeatProtocol
+from twisted_alive._stores import SqliteSessionStore, sessionStoreFromString
 from twisted_alive.core.frames import GoodbyeCode
 from twisted_alive.core.outcomes import DeliveryFailed
+from twisted_alive.core.stored import StoreError
 from twisted_alive.service.status import StatusSite, statusSite
 from twisted_alive.tools.cli import (
     EndpointError,
@@ -213,6 +223,14 @@ class Options(usage.Options):
             "[default: the app's own; 10]",
             _number("--close-timeout", allowZero=True),
         ],
+        [
+            "sessions",
+            None,
+            None,
+            "Where the sessions live: memory, or sqlite:PATH[:synchronous=NORMAL|FULL] "
+            "(a server started again on the same file resumes every session it had) "
+            "[default: memory, the app's own store if it has one]",
+        ],
     ]
 
     def __init__(self, reactor: Any = None) -> None:
@@ -252,6 +270,7 @@ class Options(usage.Options):
             local = withDefault(status, "interface", STATUS_INTERFACE.get(kind, "127.0.0.1"))
             self["statusEndpoint"] = self._endpoint("--status", status, local)
         self["factory"] = self._factory()
+        self["store"] = self._store(self["factory"])
 
     def parseOptions(self, options: Any = None) -> None:
         """Parse ``options``; after a mistake, `getUsage` is one line (twistd
@@ -332,6 +351,51 @@ class Options(usage.Options):
         except ValueError as e:
             raise usage.UsageError(str(e)) from None
         return factory
+
+
+    def _store(self, factory: AliveServerFactory) -> ISessionStore | None:
+        """The store of ``--sessions``, given to ``factory``; a SQLite file
+        is opened and checked now (and closed again), so that a file that
+        is not a session store stops the server before it starts."""
+        given = self["sessions"]
+        if given is None:
+            return None
+        reactor = self._reactor
+        if reactor is None:
+            from twisted.internet import reactor
+        try:
+            store = sessionStoreFromString(_ThreadsOnly(reactor), given)
+        except (ValueError, NotImplementedError) as e:
+            raise usage.UsageError(f'invalid --sessions "{given}": {e}') from None
+        if factory.store is not None:
+            raise usage.UsageError(
+                f'--sessions "{given}": the --app factory keeps its sessions in '
+                f"{factory.store!r} already"
+            )
+        if isinstance(store, SqliteSessionStore):
+            try:
+                store.check()
+            except StoreError as e:
+                raise usage.UsageError(f'--sessions "{given}": {e}') from None
+        factory.store = store
+        return store
+
+
+@implementer(IReactorFromThreads)
+class _ThreadsOnly:
+    """
+    The reactor a ``--sessions`` store reports to, offering only
+    ``callFromThread``: the store then does not close itself when the
+    reactor begins to shut down (`AliveServerService` closes it once the
+    connections are closed, so that their last confirmations are stored).
+    """
+
+    def __init__(self, reactor: Any) -> None:
+        self._reactor = reactor
+
+    def callFromThread(self, callable: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        """Run ``callable`` in the reactor's thread."""
+        self._reactor.callFromThread(callable, *args, **kwargs)
 
 
 @implementer(IStreamServerEndpoint)
@@ -441,7 +505,7 @@ class AliveServerService(MultiService):
 
     The factory stays started (its sessions kept) until the connections are
     closed, so that messages still unconfirmed when the shutdown began can
-    be confirmed.
+    be confirmed; then the factory's ``store``, if any, is closed.
 
     :param factory: the factory to serve.
     :param endpoints: where to serve it.
@@ -477,10 +541,13 @@ class AliveServerService(MultiService):
         return cast(IService, service)
 
     def startService(self) -> None:
-        """Hold the factory started, then start listening."""
+        """Hold the factory started (with a store, its sessions begin to
+        load: clients' HELLOs wait for them), then start listening."""
         if not self._holding:
             self.factory.doStart()  # type: ignore[no-untyped-call]
             self._holding = True
+            if self.factory.store is not None:
+                self.factory.recovered().addCallbacks(self._recovered, self._storeFailed)
         super().startService()  # type: ignore[no-untyped-call]
         if self.exitZeroOnSigterm:
             from twisted.internet import reactor
@@ -508,6 +575,32 @@ class AliveServerService(MultiService):
     exitOnListenError = False
     """Log a failure to listen in one line and exit 1 (for twistd, which
     would otherwise print a traceback)."""
+
+    handleRecovered = False
+    """Watch the outcome of each message a previous process sent and the
+    client has not confirmed (`AliveServerFactory.recovered`): for the
+    built-in apps, which send nothing they must know the fate of."""
+
+    exitOnStoreError = False
+    """Stop the server if its store cannot be loaded (for twistd; the error
+    is logged in one line)."""
+
+    def _recovered(self, recovered: list[tuple[bytes, bytes, Deferred[Any]]]) -> None:
+        if self.handleRecovered:
+            for _, _, d in recovered:
+                d.addErrback(_sessionEnded)
+
+    def _storeFailed(self, failure: Failure) -> None:
+        log.critical(
+            "alive.store: cannot load the sessions of {store}: {error}",
+            store=self.factory.store,
+            error=failure.getErrorMessage(),
+            event="store_failed",
+        )
+        if self.exitOnStoreError:
+            from twisted.internet import reactor
+
+            reactor.stop()
 
     exitZeroOnSigterm = False
     """Treat SIGTERM as a requested stop: shut down in order, then exit 0
@@ -599,10 +692,14 @@ class AliveServerService(MultiService):
         factory.closeAll(GoodbyeCode.SHUTTING_DOWN, "server shutting down").addBoth(finished)
         return done
 
-    def _release(self, _: object) -> None:
+    def _release(self, _: object) -> Deferred[None] | None:
         if self._holding:
             self._holding = False
             self.factory.doStop()  # type: ignore[no-untyped-call]
+            store = self.factory.store
+            if store is not None:
+                return store.close()
+        return None
 
 
 def _stopAll(services: list[IService]) -> Deferred[None]:
@@ -627,6 +724,8 @@ def makeService(options: Options) -> AliveServerService:
     )
     service.exitZeroOnSigterm = True
     service.exitOnListenError = True
+    service.exitOnStoreError = True
+    service.handleRecovered = options["app"] in APPS
     if service.status is not None:
         service.status.endpoints = list(options["listen"])
     return service
