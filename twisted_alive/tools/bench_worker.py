@@ -61,7 +61,7 @@ import json
 import resource
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from struct import Struct
 from typing import Any, cast
 
@@ -1070,11 +1070,11 @@ async def _storeRun(reactor: Any, args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
-def storeClient(args: argparse.Namespace) -> None:
-    """A store run: print its result."""
+def _report(reactor: Any, run: Callable[[], Coroutine[Any, Any, dict[str, Any]]]) -> int:
+    """Run the reactor until ``run()`` is done; print its result (or its
+    error). The process's exit status: 0 if it gave a result."""
     from twisted.internet.defer import ensureDeferred
 
-    reactor = _reactor()
     outcome: list[int] = []
 
     def report(result: dict[str, Any]) -> None:
@@ -1086,13 +1086,19 @@ def storeClient(args: argparse.Namespace) -> None:
         outcome.append(1)
 
     def start() -> None:
-        d = ensureDeferred(_storeRun(reactor, args))
+        d = ensureDeferred(run())
         d.addCallbacks(report, failed)
         d.addBoth(lambda _: reactor.stop())
 
     reactor.callWhenRunning(start)
     reactor.run()
-    raise SystemExit(outcome[0] if outcome else 1)
+    return outcome[0] if outcome else 1
+
+
+def storeClient(args: argparse.Namespace) -> None:
+    """A store run: print its result."""
+    reactor = _reactor()
+    raise SystemExit(_report(reactor, lambda: _storeRun(reactor, args)))
 
 
 # -- a client's session in a store, end to end -------------------------------------
@@ -1208,31 +1214,13 @@ def storedClient(args: argparse.Namespace) -> None:
     import shutil
     import tempfile
 
-    from twisted.internet.defer import ensureDeferred
-
     reactor = _reactor()
     directory = tempfile.mkdtemp(prefix="alive-bench-stored-")
-    outcome: list[int] = []
-
-    def report(result: dict[str, Any]) -> None:
-        emit({"result": result})
-        outcome.append(0)
-
-    def failed(failure: Failure) -> None:
-        emit({"error": failure.getErrorMessage()})
-        outcome.append(1)
-
-    def start() -> None:
-        d = ensureDeferred(_storedRun(reactor, args, f"{directory}/client.db"))
-        d.addCallbacks(report, failed)
-        d.addBoth(lambda _: reactor.stop())
-
-    reactor.callWhenRunning(start)
     try:
-        reactor.run()
+        status = _report(reactor, lambda: _storedRun(reactor, args, f"{directory}/client.db"))
     finally:
         shutil.rmtree(directory, ignore_errors=True)
-    raise SystemExit(outcome[0] if outcome else 1)
+    raise SystemExit(status)
 
 
 # -- command line -----------------------------------------------------------------------
