@@ -42,6 +42,47 @@ def test_defaultLimitsAreTheOutboxs() -> None:
     assert StoreLimits() == StoreLimits.forOutbox()
     assert StoreLimits.forOutbox(4, 10, 100, 50) == StoreLimits(14, 100 + 4 * 50)
     assert StoreLimits.forOutbox(4, 0, 0, 50).maxMessages == 5
+    # An empty queue takes one message larger than its byte limit.
+    assert StoreLimits.forOutbox(2, 10, 1000, 10_000) == StoreLimits(12, 10_000 + 2 * 10_000)
+
+
+@given(
+    window=st.integers(1, 4),
+    maxQueue=st.integers(0, 4),
+    maxQueueBytes=st.integers(0, 300),
+    maxPayload=st.integers(1, 200),
+    steps=st.lists(st.tuples(st.booleans(), st.integers(0, 200), st.integers(1, 3)), max_size=40),
+)
+def test_forOutboxHoldsWhatTheOutboxTakes(
+    window: int,
+    maxQueue: int,
+    maxQueueBytes: int,
+    maxPayload: int,
+    steps: list[tuple[bool, int, int]],
+) -> None:
+    """Whatever an outbox with these limits takes (messages submitted alone
+    or together, sent as the window allows, never confirmed), a store with
+    `StoreLimits.forOutbox` of the same limits takes it too: its refusals
+    never come after the outbox accepted."""
+    limits = StoreLimits.forOutbox(window, maxQueue, maxQueueBytes, maxPayload)
+    outbox = Session(TOKEN).outbox
+    outbox.window, outbox.maxQueue, outbox.maxQueueBytes = window, maxQueue, maxQueueBytes
+    outbox.storedUpTo = 0
+    held, heldBytes = 0, 0
+    for together, size, count in steps:
+        payloads = [b"x" * min(size, maxPayload)] * (count if together else 1)
+        try:
+            if together:
+                outbox.submitMany(payloads, None, 0, 0.0, maxPayload)
+            else:
+                outbox.submit(payloads[0], None)
+        except QueueFull:
+            continue
+        limits.check(held, heldBytes, payloads)  # must not raise
+        held += len(payloads)
+        heldBytes += sum(map(len, payloads))
+        outbox.storedUpTo = outbox.nextNumber() - 1
+        outbox.takeSendable(window, 0.0, maxPayload)
 
 
 def test_limitsRefuseBeyondMessages() -> None:

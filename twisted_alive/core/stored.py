@@ -88,8 +88,12 @@ class StoreLimits:
     ) -> StoreLimits:
         """The limits matching an `Outbox` with these limits, whose peer
         accepts payloads of ``maxPayload`` bytes at most: a store that
-        refuses only what that outbox would refuse."""
-        return cls(window + max(maxQueue, 1), maxQueueBytes + window * maxPayload)
+        refuses only what that outbox would refuse. (The window holds
+        ``window`` payloads at most; the queue ``maxQueueBytes``, or one
+        payload larger than that, which an empty queue always takes.)"""
+        return cls(
+            window + max(maxQueue, 1), max(maxQueueBytes, maxPayload) + window * maxPayload
+        )
 
     def check(self, held: int, heldBytes: int, payloads: Sequence[bytes]) -> None:
         """
