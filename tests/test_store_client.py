@@ -677,6 +677,34 @@ def test_unreadableStore() -> None:
         client.sendMessage(b"a")
 
 
+@pytest.mark.parametrize(
+    "tokens",
+    [
+        [b"\x01" * 16, b"\x02" * 16],
+        [b"\x01" * 16, b"\x02" * 16, NO_SESSION],
+        [b"\x01" * 16, b"\x02" * 16, b"\x03" * 16],
+    ],
+)
+def test_notAClientsStore(tokens: list[bytes]) -> None:
+    """A store that holds what no client's store holds (a server's: several
+    sessions with tokens) is refused by `recovered`, with one exact error,
+    and nothing in it is deleted."""
+    store = MemorySessionStore()
+    for token in tokens:
+        result(store.createSession(StoredSession(token, epoch=1)))
+        result(store.appendMessages(token, [(1, b"kept")]))
+    with pytest.raises(StoreError) as caught:
+        result(Client(store).recovered())
+    assert str(caught.value) == (
+        f"{store!r} holds {len(tokens)} sessions, as no client's store does (it is a "
+        "server's, or shared): a client needs a session store of its own"
+    )
+    assert sorted(result(store.listSessions())) == sorted(tokens)
+    for token in tokens:
+        loaded = result(store.loadSession(token))
+        assert loaded is not None and loaded.messages == ((1, b"kept"),)
+
+
 class Tight(HeartbeatProtocol):
     """A protocol whose send queue takes two messages."""
 

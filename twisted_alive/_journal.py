@@ -91,6 +91,26 @@ def checkLimits(store: ISessionStore, limits: StoreLimits) -> None:
         )
 
 
+def checkClientRecords(store: ISessionStore, records: Sequence[StoredSession]) -> None:
+    """
+    (Client.) Refuse a store that holds what a client never leaves in its
+    store: more than two sessions, or two of which none is without a token
+    (a crash between writing a record and deleting the one it replaces
+    leaves two, one of them without a token). Such a store is a server's,
+    or shared: carrying on would delete sessions that are not this
+    client's.
+
+    :raises StoreError: saying so; nothing is deleted.
+    """
+    if len(records) > 2 or (
+        len(records) == 2 and all(record.token != NO_SESSION for record in records)
+    ):
+        raise StoreError(
+            f"{store!r} holds {len(records)} sessions, as no client's store does (it is "
+            "a server's, or shared): a client needs a session store of its own"
+        )
+
+
 def _best(records: Sequence[StoredSession]) -> StoredSession:
     """The record a restarted client carries on with: the highest epoch;
     at equal epochs, one with a token (see the module's docstring)."""
@@ -142,6 +162,8 @@ class Journal:
             that keeps less is refused (its refusals would come after the
             outbox took a message).
         :raises ValueError: if the store's limits are below ``limits``.
+        :raises StoreError: if the store holds what no client leaves (see
+            `checkClientRecords`): nothing is deleted then.
         """
         store = self.store
         checkLimits(store, limits)
@@ -150,6 +172,7 @@ class Journal:
             record = await store.loadSession(token)
             if record is not None:
                 records.append(record)
+        checkClientRecords(store, records)
         template = newSession()
         outbox = template.outbox
         if not records:
