@@ -32,6 +32,7 @@ from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
 from twisted_alive import (
+    AliveClientFactory,
     AliveServerFactory,
     HeartbeatProtocol,
     MemorySessionStore,
@@ -393,6 +394,34 @@ def test_clientStoreRefused() -> None:
         f"{store!r} holds a client's session (one without a token): a server needs a "
         "session store of its own"
     )
+    assert len(store.records()) == 1
+
+
+def test_oneFactoryPerStore() -> None:
+    """A second factory on a store that a started factory keeps its
+    sessions in is refused (one exact error) instead of loading, expiring
+    and deleting the other's sessions; once the first stopped, another may
+    take the store. A client factory is refused likewise."""
+    store = storeWith(StoredSession(b"\x01" * 16, 1, lastSeen=1000.0))
+    first = Server(store)
+    first.clock = Clock()
+    first.clock.advance(1000)
+    first.doStart()  # type: ignore[no-untyped-call]
+    assert len(result(first.recovered())) == 0
+    second = Server(store)
+    error = errorOf(second.recovered())
+    assert isinstance(error, StoreError)
+    assert str(error) == (
+        f"{store!r} keeps the sessions of {first!r} already: each factory needs a session "
+        "store of its own (one factory may listen on several ports)"
+    )
+    client = errorOf(AliveClientFactory(store=store).recovered())
+    assert isinstance(client, StoreError) and "each factory needs" in str(client)
+    assert len(store.records()) == 1
+    first.doStop()  # type: ignore[no-untyped-call]
+    third = Server(store)
+    third.clock = first.clock
+    assert result(third.recovered()) == []
     assert len(store.records()) == 1
 
 

@@ -37,7 +37,14 @@ from zope.interface import implementer
 
 from twisted_alive._binding import Binding, checkTransactional, transactionProblem
 from twisted_alive._interfaces import ISessionHost, ISessionStore
-from twisted_alive._journal import Journal, Recovered, ServerRecovered, loadSessions
+from twisted_alive._journal import (
+    Journal,
+    Recovered,
+    ServerRecovered,
+    claimStore,
+    loadSessions,
+    releaseStore,
+)
 from twisted_alive._mixin import (
     HeartbeatMixin,
     HeartbeatProtocol,
@@ -61,7 +68,7 @@ from twisted_alive.core.retry import (
 )
 from twisted_alive.core.retry import retryFor as _retryFor
 from twisted_alive.core.sessions import SessionTable
-from twisted_alive.core.stored import StoredSession, StoreLimits, sessionOf
+from twisted_alive.core.stored import StoredSession, StoreError, StoreLimits, sessionOf
 
 log = Logger(namespace="twisted_alive")
 
@@ -239,6 +246,8 @@ class AliveClientFactory(ReconnectingClientFactory):
                 self._loadDone(Failure(TypeError(problem)))  # type: ignore[no-untyped-call]
             elif store is None:
                 self._loadDone([])
+            elif (taken := claimStore(store, self)) is not None:
+                self._loadDone(Failure(StoreError(taken)))  # type: ignore[no-untyped-call]
             else:
                 journal = self._journal = Journal(store, self._storeFailed, self._release)
                 settings = self.aliveSettings()
@@ -1131,6 +1140,8 @@ class AliveServerFactory(Factory):
             self._failSession(session, "the server stopped", forget=False)
         self._loadStarted = False
         self._loadOutcome = None
+        if self.store is not None:
+            releaseStore(self.store, self)
 
     def startFactory(self) -> None:
         """
@@ -1199,6 +1210,10 @@ class AliveServerFactory(Factory):
         problem = transactionProblem(self.protocol, store)
         if problem is not None:
             self._loadDone(Failure(TypeError(problem)))  # type: ignore[no-untyped-call]
+            return
+        taken = claimStore(store, self)
+        if taken is not None:
+            self._loadDone(Failure(StoreError(taken)))  # type: ignore[no-untyped-call]
             return
         settings = self.aliveSettings()
         limits = StoreLimits.forOutbox(

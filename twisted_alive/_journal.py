@@ -40,6 +40,7 @@ the one with a token: the server had assigned it) and deletes the others.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -89,6 +90,36 @@ def checkLimits(store: ISessionStore, limits: StoreLimits) -> None:
             f"({limits.maxMessages} messages, {limits.maxBytes} bytes): use "
             "StoreLimits.forOutbox(...) with the protocol's limits"
         )
+
+
+_owners: weakref.WeakKeyDictionary[Any, weakref.ref[Any]] = weakref.WeakKeyDictionary()
+"""The factory that keeps its sessions in each store (`claimStore`)."""
+
+
+def claimStore(store: ISessionStore, owner: object) -> str | None:
+    """
+    Make ``owner`` (a factory) the one factory that keeps its sessions in
+    ``store``, unless another (still alive) is already: two factories on
+    one store would each load, expire and delete the other's sessions.
+
+    :returns: ``None``, or the text of the refusal.
+    """
+    held = _owners.get(store)
+    holder = held() if held is not None else None
+    if holder is not None and holder is not owner:
+        return (
+            f"{store!r} keeps the sessions of {holder!r} already: each factory needs a "
+            "session store of its own (one factory may listen on several ports)"
+        )
+    _owners[store] = weakref.ref(owner)
+    return None
+
+
+def releaseStore(store: ISessionStore, owner: object) -> None:
+    """``owner`` no longer keeps its sessions in ``store`` (it stopped)."""
+    held = _owners.get(store)
+    if held is not None and held() is owner:
+        del _owners[store]
 
 
 def checkClientRecords(store: ISessionStore, records: Sequence[StoredSession]) -> None:
