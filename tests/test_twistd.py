@@ -39,7 +39,7 @@ from twisted_alive import MemorySessionStore, SqliteSessionStore
 from twisted_alive._factories import AliveServerFactory
 from twisted_alive._mixin import ABORT_GRACE, HeartbeatMixin, HeartbeatProtocol
 from twisted_alive._reasons import Loss, Reason
-from twisted_alive.core.frames import GoodbyeCode
+from twisted_alive.core.frames import NO_SESSION, GoodbyeCode
 from twisted_alive.core.stored import StoredSession, StoreError
 from twisted_alive.service.tap import (
     AliveServerService,
@@ -504,7 +504,8 @@ def test_closeWithoutConnections() -> None:
 @pytest.mark.timeout(20)
 def test_storeThatCannotLoad(events: Events) -> None:
     """A service whose factory's store cannot be loaded says so in one
-    critical line (under twistd it then stops the server)."""
+    critical line, the factory's (under twistd it then stops the server,
+    and the process exits with status 1)."""
     store = MemorySessionStore()
     store.listSessions = lambda: fail(StoreError("disk gone"))  # type: ignore[method-assign]
     factory = AliveServerFactory(store)
@@ -512,7 +513,7 @@ def test_storeThatCannotLoad(events: Events) -> None:
     service = AliveServerService(factory, [], clock=Clock())
     service.startService()
     try:
-        (event,) = events.named("store_failed")[-1:]
+        (event,) = events.named("store_failed")
         assert event["log_level"].name == "critical"
         assert formatEvent(event) == (
             "alive.store: cannot load the sessions of <MemorySessionStore: 0 sessions>: "
@@ -621,6 +622,40 @@ def _run(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [*TWISTD, "-n", "--pidfile=", "alive", *args],
         cwd=ROOT,
+        env=environment(),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        start_new_session=True,
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(40)
+@ensureDeferred
+async def test_storeThatCannotLoadExits(tmp_path: Path) -> None:
+    """twistd -n alive --sessions on a file that is a session store but
+    not a server's (a client's): the server says why in one line, stops,
+    and the process exits with status 1 (a supervisor sees a failed start);
+    the file is left as it is."""
+    path = tmp_path / "client.db"
+    store = SqliteSessionStore(path, reactor=getReactor())
+    await store.createSession(StoredSession(NO_SESSION, 1))
+    await store.close()
+    result = _runIn(
+        tmp_path, "--listen", f"tcp:0:interface={LOOPBACK}", "--sessions", f"sqlite:{path}"
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    output = result.stdout + result.stderr
+    assert output.count("cannot load the sessions of") == 1, output
+    assert "holds a client's session (one without a token)" in output
+    assert path.stat().st_size > 0
+
+
+def _runIn(where: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*TWISTD, "-n", "--pidfile=", "alive", *args],
+        cwd=where,
         env=environment(),
         capture_output=True,
         text=True,

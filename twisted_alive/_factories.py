@@ -1260,7 +1260,7 @@ class AliveServerFactory(Factory):
         """The sessions are loaded (or the store failed): answer the HELLOs
         and `recovered` calls that waited."""
         if isinstance(outcome, Failure):
-            log.error(
+            log.critical(
                 "alive.store: cannot load the sessions of {store}: {error}",
                 store=self.store,
                 error=outcome.getErrorMessage(),

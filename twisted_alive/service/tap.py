@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import importlib
 import math
+import os
 import signal
+import sys
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -95,6 +97,14 @@ class EchoProtocol(HeartbeatProtocol):
             return d  # failed at once: the mixin rejects the message
         d.addErrback(_sessionEnded)
         return None
+
+
+def _exitFailed() -> None:
+    """End the process with status 1, after the reactor shut down (the
+    store closed, the connections too)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(1)
 
 
 def _sessionEnded(failure: Failure) -> None:
@@ -582,8 +592,9 @@ class AliveServerService(MultiService):
     built-in apps, which send nothing they must know the fate of."""
 
     exitOnStoreError = False
-    """Stop the server if its store cannot be loaded (for twistd; the error
-    is logged in one line)."""
+    """Stop the server, and the process with status 1, if its store cannot
+    be loaded (for twistd: a supervisor sees a failed start; the factory
+    logs the error in one line)."""
 
     def _recovered(self, recovered: list[tuple[bytes, bytes, Deferred[Any]]]) -> None:
         if self.handleRecovered:
@@ -591,15 +602,13 @@ class AliveServerService(MultiService):
                 d.addErrback(_sessionEnded)
 
     def _storeFailed(self, failure: Failure) -> None:
-        log.critical(
-            "alive.store: cannot load the sessions of {store}: {error}",
-            store=self.factory.store,
-            error=failure.getErrorMessage(),
-            event="store_failed",
-        )
+        # (The factory logged why, in one critical line.)
         if self.exitOnStoreError:
             from twisted.internet import reactor
 
+            # twistd has no exit status of its own to give: once the
+            # reactor has shut down in order, end the process with 1.
+            reactor.addSystemEventTrigger("after", "shutdown", _exitFailed)
             reactor.stop()
 
     exitZeroOnSigterm = False
