@@ -19,6 +19,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 from test_sessions import EchoServer, Network, RecordingServerFactory
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.task import Clock
+from twisted.logger import LogLevel, capturedLogs
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -741,3 +742,114 @@ def test_receiptDoesNotWaitForTheStore() -> None:
     assert store.held  # the confirmation, not fired yet
     (record,) = store.records()
     assert record.confirmedUpTo == 1  # (the memory store applied it at once)
+
+
+def closeStore(store: HeldStore) -> MemorySessionStore:
+    """Close ``store`` as a process that stops does: every operation from
+    now on fails with `StoreClosed`, and nothing more changes in it.
+
+    :returns: what the store holds, for the next process."""
+    kept = store.inner
+    closed = MemorySessionStore()
+    closed.close()
+    store.inner = closed
+    return kept
+
+
+def test_storeClosedKeepsSession() -> None:
+    """A store closed under a session (the process stops: the reactor's
+    shutdown closes it first) ends nothing: the ACK that follows cannot be
+    committed, so the client stops using the session (no reconnecting,
+    its connection aborted), fails what is unconfirmed saying the store
+    keeps it, and logs no error; the store keeps the session and its
+    messages, and the next process resumes it and gets a `Receipt` for
+    each, processed once."""
+    inner = MemorySessionStore()
+    first = HeldStore(inner)
+    server = RecordingServerFactory(reply=False, slow=True)
+    network, client, _ = start(first, server)
+    network.connect()
+    network.flush()
+    ds = [client.sendMessage(b"%d" % i) for i in range(3)]
+    network.flush()
+    token = client.session.token
+    assert server.received == [b"0"]
+    kept = closeStore(first)
+    with capturedLogs() as logs:
+        server.processing[0].callback(None)  # its ACK comes after the close
+        network.flush()
+    assert isinstance(result(ds[0]), Receipt)  # the ACK came
+    for d in ds[1:]:
+        error = cast(Failure, d.result).value
+        d.addErrback(lambda _: None)
+        assert isinstance(error, DeliveryFailed)
+        assert str(error).startswith(
+            "the session store closed (the message stays in the session store, for the "
+            "next process) before confirmation"
+        )
+    assert not client.continueTrying and client.connected is None
+    assert client.hooks == [] and client.epoch == 1
+    assert [e["log_level"] for e in logs if e["log_level"] >= LogLevel.warn] == []
+    assert [e.get("event") for e in logs if e.get("event") == "store_closed"] == ["store_closed"]
+    (record,) = HeldStore(kept).records()
+    assert record.token == token and record.epoch == 1
+    assert [seq for seq, _ in record.messages] == [1, 2, 3]
+
+    second = HeldStore(kept)
+    server.slow = False
+    for work in server.processing[1:]:  # (what the server was still working on)
+        work.callback(None)
+    network2, client2, recovered = start(second, server, network.clock)
+    assert [payload for payload, _ in recovered] == [b"0", b"1", b"2"]
+    network2.connect()
+    network2.run(lambda: all(d.called for _, d in recovered))
+    assert [result(d).seq for _, d in recovered] == [1, 2, 3]
+    assert server.received == [b"0", b"1", b"2"]
+    assert client2.hooks == [("resumed",)] and client2.epoch == 1
+
+
+class Receiving(HeartbeatProtocol):
+    """Records what it receives in its factory."""
+
+    factory: ReceivingClient
+
+    def messageReceived(self, payload: bytes) -> None:
+        self.factory.received.append(payload)
+
+
+class ReceivingClient(Client):
+    """A client whose protocol records what it receives."""
+
+    protocol = Receiving
+
+    def __init__(self, store: ISessionStore | None = None) -> None:
+        super().__init__(store)
+        self.received: list[bytes] = []
+
+
+def test_storeClosedStopsReceiving() -> None:
+    """A message received once the store is closed is processed, but its
+    position cannot be committed: it is not acknowledged, nothing more is
+    handed out, and the session stays in the store as it was (the next
+    process gets the message again)."""
+    inner = MemorySessionStore()
+    first = HeldStore(inner)
+    client = ReceivingClient(first)
+    server = RecordingServerFactory(reply=False)
+    network = Network(client, server, Clock())
+    result(client.recovered())
+    network.connect()
+    network.flush()
+    proto = network.current.server  # type: ignore[union-attr]
+    kept = closeStore(first)
+    with capturedLogs() as logs:
+        ds = [proto.sendMessage(b"%d" % i) for i in range(3)]
+        network.flush()
+    assert client.received == [b"0"]
+    assert not client.continueTrying and client.connected is None
+    assert [e["log_level"] for e in logs if e["log_level"] >= LogLevel.warn] == []
+    (record,) = HeldStore(kept).records()
+    assert record.token == client.session.token and record.processedUpTo == 0
+    assert not any(d.called and isinstance(d.result, Receipt) for d in ds)  # no ACK
+    for d in ds:
+        d.addErrback(lambda _: None)
