@@ -546,6 +546,14 @@ class Connection:
         return None
 
     @property
+    def askedToResume(self) -> bool:
+        """(Client role.) Whether this connection's HELLO asked to resume a
+        session (it carried a token): a protocol error before the session
+        opened then means that the session cannot be resumed (see
+        ``docs/protocol.md``, Sessions and resume)."""
+        return self._askedToken != NO_SESSION
+
+    @property
     def handingOut(self) -> bool:
         """Whether a received message waits to be handed out now (none is
         being processed)."""
@@ -881,6 +889,14 @@ class Connection:
             return  # closed meanwhile: a GOODBYE went instead of HELLO
         self.session.outbox.moveQueueTo(session.outbox)
         self.session = session
+        try:
+            # The client's position must fit the session's before this side
+            # answers: a refusal is a GOODBYE instead of a HELLO, so that
+            # the client knows the session never opened.
+            session.outbox.checkResume(self.peerHello.nextExpected)
+        except ProtocolViolation as e:
+            self._violate(str(e), events)
+            return
         self._sendHello(HELLO_ASSIGNED | (HELLO_RESUMED if resumed else 0))
         try:
             self._open(self.peerHello, resumed, now, events)
