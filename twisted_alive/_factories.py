@@ -47,7 +47,7 @@ from twisted_alive._mixin import (
 )
 from twisted_alive._reasons import Cause, Loss, Reason, describeFailure
 from twisted_alive._stores import CLOSED
-from twisted_alive.core.connection import Role, Settings, State
+from twisted_alive.core.connection import Connection, Role, Settings, State
 from twisted_alive.core.delivery import Entry, Session, undelivered
 from twisted_alive.core.frames import NO_SESSION, GoodbyeCode
 from twisted_alive.core.outcomes import DeliveryFailed, Receipt
@@ -576,9 +576,11 @@ class AliveClientFactory(ReconnectingClientFactory):
         self.sessionReset(detail, len(failed))
 
     def sessionLost(self, protocol: object, loss: Loss) -> None:
-        """A connection ended; the session stays for the next one."""
+        """A connection ended; the session stays for the next one, unless
+        the server refused to resume it (`_refusedResume`)."""
         proto = cast(HeartbeatMixin, protocol)
-        if self.connected is proto:
+        wasOpen = self.connected is proto
+        if wasOpen:
             self.connected = None
         self._cancelStable()
         self.lastLoss = self._protocolLoss = loss
@@ -593,6 +595,12 @@ class AliveClientFactory(ReconnectingClientFactory):
             # one (after the usual delay), and what was in flight is
             # uncertain.
             self._restartSession("the server keeps no sessions")
+        elif not wasOpen and _refusedResume(conn, loss):
+            # A position that went back (a store restored from a backup, or
+            # that lost its last commits): the session cannot go on, on
+            # either side; retrying it would fail the same way forever.
+            self._restartSession(f"the session cannot be resumed: {loss.detail}")
+            self._retry.atOnce = True
         if self._retry.stopped:
             self._endSession(loss)
 
@@ -823,6 +831,26 @@ def tooLargeFor(
             f"message of {largest} bytes exceeds the peer's maximum of "
             f"{conn.peerMaxPayload} bytes; not stored, not sent"
         )
+    )
+
+
+def _refusedResume(conn: Connection | None, loss: Loss) -> bool:
+    """
+    Whether a client connection that ended before its session opened had
+    asked to resume it and ended with a protocol error of a twisted_alive
+    peer: the server answered its HELLO with GOODBYE(PROTOCOL_ERROR), or
+    the server's HELLO broke the rules of a resume here (its
+    ``next_expected`` does not fit what was sent, a message to send again
+    is larger than it accepts). The session cannot be resumed, as after
+    SESSION_UNKNOWN. A new session's HELLO (no token) never counts: a
+    protocol error on it follows the usual retry rule, so this cannot
+    loop.
+    """
+    return (
+        conn is not None
+        and conn.askedToResume
+        and loss.reason is Reason.PROTOCOL_ERROR
+        and loss.cause is not Cause.NOT_ALIVE_PEER
     )
 
 
