@@ -1122,13 +1122,15 @@ def test_acceptSessionResumeViolation() -> None:
 
 def test_acceptSessionBelowAcknowledged() -> None:
     """A client HELLO whose next_expected is below what it acknowledged (its
-    position went back) is refused the same way, and the session's outbox
-    is left as it was."""
+    position went back) is refused the same way, with no ACK before the
+    GOODBYE (nothing but HELLO or GOODBYE may answer a HELLO), and the
+    session's outbox is left as it was."""
     conn = Connection(SETTINGS, Role.SERVER, 0.0)
     fed(conn, hello(nextExpected=1, session=TOKEN), 0.0)
     session = SETTINGS.newSession(TOKEN)
     session.outbox.nextSeq = 3
     session.outbox.ackedUpTo = 2
+    session.inbox.processedUpTo = 4  # (what an ACK would report)
     events = accepted(conn, session, True, 0.0)
     text = "HELLO next_expected 1 is below the 2 messages already acknowledged"
     assert events == [Violation(text)]

@@ -25,6 +25,7 @@ from zope.interface import implementer
 
 from twisted_alive import AliveClientFactory, HeartbeatProtocol, MemorySessionStore
 from twisted_alive._interfaces import ISessionStore
+from twisted_alive._reasons import Reason
 from twisted_alive.core.frames import NO_SESSION
 from twisted_alive.core.outcomes import DeliveryFailed, QueueFull, Receipt
 from twisted_alive.core.stored import (
@@ -853,3 +854,132 @@ def test_storeClosedStopsReceiving() -> None:
     assert not any(d.called and isinstance(d.result, Receipt) for d in ds)  # no ACK
     for d in ds:
         d.addErrback(lambda _: None)
+
+
+def backupOf(store: MemorySessionStore) -> MemorySessionStore:
+    """A copy of what ``store`` holds now (the operator's backup)."""
+    copy = MemorySessionStore()
+    for record in HeldStore(store).records():
+        result(copy.createSession(record))
+    return copy
+
+
+def restoredClient(
+    backup: MemorySessionStore, network: Network, server: RecordingServerFactory
+) -> tuple[Network, Client]:
+    """The client's process stops, and the next one starts on ``backup`` (a
+    store restored from a backup, or one that lost its last commits: its
+    positions went back); it is connected."""
+    cast(Any, network.clientFactory).continueTrying = 0
+    wire = network.current
+    assert wire is not None
+    wire.cut()
+    network.flush()
+    network2, client2, _ = start(HeldStore(backup), server, network.clock)
+    network2.connect()
+    return network2, client2
+
+
+def test_resumeRefusedByTheClientResets() -> None:
+    """A stored session whose store went back (the server received more
+    than the restored store says was sent): the server's HELLO breaks the
+    resume rules here, so the client starts a new session at once
+    (`sessionReset`, the next epoch, in the store too) instead of retrying
+    the old one forever; what is sent next is delivered."""
+    inner = MemorySessionStore()
+    server = RecordingServerFactory(reply=False)
+    network, client, _ = start(HeldStore(inner), server)
+    network.connect()
+    network.flush()
+    backup = backupOf(inner)
+    ds = [client.sendMessage(b"%d" % i) for i in range(3)]
+    network.run(lambda: all(d.called for d in ds))
+    network2, client2 = restoredClient(backup, network, server)
+    d = client2.sendMessage(b"new")
+    network2.run(lambda: d.called)
+    assert result(d).seq == 1
+    assert client2.hooks == [("reset", 0)] and client2.epoch == 2
+    assert client2.losses == {Reason.PROTOCOL_ERROR: 1}
+    assert str(client2.lastLoss) == (
+        "PROTOCOL_ERROR: HELLO next_expected 4 is beyond the 0 messages sent"
+    )
+    assert [record.epoch for record in client2.store.records()] == [2]  # type: ignore[union-attr]
+    assert server.received == [b"0", b"1", b"2", b"new"]
+
+
+def test_resumeRefusedByTheServerResets() -> None:
+    """A stored session whose processed position went back (it says it
+    needs messages it acknowledged): the server answers its HELLO with
+    GOODBYE(PROTOCOL_ERROR) instead of a HELLO, and the client starts a new
+    session at once; the unconfirmed messages it carried fail with
+    ``maybeProcessed``."""
+    inner = MemorySessionStore()
+    server = RecordingServerFactory(reply=False, slow=True)
+    network, client, _ = start(HeldStore(inner), server)
+    network.connect()
+    network.flush()
+    proto = network.current.server  # type: ignore[union-attr]
+    ds = [proto.sendMessage(b"%d" % i) for i in range(2)]
+    network.run(lambda: all(d.called for d in ds))
+    sent = client.sendMessage(b"sent")
+    network.flush()
+    backup = backupOf(inner)  # message 1 sent, its position 0 (of 2 acknowledged)
+    assert server.received == [b"sent"]
+    server.processing[0].callback(None)
+    server.slow = False
+    network.flush()
+    assert isinstance(result(sent), Receipt)
+    backupRecord = HeldStore(backup).records()[0]
+    assert backupRecord.processedUpTo == 2
+    # (the store went back further: as if the positions were never committed)
+    result(backup.recordProcessed(backupRecord.token, 2))
+    stale = StoredSession(
+        backupRecord.token,
+        epoch=1,
+        nextSeq=backupRecord.nextSeq,
+        confirmedUpTo=backupRecord.confirmedUpTo,
+        processedUpTo=0,
+        messages=backupRecord.messages,
+    )
+    result(backup.deleteSession(backupRecord.token))
+    result(backup.createSession(stale))
+    network2, client2 = restoredClient(backup, network, server)
+    network2.run(lambda: client2.hooks != [])
+    assert client2.hooks == [("reset", 1)]
+    assert str(client2.lastLoss) == (
+        "PROTOCOL_ERROR: peer said GOODBYE PROTOCOL_ERROR: HELLO next_expected 1 is below "
+        "the 2 messages already acknowledged"
+    )
+    network2.run(lambda: client2.connected is not None)
+    assert client2.epoch == 2 and client2.losses == {Reason.PROTOCOL_ERROR: 1}
+
+
+class FastServer(EchoServer):
+    """A server whose heartbeat interval is below what clients accept."""
+
+    heartbeatInterval = 0.05
+
+
+def test_resumeRefusedOnceThenUsualRetry() -> None:
+    """A protocol error on the HELLO of a resume starts a new session; one
+    on the new session's HELLO (no token) follows the usual retry rule
+    (backoff), so that a server that refuses every HELLO cannot make the
+    client start new sessions in a loop."""
+    store = HeldStore()
+    server = RecordingServerFactory(reply=False)
+    network, client, _ = start(store, server)
+    network.connect()
+    network.flush()
+    strict = RecordingServerFactory(reply=False)
+    strict.protocol = FastServer
+    strict.clock = network.clock
+    network.serverFactory = strict
+    wire = network.current
+    assert wire is not None
+    wire.cut()
+    network.run(lambda: client.losses.get(Reason.PROTOCOL_ERROR, 0) >= 4, limit=600)
+    assert client.hooks == [("reset", 0)] and client.epoch == 2
+    assert str(client.lastLoss) == (
+        "PROTOCOL_ERROR: heartbeat interval 0.05 s is outside the accepted range 0.1..3600 s"
+    )
+    assert client.retries >= 3  # backing off

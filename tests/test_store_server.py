@@ -725,3 +725,36 @@ def test_storeClosedKeepsSessions() -> None:
     network.run(lambda: all(d.called for _, _, d in recovered))
     assert client.received == [b"0", b"1"] and client.epoch == 1  # each once
     assert [cast(Receipt, result(d)).seq for _, _, d in recovered] == [1, 2]
+
+
+def test_serverStoreWentBackResetsClient() -> None:
+    """A server restarted on a backup of its store (or on one that lost its
+    last commits) has its sessions' positions go back: a client (here one
+    without a store) that processed more than the restored session sent is
+    refused (GOODBYE(PROTOCOL_ERROR) instead of the server's HELLO); it
+    starts a new session at once (`sessionReset`, the next epoch) instead of retrying
+    the old one forever."""
+    inner = MemorySessionStore()
+    first = ServerStore(inner)
+    network, server, client = serve(first)
+    network.connect()
+    network.flush()
+    backup = MemorySessionStore()
+    for record in first.records():
+        result(backup.createSession(record))
+    proto = network.current.server  # type: ignore[union-attr]
+    ds = [proto.sendMessage(b"%d" % i) for i in range(2)]
+    network.run(lambda: all(d.called for d in ds))
+    assert client.received == [b"0", b"1"]
+    server = restart(network, first, ServerStore(backup))
+    result(server.recovered())
+    network.run(lambda: client.epoch == 2)
+    assert str(client.lastLoss) == (
+        "PROTOCOL_ERROR: peer said GOODBYE PROTOCOL_ERROR: HELLO next_expected 3 is beyond "
+        "the 0 messages sent"
+    )
+    network.run(lambda: client.connected is not None)
+    assert client.losses[Reason.PROTOCOL_ERROR] == 1  # (and the RESET of the restart)
+    d = client.sendMessage(b"after")
+    network.run(lambda: d.called)
+    assert cast(Receipt, result(d)).seq == 1

@@ -416,6 +416,7 @@ class Connection:
         "_pongDue",
         "_out",
         "_askedToken",
+        "_saidHello",
         "_goodbyeDue",
         "_firstBytes",
         "nonce",
@@ -473,6 +474,7 @@ class Connection:
         self._pongDue: int | None = None
         self._out: list[bytes] = []
         self._askedToken = self.session.token
+        self._saidHello = False
         self._goodbyeDue: bytes | None = None
         self._firstBytes = b""
         self.nonce = nonce if nonce is not None else secrets.randbits(64) | 1
@@ -943,6 +945,7 @@ class Connection:
             self._checkClose()
 
     def _sendHello(self, flags: int) -> None:
+        self._saidHello = True
         s = self.settings
         self._out.append(
             _frames.encode(
@@ -1123,7 +1126,11 @@ class Connection:
         ``resend``, also those sent on earlier connections of the session),
         then one cumulative ACK if processing advanced since the last one.
         """
-        if (self.state is _FAILED and self._goodbyeDue is None) or self.peerHello is None:
+        if (
+            (self.state is _FAILED and self._goodbyeDue is None)
+            or self.peerHello is None
+            or not self._saidHello  # (a server that refused the HELLO)
+        ):
             return
         inbox = self.session.inbox
         if inbox.rejections or (resend and inbox.sentRejections):
