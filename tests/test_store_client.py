@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 from test_sessions import EchoServer, Network, RecordingServerFactory
 from twisted.internet.defer import Deferred, fail
+from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 from twisted.logger import LogLevel, capturedLogs
 from twisted.python.failure import Failure
@@ -25,11 +26,12 @@ from zope.interface import implementer
 
 from twisted_alive import AliveClientFactory, HeartbeatProtocol, MemorySessionStore
 from twisted_alive._interfaces import ISessionStore
-from twisted_alive._reasons import Reason
+from twisted_alive._reasons import Cause, Reason
 from twisted_alive.core.frames import NO_SESSION
 from twisted_alive.core.outcomes import DeliveryFailed, QueueFull, Receipt
 from twisted_alive.core.stored import (
     CorruptStore,
+    StoreClosed,
     StoredSession,
     StoreError,
     StoreLimits,
@@ -792,6 +794,10 @@ def test_storeClosedKeepsSession() -> None:
     assert client.hooks == [] and client.epoch == 1
     assert [e["log_level"] for e in logs if e["log_level"] >= LogLevel.warn] == []
     assert [e.get("event") for e in logs if e.get("event") == "store_closed"] == ["store_closed"]
+    late = client.sendMessage(b"late")  # neither stored nor sent
+    error = cast(Failure, late.result).value
+    late.addErrback(lambda _: None)
+    assert str(error) == "the factory stopped trying; message not sent"
     (record,) = HeldStore(kept).records()
     assert record.token == token and record.epoch == 1
     assert [seq for seq, _ in record.messages] == [1, 2, 3]
@@ -983,3 +989,50 @@ def test_resumeRefusedOnceThenUsualRetry() -> None:
         "PROTOCOL_ERROR: heartbeat interval 0.05 s is outside the accepted range 0.1..3600 s"
     )
     assert client.retries >= 3  # backing off
+
+
+def test_sendAfterCloseRefused() -> None:
+    """A message sent once the store is closed, before the client found out
+    otherwise, fails at once with `StoreClosed`: neither stored nor sent
+    (the outbox takes it back)."""
+    store = HeldStore()
+    network, client, _ = start(store)
+    network.connect()
+    network.flush()
+    closeStore(store)
+    d = client.sendMessage(b"late")
+    error = cast(Failure, d.result).value
+    d.addErrback(lambda _: None)
+    assert isinstance(error, StoreClosed) and str(error) == "the session store is closed"
+    assert client.pending == 0 and client.lastSubmitted == 0
+
+
+class Banner(Protocol):
+    """Not a twisted_alive peer: it greets with an SSH banner."""
+
+    def connectionMade(self) -> None:
+        assert self.transport is not None
+        self.transport.write(b"SSH-2.0-OpenSSH_9.2p1\\r\\n")
+
+
+def test_resumeAgainstOtherPeerKeepsSession() -> None:
+    """A resume that meets a peer that does not speak twisted_alive (a
+    wrong port) is a protocol error before the session opened too, but not
+    a refusal of the session: no new session is started (no
+    `sessionReset`); the client stops, as the retry rule for
+    `NOT_ALIVE_PEER` says (which ends the session, as `stopTrying`
+    does)."""
+    store = HeldStore()
+    network, client, _ = start(store)
+    network.connect()
+    network.flush()
+    token = client.session.token
+    network.serverFactory = cast(Any, Factory.forProtocol(Banner))
+    wire = network.current
+    assert wire is not None
+    wire.cut()
+    network.run(lambda: client.losses.get(Reason.PROTOCOL_ERROR, 0) >= 1)
+    assert client.lastLoss is not None and client.lastLoss.cause is Cause.NOT_ALIVE_PEER
+    assert client.hooks == [] and not client.continueTrying
+    assert client.losses == {Reason.RESET: 1, Reason.PROTOCOL_ERROR: 1}
+    assert token != NO_SESSION
