@@ -1107,16 +1107,35 @@ def test_helloNextExpectedBeyondSent() -> None:
 
 
 def test_acceptSessionResumeViolation() -> None:
-    """A client HELLO that contradicts the resumed session turns acceptSession into a Violation."""
+    """A client HELLO that contradicts the resumed session turns acceptSession
+    into a Violation: a GOODBYE(PROTOCOL_ERROR) instead of the server's HELLO,
+    so that the client knows the session never opened."""
     conn = Connection(SETTINGS, Role.SERVER, 0.0)
     fed(conn, hello(nextExpected=3, session=TOKEN), 0.0)
     events = accepted(conn, SETTINGS.newSession(TOKEN), True, 0.0)
     assert events == [Violation("HELLO next_expected 3 is beyond the 0 messages sent")]
     frames = decode(conn.dataToSend(0.0))
-    assert isinstance(frames[0], Hello)
-    assert frames[1:] == [
+    assert frames == [
         Goodbye(GoodbyeCode.PROTOCOL_ERROR, "HELLO next_expected 3 is beyond the 0 messages sent")
     ]
+
+
+def test_acceptSessionBelowAcknowledged() -> None:
+    """A client HELLO whose next_expected is below what it acknowledged (its
+    position went back) is refused the same way, with no ACK before the
+    GOODBYE (nothing but HELLO or GOODBYE may answer a HELLO), and the
+    session's outbox is left as it was."""
+    conn = Connection(SETTINGS, Role.SERVER, 0.0)
+    fed(conn, hello(nextExpected=1, session=TOKEN), 0.0)
+    session = SETTINGS.newSession(TOKEN)
+    session.outbox.nextSeq = 3
+    session.outbox.ackedUpTo = 2
+    session.inbox.processedUpTo = 4  # (what an ACK would report)
+    events = accepted(conn, session, True, 0.0)
+    text = "HELLO next_expected 1 is below the 2 messages already acknowledged"
+    assert events == [Violation(text)]
+    assert decode(conn.dataToSend(0.0)) == [Goodbye(GoodbyeCode.PROTOCOL_ERROR, text)]
+    assert session.outbox.ackedUpTo == 2 and session.outbox.nextSeq == 3
 
 
 def test_gap() -> None:

@@ -18,16 +18,20 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 from test_sessions import EchoServer, Network, RecordingServerFactory
 from twisted.internet.defer import Deferred, fail
+from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
+from twisted.logger import LogLevel, capturedLogs
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from twisted_alive import AliveClientFactory, HeartbeatProtocol, MemorySessionStore
 from twisted_alive._interfaces import ISessionStore
+from twisted_alive._reasons import Cause, Reason
 from twisted_alive.core.frames import NO_SESSION
 from twisted_alive.core.outcomes import DeliveryFailed, QueueFull, Receipt
 from twisted_alive.core.stored import (
     CorruptStore,
+    StoreClosed,
     StoredSession,
     StoreError,
     StoreLimits,
@@ -769,3 +773,294 @@ def test_receiptDoesNotWaitForTheStore() -> None:
     assert store.held  # the confirmation, not fired yet
     (record,) = store.records()
     assert record.confirmedUpTo == 1  # (the memory store applied it at once)
+
+
+def closeStore(store: HeldStore) -> MemorySessionStore:
+    """Close ``store`` as a process that stops does: every operation from
+    now on fails with `StoreClosed`, and nothing more changes in it.
+
+    :returns: what the store holds, for the next process."""
+    kept = store.inner
+    closed = MemorySessionStore()
+    closed.close()
+    store.inner = closed
+    return kept
+
+
+def test_storeClosedKeepsSession() -> None:
+    """A store closed under a session (the process stops: the reactor's
+    shutdown closes it first) ends nothing: the ACK that follows cannot be
+    committed, so the client stops using the session (no reconnecting,
+    its connection aborted), fails what is unconfirmed saying the store
+    keeps it, and logs no error; the store keeps the session and its
+    messages, and the next process resumes it and gets a `Receipt` for
+    each, processed once."""
+    inner = MemorySessionStore()
+    first = HeldStore(inner)
+    server = RecordingServerFactory(reply=False, slow=True)
+    network, client, _ = start(first, server)
+    network.connect()
+    network.flush()
+    ds = [client.sendMessage(b"%d" % i) for i in range(3)]
+    network.flush()
+    token = client.session.token
+    assert server.received == [b"0"]
+    kept = closeStore(first)
+    with capturedLogs() as logs:
+        server.processing[0].callback(None)  # its ACK comes after the close
+        network.flush()
+    assert isinstance(result(ds[0]), Receipt)  # the ACK came
+    for d in ds[1:]:
+        error = cast(Failure, d.result).value
+        d.addErrback(lambda _: None)
+        assert isinstance(error, DeliveryFailed)
+        assert str(error).startswith(
+            "the session store closed (the message stays in the session store, for the "
+            "next process) before confirmation"
+        )
+    assert not client.continueTrying and client.connected is None
+    assert client.hooks == [] and client.epoch == 1
+    assert [e["log_level"] for e in logs if e["log_level"] >= LogLevel.warn] == []
+    assert [e.get("event") for e in logs if e.get("event") == "store_closed"] == ["store_closed"]
+    late = client.sendMessage(b"late")  # neither stored nor sent
+    error = cast(Failure, late.result).value
+    late.addErrback(lambda _: None)
+    assert str(error) == "the factory stopped trying; message not sent"
+    (record,) = HeldStore(kept).records()
+    assert record.token == token and record.epoch == 1
+    assert [seq for seq, _ in record.messages] == [1, 2, 3]
+
+    second = HeldStore(kept)
+    server.slow = False
+    for work in server.processing[1:]:  # (what the server was still working on)
+        work.callback(None)
+    network2, client2, recovered = start(second, server, network.clock)
+    assert [payload for payload, _ in recovered] == [b"0", b"1", b"2"]
+    network2.connect()
+    network2.run(lambda: all(d.called for _, d in recovered))
+    assert [result(d).seq for _, d in recovered] == [1, 2, 3]
+    assert server.received == [b"0", b"1", b"2"]
+    assert client2.hooks == [("resumed",)] and client2.epoch == 1
+
+
+class Receiving(HeartbeatProtocol):
+    """Records what it receives in its factory."""
+
+    factory: ReceivingClient
+
+    def messageReceived(self, payload: bytes) -> None:
+        self.factory.received.append(payload)
+
+
+class ReceivingClient(Client):
+    """A client whose protocol records what it receives."""
+
+    protocol = Receiving
+
+    def __init__(self, store: ISessionStore | None = None) -> None:
+        super().__init__(store)
+        self.received: list[bytes] = []
+
+
+def test_storeClosedStopsReceiving() -> None:
+    """A message received once the store is closed is processed, but its
+    position cannot be committed: it is not acknowledged, nothing more is
+    handed out, and the session stays in the store as it was (the next
+    process gets the message again)."""
+    inner = MemorySessionStore()
+    first = HeldStore(inner)
+    client = ReceivingClient(first)
+    server = RecordingServerFactory(reply=False)
+    network = Network(client, server, Clock())
+    result(client.recovered())
+    network.connect()
+    network.flush()
+    proto = network.current.server  # type: ignore[union-attr]
+    kept = closeStore(first)
+    with capturedLogs() as logs:
+        ds = [proto.sendMessage(b"%d" % i) for i in range(3)]
+        network.flush()
+    assert client.received == [b"0"]
+    assert not client.continueTrying and client.connected is None
+    assert [e["log_level"] for e in logs if e["log_level"] >= LogLevel.warn] == []
+    (record,) = HeldStore(kept).records()
+    assert record.token == client.session.token and record.processedUpTo == 0
+    assert not any(d.called and isinstance(d.result, Receipt) for d in ds)  # no ACK
+    for d in ds:
+        d.addErrback(lambda _: None)
+
+
+def backupOf(store: MemorySessionStore) -> MemorySessionStore:
+    """A copy of what ``store`` holds now (the operator's backup)."""
+    copy = MemorySessionStore()
+    for record in HeldStore(store).records():
+        result(copy.createSession(record))
+    return copy
+
+
+def restoredClient(
+    backup: MemorySessionStore, network: Network, server: RecordingServerFactory
+) -> tuple[Network, Client]:
+    """The client's process stops, and the next one starts on ``backup`` (a
+    store restored from a backup, or one that lost its last commits: its
+    positions went back); it is connected."""
+    cast(Any, network.clientFactory).continueTrying = 0
+    wire = network.current
+    assert wire is not None
+    wire.cut()
+    network.flush()
+    network2, client2, _ = start(HeldStore(backup), server, network.clock)
+    network2.connect()
+    return network2, client2
+
+
+def test_resumeRefusedByTheClientResets() -> None:
+    """A stored session whose store went back (the server received more
+    than the restored store says was sent): the server's HELLO breaks the
+    resume rules here, so the client starts a new session at once
+    (`sessionReset`, the next epoch, in the store too) instead of retrying
+    the old one forever; what is sent next is delivered."""
+    inner = MemorySessionStore()
+    server = RecordingServerFactory(reply=False)
+    network, client, _ = start(HeldStore(inner), server)
+    network.connect()
+    network.flush()
+    backup = backupOf(inner)
+    ds = [client.sendMessage(b"%d" % i) for i in range(3)]
+    network.run(lambda: all(d.called for d in ds))
+    network2, client2 = restoredClient(backup, network, server)
+    d = client2.sendMessage(b"new")
+    network2.run(lambda: d.called)
+    assert result(d).seq == 1
+    assert client2.hooks == [("reset", 0)] and client2.epoch == 2
+    assert client2.losses == {Reason.PROTOCOL_ERROR: 1}
+    assert str(client2.lastLoss) == (
+        "PROTOCOL_ERROR: HELLO next_expected 4 is beyond the 0 messages sent"
+    )
+    assert [record.epoch for record in client2.store.records()] == [2]  # type: ignore[union-attr]
+    assert server.received == [b"0", b"1", b"2", b"new"]
+
+
+def test_resumeRefusedByTheServerResets() -> None:
+    """A stored session whose processed position went back (it says it
+    needs messages it acknowledged): the server answers its HELLO with
+    GOODBYE(PROTOCOL_ERROR) instead of a HELLO, and the client starts a new
+    session at once; the unconfirmed messages it carried fail with
+    ``maybeProcessed``."""
+    inner = MemorySessionStore()
+    server = RecordingServerFactory(reply=False, slow=True)
+    network, client, _ = start(HeldStore(inner), server)
+    network.connect()
+    network.flush()
+    proto = network.current.server  # type: ignore[union-attr]
+    ds = [proto.sendMessage(b"%d" % i) for i in range(2)]
+    network.run(lambda: all(d.called for d in ds))
+    sent = client.sendMessage(b"sent")
+    network.flush()
+    backup = backupOf(inner)  # message 1 sent, its position 0 (of 2 acknowledged)
+    assert server.received == [b"sent"]
+    server.processing[0].callback(None)
+    server.slow = False
+    network.flush()
+    assert isinstance(result(sent), Receipt)
+    backupRecord = HeldStore(backup).records()[0]
+    assert backupRecord.processedUpTo == 2
+    # (the store went back further: as if the positions were never committed)
+    result(backup.recordProcessed(backupRecord.token, 2))
+    stale = StoredSession(
+        backupRecord.token,
+        epoch=1,
+        nextSeq=backupRecord.nextSeq,
+        confirmedUpTo=backupRecord.confirmedUpTo,
+        processedUpTo=0,
+        messages=backupRecord.messages,
+    )
+    result(backup.deleteSession(backupRecord.token))
+    result(backup.createSession(stale))
+    network2, client2 = restoredClient(backup, network, server)
+    network2.run(lambda: client2.hooks != [])
+    assert client2.hooks == [("reset", 1)]
+    assert str(client2.lastLoss) == (
+        "PROTOCOL_ERROR: peer said GOODBYE PROTOCOL_ERROR: HELLO next_expected 1 is below "
+        "the 2 messages already acknowledged"
+    )
+    network2.run(lambda: client2.connected is not None)
+    assert client2.epoch == 2 and client2.losses == {Reason.PROTOCOL_ERROR: 1}
+
+
+class FastServer(EchoServer):
+    """A server whose heartbeat interval is below what clients accept."""
+
+    heartbeatInterval = 0.05
+
+
+def test_resumeRefusedOnceThenUsualRetry() -> None:
+    """A protocol error on the HELLO of a resume starts a new session; one
+    on the new session's HELLO (no token) follows the usual retry rule
+    (backoff), so that a server that refuses every HELLO cannot make the
+    client start new sessions in a loop."""
+    store = HeldStore()
+    server = RecordingServerFactory(reply=False)
+    network, client, _ = start(store, server)
+    network.connect()
+    network.flush()
+    strict = RecordingServerFactory(reply=False)
+    strict.protocol = FastServer
+    strict.clock = network.clock
+    network.serverFactory = strict
+    wire = network.current
+    assert wire is not None
+    wire.cut()
+    network.run(lambda: client.losses.get(Reason.PROTOCOL_ERROR, 0) >= 4, limit=600)
+    assert client.hooks == [("reset", 0)] and client.epoch == 2
+    assert str(client.lastLoss) == (
+        "PROTOCOL_ERROR: heartbeat interval 0.05 s is outside the accepted range 0.1..3600 s"
+    )
+    assert client.retries >= 3  # backing off
+
+
+def test_sendAfterCloseRefused() -> None:
+    """A message sent once the store is closed, before the client found out
+    otherwise, fails at once with `StoreClosed`: neither stored nor sent
+    (the outbox takes it back)."""
+    store = HeldStore()
+    network, client, _ = start(store)
+    network.connect()
+    network.flush()
+    closeStore(store)
+    d = client.sendMessage(b"late")
+    error = cast(Failure, d.result).value
+    d.addErrback(lambda _: None)
+    assert isinstance(error, StoreClosed) and str(error) == "the session store is closed"
+    assert client.pending == 0 and client.lastSubmitted == 0
+
+
+class Banner(Protocol):
+    """Not a twisted_alive peer: it greets with an SSH banner."""
+
+    def connectionMade(self) -> None:
+        assert self.transport is not None
+        self.transport.write(b"SSH-2.0-OpenSSH_9.2p1\\r\\n")
+
+
+def test_resumeAgainstOtherPeerKeepsSession() -> None:
+    """A resume that meets a peer that does not speak twisted_alive (a
+    wrong port) is a protocol error before the session opened too, but not
+    a refusal of the session: no new session is started (no
+    `sessionReset`); the client stops, as the retry rule for
+    `NOT_ALIVE_PEER` says (which ends the session, as `stopTrying`
+    does)."""
+    store = HeldStore()
+    network, client, _ = start(store)
+    network.connect()
+    network.flush()
+    token = client.session.token
+    network.serverFactory = cast(Any, Factory.forProtocol(Banner))
+    wire = network.current
+    assert wire is not None
+    wire.cut()
+    network.run(lambda: client.losses.get(Reason.PROTOCOL_ERROR, 0) >= 1)
+    assert client.lastLoss is not None and client.lastLoss.cause is Cause.NOT_ALIVE_PEER
+    assert client.hooks == [] and not client.continueTrying
+    assert client.losses == {Reason.RESET: 1, Reason.PROTOCOL_ERROR: 1}
+    assert token != NO_SESSION

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import os
 import random
+import signal
 import time
 from pathlib import Path
+from typing import cast
 
 import pytest
 from support import (
@@ -26,13 +28,18 @@ from support import (
     elapse,
     ensureDeferred,
     getReactor,
+    killGroup,
     readReady,
     waitFor,
 )
+from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.task import deferLater
+from twisted.logger import LogLevel, capturedLogs
 from twisted.python.failure import Failure
 
 from twisted_alive import (
     AliveClientFactory,
+    AliveServerFactory,
     DeliveryFailed,
     HeartbeatProtocol,
     Receipt,
@@ -100,6 +107,43 @@ def test_killedClientLosesNothing(tmp_path: Path, processes: Processes) -> None:
     print(f"\n{MESSAGES} messages, {RUNS} kills, {elapsed:.1f} s (seed {seed}):", lines)
     assert lines[-1].startswith("DONE "), (lines, seed)
     assert processed == list(range(MESSAGES)), seed
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_stoppedClientLosesNothing(tmp_path: Path, processes: Processes) -> None:
+    """A client stopped in order (SIGTERM: its reactor stops, closing the
+    store first, while its connection is up) at random points, 8 times:
+    each process fails its unconfirmed Deferreds saying the store keeps the
+    message, none otherwise (no session ended); the next resumes the same
+    session (epoch 1), and the server's application processes every
+    message exactly once, in order."""
+    seed = chaosSeed()
+    rng = random.Random(seed)
+    messages, runs = 3000, 8
+    received = tmp_path / "received"
+    server = processes.startPeer("session_server.py", LOOPBACK, 0, 1.0, "--received", received)
+    assert server.stdout is not None
+    port = int(server.stdout.readline().split()[1])
+    path = tmp_path / "client.db"
+    kept = 0
+    for _ in range(runs):
+        client = processes.startPeer("store_client.py", path, port, messages, "--rate", RATE)
+        assert client.stdout is not None
+        kind, _recovered, _last, epoch = client.stdout.readline().split()
+        assert kind == "RECOVERED" and epoch == "1", seed
+        time.sleep(rng.uniform(0.05, 0.25))
+        killGroup(client, (signal.SIGTERM,), timeout=20)
+        lines = client.stdout.read().split("\n")
+        stopped = [line.split() for line in lines if line.startswith("STOPPED")]
+        assert len(stopped) == 1 and stopped[0][2] == "0", (lines, seed)
+        kept += int(stopped[0][1])
+    client = processes.startPeer("store_client.py", path, port, messages, "--rate", RATE)
+    output = client.communicate(timeout=60)[0].strip().splitlines()
+    processes.kill(server)
+    print(f"\n{runs} orderly stops, {kept} Deferreds failed as kept (seed {seed}):", output[-1])
+    assert output[0].split()[3] == "1" and output[-1].startswith("DONE "), (output, seed)
+    assert [int(n) for n in received.read_text().split()] == list(range(messages)), seed
 
 
 class Resetting(AliveClientFactory):
@@ -178,3 +222,72 @@ async def test_serverRestartResetsStoredSession(tmp_path: Path, processes: Proce
     # connection ends).
     assert [record.epoch for record in records if record is not None] == [2]
     print(f"\n{maybe} maybe processed, {len(processed)} processed, reset once")
+
+
+class Working(HeartbeatProtocol):
+    """A server's application that takes a few milliseconds per message."""
+
+    processed: list[bytes] = []
+
+    def messageReceived(self, payload: bytes) -> Deferred[None]:
+        Working.processed.append(payload)
+        return deferLater(getReactor(), 0.005, lambda: None)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(60)
+@ensureDeferred
+async def test_storeClosedUnderConnection(tmp_path: Path) -> None:
+    """A stored client whose store closes while its connection carries
+    messages over 127.0.0.1 (what stopping the reactor does first): the
+    ACKs that follow cannot be committed, so the unconfirmed Deferreds fail
+    saying the store keeps the message, no error is logged and the session
+    is not ended; a new factory on the same file recovers exactly those
+    messages, resumes the session and gets a Receipt for each; the server's
+    application processes every message once."""
+    reactor = getReactor()
+    Working.processed = []
+    server = AliveServerFactory.forProtocol(Working)
+    port = reactor.listenTCP(0, server, interface=LOOPBACK)
+    try:
+        path = str(tmp_path / "client.db")
+        store = SqliteSessionStore(path, reactor=reactor)
+        first = Resetting(store)
+        await first.recovered()
+        connector = reactor.connectTCP(LOOPBACK, port.getHost().port, first)
+        await first.whenConnected()
+        outcomes: dict[int, list[object]] = {}
+        for number in range(200):
+            outcomes[number] = []
+            first.sendMessage(b"%d" % number).addBoth(outcomes[number].append)
+        await first.whenStored()
+        await elapse(0.2)
+        with capturedLogs() as logs:
+            await store.close()
+            await waitFor(lambda: first.connected is None, timeout=10, what="the abort")
+        connector.disconnect()
+        failed = [n for n, seen in outcomes.items() if seen and isinstance(seen[0], Failure)]
+        for number in failed:
+            error = cast(Failure, outcomes[number][0]).value
+            assert str(error).startswith(
+                "the session store closed (the message stays in the session store, for the "
+                "next process) before confirmation"
+            ), error
+        assert failed and not any(e["log_level"] >= LogLevel.warn for e in logs)
+        assert first.epoch == 1 and first.resets == []
+
+        again = SqliteSessionStore(path, reactor=reactor)
+        second = Resetting(again)
+        recovered = await second.recovered()
+        numbers = [int(payload) for payload, _ in recovered]
+        assert set(failed) <= set(numbers) and second.epoch == 1
+        connector = reactor.connectTCP(LOOPBACK, port.getHost().port, second)
+        receipts = await gatherResults([d for _, d in recovered])
+        assert [receipt.seq for receipt in receipts] == [n + 1 for n in numbers]
+        assert sorted(int(p) for p in Working.processed) == list(range(200))
+        second.stopTrying()
+        connector.disconnect()
+        await again.close()
+        print(f"\n{len(failed)} failed as kept, {len(numbers)} recovered, each processed once")
+    finally:
+        await port.stopListening()

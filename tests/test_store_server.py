@@ -29,6 +29,7 @@ from test_store_client import HeldStore, LazyStore, result
 from test_store_receiver import Cursor, LazyTransactionalStore, Table
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.task import Clock
+from twisted.logger import LogLevel, capturedLogs
 from twisted.python.failure import Failure
 
 from twisted_alive import (
@@ -703,3 +704,86 @@ def test_transactionalNeedsTransactionalStore() -> None:
     assert str(caught.value) == why
     error = errorOf(cast(AliveServerFactory, server).recovered())
     assert isinstance(error, TypeError) and str(error) == why
+
+
+class OneInFlight(EchoServer):
+    """Sends one message at a time."""
+
+    maxInFlight = 1
+
+
+def test_storeClosedKeepsSessions() -> None:
+    """A store closed under a session (the server's process stops: the
+    reactor's shutdown closes it first) ends nothing: the ACK that follows
+    cannot be committed, so the server stops using the session (its
+    connection aborted), fails what is unconfirmed saying the store keeps
+    it, refuses HELLOs from then on (by aborting: the client keeps its
+    session and retries), and logs no error; the next process resumes the
+    session and delivers what was unconfirmed."""
+    inner = MemorySessionStore()
+    first = ServerStore(inner)
+    network, server, client = serve(first)
+    server.protocol = OneInFlight
+    network.connect()
+    network.flush()
+    proto = network.current.server  # type: ignore[union-attr]
+    token = client.session.token
+    ds = [proto.sendMessage(b"%d" % i) for i in range(2)]
+    kept = first.inner
+    closed = MemorySessionStore()
+    closed.close()
+    first.inner = closed  # closed, after committing what was called before
+    with capturedLogs() as logs:
+        network.run(lambda: proto.loss is not None)  # the first ACK cannot be committed
+        network.clock.advance(5)  # the client retries: refused
+        network.flush()
+    assert isinstance(result(ds[0]), Receipt)  # (with the ACK)
+    assert str(errorOf(ds[1])) == (
+        "the session store closed (the message stays in the session store, for the next "
+        "process) before confirmation"
+    )
+    assert proto.loss is not None and "the session store is closed" in str(proto.loss)
+    assert [e["log_level"] for e in logs if e["log_level"] >= LogLevel.warn] == []
+    assert client.connections >= 2  # it retried, and was refused
+    assert client.epoch == 1 and client.session.token == token  # not reset
+    assert sessionsIn(ServerStore(kept))[token].messages == ((1, b"0"), (2, b"1"))
+
+    second = ServerStore(kept)
+    server = restart(network, first, second)
+    recovered = result(server.recovered())
+    network.run(lambda: all(d.called for _, _, d in recovered))
+    assert client.received == [b"0", b"1"] and client.epoch == 1  # each once
+    assert [cast(Receipt, result(d)).seq for _, _, d in recovered] == [1, 2]
+
+
+def test_serverStoreWentBackResetsClient() -> None:
+    """A server restarted on a backup of its store (or on one that lost its
+    last commits) has its sessions' positions go back: a client (here one
+    without a store) that processed more than the restored session sent is
+    refused (GOODBYE(PROTOCOL_ERROR) instead of the server's HELLO); it
+    starts a new session at once (`sessionReset`, the next epoch) instead of retrying
+    the old one forever."""
+    inner = MemorySessionStore()
+    first = ServerStore(inner)
+    network, server, client = serve(first)
+    network.connect()
+    network.flush()
+    backup = MemorySessionStore()
+    for record in first.records():
+        result(backup.createSession(record))
+    proto = network.current.server  # type: ignore[union-attr]
+    ds = [proto.sendMessage(b"%d" % i) for i in range(2)]
+    network.run(lambda: all(d.called for d in ds))
+    assert client.received == [b"0", b"1"]
+    server = restart(network, first, ServerStore(backup))
+    result(server.recovered())
+    network.run(lambda: client.epoch == 2)
+    assert str(client.lastLoss) == (
+        "PROTOCOL_ERROR: peer said GOODBYE PROTOCOL_ERROR: HELLO next_expected 3 is beyond "
+        "the 0 messages sent"
+    )
+    network.run(lambda: client.connected is not None)
+    assert client.losses[Reason.PROTOCOL_ERROR] == 1  # (and the RESET of the restart)
+    d = client.sendMessage(b"after")
+    network.run(lambda: d.called)
+    assert cast(Receipt, result(d)).seq == 1

@@ -20,6 +20,7 @@ from twisted_alive.core.outcomes import DeliveryFailed, MessageInfo, QueueFull, 
 from twisted_alive.core.retry import Retry
 from twisted_alive.core.stored import (
     CorruptStore,
+    StoreClosed,
     StoredSession,
     StoreError,
     StoreLimits,
@@ -83,6 +84,7 @@ __all__ = [
     "StoredSession",
     "StoreLimits",
     "StoreStatistics",
+    "StoreClosed",
     "StoreError",
     "CorruptStore",
 ]

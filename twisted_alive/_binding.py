@@ -158,7 +158,9 @@ class Binding:
 
         :returns: whether a write was committed at once (a store whose
             Deferreds have fired already, such as `MemorySessionStore`):
-            the caller may hand out the next message now.
+            the caller may hand out the next message now; or failed at
+            once: the caller then acts on what its host did about it (an
+            aborted connection hands out nothing more).
         """
         store = self.store
         if store is None or self._committing:
@@ -176,7 +178,7 @@ class Binding:
         token = session.token
         done: list[bool] = []
         d = store.recordProcessed(token, upTo, kept)
-        d.addCallbacks(self._committed, self._commitFailed, (token, upTo, done))
+        d.addCallbacks(self._committed, self._commitFailed, (token, upTo, done), {}, (done,))
         return bool(done)
 
     def processInTransaction(
@@ -262,10 +264,14 @@ class Binding:
             session.inbox.commit(upTo)
         self.commitProcessed()
 
-    def _commitFailed(self, failure: Failure) -> None:
-        """A write of the processed position failed: the session ends.
-        No write follows (``_committing`` stays set), so nothing is
-        acknowledged beyond what the store committed."""
+    def _commitFailed(self, failure: Failure, done: list[bool] | None = None) -> None:
+        """A write of the processed position failed: the session ends (or,
+        for a store that is closed, stops here: see `Journal`). No write
+        follows (``_committing`` stays set), so nothing is acknowledged
+        beyond what the store committed. ``done`` learns that the write is
+        over (see `commitProcessed`)."""
+        if done is not None:
+            done.append(True)
         failed = self._storeFailed
         assert failed is not None
         failed(failure)

@@ -53,7 +53,8 @@ from twisted_alive._mixin import (
     settingsFor,
 )
 from twisted_alive._reasons import Cause, Loss, Reason, describeFailure
-from twisted_alive.core.connection import Role, Settings, State
+from twisted_alive._stores import CLOSED
+from twisted_alive.core.connection import Connection, Role, Settings, State
 from twisted_alive.core.delivery import Entry, Session, undelivered
 from twisted_alive.core.frames import NO_SESSION, GoodbyeCode
 from twisted_alive.core.outcomes import DeliveryFailed, Receipt
@@ -68,9 +69,24 @@ from twisted_alive.core.retry import (
 )
 from twisted_alive.core.retry import retryFor as _retryFor
 from twisted_alive.core.sessions import SessionTable
-from twisted_alive.core.stored import StoredSession, StoreError, StoreLimits, sessionOf
+from twisted_alive.core.stored import (
+    StoreClosed,
+    StoredSession,
+    StoreError,
+    StoreLimits,
+    sessionOf,
+)
 
 log = Logger(namespace="twisted_alive")
+
+
+STAYS = "the message stays in the session store, for the next process"
+"""What the `DeliveryFailed` of a stored message says when this process
+stops before its confirmation: the next process sends it again."""
+
+STORE_CLOSED = f"the session store closed ({STAYS}) before confirmation"
+"""The text of the `DeliveryFailed` of a stored message left unconfirmed
+when the store closed (`StoreClosed`: the process is stopping)."""
 
 
 def tokenPrefix(token: bytes) -> str:
@@ -316,13 +332,43 @@ class AliveClientFactory(ReconnectingClientFactory):
             current._pump(buffered=True)
 
     def _storeFailed(self, failure: Failure) -> None:
-        """A store operation the session needs failed: end the session."""
+        """A store operation the session needs failed: end the session;
+        unless the store is closed (`StoreClosed`: the process is
+        stopping), then `_storeClosed`."""
+        if isinstance(failure.value, StoreClosed):
+            self._storeClosed()
+            return
         self._abandon(f"session store failed: {failure.getErrorMessage()}")
+
+    def _storeClosed(self) -> None:
+        """
+        The store is closed: the process (or this factory) is stopping, the
+        session is not over. Stop reconnecting, fail what is unconfirmed
+        here (`STORE_CLOSED`: the store keeps it, the next process sends
+        it again) and abort the connection, so that nothing more is
+        processed whose position could not be committed (the next process
+        gets it again, flagged as redelivered). The store keeps the
+        session as it was last committed (the `Journal` writes nothing
+        more).
+        """
+        log.info(
+            "alive.store: {store} is closed: this process stops using session {token}; "
+            "the store keeps it, and its unconfirmed messages, for the next process",
+            store=self.store,
+            token=tokenPrefix(self.session.token),
+            event="store_closed",
+        )
+        self._halt()
+        entries = self.session.outbox.drain()
+        self.clientBinding().failUndelivered(entries, STORE_CLOSED, None)
+        for proto in (self.connected, self._starting):
+            if proto is not None and proto.loss is None:
+                proto.abort("the session store is closed")
 
     def _abandon(self, why: str) -> None:
         """End a stored session that cannot go on (``why``): stop
         reconnecting, fail what is unconfirmed, abort the connection."""
-        if self._retry.stopped:
+        if self._retry.stopped or (self._journal is not None and self._journal.stopped):
             return
         log.error("alive.store: {why}; the session ends", why=why, event="store_failed")
         self._halt()
@@ -545,9 +591,11 @@ class AliveClientFactory(ReconnectingClientFactory):
         self.sessionReset(detail, len(failed))
 
     def sessionLost(self, protocol: object, loss: Loss) -> None:
-        """A connection ended; the session stays for the next one."""
+        """A connection ended; the session stays for the next one, unless
+        the server refused to resume it (`_refusedResume`)."""
         proto = cast(HeartbeatMixin, protocol)
-        if self.connected is proto:
+        wasOpen = self.connected is proto
+        if wasOpen:
             self.connected = None
         self._cancelStable()
         self.lastLoss = self._protocolLoss = loss
@@ -562,6 +610,12 @@ class AliveClientFactory(ReconnectingClientFactory):
             # one (after the usual delay), and what was in flight is
             # uncertain.
             self._restartSession("the server keeps no sessions")
+        elif not wasOpen and _refusedResume(conn, loss):
+            # A position that went back (a store restored from a backup, or
+            # that lost its last commits): the session cannot go on, on
+            # either side; retrying it would fail the same way forever.
+            self._restartSession(f"the session cannot be resumed: {loss.detail}")
+            self._retry.atOnce = True
         if self._retry.stopped:
             self._endSession(loss)
 
@@ -795,6 +849,26 @@ def tooLargeFor(
     )
 
 
+def _refusedResume(conn: Connection | None, loss: Loss) -> bool:
+    """
+    Whether a client connection that ended before its session opened had
+    asked to resume it and ended with a protocol error of a twisted_alive
+    peer: the server answered its HELLO with GOODBYE(PROTOCOL_ERROR), or
+    the server's HELLO broke the rules of a resume here (its
+    ``next_expected`` does not fit what was sent, a message to send again
+    is larger than it accepts). The session cannot be resumed, as after
+    SESSION_UNKNOWN. A new session's HELLO (no token) never counts: a
+    protocol error on it follows the usual retry rule, so this cannot
+    loop.
+    """
+    return (
+        conn is not None
+        and conn.askedToResume
+        and loss.reason is Reason.PROTOCOL_ERROR
+        and loss.cause is not Cause.NOT_ALIVE_PEER
+    )
+
+
 def _maybe(binding: Binding, entries: list[Entry]) -> list[tuple[Any, bool]]:
     """The outcomes among ``entries`` still awaited (see `undelivered`)."""
     return [
@@ -850,6 +924,7 @@ class AliveServerFactory(Factory):
     _expiryCall: IDelayedCall | None = None
     _touchCall: IDelayedCall | None = None
     _stoppedFactory = False
+    _storeClosed = False
     _loadStarted = False
     _loadOutcome: ServerRecovered | Failure | None = None
 
@@ -937,6 +1012,10 @@ class AliveServerFactory(Factory):
             return self._afterLoad().addCallback(
                 lambda _: self.sessionForHello(token, self._now())
             )
+        if self._storeClosed:
+            # Stopping: the next process answers this HELLO (the session
+            # may be in the store).
+            return defer.fail(StoreClosed(CLOSED))
         found = self._sessionFor(token, now)
         if found is None:
             return None
@@ -967,7 +1046,7 @@ class AliveServerFactory(Factory):
             created = store.createSession(StoredSession(new, epoch=1, lastSeen=now))
 
             def notCreated(failure: Failure) -> Failure:
-                log.error(
+                (log.info if isinstance(failure.value, StoreClosed) else log.error)(
                     "alive.store: cannot create session {token} in {store}: {error}",
                     token=tokenPrefix(new),
                     store=store,
@@ -1056,7 +1135,7 @@ class AliveServerFactory(Factory):
                 if forget:
                     kept.journal.dropped()
                 else:
-                    why += " (the message stays in the session store, for the next process)"
+                    why += f" ({STAYS})"
         entries = session.outbox.drain()
         if binding is not None:
             binding.failUndelivered(entries, f"{why} before confirmation", None)
@@ -1295,10 +1374,16 @@ class AliveServerFactory(Factory):
 
     def _storeFailed(self, binding: Binding, failure: Failure) -> None:
         """A store operation of ``binding``'s session failed: the session
-        ends (its connection is aborted, its messages fail)."""
+        ends (its connection is aborted, its messages fail). Unless the
+        store is closed (`StoreClosed`: the server is stopping): then the
+        session is not over, it stays in the store for the next process
+        (`_storeClosedFor`)."""
         session = binding.session
-        why = f"session store failed: {failure.getErrorMessage()}"
         key = self._key(session.token)
+        if isinstance(failure.value, StoreClosed):
+            self._storeClosedFor(binding)
+            return
+        why = f"session store failed: {failure.getErrorMessage()}"
         if self._table.get(key) is not session:
             # Over already (a write that followed its end, such as the
             # processed position after its deletion): nothing to end.
@@ -1320,6 +1405,36 @@ class AliveServerFactory(Factory):
         self._failSession(session, why)
         if carrier is not None:
             carrier.abort(why)
+
+    def _storeClosedFor(self, binding: Binding) -> None:
+        """
+        The store is closed while ``binding``'s session goes on: the server
+        is stopping. The session stops here as on `stopFactory`: it leaves
+        the table, what is unconfirmed fails (`STORE_CLOSED`: the store
+        keeps it, the next process sends it again), and its connection is
+        aborted, so that nothing more is processed whose position could not
+        be committed (the next process gets it again, flagged as
+        redelivered). HELLOs are refused from now on (the connection is
+        aborted: the client retries, and the next process resumes its
+        session).
+        """
+        if not self._storeClosed:
+            self._storeClosed = True
+            log.info(
+                "alive.store: {store} is closed: the server stops using its sessions; "
+                "the store keeps them, and their unconfirmed messages, for the next process",
+                store=self.store,
+                event="store_closed",
+            )
+        session = binding.session
+        key = self._key(session.token)
+        if self._table.get(key) is not session:
+            return
+        self._table.remove(key)
+        carrier = binding.carrier
+        self._failSession(session, "the session store closed", forget=False)
+        if carrier is not None:
+            carrier.abort("the session store is closed")
 
     def sendStored(
         self, binding: Binding, payloads: Sequence[bytes], together: bool
@@ -1361,14 +1476,18 @@ class AliveServerFactory(Factory):
         takes it or leaves it, and every `touchInterval` while carried:
         never per frame)."""
         assert self.store is not None
-        self.store.touchSession(session.token, now).addErrback(
-            lambda failure: log.warn(
+
+        def failed(failure: Failure) -> None:
+            if isinstance(failure.value, StoreClosed):
+                return  # (stopping: the other writes report it)
+            log.warn(
                 "alive.store: cannot record when session {token} was seen: {error}",
                 token=tokenPrefix(session.token),
                 error=failure.getErrorMessage(),
                 event="store_failed",
             )
-        )
+
+        self.store.touchSession(session.token, now).addErrback(failed)
 
     @property
     def touchInterval(self) -> float:

@@ -20,6 +20,11 @@ The rules, in the order a message meets them:
    (the messages never sent, numbered again from 1) with the next epoch
    (`Journal.reset`).
 
+A store that is closed (`StoreClosed`: the process or the factory is
+stopping) ends nothing: the journal stops writing (`Journal.stopped`) and
+tells its factory once, which stops using the session and leaves it in
+the store as it was last committed, for the next process.
+
 Inbound, the binding keeps the processed position in the same store
 (`Binding.keepIn`): it is committed before the ACK that covers it, and
 the next message reaches the application only once the previous one's
@@ -55,6 +60,7 @@ from twisted_alive.core.delivery import Session
 from twisted_alive.core.frames import NO_SESSION
 from twisted_alive.core.outcomes import Receipt
 from twisted_alive.core.stored import (
+    StoreClosed,
     StoredSession,
     StoreError,
     StoreLimits,
@@ -156,11 +162,16 @@ class Journal:
     :param store: the session store (it holds this client's session only).
     :param binding: the binding of the session (set by `load`).
     :param failed: called with the failure of a store operation that the
-        session cannot go on without (the factory ends the session).
+        session cannot go on without (the factory ends the session); for a
+        store that is closed (`StoreClosed`), once, and the factory stops
+        using the session instead.
     :param release: called once more messages may be sent (the factory
         pumps its connection).
     :ivar epoch: the epoch of the stored session: it changes whenever the
         session is replaced by a new one.
+    :ivar stopped: whether the store was found closed (`StoreClosed`):
+        from then on the journal writes nothing (the session stays in the
+        store as it was last committed).
     """
 
     def __init__(
@@ -176,6 +187,7 @@ class Journal:
         self._generation = 0
         self._confirmed = 0
         self._ended = False
+        self.stopped = False
         self._failed = failed
         self._release = release
 
@@ -326,13 +338,20 @@ class Journal:
 
     def _broken(self, failure: Failure) -> None:
         """A store operation failed: the factory ends the session (and
-        logs why)."""
+        logs why); a store that is closed is reported once, and the
+        journal writes nothing more."""
+        if isinstance(failure.value, StoreClosed):
+            if self.stopped:
+                return
+            self.stopped = True
         self._failed(failure)
 
     def confirmed(self) -> None:
         """The server confirmed messages: drop them from the store."""
         session = self._session()
         upTo = session.outbox.ackedUpTo
+        if self.stopped:
+            return
         if upTo > self._confirmed and session.token == self._token:
             self._confirmed = upTo
             self.store.confirmMessages(self._token, upTo).addErrback(self._broken)
@@ -359,8 +378,10 @@ class Journal:
     def ended(self) -> None:
         """The session ended (``stopTrying``, ``close``, ``GO_AWAY``...): its
         messages failed, so the store keeps none of them; a new, empty
-        session (the next epoch) replaces it, for the next process."""
-        if self._ended:
+        session (the next epoch) replaces it, for the next process.
+        Nothing once the store is closed (`stopped`): the session stays
+        there for the next process."""
+        if self._ended or self.stopped:
             return
         self._ended = True
         self.epoch += 1
@@ -379,13 +400,15 @@ class Journal:
         """(Server.) The session is over (expired, evicted, or closed by
         its client): delete it from the store; nothing more is stored for
         it."""
-        if self._ended:
+        if self._ended or self.stopped:
             return
         self._ended = True
         self._generation += 1
         self.store.deleteSession(self._token).addErrback(self._broken)
 
     def _replace(self, token: bytes, why: str) -> None:
+        if self.stopped:
+            return
         session = self._session()
         old = self._token
         self._generation += 1

@@ -35,6 +35,7 @@ from twisted_alive.core.stored import (
     DEFAULT_MAX_STORED,
     CommitTimes,
     CorruptStore,
+    StoreClosed,
     StoredSession,
     StoreError,
     StoreLimits,
@@ -48,7 +49,7 @@ from twisted_alive.core.stored import (
 T = TypeVar("T")
 
 CLOSED = "the session store is closed"
-"""The text of the `StoreError` of an operation called after ``close``."""
+"""The text of the `StoreClosed` of an operation called after ``close``."""
 
 
 class _Held:
@@ -96,7 +97,7 @@ class MemorySessionStore:
 
     def _do(self, function: Callable[[], T]) -> Deferred[T]:
         if self._closed:
-            return defer.fail(StoreError(CLOSED))
+            return defer.fail(StoreClosed(CLOSED))
         try:
             return defer.succeed(function())
         except (StoreError, QueueFull) as error:
@@ -547,7 +548,7 @@ class SqliteSessionStore:
         An operation that ``grows`` the store is refused once `maxPending`
         operations wait."""
         if self._closing:
-            return defer.fail(StoreError(CLOSED))
+            return defer.fail(StoreClosed(CLOSED))
         if grows and self.pending >= self.maxPending:
             return defer.fail(
                 QueueFull(

@@ -21,6 +21,14 @@ else is an error, a reset of the session (``sessionReset``: the server did
 not resume it) included: it prints ``ERROR ...`` and exits with status 1.
 On exit it prints ``RESUMED <count>``, the times the session was resumed,
 before ``DONE``.
+
+Stopped in order (SIGTERM: its reactor stops, and closes the store first),
+it prints ``STOPPED <kept> <errors>``: how many Deferreds failed saying
+that the store keeps their message for the next process, and how many
+failed otherwise (the first of those follows on an ``ERROR`` line); a
+message sent once the store is closed fails at once with `StoreClosed`
+(neither stored nor sent: the next process numbers its own from the
+store), which is neither.
 """
 
 from __future__ import annotations
@@ -31,7 +39,17 @@ from typing import Any
 
 from twisted.internet import defer, task
 
-from twisted_alive import AliveClientFactory, HeartbeatProtocol, Receipt, SqliteSessionStore
+from twisted_alive import (
+    AliveClientFactory,
+    HeartbeatProtocol,
+    Receipt,
+    SqliteSessionStore,
+    StoreClosed,
+)
+
+STORE_CLOSED = (
+    "the session store closed (the message stays in the session store, for the next process)"
+)
 
 
 def say(*words: object) -> None:
@@ -78,7 +96,12 @@ async def main(reactor: Any, *argv: str) -> None:
     done: defer.Deferred[None] = defer.Deferred()
     state = {"next": last, "confirmed": 0, "waiting": 0, "allowed": last}
 
+    kept = [0]
+
     def failed(why: str) -> None:
+        if why.split(": ", 1)[-1].startswith(STORE_CLOSED):
+            kept[0] += 1  # (stopping in order: the next process sends it)
+            return
         errors.append(why)
         if not done.called:
             done.callback(None)
@@ -98,7 +121,11 @@ async def main(reactor: Any, *argv: str) -> None:
 
     def watch(d: defer.Deferred[Receipt], number: int) -> None:
         state["waiting"] += 1
-        d.addCallbacks(check, lambda f: failed(f"message {number}: {f.value}"), (number,))
+        def refused(f: Any) -> None:
+            if not isinstance(f.value, StoreClosed):
+                failed(f"message {number}: {f.value}")
+
+        d.addCallbacks(check, refused, (number,))
 
     if factory.epoch != 1:
         failed(f"the session was reset (epoch {factory.epoch})")
@@ -119,6 +146,13 @@ async def main(reactor: Any, *argv: str) -> None:
         if not state["waiting"] and state["next"] >= options.total and not done.called:
             done.callback(None)
 
+    def stopped() -> None:
+        if not done.called:
+            say("STOPPED", kept[0], len(errors))
+            if errors:
+                say("ERROR", errors[0])
+
+    reactor.addSystemEventTrigger("after", "shutdown", stopped)
     reactor.connectTCP("127.0.0.1", options.port, factory)
     ticks = task.LoopingCall(tick)
     ticks.clock = reactor

@@ -416,6 +416,7 @@ class Connection:
         "_pongDue",
         "_out",
         "_askedToken",
+        "_saidHello",
         "_goodbyeDue",
         "_firstBytes",
         "nonce",
@@ -473,6 +474,7 @@ class Connection:
         self._pongDue: int | None = None
         self._out: list[bytes] = []
         self._askedToken = self.session.token
+        self._saidHello = False
         self._goodbyeDue: bytes | None = None
         self._firstBytes = b""
         self.nonce = nonce if nonce is not None else secrets.randbits(64) | 1
@@ -544,6 +546,14 @@ class Connection:
             if events:
                 return events.popleft()
         return None
+
+    @property
+    def askedToResume(self) -> bool:
+        """(Client role.) Whether this connection's HELLO asked to resume a
+        session (it carried a token): a protocol error before the session
+        opened then means that the session cannot be resumed (see
+        ``docs/protocol.md``, Sessions and resume)."""
+        return self._askedToken != NO_SESSION
 
     @property
     def handingOut(self) -> bool:
@@ -881,6 +891,14 @@ class Connection:
             return  # closed meanwhile: a GOODBYE went instead of HELLO
         self.session.outbox.moveQueueTo(session.outbox)
         self.session = session
+        try:
+            # The client's position must fit the session's before this side
+            # answers: a refusal is a GOODBYE instead of a HELLO, so that
+            # the client knows the session never opened.
+            session.outbox.checkResume(self.peerHello.nextExpected)
+        except ProtocolViolation as e:
+            self._violate(str(e), events)
+            return
         self._sendHello(HELLO_ASSIGNED | (HELLO_RESUMED if resumed else 0))
         try:
             self._open(self.peerHello, resumed, now, events)
@@ -927,6 +945,7 @@ class Connection:
             self._checkClose()
 
     def _sendHello(self, flags: int) -> None:
+        self._saidHello = True
         s = self.settings
         self._out.append(
             _frames.encode(
@@ -1107,7 +1126,11 @@ class Connection:
         ``resend``, also those sent on earlier connections of the session),
         then one cumulative ACK if processing advanced since the last one.
         """
-        if (self.state is _FAILED and self._goodbyeDue is None) or self.peerHello is None:
+        if (
+            (self.state is _FAILED and self._goodbyeDue is None)
+            or self.peerHello is None
+            or not self._saidHello  # (a server that refused the HELLO)
+        ):
             return
         inbox = self.session.inbox
         if inbox.rejections or (resend and inbox.sentRejections):

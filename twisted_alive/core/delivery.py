@@ -451,7 +451,24 @@ class Outbox:
         the queue, to be resent with the same sequence numbers.
 
         :raises ProtocolViolation: if that contradicts what was acknowledged
-            or sent.
+            or sent (`checkResume`).
+        """
+        self.checkResume(peerNextExpected)
+        inflight = self.inflight
+        while inflight and inflight[-1].seq >= peerNextExpected:
+            entry = inflight.pop()
+            if self.queue is EMPTY:
+                self.queue = deque()
+            self.queue.appendleft(entry)
+            self.queuedBytes += len(entry.payload)
+
+    def checkResume(self, peerNextExpected: int) -> None:
+        """
+        Whether a HELLO's ``peerNextExpected`` fits this outbox: not below
+        what the peer acknowledged, not beyond what was sent. Changes
+        nothing.
+
+        :raises ProtocolViolation: if not.
         """
         if peerNextExpected - 1 < self.ackedUpTo:
             raise ProtocolViolation(
@@ -463,13 +480,6 @@ class Outbox:
                 f"HELLO next_expected {peerNextExpected} is beyond the "
                 f"{self.nextSeq - 1} messages sent"
             )
-        inflight = self.inflight
-        while inflight and inflight[-1].seq >= peerNextExpected:
-            entry = inflight.pop()
-            if self.queue is EMPTY:
-                self.queue = deque()
-            self.queue.appendleft(entry)
-            self.queuedBytes += len(entry.payload)
 
     def firstTooLargeResend(self, maxPayload: int) -> Entry | None:
         """

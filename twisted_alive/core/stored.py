@@ -46,6 +46,16 @@ class StoreError(Exception):
     says which and why."""
 
 
+class StoreClosed(StoreError):
+    """
+    An operation called after the store's ``close``: the process (or the
+    factory that uses the store) is stopping. It says nothing about the
+    sessions the store holds: what it committed stays there, for the next
+    process, and the factories stop using the session instead of ending it
+    (see ``docs/stores.md``).
+    """
+
+
 class CorruptStore(StoreError):
     """
     A store's file cannot be read, or is not a twisted_alive session store:
@@ -384,6 +394,7 @@ __all__ = [
     "CommitTimes",
     "DEFAULT_MAX_STORED_BYTES",
     "CorruptStore",
+    "StoreClosed",
     "StoreError",
     "StoreLimits",
     "StoredSession",
