@@ -298,7 +298,7 @@ def answerHello(
     """
     found = host.sessionFor(token, now) if host is not None else None
     if found is None:
-        conn.refuseSession(f"session {token.hex()[:8]} is unknown or expired")
+        conn.refuseSession()
         return binding
     session, resumed = found
     taken: Binding = host.bindingFor(session)
