@@ -68,15 +68,21 @@ def factoryOn(clock: Clock, draw: float = 0.5) -> AliveClientFactory:
     return factory
 
 
+def started(endpoint: FakeEndpoint, factory: AliveClientFactory, clock: Clock) -> ClientService:
+    """A started ``ClientService`` of ``factory`` on ``endpoint``, with the
+    factory's policy (`AliveClientFactory.clientServicePolicy`) and ``clock``."""
+    policy = factory.clientServicePolicy()
+    service = ClientService(endpoint, factory, retryPolicy=policy, clock=clock)
+    service.startService()
+    return service
+
+
 def test_serviceWaitsTheFactorysBackoff() -> None:
     """ClientService with clientServicePolicy() waits what the factory's nextDelay says."""
     clock = Clock()
     factory = factoryOn(clock)
     endpoint = FakeEndpoint()
-    service = ClientService(
-        endpoint, factory, retryPolicy=factory.clientServicePolicy(), clock=clock
-    )
-    service.startService()
+    service = started(endpoint, factory, clock)
     seen = waits(clock, 6)
     expected = []
     for factory.retries in range(6):
@@ -91,10 +97,7 @@ def test_serviceUsesTheFactorysJitter() -> None:
     clock = Clock()
     factory = factoryOn(clock, draw=1.0)
     factory.jitter = 0.5
-    service = ClientService(
-        FakeEndpoint(), factory, retryPolicy=factory.clientServicePolicy(), clock=clock
-    )
-    service.startService()
+    service = started(FakeEndpoint(), factory, clock)
     assert waits(clock, 3) == [1.5, 3.0, 6.0]
     service.stopService()
 
@@ -104,10 +107,7 @@ def test_serviceBackoffRestartsAfterAConnection() -> None:
     clock = Clock()
     factory = factoryOn(clock)
     endpoint = FakeEndpoint()
-    service = ClientService(
-        endpoint, factory, retryPolicy=factory.clientServicePolicy(), clock=clock
-    )
-    service.startService()
+    service = started(endpoint, factory, clock)
     assert waits(clock, 3) == [1.0, 2.0, 4.0]
     endpoint.accept = True
     clock.advance(8.0)
@@ -154,10 +154,7 @@ def test_stopRecipe() -> None:
     factory.random = lambda: 0.5
     endpoint = FakeEndpoint()
     endpoint.accept = True
-    service = factory.service = ClientService(
-        endpoint, factory, retryPolicy=factory.clientServicePolicy(), clock=clock
-    )
-    service.startService()
+    service = factory.service = started(endpoint, factory, clock)
     endpoint.protocols[0].connectionLost(Failure(ConnectionLost()))
     assert factory.lastLoss is not None and factory.lastLoss.reason is Reason.RESET
     assert service.running

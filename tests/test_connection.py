@@ -262,7 +262,7 @@ class Server:
             return accepted(conn, session, False, now)
         found = self.sessions.get(hello.session)
         if found is None:
-            conn.refuseSession(f"session {hello.session.hex()[:8]} is unknown or expired")
+            conn.refuseSession()
             return []
         return accepted(conn, found, True, now)
 

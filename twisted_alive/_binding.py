@@ -543,7 +543,7 @@ def takeSession(
         ``binding`` if the session was refused.
     """
     if found is None:
-        conn.refuseSession(f"session {token.hex()[:8]} is unknown or expired")
+        conn.refuseSession()
         return binding
     session, resumed = found
     taken: Binding = host.bindingFor(session)

@@ -65,7 +65,6 @@ from twisted_alive.core.retry import (
     Retry,
     RetrySettings,
     RetryState,
-    backoffPolicy,
 )
 from twisted_alive.core.retry import retryFor as _retryFor
 from twisted_alive.core.sessions import SessionTable
@@ -701,13 +700,7 @@ class AliveClientFactory(ReconnectingClientFactory):
         ``ClientService`` cannot stop from a policy, nor reconnect quickly
         after a stable connection (see ``docs/guide.md``).
         """
-        return backoffPolicy(
-            initialDelay=self.initialDelay,
-            factor=self.factor,
-            maxDelay=self.maxDelay,
-            jitter=self.jitter,
-            random=self.random,
-        )
+        return self.retrySettings().servicePolicy(self.random)
 
     def _retryAfter(self, loss: Loss, connector: IConnector) -> None:
         if not self.continueTrying:

@@ -479,10 +479,13 @@ class HeartbeatMixin(TimeoutMixin):
 
     def close(self, code: GoodbyeCode = GoodbyeCode.NORMAL, reason: str = "") -> Deferred[Loss]:
         """
-        Close in order: send what is queued, then GOODBYE, wait (at most
-        `closeTimeout` seconds) for the peer to acknowledge everything, then
-        close the TCP connection. Messages still unconfirmed then fail with
-        `DeliveryFailed`.
+        Close in order: finish handing out what the peer sent, send what is
+        queued, then GOODBYE, wait (at most `closeTimeout` seconds) for the
+        peer to acknowledge everything, then close the TCP connection.
+        Messages still unconfirmed then fail with `DeliveryFailed`, unless a
+        factory keeps the session (`AliveClientFactory`,
+        `AliveServerFactory`): there they stay in the session for its next
+        connection.
 
         :param code: the GOODBYE code (``SHUTTING_DOWN`` and ``GO_AWAY`` tell
             a reconnecting client whether to come back).

@@ -911,8 +911,13 @@ class Connection:
             if self._pongDue is not None:
                 self._answerPing()
 
-    def refuseSession(self, detail: str) -> None:
-        """(Server role.) The client's token is unknown: say so, then close."""
+    def refuseSession(self, detail: str | None = None) -> None:
+        """(Server role.) The client's token is unknown: say so (``detail``,
+        by default "session TOKEN8 is unknown or expired", with the first 8
+        hex digits of the token), then close."""
+        if detail is None:
+            token = self.peerHello.session if self.peerHello is not None else b""
+            detail = f"session {token.hex()[:8]} is unknown or expired"
         self.state = State.FAILED
         self.error = detail
         self._end(Reason.LOCAL_CLOSE, f"refused: {detail}")

@@ -150,13 +150,10 @@ def backoffPolicy(
     ``ClientService`` asks only for a delay: a policy cannot make it stop
     (see ``docs/guide.md``, "Under ClientService").
     """
-
-    def policy(failedAttempts: int) -> float:
-        return backoffDelay(
-            max(0, failedAttempts - 1), initialDelay, factor, maxDelay, jitter, random
-        )
-
-    return policy
+    settings = RetrySettings(
+        initialDelay=initialDelay, factor=factor, maxDelay=maxDelay, jitter=jitter
+    )
+    return settings.servicePolicy(random)
 
 
 @dataclass(frozen=True)
@@ -187,6 +184,16 @@ class RetrySettings:
         return backoffDelay(
             retries, self.initialDelay, self.factor, self.maxDelay, self.jitter, random
         )
+
+    def servicePolicy(self, random: Callable[[], float]) -> Callable[[int], float]:
+        """This backoff as a ``retryPolicy`` for ``ClientService`` (see
+        `backoffPolicy`): failed attempts in a row (1 for the first) to
+        seconds, the first retry after ``initialDelay``."""
+
+        def policy(failedAttempts: int) -> float:
+            return self.backoffDelay(max(0, failedAttempts - 1), random)
+
+        return policy
 
     def quickReconnectDelay(self, random: Callable[[], float]) -> float:
         """``quickDelay`` plus ``quickSpread`` times one draw of ``random``,
