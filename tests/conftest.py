@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, settings
-from support import Processes
+from support import Processes, RedisServer
 
 LONG_EXAMPLES = 20_000
 
@@ -142,3 +142,15 @@ def processes() -> Iterator[Processes]:
         yield started
     finally:
         started.killAll()
+
+
+@pytest.fixture(scope="session")
+def redisServer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A ``redis-server`` of the test run's own, on a free port of
+    127.0.0.1, persisting nothing; stopped at the end. The tests share it
+    and keep apart by key prefix. Fails (never skips) without a
+    ``redis-server``."""
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()

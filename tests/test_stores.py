@@ -9,10 +9,12 @@ checking every store against a plain model, across reopenings.
 
 from __future__ import annotations
 
+import itertools
 import queue
 import random
 import shutil
 import sqlite3
+import sys
 import tempfile
 import threading
 import time
@@ -27,6 +29,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 from support import (
+    LOOPBACK,
     Processes,
     chaosSeed,
     ensureDeferred,
@@ -42,6 +45,7 @@ from zope.interface.verify import verifyObject
 from twisted_alive import (
     ISessionStore,
     MemorySessionStore,
+    RedisSessionStore,
     SqliteSessionStore,
     sessionStoreFromString,
 )
@@ -67,7 +71,7 @@ LIMITS = StoreLimits(maxMessages=5, maxBytes=50)
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 eachStore = cast(
-    Callable[[_F], _F], pytest_twisted.async_yield_fixture(params=["memory", "sqlite"])
+    Callable[[_F], _F], pytest_twisted.async_yield_fixture(params=["memory", "sqlite", "redis"])
 )
 """An async yield fixture run once per store kind."""
 
@@ -77,12 +81,26 @@ def record(token: bytes = A, **fields: Any) -> StoredSession:
     return StoredSession(token, **fields)
 
 
+_prefixes = itertools.count()
+
+
+def redisPrefix() -> str:
+    """A key prefix no other test uses, on the shared Redis server."""
+    return f"test{next(_prefixes)}:"
+
+
 @eachStore
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
-    """Each store, with `LIMITS`, open; closed after the test."""
+    """Each store, with `LIMITS`, open; closed after the test. The Redis
+    store uses the run's `redisServer`, with keys of the test's own."""
     made: ISessionStore
     if request.param == "memory":
         made = MemorySessionStore(LIMITS)
+    elif request.param == "redis":
+        server = request.getfixturevalue("redisServer")
+        made = RedisSessionStore(
+            getReactor(), LOOPBACK, server.port, limits=LIMITS, prefix=redisPrefix()
+        )
     else:
         made = SqliteSessionStore(tmp_path / "sessions.db", limits=LIMITS, reactor=getReactor())
     await made.open()
@@ -376,7 +394,9 @@ class TestSessionStore:
             assert (figures.commits, figures.commitSeconds) == (0, 0.0)
             assert set(figures.commitBuckets) == {0}
         else:
-            assert figures.commits >= 10
+            # SQLite commits on opening too; Redis applies one batch per
+            # operation awaited here.
+            assert figures.commits >= (9 if isinstance(store, RedisSessionStore) else 10)
             assert figures.commitSeconds > 0
 
 
@@ -1060,13 +1080,75 @@ def test_describeBadly(description: str, text: str) -> None:
     assert str(caught.value) == text
 
 
-def test_describeRedisNotYet() -> None:
-    """A Redis description is refused: that store does not exist yet."""
-    with pytest.raises(NotImplementedError) as caught:
-        sessionStoreFromString(getReactor(), "redis://localhost:6379/0")
+@pytest.mark.parametrize(
+    ("description", "host", "port", "db", "prefix"),
+    [
+        ("redis://127.0.0.1:6380/2", "127.0.0.1", 6380, 2, "alive:"),
+        ("redis://cache.example", "cache.example", 6379, 0, "alive:"),
+        (" redis://h:7000/ ", "h", 7000, 0, "alive:"),
+        ("redis://[::1]:7000/3?prefix=app:", "::1", 7000, 3, "app:"),
+    ],
+)
+def test_describeRedis(description: str, host: str, port: int, db: int, prefix: str) -> None:
+    """A Redis description gives a `RedisSessionStore` on that server and
+    database (6379 and 0 when left out), with the prefix given; nothing is
+    connected yet."""
+    s = sessionStoreFromString(getReactor(), description)
+    assert isinstance(s, RedisSessionStore)
+    assert (s.host, s.port, s.db, s.prefix) == (host, port, db, prefix)
+    assert s.limits == StoreLimits()
+    assert repr(s) == f"<RedisSessionStore redis://{host}:{port}/{db} {prefix!r}>"
+
+
+@pytest.mark.parametrize(
+    ("description", "text"),
+    [
+        ("redis:h", "'redis:h' is not a Redis description: use redis://HOST:PORT/DB[?prefix=PREFIX]"),
+        ("redis:///0", "'redis:///0' names no host: use redis://HOST:PORT/DB[?prefix=PREFIX]"),
+        (
+            "redis://h:99999/0",
+            "invalid port in 'redis://h:99999/0': use redis://HOST:PORT/DB[?prefix=PREFIX], "
+            "PORT from 1 to 65535",
+        ),
+        (
+            "redis://h:0/0",
+            "invalid port in 'redis://h:0/0': use redis://HOST:PORT/DB[?prefix=PREFIX], "
+            "PORT from 1 to 65535",
+        ),
+        (
+            "redis://h:x/0",
+            "invalid port in 'redis://h:x/0': use redis://HOST:PORT/DB[?prefix=PREFIX], "
+            "PORT from 1 to 65535",
+        ),
+        ("redis://h/a", "invalid database 'a' in 'redis://h/a': DB is a number, 0 or more"),
+        ("redis://h/-1", "invalid database '-1' in 'redis://h/-1': DB is a number, 0 or more"),
+        (
+            "redis://h/0?db=1",
+            "unknown Redis option 'db' in 'redis://h/0?db=1': the option is prefix=PREFIX",
+        ),
+        (
+            "redis://u:p@h/0",
+            "'redis://u:p@h/0': a user or password in the description is not supported",
+        ),
+        ("redis://h/0#x", "'redis://h/0#x': a Redis description has no #fragment"),
+    ],
+)
+def test_describeRedisBadly(description: str, text: str) -> None:
+    """A Redis description that cannot be read says why, exactly."""
+    with pytest.raises(ValueError) as caught:
+        sessionStoreFromString(getReactor(), description)
+    assert str(caught.value) == text
+
+
+def test_redisNeedsItsClient(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without txredisapi (the ``redis`` extra), a Redis store is refused
+    with one exact error."""
+    monkeypatch.setitem(sys.modules, "txredisapi", None)
+    with pytest.raises(StoreError) as caught:
+        sessionStoreFromString(getReactor(), "redis://h/0")
     assert str(caught.value) == (
-        "the Redis session store (redis://localhost:6379/0) is not available yet: "
-        "it is issue 17; use memory or sqlite:PATH"
+        "the Redis session store needs txredisapi: pip install 'twisted_alive[redis]' "
+        "(or txredisapi==1.6.0)"
     )
 
 

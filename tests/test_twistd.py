@@ -22,6 +22,7 @@ from support import (
     ROOT,
     TWISTD,
     CollectingFactory,
+    RedisServer,
     asyncYieldFixture,
     connectCollecting,
     ensureDeferred,
@@ -35,7 +36,7 @@ from twisted.logger import ILogObserver, LogEvent, formatEvent, globalLogPublish
 from twisted.python import usage
 from zope.interface import implementer
 
-from twisted_alive import MemorySessionStore, SqliteSessionStore
+from twisted_alive import MemorySessionStore, RedisSessionStore, SqliteSessionStore
 from twisted_alive._factories import AliveServerFactory
 from twisted_alive._mixin import ABORT_GRACE, HeartbeatMixin, HeartbeatProtocol
 from twisted_alive._reasons import Loss, Reason
@@ -176,9 +177,9 @@ def _parse(*args: str) -> Options:
             "got 'memory:x'",
         ),
         (
-            ["--sessions", "redis://h:1/0"],
-            "invalid --sessions \"redis://h:1/0\": the Redis session store (redis://h:1/0) is "
-            "not available yet: it is issue 17; use memory or sqlite:PATH",
+            ["--sessions", "redis://h:1/x"],
+            "invalid --sessions \"redis://h:1/x\": invalid database 'x' in 'redis://h:1/x': "
+            "DB is a number, 0 or more",
         ),
         (
             ["--sessions", "sqlite:/nonexistent/dir/x.db"],
@@ -346,6 +347,29 @@ async def test_sessionsStoreGivenAndClosed(tmp_path: Path) -> None:
     store = factory.store
     assert isinstance(store, SqliteSessionStore) and store is options["store"]
     assert store.path == path and path.exists()
+    service = makeService(options)
+    service.startService()
+    assert await factory.recovered() == []
+    await maybeDeferred(service.stopService)
+    with pytest.raises(StoreError):
+        await store.flush()
+
+
+@pytest.mark.timeout(20)
+@ensureDeferred
+async def test_sessionsOnRedis(redisServer: RedisServer) -> None:
+    """--sessions redis://HOST:PORT/DB gives the factory a Redis store on
+    that server, with the reactor itself; the service loads its sessions
+    when it starts and closes the store once it stopped."""
+    options = _parse(
+        f"--listen=tcp:{_freePort()}:interface={LOOPBACK}",
+        "--sessions",
+        f"redis://{LOOPBACK}:{redisServer.port}/0?prefix=twistd:",
+    )
+    factory: AliveServerFactory = options["factory"]
+    store = factory.store
+    assert isinstance(store, RedisSessionStore) and store is options["store"]
+    assert (store.port, store.db, store.prefix) == (redisServer.port, 0, "twistd:")
     service = makeService(options)
     service.startService()
     assert await factory.recovered() == []

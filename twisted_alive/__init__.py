@@ -13,6 +13,7 @@ from twisted_alive._interfaces import ISessionStore, ITransactionalStore
 from twisted_alive._kernel import KernelLiveness, PeekState, peek, setKernelLiveness
 from twisted_alive._mixin import HeartbeatMixin, HeartbeatProtocol
 from twisted_alive._reasons import Cause, Loss, Reason, causeOf, classify
+from twisted_alive._redis import RedisSessionStore, SessionTakenOver
 from twisted_alive._stores import MemorySessionStore, SqliteSessionStore, sessionStoreFromString
 from twisted_alive._wrapping import AliveWrappingFactory, AliveWrappingProtocol
 from twisted_alive.core.frames import FrameError, GoodbyeCode
@@ -80,6 +81,8 @@ __all__ = [
     "ITransactionalStore",
     "MemorySessionStore",
     "SqliteSessionStore",
+    "RedisSessionStore",
+    "SessionTakenOver",
     "sessionStoreFromString",
     "StoredSession",
     "StoreLimits",

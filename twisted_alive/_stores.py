@@ -1129,6 +1129,46 @@ class SqliteSessionStore:
         return self._submit(expire)
 
 
+REDIS_FORM = "redis://HOST:PORT/DB[?prefix=PREFIX]"
+"""What a Redis description looks like, for messages."""
+
+
+def _redisStore(reactor: Any, text: str) -> ISessionStore:
+    """The `RedisSessionStore` of a ``redis://`` description."""
+    from urllib.parse import parse_qsl, urlsplit
+
+    from twisted_alive._redis import DEFAULT_PREFIX, RedisSessionStore
+
+    parts = urlsplit(text)
+    if not text.startswith("redis://"):
+        raise ValueError(f"{text!r} is not a Redis description: use {REDIS_FORM}")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError(f"{text!r}: a user or password in the description is not supported")
+    if not parts.hostname:
+        raise ValueError(f"{text!r} names no host: use {REDIS_FORM}")
+    try:
+        port = 6379 if parts.port is None else parts.port
+        if port == 0:
+            raise ValueError(port)
+    except ValueError:
+        raise ValueError(
+            f"invalid port in {text!r}: use {REDIS_FORM}, PORT from 1 to 65535"
+        ) from None
+    path = parts.path.strip("/")
+    if path and not (path.isascii() and path.isdigit()):
+        raise ValueError(f"invalid database {path!r} in {text!r}: DB is a number, 0 or more")
+    prefix = DEFAULT_PREFIX
+    for name, value in parse_qsl(parts.query, keep_blank_values=True):
+        if name != "prefix":
+            raise ValueError(
+                f"unknown Redis option {name!r} in {text!r}: the option is prefix=PREFIX"
+            )
+        prefix = value
+    if parts.fragment:
+        raise ValueError(f"{text!r}: a Redis description has no #fragment")
+    return RedisSessionStore(reactor, parts.hostname, port, int(path or 0), prefix=prefix)
+
+
 # -- descriptions ---------------------------------------------------------------------------------
 
 DESCRIPTIONS = "memory, sqlite:PATH[:synchronous=NORMAL|FULL] or redis://HOST:PORT/DB"
@@ -1167,8 +1207,9 @@ def sessionStoreFromString(reactor: Any, description: str) -> ISessionStore:
       ``\\:``. Options follow as ``:NAME=VALUE``: ``synchronous=NORMAL``
       (the default) or ``synchronous=FULL``, as in
       ``sqlite:/var/lib/alive/sessions.db:synchronous=FULL``;
-    - ``redis://HOST:PORT/DB``: the Redis store, not available yet (issue
-      17): `NotImplementedError`.
+    - ``redis://HOST:PORT/DB``: a `RedisSessionStore` on that server and
+      database (``PORT`` 6379 and ``DB`` 0 if left out); the option
+      ``?prefix=P`` sets the prefix of its keys (``alive:`` by default).
 
     Nothing is opened yet: the store opens on its first operation (or
     `ISessionStore.open`).
@@ -1176,16 +1217,14 @@ def sessionStoreFromString(reactor: Any, description: str) -> ISessionStore:
     :param reactor: the reactor the store reports to.
     :raises ValueError: for a description that is none of these, with the
         reason.
-    :raises NotImplementedError: for a Redis description.
+    :raises StoreError: for a Redis description where txredisapi is not
+        installed.
     """
     text = description.strip()
     if not text:
         raise ValueError(f"empty session store description: use {DESCRIPTIONS}")
-    if text.startswith("redis://") or text.startswith("redis:"):
-        raise NotImplementedError(
-            f"the Redis session store ({text}) is not available yet: it is issue 17; "
-            "use memory or sqlite:PATH"
-        )
+    if text.startswith("redis:"):
+        return _redisStore(reactor, text)
     kind, _, rest = text.partition(":")
     if kind == "memory":
         if rest:

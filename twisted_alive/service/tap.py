@@ -237,8 +237,9 @@ class Options(usage.Options):
             "sessions",
             None,
             None,
-            "Where the sessions live: memory, or sqlite:PATH[:synchronous=NORMAL|FULL] "
+            "Where the sessions live: memory, sqlite:PATH[:synchronous=NORMAL|FULL] "
             "(a server started again on the same file resumes every session it had) "
+            "or redis://HOST:PORT/DB[?prefix=PREFIX] (shared by every process on it) "
             "[default: memory, the app's own store if it has one]",
         ],
     ]
@@ -374,8 +375,13 @@ class Options(usage.Options):
         if reactor is None:
             from twisted.internet import reactor
         try:
-            store = sessionStoreFromString(_ThreadsOnly(reactor), given)
-        except (ValueError, NotImplementedError) as e:
+            # The Redis store schedules its batches and connects with the
+            # reactor itself (it has no thread of its own, and its close
+            # is left to the service all the same: it adds no trigger).
+            store = sessionStoreFromString(
+                reactor if given.strip().startswith("redis:") else _ThreadsOnly(reactor), given
+            )
+        except (ValueError, StoreError) as e:
             raise usage.UsageError(f'invalid --sessions "{given}": {e}') from None
         if factory.store is not None:
             raise usage.UsageError(

@@ -1,0 +1,239 @@
+-- twisted_alive's Redis session store: one batch of operations, applied
+-- atomically (the script runs alone in Redis). See twisted_alive/_redis.py
+-- and docs/stores.md, "The Redis store".
+--
+-- ARGV: prefix, batch id, replay TTL (seconds), then each operation as
+-- its name, the number of its arguments, and its arguments. Every change
+-- is checked before anything is written, so that an operation refused
+-- leaves nothing behind. The reply: {results, sessions, messages}, one
+-- result per operation, each a table whose first element says how it went
+-- ('ok', 'none', 'unknown', 'taken', 'exists', 'seq', 'full').
+--
+-- A batch that changed something leaves its reply under prefix..'done:'..id
+-- for the replay TTL: the same batch sent again (its reply was lost with
+-- the connection) gets that reply back and changes nothing a second time.
+
+local prefix = ARGV[1]
+local done = prefix .. 'done:' .. ARGV[2]
+local replayed = redis.call('GET', done)
+if replayed then
+    return cmsgpack.unpack(replayed)
+end
+local seen = prefix .. 'seen'
+local total = prefix .. 'messages'
+local CHUNK = 1000
+
+local function push(key, values, first, last)
+    -- RPUSH values[first..last], a chunk at a time (Lua's unpack has a limit).
+    while first <= last do
+        local upto = math.min(last, first + CHUNK - 1)
+        redis.call('RPUSH', key, unpack(values, first, upto))
+        first = upto + 1
+    end
+end
+
+local function fence(s, epoch)
+    -- nil if the session exists and (when epoch is given) has that epoch;
+    -- otherwise the refusal.
+    local stored = redis.call('HGET', s, 'epoch')
+    if not stored then
+        return {'unknown'}
+    end
+    if epoch ~= '' and stored ~= epoch then
+        return {'taken', stored}
+    end
+    return nil
+end
+
+local function forget(hex)
+    local s = prefix .. 's:' .. hex
+    local count = redis.call('HGET', s, 'count')
+    if not count then
+        return false
+    end
+    redis.call('DEL', s, prefix .. 'm:' .. hex, prefix .. 'r:' .. hex)
+    redis.call('ZREM', seen, hex)
+    redis.call('DECRBY', total, count)
+    return true
+end
+
+local operations = {}
+
+function operations.create(a)
+    -- hex, epoch, nextSeq, confirmedUpTo, processedUpTo, lastSeen, bytes,
+    -- n, n payloads, then (seq, reason) pairs
+    local hex = a[1]
+    local s = prefix .. 's:' .. hex
+    if redis.call('EXISTS', s) == 1 then
+        return {'exists'}
+    end
+    local n = tonumber(a[8])
+    redis.call('HSET', s, 'epoch', a[2], 'nextSeq', a[3], 'confirmedUpTo', a[4],
+        'processedUpTo', a[5], 'lastSeen', a[6], 'count', n, 'bytes', a[7])
+    push(prefix .. 'm:' .. hex, a, 9, 8 + n)
+    push(prefix .. 'r:' .. hex, a, 9 + n, #a)
+    redis.call('ZADD', seen, a[6], hex)
+    redis.call('INCRBY', total, n)
+    return {'ok'}
+end
+
+function operations.append(a)
+    -- hex, epoch, firstSeq, maxMessages, maxBytes, payloads...
+    local hex = a[1]
+    local s = prefix .. 's:' .. hex
+    local refused = fence(s, a[2])
+    if refused then
+        return refused
+    end
+    local n = #a - 5
+    local nextSeq = tonumber(redis.call('HGET', s, 'nextSeq'))
+    if n > 0 and tonumber(a[3]) ~= nextSeq then
+        return {'seq', nextSeq}
+    end
+    local held = tonumber(redis.call('HGET', s, 'count'))
+    local heldBytes = tonumber(redis.call('HGET', s, 'bytes'))
+    local size = 0
+    for i = 6, #a do
+        size = size + #a[i]
+    end
+    if held + n > tonumber(a[4]) or ((held > 0 or n > 1) and heldBytes + size > tonumber(a[5])) then
+        return {'full', held, heldBytes}
+    end
+    if n > 0 then
+        push(prefix .. 'm:' .. hex, a, 6, #a)
+        redis.call('HSET', s, 'nextSeq', nextSeq + n, 'count', held + n, 'bytes', heldBytes + size)
+        redis.call('INCRBY', total, n)
+    end
+    return {'ok'}
+end
+
+function operations.confirm(a)
+    -- hex, epoch, upTo
+    local hex = a[1]
+    local s = prefix .. 's:' .. hex
+    local refused = fence(s, a[2])
+    if refused then
+        return refused
+    end
+    local upTo = tonumber(a[3])
+    local nextSeq = tonumber(redis.call('HGET', s, 'nextSeq'))
+    if upTo >= nextSeq then
+        return {'seq', nextSeq}
+    end
+    if upTo <= tonumber(redis.call('HGET', s, 'confirmedUpTo')) then
+        return {'ok'}
+    end
+    local held = tonumber(redis.call('HGET', s, 'count'))
+    local drop = math.min(held, upTo - (nextSeq - held) + 1)
+    local m = prefix .. 'm:' .. hex
+    local dropped = 0
+    if drop > 0 then
+        for _, payload in ipairs(redis.call('LRANGE', m, 0, drop - 1)) do
+            dropped = dropped + #payload
+        end
+        redis.call('LTRIM', m, drop, -1)
+        redis.call('DECRBY', total, drop)
+    else
+        drop = 0
+    end
+    redis.call('HSET', s, 'confirmedUpTo', upTo, 'count', held - drop,
+        'bytes', tonumber(redis.call('HGET', s, 'bytes')) - dropped)
+    return {'ok'}
+end
+
+function operations.processed(a)
+    -- hex, epoch, upTo, '1' to replace the rejections (then pairs) or '0'
+    local hex = a[1]
+    local s = prefix .. 's:' .. hex
+    local refused = fence(s, a[2])
+    if refused then
+        return refused
+    end
+    if tonumber(a[3]) > tonumber(redis.call('HGET', s, 'processedUpTo')) then
+        redis.call('HSET', s, 'processedUpTo', a[3])
+    end
+    if a[4] == '1' then
+        local r = prefix .. 'r:' .. hex
+        redis.call('DEL', r)
+        push(r, a, 5, #a)
+    end
+    return {'ok'}
+end
+
+function operations.touch(a)
+    -- hex, epoch, lastSeen
+    local hex = a[1]
+    local s = prefix .. 's:' .. hex
+    local refused = fence(s, a[2])
+    if refused then
+        return refused
+    end
+    if tonumber(a[3]) > tonumber(redis.call('HGET', s, 'lastSeen')) then
+        redis.call('HSET', s, 'lastSeen', a[3])
+        redis.call('ZADD', seen, a[3], hex)
+    end
+    return {'ok'}
+end
+
+function operations.delete(a)
+    -- hex, epoch
+    local s = prefix .. 's:' .. a[1]
+    local stored = redis.call('HGET', s, 'epoch')
+    if stored and a[2] ~= '' and stored ~= a[2] then
+        return {'taken', stored}
+    end
+    if forget(a[1]) then
+        return {'ok', 1}
+    end
+    return {'ok', 0}
+end
+
+function operations.load(a)
+    -- hex
+    local hex = a[1]
+    local s = prefix .. 's:' .. hex
+    local fields = redis.call('HMGET', s, 'epoch', 'nextSeq', 'confirmedUpTo', 'processedUpTo',
+        'lastSeen')
+    if not fields[1] then
+        return {'none'}
+    end
+    return {'ok', fields[1], fields[2], fields[3], fields[4], fields[5],
+        redis.call('LRANGE', prefix .. 'm:' .. hex, 0, -1),
+        redis.call('LRANGE', prefix .. 'r:' .. hex, 0, -1)}
+end
+
+function operations.list(a)
+    return {'ok', redis.call('ZRANGE', seen, 0, -1)}
+end
+
+function operations.expire(a)
+    -- cutoff: the sessions last seen before it go
+    local gone = redis.call('ZRANGEBYSCORE', seen, '-inf', '(' .. a[1])
+    for _, hex in ipairs(gone) do
+        forget(hex)
+    end
+    return {'ok', gone}
+end
+
+local READS = {load = true, list = true}
+local results = {}
+local changes = false
+local i = 4
+while i <= #ARGV do
+    local name = ARGV[i]
+    local n = tonumber(ARGV[i + 1])
+    local a = {}
+    for j = 1, n do
+        a[j] = ARGV[i + 1 + j]
+    end
+    results[#results + 1] = operations[name](a)
+    if not READS[name] then
+        changes = true
+    end
+    i = i + 2 + n
+end
+local reply = {results, redis.call('ZCARD', seen), tonumber(redis.call('GET', total) or '0')}
+if changes then
+    redis.call('SET', done, cmsgpack.pack(reply), 'EX', ARGV[3])
+end
+return reply
