@@ -457,7 +457,7 @@ class RedisSessionStore:
         if code == b"unknown":
             raise unknownSession(token)
         if code == b"taken":
-            held = self._epochs.pop(token, -1)
+            held = self._epochs.get(token, -1)
             raise takenOver(token, int(result[1]), held)
         return result
 

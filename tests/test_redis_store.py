@@ -1,0 +1,268 @@
+"""
+What only the Redis session store (``twisted_alive._redis``) promises,
+against a real ``redis-server`` of the tests' own: the operations of one
+turn of the reactor in one round trip, the script loaded again when Redis
+forgot it, fencing by the epoch, a batch sent twice applied once, an
+unreachable server refused with one exact error, and a server killed and
+started again while operations wait (none lost, none doubled). The store
+interface itself is tested in ``tests/test_stores.py``, against every
+store.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from support import (
+    LOOPBACK,
+    RedisServer,
+    asyncYieldFixture,
+    elapse,
+    ensureDeferred,
+    freePort,
+    getReactor,
+)
+from twisted.internet.defer import Deferred, gatherResults
+
+from twisted_alive import RedisSessionStore, SessionTakenOver
+from twisted_alive._redis import REPLAY_TTL
+from twisted_alive.core.outcomes import QueueFull
+from twisted_alive.core.stored import StoredSession, StoreError, StoreLimits
+
+A = bytes([0xAA] * 16)
+B = bytes([0xBB] * 16)
+
+_prefixes = itertools.count()
+
+
+def storeOn(port: int, prefix: str | None = None, **kwargs: Any) -> RedisSessionStore:
+    """A Redis store on 127.0.0.1:``port``, with keys of its own unless
+    ``prefix`` is given."""
+    if prefix is None:
+        prefix = f"redis{next(_prefixes)}:"
+    return RedisSessionStore(getReactor(), LOOPBACK, port, prefix=prefix, **kwargs)
+
+
+@asyncYieldFixture
+async def store(redisServer: RedisServer) -> AsyncIterator[RedisSessionStore]:
+    """An open Redis store on the run's server; closed after the test."""
+    made = storeOn(redisServer.port)
+    await made.open()
+    yield made
+    await made.close()
+
+
+@ensureDeferred
+async def test_oneRoundTripPerTurn(store: RedisSessionStore) -> None:
+    """Operations called in one turn of the reactor go to Redis in one
+    round trip, applied in order; those called while it is under way go
+    together in the next."""
+    before = store.roundTrips
+    calls: list[Deferred[Any]] = [store.createSession(StoredSession(A))]
+    calls += [store.appendMessages(A, [(n, b"m%d" % n)]) for n in range(1, 1001)]
+    calls.append(store.confirmMessages(A, 400))
+    calls.append(store.loadSession(A))
+    assert store.pending == 1003
+    results = await gatherResults(calls)
+    assert store.roundTrips - before == 1
+    loaded = results[-1]
+    assert loaded.nextSeq == 1001 and loaded.confirmedUpTo == 400
+    assert loaded.messages == tuple((n, b"m%d" % n) for n in range(401, 1001))
+
+    before = store.roundTrips
+    first = store.touchSession(A, 5.0)
+    await elapse(0)  # the first batch is under way
+    rest = [store.appendMessages(A, [(n, b"x")]) for n in range(1001, 1101)]
+    await gatherResults([first, *rest])
+    assert store.roundTrips - before == 2
+    assert store.statistics().outboxMessages == 700
+
+
+@ensureDeferred
+async def test_flushWithNothingWaiting(store: RedisSessionStore) -> None:
+    """A flush with nothing under way fires at once, with no round trip;
+    one after operations fires once they are applied, with theirs."""
+    before = store.roundTrips
+    flushed = store.flush()
+    assert flushed.called
+    created = store.createSession(StoredSession(A))
+    await store.flush()
+    assert created.called
+    assert store.roundTrips - before == 1
+
+
+@ensureDeferred
+async def test_scriptLoadedAgain(store: RedisSessionStore) -> None:
+    """A Redis server that forgot the script (``SCRIPT FLUSH``, a restart)
+    gets it again: the batch costs two more round trips and goes through."""
+    await store.createSession(StoredSession(A))
+    await store._redis.script_flush()
+    before = store.roundTrips
+    await store.appendMessages(A, [(1, b"a")])
+    assert store.roundTrips - before == 3
+    loaded = await store.loadSession(A)
+    assert loaded is not None and loaded.messages == ((1, b"a"),)
+    assert store.roundTrips - before == 4
+
+
+@ensureDeferred
+async def test_fencing(store: RedisSessionStore, redisServer: RedisServer) -> None:
+    """A second store on the same keys that created the session again
+    with a higher epoch fences off the first: its every change fails with
+    `SessionTakenOver` and changes nothing; loading the session again
+    (taking it back) holds it with the new epoch."""
+    await store.createSession(StoredSession(A, epoch=1))
+    await store.appendMessages(A, [(1, b"old")])
+    other = storeOn(redisServer.port, store.prefix)
+    try:
+        assert await other.deleteSession(A) is True
+        taken = StoredSession(A, epoch=2, nextSeq=4, confirmedUpTo=3, lastSeen=7.0)
+        await other.createSession(taken)
+        text = (
+            "session aaaaaaaa was taken over: its epoch is 2 in the store, "
+            "this store holds epoch 1"
+        )
+        for change in (
+            lambda: store.appendMessages(A, [(4, b"stale")]),
+            lambda: store.confirmMessages(A, 3),
+            lambda: store.recordProcessed(A, 9, [(9, "no")]),
+            lambda: store.touchSession(A, 99.0),
+            lambda: store.deleteSession(A),
+            lambda: store.appendMessages(A, [(4, b"again")]),
+        ):
+            with pytest.raises(SessionTakenOver) as caught:
+                await change()
+            assert str(caught.value) == text
+        assert await other.loadSession(A) == taken
+        # A store that loads the session holds it with the epoch it read.
+        assert await store.loadSession(A) == taken
+        await store.appendMessages(A, [(4, b"now")])
+    finally:
+        await other.close()
+
+
+@ensureDeferred
+async def test_batchSentTwiceAppliedOnce(store: RedisSessionStore) -> None:
+    """A batch whose reply was lost is sent again with the same identity:
+    Redis gives back the reply it kept and applies nothing twice."""
+    await store.createSession(StoredSession(A))
+    batch: list[Any] = [store.prefix, "lost-reply:1", REPLAY_TTL]
+    batch += ["append", 6, A.hex(), "", 1, 100, 1000, b"once"]
+    batch += ["delete", 2, B.hex(), ""]
+    first = await store._evaluate(batch)
+    second = await store._evaluate(batch)
+    assert first == second
+    loaded = await store.loadSession(A)
+    assert loaded is not None and loaded.messages == ((1, b"once"),)
+    assert store.statistics().outboxMessages == 1
+
+
+@ensureDeferred
+async def test_unreachableAtStart() -> None:
+    """A server that cannot be reached when the store opens fails it, and
+    every operation, with one exact error naming host and port."""
+    port = freePort()
+    s = storeOn(port)
+    waiting = s.appendMessages(A, [(1, b"a")])
+    with pytest.raises(StoreError) as caught:
+        await s.open()
+    text = (
+        f"cannot reach Redis at {LOOPBACK}:{port}: Connection was refused by other side: "
+        "111: Connection refused."
+    )
+    assert str(caught.value) == text
+    with pytest.raises(StoreError) as caught:
+        await waiting
+    assert str(caught.value) == text
+    with pytest.raises(StoreError) as caught:
+        await s.listSessions()
+    assert str(caught.value) == text
+    await s.close()
+
+
+def test_badArguments() -> None:
+    """maxPending below 1 and a negative database are refused."""
+    with pytest.raises(ValueError) as caught:
+        RedisSessionStore(getReactor(), maxPending=0)
+    assert str(caught.value) == "maxPending must be at least 1, got 0"
+    with pytest.raises(ValueError) as caught:
+        RedisSessionStore(getReactor(), db=-1)
+    assert str(caught.value) == "db must not be negative, got -1"
+
+
+@ensureDeferred
+async def test_databaseAndPrefixKeptApart(redisServer: RedisServer) -> None:
+    """Stores on other databases or prefixes of one server share nothing."""
+    stores = [
+        storeOn(redisServer.port, "apart:", db=1),
+        storeOn(redisServer.port, "apart:", db=2),
+        storeOn(redisServer.port, "other:", db=1),
+    ]
+    try:
+        await stores[0].createSession(StoredSession(A))
+        assert [await s.listSessions() for s in stores] == [[A], [], []]
+    finally:
+        await stores[0].deleteSession(A)
+        for s in stores:
+            await s.close()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(60)
+@ensureDeferred
+async def test_killedAndStartedAgain(tmp_path: Path) -> None:
+    """
+    Redis killed (SIGKILL) while batches are under way and operations
+    wait, then started again on the same port (its append-only file
+    fsynced at every write): the store connects again by itself, sends the
+    batch whose reply was lost again, and every message is stored exactly
+    once, in order. While Redis is gone, operations beyond ``maxPending``
+    are refused with `QueueFull`.
+    """
+    server = RedisServer(tmp_path, "--appendonly", "yes", "--appendfsync", "always")
+    server.start()
+    s = storeOn(server.port, maxPending=200, limits=StoreLimits(maxMessages=10_000))
+    try:
+        await s.createSession(StoredSession(A))
+        sent: list[Deferred[None]] = []
+        seq = 1
+        for _ in range(5):
+            sent += [s.appendMessages(A, [(n, b"%d" % n)]) for n in range(seq, seq + 20)]
+            seq += 20
+            await elapse(0)
+        server.kill()
+        for _ in range(3):
+            sent += [s.appendMessages(A, [(n, b"%d" % n)]) for n in range(seq, seq + 20)]
+            seq += 20
+            await elapse(0.05)
+        assert s.pending > 0
+        refused = [s.appendMessages(A, [(n, b"x")]) for n in range(seq, seq + 200)]
+        full = [d for d in refused if d.called]
+        assert full
+        for d in full:
+            with pytest.raises(QueueFull) as caught:
+                await d
+        assert str(caught.value) == (
+            f"session store busy: 200 operations wait for Redis at {LOOPBACK}:{server.port} "
+            "(maxPending=200)"
+        )
+        # The appends taken before the refusals still go in order.
+        taken = [d for d in refused if not d.called]
+        seq += len(taken)
+        server.start()
+        await gatherResults(sent)
+        for d in taken:
+            await d
+        loaded = await s.loadSession(A)
+        assert loaded is not None
+        seqs = [n for n, _ in loaded.messages]
+        assert seqs == list(range(1, seq))
+        assert all(payload in (b"%d" % n, b"x") for n, payload in loaded.messages)
+        assert s.statistics().outboxMessages == seq - 1
+    finally:
+        await s.close()
+        server.stop()
