@@ -1,10 +1,12 @@
 """
 Session stores, ``twisted_alive._stores``: one test class run against every
-implementation of `ISessionStore` (memory, SQLite on a real file), then what
-only the SQLite store promises (group commit, WAL, its own thread, a file
-read back by a second store, a damaged or foreign file refused with one
-clear error), the description strings, and a Hypothesis state machine
-checking every store against a plain model, across reopenings.
+implementation of `ISessionStore` (memory, SQLite on a real file, Redis on a
+real server of the tests' own), then what only the SQLite store promises
+(group commit, WAL, its own thread, a file read back by a second store, a
+damaged or foreign file refused with one clear error), the description
+strings, and a Hypothesis state machine
+checking every store against a plain model, across reopenings. What only
+the Redis store promises is in ``tests/test_redis_store.py``.
 """
 
 from __future__ import annotations
@@ -1331,10 +1333,56 @@ class SqliteMachine(StoreMachine):
     kind = "sqlite"
 
 
+class BlockingCalls(ThreadCalls):
+    """Waits for a Deferred on the running reactor (pytest-twisted's
+    ``blockon``), for a state machine whose store talks to a real server."""
+
+    def result(self, d: Deferred[T]) -> T:
+        """What ``d`` fires with."""
+        return cast(T, pytest_twisted.blockon(d))
+
+    def failure(self, d: Deferred[Any]) -> BaseException:
+        """The exception ``d`` fails with."""
+        try:
+            pytest_twisted.blockon(d)
+        except BaseException as error:
+            return error
+        raise AssertionError(f"{d!r} did not fail")
+
+
+class RedisMachine(StoreMachine):
+    """`StoreMachine` on the run's Redis server, with keys of its own;
+    reopening makes another store object on the same keys."""
+
+    kind = "redis"
+    port = 0
+    """The server's port (set by the `redisMachinePort` fixture)."""
+
+    def __init__(self) -> None:
+        self.prefix = redisPrefix()
+        super().__init__()
+        self.calls = BlockingCalls()
+
+    def make(self) -> ISessionStore:
+        """A Redis store on this machine's keys, with `LIMITS`."""
+        return RedisSessionStore(
+            getReactor(), LOOPBACK, self.port, limits=LIMITS, prefix=self.prefix
+        )
+
+
+@pytest.fixture
+def redisMachinePort(redisServer: Any) -> None:
+    """Point `RedisMachine` at the run's Redis server."""
+    RedisMachine.port = redisServer.port
+
+
 TestMemoryStoreMachine = StoreMachine.TestCase
 TestMemoryStoreMachine.settings = settings(max_examples=50, stateful_step_count=30)
 TestSqliteStoreMachine = SqliteMachine.TestCase
 TestSqliteStoreMachine.settings = settings(max_examples=50, stateful_step_count=30)
+TestRedisStoreMachine = pytest.mark.usefixtures("redisMachinePort")(RedisMachine.TestCase)
+# Fewer examples: each step is a round trip to a real server.
+TestRedisStoreMachine.settings = settings(max_examples=30, stateful_step_count=30)
 
 
 # -- a writer killed ------------------------------------------------------------------------------
