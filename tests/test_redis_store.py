@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import txredisapi
 from support import (
     LOOPBACK,
     RedisServer,
@@ -159,6 +160,86 @@ async def test_batchSentTwiceAppliedOnce(store: RedisSessionStore) -> None:
     loaded = await store.loadSession(A)
     assert loaded is not None and loaded.messages == ((1, b"once"),)
     assert store.statistics().outboxMessages == 1
+
+
+@ensureDeferred
+async def test_lostReplySentAgain(store: RedisSessionStore) -> None:
+    """A batch applied by Redis whose reply is lost (the connection failed
+    before it came) is sent again: every operation fires once, with the
+    reply of the first time, and nothing is applied twice."""
+    await store.createSession(StoredSession(A))
+    evalsha = store._redis.evalsha
+    lost: list[int] = []
+
+    def losingTheReply(*args: Any) -> Deferred[Any]:
+        d: Deferred[Any] = evalsha(*args)
+        if not lost:
+            lost.append(1)
+
+            def drop(reply: object) -> None:
+                raise txredisapi.ConnectionError("Lost connection")
+
+            d.addCallback(drop)
+        return d
+
+    store._redis.evalsha = losingTheReply
+    fired: list[object] = []
+    calls: list[Deferred[Any]] = [
+        store.appendMessages(A, [(1, b"a"), (2, b"b")]),
+        store.confirmMessages(A, 1),
+        store.deleteSession(B),
+    ]
+    for d in calls:
+        d.addBoth(fired.append)
+    await gatherResults(calls)
+    assert fired == [None, None, False]
+    assert store.retries == 1
+    store._redis.evalsha = evalsha
+    loaded = await store.loadSession(A)
+    assert loaded == StoredSession(A, nextSeq=3, confirmedUpTo=1, messages=((2, b"b"),))
+    assert store.statistics().outboxMessages == 1
+
+
+@ensureDeferred
+async def test_pendingBounded(redisServer: RedisServer) -> None:
+    """Beyond ``maxPending`` operations waiting, creating and appending
+    fail at once with `QueueFull`; confirming and reading are taken."""
+    s = storeOn(redisServer.port, maxPending=3)
+    try:
+        await s.createSession(StoredSession(A))
+        taken = [s.appendMessages(A, [(n, b"m")]) for n in (1, 2, 3)]
+        with pytest.raises(QueueFull) as caught:
+            await s.appendMessages(A, [(4, b"m")])
+        assert str(caught.value) == (
+            f"session store busy: 3 operations wait for Redis at {LOOPBACK}:{redisServer.port} "
+            "(maxPending=3)"
+        )
+        with pytest.raises(QueueFull):
+            await s.createSession(StoredSession(B))
+        confirmed = s.confirmMessages(A, 3)
+        loaded = s.loadSession(A)
+        await gatherResults([*taken, confirmed])
+        assert (await loaded) == StoredSession(A, nextSeq=4, confirmedUpTo=3)
+    finally:
+        await s.deleteSession(A)
+        await s.close()
+
+
+@ensureDeferred
+async def test_closeSendsWhatWaits(redisServer: RedisServer) -> None:
+    """`close` sends the operations called before it and fires once they
+    are applied; another store finds them."""
+    s = storeOn(redisServer.port)
+    created = s.createSession(StoredSession(A, epoch=4))
+    appended = s.appendMessages(A, [(1, b"kept")])
+    await s.close()
+    assert created.called and appended.called
+    again = storeOn(redisServer.port, s.prefix)
+    try:
+        loaded = await again.loadSession(A)
+        assert loaded == StoredSession(A, epoch=4, nextSeq=2, messages=((1, b"kept"),))
+    finally:
+        await again.close()
 
 
 @ensureDeferred
