@@ -450,15 +450,15 @@ class RedisSessionStore:
 
     # -- outcomes ------------------------------------------------------------------------------
 
-    def _checked(self, token: bytes, result: list[Any]) -> list[Any]:
-        """``result`` if the script applied the operation; otherwise raise
-        its error (an unknown session, or one taken over)."""
+    def _checked(self, token: bytes, epoch: str, result: list[Any]) -> list[Any]:
+        """``result`` if the script applied the operation, sent with
+        ``epoch``; otherwise raise its error (an unknown session, or one
+        taken over)."""
         code = result[0]
         if code == b"unknown":
             raise unknownSession(token)
         if code == b"taken":
-            held = self._epochs.get(token, -1)
-            raise takenOver(token, int(result[1]), held)
+            raise takenOver(token, int(result[1]), int(epoch))
         return result
 
     def _epochOf(self, token: bytes) -> str:
@@ -539,12 +539,14 @@ class RedisSessionStore:
         """Forget a session (`ISessionStore.deleteSession`); refused with
         `SessionTakenOver` if another store took it over."""
 
+        epoch = self._epochOf(token)
+
         def deleted(result: list[Any]) -> bool:
-            self._checked(token, result)
+            self._checked(token, epoch, result)
             self._epochs.pop(token, None)
             return bool(result[1])
 
-        return self._submit("delete", [token.hex(), self._epochOf(token)], deleted)
+        return self._submit("delete", [token.hex(), epoch], deleted)
 
     def listSessions(self) -> Deferred[list[bytes]]:
         """Every session's token, least recently seen first
@@ -555,9 +557,10 @@ class RedisSessionStore:
         """Store outbound messages (`ISessionStore.appendMessages`)."""
         seqs = [seq for seq, _ in messages]
         payloads = [payload for _, payload in messages]
+        epoch = self._epochOf(token)
 
         def appended(result: list[Any]) -> None:
-            code = self._checked(token, result)[0]
+            code = self._checked(token, epoch, result)[0]
             if code == b"seq":
                 checkAppend(int(result[1]), seqs)
             elif code == b"full":
@@ -566,7 +569,7 @@ class RedisSessionStore:
         first = seqs[0] if seqs else 0
         args: list[bytes | str | int] = [
             token.hex(),
-            self._epochOf(token),
+            epoch,
             first,
             self.limits.maxMessages,
             self.limits.maxBytes,
@@ -581,34 +584,38 @@ class RedisSessionStore:
     def confirmMessages(self, token: bytes, upTo: int) -> Deferred[None]:
         """Drop confirmed messages (`ISessionStore.confirmMessages`)."""
 
+        epoch = self._epochOf(token)
+
         def confirmed(result: list[Any]) -> None:
-            if self._checked(token, result)[0] == b"seq":
+            if self._checked(token, epoch, result)[0] == b"seq":
                 checkConfirm(int(result[1]), upTo)
 
-        return self._submit("confirm", [token.hex(), self._epochOf(token), upTo], confirmed)
+        return self._submit("confirm", [token.hex(), epoch, upTo], confirmed)
 
     def recordProcessed(
         self, token: bytes, upTo: int, rejections: Sequence[tuple[int, str]] | None = None
     ) -> Deferred[None]:
         """Move the inbound position (`ISessionStore.recordProcessed`)."""
-        args: list[bytes | str | int] = [token.hex(), self._epochOf(token), upTo]
+        epoch = self._epochOf(token)
+        args: list[bytes | str | int] = [token.hex(), epoch, upTo]
         if rejections is None:
             args.append("0")
         else:
             args.append("1")
             for seq, reason in rejections:
                 args += [seq, reason.encode()]
-        return self._submit("processed", args, lambda result: self._ok(token, result))
+        return self._submit("processed", args, lambda result: self._ok(token, epoch, result))
 
-    def _ok(self, token: bytes, result: list[Any]) -> None:
-        self._checked(token, result)
+    def _ok(self, token: bytes, epoch: str, result: list[Any]) -> None:
+        self._checked(token, epoch, result)
 
     def touchSession(self, token: bytes, lastSeen: float) -> Deferred[None]:
         """Note when a session was seen (`ISessionStore.touchSession`)."""
+        epoch = self._epochOf(token)
         return self._submit(
             "touch",
-            [token.hex(), self._epochOf(token), repr(float(lastSeen))],
-            lambda result: self._ok(token, result),
+            [token.hex(), epoch, repr(float(lastSeen))],
+            lambda result: self._ok(token, epoch, result),
         )
 
     def expireSessions(self, now: float, ttl: float) -> Deferred[list[bytes]]:
