@@ -3,10 +3,11 @@ What a session store keeps of a session, sans-IO: the `StoredSession`
 record, the rules every store applies to it, and the conversions between a
 live `Session` and its record.
 
-A store (``twisted_alive._stores``: memory, SQLite) keeps, per session, the
-token, an epoch, the outbound positions (the next sequence number, what the
-peer confirmed), the messages not yet confirmed, the inbound position (what
-this side's application processed) and when the session was last seen.
+A store (``twisted_alive._stores``: memory, SQLite; ``twisted_alive._redis``:
+Redis) keeps, per session, the token, an epoch, the outbound positions (the
+next sequence number, what the peer confirmed), the messages not yet
+confirmed, the inbound position (what this side's application processed)
+and when the session was last seen.
 Everything else in a `Session` (counters, the REJECTs to resend, a message
 being processed) is rebuilt or lost when a session is loaded again.
 
