@@ -2,22 +2,29 @@
 -- atomically (the script runs alone in Redis). See twisted_alive/_redis.py
 -- and docs/stores.md, "The Redis store".
 --
--- ARGV: prefix, batch id, replay TTL (seconds), then each operation as
--- its name, the number of its arguments, and its arguments. Every change
+-- ARGV: prefix, the store's identity, the batch's number, replay TTL
+-- (seconds), then each operation as its name, the number of its
+-- arguments, and its arguments. Every change
 -- is checked before anything is written, so that an operation refused
 -- leaves nothing behind. The reply: {results, sessions, messages}, one
 -- result per operation, each a table whose first element says how it went
 -- ('ok', 'none', 'unknown', 'taken', 'exists', 'seq', 'full').
 --
--- A batch that changed something leaves its reply under prefix..'done:'..id
--- for the replay TTL: the same batch sent again (its reply was lost with
--- the connection) gets that reply back and changes nothing a second time.
+-- A batch that changed something leaves its number and its reply under
+-- prefix..'done:'..identity (one key per store, overwritten by its next
+-- batch: a store has one batch under way at a time) for the replay TTL:
+-- the same batch sent again (its reply was lost with the connection) gets
+-- that reply back and changes nothing a second time.
 
 local prefix = ARGV[1]
 local done = prefix .. 'done:' .. ARGV[2]
-local replayed = redis.call('GET', done)
-if replayed then
-    return cmsgpack.unpack(replayed)
+local number = ARGV[3]
+local kept = redis.call('GET', done)
+if kept then
+    kept = cmsgpack.unpack(kept)
+    if kept[1] == number then
+        return kept[2]
+    end
 end
 local seen = prefix .. 'seen'
 local total = prefix .. 'messages'
@@ -218,7 +225,7 @@ end
 local READS = {load = true, list = true}
 local results = {}
 local changes = false
-local i = 4
+local i = 5
 while i <= #ARGV do
     local name = ARGV[i]
     local n = tonumber(ARGV[i + 1])
@@ -234,6 +241,6 @@ while i <= #ARGV do
 end
 local reply = {results, redis.call('ZCARD', seen), tonumber(redis.call('GET', total) or '0')}
 if changes then
-    redis.call('SET', done, cmsgpack.pack(reply), 'EX', ARGV[3])
+    redis.call('SET', done, cmsgpack.pack({number, reply}), 'EX', ARGV[4])
 end
 return reply

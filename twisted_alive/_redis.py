@@ -65,10 +65,10 @@ RETRY_DELAY = 0.1
 """Seconds before a batch whose reply was lost is sent again (it then
 waits for txredisapi's next connection)."""
 
-REPLAY_TTL = 3600
-"""Seconds Redis keeps the reply of a batch that changed something, so
-that the batch sent again after a lost connection gets it back instead of
-applying twice."""
+REPLAY_TTL = 86400
+"""Seconds Redis keeps the reply of a store's last batch that changed
+something (one key per store), so that the batch sent again after a lost
+connection gets it back instead of applying twice."""
 
 
 NO_CLIENT = (
@@ -208,7 +208,6 @@ class RedisSessionStore:
         self._epochs: dict[bytes, int] = {}
         self._waiting: list[_Operation] = []
         self._sending: list[_Operation] | None = None
-        self._batchId = ""
         self._scheduled: IDelayedCall | None = None
         self._identity = uuid.uuid4().hex
         self._counter = 0
@@ -286,7 +285,7 @@ class RedisSessionStore:
             )
             connected = cast(Deferred[Any], self._redis._connected)
             return connected.addCallback(
-                lambda _: self._evaluate([self.prefix, "open", REPLAY_TTL])
+                lambda _: self._evaluate([self.prefix, self._identity, 0, REPLAY_TTL])
             )
 
         def ready(reply: list[Any]) -> None:
@@ -367,7 +366,6 @@ class RedisSessionStore:
             return
         self._sending = batch
         self._counter += 1
-        self._batchId = f"{self._identity}:{self._counter}"
         self._batchStarted = cast(IReactorTime, self._reactor).seconds()
         self._transmit()
 
@@ -375,7 +373,7 @@ class RedisSessionStore:
         """Send the batch under way (again, after a lost connection)."""
         self._retry = None
         assert self._sending is not None
-        args: list[bytes | str | int] = [self.prefix, self._batchId, REPLAY_TTL]
+        args: list[bytes | str | int] = [self.prefix, self._identity, self._counter, REPLAY_TTL]
         for operation in self._sending:
             if operation.name is not None:
                 args += [operation.name, len(operation.args), *operation.args]
