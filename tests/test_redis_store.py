@@ -147,6 +147,34 @@ async def test_fencing(store: RedisSessionStore, redisServer: RedisServer) -> No
 
 
 @ensureDeferred
+async def test_takeSession(store: RedisSessionStore, redisServer: RedisServer) -> None:
+    """Taking a session over raises its epoch by one and loads it, in one
+    step: the taker holds it, the previous holder is fenced off; a
+    session not held is ``None``."""
+    given = StoredSession(A, epoch=5, nextSeq=3, messages=((1, b"a"), (2, b"b")))
+    await store.createSession(given)
+    other = storeOn(redisServer.port, store.prefix)
+    try:
+        taken = await other.takeSession(A)
+        assert taken == StoredSession(A, epoch=6, nextSeq=3, messages=given.messages)
+        await other.confirmMessages(A, 1)
+        with pytest.raises(SessionTakenOver) as caught:
+            await store.confirmMessages(A, 2)
+        assert str(caught.value) == (
+            "session aaaaaaaa was taken over: its epoch is 6 in the store, "
+            "this store holds epoch 5"
+        )
+        # Taken back: the other store is fenced off in turn.
+        again = await store.takeSession(A)
+        assert again is not None and again.epoch == 7 and again.confirmedUpTo == 1
+        with pytest.raises(SessionTakenOver):
+            await other.appendMessages(A, [(3, b"c")])
+        assert await other.takeSession(B) is None
+    finally:
+        await other.close()
+
+
+@ensureDeferred
 async def test_batchSentTwiceAppliedOnce(store: RedisSessionStore) -> None:
     """A batch whose reply was lost is sent again with the same identity:
     Redis gives back the reply it kept and applies nothing twice."""

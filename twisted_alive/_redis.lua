@@ -209,6 +209,16 @@ function operations.load(a)
         redis.call('LRANGE', prefix .. 'r:' .. hex, 0, -1)}
 end
 
+function operations.take(a)
+    -- hex: raise the session's epoch by one, then load it
+    local s = prefix .. 's:' .. a[1]
+    if redis.call('EXISTS', s) == 0 then
+        return {'none'}
+    end
+    redis.call('HINCRBY', s, 'epoch', 1)
+    return operations.load(a)
+end
+
 function operations.list(a)
     return {'ok', redis.call('ZRANGE', seen, 0, -1)}
 end

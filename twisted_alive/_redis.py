@@ -509,29 +509,41 @@ class RedisSessionStore:
     def loadSession(self, token: bytes) -> Deferred[StoredSession | None]:
         """The record of a session (`ISessionStore.loadSession`); this
         store then holds it with the epoch loaded (fencing)."""
+        return self._submit("load", [token.hex()], lambda result: self._loaded(token, result))
 
-        def loaded(result: list[Any]) -> StoredSession | None:
-            if result[0] == b"none":
-                return None
-            _, epoch, nextSeq, confirmedUpTo, processedUpTo, lastSeen, payloads, flat = result
-            nextSeq = int(nextSeq)
-            first = nextSeq - len(payloads)
-            rejections = tuple(
-                (int(flat[n]), _text(flat[n + 1])) for n in range(0, len(flat), 2)
-            )
-            self._epochs[token] = int(epoch)
-            return StoredSession(
-                token,
-                int(epoch),
-                nextSeq,
-                int(confirmedUpTo),
-                int(processedUpTo),
-                float(lastSeen),
-                tuple((first + n, bytes(payload)) for n, payload in enumerate(payloads)),
-                rejections,
-            )
+    def takeSession(self, token: bytes) -> Deferred[StoredSession | None]:
+        """
+        Take session ``token`` over: raise its epoch by one and load it, in
+        one atomic step. This store then holds it with the new epoch, and
+        every other store that held it is fenced off (its changes fail with
+        `SessionTakenOver`). Two stores taking the same session at once
+        get two different epochs: the first one's is fenced off by the
+        second.
 
-        return self._submit("load", [token.hex()], loaded)
+        :returns: a Deferred that fires with the record (its new epoch), or
+            ``None`` if the store holds no such session.
+        """
+        return self._submit("take", [token.hex()], lambda result: self._loaded(token, result))
+
+    def _loaded(self, token: bytes, result: list[Any]) -> StoredSession | None:
+        """The record the script loaded, now held with its epoch."""
+        if result[0] == b"none":
+            return None
+        _, epoch, nextSeq, confirmedUpTo, processedUpTo, lastSeen, payloads, flat = result
+        nextSeq = int(nextSeq)
+        first = nextSeq - len(payloads)
+        rejections = tuple((int(flat[n]), _text(flat[n + 1])) for n in range(0, len(flat), 2))
+        self._epochs[token] = int(epoch)
+        return StoredSession(
+            token,
+            int(epoch),
+            nextSeq,
+            int(confirmedUpTo),
+            int(processedUpTo),
+            float(lastSeen),
+            tuple((first + n, bytes(payload)) for n, payload in enumerate(payloads)),
+            rejections,
+        )
 
     def deleteSession(self, token: bytes) -> Deferred[bool]:
         """Forget a session (`ISessionStore.deleteSession`); refused with
