@@ -298,6 +298,20 @@ async def test_unreachableAtStart() -> None:
     await s.close()
 
 
+@ensureDeferred
+async def test_databaseRefused(redisServer: RedisServer) -> None:
+    """A database the server does not have fails the store with one exact
+    error."""
+    s = storeOn(redisServer.port, db=99)
+    with pytest.raises(StoreError) as caught:
+        await s.open()
+    assert str(caught.value) == (
+        f"cannot use Redis at {LOOPBACK}:{redisServer.port}: Redis error: could not set "
+        "dbid=99: ERR DB index is out of range"
+    )
+    await s.close()
+
+
 def test_badArguments() -> None:
     """maxPending below 1 and a negative database are refused."""
     with pytest.raises(ValueError) as caught:

@@ -243,7 +243,9 @@ class RedisSessionStore:
 
         :returns: a Deferred that fires once connected, or fails with
             `StoreError` naming the server if it cannot be reached within
-            ``connectTimeout`` seconds, or refuses the script. Once
+            ``connectTimeout`` seconds (``cannot reach Redis at
+            HOST:PORT: ...``), or refuses the database or the script
+            (``cannot use Redis at HOST:PORT: ...``). Once
             connected, a lost connection is not an error: txredisapi
             connects again, and the operations wait for it.
         """
@@ -299,10 +301,12 @@ class RedisSessionStore:
 
         def failed(failure: Failure) -> None:
             if isinstance(failure.value, self._txredisapi.RedisError | ValueError):
-                reason = f"Redis refused: {failure.getErrorMessage()}"
+                # Reached, but it refused the database or the script.
+                self._broken = StoreError(
+                    f"cannot use Redis at {self.host}:{self.port}: {failure.getErrorMessage()}"
+                )
             else:
-                reason = failure.getErrorMessage()
-            self._broken = unreachable(self.host, self.port, reason)
+                self._broken = unreachable(self.host, self.port, failure.getErrorMessage())
             waiting, self._whenOpened = self._whenOpened, []
             for d in waiting:
                 d.errback(self._broken)
