@@ -5,7 +5,8 @@ session in a store of its own) sends numbered messages over 127.0.0.1: the
 client resumes its session every time, the server's application processes
 every message in order, nothing is lost, and each kill repeats at most the
 one message being processed when it came. And ``twistd -n alive --sessions
-sqlite:PATH`` killed with SIGKILL and started again: its clients resume.
+sqlite:PATH`` (or ``redis://...``) killed with SIGKILL and started again:
+its clients resume.
 
 ``ALIVE_STORE_SERVER_MESSAGES`` and ``ALIVE_STORE_SERVER_KILLS`` change the
 number of messages (3,000) and of kills (20); ``ALIVE_CHAOS_SEED`` replays
@@ -163,18 +164,27 @@ class Resuming(AliveClientFactory):
 
 @pytest.mark.slow
 @pytest.mark.timeout(90)
+@pytest.mark.parametrize("kind", ["sqlite", "redis"])
 @ensureDeferred
-async def test_twistdSessionsSurviveKill(tmp_path: Path) -> None:
+async def test_twistdSessionsSurviveKill(
+    tmp_path: Path, kind: str, request: pytest.FixtureRequest
+) -> None:
     """``twistd -n alive --sessions sqlite:PATH`` SIGKILLed and started
-    again on the same file: its client resumes the same session (no reset),
-    and the echo of every message it sent reaches it exactly once."""
+    again on the same file (or ``--sessions redis://...`` on the same Redis
+    server): its client resumes the same session (no reset), and the echo
+    of every message it sent reaches it exactly once."""
     reactor = getReactor()
     port = _freePort()
+    if kind == "sqlite":
+        sessions = f"sqlite:{tmp_path / 'sessions.db'}"
+    else:
+        server = request.getfixturevalue("redisServer")
+        sessions = f"redis://{LOOPBACK}:{server.port}/0?prefix=twistd{port}:"
     args = (
         f"--listen=tcp:{port}:interface={LOOPBACK}",
         "--app=echo",
         "--interval=0.5",
-        f"--sessions=sqlite:{tmp_path / 'sessions.db'}",
+        f"--sessions={sessions}",
     )
     first = Twistd(tmp_path)
     first.start(*args)
