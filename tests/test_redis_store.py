@@ -3,8 +3,9 @@ What only the Redis session store (``twisted_alive._redis``) promises,
 against a real ``redis-server`` of the tests' own: the operations of one
 turn of the reactor in one round trip, the script loaded again when Redis
 forgot it, fencing by the epoch, a batch sent twice applied once, an
-unreachable server refused with one exact error, and a server killed and
-started again while operations wait (none lost, none doubled). The store
+unreachable server refused with one exact error, a server that stops
+answering waited for, and a server killed and started again while
+operations wait (none lost, none doubled). The store
 interface itself is tested in ``tests/test_stores.py``, against every
 store.
 """
@@ -12,6 +13,7 @@ store.
 from __future__ import annotations
 
 import itertools
+import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -337,6 +339,39 @@ async def test_databaseAndPrefixKeptApart(redisServer: RedisServer) -> None:
         await stores[0].deleteSession(A)
         for s in stores:
             await s.close()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(30)
+@ensureDeferred
+async def test_slowRedisWaitedFor(tmp_path: Path) -> None:
+    """A Redis that stops answering (SIGSTOP) is waited for: the
+    operations stay pending, new appends beyond ``maxPending`` are refused
+    with `QueueFull`, and once it answers again (SIGCONT) every operation
+    taken is applied once, in order."""
+    server = RedisServer(tmp_path)
+    server.start()
+    s = storeOn(server.port, maxPending=50)
+    try:
+        await s.createSession(StoredSession(A))
+        assert server.process is not None
+        server.process.send_signal(signal.SIGSTOP)
+        try:
+            taken = [s.appendMessages(A, [(n, b"%d" % n)]) for n in range(1, 51)]
+            await elapse(0.3)
+            assert not any(d.called for d in taken)
+            with pytest.raises(QueueFull):
+                await s.appendMessages(A, [(51, b"no")])
+            confirmed = s.confirmMessages(A, 10)
+        finally:
+            server.process.send_signal(signal.SIGCONT)
+        await gatherResults([*taken, confirmed])
+        loaded = await s.loadSession(A)
+        assert loaded is not None
+        assert loaded.messages == tuple((n, b"%d" % n) for n in range(11, 51))
+    finally:
+        await s.close()
+        server.stop()
 
 
 @pytest.mark.slow
