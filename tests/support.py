@@ -12,7 +12,7 @@ import random
 import signal
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from inspect import isawaitable
 from pathlib import Path
@@ -227,6 +227,24 @@ def listenEndpoint() -> IStreamServerEndpoint:
 def portOf(port: IListeningPort) -> int:
     """The TCP port number ``port`` listens on."""
     return cast(IPv4Address, port.getHost()).port
+
+
+def withoutRepeats(
+    processed: Sequence[T], key: Callable[[T], object] = lambda item: item
+) -> tuple[list[T], list[T]]:
+    """
+    What an application processed, without its immediate repeats (an item
+    whose ``key`` is the one before's: a message processed again after a
+    crash), and those repeats.
+    """
+    kept: list[T] = []
+    repeated: list[T] = []
+    for i, item in enumerate(processed):
+        if i and key(processed[i - 1]) == key(item):
+            repeated.append(item)
+        else:
+            kept.append(item)
+    return kept, repeated
 
 
 def chaosSeed() -> int:

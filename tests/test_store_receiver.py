@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Sequence
+from operator import itemgetter
 from typing import Any, cast
 
 import pytest
-from support import RecordingPeer, connectAlone
+from support import RecordingPeer, connectAlone, withoutRepeats
 from test_sessions import Network, RecordingServerFactory
 from test_store_client import HeldStore, LazyStore, result
 from twisted.internet.defer import Deferred, fail
@@ -545,13 +546,7 @@ def test_crashesRepeatOneMessageAtMost(seed: int, transactional: bool) -> None:
     if transactional:
         assert table.rows == expected, seed
         return
-    repeats = 0
-    seen: list[bytes] = []
-    for payload, redelivered in processed:
-        if seen and payload == seen[-1]:
-            repeats += 1
-            assert redelivered, seed
-        else:
-            seen.append(payload)
-    assert seen == expected, seed
-    assert repeats <= kills, seed
+    kept, repeated = withoutRepeats(processed, itemgetter(0))
+    assert all(redelivered for _, redelivered in repeated), seed
+    assert [payload for payload, _ in kept] == expected, seed
+    assert len(repeated) <= kills, seed

@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
+from operator import itemgetter
 from pathlib import Path
 from typing import Any, cast
 
 import pytest
-from support import ensureDeferred, getReactor
+from support import ensureDeferred, getReactor, withoutRepeats
 from test_sessions import (
     EchoServer,
     Network,
@@ -597,16 +598,10 @@ def test_serverCrashedAtRandomPoints(seed: int, transactional: bool) -> None:
     if table is not None:
         assert table.rows == expected, seed
         return
-    seen: list[bytes] = []
-    repeats = 0
-    for payload, redelivered in flags:
-        if seen and payload == seen[-1]:
-            repeats += 1
-            assert redelivered, seed
-        else:
-            seen.append(payload)
-    assert seen == expected, seed
-    assert repeats <= crashes, seed
+    kept, repeated = withoutRepeats(flags, itemgetter(0))
+    assert all(redelivered for _, redelivered in repeated), seed
+    assert [payload for payload, _ in kept] == expected, seed
+    assert len(repeated) <= crashes, seed
 
 
 def test_recoveredFailWhenSessionExpires() -> None:

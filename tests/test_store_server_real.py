@@ -20,7 +20,6 @@ import random
 import subprocess
 import time
 from pathlib import Path
-from typing import TypeVar
 
 import pytest
 from support import (
@@ -30,6 +29,7 @@ from support import (
     ensureDeferred,
     getReactor,
     waitFor,
+    withoutRepeats,
 )
 from test_twistd import Twistd, _freePort
 
@@ -37,7 +37,6 @@ from twisted_alive import AliveClientFactory, HeartbeatProtocol, Receipt
 
 MESSAGES = int(os.environ.get("ALIVE_STORE_SERVER_MESSAGES", "3000"))
 KILLS = int(os.environ.get("ALIVE_STORE_SERVER_KILLS", "20"))
-T = TypeVar("T")
 
 RATE = 400
 """Messages the client sends a second at most: the kills (every 0.05 to
@@ -74,12 +73,6 @@ def flaggedFile(received: Path) -> Path:
     return received.with_name(received.name + ".flagged")
 
 
-def repeatsOf(processed: list[T]) -> tuple[list[T], int]:
-    """``processed`` without its immediate repeats, and how many there were."""
-    kept = [n for i, n in enumerate(processed) if i == 0 or processed[i - 1] != n]
-    return kept, len(processed) - len(kept)
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(180)
 def test_killedServerLosesNothing(tmp_path: Path, processes: Processes) -> None:
@@ -110,8 +103,8 @@ def test_killedServerLosesNothing(tmp_path: Path, processes: Processes) -> None:
     output = client.communicate(timeout=120)[0].strip().splitlines()
     elapsed = time.monotonic() - started
     numbers = [int(n) for n in received.read_text().split()]
-    processed, repeats = repeatsOf(numbers)
-    repeated = {b for a, b in zip(numbers, numbers[1:], strict=False) if a == b}
+    processed, twice = withoutRepeats(numbers)
+    repeats, repeated = len(twice), set(twice)
     flagged = {int(n) for n in flaggedFile(received).read_text().split()}
     inFlight = sum(1 for count in counts if 0 < count < MESSAGES)
     print(
@@ -219,7 +212,8 @@ async def test_twistdSessionsSurviveKill(
     assert [r.seq for r in receipts] == list(range(1, 101))
     assert client.session.token == token and client.epoch == 1
     assert "resumed" in client.hooks and not [h for h in client.hooks if h != "resumed"]
-    echoed, repeats = repeatsOf(received)
+    echoed, repeated = withoutRepeats(received)
+    repeats = len(repeated)
     assert echoed == [b"m%d" % i for i in range(100)], second.output()
     assert repeats <= 1  # the message being processed when the kill came, if any
     assert "alive.store: 1 sessions loaded from" in second.output()

@@ -43,6 +43,7 @@ from twisted_alive._journal import (
     ServerRecovered,
     claimStore,
     loadSessions,
+    outboxLimits,
     releaseStore,
 )
 from twisted_alive._mixin import (
@@ -72,7 +73,6 @@ from twisted_alive.core.stored import (
     StoreClosed,
     StoredSession,
     StoreError,
-    StoreLimits,
     sessionOf,
 )
 
@@ -266,12 +266,7 @@ class AliveClientFactory(ReconnectingClientFactory):
             else:
                 journal = self._journal = Journal(store, self._storeFailed, self._release)
                 settings = self.aliveSettings()
-                limits = StoreLimits.forOutbox(
-                    settings.window,
-                    settings.maxQueue,
-                    settings.maxQueueBytes,
-                    settings.maxPayload,
-                )
+                limits = outboxLimits(settings)
                 Deferred.fromCoroutine(journal.load(settings.newSession, limits)).addCallback(
                     self._loaded
                 ).addBoth(self._loadDone)
@@ -1287,10 +1282,7 @@ class AliveServerFactory(Factory):
         if taken is not None:
             self._loadDone(Failure(StoreError(taken)))  # type: ignore[no-untyped-call]
             return
-        settings = self.aliveSettings()
-        limits = StoreLimits.forOutbox(
-            settings.window, settings.maxQueue, settings.maxQueueBytes, settings.maxPayload
-        )
+        limits = outboxLimits(self.aliveSettings())
         now = self._now()
         loading = Deferred.fromCoroutine(loadSessions(store, limits, now, self.sessionTTL))
         loading.addCallback(self._loaded, now).addBoth(self._loadDone)

@@ -56,6 +56,7 @@ from twisted.python.failure import Failure
 
 from twisted_alive._binding import Binding
 from twisted_alive._interfaces import ISessionStore
+from twisted_alive.core.connection import Settings
 from twisted_alive.core.delivery import Session
 from twisted_alive.core.frames import NO_SESSION
 from twisted_alive.core.outcomes import Receipt
@@ -78,6 +79,14 @@ ServerRecovered = list[tuple[bytes, bytes, "Deferred[Receipt]"]]
 """(Server.) What previous processes submitted in the sessions of a store
 and their clients have not confirmed: ``(token, payload, Deferred)`` per
 message, in order within each session."""
+
+
+def outboxLimits(settings: Settings) -> StoreLimits:
+    """What a store must keep per session for an outbox with the limits of
+    ``settings`` (`StoreLimits.forOutbox`)."""
+    return StoreLimits.forOutbox(
+        settings.window, settings.maxQueue, settings.maxQueueBytes, settings.maxPayload
+    )
 
 
 def checkLimits(store: ISessionStore, limits: StoreLimits) -> None:

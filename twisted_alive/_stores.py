@@ -315,6 +315,19 @@ class _FailsAlone(Exception):
 _STOP = None
 
 
+def _raiseColumn(
+    executor: sqlite3.Connection | sqlite3.Cursor, column: str, token: bytes, value: float
+) -> None:
+    """(Writer thread.) Raise ``column`` of session ``token`` to ``value``
+    (never lower it); `unknownSession` if there is no such session."""
+    updated = executor.execute(
+        f"UPDATE alive_sessions SET {column} = max({column}, ?) WHERE token = ?",
+        (value, token),
+    )
+    if updated.rowcount == 0:
+        raise unknownSession(token)
+
+
 def _savepoint(connection: sqlite3.Connection, function: Callable[[sqlite3.Cursor], T]) -> T:
     """(Writer thread.) ``function(cursor)`` inside a savepoint of the
     transaction under way: what it did is rolled back if it raises, and it
@@ -1033,15 +1046,7 @@ class SqliteSessionStore:
     def _raise(self, column: str, token: bytes, value: float) -> Deferred[None]:
         """Raise ``column`` of a session to ``value`` (never lower it)."""
 
-        def update(connection: sqlite3.Connection) -> None:
-            cursor = connection.execute(
-                f"UPDATE alive_sessions SET {column} = max({column}, ?) WHERE token = ?",
-                (value, token),
-            )
-            if cursor.rowcount == 0:
-                raise unknownSession(token)
-
-        return self._submit(update)
+        return self._submit(lambda connection: _raiseColumn(connection, column, token, value))
 
     def recordProcessed(
         self, token: bytes, upTo: int, rejections: Sequence[tuple[int, str]] | None = None
@@ -1052,13 +1057,7 @@ class SqliteSessionStore:
         kept = [(token, seq, reason) for seq, reason in rejections]
 
         def record(connection: sqlite3.Connection) -> None:
-            cursor = connection.execute(
-                "UPDATE alive_sessions SET processed_up_to = max(processed_up_to, ?) "
-                "WHERE token = ?",
-                (upTo, token),
-            )
-            if cursor.rowcount == 0:
-                raise unknownSession(token)
+            _raiseColumn(connection, "processed_up_to", token, upTo)
             connection.execute("DELETE FROM alive_rejections WHERE token = ?", (token,))
             connection.executemany("INSERT INTO alive_rejections VALUES (?, ?, ?)", kept)
 
@@ -1094,13 +1093,7 @@ class SqliteSessionStore:
 
         def work(cursor: sqlite3.Cursor) -> None:
             function(cursor)
-            updated = cursor.execute(
-                "UPDATE alive_sessions SET processed_up_to = max(processed_up_to, ?) "
-                "WHERE token = ?",
-                (seq, token),
-            )
-            if updated.rowcount == 0:
-                raise unknownSession(token)
+            _raiseColumn(cursor, "processed_up_to", token, seq)
 
         return self._submit(lambda connection: _savepoint(connection, work))
 

@@ -620,20 +620,7 @@ def client(args: argparse.Namespace) -> None:
             attributes["confirmed"] = args.role == "confirmed"
         factory = _RunFactory(classes[args.role, args.impl], run, **attributes)
         reactor.connectTCP(HOST, args.port, factory)
-    outcome: list[int] = []
-
-    def report(result: dict[str, Any]) -> None:
-        emit({"result": result})
-        outcome.append(0)
-
-    def failed(failure: Failure) -> None:
-        emit({"error": failure.getErrorMessage()})
-        outcome.append(1)
-
-    run.done.addCallbacks(report, failed)
-    run.done.addBoth(lambda _: reactor.stop())
-    reactor.run()
-    raise SystemExit(outcome[0] if outcome else 1)
+    raise SystemExit(_report(reactor, lambda: run.done))
 
 
 # -- idle connections ---------------------------------------------------------------
@@ -1070,9 +1057,13 @@ async def _storeRun(reactor: Any, args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
-def _report(reactor: Any, run: Callable[[], Coroutine[Any, Any, dict[str, Any]]]) -> int:
-    """Run the reactor until ``run()`` is done; print its result (or its
-    error). The process's exit status: 0 if it gave a result."""
+def _report(
+    reactor: Any,
+    run: Callable[[], Coroutine[Any, Any, dict[str, Any]] | Deferred[dict[str, Any]]],
+) -> int:
+    """Run the reactor until ``run()`` (a coroutine or a Deferred, begun
+    once the reactor runs) is done; print its result (or its error). The
+    process's exit status: 0 if it gave a result."""
     from twisted.internet.defer import ensureDeferred
 
     outcome: list[int] = []
