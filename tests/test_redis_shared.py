@@ -469,7 +469,8 @@ async def test_healthDegradedWhileRedisStops(ownRedis: RedisServer) -> None:
         assert await health() == (200, b"ok\n")
         with _Stopped(ownRedis):
             pending = [deployment.client.sendMessage(b"%d" % n) for n in range(2, 12)]
-            await waitFor(lambda: deployment.stores["A"].problem is not None, 5, "the store to see it")
+            store = deployment.stores["A"]
+            await waitFor(lambda: store.problem is not None, 5, "the store to see it")
             code, body = await health()
             assert code == 200 and body.startswith(b"degraded: Redis at 127.0.0.1:")
             assert b"has not answered for" in body
