@@ -1878,6 +1878,11 @@ class AliveServerFactory(Factory):
         def failed(failure: Failure) -> None:
             if isinstance(failure.value, StoreClosed):
                 return  # (stopping: the other writes report it)
+            if isinstance(failure.value, SessionTakenOver):
+                key = self._key(session.token)
+                if self._table.get(key) is session:
+                    self._revoke(key, session)
+                return
             log.warn(
                 "alive.store: cannot record when session {token} was seen: {error}",
                 token=tokenPrefix(session.token),
