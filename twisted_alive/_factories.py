@@ -14,6 +14,7 @@ processes live.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import random
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -109,6 +110,10 @@ NOT_STORED = (
 process took over before the store took the message: nobody sends it."""
 
 MAIL_BATCH = 64
+
+POLL_OUTCOMES = 1000
+"""`sendTo` outcomes asked for per poll at most: the oldest awaited (they
+are confirmed about in the order they were sent)."""
 """Messages moved from a session's mailbox into the session at a time."""
 
 
@@ -1597,7 +1602,7 @@ class AliveServerFactory(Factory):
         now = self._now()
         if now - self._storeExpiredAt >= self.storeExpiryInterval:
             self._expireStored(now)
-        waiting = list(self._remote)
+        waiting = list(itertools.islice(self._remote, POLL_OUTCOMES))
         d = self._sharedStore().poll(waiting)
         d.addCallback(self._polled, waiting)
         d.addErrback(self._sharedFailed)
