@@ -161,6 +161,8 @@ class Collector(HeartbeatProtocol):
     heartbeatInterval = 0.5
 
     def messageReceived(self, payload: bytes) -> None:
+        if payload.startswith(b"bad"):
+            raise ValueError("no such command")
         self.factory.got.append(payload)
 
 
@@ -485,3 +487,22 @@ async def test_healthDegradedWhileRedisStops(ownRedis: RedisServer) -> None:
     finally:
         await site.stopListening()
         await deployment.stop()
+
+
+@ensureDeferred
+async def test_sendToRejected(deployment: Deployment) -> None:
+    """A message sent with `sendTo` that the client's application fails on
+    fails its sender's Deferred with ``rejected``, never a Receipt; the
+    messages around it are confirmed."""
+    a, b = deployment.servers["A"], deployment.servers["B"]
+    proto = await deployment.connect()
+    sessionId = proto.sessionId
+    before = a.sendTo(sessionId, b"before")
+    bad = b.sendTo(sessionId, b"bad command")
+    after = a.sendTo(sessionId, b"after")
+    assert isinstance(await within(before, 10), Receipt)
+    with pytest.raises(DeliveryFailed, match="no such command") as caught:
+        await within(bad, 10)
+    assert caught.value.rejected
+    assert isinstance(await within(after, 10), Receipt)
+    assert deployment.client.got == [b"before", b"after"]

@@ -1630,6 +1630,8 @@ class AliveServerFactory(Factory):
         d, sentAt = self._remote.pop(messageId)
         if outcome.startswith("ok "):
             d.callback(Receipt(int(outcome[3:]), sentAt, now))
+        elif outcome.startswith("rejected "):
+            d.errback(DeliveryFailed(outcome[9:], rejected=True))
         elif outcome == "gone":
             d.errback(DeliveryFailed("the session ended before the message was sent", None, False))
         elif outcome == "lost":

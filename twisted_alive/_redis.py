@@ -144,7 +144,8 @@ class Polled(NamedTuple):
     outcomes: list[str]
     """Per message id asked for: ``wait`` (in the mailbox), ``sent``
     (in the session, not confirmed yet), ``ok SEQ`` (confirmed, with its
-    sequence number), ``gone`` (its session ended before it was sent),
+    sequence number), ``rejected TEXT`` (the client's application failed
+    on it), ``gone`` (its session ended before it was sent),
     ``lost`` (its session ended after it was sent: maybe processed) or
     ``unknown`` (no outcome kept: older than a day)."""
 
@@ -764,6 +765,20 @@ class RedisSessionStore:
             return [(_text(item[:32]), bytes(item[32:])) for item in result[1]]
 
         return self._submit("mail", [token.hex(), epoch, limit], read)
+
+    def rejectMessage(self, token: bytes, seq: int, text: str) -> Deferred[None]:
+        """
+        Session ``token``'s client failed on message ``seq`` (a REJECT): if
+        it came from the mailbox, its sender's outcome is ``rejected
+        TEXT`` (`poll`) instead of the confirmation. Refused with
+        `SessionTakenOver` if another store took the session over.
+        """
+        epoch = self._epochOf(token)
+        return self._submit(
+            "reject",
+            [token.hex(), epoch, seq, text.encode()],
+            lambda result: self._ok(token, epoch, result),
+        )
 
     def poll(self, messageIds: Sequence[str] = ()) -> Deferred[Polled]:
         """
