@@ -49,6 +49,19 @@ Roles (``--impl`` says which implementation is measured):
   no store, but each message first inserted into a SQLite file by an
   ``adbapi`` ``runInteraction`` (one transaction, committed), then sent,
   and deleted by another once confirmed (what a store does).
+- ``push-server --impl memory|redis`` and ``push-client --port N``: a
+  server's sessions in a store, end to end. The server, an
+  `AliveServerFactory` whose store is a `MemorySessionStore` or a
+  `RedisSessionStore` (the Redis at ``--redis-port`` on 127.0.0.1, keys
+  under ``--prefix``), prints ``{"ready": true}`` once its client's
+  session is open; on SIGUSR1 its protocol sends ``--count`` messages in
+  that session through ``sendMessage``, ``--outstanding`` unconfirmed at a
+  time (each stored before it is sent, dropped once confirmed), and
+  prints the run's start and end (``time.monotonic``, comparable across
+  processes), the percentiles of each message's time from ``sendMessage``
+  to its `Receipt`, and how much the store's ``roundTrips``, ``batches``,
+  ``operations`` and ``retries`` grew meanwhile (0 for the memory store).
+  The client (an `AliveClientFactory`, no store) takes what it is sent.
 - ``detect-server`` and ``detect-peer``: a heartbeat server that prints
   ``{"opened": PORT}`` and ``{"lost": PORT, "at": T, ...}`` (``T`` from
   ``time.monotonic``), and the peer the bench stops with SIGSTOP.
@@ -1214,6 +1227,140 @@ def storedClient(args: argparse.Namespace) -> None:
     raise SystemExit(status)
 
 
+# -- a server's sessions in a store (Redis), end to end -------------------------------
+
+
+REDIS_COUNTERS = ("roundTrips", "batches", "operations", "retries")
+"""The counters of `RedisSessionStore` a push run reports (their growth
+during the measured part)."""
+
+
+class _PushRun:
+    """
+    A push run: the server's protocol sends ``count`` messages in its
+    client's session, ``outstanding`` unconfirmed at a time, once the bench
+    says go (SIGUSR1).
+    """
+
+    def __init__(self, store: Any, count: int, outstanding: int, size: int) -> None:
+        self.store = store
+        self.count = count
+        self.outstanding = outstanding
+        self.payload = b"x" * size
+        self.protocol: HeartbeatProtocol | None = None
+        self.latencies: list[float] = []
+        self.issued = 0
+        self.began = 0.0
+        self.counters: dict[str, int] = {}
+        self.done: Deferred[dict[str, Any]] = Deferred()
+
+    def opened(self, protocol: HeartbeatProtocol) -> None:
+        """The client's session is open (and stored): ready to go."""
+        if self.protocol is None:
+            self.protocol = protocol
+            emit({"ready": True})
+
+    def go(self) -> None:
+        """The bench says go: send."""
+        if self.protocol is None:
+            self.fail("go before the client's session opened")
+            return
+        self.counters = self._counters()
+        self.began = time.monotonic()
+        for _ in range(min(self.outstanding, self.count)):
+            self._one()
+
+    def _counters(self) -> dict[str, int]:
+        return {name: int(getattr(self.store, name, 0)) for name in REDIS_COUNTERS}
+
+    def _one(self) -> None:
+        assert self.protocol is not None
+        self.issued += 1
+        started = time.perf_counter()
+        d = self.protocol.sendMessage(self.payload)
+        d.addCallbacks(lambda _: self._confirmed(started), self._failed)
+
+    def _confirmed(self, started: float) -> None:
+        self.latencies.append(time.perf_counter() - started)
+        if len(self.latencies) == self.count:
+            ended = time.monotonic()
+            now = self._counters()
+            result = {"began": self.began, "ended": ended, "seconds": ended - self.began}
+            result |= latencySummary(self.latencies)
+            result |= {name: now[name] - self.counters[name] for name in REDIS_COUNTERS}
+            if not self.done.called:
+                self.done.callback(result)
+        elif self.issued < self.count:
+            self._one()
+
+    def _failed(self, failure: Failure) -> None:
+        self.fail(f"a message failed: {failure.getErrorMessage()}")
+
+    def fail(self, message: str) -> None:
+        """The run cannot complete."""
+        if not self.done.called:
+            self.done.errback(Failure(RuntimeError(message)))  # type: ignore[no-untyped-call]
+
+
+async def _pushRun(reactor: Any, args: argparse.Namespace) -> dict[str, Any]:
+    """Serve one client with a store; once the bench says go, send it
+    ``--count`` messages; the result once the last is confirmed."""
+    import signal
+
+    from twisted_alive import AliveServerFactory, MemorySessionStore, RedisSessionStore
+
+    store: Any
+    if args.impl == "memory":
+        store = MemorySessionStore()
+    elif args.impl == "redis":
+        store = RedisSessionStore(reactor, HOST, args.redis_port, prefix=args.prefix)
+    else:
+        raise ValueError(f"unknown push-server store {args.impl!r}")
+    run = _PushRun(store, args.count, args.outstanding, args.size)
+
+    class Pusher(HeartbeatProtocol):
+        def connectionOpened(self, resumed: bool) -> None:
+            run.opened(self)
+
+        def disconnected(self, loss: Loss) -> None:
+            if self is run.protocol:
+                run.fail(f"the client's connection was lost: {loss.reason.name} {loss.detail}")
+
+    signal.signal(signal.SIGUSR1, lambda number, frame: reactor.callFromThread(run.go))
+    factory = AliveServerFactory(store=store)
+    factory.protocol = Pusher
+    port = reactor.listenTCP(0, factory, interface=HOST)
+    await factory.recovered()
+    emit({"port": port.getHost().port})
+    return await run.done
+
+
+def pushServer(args: argparse.Namespace) -> None:
+    """A push run's server: print its result."""
+    reactor = _reactor()
+    raise SystemExit(_report(reactor, lambda: _pushRun(reactor, args)))
+
+
+def pushClient(args: argparse.Namespace) -> None:
+    """A push run's client: a session (no store) with ``--port``, taking
+    what the server sends."""
+    from twisted_alive import AliveClientFactory
+
+    reactor = _reactor()
+
+    class Drain(HeartbeatProtocol):
+        def messageReceived(self, payload: bytes) -> None:
+            """Take it: the receiving cost is the protocol's own."""
+
+        def disconnected(self, loss: Loss) -> None:
+            reactor.stop()
+
+    factory = AliveClientFactory()
+    factory.protocol = Drain
+    reactor.connectTCP(HOST, args.port, factory)
+    reactor.run()
+
+
 # -- command line -----------------------------------------------------------------------
 
 
@@ -1228,6 +1375,8 @@ ROLES: dict[str, Callable[[argparse.Namespace], None]] = {
     "detect-peer": detectPeer,
     "store": storeClient,
     "stored": storedClient,
+    "push-server": pushServer,
+    "push-client": pushClient,
 }
 
 
@@ -1243,6 +1392,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--connections", type=int, default=100)
     p.add_argument("--interval", type=float, default=1.0)
     p.add_argument("--misses", type=int, default=3)
+    p.add_argument("--redis-port", type=int, default=6379)
+    p.add_argument("--prefix", default="alive-bench:")
     return p
 
 
