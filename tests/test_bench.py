@@ -235,9 +235,12 @@ def test_redisWithoutServerPrintsHowToInstall(
     assert REDIS_MISSING in err
 
 
-def test_redisServerStoppedOnError(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "error", [BenchError("the push-server worker failed: on purpose"), KeyboardInterrupt()]
+)
+def test_redisServerStoppedOnError(monkeypatch: pytest.MonkeyPatch, error: BaseException) -> None:
     """The redis-server the bench started is stopped, and its directory
-    removed, when a run of the section fails."""
+    removed, when a run of the section fails or is interrupted (Ctrl-C)."""
     started: list[RedisServer] = []
 
     class Recorded(RedisServer):
@@ -246,15 +249,33 @@ def test_redisServerStoppedOnError(monkeypatch: pytest.MonkeyPatch, tmp_path: Pa
             started.append(self)
 
     def failing(*arguments: object) -> dict[str, Any]:
-        raise BenchError("the push-server worker failed: on purpose")
+        raise error
 
     monkeypatch.setattr(bench, "RedisServer", Recorded)
     monkeypatch.setattr(bench, "pushRun", failing)
-    with pytest.raises(BenchError):
+    with pytest.raises(type(error)):
         measureRedis(Plan.quick(), lambda text: None)
     [server] = started
     assert server.process is None
     assert not server.directory.exists()
+
+
+def test_redisServerStoppedWhenStartInterrupted(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A redis-server interrupted while the bench waits for it to answer is
+    stopped too."""
+    started: list[RedisServer] = []
+
+    class Interrupted(RedisServer):
+        def start(self, timeout: float = 10.0) -> None:
+            super().start(timeout)
+            started.append(self)
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(bench, "RedisServer", Interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        measureRedis(Plan.quick(), lambda text: None)
+    [server] = started
+    assert server.process is None
 
 
 def test_redisRunsShown() -> None:

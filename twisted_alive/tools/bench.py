@@ -636,28 +636,19 @@ def pushRun(
         counters.
     """
     options = ("--sender", sender, "--count", count, "--size", TARGET_SIZE)
-    servers = [
-        Worker(
-            "push-server",
-            "--impl",
-            impl,
-            "--redis-port",
-            redisPort,
-            "--prefix",
-            prefix,
-            "--outstanding",
-            STORE_WINDOW,
-            *options,
-        )  # fmt: skip
-        for _ in range(processes)
-    ]
+    serverOptions = ("--impl", impl, "--redis-port", redisPort, "--prefix", prefix)
+    servers: list[Worker] = []
     clients: list[Worker] = []
     try:
-        ports = [server.read(30)["port"] for server in servers]
-        clients = [
-            Worker("push-client", "--port", port, "--outstanding", STORE_WINDOW, *options)
-            for port in ports
-        ]
+        # One by one: an interruption stops every worker started so far.
+        for _ in range(processes):
+            servers.append(
+                Worker("push-server", *serverOptions, "--outstanding", STORE_WINDOW, *options)
+            )
+        for port in [server.read(30)["port"] for server in servers]:
+            clients.append(
+                Worker("push-client", "--port", port, "--outstanding", STORE_WINDOW, *options)
+            )
         senders = servers if sender == "server" else clients
         for worker in servers + (clients if sender == "client" else []):
             worker.read(30)  # {"ready": true}: its session is open
@@ -714,10 +705,10 @@ def measureRedis(plan: Plan, progress: Callable[[str], None]) -> dict[str, Any]:
     try:
         server = RedisServer(Path(directory), binary=binary)
         try:
-            server.start()
-        except RuntimeError as e:
-            raise BenchError(str(e)) from None
-        try:
+            try:
+                server.start()
+            except RuntimeError as e:
+                raise BenchError(str(e)) from None
             for rep in range(plan.repeat):
                 for direction, sender in REDIS_SENDERS.items():
                     for impl, processes in REDIS_RUNS:
