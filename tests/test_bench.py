@@ -199,7 +199,11 @@ def test_quickRunRedisIsSane(quickRun: dict[str, Any]) -> None:
         for key in ("redis", "redis-3"):
             entry = runs[key]
             positiveSummary(entry["roundTripsPer1000"])
-            assert entry["batchesPer1000"]["median"] <= entry["roundTripsPer1000"]["median"]
+            # A batch sent before the count began may be answered within it.
+            inFlight = 1000 / Plan.quick().redisMessages
+            assert (
+                entry["batchesPer1000"]["median"] <= entry["roundTripsPer1000"]["median"] + inFlight
+            )
             assert entry["operationsPer1000"]["median"] >= 1000
         assert "roundTripsPer1000" not in runs["memory"]
     assert redis["toClient"]["redis"]["roundTripsPer1000"]["median"] < 1000
