@@ -1429,7 +1429,7 @@ class AliveServerFactory(Factory):
         window allows."""
         carrier = binding.carrier
         if carrier is not None:
-            carrier._pump()
+            carrier._pump(buffered=True)
 
     def _storeFailed(self, binding: Binding, failure: Failure) -> None:
         """A store operation of ``binding``'s session failed: the session
