@@ -185,14 +185,14 @@ async def test_batchSentTwiceAppliedOnce(store: RedisSessionStore) -> None:
     Redis gives back the reply it kept and applies nothing twice."""
     await store.createSession(StoredSession(A))
     batch: list[Any] = [store.prefix, "lost-reply", 1, REPLAY_TTL]
-    batch += ["append", 6, A.hex(), "", 1, 100, 1000, b"once"]
+    batch += ["append", 7, A.hex(), "", 1, 100, 1000, 0, b"once"]
     batch += ["delete", 2, B.hex(), ""]
     first = await store._evaluate(batch)
     second = await store._evaluate(batch)
     assert first == second
     # The next batch of the same store is applied (its number is another).
     batch[2] = 2
-    batch[4:12] = ["append", 6, A.hex(), "", 2, 100, 1000, b"next"]
+    batch[4:13] = ["append", 7, A.hex(), "", 2, 100, 1000, 0, b"next"]
     await store._evaluate(batch)
     await store._evaluate(batch)
     loaded = await store.loadSession(A)

@@ -9,11 +9,11 @@ long-lived Twisted TCP connections.
 from pathlib import Path
 
 from twisted_alive._factories import AliveClientFactory, AliveServerFactory
-from twisted_alive._interfaces import ISessionStore, ITransactionalStore
+from twisted_alive._interfaces import ISessionStore, ISharedSessionStore, ITransactionalStore
 from twisted_alive._kernel import KernelLiveness, PeekState, peek, setKernelLiveness
 from twisted_alive._mixin import HeartbeatMixin, HeartbeatProtocol
 from twisted_alive._reasons import Cause, Loss, Reason, causeOf, classify
-from twisted_alive._redis import RedisSessionStore, SessionTakenOver
+from twisted_alive._redis import RedisSessionStore, SessionNotFound, SessionTakenOver
 from twisted_alive._stores import MemorySessionStore, SqliteSessionStore, sessionStoreFromString
 from twisted_alive._wrapping import AliveWrappingFactory, AliveWrappingProtocol
 from twisted_alive.core.frames import FrameError, GoodbyeCode
@@ -26,6 +26,7 @@ from twisted_alive.core.stored import (
     StoreError,
     StoreLimits,
     StoreStatistics,
+    sessionIdOf,
 )
 
 
@@ -79,10 +80,13 @@ __all__ = [
     "PeekState",
     "ISessionStore",
     "ITransactionalStore",
+    "ISharedSessionStore",
     "MemorySessionStore",
     "SqliteSessionStore",
     "RedisSessionStore",
     "SessionTakenOver",
+    "SessionNotFound",
+    "sessionIdOf",
     "sessionStoreFromString",
     "StoredSession",
     "StoreLimits",

@@ -36,14 +36,16 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from twisted_alive._binding import Binding, checkTransactional, transactionProblem
-from twisted_alive._interfaces import ISessionHost, ISessionStore
+from twisted_alive._interfaces import ISessionHost, ISessionStore, ISharedSessionStore
 from twisted_alive._journal import (
     Journal,
     Recovered,
     ServerRecovered,
+    checkLimits,
     claimStore,
     loadSessions,
     outboxLimits,
+    partialSubmit,
     releaseStore,
 )
 from twisted_alive._mixin import (
@@ -54,11 +56,12 @@ from twisted_alive._mixin import (
     settingsFor,
 )
 from twisted_alive._reasons import Cause, Loss, Reason, describeFailure
+from twisted_alive._redis import Polled, SessionNotFound, SessionTakenOver
 from twisted_alive._stores import CLOSED
 from twisted_alive.core.connection import Connection, Role, Settings, State
 from twisted_alive.core.delivery import Entry, Session, undelivered
 from twisted_alive.core.frames import NO_SESSION, GoodbyeCode
-from twisted_alive.core.outcomes import DeliveryFailed, Receipt
+from twisted_alive.core.outcomes import DeliveryFailed, QueueFull, Receipt
 from twisted_alive.core.retry import (
     DEFAULT_CAUSE_POLICY,
     DEFAULT_GOODBYE_POLICY,
@@ -73,6 +76,7 @@ from twisted_alive.core.stored import (
     StoreClosed,
     StoredSession,
     StoreError,
+    sessionIdOf,
     sessionOf,
 )
 
@@ -86,6 +90,26 @@ stops before its confirmation: the next process sends it again."""
 STORE_CLOSED = f"the session store closed ({STAYS}) before confirmation"
 """The text of the `DeliveryFailed` of a stored message left unconfirmed
 when the store closed (`StoreClosed`: the process is stopping)."""
+
+
+TAKEN_OVER = "session taken over by another connection"
+"""The reason of the GOODBYE (``SHUTTING_DOWN``: a client still there
+comes back and resumes) that closes a connection whose session another
+process took over (a shared store)."""
+
+MOVED = "the session moved to another process, which delivers the message"
+"""The text of the `DeliveryFailed` of a message left unconfirmed in a
+session another process took over (a shared store): that process sends it
+and its client confirms it there; its outcome is not known here."""
+
+NOT_STORED = (
+    "the session moved to another process before the message was stored: it was not sent"
+)
+"""The text of the `DeliveryFailed` of a message whose session another
+process took over before the store took the message: nobody sends it."""
+
+MAIL_BATCH = 64
+"""Messages moved from a session's mailbox into the session at a time."""
 
 
 def tokenPrefix(token: bytes) -> str:
@@ -891,13 +915,33 @@ class AliveServerFactory(Factory):
     it; each message the server's protocol sends in a session is stored
     before it is sent and dropped once the client confirmed it.
 
+    With a shared store (`ISharedSessionStore`: `RedisSessionStore`),
+    several processes serve the same sessions: a client's resume is
+    answered by taking its session over (`ISharedSessionStore.takeSession`),
+    wherever it was; the process that held it closes its connection, if it
+    still has one, and never writes for it again. Nothing is loaded when
+    the factory starts. `sendTo` reaches a session in any process.
+
     :cvar sessionTTL: seconds a session without connection is kept.
     :cvar maxSessions: sessions without connection kept at most.
+    :cvar pollInterval: (Shared store.) Seconds between two looks at the
+        store for sessions other processes took from this one, messages
+        other processes sent to sessions this one holds, and the outcome of
+        this one's `sendTo` messages.
+    :cvar maxSendTo: `sendTo` messages whose outcome this process waits for
+        at most; beyond, `sendTo` fails at once with `QueueFull`.
+    :cvar storeExpiryInterval: (Shared store.) Seconds between two
+        expiries of the sessions in the store that nobody resumed for
+        ``sessionTTL`` seconds (whichever process held them).
     :ivar store: the `ISessionStore` that keeps the sessions across a
         restart of the process, or ``None`` (they live in memory).
     :ivar connections: the live protocols, HELLO done or not.
     :ivar sessions: sessions by token digest (read-only use).
     :ivar losses: how many losses each `Reason` had.
+    :ivar sessionsTakenOver: (Shared store.) Resumes of sessions this
+        process did not hold (another process held them, or none).
+    :ivar sessionsLostToOthers: (Shared store.) Sessions another process
+        took from this one.
     :ivar endedCounts: message counts of the sessions dropped so far
         (``sent``, ``confirmed``, ``redelivered``, ``processed``); added to the
         counts of the live sessions they give totals that never go backwards.
@@ -915,6 +959,11 @@ class AliveServerFactory(Factory):
     _storeClosed = False
     _loadStarted = False
     _loadOutcome: ServerRecovered | Failure | None = None
+    pollInterval = 0.1
+    maxSendTo = 10_000
+    storeExpiryInterval = 60.0
+    _pollCall: IDelayedCall | None = None
+    _storeExpiredAt = 0.0
 
     def __init__(self, store: ISessionStore | None = None) -> None:
         self.connections: set[HeartbeatMixin] = set()
@@ -925,7 +974,13 @@ class AliveServerFactory(Factory):
         self.endedCounts: Counter[str] = Counter()
         self.sessionsExpired = 0
         self.sessionsResumed = 0
+        self.sessionsTakenOver = 0
+        self.sessionsLostToOthers = 0
         self._loadWaiters: list[Deferred[None]] = []
+        self._ids: dict[str, bytes] = {}
+        self._remote: dict[str, tuple[Deferred[Receipt], float]] = {}
+        self._draining: set[bytes] = set()
+        self._drainAgain: set[bytes] = set()
         if store is not None:
             self.store = store
 
@@ -1004,6 +1059,8 @@ class AliveServerFactory(Factory):
             # Stopping: the next process answers this HELLO (the session
             # may be in the store).
             return defer.fail(StoreClosed(CLOSED))
+        if token != NO_SESSION and self._shared:
+            return self._takeOver(token, now)
         found = self._sessionFor(token, now)
         if found is None:
             return None
@@ -1027,6 +1084,7 @@ class AliveServerFactory(Factory):
             session.lastSeen = now
             key = self._key(new)
             table.add(key, session, now)
+            self._ids[sessionIdOf(new)] = key
             if store is None:
                 return session, False, None
             binding = self._bindings[key] = Binding(session)
@@ -1103,11 +1161,18 @@ class AliveServerFactory(Factory):
         self._armExpiry(now)
 
     def _failSession(
-        self, session: Session, why: str, binding: Binding | None = None, forget: bool = True
+        self,
+        session: Session,
+        why: str,
+        binding: Binding | None = None,
+        forget: bool = True,
+        stays: bool = True,
     ) -> None:
         """The session is over: fail its pending messages with ``why``;
         delete it from the ``store`` too, unless not to ``forget`` it (the
-        server stops: the next process resumes it)."""
+        server stops: the next process resumes it; ``stays`` adds so to
+        ``why``)."""
+        self._ids.pop(sessionIdOf(session.token), None)
         outbox = session.outbox
         self.endedCounts.update(
             sent=outbox.sentCount,
@@ -1122,7 +1187,7 @@ class AliveServerFactory(Factory):
             if kept.journal is not None:
                 if forget:
                     kept.journal.dropped()
-                else:
+                elif stays:
                     why += f" ({STAYS})"
         entries = session.outbox.drain()
         if binding is not None:
@@ -1199,10 +1264,10 @@ class AliveServerFactory(Factory):
         that connection ends.
         """
         self._stoppedFactory = True
-        for call in (self._expiryCall, self._touchCall):
+        for call in (self._expiryCall, self._touchCall, self._pollCall):
             if call is not None and call.active():
                 call.cancel()
-        self._expiryCall = self._touchCall = None
+        self._expiryCall = self._touchCall = self._pollCall = None
         for session in self._table.removeIdle():
             self._failSession(session, "the server stopped", forget=False)
         self._loadStarted = False
@@ -1284,6 +1349,9 @@ class AliveServerFactory(Factory):
             return
         limits = outboxLimits(self.aliveSettings())
         now = self._now()
+        if self._shared:
+            self._startShared(now)
+            return
         loading = Deferred.fromCoroutine(loadSessions(store, limits, now, self.sessionTTL))
         loading.addCallback(self._loaded, now).addBoth(self._loadDone)
 
@@ -1306,6 +1374,7 @@ class AliveServerFactory(Factory):
                 entry.handle = binding.hold(d)
                 recovered.append((record.token, entry.payload, d))
             table.add(key, session, record.lastSeen)
+            self._ids[sessionIdOf(record.token)] = key
         dropped = self.expireSessions(now)
         self._armExpiry(now)
         log.info(
@@ -1367,6 +1436,10 @@ class AliveServerFactory(Factory):
         key = self._key(session.token)
         if isinstance(failure.value, StoreClosed):
             self._storeClosedFor(binding)
+            return
+        if isinstance(failure.value, SessionTakenOver):
+            if self._table.get(key) is session:
+                self._revoke(key, session)
             return
         why = f"session store failed: {failure.getErrorMessage()}"
         if self._table.get(key) is not session:
@@ -1446,6 +1519,346 @@ class AliveServerFactory(Factory):
             self._releaseStored(binding)
             binding.pace()
         return d
+
+    # -- a store shared by several processes ------------------------------------
+
+    @property
+    def _shared(self) -> bool:
+        return self.store is not None and ISharedSessionStore.providedBy(self.store)
+
+    def _sharedStore(self) -> ISharedSessionStore:
+        assert self.store is not None
+        return cast(ISharedSessionStore, self.store)
+
+    def _startShared(self, now: float) -> None:
+        """(Shared store.) Nothing to load: each session is taken when its
+        client resumes it. Check the store's limits, expire what nobody
+        resumed in time, and begin polling."""
+        store = self._sharedStore()
+        try:
+            checkLimits(store, outboxLimits(self.aliveSettings()))
+        except ValueError:
+            self._loadDone(Failure())  # type: ignore[no-untyped-call]
+            return
+        log.info(
+            "alive.store: sessions shared in {store}: each is taken over when its client "
+            "resumes it here",
+            store=store,
+            event="store_loaded",
+        )
+        self._loadDone([])
+        self._expireStored(now)
+        self._armPoll()
+
+    def _expireStored(self, now: float) -> None:
+        """(Shared store.) Delete the sessions of the store that nobody
+        resumed for ``sessionTTL`` seconds."""
+        self._storeExpiredAt = now
+
+        def expired(tokens: list[bytes]) -> None:
+            if tokens:
+                log.info(
+                    "alive.store: {count} sessions expired in {store}",
+                    count=len(tokens),
+                    store=self.store,
+                    event="store_expired",
+                )
+
+        d = self._sharedStore().expireSessions(now, self.sessionTTL)
+        d.addCallbacks(expired, self._sharedFailed)
+
+    def _sharedFailed(self, failure: Failure) -> None:
+        """A shared store's poll or expiry failed (it is closed, or Redis
+        refused): logged; the next poll tries again."""
+        if not isinstance(failure.value, StoreClosed):
+            log.warn(
+                "alive.store: {store}: {error}",
+                store=self.store,
+                error=failure.getErrorMessage(),
+                event="store_failed",
+            )
+
+    def _armPoll(self) -> None:
+        if self._pollCall is None and not self._stoppedFactory and self._shared:
+            self._pollCall = self._clockNow().callLater(self.pollInterval, self._poll)
+
+    def _clockNow(self) -> IReactorTime:
+        self._now()
+        assert self.clock is not None
+        return self.clock
+
+    def _poll(self) -> None:
+        """(Shared store.) Ask the store what changed for this process
+        (one operation of its next batch), act on it, and poll again
+        ``pollInterval`` seconds after the answer."""
+        self._pollCall = None
+        if self._storeClosed or self._stoppedFactory:
+            return
+        now = self._now()
+        if now - self._storeExpiredAt >= self.storeExpiryInterval:
+            self._expireStored(now)
+        waiting = list(self._remote)
+        d = self._sharedStore().poll(waiting)
+        d.addCallback(self._polled, waiting)
+        d.addErrback(self._sharedFailed)
+        d.addBoth(lambda _: self._armPoll())
+
+    def _polled(self, polled: Polled, waiting: list[str]) -> None:
+        table = self._table
+        for token in polled.taken:
+            key = self._key(token)
+            session = table.get(key)
+            if session is not None and session.matches(token):
+                self._revoke(key, session)
+        for token in polled.mailed:
+            binding = self._bindings.get(self._key(token))
+            if binding is not None and binding.session.token == token:
+                self._drain(binding)
+        now = self._now()
+        for messageId, outcome in zip(waiting, polled.outcomes, strict=True):
+            self._settleRemote(messageId, outcome, now)
+
+    def _settleRemote(self, messageId: str, outcome: str, now: float) -> None:
+        """Fire the Deferred of a `sendTo` message whose outcome is known."""
+        if outcome in ("wait", "sent") or messageId not in self._remote:
+            return
+        d, sentAt = self._remote.pop(messageId)
+        if outcome.startswith("ok "):
+            d.callback(Receipt(int(outcome[3:]), sentAt, now))
+        elif outcome == "gone":
+            d.errback(DeliveryFailed("the session ended before the message was sent", None, False))
+        elif outcome == "lost":
+            d.errback(
+                DeliveryFailed("the session ended before its client confirmed the message", None)
+            )
+        else:
+            d.errback(DeliveryFailed("the outcome of the message is no longer known", None))
+
+    def _takeOver(self, token: bytes, now: float) -> Deferred[tuple[Session, bool] | None]:
+        """
+        (Shared store.) Answer a client's resume: take its session over in
+        the store (`ISharedSessionStore.takeSession`). A session this
+        process still holds with the store's epoch stays as it is; else it
+        is loaded as the store has it (an older copy here is dropped), and
+        what its mailbox holds is moved into it.
+        """
+        key = self._key(token)
+
+        def taken(record: StoredSession | None) -> tuple[Session, bool] | None:
+            if self._storeClosed:
+                raise StoreClosed(CLOSED)
+            table = self._table
+            local = table.get(key)
+            if local is not None and not local.matches(token):
+                local = None
+            binding = self._bindings.get(key)
+            if record is None:
+                if local is not None:
+                    self._revoke(key, local)
+                return None
+            if (
+                local is not None
+                and binding is not None
+                and binding.session is local
+                and binding.journal is not None
+                and binding.journal.epoch == record.epoch
+            ):
+                session = local
+                table.touch(key, now)
+            else:
+                if local is not None:
+                    self._revoke(key, local)
+                settings = self.aliveSettings()
+                session = sessionOf(
+                    record, settings.window, settings.maxQueue, settings.maxQueueBytes
+                )
+                binding = self._bindings[key] = Binding(session)
+                self._journalFor(binding, record.epoch)
+                for entry in session.outbox.queue:
+                    # Its sender was another process (or this one, before):
+                    # its outcome is not awaited here.
+                    held: Deferred[Receipt] = Deferred()
+                    held.addErrback(lambda _: None)
+                    entry.handle = binding.hold(held)
+                table.add(key, session, now)
+                self._ids[sessionIdOf(token)] = key
+                self.sessionsTakenOver += 1
+                log.info(
+                    "alive.session: {token} taken over (epoch {epoch})",
+                    token=tokenPrefix(token),
+                    epoch=record.epoch,
+                    event="session_taken",
+                )
+            session.lastSeen = now
+            self.sessionsResumed += 1
+            session.resumes += 1
+            self._drain(binding)
+            return session, True
+
+        return self._sharedStore().takeSession(token).addCallback(taken)
+
+    def _revoke(self, key: bytes, session: Session) -> None:
+        """
+        (Shared store.) Another process took ``session`` over: it leaves
+        this process without a write (the store keeps it as the other
+        process has it), its unconfirmed messages fail here (`MOVED`: the
+        other process sends them), and its connection, if it still has
+        one, gets GOODBYE(SHUTTING_DOWN, `TAKEN_OVER`) and is closed.
+        """
+        if self._table.get(key) is session:
+            self._table.remove(key)
+        binding = self._bindings.get(key)
+        carrier = None
+        if binding is not None and binding.session is session:
+            carrier = binding.carrier
+            if binding.journal is not None:
+                binding.journal.stopped = True
+        self.sessionsLostToOthers += 1
+        log.info(
+            "alive.session: {token} taken over by another process; it is no longer served here",
+            token=tokenPrefix(session.token),
+            event="session_revoked",
+        )
+
+        def settle(_: object) -> None:
+            # The store answered every write asked before: what it
+            # committed is the other process's to send; the rest never
+            # reached it.
+            if binding is not None and binding.session is session:
+                storedUpTo = session.outbox.storedUpTo or 0
+                for entry in session.outbox.queue:
+                    if entry.seq > storedUpTo:
+                        binding.fail(entry.handle, DeliveryFailed(NOT_STORED, None, False))
+            self._failSession(session, MOVED, forget=False, stays=False)
+
+        assert self.store is not None
+        self.store.flush().addBoth(settle)
+        if carrier is not None:
+            conn = carrier._alive
+            if conn is not None:
+                conn.sendGoodbye(GoodbyeCode.SHUTTING_DOWN, TAKEN_OVER)
+            carrier.abort(TAKEN_OVER)
+
+    def _drain(self, binding: Binding) -> None:
+        """(Shared store.) Move what the mailbox of ``binding``'s session
+        holds into the session (`Journal.submitMail`), a batch at a time,
+        one read at a time per session."""
+        journal = binding.journal
+        session = binding.session
+        key = self._key(session.token)
+        if journal is None or journal.stopped or self._bindings.get(key) is not binding:
+            return
+        if key in self._draining:
+            self._drainAgain.add(key)
+            return
+        self._draining.add(key)
+        store = self._sharedStore()
+        moved: list[int] = []
+
+        def read(mail: list[tuple[str, bytes]]) -> Deferred[None] | None:
+            if not mail or self._bindings.get(key) is not binding or journal.stopped:
+                return None
+            moved.append(len(mail))
+            return journal.submitMail(mail)
+
+        def done(result: object) -> None:
+            self._draining.discard(key)
+            again = key in self._drainAgain
+            self._drainAgain.discard(key)
+            if isinstance(result, Failure):
+                if isinstance(result.value, QueueFull):
+                    return  # the outbox is full: the next poll tries again
+                self._storeFailed(binding, result)
+                return
+            if again or (moved and moved[0] == MAIL_BATCH):
+                self._drain(binding)
+
+        store.readMail(session.token, MAIL_BATCH).addCallback(read).addBoth(done)
+
+    def sendTo(self, sessionId: str, payload: bytes) -> Deferred[Receipt]:
+        """
+        Send ``payload`` to the session whose public id is ``sessionId``
+        (`HeartbeatMixin.sessionId`, `sessionIdOf`), wherever its client
+        is.
+
+        With a shared store (`RedisSessionStore`), the session may be held
+        by any process: the message goes to the session's mailbox in the
+        store; the process that holds the session (or the one its client
+        resumes it on later) moves it into the session, sends it and has
+        it confirmed, once; this process learns the outcome by polling
+        (every ``pollInterval`` seconds). With another store, or none, the
+        session must be one of this process's: the message is queued in it
+        (stored first, with a store) and sent now or when its client comes
+        back.
+
+        :returns: a Deferred that fires with a `Receipt` once the client's
+            application processed the message (with a shared store, its
+            ``sentAt`` is when `sendTo` was called), or fails with
+            `DeliveryFailed`: no such session, or the session ended first
+            (``maybeProcessed`` says whether it had been sent); or
+            `QueueFull`: the session's queue (or mailbox) is full, or
+            ``maxSendTo`` outcomes are awaited already.
+        :raises TypeError: if ``payload`` is not ``bytes``.
+        :raises ValueError: if ``payload`` is larger than a frame allows.
+        """
+        settings = self.aliveSettings()
+        checkPayload(payload, settings)
+        if not self._shared:
+            return self._sendLocal(sessionId, payload)
+        if len(self._remote) >= self.maxSendTo:
+            return defer.fail(
+                QueueFull(f"{len(self._remote)} sendTo outcomes are awaited (maxSendTo)")
+            )
+        sentAt = self._now()
+        d: Deferred[Receipt] = Deferred()
+
+        def posted(messageId: str) -> None:
+            self._remote[messageId] = (d, sentAt)
+            key = self._ids.get(sessionId)
+            binding = self._bindings.get(key) if key is not None else None
+            if binding is not None:
+                self._drain(binding)
+            self._armPoll()
+
+        def refused(failure: Failure) -> None:
+            error = failure.value
+            if isinstance(error, SessionNotFound):
+                d.errback(DeliveryFailed(f"no session {sessionId} in the store", None, False))
+            elif isinstance(error, QueueFull):
+                d.errback(error)
+            else:
+                d.errback(
+                    DeliveryFailed(f"the session store failed: {error}", None, False)
+                )
+
+        self._sharedStore().postMessage(sessionId, payload).addCallbacks(posted, refused)
+        return d
+
+    def _sendLocal(self, sessionId: str, payload: bytes) -> Deferred[Receipt]:
+        """`sendTo` a session of this process."""
+        key = self._ids.get(sessionId)
+        session = self._table.get(key) if key is not None else None
+        if session is None:
+            if key is not None:
+                del self._ids[sessionId]
+            return defer.fail(
+                DeliveryFailed(f"no session {sessionId} in this process", None, False)
+            )
+        binding = self.bindingFor(session)
+        if binding.journal is not None:
+            return self.sendStored(binding, [payload], False)
+        d = binding.submit(partialSubmit(session.outbox, payload))
+        if not d.called:
+            carrier = binding.carrier
+            if carrier is not None:
+                carrier._pump()
+            binding.pace()
+        return d
+
+    @staticmethod
+    def sessionIdOf(token: bytes) -> str:
+        """The public id of the session with ``token`` (`sessionIdOf`)."""
+        return sessionIdOf(token)
 
     def epochOf(self, session: Session) -> int | None:
         """The epoch of a stored session (as its store keeps it: 1 for a

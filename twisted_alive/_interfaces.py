@@ -216,3 +216,60 @@ class ITransactionalStore(ISessionStore):
             transaction kept), or with `StoreError` if the session is not
             held or the transaction itself failed (nothing of it kept).
         """
+
+
+class ISharedSessionStore(ISessionStore):
+    """
+    A session store that several processes share (`RedisSessionStore`): a
+    server factory on it resumes any session in the store, whichever
+    process created or held it, by taking it over (`takeSession`); an
+    application on any process can send to any session
+    (``AliveServerFactory.sendTo``), through the session's mailbox.
+
+    Each store object is one holder: a session it created or took is held
+    by it until another one takes it; from then on, every change it asks
+    for that session is refused (fencing by the session's epoch).
+    """
+
+    problem = Attribute(
+        "Why the store's operations wait now (the server behind it is slow or cannot be "
+        "reached), or None: /health says 'degraded' with it."
+    )
+
+    def takeSession(token: bytes) -> Deferred[StoredSession | None]:
+        """
+        Take session ``token`` over and load it, in one atomic step: its
+        epoch rises by one (unless this store holds it already with the
+        epoch it still has), this store holds it from now on, and the
+        previous holder is fenced off and told (`poll`).
+
+        :returns: a Deferred of the record, or ``None`` if the store holds
+            no such session.
+        """
+
+    def appendMessages(
+        token: bytes, messages: Sequence[tuple[int, bytes]], mail: Sequence[str] = ()
+    ) -> Deferred[None]:
+        """`ISessionStore.appendMessages`; the first ``len(mail)``
+        messages are the first of the session's mailbox (`readMail`), by
+        id, and leave it in the same atomic step."""
+
+    def postMessage(sessionId: str, payload: bytes) -> Deferred[str]:
+        """
+        Put ``payload`` in the mailbox of the session with public id
+        ``sessionId`` (`sessionIdOf`).
+
+        :returns: a Deferred of the message's id (its outcome: `poll`);
+            it fails with `SessionNotFound` or `QueueFull`.
+        """
+
+    def readMail(token: bytes, limit: int) -> Deferred[list[tuple[str, bytes]]]:
+        """The first ``limit`` messages of a held session's mailbox, as
+        ``(message id, payload)``."""
+
+    def poll(messageIds: Sequence[str] = ()) -> Deferred[Any]:
+        """
+        The sessions other stores took from this one since the last poll,
+        the sessions whose mailbox holds messages, and the outcome of each
+        posted message of ``messageIds`` (a `Polled`).
+        """

@@ -47,7 +47,7 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
@@ -55,7 +55,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from twisted_alive._binding import Binding
-from twisted_alive._interfaces import ISessionStore
+from twisted_alive._interfaces import ISessionStore, ISharedSessionStore
 from twisted_alive.core.connection import Settings
 from twisted_alive.core.delivery import Session
 from twisted_alive.core.frames import NO_SESSION
@@ -323,6 +323,42 @@ class Journal:
             return defer.fail(refused)
         self._track(stored, messages[-1][0])
         return d
+
+    def submitMail(self, mail: Sequence[tuple[str, bytes]]) -> Deferred[None]:
+        """
+        (Server, shared store.) Move the first messages of the session's
+        mailbox, ``(message id, payload)`` as `ISharedSessionStore.readMail`
+        gave them, into the session: numbered and queued like messages of
+        `submit`, appended to the store in the same atomic step that takes
+        them out of the mailbox, and sent once that is committed. Their
+        senders, in any process, learn their outcome from the store; no
+        Deferred here waits for it.
+
+        :returns: a Deferred that fires once the store answered (with
+            ``None`` whatever it answered: a refusal went to the factory,
+            as for every write); failed at once with `QueueFull` if the
+            outbox or the store refused (then nothing moved).
+        """
+        binding = self.binding
+        assert binding is not None
+        outbox = binding.session.outbox
+        first = outbox.nextNumber()
+        payloads = [payload for _, payload in mail]
+        d = binding.submit(lambda handle: outbox.submitMany(payloads, handle, 0, 0.0, 0))
+        if d.called:
+            return d.addCallback(lambda _: None)  # QueueFull: nothing was queued
+        d.addErrback(lambda _: None)
+        messages = list(enumerate(payloads, first))
+        store = cast(ISharedSessionStore, self.store)
+        stored = store.appendMessages(self._token, messages, [messageId for messageId, _ in mail])
+        if stored.called and isinstance(stored.result, Failure):
+            refused: Failure = stored.result
+            stored.addErrback(lambda _: None)
+            taken = outbox.withdraw(len(payloads))
+            binding.waiting.pop(taken[-1].handle, None)
+            return defer.fail(refused)
+        self._track(stored, messages[-1][0])
+        return stored
 
     def _track(self, stored: Deferred[None], last: int) -> None:
         """Once ``stored`` fires, messages up to ``last`` may be sent, if

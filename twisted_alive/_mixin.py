@@ -76,6 +76,7 @@ from twisted_alive.core.frames import DEFAULT_MAX_FRAME_SIZE, NO_SESSION, Goodby
 from twisted_alive.core.liveness import STALL_THRESHOLD
 from twisted_alive.core.outcomes import DeliveryFailed, MessageInfo, Receipt
 from twisted_alive.core.reasons import Loss
+from twisted_alive.core.stored import sessionIdOf
 
 __all__ = ["ABORT_GRACE", "HeartbeatMixin", "HeartbeatProtocol", "watchPongs"]
 
@@ -279,6 +280,20 @@ class HeartbeatMixin(TimeoutMixin):
         """The delivery session this connection carries (``None`` before the
         connection is made)."""
         return self._alive.session if self._alive is not None else None
+
+    @property
+    def sessionId(self) -> str | None:
+        """
+        The public id of the session this connection carries
+        (`sessionIdOf`): how an application names it, in its own records or
+        to send to it from anywhere (``AliveServerFactory.sendTo``). It is
+        not a secret: nothing resumes a session with it. ``None`` until the
+        session has its token (the HELLO exchange).
+        """
+        session = self.session
+        if session is None or session.token == NO_SESSION:
+            return None
+        return sessionIdOf(session.token)
 
     @property
     def currentMessage(self) -> MessageInfo | None:

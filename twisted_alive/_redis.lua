@@ -26,8 +26,11 @@ if kept then
         return kept[2]
     end
 end
+local me = ARGV[2]
 local seen = prefix .. 'seen'
 local total = prefix .. 'messages'
+local ids = prefix .. 'ids'
+local mailed = prefix .. 'mailed'
 local CHUNK = 1000
 
 local function push(key, values, first, last)
@@ -58,7 +61,20 @@ local function forget(hex)
     if not count then
         return false
     end
-    redis.call('DEL', s, prefix .. 'm:' .. hex, prefix .. 'r:' .. hex)
+    local x = prefix .. 'x:' .. hex
+    local w = prefix .. 'w:' .. hex
+    for _, item in ipairs(redis.call('LRANGE', x, 0, -1)) do
+        redis.call('SET', prefix .. 'q:' .. string.sub(item, 1, 32), 'gone', 'KEEPTTL')
+    end
+    for _, id in ipairs(redis.call('ZRANGE', w, 0, -1)) do
+        redis.call('SET', prefix .. 'q:' .. id, 'lost', 'KEEPTTL')
+    end
+    local id = redis.call('HGET', s, 'id')
+    if id then
+        redis.call('HDEL', ids, id)
+    end
+    redis.call('DEL', s, prefix .. 'm:' .. hex, prefix .. 'r:' .. hex, x, w)
+    redis.call('SREM', mailed, hex)
     redis.call('ZREM', seen, hex)
     redis.call('DECRBY', total, count)
     return true
@@ -67,49 +83,75 @@ end
 local operations = {}
 
 function operations.create(a)
-    -- hex, epoch, nextSeq, confirmedUpTo, processedUpTo, lastSeen, bytes,
-    -- n, n payloads, then (seq, reason) pairs
+    -- hex, id, epoch, nextSeq, confirmedUpTo, processedUpTo, lastSeen,
+    -- bytes, n, n payloads, then (seq, reason) pairs
     local hex = a[1]
     local s = prefix .. 's:' .. hex
     if redis.call('EXISTS', s) == 1 then
         return {'exists'}
     end
-    local n = tonumber(a[8])
-    redis.call('HSET', s, 'epoch', a[2], 'nextSeq', a[3], 'confirmedUpTo', a[4],
-        'processedUpTo', a[5], 'lastSeen', a[6], 'count', n, 'bytes', a[7])
-    push(prefix .. 'm:' .. hex, a, 9, 8 + n)
-    push(prefix .. 'r:' .. hex, a, 9 + n, #a)
-    redis.call('ZADD', seen, a[6], hex)
+    local n = tonumber(a[9])
+    redis.call('HSET', s, 'id', a[2], 'holder', me, 'epoch', a[3], 'nextSeq', a[4],
+        'confirmedUpTo', a[5], 'processedUpTo', a[6], 'lastSeen', a[7], 'count', n,
+        'bytes', a[8])
+    redis.call('HSET', ids, a[2], hex)
+    push(prefix .. 'm:' .. hex, a, 10, 9 + n)
+    push(prefix .. 'r:' .. hex, a, 10 + n, #a)
+    redis.call('ZADD', seen, a[7], hex)
     redis.call('INCRBY', total, n)
     return {'ok'}
 end
 
 function operations.append(a)
-    -- hex, epoch, firstSeq, maxMessages, maxBytes, payloads...
+    -- hex, epoch, firstSeq, maxMessages, maxBytes, k, k mail ids, payloads...
+    -- (the first k payloads are the mailbox's first k messages, which
+    -- leave the mailbox: they are the session's messages from now on)
     local hex = a[1]
     local s = prefix .. 's:' .. hex
     local refused = fence(s, a[2])
     if refused then
         return refused
     end
-    local n = #a - 5
+    local k = tonumber(a[6])
+    local first = 7 + k
+    local n = #a - first + 1
     local nextSeq = tonumber(redis.call('HGET', s, 'nextSeq'))
     if n > 0 and tonumber(a[3]) ~= nextSeq then
         return {'seq', nextSeq}
     end
+    local x = prefix .. 'x:' .. hex
+    if k > 0 then
+        local head = redis.call('LRANGE', x, 0, k - 1)
+        for j = 1, k do
+            if not head[j] or string.sub(head[j], 1, 32) ~= a[6 + j] then
+                return {'mail'}
+            end
+        end
+    end
     local held = tonumber(redis.call('HGET', s, 'count'))
     local heldBytes = tonumber(redis.call('HGET', s, 'bytes'))
     local size = 0
-    for i = 6, #a do
+    for i = first, #a do
         size = size + #a[i]
     end
     if held + n > tonumber(a[4]) or ((held > 0 or n > 1) and heldBytes + size > tonumber(a[5])) then
         return {'full', held, heldBytes}
     end
     if n > 0 then
-        push(prefix .. 'm:' .. hex, a, 6, #a)
+        push(prefix .. 'm:' .. hex, a, first, #a)
         redis.call('HSET', s, 'nextSeq', nextSeq + n, 'count', held + n, 'bytes', heldBytes + size)
         redis.call('INCRBY', total, n)
+    end
+    if k > 0 then
+        redis.call('LTRIM', x, k, -1)
+        local w = prefix .. 'w:' .. hex
+        for j = 1, k do
+            redis.call('ZADD', w, nextSeq + j - 1, a[6 + j])
+            redis.call('SET', prefix .. 'q:' .. a[6 + j], 'sent', 'KEEPTTL')
+        end
+        if redis.call('LLEN', x) == 0 then
+            redis.call('SREM', mailed, hex)
+        end
     end
     return {'ok'}
 end
@@ -145,6 +187,14 @@ function operations.confirm(a)
     end
     redis.call('HSET', s, 'confirmedUpTo', upTo, 'count', held - drop,
         'bytes', tonumber(redis.call('HGET', s, 'bytes')) - dropped)
+    local w = prefix .. 'w:' .. hex
+    local confirmed = redis.call('ZRANGEBYSCORE', w, '-inf', upTo, 'WITHSCORES')
+    if #confirmed > 0 then
+        for j = 1, #confirmed, 2 do
+            redis.call('SET', prefix .. 'q:' .. confirmed[j], 'ok ' .. confirmed[j + 1], 'KEEPTTL')
+        end
+        redis.call('ZREMRANGEBYSCORE', w, '-inf', upTo)
+    end
     return {'ok'}
 end
 
@@ -210,13 +260,70 @@ function operations.load(a)
 end
 
 function operations.take(a)
-    -- hex: raise the session's epoch by one, then load it
-    local s = prefix .. 's:' .. a[1]
-    if redis.call('EXISTS', s) == 0 then
+    -- hex, the epoch this store holds it with ('' if none): unless that is
+    -- still the session's epoch, raise it by one, make this store its
+    -- holder and tell the previous holder (its list of sessions taken from
+    -- it); then load it
+    local hex = a[1]
+    local s = prefix .. 's:' .. hex
+    local stored = redis.call('HGET', s, 'epoch')
+    if not stored then
         return {'none'}
     end
-    redis.call('HINCRBY', s, 'epoch', 1)
+    if a[2] == '' or stored ~= a[2] then
+        local holder = redis.call('HGET', s, 'holder')
+        local epoch = redis.call('HINCRBY', s, 'epoch', 1)
+        redis.call('HSET', s, 'holder', me)
+        if holder and holder ~= me then
+            local t = prefix .. 't:' .. holder
+            redis.call('RPUSH', t, hex .. ' ' .. epoch)
+            redis.call('EXPIRE', t, ARGV[4])
+        end
+    end
     return operations.load(a)
+end
+
+function operations.post(a)
+    -- id, message id (32 characters), seconds its outcome is kept,
+    -- mailbox limit, payload: into the mailbox of the session with that id
+    local hex = redis.call('HGET', ids, a[1])
+    if not hex then
+        return {'unknown'}
+    end
+    local x = prefix .. 'x:' .. hex
+    if redis.call('LLEN', x) >= tonumber(a[4]) then
+        return {'full'}
+    end
+    redis.call('RPUSH', x, a[2] .. a[5])
+    redis.call('SET', prefix .. 'q:' .. a[2], 'wait', 'EX', a[3])
+    redis.call('SADD', mailed, hex)
+    return {'ok'}
+end
+
+function operations.mail(a)
+    -- hex, epoch, at most how many: the first messages of the mailbox
+    local hex = a[1]
+    local refused = fence(prefix .. 's:' .. hex, a[2])
+    if refused then
+        return refused
+    end
+    return {'ok', redis.call('LRANGE', prefix .. 'x:' .. hex, 0, tonumber(a[3]) - 1)}
+end
+
+function operations.poll(a)
+    -- message ids: the sessions taken from this store since the last poll
+    -- ('HEX EPOCH', the epoch they were taken with),
+    -- the sessions whose mailbox holds messages, and each message's outcome
+    local t = prefix .. 't:' .. me
+    local taken = redis.call('LRANGE', t, 0, -1)
+    if #taken > 0 then
+        redis.call('DEL', t)
+    end
+    local outcomes = {}
+    for j = 1, #a do
+        outcomes[j] = redis.call('GET', prefix .. 'q:' .. a[j]) or 'unknown'
+    end
+    return {'ok', taken, redis.call('SMEMBERS', mailed), outcomes}
 end
 
 function operations.list(a)
@@ -232,7 +339,7 @@ function operations.expire(a)
     return {'ok', gone}
 end
 
-local READS = {load = true, list = true}
+local READS = {load = true, list = true, mail = true}
 local results = {}
 local changes = false
 local i = 5

@@ -22,7 +22,7 @@ import hashlib
 import uuid
 from collections.abc import Callable, Sequence
 from importlib import resources
-from typing import Any, TypeVar, cast
+from typing import Any, NamedTuple, TypeVar, cast
 
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
@@ -32,7 +32,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from twisted_alive._interfaces import ISessionStore
+from twisted_alive._interfaces import ISharedSessionStore
 from twisted_alive.core.outcomes import QueueFull
 from twisted_alive.core.stored import (
     DEFAULT_MAX_STORED,
@@ -45,6 +45,7 @@ from twisted_alive.core.stored import (
     checkAppend,
     checkConfirm,
     checkRecord,
+    sessionIdOf,
     unknownSession,
 )
 
@@ -64,6 +65,12 @@ DEFAULT_PREFIX = "alive:"
 RETRY_DELAY = 0.1
 """Seconds before a batch whose reply was lost is sent again (it then
 waits for txredisapi's next connection)."""
+
+OUTCOME_TTL = 86400
+"""Seconds Redis keeps the outcome of a posted message (`poll`)."""
+
+DEFAULT_MAX_MAIL = 1000
+"""Messages a session's mailbox holds at most, by default."""
 
 REPLAY_TTL = 86400
 """Seconds Redis keeps the reply of a store's last batch that changed
@@ -115,6 +122,27 @@ def unreachable(host: str, port: int, reason: str) -> StoreError:
     return StoreError(f"cannot reach Redis at {host}:{port}: {reason}")
 
 
+class SessionNotFound(StoreError):
+    """A message posted to a session id that no session in the store has
+    (it ended, or never was)."""
+
+
+class Polled(NamedTuple):
+    """What `RedisSessionStore.poll` found."""
+
+    taken: list[bytes]
+    """Tokens of the sessions other stores took from this one (and that it
+    did not take back since)."""
+    mailed: list[bytes]
+    """Tokens of the sessions whose mailbox holds messages."""
+    outcomes: list[str]
+    """Per message id asked for: ``wait`` (in the mailbox), ``sent``
+    (in the session, not confirmed yet), ``ok SEQ`` (confirmed, with its
+    sequence number), ``gone`` (its session ended before it was sent),
+    ``lost`` (its session ended after it was sent: maybe processed) or
+    ``unknown`` (no outcome kept: older than a day)."""
+
+
 class _Operation:
     """One operation waiting for its batch: its name and arguments for the
     script (``name`` ``None`` for a `RedisSessionStore.flush` marker, which
@@ -145,7 +173,7 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-@implementer(ISessionStore)
+@implementer(ISharedSessionStore)
 class RedisSessionStore:
     """
     Sessions in a Redis server, shared by every process that uses the same
@@ -169,6 +197,10 @@ class RedisSessionStore:
         and `appendMessages` fail at once with `QueueFull`; the other
         operations are always taken.
     :param connectTimeout: seconds to wait for the first connection.
+    :param maxMail: messages a session's mailbox holds at most
+        (`postMessage`).
+    :ivar slowAfter: seconds without an answer after which `problem`
+        says Redis is slow.
     :raises StoreError: `NO_CLIENT` where txredisapi is not installed (the
         ``redis`` extra).
     :ivar roundTrips: requests sent to Redis so far (one per batch, plus
@@ -188,6 +220,7 @@ class RedisSessionStore:
         prefix: str = DEFAULT_PREFIX,
         maxPending: int = DEFAULT_MAX_STORED,
         connectTimeout: float = 5.0,
+        maxMail: int = DEFAULT_MAX_MAIL,
     ) -> None:
         if maxPending < 1:
             raise ValueError(f"maxPending must be at least 1, got {maxPending!r}")
@@ -201,6 +234,10 @@ class RedisSessionStore:
         self.limits = limits if limits is not None else StoreLimits()
         self.maxPending = maxPending
         self.connectTimeout = connectTimeout
+        if maxMail < 1:
+            raise ValueError(f"maxMail must be at least 1, got {maxMail!r}")
+        self.maxMail = maxMail
+        self.slowAfter = 1.0
         self.roundTrips = 0
         self.batches = 0
         self.operations = 0
@@ -494,6 +531,7 @@ class RedisSessionStore:
 
         args: list[bytes | str | int] = [
             token.hex(),
+            sessionIdOf(token),
             record.epoch,
             record.nextSeq,
             record.confirmedUpTo,
@@ -520,14 +558,19 @@ class RedisSessionStore:
         Take session ``token`` over: raise its epoch by one and load it, in
         one atomic step. This store then holds it with the new epoch, and
         every other store that held it is fenced off (its changes fail with
-        `SessionTakenOver`). Two stores taking the same session at once
-        get two different epochs: the first one's is fenced off by the
-        second.
+        `SessionTakenOver`; its next `poll` names the session). Two stores
+        taking the same session at once get two different epochs: the
+        first one's is fenced off by the second. A store that holds the
+        session already, with the epoch it still has in Redis, keeps that
+        epoch (nobody else took it meanwhile): its changes under way stay
+        valid.
 
         :returns: a Deferred that fires with the record (its new epoch), or
             ``None`` if the store holds no such session.
         """
-        return self._submit("take", [token.hex()], lambda result: self._loaded(token, result))
+        return self._submit(
+            "take", [token.hex(), self._epochOf(token)], lambda result: self._loaded(token, result)
+        )
 
     def _loaded(self, token: bytes, result: list[Any]) -> StoredSession | None:
         """The record the script loaded, now held with its epoch."""
@@ -567,8 +610,19 @@ class RedisSessionStore:
         (`ISessionStore.listSessions`)."""
         return self._submit("list", [], lambda result: [bytes.fromhex(_text(h)) for h in result[1]])
 
-    def appendMessages(self, token: bytes, messages: Sequence[tuple[int, bytes]]) -> Deferred[None]:
-        """Store outbound messages (`ISessionStore.appendMessages`)."""
+    def appendMessages(
+        self, token: bytes, messages: Sequence[tuple[int, bytes]], mail: Sequence[str] = ()
+    ) -> Deferred[None]:
+        """
+        Store outbound messages (`ISessionStore.appendMessages`).
+
+        :param mail: the ids of the first messages of the session's mailbox
+            (`readMail`), in order, that the first ``len(mail)`` of
+            ``messages`` are: they leave the mailbox in the same atomic
+            step, and their senders learn their outcome from now on by
+            their sequence numbers (`poll`). Refused with `StoreError` if
+            they are no longer the first in the mailbox.
+        """
         seqs = [seq for seq, _ in messages]
         payloads = [payload for _, payload in messages]
         epoch = self._epochOf(token)
@@ -579,6 +633,11 @@ class RedisSessionStore:
                 checkAppend(int(result[1]), seqs)
             elif code == b"full":
                 self.limits.check(int(result[1]), int(result[2]), payloads)
+            elif code == b"mail":
+                raise StoreError(
+                    f"the mailbox of session {token.hex()[:8]} no longer starts with the "
+                    f"{len(mail)} messages read from it"
+                )
 
         first = seqs[0] if seqs else 0
         args: list[bytes | str | int] = [
@@ -587,6 +646,8 @@ class RedisSessionStore:
             first,
             self.limits.maxMessages,
             self.limits.maxBytes,
+            len(mail),
+            *mail,
             *payloads,
         ]
         if seqs and seqs != list(range(first, first + len(seqs))):
@@ -643,6 +704,103 @@ class RedisSessionStore:
             return gone
 
         return self._submit("expire", [repr(float(now - ttl))], expired)
+
+    # -- several processes ----------------------------------------------------------------------
+
+    def postMessage(self, sessionId: str, payload: bytes) -> Deferred[str]:
+        """
+        Put ``payload`` in the mailbox of the session whose public id is
+        ``sessionId`` (`sessionIdOf`), whichever process holds it: the
+        holder moves it into the session (`readMail`, `appendMessages`)
+        and delivers it.
+
+        :returns: a Deferred that fires with the message's id (32
+            characters; its outcome: `poll`), or fails with
+            `SessionNotFound` (no such session) or `QueueFull` (its
+            mailbox holds ``maxMail`` messages, or ``maxPending``
+            operations wait for Redis).
+        """
+        messageId = uuid.uuid4().hex
+
+        def posted(result: list[Any]) -> str:
+            code = result[0]
+            if code == b"unknown":
+                raise SessionNotFound(f"no session {sessionId} in the store")
+            if code == b"full":
+                raise QueueFull(
+                    f"the mailbox of session {sessionId} is full ({self.maxMail} messages)"
+                )
+            return messageId
+
+        return self._submit(
+            "post",
+            [sessionId, messageId, OUTCOME_TTL, self.maxMail, payload],
+            posted,
+            grows=True,
+        )
+
+    def readMail(self, token: bytes, limit: int) -> Deferred[list[tuple[str, bytes]]]:
+        """
+        The first ``limit`` messages of session ``token``'s mailbox, as
+        ``(message id, payload)``, oldest first; they stay there until
+        `appendMessages` moves them into the session. Refused with
+        `SessionTakenOver` if another store took the session over.
+        """
+        epoch = self._epochOf(token)
+
+        def read(result: list[Any]) -> list[tuple[str, bytes]]:
+            self._checked(token, epoch, result)
+            return [(_text(item[:32]), bytes(item[32:])) for item in result[1]]
+
+        return self._submit("mail", [token.hex(), epoch, limit], read)
+
+    def poll(self, messageIds: Sequence[str] = ()) -> Deferred[Polled]:
+        """
+        What changed for this store in Redis: the sessions other stores
+        took from it since the last poll (it no longer holds them), the
+        sessions whose mailbox holds messages, and the outcome of each
+        posted message of ``messageIds``.
+
+        :returns: a Deferred of a `Polled`.
+        """
+
+        def polled(result: list[Any]) -> Polled:
+            _, notices, mailed, outcomes = result
+            taken = []
+            for notice in notices:
+                hex, epoch = _text(notice).split()
+                token = bytes.fromhex(hex)
+                held = self._epochs.get(token)
+                if held is not None and held < int(epoch):
+                    # (Not one this store took back since.)
+                    del self._epochs[token]
+                    taken.append(token)
+            return Polled(
+                taken,
+                [bytes.fromhex(_text(h)) for h in mailed],
+                [_text(outcome) for outcome in outcomes],
+            )
+
+        return self._submit("poll", list(messageIds), polled)
+
+    @property
+    def problem(self) -> str | None:
+        """
+        What is wrong with Redis now, for ``/health``: ``None`` while it
+        answers; else why the operations wait (it cannot be reached, or
+        the batch under way has not been answered for ``slowAfter``
+        seconds).
+        """
+        where = f"Redis at {self.host}:{self.port}"
+        if self._broken is not None:
+            return str(self._broken)
+        if self._retry is not None:
+            return f"{where}: the connection was lost, waiting to connect again"
+        if self._sending is not None:
+            waited = cast(IReactorTime, self._reactor).seconds() - self._batchStarted
+            if waited >= self.slowAfter:
+                return f"{where} has not answered for {waited:.1f} s"
+        return None
 
     def flush(self) -> Deferred[None]:
         """Fires once every operation called before it is applied in Redis
@@ -701,4 +859,4 @@ class RedisSessionStore:
         return self._commitTimes.statistics(self._sessionCount, self._outboxMessages)
 
 
-__all__ = ["RedisSessionStore", "SessionTakenOver"]
+__all__ = ["Polled", "RedisSessionStore", "SessionNotFound", "SessionTakenOver"]

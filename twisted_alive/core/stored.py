@@ -17,6 +17,7 @@ and so do the tests, with plain values.
 
 from __future__ import annotations
 
+import hashlib
 from bisect import bisect_left
 from collections import deque
 from collections.abc import Sequence
@@ -225,6 +226,17 @@ def checkConfirm(nextSeq: int, upTo: int) -> None:
         )
 
 
+def sessionIdOf(token: bytes) -> str:
+    """
+    The public id of the session with ``token``: 32 hexadecimal characters
+    derived from the token (SHA-256 under a label of its own), the same in
+    every process. An application names a session by it (in its own
+    records, in logs, to send to it from another process); it is not a
+    secret: nothing can resume a session with it.
+    """
+    return hashlib.sha256(b"twisted_alive session id\x00" + token).hexdigest()[:32]
+
+
 def unknownSession(token: bytes) -> StoreError:
     """The error of an operation on a session the store does not hold."""
     return StoreError(f"the store holds no session {token.hex()[:8]}")
@@ -404,6 +416,7 @@ __all__ = [
     "checkConfirm",
     "checkRecord",
     "recordOf",
+    "sessionIdOf",
     "unknownSession",
     "sessionOf",
 ]

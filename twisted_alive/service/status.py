@@ -353,7 +353,7 @@ class _Index(_Page):
             "twisted_alive status\n"
             "/             this page as HTML, for a browser (Accept: text/html)\n"
             "/status.json  what that page shows (JSON)\n"
-            "/health       200 while serving, 503 while stopping\n"
+            "/health       200 ok (or degraded: why) while serving, 503 while stopping\n"
             "/connections  live connections (JSON)\n"
             "/metrics      Prometheus metrics\n",
         )
@@ -368,12 +368,28 @@ class _Health(_Page):
     def render_GET(self, request: _Request) -> bytes:
         site = self.site
         serving = site.serving()
-        status = "ok" if serving else "stopping"
+        problems = storeProblems(site.factories)
+        status = "stopping" if not serving else "degraded" if problems else "ok"
         code = 200 if serving else 503
         if b"application/json" in (request.getHeader(b"accept") or b""):
             connections = sum(len(f.connections) for f in site.factories)
-            return _json(request, {"status": status, "connections": connections}, code)
+            body = {"status": status, "connections": connections, "problems": problems}
+            return _json(request, body, code)
+        if status == "degraded":
+            return _text(request, "degraded: " + "; ".join(problems) + "\n", code)
         return _text(request, status + "\n", code)
+
+
+def storeProblems(factories: Sequence[AliveServerFactory]) -> list[str]:
+    """What the session stores of ``factories`` say is wrong now (a
+    shared store whose server is slow or gone: its ``problem``), once
+    each."""
+    problems: list[str] = []
+    for factory in factories:
+        problem = getattr(factory.store, "problem", None)
+        if problem is not None and problem not in problems:
+            problems.append(problem)
+    return problems
 
 
 class _Connections(_Page):
@@ -472,8 +488,11 @@ def statusSite(
       - ``/``: the operator's page (HTML) for a client whose ``Accept``
         prefers ``text/html`` (a browser), else a plain-text index;
       - ``/status.json``: what the page shows, as JSON;
-      - ``/health``: ``200 ok`` while serving, ``503 stopping`` after; with
-        ``Accept: application/json``, ``{"status": ..., "connections": N``};
+      - ``/health``: ``200 ok`` while serving, ``200 degraded: PROBLEM``
+        while a shared session store is slow or cannot be reached (the
+        connections stay up; new messages wait for it), ``503 stopping``
+        after; with ``Accept: application/json``, ``{"status": ...,
+        "connections": N, "problems": [...]}``;
       - ``/connections``: a JSON list, one object per live connection;
       - ``/metrics``: Prometheus metrics (text format, or OpenMetrics when
         the scraper asks for it).
