@@ -240,6 +240,8 @@ async def test_threeServersBehindAResettingProxy(
             sessionFile,
             "--send-count",
             MESSAGES,
+            "--send-rate",
+            RATE,
         ),
         await startServer(processes, "server2", redisServer, prefix, processed),
         await startServer(processes, "server3", redisServer, prefix, processed),
@@ -466,9 +468,7 @@ async def test_staleOwnerNeverWrites(
         await maybeDeferred(portA.stopListening)
         final = await stopServer(serverB)
         keys.close()
-    print(
-        f"\nA's store writes after the takeover: {storeOutcomes}; Redis {taken} -> {after}"
-    )
+    print(f"\nA's store writes after the takeover: {storeOutcomes}; Redis {taken} -> {after}")
     print(
         f"A's loss: {lossA}; A's stale send: {outcomes}; epoch {before['hash'].get(b'epoch')} "
         f"-> {taken['hash'].get(b'epoch')}; B took over {final['FINAL']['sessionsTakenOver']}"

@@ -72,8 +72,8 @@ class ClusterClient(AliveClientFactory):
     and records its continuity."""
 
     protocol = Receiving
-    initialDelay = 0.01
-    maxDelay = 0.1
+    initialDelay = 0.005
+    maxDelay = 0.02
     quickDelay = 0.01
     quickSpread = 0.0
 

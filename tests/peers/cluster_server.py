@@ -6,7 +6,7 @@ with the other server processes on the same Redis server and prefix.
 Usage::
 
     cluster_server.py NAME REDIS_PORT PREFIX PROCESSED [--interval SECONDS]
-        [--send-to FILE] [--send-count N] [--send-window W]
+        [--send-to FILE] [--send-count N] [--send-window W] [--send-rate R]
 
 It listens on 127.0.0.1 (a free port, a large backlog), serves its status
 site (``/health``, ``/metrics``) on another free port of 127.0.0.1, and
@@ -21,7 +21,8 @@ prints ``READY <port> <statusPort>``. Then:
 - with ``--send-to FILE``, once FILE holds a session id (the test writes
   it there), it sends N (``--send-count``) payloads ``s0``, ``s1``... to
   that session with ``factory.sendTo``, at most W (``--send-window``) at
-  a time, and prints ``SENT {json}``: how many Deferreds fired with a
+  a time and R (``--send-rate``, 1,000) a second at most, and prints
+  ``SENT {json}``: how many Deferreds fired with a
   `Receipt`, how many failed and why, how many fired more than once, and
   how long it took;
 - on SIGTERM it prints ``FINAL {json}`` (``sessionsTakenOver``, the store's
@@ -102,10 +103,11 @@ class ClusterServer(AliveServerFactory):
 
 
 async def sendAll(
-    reactor: Any, factory: ClusterServer, sessionFile: str, count: int, window: int
+    reactor: Any, factory: ClusterServer, sessionFile: str, count: int, window: int, rate: float
 ) -> None:
     """Wait for a session id in ``sessionFile``, send ``count`` payloads to
-    it with ``sendTo``, ``window`` at a time; print ``SENT``."""
+    it with ``sendTo``, ``window`` at a time, ``rate`` a second at most;
+    print ``SENT``."""
     while not (os.path.exists(sessionFile) and open(sessionFile).read().strip()):
         await task.deferLater(reactor, 0.05)
     sessionId = open(sessionFile).read().strip()
@@ -126,6 +128,9 @@ async def sendAll(
             d = factory.sendTo(sessionId, b"s%d" % number)
             pending.append(d.addBoth(record, number))
         await gatherResults(pending)
+        ahead = (first + window) / rate - (time.monotonic() - started)
+        if ahead > 0:
+            await task.deferLater(reactor, ahead)
     say(
         "SENT",
         json.dumps(
@@ -150,6 +155,7 @@ def main(reactor: Any, *argv: str) -> Deferred[None]:
     parser.add_argument("--send-to", default="")
     parser.add_argument("--send-count", type=int, default=0)
     parser.add_argument("--send-window", type=int, default=100)
+    parser.add_argument("--send-rate", type=float, default=1000.0)
     options = parser.parse_args(argv)
     store = sessionStoreFromString(
         reactor, f"redis://127.0.0.1:{options.redisPort}/0?prefix={options.prefix}"
@@ -161,7 +167,14 @@ def main(reactor: Any, *argv: str) -> Deferred[None]:
     say("READY", port.getHost().port, status.getHost().port)
     if options.send_to:
         sending = Deferred.fromCoroutine(
-            sendAll(reactor, factory, options.send_to, options.send_count, options.send_window)
+            sendAll(
+                reactor,
+                factory,
+                options.send_to,
+                options.send_count,
+                options.send_window,
+                options.send_rate,
+            )
         )
         sending.addErrback(lambda f: say("ERROR", f.getTraceback().replace("\n", " | ")))
     return Deferred()  # until SIGTERM
