@@ -80,14 +80,14 @@ class ClusterClient(AliveClientFactory):
     def __init__(self) -> None:
         super().__init__()
         self.received: list[bytes] = []
-        self.connections = 0
+        self.hellos = 0
         self.resumed = 0
         self.resets: list[str] = []
         self.firstConnected: Deferred[str] = Deferred()
 
     def opened(self, protocol: Receiving, resumed: bool) -> None:
         """A HELLO exchange completed."""
-        self.connections += 1
+        self.hellos += 1
         self.resumed += resumed
         if not self.firstConnected.called:
             # On the next turn: messages that factory.sendMessage takes
@@ -153,7 +153,7 @@ async def run(reactor: Any, options: argparse.Namespace) -> None:
                 "inOrder": received == expected,
                 "duplicates": sum(n - 1 for n in Counter(received).values()),
                 "firstWrong": firstWrong,
-                "connections": client.connections,
+                "connections": client.hellos,
                 "resumed": client.resumed,
                 "resets": client.resets,
                 "seconds": round(seconds, 2),
