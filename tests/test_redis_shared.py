@@ -161,6 +161,8 @@ class Collector(HeartbeatProtocol):
     heartbeatInterval = 0.5
 
     def messageReceived(self, payload: bytes) -> None:
+        if payload.startswith(b"bad"):
+            raise ValueError("no such command")
         self.factory.got.append(payload)
 
 
@@ -469,7 +471,8 @@ async def test_healthDegradedWhileRedisStops(ownRedis: RedisServer) -> None:
         assert await health() == (200, b"ok\n")
         with _Stopped(ownRedis):
             pending = [deployment.client.sendMessage(b"%d" % n) for n in range(2, 12)]
-            await waitFor(lambda: deployment.stores["A"].problem is not None, 5, "the store to see it")
+            store = deployment.stores["A"]
+            await waitFor(lambda: store.problem is not None, 5, "the store to see it")
             code, body = await health()
             assert code == 200 and body.startswith(b"degraded: Redis at 127.0.0.1:")
             assert b"has not answered for" in body
@@ -484,3 +487,22 @@ async def test_healthDegradedWhileRedisStops(ownRedis: RedisServer) -> None:
     finally:
         await site.stopListening()
         await deployment.stop()
+
+
+@ensureDeferred
+async def test_sendToRejected(deployment: Deployment) -> None:
+    """A message sent with `sendTo` that the client's application fails on
+    fails its sender's Deferred with ``rejected``, never a Receipt; the
+    messages around it are confirmed."""
+    a, b = deployment.servers["A"], deployment.servers["B"]
+    proto = await deployment.connect()
+    sessionId = proto.sessionId
+    before = a.sendTo(sessionId, b"before")
+    bad = b.sendTo(sessionId, b"bad command")
+    after = a.sendTo(sessionId, b"after")
+    assert isinstance(await within(before, 10), Receipt)
+    with pytest.raises(DeliveryFailed, match="no such command") as caught:
+        await within(bad, 10)
+    assert caught.value.rejected
+    assert isinstance(await within(after, 10), Receipt)
+    assert deployment.client.got == [b"before", b"after"]

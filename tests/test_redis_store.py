@@ -34,7 +34,7 @@ from support import (
 )
 from twisted.internet.defer import Deferred, gatherResults
 
-from twisted_alive import RedisSessionStore, SessionTakenOver
+from twisted_alive import RedisSessionStore, SessionNotFound, SessionTakenOver, sessionIdOf
 from twisted_alive._redis import REPLAY_TTL
 from twisted_alive.core.outcomes import QueueFull
 from twisted_alive.core.stored import StoredSession, StoreError, StoreLimits
@@ -176,6 +176,101 @@ async def test_takeSession(store: RedisSessionStore, redisServer: RedisServer) -
             await other.appendMessages(A, [(3, b"c")])
         assert await other.takeSession(B) is None
     finally:
+        await other.close()
+
+
+@ensureDeferred
+async def test_takeKeepsTheEpochOfItsHolder(
+    store: RedisSessionStore, redisServer: RedisServer
+) -> None:
+    """A store that takes a session it holds with the epoch Redis has keeps
+    that epoch (its changes under way stay valid), and tells nobody; a
+    taker that is not the holder raises it, and the holder's next poll
+    names the session, once, unless it took it back since."""
+    await store.createSession(StoredSession(A, epoch=1))
+    pending = store.appendMessages(A, [(1, b"under way")])
+    taken = await store.takeSession(A)
+    await pending
+    assert taken is not None and taken.epoch == 1
+    assert (await store.poll()).taken == []
+    other = storeOn(redisServer.port, store.prefix)
+    try:
+        assert (await other.takeSession(A)) is not None
+        polled = await store.poll()
+        assert polled.taken == [A] and (await store.poll()).taken == []
+        with pytest.raises(SessionTakenOver):
+            await store.appendMessages(A, [(2, b"fenced")])
+        # Taken back before its poll: the notice of the older takeover is
+        # not news any more.
+        await other.takeSession(B)  # (none: None, nothing changes)
+        assert (await store.takeSession(A)) is not None
+        assert (await other.poll()).taken == [A]
+        assert (await store.poll()).taken == []
+    finally:
+        await other.close()
+
+
+@ensureDeferred
+async def test_mailbox(store: RedisSessionStore, redisServer: RedisServer) -> None:
+    """A message posted to a session's public id waits in its mailbox
+    until its holder moves it into the session, in one atomic step with
+    the append; its sender polls its outcome: ``wait``, ``sent``, then
+    ``ok SEQ`` once confirmed."""
+    await store.createSession(StoredSession(A, epoch=1, nextSeq=3, messages=((2, b"own"),)))
+    sender = storeOn(redisServer.port, store.prefix)
+    try:
+        first = await sender.postMessage(sessionIdOf(A), b"one")
+        second = await sender.postMessage(sessionIdOf(A), b"two")
+        assert len(first) == 32 and first != second
+        polled = await store.poll()
+        assert polled.mailed == [A]
+        assert (await sender.poll([first, second])).outcomes == ["wait", "wait"]
+        mail = await store.readMail(A, 64)
+        assert mail == [(first, b"one"), (second, b"two")]
+        await store.appendMessages(A, [(3, b"one")], mail=[first])
+        assert await store.readMail(A, 64) == [(second, b"two")]
+        assert (await sender.poll([first, second])).outcomes == ["sent", "wait"]
+        # Not the first of the mailbox any more: refused, nothing changes.
+        with pytest.raises(StoreError, match="no longer starts with the 1 messages read"):
+            await store.appendMessages(A, [(4, b"one")], mail=[first])
+        await store.appendMessages(A, [(4, b"two")], mail=[second])
+        assert (await store.poll()).mailed == []
+        await store.confirmMessages(A, 3)
+        assert (await sender.poll([first, second])).outcomes == ["ok 3", "sent"]
+        loaded = await store.loadSession(A)
+        assert loaded is not None and loaded.messages == ((4, b"two"),)
+        # The session ends before the rest is confirmed: "lost" (it was
+        # sent: maybe processed); what never left the mailbox: "gone".
+        third = await sender.postMessage(sessionIdOf(A), b"three")
+        await store.deleteSession(A)
+        assert (await sender.poll([second, third])).outcomes == ["lost", "gone"]
+        assert (await sender.poll(["f" * 32])).outcomes == ["unknown"]
+        with pytest.raises(SessionNotFound, match=f"no session {sessionIdOf(A)} in the store"):
+            await sender.postMessage(sessionIdOf(A), b"four")
+    finally:
+        await sender.close()
+
+
+@ensureDeferred
+async def test_mailboxBounded(redisServer: RedisServer) -> None:
+    """A mailbox holds ``maxMail`` messages at most: the next post fails
+    with `QueueFull`; a stale holder cannot read it."""
+    store = storeOn(redisServer.port, maxMail=2)
+    other = storeOn(redisServer.port, store.prefix)
+    try:
+        await store.createSession(StoredSession(A, epoch=1))
+        await store.postMessage(sessionIdOf(A), b"1")
+        await store.postMessage(sessionIdOf(A), b"2")
+        with pytest.raises(QueueFull, match=f"the mailbox of session {sessionIdOf(A)} is full"):
+            await store.postMessage(sessionIdOf(A), b"3")
+        with pytest.raises(ValueError, match="maxMail must be at least 1, got 0"):
+            storeOn(redisServer.port, maxMail=0)
+        await other.takeSession(A)
+        with pytest.raises(SessionTakenOver):
+            await store.readMail(A, 10)
+        assert [p for _, p in await other.readMail(A, 10)] == [b"1", b"2"]
+    finally:
+        await store.close()
         await other.close()
 
 

@@ -130,13 +130,46 @@ async def test_healthOkWhileServing(harness: Harness) -> None:
     assert response.code == 200
     assert response.headers.getRawHeaders(b"content-type") == [b"text/plain; charset=utf-8"]
     assert await response.content() == b"ok\n"
-    assert await harness.json("/health") == {"status": "ok", "connections": 1}
+    assert await harness.json("/health") == {"status": "ok", "connections": 1, "problems": []}
 
     harness.serving = False
     response = await harness.get("/health")
     assert response.code == 503
     assert await response.content() == b"stopping\n"
-    assert await harness.json("/health") == {"status": "stopping", "connections": 1}
+    assert await harness.json("/health") == {
+        "status": "stopping",
+        "connections": 1,
+        "problems": [],
+    }
+
+
+class _TroubledStore(MemorySessionStore):
+    problem: str | None = None
+
+
+@pytest.mark.timeout(20)
+@ensureDeferred
+async def test_healthDegradedWhileTheStoreHasAProblem(harness: Harness) -> None:
+    """/health answers 200 "degraded: WHY" while a factory's store says it
+    has a problem (a shared store whose server does not answer), each
+    problem once; "ok" again once it has none."""
+    store = _TroubledStore()
+    harness.factory.store = store
+    store.problem = "Redis at 127.0.0.1:6379 has not answered for 2.0 s"
+    other = AliveServerFactory(store)
+    harness.site.factories.append(other)
+    response = await harness.get("/health")
+    assert response.code == 200
+    assert await response.content() == (
+        b"degraded: Redis at 127.0.0.1:6379 has not answered for 2.0 s\n"
+    )
+    assert await harness.json("/health") == {
+        "status": "degraded",
+        "connections": 0,
+        "problems": ["Redis at 127.0.0.1:6379 has not answered for 2.0 s"],
+    }
+    store.problem = None
+    assert await (await harness.get("/health")).content() == b"ok\n"
 
 
 @pytest.mark.timeout(20)

@@ -321,6 +321,7 @@ class Binding:
             rejected = cast(Rejected, event)
             self.fail(rejected.handle, DeliveryFailed(rejected.text, rejected=True))
             if self.journal is not None:
+                self.journal.rejected(rejected.handle, rejected.text)
                 self.journal.confirmed()
             return True
         large = cast(TooLarge, event)

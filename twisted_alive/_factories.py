@@ -14,6 +14,7 @@ processes live.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import random
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -109,6 +110,10 @@ NOT_STORED = (
 process took over before the store took the message: nobody sends it."""
 
 MAIL_BATCH = 64
+
+POLL_OUTCOMES = 1000
+"""`sendTo` outcomes asked for per poll at most: the oldest awaited (they
+are confirmed about in the order they were sent)."""
 """Messages moved from a session's mailbox into the session at a time."""
 
 
@@ -1597,7 +1602,7 @@ class AliveServerFactory(Factory):
         now = self._now()
         if now - self._storeExpiredAt >= self.storeExpiryInterval:
             self._expireStored(now)
-        waiting = list(self._remote)
+        waiting = list(itertools.islice(self._remote, POLL_OUTCOMES))
         d = self._sharedStore().poll(waiting)
         d.addCallback(self._polled, waiting)
         d.addErrback(self._sharedFailed)
@@ -1625,6 +1630,8 @@ class AliveServerFactory(Factory):
         d, sentAt = self._remote.pop(messageId)
         if outcome.startswith("ok "):
             d.callback(Receipt(int(outcome[3:]), sentAt, now))
+        elif outcome.startswith("rejected "):
+            d.errback(DeliveryFailed(outcome[9:], rejected=True))
         elif outcome == "gone":
             d.errback(DeliveryFailed("the session ended before the message was sent", None, False))
         elif outcome == "lost":
@@ -1878,6 +1885,11 @@ class AliveServerFactory(Factory):
         def failed(failure: Failure) -> None:
             if isinstance(failure.value, StoreClosed):
                 return  # (stopping: the other writes report it)
+            if isinstance(failure.value, SessionTakenOver):
+                key = self._key(session.token)
+                if self._table.get(key) is session:
+                    self._revoke(key, session)
+                return
             log.warn(
                 "alive.store: cannot record when session {token} was seen: {error}",
                 token=tokenPrefix(session.token),

@@ -267,6 +267,10 @@ class ISharedSessionStore(ISessionStore):
         """The first ``limit`` messages of a held session's mailbox, as
         ``(message id, payload)``."""
 
+    def rejectMessage(token: bytes, seq: int, text: str) -> Deferred[None]:
+        """The client's application failed on message ``seq`` of a held
+        session: if it came from the mailbox, its sender learns it (`poll`)."""
+
     def poll(messageIds: Sequence[str] = ()) -> Deferred[Any]:
         """
         The sessions other stores took from this one since the last poll,

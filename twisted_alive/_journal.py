@@ -59,7 +59,7 @@ from twisted_alive._interfaces import ISessionStore, ISharedSessionStore
 from twisted_alive.core.connection import Settings
 from twisted_alive.core.delivery import Session
 from twisted_alive.core.frames import NO_SESSION
-from twisted_alive.core.outcomes import Receipt
+from twisted_alive.core.outcomes import QueueFull, Receipt
 from twisted_alive.core.stored import (
     StoreClosed,
     StoredSession,
@@ -199,6 +199,9 @@ class Journal:
         self.stopped = False
         self._failed = failed
         self._release = release
+        self._mail: dict[Any, int] = {}
+        """Handles of the messages moved in from the mailbox, not yet
+        confirmed or rejected: their sequence numbers."""
 
     # -- loading -------------------------------------------------------------
 
@@ -344,21 +347,47 @@ class Journal:
         outbox = binding.session.outbox
         first = outbox.nextNumber()
         payloads = [payload for _, payload in mail]
-        d = binding.submit(lambda handle: outbox.submitMany(payloads, handle, 0, 0.0, 0))
-        if d.called:
-            return d.addCallback(lambda _: None)  # QueueFull: nothing was queued
-        d.addErrback(lambda _: None)
+        taken = 0
+        for seq, payload in enumerate(payloads, first):
+            # One handle each: each has a sender of its own, told its own
+            # outcome (a REJECT of one is not the others'); nobody here
+            # waits for the Deferreds.
+            d: Deferred[Receipt] = Deferred()
+            d.addErrback(lambda _: None)
+            handle = binding.hold(d)
+            try:
+                outbox.submit(payload, handle)
+            except QueueFull:
+                del binding.waiting[handle]
+                break
+            self._mail[handle] = seq
+            taken += 1
+        if not taken:
+            return defer.fail(QueueFull("the session's queue is full"))
+        payloads = payloads[:taken]
+        mail = mail[:taken]
         messages = list(enumerate(payloads, first))
         store = cast(ISharedSessionStore, self.store)
         stored = store.appendMessages(self._token, messages, [messageId for messageId, _ in mail])
         if stored.called and isinstance(stored.result, Failure):
             refused: Failure = stored.result
             stored.addErrback(lambda _: None)
-            taken = outbox.withdraw(len(payloads))
-            binding.waiting.pop(taken[-1].handle, None)
+            for entry in outbox.withdraw(len(payloads)):
+                binding.waiting.pop(entry.handle, None)
+                self._mail.pop(entry.handle, None)
             return defer.fail(refused)
         self._track(stored, messages[-1][0])
         return stored
+
+    def rejected(self, handle: Any, text: str) -> None:
+        """The client's application failed on the message of ``handle``:
+        if it came from a session's mailbox, its sender is told so
+        (`ISharedSessionStore.rejectMessage`), before the confirmation
+        that covers it."""
+        seq = self._mail.pop(handle, None)
+        if seq is not None and not self.stopped:
+            store = cast(ISharedSessionStore, self.store)
+            store.rejectMessage(self._token, seq, text).addErrback(self._broken)
 
     def _track(self, stored: Deferred[None], last: int) -> None:
         """Once ``stored`` fires, messages up to ``last`` may be sent, if
@@ -397,6 +426,12 @@ class Journal:
         upTo = session.outbox.ackedUpTo
         if self.stopped:
             return
+        mail = self._mail
+        while mail:
+            handle, seq = next(iter(mail.items()))
+            if seq > upTo:
+                break
+            del mail[handle]
         if upTo > self._confirmed and session.token == self._token:
             self._confirmed = upTo
             self.store.confirmMessages(self._token, upTo).addErrback(self._broken)

@@ -310,6 +310,23 @@ function operations.mail(a)
     return {'ok', redis.call('LRANGE', prefix .. 'x:' .. hex, 0, tonumber(a[3]) - 1)}
 end
 
+function operations.reject(a)
+    -- hex, epoch, seq, text: the client's application failed on message
+    -- seq; if it came from the mailbox, its sender learns it
+    local hex = a[1]
+    local refused = fence(prefix .. 's:' .. hex, a[2])
+    if refused then
+        return refused
+    end
+    local w = prefix .. 'w:' .. hex
+    local found = redis.call('ZRANGEBYSCORE', w, a[3], a[3])
+    for _, id in ipairs(found) do
+        redis.call('SET', prefix .. 'q:' .. id, 'rejected ' .. a[4], 'KEEPTTL')
+        redis.call('ZREM', w, id)
+    end
+    return {'ok'}
+end
+
 function operations.poll(a)
     -- message ids: the sessions taken from this store since the last poll
     -- ('HEX EPOCH', the epoch they were taken with),

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from importlib import resources
 from typing import Any, NamedTuple, TypeVar, cast
@@ -65,6 +66,11 @@ DEFAULT_PREFIX = "alive:"
 RETRY_DELAY = 0.1
 """Seconds before a batch whose reply was lost is sent again (it then
 waits for txredisapi's next connection)."""
+
+MAX_FENCED = 65536
+"""Sessions taken from a store that it still remembers the epoch of (the
+most recent ones), so that a change it is asked for them is refused: a
+change to a session a store neither created nor loaded is not checked."""
 
 OUTCOME_TTL = 86400
 """Seconds Redis keeps the outcome of a posted message (`poll`)."""
@@ -138,7 +144,8 @@ class Polled(NamedTuple):
     outcomes: list[str]
     """Per message id asked for: ``wait`` (in the mailbox), ``sent``
     (in the session, not confirmed yet), ``ok SEQ`` (confirmed, with its
-    sequence number), ``gone`` (its session ended before it was sent),
+    sequence number), ``rejected TEXT`` (the client's application failed
+    on it), ``gone`` (its session ended before it was sent),
     ``lost`` (its session ended after it was sent: maybe processed) or
     ``unknown`` (no outcome kept: older than a day)."""
 
@@ -243,6 +250,7 @@ class RedisSessionStore:
         self.operations = 0
         self._reactor = reactor
         self._epochs: dict[bytes, int] = {}
+        self._fenced: OrderedDict[bytes, int] = OrderedDict()
         self._waiting: list[_Operation] = []
         self._sending: list[_Operation] | None = None
         self._scheduled: IDelayedCall | None = None
@@ -504,6 +512,8 @@ class RedisSessionStore:
         """The epoch the script checks for ``token``: the one this store
         created or loaded it with; ``""`` (none checked) if neither."""
         epoch = self._epochs.get(token)
+        if epoch is None:
+            epoch = self._fenced.get(token)
         return "" if epoch is None else str(epoch)
 
     # -- ISessionStore -------------------------------------------------------------------------
@@ -546,6 +556,7 @@ class RedisSessionStore:
         d = self._submit("create", args, created, grows=True)
         if not d.called:
             self._epochs[token] = record.epoch
+            self._fenced.pop(token, None)
         return d
 
     def loadSession(self, token: bytes) -> Deferred[StoredSession | None]:
@@ -581,6 +592,7 @@ class RedisSessionStore:
         first = nextSeq - len(payloads)
         rejections = tuple((int(flat[n]), _text(flat[n + 1])) for n in range(0, len(flat), 2))
         self._epochs[token] = int(epoch)
+        self._fenced.pop(token, None)
         return StoredSession(
             token,
             int(epoch),
@@ -754,6 +766,20 @@ class RedisSessionStore:
 
         return self._submit("mail", [token.hex(), epoch, limit], read)
 
+    def rejectMessage(self, token: bytes, seq: int, text: str) -> Deferred[None]:
+        """
+        Session ``token``'s client failed on message ``seq`` (a REJECT): if
+        it came from the mailbox, its sender's outcome is ``rejected
+        TEXT`` (`poll`) instead of the confirmation. Refused with
+        `SessionTakenOver` if another store took the session over.
+        """
+        epoch = self._epochOf(token)
+        return self._submit(
+            "reject",
+            [token.hex(), epoch, seq, text.encode()],
+            lambda result: self._ok(token, epoch, result),
+        )
+
     def poll(self, messageIds: Sequence[str] = ()) -> Deferred[Polled]:
         """
         What changed for this store in Redis: the sessions other stores
@@ -772,8 +798,12 @@ class RedisSessionStore:
                 token = bytes.fromhex(hex)
                 held = self._epochs.get(token)
                 if held is not None and held < int(epoch):
-                    # (Not one this store took back since.)
+                    # (Not one this store took back since.) Its changes
+                    # still carry the epoch it held: refused.
                     del self._epochs[token]
+                    self._fenced[token] = held
+                    if len(self._fenced) > MAX_FENCED:
+                        self._fenced.popitem(last=False)
                     taken.append(token)
             return Polled(
                 taken,

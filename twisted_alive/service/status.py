@@ -115,7 +115,7 @@ class AliveCollector(Collector):
         """The metric families, with their values now."""
         states = dict.fromkeys(State, 0)
         losses = dict.fromkeys(Reason, 0)
-        connected = detached = queued = inflight = resumed = expired = 0
+        connected = detached = queued = inflight = resumed = expired = takenOver = lostToOthers = 0
         for factory in self.factories:
             for proto in list(factory.connections):
                 state = proto.state
@@ -132,6 +132,8 @@ class AliveCollector(Collector):
                 inflight += len(session.outbox.inflight)
             resumed += factory.sessionsResumed
             expired += factory.sessionsExpired
+            takenOver += factory.sessionsTakenOver
+            lostToOthers += factory.sessionsLostToOthers
 
         gauge = GaugeMetricFamily(
             "twisted_alive_connections", "Live connections by protocol state.", labels=["state"]
@@ -165,6 +167,17 @@ class AliveCollector(Collector):
             "twisted_alive_sessions_expired",
             "Sessions dropped because their client did not come back in time.",
             value=expired,
+        )
+        yield CounterMetricFamily(
+            "twisted_alive_sessions_taken_over",
+            "Sessions resumed here that this process did not hold (a shared store: another "
+            "process held them, or none).",
+            value=takenOver,
+        )
+        yield CounterMetricFamily(
+            "twisted_alive_sessions_lost_to_others",
+            "Sessions another process took over from this one (a shared store).",
+            value=lostToOthers,
         )
 
         totals = self.messageTotals()
