@@ -6,6 +6,7 @@ with the other server processes on the same Redis server and prefix.
 Usage::
 
     cluster_server.py NAME REDIS_PORT PREFIX PROCESSED [--interval SECONDS]
+        [--slow-every N] [--slow-for SECONDS]
         [--send-to FILE] [--send-count N] [--send-window W] [--send-rate R]
 
 It listens on 127.0.0.1 (a free port, a large backlog), serves its status
@@ -18,6 +19,11 @@ prints ``READY <port> <statusPort>``. Then:
   ``NAME SESSION SEQ REDELIVERED PAYLOAD``: the session's token in
   hexadecimal, the message's sequence number and ``1`` if it was flagged
   ``currentMessage.redelivered``, else ``0``;
+- with ``--slow-every N``, the processing of every Nth message (by
+  sequence number) lasts ``--slow-for`` seconds (0.1) more after its line
+  is written: ``messageReceived`` returns a Deferred that fires then. A
+  connection reset meanwhile leaves the message processed here and not
+  committed, for the next holder to hand out again;
 - with ``--send-to FILE``, once FILE holds a session id (the test writes
   it there), it sends N (``--send-count``) payloads ``s0``, ``s1``... to
   that session with ``factory.sendTo``, at most W (``--send-window``) at
@@ -59,7 +65,7 @@ class Recording(HeartbeatProtocol):
 
     factory: ClusterServer
 
-    def messageReceived(self, payload: bytes) -> None:
+    def messageReceived(self, payload: bytes) -> Deferred[None] | None:
         info = self.currentMessage
         assert info is not None
         line = b"%s %s %d %d %s\n" % (
@@ -70,6 +76,10 @@ class Recording(HeartbeatProtocol):
             payload,
         )
         os.write(self.factory.processedFd, line)
+        every = self.factory.slowEvery
+        if every and info.seq % every == 0:
+            return task.deferLater(self.factory.reactor, self.factory.slowFor)
+        return None
 
 
 class ClusterServer(AliveServerFactory):
@@ -77,9 +87,13 @@ class ClusterServer(AliveServerFactory):
 
     protocol = Recording
 
-    def __init__(self, store: Any, name: str, processed: str, interval: float) -> None:
+    def __init__(self, store: Any, reactor: Any, options: argparse.Namespace) -> None:
         super().__init__(store)
         self.redisStore = store
+        self.reactor = reactor
+        self.slowEvery: int = options.slow_every
+        self.slowFor: float = options.slow_for
+        name, processed, interval = options.name, options.processed, options.interval
         self.name = name.encode()
         self.processedFd = os.open(processed, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         self.protocol = cast(
@@ -152,6 +166,8 @@ def main(reactor: Any, *argv: str) -> Deferred[None]:
     parser.add_argument("prefix")
     parser.add_argument("processed")
     parser.add_argument("--interval", type=float, default=1.0)
+    parser.add_argument("--slow-every", type=int, default=0)
+    parser.add_argument("--slow-for", type=float, default=0.1)
     parser.add_argument("--send-to", default="")
     parser.add_argument("--send-count", type=int, default=0)
     parser.add_argument("--send-window", type=int, default=100)
@@ -160,7 +176,7 @@ def main(reactor: Any, *argv: str) -> Deferred[None]:
     store = sessionStoreFromString(
         reactor, f"redis://127.0.0.1:{options.redisPort}/0?prefix={options.prefix}"
     )
-    factory = ClusterServer(store, options.name, options.processed, options.interval)
+    factory = ClusterServer(store, reactor, options)
     port = reactor.listenTCP(0, factory, backlog=1024, interface="127.0.0.1")
     status = reactor.listenTCP(0, statusSite([factory]), interface="127.0.0.1")
     reactor.addSystemEventTrigger("before", "shutdown", factory.final)
