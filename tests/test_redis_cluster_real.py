@@ -481,6 +481,7 @@ async def test_staleOwnerNeverWrites(
         proxyA.resetAll()
         proxyB.resetAll()
         await maybeDeferred(portA.stopListening)
+        await storeA.close()
         final = await stopServer(serverB)
         keys.close()
     print(f"\nA's store writes after the takeover: {storeOutcomes or 'none'}")
