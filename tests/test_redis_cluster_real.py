@@ -19,13 +19,16 @@ Several server processes that share their sessions on a real Redis server
 - Redis stopped (SIGSTOP) for 3 s, or killed and started again on its
   append-only file, in the middle of traffic both ways: the connection
   stays up, nothing is lost or duplicated, and ``/health`` says
-  ``degraded`` meanwhile, ``ok`` after.
+  ``degraded`` meanwhile, ``ok`` after; and Redis stopped for 3 s under
+  the three servers and their resetting proxy: the same, for every
+  server.
 
 ``ALIVE_CLUSTER_MESSAGES`` (5,000), ``ALIVE_CLUSTER_RESUMES`` (100),
 ``ALIVE_CLUSTER_RATE`` (messages a second the client sends at most, 125:
 the run lasts about 40 s, for some 200 connections) and
-``ALIVE_CLUSTER_PAUSE_MESSAGES`` (2,000, for the Redis stop) change the
-figures; ``ALIVE_CHAOS_SEED`` replays the proxy's draws. Run with ``-s``
+``ALIVE_CLUSTER_PAUSE_MESSAGES`` (2,000, for the Redis stop under one
+server) and ``ALIVE_CLUSTER_PAUSE_CLUSTER_MESSAGES`` (2,500, under three)
+change the figures; ``ALIVE_CHAOS_SEED`` replays the proxy's draws. Run with ``-s``
 to see the figures.
 """
 
@@ -81,6 +84,7 @@ MESSAGES = int(os.environ.get("ALIVE_CLUSTER_MESSAGES", "5000"))
 MIN_RESUMES = int(os.environ.get("ALIVE_CLUSTER_RESUMES", "100"))
 RATE = float(os.environ.get("ALIVE_CLUSTER_RATE", "125"))
 PAUSE_MESSAGES = int(os.environ.get("ALIVE_CLUSTER_PAUSE_MESSAGES", "2000"))
+CLUSTER_PAUSE_MESSAGES = int(os.environ.get("ALIVE_CLUSTER_PAUSE_CLUSTER_MESSAGES", "2500"))
 
 TAKEN_OVER = "session taken over by another connection"
 
@@ -217,6 +221,101 @@ async def clientResult(client: subprocess.Popen[str], seconds: float) -> dict[st
 # -- three processes behind a resetting load balancer -------------------------------------------
 
 
+class Cluster:
+    """
+    Three server processes on one Redis behind a `ChaosProxy` that sends
+    each connection to one of them at random and resets it after 50 to
+    300 ms, and a client process that sends ``messages`` messages through
+    it, and receives ``messages`` that server 1 sends to its session with
+    ``sendTo``, both at ``RATE`` a second.
+    """
+
+    def __init__(
+        self, tmp_path: Path, processes: Processes, redis: RedisServer, messages: int
+    ) -> None:
+        self.processes = processes
+        self.redis = redis
+        self.messages = messages
+        self.seed = chaosSeed()
+        self.prefix = f"cluster-{uuid.uuid4().hex[:8]}:"
+        self.processed = tmp_path / "processed"
+        self.sessionFile = tmp_path / "session"
+        self.started = time.monotonic()
+        self.servers: list[Server] = []
+
+    async def start(self) -> None:
+        """Start the servers, the proxy and the client; return once the
+        client has its session and server 1 knows it."""
+        reactor = getReactor()
+        sender = ("--send-to", self.sessionFile, "--send-count", self.messages)
+        for n in (1, 2, 3):
+            extra = (*sender, "--send-rate", RATE) if n == 1 else ()
+            self.servers.append(
+                await startServer(
+                    self.processes,
+                    f"server{n}",
+                    self.redis,
+                    self.prefix,
+                    self.processed,
+                    *extra,
+                    *SLOW,
+                )
+            )
+        self.proxy = ChaosProxy(
+            [TCP4ClientEndpoint(reactor, LOOPBACK, server.port) for server in self.servers],
+            Faults(resetAfter=(0.05, 0.3)),
+            reactor=reactor,
+            seed=self.seed,
+        )
+        port = await self.proxy.listen(listenEndpoint())
+        self.client = self.processes.startPeer(
+            "cluster_client.py",
+            portOf(port),
+            self.messages,
+            self.messages,
+            "--rate",
+            RATE,
+            "--deadline",
+            110,
+        )
+        words = (await readLine(self.client, 20)).split()
+        assert words[0] == "SESSION", words
+        self.sessionFile.write_text(words[1])
+
+    def processedCount(self) -> int:
+        """Lines the servers' applications wrote so far."""
+        return len(self.processed.read_bytes().splitlines()) if self.processed.exists() else 0
+
+    async def finish(self) -> None:
+        """Wait for the client's result, stop everything, and check that
+        every message was processed once, in order (repeats flagged), and
+        every Deferred fired once with a Receipt, both ways."""
+        try:
+            self.result = await clientResult(self.client, 120)
+        finally:
+            await self.proxy.stopListening()
+            self.proxy.resetAll()
+        self.finals = [await stopServer(server) for server in self.servers]
+        self.elapsed = time.monotonic() - self.started
+        self.deduped = deduplicated(processedLines(self.processed))
+        self.resumes = sum(final["FINAL"]["sessionsTakenOver"] for final in self.finals)
+        proxy, deduped = self.proxy, self.deduped
+        print(
+            f"\n{self.messages} messages each way through {proxy.connectionsAccepted} "
+            f"connections (per server {proxy.connectionsPerTarget}, "
+            f"{proxy.faultsInjected['reset']} resets), {self.resumes} cross-process resumes, "
+            f"{deduped.repeats} repeats (all flagged redelivered: {not deduped.unflagged}), "
+            f"processed per server {deduped.byServer}, client {self.result['seconds']} s, "
+            f"sendTo {self.finals[0].get('SENT', {}).get('seconds')} s, "
+            f"{self.elapsed:.1f} s in all (seed {self.seed})"
+        )
+        assert all(not final["other"] for final in self.finals), self.finals
+        assertClientResult(self.result, self.messages, self.messages)
+        assertSent(self.finals[0]["SENT"], self.messages)
+        assertEachOnceInOrder(deduped, self.messages)
+        assert all(count > 0 for count in proxy.connectionsPerTarget), proxy.connectionsPerTarget
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(150)
 @ensureDeferred
@@ -231,74 +330,57 @@ async def test_threeServersBehindAResettingProxy(
     Deferred on both sides fires once with a Receipt; and the servers
     resume, between them, at least MIN_RESUMES sessions another process
     held."""
-    reactor = getReactor()
-    seed = chaosSeed()
-    prefix = f"cluster-{uuid.uuid4().hex[:8]}:"
-    processed = tmp_path / "processed"
-    sessionFile = tmp_path / "session"
-    started = time.monotonic()
-    servers = [
-        await startServer(
-            processes,
-            "server1",
-            redisServer,
-            prefix,
-            processed,
-            "--send-to",
-            sessionFile,
-            "--send-count",
-            MESSAGES,
-            "--send-rate",
-            RATE,
-            *SLOW,
-        ),
-        await startServer(processes, "server2", redisServer, prefix, processed, *SLOW),
-        await startServer(processes, "server3", redisServer, prefix, processed, *SLOW),
-    ]
-    proxy = ChaosProxy(
-        [TCP4ClientEndpoint(reactor, LOOPBACK, server.port) for server in servers],
-        Faults(resetAfter=(0.05, 0.3)),
-        reactor=reactor,
-        seed=seed,
-    )
-    port = await proxy.listen(listenEndpoint())
+    cluster = Cluster(tmp_path, processes, redisServer, MESSAGES)
+    await cluster.start()
+    await cluster.finish()
+    assert cluster.resumes >= MIN_RESUMES, (cluster.resumes, cluster.result, cluster.seed)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(150)
+@ensureDeferred
+async def test_threeServersRedisStopped(tmp_path: Path, processes: Processes) -> None:
+    """The same three servers and resetting proxy, with Redis stopped
+    (SIGSTOP) for 3 s once a third of the CLUSTER_PAUSE_MESSAGES messages
+    were processed: every server's /health says degraded while it is
+    stopped and ok once it is back, the client's session is never reset,
+    and still every message is processed once, in order, and every
+    Deferred fires once with a Receipt, both ways."""
+    redis = RedisServer(tmp_path)
+    redis.start()
+    assert redis.process is not None
     try:
-        client = processes.startPeer(
-            "cluster_client.py",
-            portOf(port),
-            MESSAGES,
-            MESSAGES,
-            "--rate",
-            RATE,
-            "--deadline",
-            110,
-        )
-        words = (await readLine(client, 20)).split()
-        assert words[0] == "SESSION", words
-        sessionFile.write_text(words[1])
-        result = await clientResult(client, 120)
+        cluster = Cluster(tmp_path, processes, redis, CLUSTER_PAUSE_MESSAGES)
+        await cluster.start()
+        await waitFor(lambda: cluster.processedCount() > CLUSTER_PAUSE_MESSAGES // 3, 30, "traffic")
+        before = cluster.processedCount()
+        stoppedAt = time.monotonic()
+        redis.process.send_signal(signal.SIGSTOP)
+        during: list[list[str]] = []
+        while time.monotonic() - stoppedAt < 3.0:
+            during.append([(await health(s.statusPort))[1].strip() for s in cluster.servers])
+            await elapse(0.2)
+        duringStop = cluster.processedCount() - before
+        redis.process.send_signal(signal.SIGCONT)
+        backAt = time.monotonic()
+
+        async def allHealthy() -> bool:
+            answers = [await health(s.statusPort) for s in cluster.servers]
+            return all(answer == (200, "ok\n") for answer in answers)
+
+        await waitFor(allHealthy, 15, "every /health to say ok again", interval=0.1)
+        okAfter = time.monotonic() - backAt
+        await cluster.finish()
     finally:
-        await proxy.stopListening()
-        proxy.resetAll()
-    finals = [await stopServer(server) for server in servers]
-    elapsed = time.monotonic() - started
-    lines = processedLines(processed)
-    deduped = deduplicated(lines)
-    resumes = sum(final["FINAL"]["sessionsTakenOver"] for final in finals)
+        if redis.process is not None:
+            redis.process.send_signal(signal.SIGCONT)
+        redis.stop()
+    degraded = [n for n in range(3) if any(row[n].startswith("degraded") for row in during)]
     print(
-        f"\n{MESSAGES} messages each way through {proxy.connectionsAccepted} connections "
-        f"(per server {proxy.connectionsPerTarget}, {proxy.faultsInjected['reset']} resets), "
-        f"{resumes} cross-process resumes, {deduped.repeats} repeats (all flagged "
-        f"redelivered: {not deduped.unflagged}), processed per server {deduped.byServer}, "
-        f"client {result['seconds']} s, sendTo {finals[0].get('SENT', {}).get('seconds')} s, "
-        f"{elapsed:.1f} s in all (seed {seed})"
+        f"Redis stopped 3 s: {duringStop} messages processed meanwhile; servers degraded: "
+        f"{[cluster.servers[n].name for n in degraded]}; all ok {okAfter:.2f} s after"
     )
-    assert all(not final["other"] for final in finals), finals
-    assertClientResult(result, MESSAGES, MESSAGES)
-    assertSent(finals[0]["SENT"], MESSAGES)
-    assertEachOnceInOrder(deduped, MESSAGES)
-    assert resumes >= MIN_RESUMES, (resumes, result, seed)
-    assert all(count > 0 for count in proxy.connectionsPerTarget), proxy.connectionsPerTarget
+    assert degraded == [0, 1, 2], during
 
 
 # -- a stale owner -------------------------------------------------------------------------------
