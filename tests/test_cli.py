@@ -30,8 +30,11 @@ from support import (
     listenEndpoint,
     portOf,
     startProcess,
+    tcp,
+    waitFor,
 )
 from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.interfaces import (
     IListeningPort,
     ISystemHandle,
@@ -273,6 +276,11 @@ def test_noSubcommand() -> None:
             "twisted-alive proxy: invalid target endpoint \"xyz\": unknown endpoint type 'xyz' "
             "(write HOST:PORT or an endpoint string such as tcp:host=HOST:port=PORT)",
         ),
+        (
+            ["proxy", "0", "127.0.0.1:9", "xyz"],
+            "twisted-alive proxy: invalid target endpoint \"xyz\": unknown endpoint type 'xyz' "
+            "(write HOST:PORT or an endpoint string such as tcp:host=HOST:port=PORT)",
+        ),
     ],
 )
 def test_badStrings(args: list[str], message: str) -> None:
@@ -453,6 +461,54 @@ async def test_proxyForwardsUntilInterrupted(servers: Servers) -> None:
         assert proc.returncode == 0, err
         assert "twisted-alive proxy: stopped after 1 connection, " in out
         assert "Traceback" not in err
+    finally:
+        reap(proc)
+
+
+class _Counting(Factory[Protocol]):
+    """Counts the connections it accepts."""
+
+    protocol = Protocol
+
+    def __init__(self) -> None:
+        self.built = 0
+
+    def buildProtocol(self, addr: Any) -> Protocol | None:
+        self.built += 1
+        return super().buildProtocol(addr)
+
+
+@pytest.mark.timeout(60)
+@ensureDeferred
+async def test_proxySeveralTargets(servers: Servers) -> None:
+    """``proxy 0 A B`` sends each new connection to A or B, drawn from the
+    seed, and its summary counts them per target."""
+    counting = [_Counting(), _Counting()]
+    targets = [f"{LOOPBACK}:{await servers.start(factory)}" for factory in counting]
+    proc = startCli("proxy", "0", *targets, "--faults", "seed=3")
+    try:
+        assert proc.stdout is not None
+        first = await deferToThread(proc.stdout.readline)
+        assert f"forwarding to {targets[0]}, {targets[1]}; faults: seed=3; seed 3" in first
+        port = int(first.split("listening on 127.0.0.1:")[1].split(",")[0])
+        async def accepted(count: int) -> None:
+            await waitFor(lambda: sum(f.built for f in counting) == count, 10, f"{count} accepted")
+
+        for n in range(1, 13):
+            client = await TCP4ClientEndpoint(getReactor(), LOOPBACK, port).connect(
+                Factory.forProtocol(Protocol)
+            )
+            await accepted(n)
+            tcp(client).loseConnection()
+        proc.send_signal(signal.SIGINT)
+        out, err = await deferToThread(proc.communicate, timeout=10)
+        assert proc.returncode == 0, err
+        built = [f.built for f in counting]
+        assert all(built), built
+        assert (
+            f"stopped after 12 connections, 0 bytes forwarded; faults injected: none; "
+            f"per target: {targets[0]} {built[0]}, {targets[1]} {built[1]}"
+        ) in out, out
     finally:
         reap(proc)
 

@@ -23,7 +23,8 @@ from support import (
     waitFor,
     within,
 )
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import (
@@ -31,10 +32,15 @@ from twisted.internet.interfaces import (
     IConsumer,
     IHalfCloseableProtocol,
     IListeningPort,
+    IProtocolFactory,
     IPushProducer,
+    IStreamClientEndpoint,
+    IStreamServerEndpoint,
     ITCPTransport,
 )
 from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
 from twisted.logger import ILogObserver, LogEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -861,3 +867,123 @@ def test_controlsRejectBadValues() -> None:
         proxy.setFragment(0)
     assert proxy.seed == 1
     assert proxy.faultsInjected == dict.fromkeys(FAULT_KINDS, 0)
+
+
+# -- several targets (in memory, with a Clock) ---------------------------------
+
+
+@implementer(IStreamClientEndpoint)
+class RecordingEndpoint:
+    """A client endpoint that records each connection asked of it and
+    completes none (the proxy's side stays connecting)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.factories: list[IProtocolFactory] = []
+
+    def connect(self, protocolFactory: IProtocolFactory) -> Deferred[Any]:
+        self.factories.append(protocolFactory)
+        return Deferred()
+
+    def __repr__(self) -> str:
+        return f"<endpoint {self.name}>"
+
+
+@implementer(IStreamServerEndpoint)
+class MemoryServerEndpoint:
+    """A server endpoint that keeps the factory it is given: the test
+    builds the accepted connections itself, on in-memory transports."""
+
+    factory: IProtocolFactory | None = None
+
+    def listen(self, protocolFactory: IProtocolFactory) -> Deferred[IListeningPort]:
+        self.factory = protocolFactory
+        return succeed(cast(IListeningPort, object()))
+
+
+def _acceptInMemory(proxy: ChaosProxy, count: int) -> list[ProxiedConnection]:
+    """Have ``proxy`` accept ``count`` connections on in-memory transports."""
+    server = MemoryServerEndpoint()
+    proxy.listen(server)
+    assert server.factory is not None
+    for i in range(count):
+        side = server.factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000 + i))
+        assert side is not None
+        side.makeConnection(StringTransport())  # type: ignore[no-untyped-call]
+    return list(proxy.connections)
+
+
+def test_severalTargetsEachConnectionToOne() -> None:
+    """With three targets each new connection goes to one of them, drawn
+    from the seed: all three get about a third, and the proxy and each
+    connection say which."""
+    targets = [RecordingEndpoint(name) for name in "abc"]
+    proxy = ChaosProxy(targets, reactor=Clock(), seed=7)
+    connections = _acceptInMemory(proxy, 300)
+    assert proxy.targets == tuple(targets)
+    assert proxy.connectionsPerTarget == [len(t.factories) for t in targets]
+    assert sum(proxy.connectionsPerTarget) == 300
+    assert all(70 <= len(t.factories) <= 130 for t in targets), proxy.connectionsPerTarget
+    for connection in connections:
+        assert connection.targetEndpoint is targets[connection.target]
+    assert len({c.target for c in connections[:10]}) > 1
+
+
+def test_severalTargetsSameSeedSameChoices() -> None:
+    """The same seed sends the connections to the same targets, in the same
+    order: a run can be replayed."""
+
+    def choices(seed: int) -> list[int]:
+        proxy = ChaosProxy([RecordingEndpoint(n) for n in "abc"], reactor=Clock(), seed=seed)
+        return [c.target for c in _acceptInMemory(proxy, 50)]
+
+    assert choices(3) == choices(3)
+    assert choices(3) != choices(4)
+
+
+def test_severalTargetsKeepFaultTimes() -> None:
+    """Choosing among targets draws after the faults' times: with the same
+    seed a connection gets the same reset time with one target or three."""
+    faults = Faults(resetAfter=(0.05, 0.3))
+    one = ChaosProxy(RecordingEndpoint("a"), faults, reactor=Clock(), seed=11)
+    three = ChaosProxy([RecordingEndpoint(n) for n in "abc"], faults, reactor=Clock(), seed=11)
+    first = _acceptInMemory(one, 1)[0]
+    again = _acceptInMemory(three, 1)[0]
+    assert first.resetAfter == again.resetAfter
+    assert first.target == 0 and one.connectionsPerTarget == [1]
+
+
+def test_severalTargetsResetAfterOnTheClock() -> None:
+    """Faults apply to connections whatever their target: each is reset
+    after its drawn time, by the injected clock."""
+    clock = Clock()
+    proxy = ChaosProxy(
+        [RecordingEndpoint(n) for n in "ab"], Faults(resetAfter=(0.05, 0.3)), clock, seed=5
+    )
+    connections = _acceptInMemory(proxy, 20)
+    times = [c.resetAfter for c in connections]
+    assert all(t is not None and 0.05 <= t <= 0.3 for t in times)
+    assert {c.target for c in connections} == {0, 1}
+    clock.advance(0.15)
+    assert proxy.faultsInjected["reset"] == sum(1 for t in times if t is not None and t <= 0.15)
+    clock.advance(0.15)
+    assert proxy.faultsInjected["reset"] == 20
+
+
+@pytest.mark.parametrize(
+    ("targets", "message"),
+    [
+        ([], "targetEndpoint must be an endpoint or a non-empty list of endpoints, not []"),
+        ((), "targetEndpoint must be an endpoint or a non-empty list of endpoints, not ()"),
+        (
+            [RecordingEndpoint("a"), "127.0.0.1:9000"],
+            "targetEndpoint[1] must be an IStreamClientEndpoint, not '127.0.0.1:9000'",
+        ),
+    ],
+)
+def test_severalTargetsRejectsBadLists(targets: Any, message: str) -> None:
+    """An empty list of targets, or an item that is not a client endpoint,
+    is refused with an exact message."""
+    with pytest.raises(ValueError) as raised:
+        ChaosProxy(targets, reactor=Clock(), seed=1)
+    assert str(raised.value) == message

@@ -2,13 +2,15 @@
 A fault-injecting TCP proxy: `ChaosProxy`, `Faults` and `parseFaults`.
 
 The proxy sits between a client and a target over real sockets and forwards
-bytes both ways. From code, at any moment, it can reset connections (a real
-RST), close them (a FIN), stall them (a black hole: nothing passes and
-nothing closes, as with a dead host or a network partition), half-close
-them, delay and fragment the traffic, and refuse new connections. `Faults`
-describes faults that every new connection gets by itself (reset, stall or
-close after a random time or a number of bytes), drawn from a seeded
-``random.Random`` so that a failing run can be replayed with the same seed.
+bytes both ways; given several targets, it sends each new connection to one
+of them drawn at random, as a TCP load balancer does. From code, at any
+moment, it can reset connections (a real RST), close them (a FIN), stall
+them (a black hole: nothing passes and nothing closes, as with a dead host
+or a network partition), half-close them, delay and fragment the traffic,
+and refuse new connections. `Faults` describes faults that every new
+connection gets by itself (reset, stall or close after a random time or a
+number of bytes), drawn from a seeded ``random.Random`` so that a failing
+run can be replayed with the same seed.
 
 Without faults the proxy is faithful: bytes pass unchanged and in order, a
 half-close on one side becomes a half-close on the other, a FIN becomes a FIN
@@ -25,7 +27,7 @@ import random
 import socket
 import struct
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal, cast
 
@@ -524,6 +526,9 @@ class ProxiedConnection:
     :ivar proxy: the `ChaosProxy`.
     :ivar number: 1 for the first connection the proxy accepted, and so on.
     :ivar clientAddress: the address of the client.
+    :ivar target: the index in `ChaosProxy.targets` of the target this
+        connection is forwarded to (``0`` when the proxy has one target).
+    :ivar targetEndpoint: that target's endpoint.
     :ivar acceptedAt: the reactor time when the proxy accepted it.
     :ivar endedAt: the reactor time when both sides were gone, or ``None``.
     :ivar resetAfter: seconds after acceptance when `Faults.resetAfter`
@@ -557,6 +562,11 @@ class ProxiedConnection:
         self.stallAfter = _draw(rng.random(), faults.stallAfter)
         self.closeAfter = _draw(rng.random(), faults.closeAfter)
         self._random = random.Random(rng.getrandbits(64))
+        # One more draw only with several targets: with one, a seed gives
+        # the same faults as before targets could be several.
+        targets = proxy.targets
+        self.target = rng.randrange(len(targets)) if len(targets) > 1 else 0
+        self.targetEndpoint = targets[self.target]
         self.delay = proxy._delay
         self.fragment = proxy._fragment
         self.stalled = proxy._stalled
@@ -881,16 +891,43 @@ def _abort(side: _Side) -> None:
     side.tcp.abortConnection()
 
 
+def _targetsOf(
+    targetEndpoint: IStreamClientEndpoint | Sequence[IStreamClientEndpoint],
+) -> tuple[IStreamClientEndpoint, ...]:
+    """
+    The targets of a proxy: one endpoint, or each of a non-empty list or
+    tuple of endpoints.
+    """
+    if not isinstance(targetEndpoint, (list, tuple)):
+        return (cast(IStreamClientEndpoint, targetEndpoint),)
+    if not targetEndpoint:
+        raise ValueError(
+            f"targetEndpoint must be an endpoint or a non-empty list of endpoints, "
+            f"not {targetEndpoint!r}"
+        )
+    for i, endpoint in enumerate(targetEndpoint):
+        if not IStreamClientEndpoint.providedBy(endpoint):
+            raise ValueError(
+                f"targetEndpoint[{i}] must be an IStreamClientEndpoint, not {endpoint!r}"
+            )
+    return tuple(targetEndpoint)
+
+
 class ChaosProxy:
     """
     A TCP proxy that injects faults: resets, closes, stalls, half-closes,
     delays, fragmentation and refused connections.
 
     Listen with `listen`; every connection accepted is forwarded to a new
-    connection to ``targetEndpoint``. The controls act on all live
-    connections; each `ProxiedConnection` in `connections` has the same
-    controls for itself alone.
+    connection to the target. With several targets, each connection goes
+    to one of them drawn uniformly from the seeded random generator (a TCP
+    load balancer in front of several servers), and stays with it. The
+    controls act on all live connections; each `ProxiedConnection` in
+    `connections` has the same controls for itself alone.
 
+    :ivar targets: the targets' endpoints, in the order given.
+    :ivar connectionsPerTarget: how many connections were forwarded to each
+        target so far, in the order of `targets`.
     :ivar faults: the `Faults` every new connection gets.
     :ivar seed: the seed of the random generator (logged at creation: pass it
         again to replay a run).
@@ -911,20 +948,26 @@ class ChaosProxy:
 
     def __init__(
         self,
-        targetEndpoint: IStreamClientEndpoint,
+        targetEndpoint: IStreamClientEndpoint | Sequence[IStreamClientEndpoint],
         faults: Faults | None = None,
         reactor: IReactorTime | None = None,
         seed: int | None = None,
     ) -> None:
         """
-        :param targetEndpoint: where to forward each connection.
+        :param targetEndpoint: where to forward each connection; or a list
+            (or tuple) of endpoints, to send each new connection to one of
+            them at random.
         :param faults: faults for every new connection; none by default.
         :param reactor: the clock for delays and timed faults; the global
             reactor by default.
         :param seed: the seed of the random generator; by default the seed
             of ``faults``, or else a random one.
+        :raises ValueError: for an empty list of targets, or a list item
+            that is not an ``IStreamClientEndpoint``.
         """
         self.targetEndpoint = targetEndpoint
+        self.targets = _targetsOf(targetEndpoint)
+        self.connectionsPerTarget = [0] * len(self.targets)
         self.faults = faults if faults is not None else Faults()
         self._reactor = reactor
         if seed is None:
@@ -1057,7 +1100,8 @@ class ChaosProxy:
         self.connectionsAccepted += 1
         connection = ProxiedConnection(self, self.connectionsAccepted, clientSide, self._random)
         self.connections.append(connection)
-        connecting = self.targetEndpoint.connect(_TargetFactory(connection))
+        self.connectionsPerTarget[connection.target] += 1
+        connecting = connection.targetEndpoint.connect(_TargetFactory(connection))
         connection._connecting = connecting
         connecting.addCallbacks(connection._connectDone, connection._targetFailed)
         return connection

@@ -632,12 +632,19 @@ class ProxyCommand:
         """
         describe(
             parser,
-            "Run a ChaosProxy: accept connections on LISTEN and forward each to TARGET,\n"
-            "injecting the faults given with --faults, until interrupted (Ctrl-C).",
+            "Run a ChaosProxy: accept connections on LISTEN and forward each to TARGET\n"
+            "(to one of several TARGETs, drawn at random: a load balancer), injecting\n"
+            "the faults given with --faults, until interrupted (Ctrl-C).",
             _PROXY_EPILOG,
         )
         parser.add_argument("listen", metavar="LISTEN", help="where to accept connections")
-        parser.add_argument("target", metavar="TARGET", help="where to forward them")
+        parser.add_argument(
+            "target",
+            metavar="TARGET",
+            nargs="+",
+            help="where to forward them; given several, each new connection goes to one "
+            "drawn at random",
+        )
         parser.add_argument(
             "--faults",
             metavar="SPEC",
@@ -669,13 +676,16 @@ class ProxyCommand:
             listen = serverEndpoint(reactor, listenText)
         except EndpointError as e:
             return fail("proxy", f'invalid listen endpoint "{args.listen}": {e}')
-        try:
-            target = clientEndpoint(reactor, args.target)
-        except EndpointError as e:
-            return fail("proxy", f'invalid target endpoint "{args.target}": {e}')
+        targets = []
+        for text in args.target:
+            try:
+                targets.append(clientEndpoint(reactor, text))
+            except EndpointError as e:
+                return fail("proxy", f'invalid target endpoint "{text}": {e}')
+        where = ", ".join(args.target)
 
         async def serve(reactor: Any) -> int:
-            proxy = ChaosProxy(target, faults, reactor=reactor)
+            proxy = ChaosProxy(targets if len(targets) > 1 else targets[0], faults, reactor=reactor)
             try:
                 port = await proxy.listen(listen)
             except Exception as e:
@@ -683,15 +693,15 @@ class ProxyCommand:
             if reachableFromOtherHosts(port):
                 sys.stderr.write(
                     f"{PROG} proxy: warning: listening on {_address(port)}, reachable from "
-                    f"other hosts, which can reach {args.target} through it\n"
+                    f"other hosts, which can reach {where} through it\n"
                 )
             _startProxyLog()
             print(
-                f"{PROG} proxy: listening on {_address(port)}, forwarding to {args.target}; "
+                f"{PROG} proxy: listening on {_address(port)}, forwarding to {where}; "
                 f"faults: {faults.toSpec() or 'none'}; seed {proxy.seed}",
                 flush=True,
             )
-            reactor.addSystemEventTrigger("before", "shutdown", _proxyStopped, proxy)
+            reactor.addSystemEventTrigger("before", "shutdown", _proxyStopped, proxy, args.target)
             from twisted.internet.defer import Deferred
 
             forever: Deferred[int] = Deferred()
@@ -709,13 +719,17 @@ def _address(port: IListeningPort) -> str:
     return str(host)
 
 
-def _proxyStopped(proxy: ChaosProxy) -> None:
+def _proxyStopped(proxy: ChaosProxy, targets: list[str]) -> None:
     faults = ", ".join(f"{kind} {n}" for kind, n in proxy.faultsInjected.items() if n) or "none"
     forwarded = sum(proxy.bytesForwarded.values())
     count = proxy.connectionsAccepted
+    perTarget = ""
+    if len(targets) > 1:
+        counts = zip(targets, proxy.connectionsPerTarget, strict=True)
+        perTarget = "; per target: " + ", ".join(f"{text} {n}" for text, n in counts)
     print(
         f"{PROG} proxy: stopped after {count} connection{'' if count == 1 else 's'}, "
-        f"{forwarded} bytes forwarded; faults injected: {faults}",
+        f"{forwarded} bytes forwarded; faults injected: {faults}{perTarget}",
         flush=True,
     )
 
