@@ -703,6 +703,7 @@ def test_helpListsOptions() -> None:
         "--session-ttl=",
         "--close-timeout=",
         "--sessions=",
+        "--reuse-port",
     ):
         assert option in result.stdout
 
@@ -724,6 +725,11 @@ def test_helpListsOptions() -> None:
         ),
         (["--listen", "garbage"], "invalid --listen endpoint \"garbage\": unknown endpoint "
          "type 'garbage' (write an endpoint string such as tcp:9000:interface=127.0.0.1)"),
+        (
+            ["--reuse-port", "--listen", "unix:alive.sock"],
+            '--reuse-port shares TCP ports only (tcp:PORT, tcp6:PORT), not --listen '
+            '"unix:alive.sock"',
+        ),
     ],
 )
 def test_badOptionsExit(args: list[str], message: str) -> None:

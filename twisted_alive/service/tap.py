@@ -15,6 +15,11 @@ killed (even with SIGKILL) and started again on it accepts the resume of
 every session it had. The file is checked before the server starts (a file
 that is not a session store is a usage error, left as it is), and closed
 once the last connection is.
+
+With ``--reuse-port`` each ``--listen`` TCP endpoint listens with
+``SO_REUSEPORT`` (`ReusePortEndpoint`): several processes started with the
+same ``--listen`` share its port, and with ``--sessions redis://...`` they
+share the sessions too.
 """
 
 from __future__ import annotations
@@ -51,12 +56,14 @@ from twisted_alive._stores import SqliteSessionStore, sessionStoreFromString
 from twisted_alive.core.frames import GoodbyeCode
 from twisted_alive.core.outcomes import DeliveryFailed
 from twisted_alive.core.stored import StoreError
+from twisted_alive.service.reuseport import REUSE_PORT_TYPES, ReusePortEndpoint, reusePortProblem
 from twisted_alive.service.status import StatusSite, statusSite
 from twisted_alive.tools.cli import (
     EndpointError,
     listenProblem,
     reachableFromOtherHosts,
     serverEndpointString,
+    serverParameters,
     splitEndpoint,
     withDefault,
 )
@@ -177,6 +184,7 @@ class Options(usage.Options):
         "subclass, an AliveServerFactory, or a callable returning either. Endpoints "
         "are Twisted endpoint strings (tcp:9000, tcp:9000:interface=127.0.0.1, "
         "ssl:9443:privateKey=key.pem:certKey=cert.pem, unix:/run/alive.sock). "
+        "With --reuse-port, several processes serve the same TCP port (SO_REUSEPORT). "
         "On SIGTERM every connection gets GOODBYE(SHUTTING_DOWN) before the process exits."
     )
 
@@ -244,6 +252,15 @@ class Options(usage.Options):
         ],
     ]
 
+    optFlags = [
+        [
+            "reuse-port",
+            None,
+            "Listen on each --listen TCP endpoint with SO_REUSEPORT, so that several "
+            "processes share its port (the kernel spreads the connections among them)",
+        ],
+    ]
+
     def __init__(self, reactor: Any = None) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         self["listen"] = []
@@ -270,6 +287,10 @@ class Options(usage.Options):
         is reported before the server starts."""
         if not self["listen"]:
             self["listen"] = [DEFAULT_LISTEN]
+        if self["reuse-port"]:
+            problem = reusePortProblem()
+            if problem is not None:
+                raise usage.UsageError(f"--reuse-port cannot be used here: {problem}")
         self["endpoints"] = [
             self._endpoint("--listen", text, withDefault(text, "backlog", str(DEFAULT_BACKLOG)))
             for text in self["listen"]
@@ -310,6 +331,8 @@ class Options(usage.Options):
             endpoint = serverEndpointString(reactor, description)
         except EndpointError as e:
             raise usage.UsageError(f'invalid {option} endpoint "{given}": {e}') from None
+        if option == "--listen" and self["reuse-port"]:
+            endpoint = _reusePortEndpoint(reactor, given, description)
         return _Named(endpoint, option, given)
 
     def _factory(self) -> AliveServerFactory:
@@ -395,6 +418,26 @@ class Options(usage.Options):
                 raise usage.UsageError(f'--sessions "{given}": {e}') from None
         factory.store = store
         return store
+
+
+def _reusePortEndpoint(reactor: Any, given: str, description: str) -> ReusePortEndpoint:
+    """The `ReusePortEndpoint` of ``description``, a server endpoint string
+    Twisted could read (``given`` with the defaults added), or a
+    `usage.UsageError` saying why it cannot share its port."""
+    kind = splitEndpoint(description)[0].strip().lower()
+    parameters = serverParameters(description)
+    if kind not in REUSE_PORT_TYPES or parameters is None:
+        raise usage.UsageError(
+            f'--reuse-port shares TCP ports only (tcp:PORT, tcp6:PORT), not --listen "{given}"'
+        )
+    port = int(parameters["port"])
+    if port == 0:
+        raise usage.UsageError(
+            f'--reuse-port needs a fixed port, not --listen "{given}" (with port 0 each '
+            "process would listen on a port of its own)"
+        )
+    interface = parameters.get("interface", "::" if kind == "tcp6" else "")
+    return ReusePortEndpoint(reactor, port, interface, int(parameters["backlog"]))
 
 
 @implementer(IReactorFromThreads)

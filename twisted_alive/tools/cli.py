@@ -313,11 +313,27 @@ def namesParameter(text: str, name: str) -> bool | None:
         ``ssl``, ``unix`` (so its parameters are unknown here), else whether
         it names ``name``.
     """
+    parameters = serverParameters(text)
+    return None if parameters is None else name in parameters
+
+
+def serverParameters(text: str) -> dict[str, str] | None:
+    """
+    The parameters a server endpoint string names, by name (positional
+    ones too), unescaped.
+
+    :param text: a server endpoint string, e.g. ``tcp:9000:interface=\\:\\:1``.
+    :returns: e.g. ``{"port": "9000", "interface": "::1"}``, or ``None`` if
+        the endpoint type is not one of ``tcp``, ``tcp6``, ``ssl``, ``unix``.
+    """
     fields = splitEndpoint(text)
     positional = _SERVER_POSITIONAL.get(fields[0].strip().lower())
     if positional is None:
         return None
-    return name in _parameters(fields, positional)
+    return {
+        name: re.sub(r"\\(.)", r"\1", value)
+        for name, value in _parameters(fields, positional).items()
+    }
 
 
 def withDefault(text: str, name: str, value: str) -> str:
