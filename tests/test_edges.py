@@ -238,3 +238,29 @@ def test_stopFactoryKeepsLiveSessionsUntilTheirConnectionEnds() -> None:
     assert isinstance(result[0], Receipt)
     assert client.session.inbox.processedUpTo == 1
     assert not server.sessions
+
+
+def test_factorySendInConnectionOpenedGoesOut() -> None:
+    """``factory.sendMessage`` called in the client's ``connectionOpened``
+    hook (before the factory knows the connection carries the session) is
+    sent on that connection, and its Receipt comes."""
+    got: list[bytes] = []
+    outcomes: list[object] = []
+
+    class Client(HeartbeatProtocol):
+        def connectionOpened(self, resumed: bool) -> None:
+            self.factory.sendMessage(b"hello").addBoth(outcomes.append)
+
+    class Server(HeartbeatProtocol):
+        def messageReceived(self, payload: bytes) -> None:
+            got.append(payload)
+
+    clock = Clock()
+    client = forProtocol(AliveClientFactory, Client)
+    cast(Any, client).clock = clock
+    server = AliveServerFactory.forProtocol(Server)
+    server.clock = clock
+    link = FakeLink(built(server), built(client), clock)
+    link.flush()
+    assert got == [b"hello"]
+    assert isinstance(outcomes[0], Receipt) and outcomes[0].seq == 1

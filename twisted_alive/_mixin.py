@@ -763,6 +763,10 @@ class HeartbeatMixin(TimeoutMixin):
         host = hostOf(self)
         if host is not None:
             host.sessionOpened(self, resumed)
+            if conn.session.outbox.queue and self.loss is None:
+                # Queued through the factory during the hook, before it
+                # knew this connection carries the session.
+                self._pump(buffered=True)
 
     def _nextTurn(self) -> None:
         """Go on handing received messages to the application."""
