@@ -258,7 +258,7 @@ def test_factorySendInConnectionOpenedGoesOut() -> None:
     clock = Clock()
     client = forProtocol(AliveClientFactory, Client)
     cast(Any, client).clock = clock
-    server = AliveServerFactory.forProtocol(Server)
+    server = forProtocol(AliveServerFactory, Server)
     server.clock = clock
     link = FakeLink(built(server), built(client), clock)
     link.flush()

@@ -500,9 +500,11 @@ async def test_sendToRejected(deployment: Deployment) -> None:
     before = a.sendTo(sessionId, b"before")
     bad = b.sendTo(sessionId, b"bad command")
     after = a.sendTo(sessionId, b"after")
-    assert isinstance(await within(before, 10), Receipt)
+    first = await within(before, 10)
+    assert isinstance(first, Receipt)
     with pytest.raises(DeliveryFailed, match="no such command") as caught:
         await within(bad, 10)
     assert caught.value.rejected
-    assert isinstance(await within(after, 10), Receipt)
+    last = await within(after, 10)
+    assert isinstance(last, Receipt)
     assert deployment.client.got == [b"before", b"after"]
