@@ -203,10 +203,11 @@ async def main(reactor: Any, url: str, count: int) -> int:
         if device.connected is not None:
             device.connected.abort("done")
     finally:
-        await defer.ensureDeferred(cleanUp(url, prefix))
         for g in gateways:
             g.kill()
             g.wait()
+        # Once no gateway runs (a gateway's poll writes too).
+        await defer.ensureDeferred(cleanUp(url, prefix))
     commands = device.commands
     ok = sorted(commands) == sorted(b"command %d" % n for n in range(count))
     ok = ok and all(code == 200 and "seq" in body for _, (code, body) in answers)
