@@ -92,24 +92,25 @@ async def client(reactor: Any, path: str, port: int, count: int) -> None:
 
 
 class Sender(HeartbeatProtocol):
-    """The server's side: the connection that carries the session now."""
+    """The server's side of a connection: tells the factory the session's id."""
 
     factory: Server
 
     def connectionOpened(self, resumed: bool) -> None:
-        self.factory.carrier = self
+        self.factory.sessionId = self.sessionId
 
 
 class Server(AliveServerFactory):
-    """Sends ``count`` orders, 50 every 50 ms, on whichever connection
-    carries the client's session (the session keeps what waits)."""
+    """Sends ``count`` orders, 50 every 50 ms, to the client's session
+    (``sendTo``: the session keeps what waits while its client is away, and
+    sends it on whichever connection carries it next)."""
 
     protocol = Sender
 
     def __init__(self, count: int) -> None:
         super().__init__()
         self.count = count
-        self.carrier: Sender | None = None
+        self.sessionId: str | None = None
         self.receipts: list[Deferred[Receipt]] = []
 
     def confirmed(self) -> bool:
@@ -117,11 +118,11 @@ class Server(AliveServerFactory):
         return len(self.receipts) == self.count and all(d.called for d in self.receipts)
 
     def sendSome(self) -> None:
-        carrier = self.carrier
-        if carrier is None or carrier.loss is not None:
+        sessionId = self.sessionId
+        if sessionId is None:
             return
         for number in range(len(self.receipts), min(self.count, len(self.receipts) + 50)):
-            self.receipts.append(carrier.sendMessage(b"%d" % number))
+            self.receipts.append(self.sendTo(sessionId, b"%d" % number))
 
 
 class Child(protocol.ProcessProtocol):
